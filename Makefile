@@ -1,0 +1,38 @@
+# pending-jobs: `make demo` to see it work, `make test` for the whole check (lint, types, all databases).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint typecheck unit bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/python examples/demo.py
+
+lint: install
+	$(BIN)/ruff check pending_jobs migrations tests benchmarks examples
+	$(BIN)/lint-imports
+
+typecheck: install
+	$(BIN)/mypy
+
+# The whole suite on SQLite, MariaDB and PostgreSQL (set PENDING_JOBS_TEST_BACKENDS to narrow it).
+test: lint typecheck
+	$(BIN)/python -m pytest -q -ra
+
+unit: install
+	$(BIN)/python -m pytest -q -x -m 'not slow'
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .demo .mypy_cache .ruff_cache .pytest_cache

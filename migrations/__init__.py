@@ -1,0 +1,1 @@
+"""Alembic migrations of pending-jobs, installed as `pending_jobs.migrations`."""

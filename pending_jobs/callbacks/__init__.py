@@ -1,0 +1,1 @@
+"""Signed, durable HTTP callbacks."""

@@ -1,0 +1,125 @@
+"""Engines configured for job work on each dialect, and the classification of database errors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event, exc
+
+from .errors import ConfigError
+
+# MySQL/MariaDB error numbers that decide what the runner does next.
+MYSQL_DEADLOCK = 1213  # whole transaction rolled back: retry it
+MYSQL_LOCK_WAIT_TIMEOUT = 1205  # only the statement rolled back: roll back ourselves, then retry
+MYSQL_READ_ONLY = (1290, 1792, 1836)  # --read-only / read-only transaction / read-only slave
+MYSQL_GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost / killed / shutdown
+PG_READ_ONLY = "25006"
+PG_SERIALIZATION = ("40001", "40P01")
+
+
+def dialect_name(bind: sa.Engine | sa.Connection) -> str:
+    """'mysql' (also for MariaDB), 'postgresql' or 'sqlite'."""
+    name = bind.dialect.name
+    return "mysql" if name in ("mysql", "mariadb") else name
+
+
+def create_engine(url: str, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
+    """An engine with UTC sessions, utf8mb4, READ COMMITTED on MySQL, and checked connections."""
+    try:
+        parsed = sa.make_url(url)
+    except exc.ArgumentError as error:
+        raise ConfigError(f"database_url is not a valid SQLAlchemy URL: {error}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(parsed, pool_size, **kwargs)
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,  # a connection killed while idle is replaced, not used
+        "pool_recycle": 1800,  # below MySQL's default wait_timeout of 8 h, and most proxies'
+        "pool_size": pool_size,
+        "max_overflow": pool_size,
+        **kwargs,
+    }
+    if backend in ("mysql", "mariadb"):
+        if not parsed.drivername.endswith("+pymysql") and "+" not in parsed.drivername:
+            parsed = parsed.set(drivername=f"{backend}+pymysql")
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+        # Gap locks under REPEATABLE READ make claims block producers' INSERTs: READ COMMITTED avoids them.
+        options.setdefault("isolation_level", "READ COMMITTED")
+        options.setdefault("connect_args", {"init_command": "SET time_zone = '+00:00'", "connect_timeout": 10})
+    elif backend == "postgresql":
+        if "+" not in parsed.drivername:
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        options.setdefault("connect_args", {"options": "-c timezone=UTC", "connect_timeout": 10})
+    else:
+        raise ConfigError(f"unsupported database {backend!r}: use mysql, mariadb, postgresql or sqlite")
+    try:
+        return sa.create_engine(parsed, **options)
+    except ModuleNotFoundError as error:
+        raise ConfigError(f"the driver for {backend} is not installed: {error}") from None
+
+
+def _sqlite_engine(parsed: sa.URL, pool_size: int, **kwargs: Any) -> sa.Engine:
+    engine = sa.create_engine(
+        parsed,
+        connect_args={"check_same_thread": False, "timeout": 30},
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        **kwargs,
+    )
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, issue BEGIN, so every transaction can be IMMEDIATE.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can fail
+        # with SQLITE_BUSY without waiting, which busy_timeout does not cover.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def _mysql_code(error: BaseException) -> int | None:
+    orig = getattr(error, "orig", None)
+    args = getattr(orig, "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def _pg_code(error: BaseException) -> str | None:
+    orig = getattr(error, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_retryable(error: BaseException) -> bool:
+    """A deadlock or lock-wait timeout: the transaction may simply be run again."""
+    code = _mysql_code(error)
+    if code in (MYSQL_DEADLOCK, MYSQL_LOCK_WAIT_TIMEOUT):
+        return True
+    if _pg_code(error) in PG_SERIALIZATION:
+        return True
+    return "database is locked" in str(getattr(error, "orig", ""))
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """The database is unreachable, went away, or refuses writes: stop and exit 75."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    code = _mysql_code(error)
+    if code is not None and (code in MYSQL_GONE or code in MYSQL_READ_ONLY):
+        return True
+    if _pg_code(error) == PG_READ_ONLY or (_pg_code(error) or "").startswith("08"):
+        return True
+    if isinstance(error, exc.OperationalError):
+        text = str(error.orig).lower()
+        markers = ("connection", "server closed", "could not connect", "terminating", "readonly", "read-only",
+                   "unable to open database", "disk i/o")
+        return any(marker in text for marker in markers)
+    return isinstance(error, exc.InterfaceError)

@@ -1,0 +1,108 @@
+"""The producer API: insert jobs, inside the caller's transaction when given a Connection."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import sqlalchemy as sa
+
+from . import validation
+from .store import insert_jobs
+
+DEFAULT_PAYLOAD_LIMIT = 1_000_000
+
+
+def enqueue(
+    bind: sa.Connection | sa.Engine,
+    task: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    delay: float | None = None,
+    run_at: dt.datetime | None = None,
+    max_attempts: int | None = None,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+) -> int:
+    """Insert one job and return its id (an existing job's id when the idempotency key is taken)."""
+    row = job_row(
+        task, payload, queue=queue, priority=priority, delay=delay, run_at=run_at, max_attempts=max_attempts,
+        callback_url=callback_url, idempotency_key=idempotency_key, payload_limit=payload_limit,
+    )
+    with _connection(bind) as conn:
+        return insert_jobs(conn, [row])[0]
+
+
+def enqueue_many(bind: sa.Connection | sa.Engine, jobs: Iterable[Mapping[str, Any]]) -> list[int]:
+    """Insert many jobs (dicts of `enqueue`'s arguments) in multi-row statements; return ids in order."""
+    rows = [job_row(**dict(job)) for job in jobs]
+    with _connection(bind) as conn:
+        return insert_jobs(conn, rows)
+
+
+def job_row(
+    task: str,
+    payload: Mapping[str, Any] | None = None,
+    *,
+    queue: str = "default",
+    priority: int = 0,
+    delay: float | None = None,
+    run_at: dt.datetime | None = None,
+    max_attempts: int | None = None,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+) -> dict[str, Any]:
+    """Validate one job's arguments and return its column values; raise ValueError saying what is wrong."""
+    if not isinstance(task, str) or not task or len(task) > validation.NAME_LIMIT:
+        raise ValueError(f"task must be a non-empty string of at most {validation.NAME_LIMIT} characters")
+    if not isinstance(queue, str) or not queue or len(queue) > 64:
+        raise ValueError("queue must be a non-empty string of at most 64 characters")
+    payload = {} if payload is None else payload
+    problem = validation.payload_problem(payload, payload_limit)
+    if problem:
+        raise ValueError(problem)
+    validation.dump_json(payload, "payload", payload_limit, allow_nul=False)
+    if not isinstance(priority, int) or not validation.PRIORITY_MIN <= priority <= validation.PRIORITY_MAX:
+        raise ValueError(f"priority must be an integer in {validation.PRIORITY_MIN}..{validation.PRIORITY_MAX}")
+    if max_attempts is not None and not 1 <= max_attempts <= validation.MAX_ATTEMPTS_LIMIT:
+        raise ValueError(f"max_attempts must be in 1..{validation.MAX_ATTEMPTS_LIMIT}")
+    if callback_url is not None:
+        problem = validation.callback_url_problem(callback_url)
+        if problem:
+            raise ValueError(problem)
+    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > validation.NAME_LIMIT):
+        raise ValueError(f"idempotency_key must be 1..{validation.NAME_LIMIT} characters")
+    if delay is not None and run_at is not None:
+        raise ValueError("give delay or run_at, not both")
+    if delay is not None and delay < 0:
+        raise ValueError("delay must not be negative")
+    row: dict[str, Any] = {"task": task, "payload": dict(payload), "queue": queue, "priority": priority}
+    if max_attempts is not None:
+        row["max_attempts"] = max_attempts
+    if callback_url is not None:
+        row["callback_url"] = callback_url
+    if idempotency_key is not None:
+        row["idempotency_key"] = idempotency_key
+    if delay:
+        row["run_at_delay"] = float(delay)
+    if run_at is not None:
+        if run_at.tzinfo is None:
+            raise ValueError("run_at must be timezone-aware (times are stored in UTC)")
+        row["run_at"] = run_at.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return row
+
+
+@contextmanager
+def _connection(bind: sa.Connection | sa.Engine) -> Iterator[sa.Connection]:
+    if isinstance(bind, sa.Connection):
+        yield bind  # the caller's transaction decides
+    else:
+        with bind.begin() as conn:
+            yield conn
+

@@ -1,0 +1,75 @@
+"""The `@task` decorator and the registry of handlers, loaded only from configured modules."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import random
+from collections.abc import Callable
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+Handler = Callable[[Any, Any], Any]
+Backoff = Callable[[int], float]
+Isolation = Literal["thread", "process"]
+
+
+def default_backoff(attempt: int) -> float:
+    """Seconds before retry number `attempt`: 10 s doubling to a 1 h cap, with jitter (50-100 %)."""
+    base = min(3600.0, 10.0 * 2 ** max(0, attempt - 1))
+    return base * random.uniform(0.5, 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """A registered handler and how the runner treats it."""
+
+    name: str
+    fn: Handler
+    backoff: Backoff = default_backoff
+    timeout: float | None = None
+    isolation: Isolation = "thread"
+
+
+_TASKS: dict[str, Task] = {}
+
+
+def task(
+    name: str,
+    *,
+    backoff: Backoff | None = None,
+    timeout: float | None = None,
+    isolation: Isolation = "thread",
+) -> Callable[[Handler], Handler]:
+    """Register `fn(payload, ctx)` as the handler of rows whose `task` column is `name`."""
+    if isolation not in ("thread", "process"):
+        raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
+
+    def register(fn: Handler) -> Handler:
+        existing = _TASKS.get(name)
+        if existing is not None and existing.fn is not fn and _qualname(existing.fn) != _qualname(fn):
+            raise ConfigError(f"task {name!r} is registered twice: {_qualname(existing.fn)} and {_qualname(fn)}")
+        _TASKS[name] = Task(name, fn, backoff or default_backoff, timeout, isolation)
+        return fn
+
+    return register
+
+
+def _qualname(fn: Handler) -> str:
+    return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
+
+
+def load(modules: list[str]) -> dict[str, Task]:
+    """Import the configured handler modules and return every registered task."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:  # any import-time error is a configuration error
+            raise ConfigError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}") from exc
+    return dict(_TASKS)
+
+
+def registered() -> dict[str, Task]:
+    """Tasks registered so far (without importing anything)."""
+    return dict(_TASKS)

@@ -1,0 +1,177 @@
+"""The tables, declared once in SQLAlchemy Core. Migrations must produce exactly this."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateColumn
+from sqlalchemy.sql.compiler import DDLCompiler, SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+metadata = sa.MetaData()
+
+# One type per kind of value, so every dialect stores the same thing:
+# ids are BIGINT (INTEGER on SQLite so the rowid is reused), times are UTC with microseconds,
+# JSON is JSONB on PostgreSQL and JSON (a checked LONGTEXT on MariaDB) elsewhere.
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Time = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+
+
+class _Now(FunctionElement[sa.DateTime]):
+    """The database's own UTC clock, with microseconds where the database has them."""
+
+    type = sa.DateTime()
+    inherit_cache = True
+
+
+@compiles(_Now)
+def _now_default(element: _Now, compiler: SQLCompiler, **kw: object) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(_Now, "postgresql")
+def _now_pg(element: _Now, compiler: SQLCompiler, **kw: object) -> str:
+    return "now()"
+
+
+@compiles(_Now, "mysql")
+@compiles(_Now, "mariadb")
+def _now_mysql(element: _Now, compiler: SQLCompiler, **kw: object) -> str:
+    # UTC_TIMESTAMP, not NOW(): a producer's session time zone must not shift run_at.
+    return "UTC_TIMESTAMP(6)"
+
+
+@compiles(_Now, "sqlite")
+def _now_sqlite(element: _Now, compiler: SQLCompiler, **kw: object) -> str:
+    return "strftime('%Y-%m-%d %H:%M:%f', 'now')"
+
+
+def db_now() -> sa.ColumnElement[sa.DateTime]:
+    """The database clock as an SQL expression; every due/lease comparison uses it."""
+    return _Now()
+
+
+# Server-side defaults, so producers in any language may omit the column.
+NOW_DEFAULT = {
+    "postgresql": sa.text("now()"),
+    "mysql": sa.text("(UTC_TIMESTAMP(6))"),
+    "sqlite": sa.text("(strftime('%Y-%m-%d %H:%M:%f', 'now'))"),
+}
+
+
+def now_default() -> sa.TextClause:
+    """A placeholder replaced per dialect when the DDL is compiled (see `_column_default`)."""
+    return sa.text("CURRENT_TIMESTAMP")
+
+
+pending_jobs = sa.Table(
+    "pending_jobs",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("queue", sa.String(64), nullable=False, server_default="default"),
+    sa.Column("task", sa.String(191), nullable=False),
+    sa.Column("payload", Json, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("run_at", Time, nullable=False, server_default=now_default()),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="5"),
+    sa.Column("result", Json, nullable=True),
+    sa.Column("last_error", LongText, nullable=True),
+    sa.Column("callback_url", sa.String(2048), nullable=True),
+    sa.Column("callback_status", sa.String(16), nullable=True),
+    sa.Column("callback_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("callback_next_at", Time, nullable=True),
+    sa.Column("callback_token", sa.String(32), nullable=True),
+    sa.Column("callback_last_error", sa.Text, nullable=True),
+    sa.Column("idempotency_key", sa.String(191), nullable=True),
+    sa.Column("lease_owner", sa.String(128), nullable=True),
+    sa.Column("lease_token", sa.String(32), nullable=True),
+    sa.Column("lease_expires_at", Time, nullable=True),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_at", Time, nullable=False, server_default=now_default()),
+    sa.Column("updated_at", Time, nullable=False, server_default=now_default()),
+    sa.Column("started_at", Time, nullable=True),
+    sa.Column("finished_at", Time, nullable=True),
+    sa.UniqueConstraint("idempotency_key", name="uq_pending_jobs_idempotency_key"),
+    # Serves the claim exactly: equality on status and queue, then the ORDER BY.
+    sa.Index(
+        "ix_pending_jobs_claim",
+        "status",
+        "queue",
+        sa.desc("priority"),
+        "run_at",
+        "id",
+    ),
+    sa.Index("ix_pending_jobs_callback", "callback_status", "callback_next_at"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+callback_attempts = sa.Table(
+    "pending_job_callback_attempts",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("job_id", Id, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("webhook_id", sa.String(64), nullable=False),
+    sa.Column("attempted_at", Time, nullable=False, server_default=now_default()),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("status_code", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("duration_ms", sa.Integer, nullable=False),
+    sa.Column("response_excerpt", sa.Text, nullable=True),
+    sa.Index("ix_pending_job_callback_attempts_job", "job_id", "attempt"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+runs = sa.Table(
+    "pending_job_runs",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", Time, nullable=False, server_default=now_default()),
+    sa.Column("finished_at", Time, nullable=True),
+    sa.Column("claimed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("retried", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("rescued", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("callbacks_delivered", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("callbacks_failed", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Index("ix_pending_job_runs_started", "started_at"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+
+SUMMARY_VIEW = "pending_jobs_summary"
+SUMMARY_VIEW_SQL = (
+    "SELECT queue, status, COUNT(*) AS jobs, MIN(run_at) AS oldest_run_at, "
+    "MIN(created_at) AS oldest_created_at FROM pending_jobs GROUP BY queue, status"
+)
+"""Counts per queue and status, for a status page. Created by migration 0001."""
+
+
+@compiles(CreateColumn)
+def _column_default(element: CreateColumn, compiler: DDLCompiler, **kw: object) -> str:
+    """Render the CURRENT_TIMESTAMP placeholder as each dialect's UTC clock with microseconds."""
+    text: str = compiler.visit_create_column(element, **kw)
+    dialect = "mysql" if compiler.dialect.name in ("mysql", "mariadb") else compiler.dialect.name
+    if "DEFAULT CURRENT_TIMESTAMP" in text and dialect in NOW_DEFAULT:
+        text = text.replace("DEFAULT CURRENT_TIMESTAMP", f"DEFAULT {NOW_DEFAULT[dialect].text}")
+    return text
+
+
+def create_all(conn: sa.Connection) -> None:
+    """Create tables and views from this module (tests and the drift check; users run migrations)."""
+    metadata.create_all(conn)
+    conn.execute(sa.text(f"CREATE VIEW {SUMMARY_VIEW} AS {SUMMARY_VIEW_SQL}"))

@@ -1,0 +1,357 @@
+"""The store: every SQL statement the runner and the CLI need, spoken as verbs.
+
+Dialect subclasses override only what must differ: the claim, the clock arithmetic and inserts that
+return ids. Every status change is a guarded UPDATE (`status = 'running' AND lease_token = :token`)
+whose row count is returned, so a runner whose lease was taken over can never overwrite an outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from .. import db
+from ..errors import DatabaseUnavailable
+from ..schema import db_now, pending_jobs
+from ..states import JobStatus
+from .models import Claim, ClaimedJob, Finished, Job
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+J = pending_jobs
+RUNNING = JobStatus.RUNNING.value
+PENDING = JobStatus.PENDING.value
+
+LEASE_EXPIRED = "lease expired while running: the runner was killed or lost the database"
+
+CLAIM_COLUMNS = (
+    J.c.id,
+    J.c.task,
+    J.c.queue,
+    sa.cast(J.c.payload, sa.Text).label("payload_text"),
+    J.c.attempts,
+    J.c.max_attempts,
+    J.c.priority,
+    J.c.callback_url,
+    J.c.run_at,
+)
+
+
+def _ids() -> sa.BindParameter[Any]:
+    return sa.bindparam("ids", expanding=True)
+
+
+def _claim_order() -> tuple[sa.ColumnElement[Any], ...]:
+    return (J.c.priority.desc(), J.c.run_at, J.c.id)
+
+
+class Store:
+    """Job verbs on one database; one instance per engine, safe to share between threads."""
+
+    dialect = "base"
+    json_accepts_nul = True
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    # -- clock ---------------------------------------------------------------------------------
+
+    def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """The database clock plus an SQL expression of seconds (float)."""
+        raise NotImplementedError
+
+    def _seconds(self, value: float | sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        if isinstance(value, sa.ColumnElement):
+            return value
+        return sa.literal(float(value), sa.Float)
+
+    # -- transactions --------------------------------------------------------------------------
+
+    def transaction(self, work: Callable[[sa.Connection], T], tries: int = 5) -> T:
+        """Run `work` in its own transaction; retry deadlocks and lock-wait timeouts a few times.
+
+        `engine.begin()` rolls the whole transaction back on any error, which MySQL needs after a
+        lock-wait timeout (1205 rolls back only the statement, leaving earlier ones in place).
+        """
+        for attempt in range(1, tries + 1):
+            try:
+                with self.engine.begin() as conn:
+                    return work(conn)
+            except exc.DBAPIError as error:
+                if db.is_unavailable(error):
+                    raise DatabaseUnavailable(_describe(error)) from error
+                if not db.is_retryable(error) or attempt == tries:
+                    raise
+                log.warning("retrying after %s (attempt %d of %d)", _describe(error), attempt, tries)
+                time.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
+
+    def ping(self) -> None:
+        """Raise DatabaseUnavailable unless the database answers and accepts writes."""
+        self.transaction(lambda conn: conn.execute(sa.select(db_now())).scalar_one())
+        self.check_writable()
+
+    def check_writable(self) -> None:
+        """Raise DatabaseUnavailable when the database is read-only (nothing may be claimed)."""
+
+    def check_version(self) -> None:
+        """Raise ConfigError when the server is too old for SKIP LOCKED."""
+
+    # -- claim ---------------------------------------------------------------------------------
+
+    def due_queues(self) -> list[str]:
+        """Queues that have pending jobs, found by a skip scan over the claim index."""
+        sql = sa.text(
+            "WITH RECURSIVE q(queue) AS ("
+            " SELECT MIN(queue) FROM pending_jobs WHERE status = 'pending'"
+            " UNION ALL"
+            " SELECT (SELECT MIN(p.queue) FROM pending_jobs p WHERE p.status = 'pending' AND p.queue > q.queue)"
+            " FROM q WHERE q.queue IS NOT NULL)"
+            " SELECT queue FROM q WHERE queue IS NOT NULL"
+        )
+        return self.transaction(lambda conn: [row[0] for row in conn.execute(sql)])
+
+    def claim(self, queue: str, limit: int, owner: str, lease: float) -> Claim:
+        """Lock up to `limit` due jobs of `queue`, mark them running under a new lease, commit."""
+        where = (J.c.status == PENDING, J.c.queue == queue, J.c.run_at <= db_now())
+        return self._claim(where, limit, owner, lease)
+
+    def claim_job(self, job_id: int, owner: str, lease: float) -> Claim:
+        """Claim one pending job now, whatever its run_at and queue (`run --job`)."""
+        return self._claim((J.c.status == PENDING, J.c.id == job_id), 1, owner, lease)
+
+    def _claim(self, where: Sequence[sa.ColumnElement[bool]], limit: int, owner: str, lease: float) -> Claim:
+        token = secrets.token_hex(16)
+        locked = (
+            sa.select(J.c.id).where(*where).order_by(*_claim_order()).limit(limit).with_for_update(skip_locked=True)
+        )
+        stmt = (
+            sa.update(J)
+            .where(J.c.id.in_(locked.scalar_subquery()))
+            .values(self._claim_values(owner, token, lease))
+            .returning(*CLAIM_COLUMNS)
+        )
+
+        def work(conn: sa.Connection) -> list[ClaimedJob]:
+            rows = conn.execute(stmt).mappings().all()
+            return [ClaimedJob.from_row(row, token) for row in rows]
+
+        jobs = self.transaction(work)
+        jobs.sort(key=lambda job: (-job.priority, job.id))
+        return Claim(token, jobs)
+
+    def _claim_values(self, owner: str, token: str, lease: float) -> dict[str, Any]:
+        return {
+            "status": RUNNING,
+            "attempts": J.c.attempts + 1,
+            "lease_owner": owner[:128],
+            "lease_token": token,
+            "lease_expires_at": self.after(self._seconds(lease)),
+            "started_at": db_now(),
+            "updated_at": db_now(),
+        }
+
+    # -- finish --------------------------------------------------------------------------------
+
+    def _held(self, token: str) -> tuple[sa.ColumnElement[bool], ...]:
+        return (J.c.id.in_(_ids()), J.c.status == RUNNING, J.c.lease_token == token)
+
+    def _terminal_values(self, status: JobStatus) -> dict[str, Any]:
+        has_callback = sa.and_(J.c.callback_url.is_not(None), J.c.callback_url != "")
+        return {
+            "status": status.value,
+            "finished_at": db_now(),
+            "updated_at": db_now(),
+            "lease_expires_at": None,
+            # The callback becomes due in the same statement that records the outcome.
+            "callback_status": sa.case((has_callback, "pending"), else_=sa.null()),
+            "callback_next_at": sa.case((has_callback, db_now()), else_=sa.null()),
+        }
+
+    def finish(
+        self,
+        token: str,
+        succeeded: Sequence[tuple[int, Any]] = (),
+        retried: Sequence[tuple[int, float, str]] = (),
+        failed: Sequence[tuple[int, str]] = (),
+    ) -> Finished:
+        """Record the outcomes of one claim's jobs: one guarded statement per outcome kind.
+
+        Safe to repeat after a commit whose outcome is unknown: rows already finished no longer
+        match the guard, so a repeat changes nothing.
+        """
+
+        def work(conn: sa.Connection) -> Finished:
+            return Finished(
+                succeeded=self._succeed(conn, token, succeeded),
+                retried=self._retry(conn, token, retried),
+                failed=self._fail(conn, token, failed),
+            )
+
+        return self.transaction(work)
+
+    def _succeed(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, Any]]) -> int:
+        if not jobs:
+            return 0
+        values = self._terminal_values(JobStatus.SUCCEEDED)
+        results = {job_id: result for job_id, result in jobs if result is not None}
+        if results:
+            values["result"] = sa.case(
+                {job_id: sa.bindparam(None, result, type_=J.c.result.type) for job_id, result in results.items()},
+                value=J.c.id,
+                else_=sa.null(),
+            )
+        stmt = sa.update(J).where(*self._held(token)).values(values)
+        return int(conn.execute(stmt, {"ids": [job_id for job_id, _ in jobs]}).rowcount)
+
+    def _retry(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, float, str]]) -> int:
+        if not jobs:
+            return 0
+        delays = sa.case({job_id: float(delay) for job_id, delay, _ in jobs}, value=J.c.id)
+        errors = sa.case({job_id: error for job_id, _, error in jobs}, value=J.c.id)
+        stmt = (
+            sa.update(J)
+            .where(*self._held(token))
+            .values(
+                status=PENDING,
+                run_at=self.after(sa.cast(delays, sa.Float)),
+                last_error=errors,
+                lease_expires_at=None,
+                updated_at=db_now(),
+            )
+        )
+        return int(conn.execute(stmt, {"ids": [job_id for job_id, _, _ in jobs]}).rowcount)
+
+    def _fail(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, str]]) -> int:
+        if not jobs:
+            return 0
+        values = self._terminal_values(JobStatus.FAILED)
+        values["last_error"] = sa.case({job_id: error for job_id, error in jobs}, value=J.c.id)
+        stmt = sa.update(J).where(*self._held(token)).values(values)
+        return int(conn.execute(stmt, {"ids": [job_id for job_id, _ in jobs]}).rowcount)
+
+    def succeed_in(self, conn: sa.Connection, job: ClaimedJob, result: Any) -> bool:
+        """Mark one job succeeded inside the handler's own transaction (`ctx.connection`)."""
+        values = self._terminal_values(JobStatus.SUCCEEDED)
+        values["result"] = sa.bindparam(None, result, type_=J.c.result.type) if result is not None else sa.null()
+        stmt = sa.update(J).where(*self._held(job.token)).values(values)
+        return conn.execute(stmt, {"ids": [job.id]}).rowcount == 1
+
+    def outcome_of(self, job: ClaimedJob) -> str | None:
+        """The status of a job as last written under `job.token` (settles a commit of unknown outcome)."""
+        stmt = sa.select(J.c.status).where(J.c.id == job.id, J.c.lease_token == job.token)
+        return self.transaction(lambda conn: conn.execute(stmt).scalar_one_or_none())
+
+    def release(self, token: str, ids: Sequence[int]) -> int:
+        """Put claimed jobs that never started back to pending, without counting the attempt."""
+        if not ids:
+            return 0
+        stmt = (
+            sa.update(J)
+            .where(*self._held(token))
+            .values(
+                status=PENDING,
+                attempts=J.c.attempts - 1,
+                lease_expires_at=None,
+                started_at=None,
+                updated_at=db_now(),
+            )
+        )
+        return self.transaction(lambda conn: int(conn.execute(stmt, {"ids": list(ids)}).rowcount))
+
+    def heartbeat(self, tokens: Sequence[str], lease: float) -> int:
+        """Extend the lease of every job still running under these tokens."""
+        if not tokens:
+            return 0
+        stmt = (
+            sa.update(J)
+            .where(J.c.lease_token.in_(sa.bindparam("tokens", expanding=True)), J.c.status == RUNNING)
+            .values(lease_expires_at=self.after(self._seconds(lease)))
+        )
+        return self.transaction(lambda conn: int(conn.execute(stmt, {"tokens": list(tokens)}).rowcount))
+
+    def rescue_expired(self) -> tuple[int, int]:
+        """Jobs whose lease expired: back to pending, or failed when attempts are spent."""
+        expired = (J.c.status == RUNNING, J.c.lease_expires_at < db_now())
+        spent = J.c.attempts >= J.c.max_attempts
+        fail_values = self._terminal_values(JobStatus.FAILED)
+        fail_values["last_error"] = LEASE_EXPIRED + "; no attempts left"
+        to_failed = sa.update(J).where(*expired, spent).values(fail_values)
+        to_pending = (
+            sa.update(J)
+            .where(*expired, ~spent)
+            .values(
+                status=PENDING,
+                run_at=db_now(),
+                last_error=LEASE_EXPIRED,
+                lease_expires_at=None,
+                updated_at=db_now(),
+            )
+        )
+
+        def work(conn: sa.Connection) -> tuple[int, int]:
+            failed = conn.execute(to_failed).rowcount
+            return int(conn.execute(to_pending).rowcount), int(failed)
+
+        return self.transaction(work)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job | None:
+        """One whole row, or None."""
+        stmt = sa.select(J).where(J.c.id == job_id)
+        row = self.transaction(lambda conn: conn.execute(stmt).mappings().first())
+        return Job.from_row(row) if row is not None else None
+
+    def counts(self) -> list[tuple[str, str, int]]:
+        """(queue, status, count) for every pair present."""
+        stmt = (
+            sa.select(J.c.queue, J.c.status, sa.func.count())
+            .group_by(J.c.queue, J.c.status)
+            .order_by(J.c.queue, J.c.status)
+        )
+        return self.transaction(lambda conn: [(q, s, int(n)) for q, s, n in conn.execute(stmt)])
+
+    def oldest_due_age(self) -> float | None:
+        """Seconds the oldest due pending job has waited, by the database clock; None when none is due."""
+        oldest = (
+            sa.select(sa.func.min(J.c.run_at)).where(J.c.status == PENDING, J.c.run_at <= db_now()).scalar_subquery()
+        )
+        stmt = sa.select(db_now().label("now"), oldest.label("oldest"))
+
+        def work(conn: sa.Connection) -> float | None:
+            row = conn.execute(stmt).one()
+            if row.oldest is None:
+                return None
+            return max(0.0, (_as_datetime(row.now) - _as_datetime(row.oldest)).total_seconds())
+
+        return self.transaction(work)
+
+    def expired_leases(self) -> list[Job]:
+        """Running jobs whose lease has expired (their runner died; the next run rescues them)."""
+        stmt = sa.select(J).where(J.c.status == RUNNING, J.c.lease_expires_at < db_now()).order_by(J.c.id)
+        return self.transaction(lambda conn: [Job.from_row(row) for row in conn.execute(stmt).mappings()])
+
+
+def _as_datetime(value: Any) -> Any:
+    """SQLite returns the clock expression as text; the others return datetimes."""
+    import datetime as dt
+
+    from .models import utc
+
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return utc(value)
+
+
+def _describe(error: BaseException) -> str:
+    """A short, single-line description of a database error, without SQL or parameters."""
+    orig = getattr(error, "orig", None) or error
+    text = " ".join(str(orig).split())
+    return f"{type(orig).__name__}: {text[:300]}"

@@ -1,0 +1,103 @@
+"""Rows as frozen dataclasses: what the store hands to the runner, the CLI and callbacks."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Every time the store returns is timezone-aware UTC, whatever the dialect gave back."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimedJob:
+    """A job this runner holds under a lease; `payload_text` is unparsed so a bad row cannot break a batch."""
+
+    id: int
+    task: str
+    queue: str
+    payload_text: str | None
+    attempt: int
+    max_attempts: int
+    priority: int
+    callback_url: str | None
+    token: str
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], token: str) -> ClaimedJob:
+        return cls(
+            id=int(row["id"]),
+            task=row["task"],
+            queue=row["queue"],
+            payload_text=row["payload_text"],
+            attempt=int(row["attempts"]),
+            max_attempts=int(row["max_attempts"]),
+            priority=int(row["priority"]),
+            callback_url=row["callback_url"],
+            token=token,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One claim transaction's jobs, all under one fencing token."""
+
+    token: str
+    jobs: list[ClaimedJob]
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A whole `pending_jobs` row, for status, list and show."""
+
+    id: int
+    queue: str
+    task: str
+    payload: Any
+    status: str
+    priority: int
+    run_at: dt.datetime | None
+    attempts: int
+    max_attempts: int
+    result: Any
+    last_error: str | None
+    callback_url: str | None
+    callback_status: str | None
+    callback_attempts: int
+    callback_next_at: dt.datetime | None
+    callback_last_error: str | None
+    idempotency_key: str | None
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+    cancel_requested: bool
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Job:
+        values = {field.name: row[field.name] for field in dataclasses.fields(cls)}
+        for name, value in values.items():
+            if isinstance(value, dt.datetime):
+                values[name] = utc(value)
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """How many rows each outcome kind actually changed; fewer than asked means a stale lease."""
+
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0

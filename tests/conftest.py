@@ -1,0 +1,157 @@
+"""Fixtures: a fresh, migrated database per test on SQLite, MariaDB and PostgreSQL.
+
+Select backends with PENDING_JOBS_TEST_BACKENDS (default: sqlite,mysql,postgresql). A backend that
+cannot be reached is skipped locally and fails the run when CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pending_jobs import config, db, migrate
+from pending_jobs.runner import RunReport, Runner
+from pending_jobs.store import Store, open_store
+
+from . import jobs  # noqa: F401 - registers the test handlers
+
+ROOT = Path(__file__).resolve().parent.parent
+MYSQL_ADMIN = os.environ.get("PENDING_JOBS_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
+PG_ADMIN = os.environ.get("PENDING_JOBS_TEST_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BACKENDS = [b.strip() for b in os.environ.get("PENDING_JOBS_TEST_BACKENDS", "sqlite,mysql,postgresql").split(",")]
+ALL = ["sqlite", "mysql", "postgresql"]
+SERVERS = ["mysql", "postgresql"]
+
+
+def _admin(backend: str) -> sa.Engine:
+    return sa.create_engine(MYSQL_ADMIN if backend == "mysql" else PG_ADMIN, isolation_level="AUTOCOMMIT",
+                            poolclass=sa.pool.NullPool)
+
+
+_reachable: dict[str, str | None] = {}
+
+
+def _require(backend: str) -> None:
+    if backend not in BACKENDS:
+        pytest.skip(f"{backend} not in PENDING_JOBS_TEST_BACKENDS")
+    if backend == "sqlite":
+        return
+    if backend not in _reachable:
+        try:
+            with _admin(backend).connect() as conn:
+                conn.exec_driver_sql("SELECT 1")
+            _reachable[backend] = None
+        except Exception as error:  # noqa: BLE001 - any failure means unreachable
+            _reachable[backend] = f"{backend} unreachable: {error}"
+    reason = _reachable[backend]
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+def create_database(backend: str, tmp_path: Path) -> tuple[str, Any]:
+    """A new empty database; returns its URL and a function that drops it."""
+    _require(backend)
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite3'}", lambda: None
+    name = f"pj_{uuid.uuid4().hex[:12]}"
+    admin = _admin(backend)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = sa.make_url(MYSQL_ADMIN if backend == "mysql" else PG_ADMIN).set(database=name)
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            force = " WITH (FORCE)" if backend == "postgresql" else ""
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name}{force}")
+        admin.dispose()
+
+    return url.render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(params=ALL)
+def backend(request: pytest.FixtureRequest) -> str:
+    """Each test that uses it runs once per database."""
+    return str(request.param)
+
+
+@pytest.fixture
+def empty_url(backend: str, tmp_path: Path) -> Iterator[str]:
+    """URL of a new, empty database (not migrated)."""
+    url, drop = create_database(backend, tmp_path)
+    try:
+        yield url
+    finally:
+        drop()
+
+
+@pytest.fixture
+def db_url(empty_url: str) -> str:
+    """URL of a new database migrated to head."""
+    engine = db.create_engine(empty_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    return empty_url
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[sa.Engine]:
+    """An engine on the test database, set up as the runner sets up its own."""
+    eng = db.create_engine(db_url, pool_size=8)
+    with eng.begin() as conn:
+        conn.exec_driver_sql(jobs.LEDGER_DDL)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def store(engine: sa.Engine) -> Store:
+    return open_store(engine)
+
+
+def settings_for(url: str, **overrides: Any) -> config.Settings:
+    """Settings for tests: defaults, the test database, the test handlers, and any overrides."""
+    base = config.load({}, environ={})
+    return base.replace(database_url=url, tasks=["tests.jobs"], **overrides)
+
+
+@pytest.fixture
+def run(store: Store, db_url: str) -> Any:
+    """`run(**settings)` runs the runner in-process once and returns its report."""
+
+    def _run(job_id: int | None = None, **overrides: Any) -> RunReport:
+        from pending_jobs import registry
+
+        settings = settings_for(db_url, **overrides)
+        return Runner(store, registry.load(settings.tasks), settings).run(job_id=job_id)
+
+    return _run
+
+
+def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pending_jobs ARGS` in a subprocess with the test handlers importable."""
+    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs"}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "pending_jobs", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=cwd or ROOT)
+
+
+def rows(engine: sa.Engine, sql: str, **params: Any) -> list[Any]:
+    """Rows of a query, for assertions."""
+    with engine.connect() as conn:
+        return list(conn.execute(sa.text(sql), params))
+
+
+def scalar(engine: sa.Engine, sql: str, **params: Any) -> Any:
+    with engine.connect() as conn:
+        return conn.execute(sa.text(sql), params).scalar()
