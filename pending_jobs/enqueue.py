@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -94,7 +94,7 @@ def job_row(
     if run_at is not None:
         if run_at.tzinfo is None:
             raise ValueError("run_at must be timezone-aware (times are stored in UTC)")
-        row["run_at"] = run_at.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        row["run_at"] = run_at.astimezone(dt.UTC).replace(tzinfo=None)
     return row
 
 

@@ -18,7 +18,7 @@ Isolation = Literal["thread", "process"]
 def default_backoff(attempt: int) -> float:
     """Seconds before retry number `attempt`: 10 s doubling to a 1 h cap, with jitter (50-100 %)."""
     base = min(3600.0, 10.0 * 2 ** max(0, attempt - 1))
-    return base * random.uniform(0.5, 1.0)
+    return float(base * random.uniform(0.5, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)

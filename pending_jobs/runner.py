@@ -20,12 +20,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Literal
 
-from sqlalchemy import exc
-
 from . import validation
 from .config import Settings
 from .context import JobContext
-from .errors import DatabaseUnavailable, Fail, Retry
+from .errors import Fail, Retry
 from .registry import Task
 from .store import ClaimedJob, Store
 
@@ -79,7 +77,7 @@ def owner_name() -> str:
 class _Slot:
     """A claimed job waiting in the inbox or running in a worker."""
 
-    __slots__ = ("job", "started", "abandoned")
+    __slots__ = ("abandoned", "job", "started")
 
     def __init__(self, job: ClaimedJob) -> None:
         self.job = job
@@ -131,7 +129,8 @@ class Runner:
             self.report.rescued = pending + failed
             self.report.failed += failed
             if pending or failed:
-                log.warning("rescued %d job(s) with expired leases (%d failed, out of attempts)", pending + failed, failed)
+                log.warning("rescued %d job(s) with expired leases (%d failed, out of attempts)",
+                            pending + failed, failed)
             self._start_workers()
             if job_id is not None:
                 self._run_one(job_id)
@@ -401,22 +400,12 @@ class Runner:
         return self._commit_in_handler_transaction(conn, job, result)
 
     def _commit_in_handler_transaction(self, conn: Any, job: ClaimedJob, result: Any) -> Outcome:
-        try:
-            with conn:
-                if not self.store.succeed_in(conn, job, result):
-                    conn.rollback()
-                    return Outcome(job, "dropped")
-                conn.commit()
+        verdict, error = self.store.commit_success(conn, job, result)
+        if verdict == "recorded":
             return Outcome(job, "recorded")
-        except exc.DBAPIError as error:
-            # The commit may or may not have happened: the row, read by our token, says which.
-            try:
-                status = self.store.outcome_of(job)
-            except DatabaseUnavailable:
-                status = None
-            if status == "succeeded":
-                return Outcome(job, "recorded")
-            return self._failure(job, validation.describe_exception(error), 5.0)
+        if verdict == "stale":
+            return Outcome(job, "dropped")
+        return self._failure(job, f"could not commit the handler's transaction: {error}", 5.0)
 
     def _failure(self, job: ClaimedJob, error: str, delay: float | None = None) -> Outcome:
         """Retry later, or fail when this was the last attempt."""
@@ -433,7 +422,7 @@ class Runner:
     def _install_signals(self) -> dict[int, Any]:
         if threading.current_thread() is not threading.main_thread():
             return {}
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, self._on_signal)
         return previous

@@ -23,7 +23,7 @@ LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 class _Now(FunctionElement[sa.DateTime]):
     """The database's own UTC clock, with microseconds where the database has them."""
 
-    type = sa.DateTime()
+    type = sa.DateTime()  # type: ignore[assignment]
     inherit_cache = True
 
 
@@ -164,7 +164,7 @@ SUMMARY_VIEW_SQL = (
 @compiles(CreateColumn)
 def _column_default(element: CreateColumn, compiler: DDLCompiler, **kw: object) -> str:
     """Render the CURRENT_TIMESTAMP placeholder as each dialect's UTC clock with microseconds."""
-    text: str = compiler.visit_create_column(element, **kw)
+    text: str = compiler.visit_create_column(element, **kw)  # type: ignore[no-untyped-call]
     dialect = "mysql" if compiler.dialect.name in ("mysql", "mariadb") else compiler.dialect.name
     if "DEFAULT CURRENT_TIMESTAMP" in text and dialect in NOW_DEFAULT:
         text = text.replace("DEFAULT CURRENT_TIMESTAMP", f"DEFAULT {NOW_DEFAULT[dialect].text}")

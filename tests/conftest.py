@@ -18,10 +18,10 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs import config, db, migrate
-from pending_jobs.runner import RunReport, Runner
+from pending_jobs.runner import Runner, RunReport
 from pending_jobs.store import Store, open_store
 
-from . import jobs  # noqa: F401 - registers the test handlers
+from . import jobs
 
 ROOT = Path(__file__).resolve().parent.parent
 MYSQL_ADMIN = os.environ.get("PENDING_JOBS_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
@@ -49,7 +49,7 @@ def _require(backend: str) -> None:
             with _admin(backend).connect() as conn:
                 conn.exec_driver_sql("SELECT 1")
             _reachable[backend] = None
-        except Exception as error:  # noqa: BLE001 - any failure means unreachable
+        except Exception as error:
             _reachable[backend] = f"{backend} unreachable: {error}"
     reason = _reachable[backend]
     if reason:

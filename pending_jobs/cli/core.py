@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..runner import Runner
 from . import common
 
-Commands = argparse._SubParsersAction  # type: ignore[type-arg]
+Commands = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def register(commands: Commands) -> None:
@@ -90,7 +90,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         except ValueError:
             raise ConfigError(f"--run-at is not an ISO 8601 time: {args.run_at!r}") from None
         if run_at.tzinfo is None:
-            run_at = run_at.replace(tzinfo=dt.timezone.utc)
+            run_at = run_at.replace(tzinfo=dt.UTC)
     engine, _ = common.open_database(settings)
     try:
         job_id = enqueue(

@@ -243,6 +243,27 @@ class Store:
         stmt = sa.update(J).where(*self._held(job.token)).values(values)
         return conn.execute(stmt, {"ids": [job.id]}).rowcount == 1
 
+    def commit_success(self, conn: sa.Connection, job: ClaimedJob, result: Any) -> tuple[str, str]:
+        """Record success in the handler's transaction and commit it with the handler's writes.
+
+        Returns ("recorded", ""), ("stale", "") when the lease was taken over (all rolled back), or
+        ("error", reason). A commit that fails midway may still have happened: the row, read back by
+        its token, settles it.
+        """
+        try:
+            with conn:
+                if not self.succeed_in(conn, job, result):
+                    conn.rollback()
+                    return "stale", ""
+                conn.commit()
+            return "recorded", ""
+        except exc.DBAPIError as error:
+            try:
+                status = self.outcome_of(job)
+            except DatabaseUnavailable:
+                status = None
+            return ("recorded", "") if status == JobStatus.SUCCEEDED.value else ("error", _describe(error))
+
     def outcome_of(self, job: ClaimedJob) -> str | None:
         """The status of a job as last written under `job.token` (settles a commit of unknown outcome)."""
         stmt = sa.select(J.c.status).where(J.c.id == job.id, J.c.lease_token == job.token)
@@ -329,7 +350,7 @@ class Store:
             row = conn.execute(stmt).one()
             if row.oldest is None:
                 return None
-            return max(0.0, (_as_datetime(row.now) - _as_datetime(row.oldest)).total_seconds())
+            return max(0.0, float((_as_datetime(row.now) - _as_datetime(row.oldest)).total_seconds()))
 
         return self.transaction(work)
 

@@ -50,15 +50,17 @@ def _insert_one(conn: sa.Connection, values: dict[str, Any]) -> int:
     key = values.get("idempotency_key")
     dialect = db.dialect_name(conn)
     if not key:
-        return int(conn.execute(sa.insert(J).values(values)).inserted_primary_key[0])
+        key_row = conn.execute(sa.insert(J).values(values)).inserted_primary_key
+        assert key_row is not None
+        return int(key_row[0])
     if dialect == "mysql":
         # LAST_INSERT_ID(id) makes lastrowid the existing row's id when the key already exists.
         stmt = mysql.insert(J).values(values)
         stmt = stmt.on_duplicate_key_update(id=sa.func.last_insert_id(J.c.id))
         return int(conn.execute(stmt).lastrowid)
     insert = postgresql.insert(J) if dialect == "postgresql" else sqlite.insert(J)
-    stmt = insert.values(values).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(J.c.id)
-    new_id = conn.execute(stmt).scalar_one_or_none()
+    upsert = insert.values(values).on_conflict_do_nothing(index_elements=["idempotency_key"]).returning(J.c.id)
+    new_id = conn.execute(upsert).scalar_one_or_none()
     if new_id is not None:
         return int(new_id)
     return int(conn.execute(sa.select(J.c.id).where(J.c.idempotency_key == key)).scalar_one())

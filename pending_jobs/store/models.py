@@ -13,8 +13,8 @@ def utc(value: dt.datetime | None) -> dt.datetime | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,7 +32,7 @@ class ClaimedJob:
     token: str
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any], token: str) -> ClaimedJob:
+    def from_row(cls, row: Mapping[Any, Any], token: str) -> ClaimedJob:
         return cls(
             id=int(row["id"]),
             task=row["task"],
@@ -84,7 +84,7 @@ class Job:
     finished_at: dt.datetime | None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> Job:
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
         values = {field.name: row[field.name] for field in dataclasses.fields(cls)}
         for name, value in values.items():
             if isinstance(value, dt.datetime):
