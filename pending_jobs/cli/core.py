@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-from typing import Any
+from typing import Any, TypeAlias
 
 from .. import config, migrate, registry
 from ..enqueue import enqueue
@@ -13,7 +13,7 @@ from ..errors import ConfigError
 from ..runner import Runner
 from . import common
 
-Commands = argparse._SubParsersAction[argparse.ArgumentParser]
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def register(commands: Commands) -> None:
