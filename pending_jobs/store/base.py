@@ -47,6 +47,11 @@ def _ids() -> sa.BindParameter[Any]:
     return sa.bindparam("ids", expanding=True)
 
 
+def due_in(queue: str) -> tuple[sa.ColumnElement[bool], ...]:
+    """The claim's WHERE: pending, in this queue, due by the database clock."""
+    return (J.c.status == PENDING, J.c.queue == queue, J.c.run_at <= db_now())
+
+
 def _claim_order() -> tuple[sa.ColumnElement[Any], ...]:
     return (J.c.priority.desc(), J.c.run_at, J.c.id)
 
@@ -119,8 +124,7 @@ class Store:
 
     def claim(self, queue: str, limit: int, owner: str, lease: float) -> Claim:
         """Lock up to `limit` due jobs of `queue`, mark them running under a new lease, commit."""
-        where = (J.c.status == PENDING, J.c.queue == queue, J.c.run_at <= db_now())
-        return self._claim(where, limit, owner, lease)
+        return self._claim(due_in(queue), limit, owner, lease)
 
     def claim_job(self, job_id: int, owner: str, lease: float) -> Claim:
         """Claim one pending job now, whatever its run_at and queue (`run --job`)."""
