@@ -66,7 +66,7 @@ def test_enqueue_rejects_bad_arguments_with_clear_errors(engine: sa.Engine) -> N
         ({"priority": 10**9}, "priority"),
         ({"max_attempts": 0}, "max_attempts"),
         ({"callback_url": "ftp://example.com/x"}, "scheme"),
-        ({"delay": 5, "run_at": dt.datetime.now(dt.timezone.utc)}, "not both"),
+        ({"delay": 5, "run_at": dt.datetime.now(dt.UTC)}, "not both"),
         ({"run_at": dt.datetime(2030, 1, 1)}, "timezone-aware"),
     ]
     for options, message in cases:
@@ -109,7 +109,7 @@ def test_priority_then_run_at_order(engine: sa.Engine, store: Store) -> None:
 
 def test_future_jobs_wait_and_run_job_runs_them_now(engine: sa.Engine, run: Any) -> None:
     later = enqueue(engine, "echo", {}, delay=3600)
-    at = enqueue(engine, "echo", {}, run_at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1))
+    at = enqueue(engine, "echo", {}, run_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
     assert run().claimed == 0
     assert job(engine, later).status == "pending"
 
@@ -303,7 +303,7 @@ def test_status_counts_and_oldest_due(engine: sa.Engine, store: Store) -> None:
     enqueue_many(engine, [{"task": "noop", "queue": "a"}, {"task": "noop", "queue": "a"}, {"task": "noop"}])
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE pending_jobs SET run_at = :t WHERE id = 1"),
-                     {"t": dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(seconds=90)})
+                     {"t": dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(seconds=90)})
     assert store.counts() == [("a", "pending", 2), ("default", "pending", 1)]
     age = store.oldest_due_age()
     assert age is not None and 85 <= age <= 600
@@ -318,4 +318,6 @@ def test_transition_table_covers_every_status() -> None:
 def _dt(value: Any) -> dt.datetime:
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
-    return value.replace(tzinfo=None) if value.tzinfo is None else value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.replace(tzinfo=None)

@@ -55,7 +55,8 @@ def test_upgrade_matches_schema_downgrade_and_upgrade_again(empty_url: str) -> N
     assert _diff(engine) == []
     _check_claim_index(engine)
     names = set(sa.inspect(engine).get_table_names())
-    assert {"pending_jobs", "pending_job_callback_attempts", "pending_job_runs", "pending_jobs_alembic_version"} <= names
+    ours = {"pending_jobs", "pending_job_callback_attempts", "pending_job_runs", "pending_jobs_alembic_version"}
+    assert ours <= names
     assert "pending_jobs_summary" in sa.inspect(engine).get_view_names()
 
     migrate.downgrade(engine)
