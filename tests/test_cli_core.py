@@ -112,3 +112,14 @@ def test_unknown_key_in_config_file_is_an_error(tmp_path: Path) -> None:
     path.write_text("bach_size = 5\n")
     with pytest.raises(ConfigError, match=r"unknown setting.*bach_size"):
         config.load({}, environ={"PENDING_JOBS_CONFIG": str(path)})
+
+
+def test_old_mysql_and_mariadb_are_refused() -> None:
+    from pending_jobs.store.mysql import version_problem
+
+    assert version_problem((10, 11, 19), mariadb=True) is None
+    assert version_problem((10, 6, 0), mariadb=True) is None
+    assert version_problem((8, 0, 1), mariadb=False) is None
+    assert "MariaDB 10.5.9 is too old: pending-jobs needs 10.6+" in str(version_problem((10, 5, 9), mariadb=True))
+    assert "MySQL 5.7.44 is too old: pending-jobs needs 8.0.1+" in str(version_problem((5, 7, 44), mariadb=False))
+    assert version_problem((8, 0, 0), mariadb=False) is not None

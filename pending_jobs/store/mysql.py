@@ -26,14 +26,11 @@ class MySQLStore(Store):
 
     def check_version(self) -> None:
         with self.engine.connect() as conn:
-            version = conn.dialect.server_version_info or ()
+            version = tuple(conn.dialect.server_version_info or ())
             mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
-        minimum = (10, 6) if mariadb else (8, 0, 1)
-        if tuple(version[: len(minimum)]) < minimum:
-            name = "MariaDB" if mariadb else "MySQL"
-            shown = ".".join(str(part) for part in version)
-            needed = ".".join(str(part) for part in minimum)
-            raise ConfigError(f"{name} {shown} is too old: pending-jobs needs {needed}+ for FOR UPDATE SKIP LOCKED")
+        problem = version_problem(version, mariadb)
+        if problem:
+            raise ConfigError(problem)
 
     def check_writable(self) -> None:
         def work(conn: sa.Connection) -> bool:
@@ -68,3 +65,14 @@ class MySQLStore(Store):
             return [ClaimedJob.from_row({**row, "attempts": row["attempts"] + 1}, token) for row in rows]
 
         return Claim(token, self.transaction(work))
+
+
+def version_problem(version: tuple[int, ...], mariadb: bool) -> str | None:
+    """Why this server is too old for FOR UPDATE SKIP LOCKED, or None."""
+    minimum = (10, 6) if mariadb else (8, 0, 1)
+    if version[: len(minimum)] >= minimum:
+        return None
+    name = "MariaDB" if mariadb else "MySQL"
+    shown = ".".join(str(part) for part in version)
+    needed = ".".join(str(part) for part in minimum)
+    return f"{name} {shown} is too old: pending-jobs needs {needed}+ for FOR UPDATE SKIP LOCKED"
