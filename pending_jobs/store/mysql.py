@@ -26,7 +26,7 @@ class MySQLStore(Store):
 
     def check_version(self) -> None:
         with self.engine.connect() as conn:
-            version = tuple(conn.dialect.server_version_info or ())
+            version = tuple(int(part) for part in conn.dialect.server_version_info or () if isinstance(part, int))
             mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
         problem = version_problem(version, mariadb)
         if problem:
