@@ -115,6 +115,7 @@ class Runner:
         self._pending_since = 0.0
         self._queues: list[str] = []
         self._next_queue = 0
+        self._next_claim = 0.0
 
     # -- public ---------------------------------------------------------------------------------
 
@@ -157,8 +158,9 @@ class Runner:
         batch = self.settings.batch_size
         last_heartbeat = time.monotonic()
         while True:
-            can_claim = self._room() > 0 and len(self._slots) < batch
-            self._collect(wait=not can_claim and bool(self._slots))
+            now = time.monotonic()
+            can_claim = self._room() > 0 and len(self._slots) < batch and now >= self._next_claim
+            self._collect(wait=bool(self._slots) and not can_claim)
             now = time.monotonic()
             if now - last_heartbeat >= self.settings.lease / 3:
                 self._heartbeat()
@@ -174,16 +176,17 @@ class Runner:
                 self.report.stopped_by = "max-jobs"
                 return
             if not can_claim:
+                if not self._slots and not self._pending:  # idle between polls
+                    self._stop.wait(max(0.0, min(self._next_claim, deadline) - now))
                 continue
             if self._claim(min(batch, self._room())):
                 continue
-            if self._slots or self._pending:
-                self._collect(wait=True)
-                continue
-            if self.settings.poll <= 0:
+            if not self._slots and not self._pending and self.settings.poll <= 0:
                 self.report.stopped_by = "empty"
                 return
-            self._stop.wait(min(self.settings.poll, max(0.0, deadline - time.monotonic())))
+            # Nothing due: ask again after the poll interval, or as soon as a running job finishes
+            # (its retry may be due at once), rather than hammering the database.
+            self._next_claim = now + (self.settings.poll if self.settings.poll > 0 else 0.5)
 
     def _room(self) -> int:
         if self.settings.max_jobs is None:
@@ -280,6 +283,7 @@ class Runner:
             if slot is None or slot.job.token != outcome.job.token or slot.abandoned:
                 return  # already settled (timed out or released); the late result is dropped
             del self._slots[outcome.job.id]
+        self._next_claim = 0.0
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append(outcome)
