@@ -33,17 +33,18 @@ def _delayed(conn: sa.Connection, row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _insert_chunk(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
-    keyed = [row for row in rows if row.get("idempotency_key")]
+    keyed = any(row.get("idempotency_key") for row in rows)
     if len(rows) == 1 or keyed or any("run_at_delay" in row for row in rows):
         return [_insert_one(conn, _delayed(conn, row)) for row in rows]
-    dialect = db.dialect_name(conn)
-    if dialect == "mysql":
-        # One multi-row INSERT gets consecutive AUTO_INCREMENT ids (InnoDB "simple insert").
-        result = conn.execute(sa.insert(J).values(list(rows)))
-        first = int(result.lastrowid)
-        return list(range(first, first + len(rows)))
-    result = conn.execute(sa.insert(J).returning(J.c.id, sort_by_parameter_order=True), list(rows))
-    return [int(row[0]) for row in result]
+    if conn.dialect.insert_executemany_returning_sort_by_parameter_order:  # PostgreSQL, SQLite, MariaDB
+        result = conn.execute(sa.insert(J).returning(J.c.id, sort_by_parameter_order=True), list(rows))
+        return [int(row[0]) for row in result]
+    # MySQL has no INSERT ... RETURNING. One multi-row INSERT is an InnoDB "simple insert": its ids
+    # are reserved together, spaced by auto_increment_increment (not 1 on Galera-style clusters).
+    result = conn.execute(sa.insert(J).values(list(rows)))
+    step = int(conn.execute(sa.text("SELECT @@auto_increment_increment")).scalar_one())
+    first = int(result.lastrowid)
+    return list(range(first, first + step * len(rows), step))
 
 
 def _insert_one(conn: sa.Connection, values: dict[str, Any]) -> int:
