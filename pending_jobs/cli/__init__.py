@@ -11,12 +11,15 @@ from sqlalchemy import exc
 
 from .. import __version__, db, logs
 from ..errors import ConfigError, DatabaseUnavailable
-from . import common, core
+from . import callbacks, common, core
 
 log = logging.getLogger(__name__)
 
 # Each module adds its subcommands; a subcommand's `func(args) -> exit code` does the work.
-MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [core.register]
+MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    core.register,
+    callbacks.register,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

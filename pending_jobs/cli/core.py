@@ -11,7 +11,7 @@ from .. import config, migrate, registry
 from ..enqueue import enqueue
 from ..errors import ConfigError
 from ..runner import Runner
-from . import common
+from . import callbacks, common
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     store.check_version()
     migrate.require_head(engine)
     tasks = registry.load(settings.tasks)
-    runner = Runner(store, tasks, settings)
+    runner = Runner(store, tasks, settings, deliver_callbacks=callbacks.deliverer(store, settings, args.verbose))
     report = runner.run(job_id=args.job)
     common.log.info("run finished: %s", report.summary())
     if args.verbose:

@@ -1,0 +1,166 @@
+"""Deliver due callbacks: claim a few, POST them concurrently, record every attempt.
+
+Claims and records are short transactions of their own (in the calling thread); HTTP requests run in
+worker threads over one keep-alive session while no transaction is open and no row is locked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
+
+from .. import __version__
+from ..config import Settings
+from ..errors import ConfigError
+from ..store.callbacks import CallbackResult, CallbackStore, DueCallback
+from .guard import Guard, Refused, Resolver, redact
+from .policy import classify
+from .signing import Signer
+from .transport import new_session, post
+
+log = logging.getLogger(__name__)
+
+LEASE_MARGIN = 60.0  # seconds beyond the request timeout before another runner may take a callback over
+BREAKER_THRESHOLD = 5  # consecutive failures to one host that open its circuit for the rest of the run
+BREAKER_PAUSE = 60.0  # seconds a callback held back by an open circuit waits (about one cron tick)
+EXCERPT = 1024
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def webhook_id(callback: DueCallback) -> str:
+    """The event's id: the same on every retry of this outcome, new if the job runs and ends again."""
+    finished = callback.finished_at or EPOCH
+    return f"msg_{callback.job_id}_{(finished - EPOCH) // dt.timedelta(microseconds=1)}"
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat(timespec="microseconds").replace("+00:00", "Z") if value else None
+
+
+def body_of(callback: DueCallback) -> bytes:
+    """The JSON body: event type, event time, and the job's outcome (`error` is its last_error)."""
+    document = {
+        "type": f"job.{callback.status}",
+        "timestamp": _iso(callback.finished_at),
+        "data": {
+            "id": callback.job_id,
+            "task": callback.task,
+            "queue": callback.queue,
+            "status": callback.status,
+            "attempts": callback.attempts,
+            "result": callback.result,
+            "error": callback.last_error,
+            "created_at": _iso(callback.created_at),
+            "finished_at": _iso(callback.finished_at),
+        },
+    }
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def _host_key(url: str) -> str:
+    return redact(url).split("/", 3)[2] if "://" in url else url
+
+
+class Deliverer:
+    """The runner's `deliver_callbacks` hook: `deliverer(deadline) -> (delivered, not delivered)`."""
+
+    def __init__(self, store: CallbackStore, settings: Settings, resolver: Resolver | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        if settings.callback_timeout <= 0 or settings.callback_connect_timeout <= 0:
+            raise ConfigError("callback_timeout and callback_connect_timeout must be positive")
+        self.store = store
+        self.settings = settings
+        self.signer = Signer(settings.callback_secret)  # raises ConfigError on a malformed secret
+        self.guard = Guard(settings.callback_allow, resolver)
+        self.concurrency = max(1, settings.callback_concurrency)
+        self.session, self.adapter = new_session(self.concurrency)
+        self.clock = clock
+        self.failures: dict[str, int] = {}
+
+    def __call__(self, deadline: float) -> tuple[int, int]:
+        """Deliver what is due until nothing is left or the deadline passes; returns the counts."""
+        self.failures = {}  # the circuit breaker is per run
+        lease = self.settings.callback_timeout + LEASE_MARGIN
+        delivered = undelivered = 0
+        inflight: dict[Future[CallbackResult], DueCallback] = {}
+        drained = False
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="pending-jobs-callback") as pool:
+            while True:
+                free = self.concurrency - len(inflight)
+                if not drained and free > 0 and time.monotonic() < deadline:
+                    claimed = self.store.claim(free, lease)
+                    drained = len(claimed) < free  # nothing more is due now (or others hold it)
+                    held_back = [self._hold_back(c) for c in claimed if self._open(c.url)]
+                    self.store.record(held_back)
+                    for callback in claimed:
+                        if not self._open(callback.url):
+                            inflight[pool.submit(self.attempt, callback)] = callback
+                if not inflight:
+                    if drained or time.monotonic() >= deadline:
+                        break
+                    continue
+                done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
+                results = [self._result(future, inflight.pop(future)) for future in done]
+                self.store.record(results)
+                delivered += sum(1 for r in results if r.kind == "delivered")
+                undelivered += sum(1 for r in results if r.kind != "delivered")
+        return delivered, undelivered
+
+    def _open(self, url: str) -> bool:
+        return self.failures.get(_host_key(url), 0) >= BREAKER_THRESHOLD
+
+    def _hold_back(self, callback: DueCallback) -> CallbackResult:
+        return CallbackResult(callback, "release", delay=BREAKER_PAUSE)
+
+    def _result(self, future: Future[CallbackResult], callback: DueCallback) -> CallbackResult:
+        try:
+            result = future.result()
+        except Exception as error:  # attempt() catches everything; this is a last line of defence
+            log.error("callback for job %d: unexpected %s", callback.job_id, type(error).__name__, exc_info=True)
+            result = CallbackResult(callback, "retry", webhook_id(callback), redact(callback.url), delay=60.0,
+                                    error=f"internal error: {type(error).__name__}")
+        self._count(result)
+        return result
+
+    def _count(self, result: CallbackResult) -> None:
+        host = _host_key(result.callback.url)
+        code = result.status_code
+        if result.kind == "delivered" or (code is not None and code < 500 and code != 429):
+            self.failures[host] = 0
+        elif result.kind == "retry":
+            self.failures[host] = self.failures.get(host, 0) + 1
+            if self.failures[host] == BREAKER_THRESHOLD:
+                log.warning("callbacks to %s: %d failures in a row; the rest wait for the next run",
+                            host, BREAKER_THRESHOLD)
+
+    def attempt(self, callback: DueCallback) -> CallbackResult:
+        """One delivery attempt of one callback (runs in a worker thread; holds no database state)."""
+        msg_id, safe_url = webhook_id(callback), redact(callback.url)
+        base: dict[str, Any] = {"webhook_id": msg_id, "url": safe_url}
+        try:
+            target = self.guard.check(callback.url)
+        except Refused as refused:
+            log.warning("callback for job %d to %s %s", callback.job_id, safe_url, refused)
+            return CallbackResult(callback, "failed", error=str(refused), **base)
+        body = body_of(callback)
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": f"pending-jobs/{__version__}",
+            **self.signer.headers(msg_id, int(self.clock()), body),
+        }
+        response = post(self.session, self.adapter, target, callback.url, body, headers,
+                        self.settings.callback_connect_timeout, self.settings.callback_timeout)
+        kind, delay, error = classify(response, callback.attempt, self.settings.callback_schedule)
+        excerpt = response.body[:EXCERPT].decode("utf-8", "replace") if response.body else None
+        note = error or response.error
+        log.debug("callback for job %d to %s, attempt %d: %s%s", callback.job_id, safe_url, callback.attempt,
+                  kind, f" ({note})" if note else "")
+        if kind == "failed":
+            log.warning("callback for job %d to %s failed for good: %s", callback.job_id, safe_url, error)
+        return CallbackResult(callback, kind, delay=delay, error=note, status_code=response.status_code,
+                              duration_ms=response.duration_ms, excerpt=excerpt, **base)

@@ -1,0 +1,75 @@
+"""`pending-jobs callbacks list|retry`: see why a callback did not arrive, and send it again."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TypeAlias
+
+from .. import migrate
+from ..callbacks import Deliverer, config_warnings, redact
+from ..config import Settings
+from ..store import Store
+from ..store.callbacks import CallbackStore
+from . import common
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def register(commands: Commands) -> None:
+    """Add `callbacks list` and `callbacks retry`."""
+    p = commands.add_parser("callbacks", help="list callbacks, or send one again")
+    actions = p.add_subparsers(dest="callbacks_command", metavar="ACTION", required=True)
+
+    q = actions.add_parser("list", help="jobs with a callback, newest first")
+    common.add_common(q)
+    common.add_json(q)
+    q.add_argument("--failed", action="store_true", help="only callbacks that failed for good")
+    q.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    q.set_defaults(func=cmd_list)
+
+    q = actions.add_parser("retry", help="make a finished job's callback due now, also when it failed")
+    common.add_common(q)
+    q.add_argument("job_id", type=int, metavar="ID", help="the job's id")
+    q.set_defaults(func=cmd_retry)
+
+
+def _open(args: argparse.Namespace) -> CallbackStore:
+    settings = common.settings_from(args)
+    engine, store = common.open_database(settings)
+    migrate.require_head(engine)
+    return CallbackStore(store)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    rows = _open(args).recent(failed_only=args.failed, limit=max(1, args.limit))
+    if args.json:
+        common.print_json([
+            {"job_id": r.job_id, "task": r.task, "job_status": r.job_status, "url": redact(r.url),
+             "callback_status": r.callback_status, "attempts": r.callback_attempts,
+             "next_at": r.callback_next_at, "last_error": r.callback_last_error}
+            for r in rows
+        ])
+        return common.EXIT_OK
+    common.print_table(
+        ["job", "task", "job status", "callback", "attempts", "next at", "url", "last error"],
+        [(r.job_id, r.task, r.job_status, r.callback_status, r.callback_attempts, r.callback_next_at,
+          redact(r.url), (r.callback_last_error or "").splitlines()[0][:80] if r.callback_last_error else None)
+         for r in rows],
+    )
+    return common.EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    if not _open(args).retry(args.job_id):
+        common.eprint(f"job {args.job_id}: no finished job with a callback_url has this id")
+        return common.EXIT_FAILURE
+    common.log.info("callback of job %d is due now", args.job_id)
+    return common.EXIT_OK
+
+
+def deliverer(store: Store, settings: Settings, verbose: int) -> Deliverer:
+    """The `run` command's callback hook; under -v, says first what is wrong with the callback settings."""
+    if verbose:
+        for warning in config_warnings(settings):
+            common.eprint(f"warning: {warning}")
+    return Deliverer(CallbackStore(store), settings)
