@@ -14,6 +14,7 @@ MYSQL_DEADLOCK = 1213  # whole transaction rolled back: retry it
 MYSQL_LOCK_WAIT_TIMEOUT = 1205  # only the statement rolled back: roll back ourselves, then retry
 MYSQL_READ_ONLY = (1290, 1792, 1836)  # --read-only / read-only transaction / read-only slave
 MYSQL_GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost / killed / shutdown
+MYSQL_LOST = (2006, 2013, 2055, 1927, 4031)  # an open connection dropped; the server may still be up
 PG_READ_ONLY = "25006"
 PG_SERIALIZATION = ("40001", "40P01")
 
@@ -46,11 +47,16 @@ def create_engine(url: str, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
         parsed = parsed.update_query_dict({"charset": "utf8mb4"})
         # Gap locks under REPEATABLE READ make claims block producers' INSERTs: READ COMMITTED avoids them.
         options.setdefault("isolation_level", "READ COMMITTED")
-        options.setdefault("connect_args", {"init_command": "SET time_zone = '+00:00'", "connect_timeout": 10})
+        # read/write timeouts bound a read on a half-open socket (server frozen or network cut), which a
+        # restart does not cause but a partition does; above innodb_lock_wait_timeout's default of 50 s.
+        options.setdefault("connect_args", {"init_command": "SET time_zone = '+00:00'", "connect_timeout": 10,
+                                            "read_timeout": 120, "write_timeout": 120})
     elif backend == "postgresql":
         if "+" not in parsed.drivername:
             parsed = parsed.set(drivername="postgresql+psycopg")
-        options.setdefault("connect_args", {"options": "-c timezone=UTC", "connect_timeout": 10})
+        # TCP keepalives end a read on a dead peer (libpq has no read timeout) in about a minute.
+        options.setdefault("connect_args", {"options": "-c timezone=UTC", "connect_timeout": 10, "keepalives": 1,
+                                            "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3})
     else:
         raise ConfigError(f"unsupported database {backend!r}: use mysql, mariadb, postgresql or sqlite")
     try:
@@ -106,6 +112,16 @@ def is_retryable(error: BaseException) -> bool:
     if _pg_code(error) in PG_SERIALIZATION:
         return True
     return "database is locked" in str(getattr(error, "orig", ""))
+
+
+def is_connection_lost(error: BaseException) -> bool:
+    """An established connection dropped (killed, timed out, server restarting): worth one fresh try."""
+    if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+        return True
+    if _mysql_code(error) in MYSQL_LOST:
+        return True
+    code = _pg_code(error) or ""
+    return code in ("57P01", "08006", "08003") or "server closed the connection" in str(getattr(error, "orig", ""))
 
 
 def is_unavailable(error: BaseException) -> bool:

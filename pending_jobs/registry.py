@@ -30,6 +30,8 @@ class Task:
     backoff: Backoff = default_backoff
     timeout: float | None = None
     isolation: Isolation = "thread"
+    memory_limit: int | None = None
+    """Bytes of address space a process-isolated handler may use (RLIMIT_AS); None: no limit."""
 
 
 _TASKS: dict[str, Task] = {}
@@ -41,16 +43,19 @@ def task(
     backoff: Backoff | None = None,
     timeout: float | None = None,
     isolation: Isolation = "thread",
+    memory_limit: int | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register `fn(payload, ctx)` as the handler of rows whose `task` column is `name`."""
     if isolation not in ("thread", "process"):
         raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
+    if memory_limit is not None and isolation != "process":
+        raise ValueError("memory_limit needs isolation='process' (a thread cannot be limited alone)")
 
     def register(fn: Handler) -> Handler:
         existing = _TASKS.get(name)
         if existing is not None and existing.fn is not fn and _qualname(existing.fn) != _qualname(fn):
             raise ConfigError(f"task {name!r} is registered twice: {_qualname(existing.fn)} and {_qualname(fn)}")
-        _TASKS[name] = Task(name, fn, backoff or default_backoff, timeout, isolation)
+        _TASKS[name] = Task(name, fn, backoff or default_backoff, timeout, isolation, memory_limit)
         return fn
 
     return register

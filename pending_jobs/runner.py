@@ -20,7 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any, Literal
 
-from . import validation
+from . import isolation, validation
 from .config import Settings
 from .context import JobContext
 from .errors import Fail, Retry
@@ -233,7 +233,9 @@ class Runner:
         grace_end = time.monotonic() + self.settings.grace
         last_heartbeat = time.monotonic()
         while self._slots:
-            if self._stop.is_set():
+            # After max-runtime, too, a handler that never returns must not hold the run (and, through
+            # the heartbeat, its lease) forever: it gets the grace period, then its lease expires.
+            if self._stop.is_set() or self.report.stopped_by == "max-runtime":
                 self._release_unstarted()
                 if time.monotonic() >= grace_end:
                     log.warning("%d job(s) still running after the grace period; their leases will expire",
@@ -386,7 +388,8 @@ class Runner:
         deadline = time.monotonic() + timeout if timeout else None
         ctx = JobContext(job, self.store.engine, deadline, logging.getLogger(f"pending_jobs.task.{job.task}"))
         try:
-            result = task.fn(payload, ctx)
+            result = isolation.call(task, payload, ctx, self.settings.tasks) if task.isolation == "process" \
+                else task.fn(payload, ctx)
             validation.dump_json(result, "result", self.settings.payload_limit, self.store.json_accepts_nul)
         except Retry as request:
             _rollback(ctx)
@@ -413,7 +416,7 @@ class Runner:
 
     def _failure(self, job: ClaimedJob, error: str, delay: float | None = None) -> Outcome:
         """Retry later, or fail when this was the last attempt."""
-        error = validation.clean_text(error)
+        error = validation.clean_text(error, validation.ERROR_LIMIT - 60)  # room for the "giving up" line
         if job.attempt >= job.max_attempts:
             return Outcome(job, "failed", error=f"{error}\n(attempt {job.attempt} of {job.max_attempts}: giving up)")
         if delay is None:

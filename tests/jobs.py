@@ -77,3 +77,74 @@ def ledger_then_raise(payload: dict[str, Any], ctx: JobContext) -> None:
 @task("record_attempt")
 def record_attempt(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
     return {"attempt": ctx.attempt, "deadline": ctx.deadline is not None}
+
+
+# -- fault-suite handlers (tests/faults) -----------------------------------------------------------
+
+
+@task("stall_first")
+def stall_first(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+    """Sleeps `seconds` on attempt 1 only, then (with `ledger`) records its job id through ctx.connection."""
+    if ctx.attempt == 1:
+        time.sleep(float(payload.get("seconds", 5)))
+    if payload.get("ledger"):
+        ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, :note)"),
+                               {"id": ctx.job_id, "note": str(os.getpid())})
+    return {"attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@task("sleep_until")
+def sleep_until(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Returns at the wall-clock time `until`, so several jobs finish together (one finish statement)."""
+    time.sleep(max(0.0, float(payload["until"]) - time.time()))
+    if payload.get("raise"):
+        raise RuntimeError("asked to fail")
+
+
+@task("exit_now", backoff=lambda attempt: 0.0)
+def exit_now(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Kills the whole runner process (thread isolation): only rescue after lease expiry settles it."""
+    time.sleep(float(payload.get("after", 0)))
+    os._exit(3)
+
+
+@task("exit_isolated", isolation="process", backoff=lambda attempt: 0.0)
+def exit_isolated(payload: dict[str, Any], ctx: Any) -> None:
+    os._exit(3)
+
+
+@task("hog_isolated", isolation="process", memory_limit=512 * 2**20, backoff=lambda attempt: 0.0)
+def hog_isolated(payload: dict[str, Any], ctx: Any) -> None:
+    """Allocates until the address-space limit stops it."""
+    chunks = []
+    while True:
+        chunks.append(bytearray(32 * 2**20))
+
+
+@task("kill_isolated", isolation="process", backoff=lambda attempt: 0.0)
+def kill_isolated(payload: dict[str, Any], ctx: Any) -> None:
+    """What the OOM killer does to a process."""
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task("echo_isolated", isolation="process")
+def echo_isolated(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
+    return {"payload": payload, "attempt": ctx.attempt, "pid": os.getpid()}
+
+
+@task("connection_isolated", isolation="process", backoff=lambda attempt: 0.0)
+def connection_isolated(payload: dict[str, Any], ctx: Any) -> None:
+    ctx.connection  # noqa: B018 - raises: not available in a child
+
+
+@task("hang_isolated", isolation="process", timeout=1.0, backoff=lambda attempt: 0.0)
+def hang_isolated(payload: dict[str, Any], ctx: Any) -> None:
+    time.sleep(3600)
+
+
+@task("nasty_error")
+def nasty_error(payload: dict[str, Any], ctx: JobContext) -> None:
+    """An exception message no database column would take as is: NUL, a lone surrogate, 200 kB."""
+    raise RuntimeError("nul\x00 surrogate\ud800 " + "x" * 200_000)

@@ -24,6 +24,7 @@ from .models import Claim, ClaimedJob, Finished, Job
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+S = TypeVar("S")
 J = pending_jobs
 RUNNING = JobStatus.RUNNING.value
 PENDING = JobStatus.PENDING.value
@@ -47,7 +48,7 @@ def _ids() -> sa.BindParameter[Any]:
     return sa.bindparam("ids", expanding=True)
 
 
-def due_in(queue: str) -> tuple[sa.ColumnElement[bool], ...]:
+def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], ...]:
     """The claim's WHERE: pending, in this queue, due by the database clock."""
     return (J.c.status == PENDING, J.c.queue == queue, J.c.run_at <= db_now())
 
@@ -64,6 +65,22 @@ class Store:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
+        self._statements: dict[tuple[Any, ...], Any] = {}
+
+    def _cached(self, key: tuple[Any, ...], build: Callable[[], S]) -> S:
+        """A hot-path statement built once per store, with every varying value a named bindparam.
+
+        Reusing the same object lets SQLAlchemy skip rebuilding it and recomputing its cache key
+        (which it memoises on the object), and the compiled form comes straight from the cache.
+        """
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = build()
+        return stmt  # type: ignore[no-any-return]
+
+    def _id_in(self) -> sa.ColumnElement[bool]:
+        """`id` is one of the `ids` parameter's values (PostgreSQL binds one array instead)."""
+        return J.c.id.in_(_ids())
 
     # -- clock ---------------------------------------------------------------------------------
 
@@ -78,17 +95,33 @@ class Store:
 
     # -- transactions --------------------------------------------------------------------------
 
-    def transaction(self, work: Callable[[sa.Connection], T], tries: int = 5) -> T:
+    def transaction(
+        self, work: Callable[[sa.Connection], T], tries: int = 5, settle: Callable[[sa.Connection], T] | None = None
+    ) -> T:
         """Run `work` in its own transaction; retry deadlocks and lock-wait timeouts a few times.
 
         `engine.begin()` rolls the whole transaction back on any error, which MySQL needs after a
         lock-wait timeout (1205 rolls back only the statement, leaving earlier ones in place).
+        A dropped connection is retried once on a fresh one, so `work` must be safe to repeat after
+        a commit of unknown outcome (every guarded verb is); `settle`, when given, runs first on
+        that retry and its truthy answer is taken as the outcome of the lost commit.
         """
+        reconnected = False
         for attempt in range(1, tries + 1):
             try:
                 with self.engine.begin() as conn:
+                    if reconnected and settle is not None:
+                        settled = settle(conn)
+                        if settled:
+                            return settled
                     return work(conn)
             except exc.DBAPIError as error:
+                if not reconnected and attempt < tries and db.is_connection_lost(error):
+                    # A killed or timed-out connection; if the server is really gone, the reconnect
+                    # fails with "cannot connect" and the run stops with DatabaseUnavailable.
+                    reconnected = True
+                    log.warning("connection lost (%s); retrying once on a fresh connection", _describe(error))
+                    continue
                 if db.is_unavailable(error):
                     raise DatabaseUnavailable(_describe(error)) from error
                 if not db.is_retryable(error) or attempt == tries:
@@ -124,39 +157,58 @@ class Store:
 
     def claim(self, queue: str, limit: int, owner: str, lease: float) -> Claim:
         """Lock up to `limit` due jobs of `queue`, mark them running under a new lease, commit."""
-        return self._claim(due_in(queue), limit, owner, lease)
+        return self._claim("queue", lambda: due_in(sa.bindparam("claim_queue", type_=sa.String)),
+                           {"claim_queue": queue}, limit, owner, lease)
 
     def claim_job(self, job_id: int, owner: str, lease: float) -> Claim:
         """Claim one pending job now, whatever its run_at and queue (`run --job`)."""
-        return self._claim((J.c.status == PENDING, J.c.id == job_id), 1, owner, lease)
+        return self._claim("job", lambda: (J.c.status == PENDING, J.c.id == sa.bindparam("claim_id", type_=sa.Integer)),
+                           {"claim_id": job_id}, 1, owner, lease)
 
-    def _claim(self, where: Sequence[sa.ColumnElement[bool]], limit: int, owner: str, lease: float) -> Claim:
+    def _claim(self, kind: str, where: Callable[[], Sequence[sa.ColumnElement[bool]]], params: dict[str, Any],
+               limit: int, owner: str, lease: float) -> Claim:
+        """Claim with the cached statement for `kind` and `limit`; `where` builds its WHERE (with bindparams)."""
         token = secrets.token_hex(16)
-        locked = (
-            sa.select(J.c.id).where(*where).order_by(*_claim_order()).limit(limit).with_for_update(skip_locked=True)
-        )
-        stmt = (
-            sa.update(J)
-            .where(J.c.id.in_(locked.scalar_subquery()))
-            .values(self._claim_values(owner, token, lease))
-            .returning(*CLAIM_COLUMNS)
-        )
+
+        def build() -> sa.Update:
+            locked = (
+                sa.select(J.c.id).where(*where()).order_by(*_claim_order()).limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            return (
+                sa.update(J)
+                .where(J.c.id.in_(locked.scalar_subquery()))
+                .values(self._claim_values())
+                .returning(*CLAIM_COLUMNS)
+            )
+
+        stmt = self._cached(("claim", kind, limit), build)
+        params = {**params, **self._lease_params(owner, token, lease)}
 
         def work(conn: sa.Connection) -> list[ClaimedJob]:
-            rows = conn.execute(stmt).mappings().all()
+            rows = conn.execute(stmt, params).mappings().all()
             return [ClaimedJob.from_row(row, token) for row in rows]
 
-        jobs = self.transaction(work)
+        jobs = self.transaction(work, settle=lambda conn: self._claimed_under(conn, token))
         jobs.sort(key=lambda job: (-job.priority, job.id))
         return Claim(token, jobs)
 
-    def _claim_values(self, owner: str, token: str, lease: float) -> dict[str, Any]:
+    def _claimed_under(self, conn: sa.Connection, token: str) -> list[ClaimedJob]:
+        """Jobs a claim whose commit was lost did mark running (settles the unknown outcome)."""
+        stmt = sa.select(*CLAIM_COLUMNS).where(J.c.lease_token == token, J.c.status == RUNNING)
+        return [ClaimedJob.from_row(row, token) for row in conn.execute(stmt).mappings()]
+
+    def _lease_params(self, owner: str, token: str, lease: float) -> dict[str, Any]:
+        """The parameters of `_claim_values`."""
+        return {"claim_owner": owner[:128], "claim_token": token, "claim_lease": float(lease)}
+
+    def _claim_values(self) -> dict[str, Any]:
         return {
             "status": RUNNING,
             "attempts": J.c.attempts + 1,
-            "lease_owner": owner[:128],
-            "lease_token": token,
-            "lease_expires_at": self.after(self._seconds(lease)),
+            "lease_owner": sa.bindparam("claim_owner", type_=sa.String),
+            "lease_token": sa.bindparam("claim_token", type_=sa.String),
+            "lease_expires_at": self.after(sa.bindparam("claim_lease", type_=sa.Float)),
             "started_at": db_now(),
             "updated_at": db_now(),
         }
@@ -164,7 +216,7 @@ class Store:
     # -- finish --------------------------------------------------------------------------------
 
     def _held(self, token: str) -> tuple[sa.ColumnElement[bool], ...]:
-        return (J.c.id.in_(_ids()), J.c.status == RUNNING, J.c.lease_token == token)
+        return (self._id_in(), J.c.status == RUNNING, J.c.lease_token == token)
 
     def _terminal_values(self, status: JobStatus) -> dict[str, Any]:
         has_callback = sa.and_(J.c.callback_url.is_not(None), J.c.callback_url != "")
@@ -203,8 +255,14 @@ class Store:
     def _succeed(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, Any]]) -> int:
         if not jobs:
             return 0
-        values = self._terminal_values(JobStatus.SUCCEEDED)
+        ids = [job_id for job_id, _ in jobs]
         results = {job_id: result for job_id, result in jobs if result is not None}
+        if not results:  # the common case: one cached statement whatever the batch
+            stmt = self._cached(("succeed",), lambda: sa.update(J).where(
+                self._id_in(), J.c.status == RUNNING, J.c.lease_token == sa.bindparam("held_token", type_=sa.String)
+            ).values(self._terminal_values(JobStatus.SUCCEEDED)))
+            return int(conn.execute(stmt, {"ids": ids, "held_token": token}).rowcount)
+        values = self._terminal_values(JobStatus.SUCCEEDED)
         if results:
             values["result"] = sa.case(
                 {job_id: sa.bindparam(None, result, type_=J.c.result.type) for job_id, result in results.items()},

@@ -64,7 +64,7 @@ class MySQLStore(Store):
             # The UPDATE added one attempt; the rows were read before it.
             return [ClaimedJob.from_row({**row, "attempts": row["attempts"] + 1}, token) for row in rows]
 
-        return Claim(token, self.transaction(work))
+        return Claim(token, self.transaction(work, settle=lambda conn: self._claimed_under(conn, token)))
 
 
 def version_problem(version: tuple[int, ...], mariadb: bool) -> str | None:

@@ -1,0 +1,154 @@
+"""Process isolation: run a handler in a child process that can be killed and may crash alone.
+
+A task registered with `isolation="process"` runs in a child started by a 'forkserver' context (the
+runner has threads, and forking a threaded process can copy a held lock). The child imports the
+configured task modules, runs the handler and sends back what happened over a pipe. A child that
+dies (os._exit, a signal, the OOM killer) or outlives the task's timeout becomes an exception in the
+runner's worker thread, so it is recorded and retried like any other failure.
+
+`ctx.connection` is not available in a child: exactly-once database effects need the runner's
+transaction, which cannot cross a process boundary.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing
+import signal
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from . import registry, validation
+from .errors import Fail, Retry
+from .registry import Task
+
+log = logging.getLogger(__name__)
+
+_PR_SET_PDEATHSIG = 1
+_context: Any = None
+
+
+class ChildDied(Exception):
+    """The handler's process ended without an answer: exited, was killed, or ran out of memory."""
+
+
+class HandlerError(Exception):
+    """The handler raised in its process; the message is the child's `Type: message` and traceback."""
+
+
+class ChildContext:
+    """What a process-isolated handler receives: the JobContext fields, without a connection."""
+
+    def __init__(self, fields: dict[str, Any]) -> None:
+        self.job_id: int = fields["job_id"]
+        self.task: str = fields["task"]
+        self.queue: str = fields["queue"]
+        self.attempt: int = fields["attempt"]
+        self.max_attempts: int = fields["max_attempts"]
+        self.deadline: float | None = fields["deadline"]  # CLOCK_MONOTONIC is shared by every process
+        self.log = logging.LoggerAdapter(logging.getLogger(f"pending_jobs.task.{self.task}"),
+                                         {"job_id": self.job_id, "task": self.task})
+
+    @property
+    def connection(self) -> Any:
+        """Not available: raise a clear error instead of opening an unfenced connection."""
+        raise RuntimeError(
+            "ctx.connection is not available with isolation='process': the runner's transaction cannot "
+            "cross into the child process; use isolation='thread' for exactly-once database effects"
+        )
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline, or None when there is none."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+
+def call(task: Task, payload: Any, ctx: Any, modules: list[str]) -> Any:
+    """Run `task` on `payload` in a child; return its result or raise what it raised (Retry, Fail, ...)."""
+    fields = {"job_id": ctx.job_id, "task": ctx.task, "queue": ctx.queue, "attempt": ctx.attempt,
+              "max_attempts": ctx.max_attempts, "deadline": ctx.deadline}
+    receiver, sender = _mp().Pipe(duplex=False)
+    child = _mp().Process(target=_child_main, args=(sender, list(modules), task.name, payload, fields,
+                                                    task.memory_limit), daemon=True)
+    child.start()
+    sender.close()  # the parent keeps only the reading end, so a dead child reads as EOF
+    try:
+        answer = _wait(receiver, child, task.timeout)
+    finally:
+        receiver.close()
+        if child.is_alive():
+            child.kill()
+        child.join(5)
+    return _unpack(answer)
+
+
+def _mp() -> Any:
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+    return _context
+
+
+def _wait(receiver: Connection, child: Any, timeout: float | None) -> tuple[Any, ...]:
+    if not receiver.poll(timeout):
+        child.kill()
+        raise TimeoutError(f"handler ran longer than {timeout}s: its process was killed")
+    try:
+        answer: tuple[Any, ...] = receiver.recv()
+        return answer
+    except (EOFError, OSError):
+        child.join(5)
+        raise ChildDied(_death(child.exitcode)) from None
+
+
+def _death(code: int | None) -> str:
+    if code is None:
+        return "the handler's process closed its pipe and did not exit"
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        hint = " (out of memory, or killed)" if -code == signal.SIGKILL else ""
+        return f"the handler's process was killed by signal {name}{hint}"
+    return f"the handler's process exited with code {code} without returning"
+
+
+def _unpack(answer: tuple[Any, ...]) -> Any:
+    kind = answer[0]
+    if kind == "ok":
+        return answer[1]
+    if kind == "retry":
+        raise Retry(delay=answer[1], reason=answer[2])
+    if kind == "fail":
+        raise Fail(answer[1])
+    raise HandlerError(answer[1])
+
+
+def _child_main(sender: Connection, modules: list[str], name: str, payload: Any, fields: dict[str, Any],
+                memory_limit: int | None) -> None:
+    """The child: limit memory, import the task modules, run the handler, send one answer."""
+    _die_with_parent()
+    if memory_limit is not None:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    try:
+        handler = registry.load(modules)[name]
+        answer: tuple[Any, ...] = ("ok", handler.fn(payload, ChildContext(fields)))
+        sender.send(answer)
+        return
+    except Retry as request:
+        answer = ("retry", request.delay, request.reason)
+    except Fail as failure:
+        answer = ("fail", failure.reason)
+    except BaseException as error:  # anything else, including an unpicklable result, is the handler's failure
+        answer = ("error", validation.describe_exception(error))
+    sender.send(answer)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGKILL when the forkserver (and so the runner) dies, so none is orphaned."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        log.debug("prctl(PR_SET_PDEATHSIG) unavailable; a child may outlive a killed runner")

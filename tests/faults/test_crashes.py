@@ -1,0 +1,129 @@
+"""Scenarios 1, 2, 3 and 13: runners killed, frozen, outlived by their handlers, or stopped by SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from .conftest import (
+    RunnerProcess,
+    check_invariant,
+    drain,
+    insert_jobs,
+    job,
+    payload_of,
+    run_once,
+    statuses,
+    wait_for,
+    wait_leases_expired,
+)
+
+Runners = Callable[..., RunnerProcess]
+
+
+def _running(engine: sa.Engine, count: int) -> Callable[[], bool]:
+    def check() -> bool:
+        return statuses(engine).get("running", 0) >= count
+
+    return check
+
+
+@pytest.mark.slow
+def test_kill_9_mid_handler_is_reclaimed_after_lease_expiry(
+    fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners
+) -> None:
+    """Scenario 1."""
+    engine = engine_on(fresh)
+    ids = insert_jobs(engine, "stall_first", [{"seconds": 60, "ledger": True} for _ in range(3)])
+    runner = runners(fresh, "--lease", "2", "--concurrency", "3")
+    wait_for(_running(engine, 3), 30, "the jobs to be running")
+
+    runner.kill()
+
+    assert statuses(engine) == {"running": 3}  # nothing released: a killed runner cleans up nothing
+    assert run_once(fresh, "--lease", "2").stdout == ""  # leases still live: nothing rescued or claimed
+    assert statuses(engine) == {"running": 3}
+    drain(fresh, engine)
+    for job_id in ids:
+        row = job(engine, job_id)
+        assert row["status"] == "succeeded" and row["attempts"] == 2
+        assert "lease expired" in row["last_error"]
+    check_invariant(engine)
+
+
+@pytest.mark.slow
+def test_stale_runner_finishing_after_rescue_changes_nothing(
+    fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners
+) -> None:
+    """Scenario 2: runner A is frozen past its lease; B rescues and finishes; A wakes and finishes too."""
+    engine = engine_on(fresh)
+    (job_id,) = insert_jobs(engine, "stall_first", [{"seconds": 3, "ledger": True}])
+    stale = runners(fresh, "--lease", "2")
+    wait_for(_running(engine, 1), 30, "the job to be running")
+    stale.signal(signal.SIGSTOP)  # no heartbeat from here on
+    wait_leases_expired(engine)
+
+    second = run_once(fresh, "--lease", "30")
+    assert second.returncode == 0, second.stderr
+    won = job(engine, job_id)
+    assert won["status"] == "succeeded" and won["attempts"] == 2
+
+    stale.signal(signal.SIGCONT)
+    assert stale.wait(60) == 0, stale.stderr()
+
+    after = job(engine, job_id)
+    assert (after["status"], after["attempts"], after["result"], after["finished_at"]) == (
+        won["status"], won["attempts"], won["result"], won["finished_at"])
+    assert payload_of({"payload": after["result"]})["attempt"] == 2
+    assert "not recorded: their lease had been taken over" in stale.stderr()
+    check_invariant(engine)
+
+
+@pytest.mark.slow
+def test_handler_longer_than_lease_is_kept_by_heartbeat(
+    fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners
+) -> None:
+    """Scenario 3: other runs keep trying to rescue while a 6 s handler holds a 2 s lease."""
+    engine = engine_on(fresh)
+    (job_id,) = insert_jobs(engine, "stall_first", [{"seconds": 6, "ledger": True}])
+    holder = runners(fresh, "--lease", "2")
+    wait_for(_running(engine, 1), 30, "the job to be running")
+
+    rescuers = 0
+    while holder.proc.poll() is None:
+        other = run_once(fresh, "--lease", "2", "-v")
+        assert other.returncode == 0, other.stderr
+        assert "claimed 0," in other.stdout and "rescued 0," in other.stdout
+        rescuers += 1
+
+    assert holder.wait() == 0, holder.stderr()
+    assert rescuers >= 2
+    row = job(engine, job_id)
+    assert row["status"] == "succeeded" and row["attempts"] == 1 and row["last_error"] is None
+    check_invariant(engine)
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_batch_releases_unstarted_jobs(
+    fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners
+) -> None:
+    """Scenario 13."""
+    engine = engine_on(fresh)
+    insert_jobs(engine, "ledger", [{"sleep": 1} for _ in range(20)])
+    runner = runners(fresh, "--lease", "30", "--concurrency", "2", "--batch-size", "20", "--grace", "10")
+    wait_for(_running(engine, 20), 30, "the batch to be claimed")
+
+    runner.signal(signal.SIGTERM)
+
+    assert runner.wait(60) == 0, runner.stderr()
+    with engine.connect() as conn:
+        left = list(conn.execute(sa.text("SELECT status, attempts, lease_expires_at FROM pending_jobs")))
+    assert {status for status, _, _ in left} == {"succeeded", "pending"}
+    assert all(attempts == 0 and lease is None for status, attempts, lease in left if status == "pending")
+    assert all(attempts == 1 for status, attempts, _ in left if status == "succeeded")
+    drain(fresh, engine)
+    rows = check_invariant(engine)
+    assert all(row["attempts"] == 1 for row in rows)
