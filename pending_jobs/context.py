@@ -8,6 +8,7 @@ import time
 import sqlalchemy as sa
 
 from .store.models import ClaimedJob
+from .store.ops import cancel_requested
 
 
 class JobContext:
@@ -36,6 +37,16 @@ class JobContext:
             self._connection = self._engine.connect()
             self._connection.begin()
         return self._connection
+
+    def cancel_requested(self) -> bool:
+        """Whether an operator ran `pending-jobs cancel` on this job while it runs (one query per call).
+
+        A handler that sees it should stop and raise (for example `Retry()`): instead of being
+        retried the job then ends `cancelled`.
+        """
+        if self._connection is not None:  # SQLite: a second connection would wait for this one's lock
+            return cancel_requested(self._connection, self.job_id)
+        return cancel_requested(self._engine, self.job_id)
 
     def time_left(self) -> float | None:
         """Seconds until the deadline, or None when there is none."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,6 +16,7 @@ MYSQL_LOCK_WAIT_TIMEOUT = 1205  # only the statement rolled back: roll back ours
 MYSQL_READ_ONLY = (1290, 1792, 1836)  # --read-only / read-only transaction / read-only slave
 MYSQL_GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost / killed / shutdown
 MYSQL_LOST = (2006, 2013, 2055, 1927, 4031)  # an open connection dropped; the server may still be up
+PING_AFTER = 5.0  # seconds a pooled connection may sit idle before its next checkout pings it
 PG_READ_ONLY = "25006"
 PG_SERIALIZATION = ("40001", "40P01")
 
@@ -25,8 +27,13 @@ def dialect_name(bind: sa.Engine | sa.Connection) -> str:
     return "mysql" if name in ("mysql", "mariadb") else name
 
 
-def create_engine(url: str, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
-    """An engine with UTC sessions, utf8mb4, READ COMMITTED on MySQL, and checked connections."""
+def create_engine(url: str, pool_size: int = 5, *, ping_idle_only: bool = False, **kwargs: Any) -> sa.Engine:
+    """An engine with UTC sessions, utf8mb4, READ COMMITTED on MySQL, and checked connections.
+
+    `ping_idle_only` (the runner's engine) pings a pooled connection only after PING_AFTER idle
+    seconds instead of on every checkout; its caller must retry a statement that finds the
+    connection lost (Store.transaction does).
+    """
     try:
         parsed = sa.make_url(url)
     except exc.ArgumentError as error:
@@ -35,7 +42,7 @@ def create_engine(url: str, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
     if backend == "sqlite":
         return _sqlite_engine(parsed, pool_size, **kwargs)
     options: dict[str, Any] = {
-        "pool_pre_ping": True,  # a connection killed while idle is replaced, not used
+        "pool_pre_ping": not ping_idle_only,  # a connection killed while idle is replaced, not used
         "pool_recycle": 1800,  # below MySQL's default wait_timeout of 8 h, and most proxies'
         "pool_size": pool_size,
         "max_overflow": pool_size,
@@ -60,9 +67,37 @@ def create_engine(url: str, pool_size: int = 5, **kwargs: Any) -> sa.Engine:
     else:
         raise ConfigError(f"unsupported database {backend!r}: use mysql, mariadb, postgresql or sqlite")
     try:
-        return sa.create_engine(parsed, **options)
+        engine = sa.create_engine(parsed, **options)
     except ModuleNotFoundError as error:
         raise ConfigError(f"the driver for {backend} is not installed: {error}") from None
+    if ping_idle_only:
+        _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: sa.Engine) -> None:
+    """Replace a pooled connection killed while idle, pinging only those idle for PING_AFTER seconds.
+
+    `pool_pre_ping` pings on every checkout: on the runner's hot path one extra round trip per claim
+    and per completion. A connection checked in a moment ago is all but surely alive; if it was
+    killed in that moment its statement fails as "connection lost" and Store.transaction retries
+    once on a fresh connection.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["pending_jobs_idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("pending_jobs_idle_since")
+        if since is None or time.monotonic() - since < PING_AFTER:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:
+            # The pool discards this connection and checks out a fresh one.
+            raise exc.DisconnectionError(f"idle connection failed its ping: {type(error).__name__}") from error
 
 
 def _sqlite_engine(parsed: sa.URL, pool_size: int, **kwargs: Any) -> sa.Engine:

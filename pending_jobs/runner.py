@@ -8,6 +8,7 @@ threads only run handlers and hand back outcomes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import queue
@@ -295,12 +296,20 @@ class Runner:
         by_token: dict[str, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
             by_token[outcome.job.token].append(outcome)
-        for token, group in by_token.items():
-            succeeded = [(o.job.id, o.result) for o in group if o.kind == "succeeded"]
-            retried = [(o.job.id, o.delay, o.error) for o in group if o.kind == "retry"]
-            failed = [(o.job.id, o.error) for o in group if o.kind == "failed"]
+        batches = [
+            (
+                token,
+                [(o.job.id, o.result) for o in group if o.kind == "succeeded"],
+                [(o.job.id, o.delay, o.error) for o in group if o.kind == "retry"],
+                [(o.job.id, o.error) for o in group if o.kind == "failed"],
+            )
+            for token, group in by_token.items()
+        ]
+        # Outcomes of consecutive claims overlap (the next claim goes out while one finishes), so
+        # one flush often spans two tokens: one transaction, still one statement per kind per token.
+        finished = self.store.finish_many(batches) if batches else []
+        for (_token, succeeded, retried, failed), group, done in zip(batches, by_token.values(), finished, strict=True):
             recorded = sum(1 for o in group if o.kind == "recorded")
-            done = self.store.finish(token, succeeded, retried, failed)
             self.report.succeeded += done.succeeded + recorded
             self.report.retried += done.retried
             self.report.failed += done.failed
@@ -386,11 +395,12 @@ class Runner:
             return Outcome(job, "failed", error=validation.clean_text(problem or "unknown task"))
         timeout = task.timeout
         deadline = time.monotonic() + timeout if timeout else None
-        ctx = JobContext(job, self.store.engine, deadline, logging.getLogger(f"pending_jobs.task.{job.task}"))
+        ctx = JobContext(job, self.store.engine, deadline, _task_logger(job.task))
         try:
             result = isolation.call(task, payload, ctx, self.settings.tasks) if task.isolation == "process" \
                 else task.fn(payload, ctx)
-            validation.dump_json(result, "result", self.settings.payload_limit, self.store.json_accepts_nul)
+            if result is not None:  # None is stored as NULL: nothing to check
+                validation.dump_json(result, "result", self.settings.payload_limit, self.store.json_accepts_nul)
         except Retry as request:
             _rollback(ctx)
             delay = request.delay if request.delay is not None else task.backoff(job.attempt)
@@ -445,6 +455,12 @@ class Runner:
         log.warning("received %s: no more claims, %ss grace for running jobs", signal.Signals(signum).name,
                     self.settings.grace)
         self._stop.set()
+
+
+@functools.lru_cache(maxsize=256)
+def _task_logger(task: str) -> logging.Logger:
+    """The logger a task's handler gets as `ctx.log` (cached: getLogger takes a lock per call)."""
+    return logging.getLogger(f"pending_jobs.task.{task}")
 
 
 def _rollback(ctx: JobContext) -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import exc
 
 from .. import __version__, db, logs
 from ..errors import ConfigError, DatabaseUnavailable
-from . import callbacks, common, core
+from . import callbacks, common, core, ops
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     core.register,
     callbacks.register,
+    ops.register,
 ]
 
 

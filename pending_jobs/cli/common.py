@@ -11,8 +11,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import config, db
+from .. import config, db, logs
 from ..config import Settings
+from ..errors import ConfigError
 from ..store import Store, open_store
 
 EXIT_OK = 0
@@ -40,12 +41,20 @@ def add_json(parser: argparse.ArgumentParser) -> None:
 def settings_from(args: argparse.Namespace) -> Settings:
     """Flags that are set win over the environment, the config file and defaults."""
     flags = {name: getattr(args, name, None) for name in config.BY_NAME}
-    return config.load(flags, config_file=getattr(args, "config", None))
+    settings = config.load(flags, config_file=getattr(args, "config", None))
+    # `main` set logging up from the flags alone; the environment or the config file may name others.
+    if (settings.log_format, settings.log_file) != (getattr(args, "log_format", None) or "text",
+                                                     getattr(args, "log_file", None) or ""):
+        try:
+            logs.configure(getattr(args, "verbose", 0), settings.log_format, settings.log_file)
+        except OSError as error:
+            raise ConfigError(f"cannot open log file {settings.log_file}: {error.strerror or error}") from None
+    return settings
 
 
-def open_database(settings: Settings, pool_size: int = 5) -> tuple[sa.Engine, Store]:
-    """Engine and store for the configured database."""
-    engine = db.create_engine(settings.database_url, pool_size=pool_size)
+def open_database(settings: Settings, pool_size: int = 5, ping_idle_only: bool = False) -> tuple[sa.Engine, Store]:
+    """Engine and store for the configured database (`ping_idle_only`: see db.create_engine)."""
+    engine = db.create_engine(settings.database_url, pool_size=pool_size, ping_idle_only=ping_idle_only)
     return engine, open_store(engine)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 from typing import Any, TypeAlias
@@ -11,9 +12,12 @@ from .. import config, migrate, registry
 from ..enqueue import enqueue
 from ..errors import ConfigError
 from ..runner import Runner
-from . import callbacks, common
+from ..store import Store
+from ..store.ops import OpsStore
+from . import callbacks, common, runlog
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+STALE_AFTER = 300.0  # cron runs every minute: five minutes without a finished run means it stopped
 
 
 def register(commands: Commands) -> None:
@@ -43,9 +47,11 @@ def register(commands: Commands) -> None:
     add_run_flags(p)
     p.set_defaults(func=cmd_run)
 
-    p = commands.add_parser("status", help="counts per queue and status, oldest due job, expired leases")
+    p = commands.add_parser("status", help="counts per queue and status, oldest due job, callbacks, the last run")
     common.add_common(p)
     common.add_json(p)
+    p.add_argument("--stale-after", type=config._duration, default=STALE_AFTER, metavar="AGE",
+                   help="warn when no run finished for this long (default 5m)")
     p.set_defaults(func=cmd_status)
 
 
@@ -62,6 +68,10 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--poll", type=config._duration, help=config.env_help("poll"))
     p.add_argument("--grace", type=config._duration, help=config.env_help("grace"))
     p.add_argument("--job", type=int, metavar="ID", help="run this one pending job now, whatever its run_at")
+    p.add_argument("--metrics-file", metavar="PATH", help=config.env_help("metrics_file"))
+    p.add_argument("--retention-succeeded", type=config._duration, metavar="AGE",
+                   help=config.env_help("retention_succeeded"))
+    p.add_argument("--retention-failed", type=config._duration, metavar="AGE", help=config.env_help("retention_failed"))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -108,12 +118,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.queue_flags:
         args.queues = ",".join(args.queue_flags)
     settings = common.settings_from(args)
-    engine, store = common.open_database(settings, pool_size=settings.concurrency + 2)
+    # The run's transactions retry once on a lost connection, so it skips the per-checkout ping.
+    engine, store = common.open_database(settings, pool_size=settings.concurrency + 2, ping_idle_only=True)
     store.check_version()
     migrate.require_head(engine)
     tasks = registry.load(settings.tasks)
-    runner = Runner(store, tasks, settings, deliver_callbacks=callbacks.deliverer(store, settings, args.verbose))
-    report = runner.run(job_id=args.job)
+    progress = runlog.Progress()
+    runner = Runner(store, tasks, settings, deliver_callbacks=callbacks.deliverer(store, settings, args.verbose),
+                    on_progress=progress)
+    try:
+        with runlog.recorded(store, settings, runner):
+            report = runner.run(job_id=args.job)
+    finally:
+        progress.close()
     common.log.info("run finished: %s", report.summary())
     if args.verbose:
         print(report.summary())
@@ -124,7 +141,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = common.settings_from(args)
     engine, store = common.open_database(settings)
     migrate.require_head(engine)
-    status = collect_status(store)
+    status = collect_status(store, args.stale_after)
     if args.json:
         common.print_json(status)
         return common.EXIT_OK
@@ -135,17 +152,43 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"running with expired lease: {len(expired)}")
     for job in expired:
         print(f"  job {job['id']} ({job['task']}) held by {job['lease_owner']} since {job['started_at']}")
+    cb = status["callbacks"]
+    print(f"callbacks: {cb['pending']} pending ({cb['due']} due now), {cb['failed']} failed, "
+          f"{cb['delivered']} delivered")
+    run = status["last_run"]
+    if run is None:
+        print("last run: none recorded")
+    else:
+        took = "still running or killed" if run["duration_seconds"] is None else f"took {run['duration_seconds']:.1f}s"
+        print(f"last run: #{run['id']} on {run['host']} pid {run['pid']} started {common._cell(run['started_at'])}, "
+              f"{took}, exit {run['exit_code']}: claimed {run['claimed']}, succeeded {run['succeeded']}, "
+              f"failed {run['failed']}, retried {run['retried']}")
+    for warning in status["warnings"]:
+        common.eprint(f"warning: {warning}")
     return common.EXIT_OK
 
 
-def collect_status(store: Any) -> dict[str, Any]:
+def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, Any]:
     """Everything `status` shows, as plain data (also the `--json` document)."""
+    health = OpsStore(store).health()
+    warnings = []
+    since = health.since_last_finished
+    if since is None:
+        warnings.append("no run has finished yet: is cron (or the systemd timer) running `pending-jobs run`?")
+    elif since > stale_after:
+        warnings.append(f"no run finished in the last {since / 60:.0f} minutes: has cron stopped?")
+    run = health.last_run
     return {
-        "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in store.counts()],
-        "oldest_due_age_seconds": store.oldest_due_age(),
+        "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in health.counts],
+        "oldest_due_age_seconds": health.oldest_due_age,
         "expired_leases": [
             {"id": j.id, "task": j.task, "lease_owner": j.lease_owner, "started_at": j.started_at,
              "lease_expires_at": j.lease_expires_at}
             for j in store.expired_leases()
         ],
+        "callbacks": health.callbacks,
+        "last_run": None if run is None else {**dataclasses.asdict(run), "duration_seconds": run.duration},
+        "seconds_since_last_finished_run": since,
+        "last_success_at": health.last_success_at,
+        "warnings": warnings,
     }

@@ -29,6 +29,9 @@ J = pending_jobs
 RUNNING = JobStatus.RUNNING.value
 PENDING = JobStatus.PENDING.value
 
+Outcomes = tuple[str, Sequence[tuple[int, Any]], Sequence[tuple[int, float, str]], Sequence[tuple[int, str]]]
+"""One claim's outcomes for `finish_many`: (token, succeeded, retried, failed) as `finish` takes them."""
+
 LEASE_EXPIRED = "lease expired while running: the runner was killed or lost the database"
 
 CLAIM_COLUMNS = (
@@ -76,7 +79,7 @@ class Store:
         stmt = self._statements.get(key)
         if stmt is None:
             stmt = self._statements[key] = build()
-        return stmt  # type: ignore[no-any-return]
+        return stmt
 
     def _id_in(self) -> sa.ColumnElement[bool]:
         """`id` is one of the `ids` parameter's values (PostgreSQL binds one array instead)."""
@@ -243,12 +246,22 @@ class Store:
         match the guard, so a repeat changes nothing.
         """
 
-        def work(conn: sa.Connection) -> Finished:
-            return Finished(
-                succeeded=self._succeed(conn, token, succeeded),
-                retried=self._retry(conn, token, retried),
-                failed=self._fail(conn, token, failed),
-            )
+        return self.finish_many([(token, succeeded, retried, failed)])[0]
+
+    def finish_many(self, batches: Sequence[Outcomes]) -> list[Finished]:
+        """`finish` for several claims (token, succeeded, retried, failed) in one transaction."""
+        if not any(succeeded or retried or failed for _, succeeded, retried, failed in batches):
+            return [Finished() for _ in batches]  # e.g. only outcomes recorded in the handler's transaction
+
+        def work(conn: sa.Connection) -> list[Finished]:
+            return [
+                Finished(
+                    succeeded=self._succeed(conn, token, succeeded),
+                    retried=self._retry(conn, token, retried),
+                    failed=self._fail(conn, token, failed),
+                )
+                for token, succeeded, retried, failed in batches
+            ]
 
         return self.transaction(work)
 
@@ -263,14 +276,13 @@ class Store:
             ).values(self._terminal_values(JobStatus.SUCCEEDED)))
             return int(conn.execute(stmt, {"ids": ids, "held_token": token}).rowcount)
         values = self._terminal_values(JobStatus.SUCCEEDED)
-        if results:
-            values["result"] = sa.case(
-                {job_id: sa.bindparam(None, result, type_=J.c.result.type) for job_id, result in results.items()},
-                value=J.c.id,
-                else_=sa.null(),
-            )
+        values["result"] = sa.case(
+            {job_id: sa.bindparam(None, result, type_=J.c.result.type) for job_id, result in results.items()},
+            value=J.c.id,
+            else_=sa.null(),
+        )
         stmt = sa.update(J).where(*self._held(token)).values(values)
-        return int(conn.execute(stmt, {"ids": [job_id for job_id, _ in jobs]}).rowcount)
+        return int(conn.execute(stmt, {"ids": ids}).rowcount)
 
     def _retry(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, float, str]]) -> int:
         if not jobs:

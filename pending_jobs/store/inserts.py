@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -12,6 +13,9 @@ from .. import db
 from ..schema import pending_jobs as J
 
 BULK_CHUNK = 1000
+# Columns the PostgreSQL bulk path binds as arrays, with the array type each is cast to.
+_UNNEST_TYPES = {"task": "varchar[]", "payload": "jsonb[]", "queue": "varchar[]", "priority": "int[]",
+                 "max_attempts": "int[]", "callback_url": "varchar[]"}
 
 
 def insert_jobs(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
@@ -36,6 +40,8 @@ def _insert_chunk(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[i
     keyed = any(row.get("idempotency_key") for row in rows)
     if len(rows) == 1 or keyed or any("run_at_delay" in row for row in rows):
         return [_insert_one(conn, _delayed(conn, row)) for row in rows]
+    if db.dialect_name(conn) == "postgresql" and _uniform(rows, _UNNEST_TYPES.keys()):
+        return _insert_unnest(conn, rows)
     if conn.dialect.insert_executemany_returning_sort_by_parameter_order:  # PostgreSQL, SQLite, MariaDB
         result = conn.execute(sa.insert(J).returning(J.c.id, sort_by_parameter_order=True), list(rows))
         return [int(row[0]) for row in result]
@@ -45,6 +51,32 @@ def _insert_chunk(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[i
     step = int(conn.execute(sa.text("SELECT @@auto_increment_increment")).scalar_one())
     first = int(result.lastrowid)
     return list(range(first, first + step * len(rows), step))
+
+
+def _uniform(rows: Sequence[dict[str, Any]], allowed: Iterable[str]) -> bool:
+    """Every row sets the same columns, all of them in `allowed`."""
+    keys = rows[0].keys()
+    return set(keys) <= set(allowed) and all(row.keys() == keys for row in rows)
+
+
+def _insert_unnest(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+    """PostgreSQL: one INSERT ... SELECT FROM unnest(one array per column), whatever the row count.
+
+    The SQL text depends only on the columns, so psycopg parses and prepares it once; a multi-row
+    VALUES list is a new, long statement for psycopg to scan on every chunk. ORDER BY the ordinality
+    makes the sequence hand out ids in row order (what SQLAlchemy's insertmanyvalues relies on too),
+    so the sorted RETURNING ids match the rows.
+    """
+    columns = list(rows[0])
+    arrays = ", ".join(f"CAST(:{name} AS {_UNNEST_TYPES[name]})" for name in columns)
+    names = ", ".join(columns)
+    sql = sa.text(f"INSERT INTO pending_jobs ({names}) SELECT {names} FROM unnest({arrays}) WITH ORDINALITY "
+                  f"AS u({names}, n) ORDER BY n RETURNING id")
+    params: dict[str, list[Any]] = {name: [row[name] for row in rows] for name in columns}
+    if "payload" in params:
+        params["payload"] = [json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+                             for payload in params["payload"]]
+    return sorted(int(row[0]) for row in conn.execute(sql, params))
 
 
 def _insert_one(conn: sa.Connection, values: dict[str, Any]) -> int:

@@ -4,7 +4,7 @@ of the same table with LIMIT, and MariaDB has no UPDATE ... RETURNING."""
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,16 +51,18 @@ class MySQLStore(Store):
             .with_for_update(skip_locked=True)
         )
 
-    def _claim(self, where: Sequence[sa.ColumnElement[bool]], limit: int, owner: str, lease: float) -> Claim:
+    def _claim(self, kind: str, where: Callable[[], Sequence[sa.ColumnElement[bool]]], params: dict[str, Any],
+               limit: int, owner: str, lease: float) -> Claim:
         token = secrets.token_hex(16)
-        locked = self.claim_select(where, limit)
-        mark = sa.update(J).where(J.c.id.in_(_ids())).values(self._claim_values(owner, token, lease))
+        locked = self._cached(("claim", kind, limit), lambda: self.claim_select(where(), limit))
+        mark = self._cached(("mark",), lambda: sa.update(J).where(J.c.id.in_(_ids())).values(self._claim_values()))
+        lease_params = self._lease_params(owner, token, lease)
 
         def work(conn: sa.Connection) -> list[ClaimedJob]:
-            rows = conn.execute(locked).mappings().all()
+            rows = conn.execute(locked, params).mappings().all()
             if not rows:
                 return []
-            conn.execute(mark, {"ids": [row["id"] for row in rows]})
+            conn.execute(mark, {"ids": [row["id"] for row in rows], **lease_params})
             # The UPDATE added one attempt; the rows were read before it.
             return [ClaimedJob.from_row({**row, "attempts": row["attempts"] + 1}, token) for row in rows]
 

@@ -1,0 +1,268 @@
+"""Operator commands: list, show, retry, cancel, purge and check."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from typing import Any, TypeAlias
+
+from .. import callbacks, config, migrate, registry
+from ..callbacks import redact
+from ..config import Settings
+from ..errors import ConfigError, DatabaseUnavailable
+from ..states import CallbackStatus, JobStatus
+from ..store import Job, Store
+from ..store.callbacks import CallbackStore
+from ..store.ops import PURGEABLE, JobFilter, OpsStore
+from . import common
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+# `check` exits with the code of the first check that failed.
+CHECK_CODES = {"configuration": 2, "database": 3, "schema": 4, "handlers": 5, "callbacks": 6}
+STATUSES = [s.value for s in JobStatus]
+
+
+def register(commands: Commands) -> None:
+    """Add list, show, retry, cancel, purge and check."""
+    p = commands.add_parser("list", help="jobs, newest first, with filters")
+    common.add_common(p)
+    common.add_json(p)
+    add_filters(p)
+    p.add_argument("--status", type=_statuses, help=f"comma-separated statuses ({', '.join(STATUSES)})")
+    p.add_argument("--callback-status", choices=[*[s.value for s in CallbackStatus], "none"],
+                   help="only jobs whose callback is in this state (none: no callback)")
+    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    p.set_defaults(func=cmd_list)
+
+    p = commands.add_parser("show", help="one job: the whole row, payload, result, last error, callback attempts")
+    common.add_common(p)
+    common.add_json(p)
+    p.add_argument("job_id", type=int, metavar="ID")
+    p.set_defaults(func=cmd_show)
+
+    p = commands.add_parser("retry", help="put a finished job (or every failed one) back to pending, attempts reset")
+    common.add_common(p)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("job_id", type=int, nargs="?", metavar="ID", help="the job's id")
+    target.add_argument("--failed", action="store_true", help="every failed job that matches the filters")
+    add_filters(p)
+    p.set_defaults(func=cmd_retry)
+
+    p = commands.add_parser("cancel", help="cancel a pending job; a running one is marked and its handler can see it")
+    common.add_common(p)
+    p.add_argument("job_id", type=int, metavar="ID")
+    p.set_defaults(func=cmd_cancel)
+
+    p = commands.add_parser("purge", help="delete finished jobs older than an age")
+    common.add_common(p)
+    p.add_argument("--older-than", type=config._duration, required=True, metavar="AGE",
+                   help="finished more than this long ago (seconds or 30m, 12h, 7d)")
+    p.add_argument("--status", type=_statuses, default=["succeeded", "cancelled"],
+                   help="comma-separated: succeeded, failed, cancelled (default succeeded,cancelled)")
+    p.set_defaults(func=cmd_purge)
+
+    p = commands.add_parser(
+        "check", help="check settings, database, schema, handlers and callback secret (run once after deploying)",
+        epilog="Exit codes: 0 all good; the first failed check: " + ", ".join(
+            f"{code} {name}" for name, code in CHECK_CODES.items()) + ".",
+    )
+    common.add_common(p)
+    common.add_json(p)
+    p.add_argument("--no-callbacks", action="store_true", help="skip the callback check (no job has a callback)")
+    p.set_defaults(func=cmd_check)
+
+
+def add_filters(p: argparse.ArgumentParser) -> None:
+    """The filters `list` and `retry --failed` share."""
+    p.add_argument("--queue", dest="job_queue", metavar="NAME", help="only this queue")
+    p.add_argument("--task", dest="job_task", metavar="NAME", help="only this task")
+    p.add_argument("--since", type=config._duration, metavar="AGE", help="only jobs created within this age (2h, 7d)")
+
+
+def _statuses(value: str) -> list[str]:
+    wanted = config._str_list(value)
+    unknown = sorted(set(wanted) - set(STATUSES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown status {', '.join(unknown)} (use {', '.join(STATUSES)})")
+    return wanted
+
+
+def _open(args: argparse.Namespace) -> tuple[Settings, Store]:
+    settings = common.settings_from(args)
+    engine, store = common.open_database(settings)
+    migrate.require_head(engine)
+    return settings, store
+
+
+def _filter(args: argparse.Namespace) -> JobFilter:
+    return JobFilter(
+        statuses=tuple(getattr(args, "status", None) or ()), queue=args.job_queue, task=args.job_task,
+        since=args.since, callback_status=getattr(args, "callback_status", None),
+        limit=getattr(args, "limit", 50),
+    )
+
+
+def job_data(job: Job) -> dict[str, Any]:
+    """A job as JSON-able data, the callback URL redacted (its query may hold a token)."""
+    data = dataclasses.asdict(job)
+    data["callback_url"] = redact(job.callback_url) if job.callback_url else None
+    return data
+
+
+def _first_line(text: str | None, width: int = 60) -> str | None:
+    return text.strip().splitlines()[0][:width] if text and text.strip() else None
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    jobs = OpsStore(store).list_jobs(_filter(args))
+    if args.json:
+        common.print_json([job_data(job) for job in jobs])
+        return common.EXIT_OK
+    common.print_table(
+        ["id", "queue", "task", "status", "attempts", "run at", "finished at", "callback", "last error"],
+        [(j.id, j.queue, j.task, j.status, f"{j.attempts}/{j.max_attempts}", j.run_at, j.finished_at,
+          j.callback_status, _first_line(j.last_error)) for j in jobs],
+    )
+    return common.EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    job = store.get(args.job_id)
+    if job is None:
+        common.eprint(f"job {args.job_id} does not exist")
+        return common.EXIT_FAILURE
+    attempts = [dataclasses.asdict(a) for a in CallbackStore(store).attempts(job.id)]
+    for attempt in attempts:
+        attempt["url"] = redact(attempt["url"])
+    data = job_data(job)
+    if args.json:
+        common.print_json({**data, "callback_attempts_log": attempts})
+        return common.EXIT_OK
+    long_fields = ("payload", "result", "last_error", "callback_last_error")
+    common.print_table(["field", "value"], [(k, v) for k, v in data.items() if k not in long_fields])
+    for name in ("payload", "result"):
+        print(f"\n{name}:\n{json.dumps(data[name], indent=2, ensure_ascii=False, default=str)}")
+    for name in ("last_error", "callback_last_error"):
+        if data[name]:
+            print(f"\n{name}:\n{data[name]}")
+    if attempts:
+        print("\ncallback attempts:")
+        common.print_table(
+            ["attempt", "at", "status", "ms", "error"],
+            [(a["attempt"], a["attempted_at"], a["status_code"], a["duration_ms"], _first_line(a["error"]))
+             for a in attempts],
+        )
+    return common.EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    ops = OpsStore(store)
+    if args.job_id is not None:
+        if any(v is not None for v in (args.job_queue, args.job_task, args.since)):
+            raise ConfigError("--queue, --task and --since go with --failed, not with an ID")
+        if not ops.retry(args.job_id):
+            job = store.get(args.job_id)
+            state = f"is {job.status}" if job else "does not exist"
+            common.eprint(f"job {args.job_id} {state}: only succeeded, failed or cancelled jobs can be retried")
+            return common.EXIT_FAILURE
+        print(f"job {args.job_id} is pending again")
+        return common.EXIT_OK
+    print(f"{ops.retry_failed(_filter(args))} failed job(s) pending again")
+    return common.EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    outcome = OpsStore(store).cancel(args.job_id)
+    if outcome == "done":
+        print(f"job {args.job_id} cancelled")
+    elif outcome == "requested":
+        print(f"job {args.job_id} is running: marked to be cancelled (its handler sees ctx.cancel_requested())")
+    else:
+        state = "does not exist" if outcome == "missing" else f"is already {outcome}"
+        common.eprint(f"job {args.job_id} {state}: nothing to cancel")
+        return common.EXIT_FAILURE
+    return common.EXIT_OK
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    refused = sorted(set(args.status) - PURGEABLE)
+    if refused:
+        raise ConfigError(f"purge deletes finished jobs only, not {', '.join(refused)}")
+    _, store = _open(args)
+    print(f"{OpsStore(store).purge(args.older_than, args.status)} job(s) deleted")
+    return common.EXIT_OK
+
+
+# -- check -------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    results = run_checks(args)
+    code = next((CHECK_CODES[name] for name, ok, _ in results if ok is False), common.EXIT_OK)
+    if args.json:
+        common.print_json({"checks": [{"name": n, "ok": ok, "detail": d} for n, ok, d in results],
+                           "exit_code": code})
+    else:
+        labels = {True: "ok", False: "FAIL", None: "skipped"}
+        common.print_table(["check", "result", "detail"], [(n, labels[ok], d) for n, ok, d in results])
+    return code
+
+
+def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
+    """(check, passed — None when skipped because an earlier one failed, detail) in order."""
+    results: list[tuple[str, bool | None, str]] = []
+
+    def skip_rest() -> list[tuple[str, bool | None, str]]:
+        done = {name for name, _, _ in results}
+        return results + [(name, None, "not checked") for name in CHECK_CODES if name not in done]
+
+    try:
+        settings = common.settings_from(args)
+    except ConfigError as error:
+        results.append(("configuration", False, str(error)))
+        return skip_rest()
+    source = getattr(args, "config", None) or "defaults and environment"
+    results.append(("configuration", True, f"settings from {source}"))
+
+    engine, store = common.open_database(settings)
+    try:
+        store.ping()
+        store.check_version()
+    except (DatabaseUnavailable, ConfigError) as error:
+        results.append(("database", False, str(error)))
+        return skip_rest()
+    results.append(("database", True, f"{store.dialect} reachable and writable"))
+
+    try:
+        migrate.require_head(engine)
+        results.append(("schema", True, f"at {migrate.head()}"))
+    except ConfigError as error:
+        results.append(("schema", False, str(error)))
+        return skip_rest()
+
+    results.append(_check_handlers(settings, OpsStore(store)))
+    if args.no_callbacks:
+        results.append(("callbacks", None, "skipped (--no-callbacks)"))
+    else:
+        warnings = callbacks.config_warnings(settings)
+        results.append(("callbacks", not warnings, "; ".join(warnings) or "secret set"))
+    return results
+
+
+def _check_handlers(settings: Settings, ops: OpsStore) -> tuple[str, bool, str]:
+    if not settings.tasks:
+        return "handlers", False, "no task modules configured (PENDING_JOBS_TASKS)"
+    try:
+        tasks = registry.load(settings.tasks)
+    except ConfigError as error:
+        return "handlers", False, str(error)
+    missing = sorted(set(ops.pending_tasks()) - set(tasks))
+    if missing:
+        return "handlers", False, f"pending jobs name tasks without a handler: {', '.join(missing)}"
+    return "handlers", True, f"{len(tasks)} task(s) from {', '.join(settings.tasks)}"
