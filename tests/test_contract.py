@@ -321,3 +321,11 @@ def _dt(value: Any) -> dt.datetime:
     if value.tzinfo is not None:
         value = value.astimezone(dt.UTC)
     return value.replace(tzinfo=None)
+
+
+def test_a_job_being_cancelled_is_never_claimed_again(engine: sa.Engine, store: Store) -> None:
+    job_id = enqueue(engine, "noop", {})
+    with engine.begin() as conn:  # an operator cancelled it while it ran; its handler gave up (retry)
+        conn.execute(sa.text("UPDATE pending_jobs SET cancel_requested = :t"), {"t": True})
+    assert store.claim("default", 10, "runner", 60).jobs == []
+    assert store.claim_job(job_id, "runner", 60).jobs != []  # an explicit `run --job` still may

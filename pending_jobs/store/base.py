@@ -52,8 +52,12 @@ def _ids() -> sa.BindParameter[Any]:
 
 
 def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], ...]:
-    """The claim's WHERE: pending, in this queue, due by the database clock."""
-    return (J.c.status == PENDING, J.c.queue == queue, J.c.run_at <= db_now())
+    """The claim's WHERE: pending, in this queue, due by the database clock, not being cancelled.
+
+    A job an operator cancelled while it ran, and whose handler then gave up, is back in pending
+    with `cancel_requested` set until the run settles it as cancelled: it must not run again.
+    """
+    return (J.c.status == PENDING, J.c.queue == queue, J.c.run_at <= db_now(), J.c.cancel_requested == sa.false())
 
 
 def _claim_order() -> tuple[sa.ColumnElement[Any], ...]:
