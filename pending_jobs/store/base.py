@@ -43,8 +43,8 @@ CLAIM_COLUMNS = (
     J.c.max_attempts,
     J.c.priority,
     J.c.callback_url,
-    J.c.run_at,
 )
+"""What a claim reads back: only ClaimedJob's fields (every extra column is parsed per row, per claim)."""
 
 
 def _ids() -> sa.BindParameter[Any]:

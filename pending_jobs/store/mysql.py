@@ -3,6 +3,7 @@ of the same table with LIMIT, and MariaDB has no UPDATE ... RETURNING."""
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,6 +14,8 @@ from ..errors import ConfigError, DatabaseUnavailable
 from ..schema import db_now
 from .base import CLAIM_COLUMNS, PENDING, J, Store, _claim_order, _ids
 from .models import Claim, ClaimedJob
+
+log = logging.getLogger(__name__)
 
 
 class MySQLStore(Store):
@@ -55,14 +58,20 @@ class MySQLStore(Store):
                limit: int, owner: str, lease: float) -> Claim:
         token = secrets.token_hex(16)
         locked = self._cached(("claim", kind, limit), lambda: self.claim_select(where(), limit))
-        mark = self._cached(("mark",), lambda: sa.update(J).where(J.c.id.in_(_ids())).values(self._claim_values()))
+        mark = self._cached(("mark",), lambda: sa.update(J).where(J.c.id.in_(_ids()), J.c.status == PENDING)
+                            .values(self._claim_values()))
         lease_params = self._lease_params(owner, token, lease)
 
         def work(conn: sa.Connection) -> list[ClaimedJob]:
             rows = conn.execute(locked, params).mappings().all()
             if not rows:
                 return []
-            conn.execute(mark, {"ids": [row["id"] for row in rows], **lease_params})
+            marked = conn.execute(mark, {"ids": [row["id"] for row in rows], **lease_params}).rowcount
+            if marked != len(rows):
+                # The locking read returned a row that was no longer pending: hand out only what this
+                # token marked, never a job another runner holds.
+                log.warning("claim: %d of %d locked rows were no longer pending", len(rows) - marked, len(rows))
+                return self._claimed_under(conn, token)
             # The UPDATE added one attempt; the rows were read before it.
             return [ClaimedJob.from_row({**row, "attempts": row["attempts"] + 1}, token) for row in rows]
 

@@ -1,0 +1,110 @@
+"""Throwaway databases for the benchmarks: one per measure, dropped afterwards."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pending_jobs import db, enqueue_many, migrate
+
+ADMIN_URLS = {
+    "mysql": os.environ.get("PENDING_JOBS_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
+    "postgresql": os.environ.get("PENDING_JOBS_BENCH_POSTGRESQL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+}
+LABELS = {"sqlite": "SQLite", "mysql": "MariaDB/MySQL", "postgresql": "PostgreSQL"}
+
+
+def _admin(backend: str) -> sa.Engine:
+    return sa.create_engine(ADMIN_URLS[backend], isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+
+
+def reachable(backend: str) -> str | None:
+    """None when the backend can be used, else why not."""
+    if backend == "sqlite":
+        return None
+    try:
+        with _admin(backend).connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+    except Exception as error:
+        return f"{type(error).__name__}: {' '.join(str(error).split())[:120]}"
+    return None
+
+
+def server_version(backend: str) -> str:
+    """The server's own version string (SQLite: the library's)."""
+    if backend == "sqlite":
+        return f"SQLite {sqlite3.sqlite_version}"
+    with _admin(backend).connect() as conn:
+        version = str(conn.exec_driver_sql("SELECT VERSION()").scalar())
+    if backend == "postgresql":
+        return " ".join(version.split()[:2])
+    return ("MariaDB " if "mariadb" in version.lower() else "MySQL ") + version
+
+
+@contextlib.contextmanager
+def throwaway(backend: str, name: str) -> Iterator[str]:
+    """A new database (a temp file on SQLite) migrated to head; yields its URL, then drops it."""
+    if backend == "sqlite":
+        folder = tempfile.mkdtemp(prefix=f"pj_bench_{name}_")
+        url = f"sqlite:///{Path(folder) / 'jobs.sqlite3'}"
+
+        def drop() -> None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    else:
+        database = f"pj_bench_{name}_{uuid.uuid4().hex[:8]}"
+        admin = _admin(backend)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {database}")
+        url = sa.make_url(ADMIN_URLS[backend]).set(database=database).render_as_string(hide_password=False)
+
+        def drop() -> None:
+            with admin.connect() as conn:
+                force = " WITH (FORCE)" if backend == "postgresql" else ""
+                conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database}{force}")
+            admin.dispose()
+
+    try:
+        engine = db.create_engine(url)
+        migrate.upgrade(engine)
+        engine.dispose()
+        yield url
+    finally:
+        drop()
+
+
+def fill(engine: sa.Engine, count: int, task: str = "bench.noop") -> None:
+    """Insert `count` pending jobs server-side (INSERT ... SELECT over a generated series): fast at 1M rows."""
+    backend = db.dialect_name(engine)
+    columns = "(task, payload)"
+    if backend == "postgresql":
+        source = f"SELECT '{task}', '{{}}'::jsonb FROM generate_series(1, :n)"
+    elif backend == "mysql" and not getattr(engine.dialect, "is_mariadb", False):
+        for start in range(0, count, 50_000):  # MySQL has no SEQUENCE engine
+            enqueue_many(engine, ({"task": task} for _ in range(min(50_000, count - start))))
+        source = ""
+    elif backend == "mysql":
+        source = f"SELECT '{task}', '{{}}' FROM seq_1_to_{count}"  # MariaDB's SEQUENCE engine
+    else:
+        source = (f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
+                  f"SELECT '{task}', '{{}}' FROM s")
+    if source:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO pending_jobs {columns} {source}"), {"n": count})
+    if backend == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("VACUUM ANALYZE pending_jobs")
+    elif backend == "mysql":
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE TABLE pending_jobs")
+    else:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ANALYZE")

@@ -1,0 +1,20 @@
+"""Handlers the benchmarks run (`--tasks benchmarks.noop`): a no-op, and one that reports its pickup latency."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pending_jobs import JobContext, task
+
+
+@task("bench.noop")
+def noop(payload: Any, ctx: JobContext) -> None:
+    """Does nothing: the drain benchmark measures the runner, not the handler."""
+    return None
+
+
+@task("bench.stamp")
+def stamp(payload: Any, ctx: JobContext) -> float:
+    """Seconds from the producer's clock reading (`payload["t"]`) to the handler starting."""
+    return time.time() - float(payload["t"])
