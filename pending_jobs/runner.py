@@ -323,9 +323,9 @@ class Runner:
 
     def _heartbeat(self) -> None:
         with self._lock:
-            tokens = sorted({slot.job.token for slot in self._slots.values()})
-        if tokens:
-            self.store.heartbeat(tokens, self.settings.lease)
+            held = [(slot.job.id, slot.job.token) for slot in self._slots.values()]
+        if held:
+            self.store.heartbeat(held, self.settings.lease)
 
     def _enforce_timeouts(self) -> None:
         now = time.monotonic()

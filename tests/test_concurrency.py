@@ -41,7 +41,7 @@ def test_four_runners_drain_5000_jobs_exactly_once(backend_name: str, tmp_path: 
 
         # Every runner took part, and the claims did not overlap.
         claimed = [int(out.split("claimed ")[1].split(",")[0]) for out, _ in outputs]
-        assert sum(claimed) == JOBS
+        assert sum(claimed) == JOBS, [err for _, err in outputs if err]
         assert sum(1 for n in claimed if n > 0) >= 2
         assert dict(rows(engine, "SELECT status, COUNT(*) FROM pending_jobs GROUP BY status")) == {"succeeded": JOBS}
         assert scalar(engine, "SELECT MAX(attempts) FROM pending_jobs") == 1

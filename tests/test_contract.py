@@ -323,9 +323,35 @@ def _dt(value: Any) -> dt.datetime:
     return value.replace(tzinfo=None)
 
 
-def test_a_job_being_cancelled_is_never_claimed_again(engine: sa.Engine, store: Store) -> None:
-    job_id = enqueue(engine, "noop", {})
-    with engine.begin() as conn:  # an operator cancelled it while it ran; its handler gave up (retry)
+def test_a_cancelled_running_job_whose_handler_gives_up_ends_cancelled(engine: sa.Engine, store: Store) -> None:
+    job_id = enqueue(engine, "noop", {}, callback_url="https://hooks.example.com/c")
+    claim = store.claim("default", 1, "runner", 60)
+    with engine.begin() as conn:  # `pending-jobs cancel` while it runs
         conn.execute(sa.text("UPDATE pending_jobs SET cancel_requested = :t"), {"t": True})
+    done = store.finish(claim.token, retried=[(job_id, 0.0, "RuntimeError: stopped, cancel requested")])
+    assert done.retried == 0
+    row = job(engine, job_id)
+    assert (row.status, row.callback_status) == ("cancelled", "pending")
+    assert row.last_error == "RuntimeError: stopped, cancel requested" and row.finished_at is not None
     assert store.claim("default", 10, "runner", 60).jobs == []
-    assert store.claim_job(job_id, "runner", 60).jobs != []  # an explicit `run --job` still may
+
+
+def test_rescue_of_a_job_being_cancelled_ends_it_cancelled(engine: sa.Engine, store: Store) -> None:
+    job_id = enqueue(engine, "noop", {})
+    store.claim("default", 1, "crashed", 60)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET cancel_requested = :t, lease_expires_at = :e"),
+                     {"t": True, "e": dt.datetime(2000, 1, 1)})
+    assert store.rescue_expired() == (0, 1)
+    assert job(engine, job_id).status == "cancelled"
+
+
+def test_heartbeat_extends_only_the_named_running_jobs(engine: sa.Engine, store: Store) -> None:
+    first, second = enqueue(engine, "noop", {}), enqueue(engine, "noop", {})
+    claim = store.claim("default", 2, "runner", 5)
+    before = dict(rows(engine, "SELECT id, lease_expires_at FROM pending_jobs"))
+    assert store.heartbeat([(first, claim.token)], 3600) == 1
+    assert store.heartbeat([(second, "someone-elses-token")], 3600) == 0
+    after = dict(rows(engine, "SELECT id, lease_expires_at FROM pending_jobs"))
+    assert _dt(after[first]) - _dt(before[first]) > dt.timedelta(minutes=50)
+    assert after[second] == before[second]

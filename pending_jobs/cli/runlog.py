@@ -67,7 +67,7 @@ class Progress:
 
 @contextmanager
 def recorded(store: Store, settings: Settings, runner: Runner) -> Iterator[None]:
-    """Record the run in `pending_job_runs`, settle cancellations, apply retention, write metrics.
+    """Record the run in `pending_job_runs`, apply retention, write metrics.
 
     The run's own outcome decides the exit code stored; a failure to record it never hides that.
     """
@@ -76,9 +76,7 @@ def recorded(store: Store, settings: Settings, runner: Runner) -> Iterator[None]
     run_id = ops.start_run(socket.gethostname(), os.getpid())
     exit_code = common.EXIT_OK
     try:
-        ops.settle_cancelled()
         yield
-        ops.settle_cancelled()
         purged = ops.apply_retention(settings.retention_succeeded, settings.retention_failed)
         if purged:
             log.info("retention: deleted %d finished job(s)", purged)

@@ -52,12 +52,8 @@ def _ids() -> sa.BindParameter[Any]:
 
 
 def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], ...]:
-    """The claim's WHERE: pending, in this queue, due by the database clock, not being cancelled.
-
-    A job an operator cancelled while it ran, and whose handler then gave up, is back in pending
-    with `cancel_requested` set until the run settles it as cancelled: it must not run again.
-    """
-    return (J.c.status == PENDING, J.c.queue == queue, J.c.run_at <= db_now(), J.c.cancel_requested == sa.false())
+    """The claim's WHERE: pending, in this queue, due by the database clock."""
+    return (J.c.status == PENDING, J.c.queue == queue, J.c.run_at <= db_now())
 
 
 def _claim_order() -> tuple[sa.ColumnElement[Any], ...]:
@@ -291,8 +287,14 @@ class Store:
     def _retry(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, float, str]]) -> int:
         if not jobs:
             return 0
-        delays = sa.case({job_id: float(delay) for job_id, delay, _ in jobs}, value=J.c.id)
+        ids = {"ids": [job_id for job_id, _, _ in jobs]}
         errors = sa.case({job_id: error for job_id, _, error in jobs}, value=J.c.id)
+        # The handler of a job an operator cancelled gave up: the job ends cancelled, not pending.
+        cancel_values = self._terminal_values(JobStatus.CANCELLED)
+        cancel_values["last_error"] = errors
+        conn.execute(sa.update(J).where(*self._held(token), J.c.cancel_requested == sa.true())
+                     .values(cancel_values), ids)
+        delays = sa.case({job_id: float(delay) for job_id, delay, _ in jobs}, value=J.c.id)
         stmt = (
             sa.update(J)
             .where(*self._held(token))
@@ -304,7 +306,7 @@ class Store:
                 updated_at=db_now(),
             )
         )
-        return int(conn.execute(stmt, {"ids": [job_id for job_id, _, _ in jobs]}).rowcount)
+        return int(conn.execute(stmt, ids).rowcount)
 
     def _fail(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, str]]) -> int:
         if not jobs:
@@ -364,39 +366,47 @@ class Store:
         )
         return self.transaction(lambda conn: int(conn.execute(stmt, {"ids": list(ids)}).rowcount))
 
-    def heartbeat(self, tokens: Sequence[str], lease: float) -> int:
-        """Extend the lease of every job still running under these tokens."""
-        if not tokens:
+    def heartbeat(self, held: Sequence[tuple[int, str]], lease: float) -> int:
+        """Extend the lease of these (job id, token) pairs that are still running.
+
+        By primary key: a scan of the `running` range would lock other runners' rows on MySQL.
+        """
+        if not held:
             return 0
         stmt = (
             sa.update(J)
-            .where(J.c.lease_token.in_(sa.bindparam("tokens", expanding=True)), J.c.status == RUNNING)
+            .where(J.c.id.in_(_ids()), J.c.lease_token.in_(sa.bindparam("tokens", expanding=True)),
+                   J.c.status == RUNNING)
             .values(lease_expires_at=self.after(self._seconds(lease)))
         )
-        return self.transaction(lambda conn: int(conn.execute(stmt, {"tokens": list(tokens)}).rowcount))
+        params = {"ids": [job_id for job_id, _ in held], "tokens": sorted({token for _, token in held})}
+        return self.transaction(lambda conn: int(conn.execute(stmt, params).rowcount))
 
     def rescue_expired(self) -> tuple[int, int]:
-        """Jobs whose lease expired: back to pending, or failed when attempts are spent."""
+        """Jobs whose lease expired: back to pending, failed when attempts are spent, or cancelled
+        when an operator asked for that. Returns (back to pending, ended)."""
         expired = (J.c.status == RUNNING, J.c.lease_expires_at < db_now())
+        # A plain (non-locking) read first: an UPDATE that scanned the `running` range would lock
+        # the index entries of other runners' in-flight jobs and deadlock with their handlers.
+        find = sa.select(J.c.id).where(*expired)
+        ids = self.transaction(lambda conn: [int(row[0]) for row in conn.execute(find)])
+        if not ids:
+            return 0, 0
+        mine = (J.c.id.in_(_ids()), *expired)
         spent = J.c.attempts >= J.c.max_attempts
+        cancel_values = self._terminal_values(JobStatus.CANCELLED)
+        cancel_values["last_error"] = LEASE_EXPIRED + "; cancelled by an operator"
+        to_cancelled = sa.update(J).where(*mine, J.c.cancel_requested == sa.true()).values(cancel_values)
         fail_values = self._terminal_values(JobStatus.FAILED)
         fail_values["last_error"] = LEASE_EXPIRED + "; no attempts left"
-        to_failed = sa.update(J).where(*expired, spent).values(fail_values)
-        to_pending = (
-            sa.update(J)
-            .where(*expired, ~spent)
-            .values(
-                status=PENDING,
-                run_at=db_now(),
-                last_error=LEASE_EXPIRED,
-                lease_expires_at=None,
-                updated_at=db_now(),
-            )
+        to_failed = sa.update(J).where(*mine, spent).values(fail_values)
+        to_pending = sa.update(J).where(*mine).values(
+            status=PENDING, run_at=db_now(), last_error=LEASE_EXPIRED, lease_expires_at=None, updated_at=db_now()
         )
 
         def work(conn: sa.Connection) -> tuple[int, int]:
-            failed = conn.execute(to_failed).rowcount
-            return int(conn.execute(to_pending).rowcount), int(failed)
+            ended = conn.execute(to_cancelled, {"ids": ids}).rowcount + conn.execute(to_failed, {"ids": ids}).rowcount
+            return int(conn.execute(to_pending, {"ids": ids}).rowcount), int(ended)
 
         return self.transaction(work)
 

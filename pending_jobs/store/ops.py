@@ -177,13 +177,6 @@ class OpsStore:
 
         return self.store.transaction(work)
 
-    def settle_cancelled(self) -> int:
-        """Jobs marked for cancellation that went back to pending (the handler gave up): now cancelled."""
-        values = self.store._terminal_values(JobStatus.CANCELLED)
-        values["last_error"] = sa.func.coalesce(J.c.last_error, "") + "\n(cancelled by an operator)"
-        stmt = sa.update(J).where(J.c.status == PENDING, J.c.cancel_requested == sa.true()).values(values)
-        return self.store.transaction(lambda conn: int(conn.execute(stmt).rowcount))
-
     # -- purge and retention --------------------------------------------------------------------
 
     def purge(self, older_than: float, statuses: Sequence[str], max_batches: int | None = None) -> int:

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from pending_jobs import db, registry
+from pending_jobs import runner as runner_module
 from pending_jobs.runner import Runner, RunReport
 from pending_jobs.store import open_store
 from tests.conftest import settings_for
@@ -191,9 +192,13 @@ def _database(url: str) -> str:
 @pytest.mark.slow
 def test_deadlock_in_finish_is_retried(
     fresh: str, maria: MariaServer, engine_on: Callable[[str], sa.Engine], caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Scenario 8 (1213): the finish UPDATE of two jobs locks the first, waits for the second, which a
     heavier transaction holds and which then asks for the first: InnoDB rolls the finish back."""
+    # Both outcomes must land in one finishing statement: on a loaded machine the second handler
+    # may return more than the usual 50 ms batching window after the first.
+    monkeypatch.setattr(runner_module, "FLUSH_AFTER", 10.0)
     engine = engine_on(fresh)
     until = time.time() + 2.5
     first, second = insert_jobs(engine, "sleep_until", [{"until": until}, {"until": until}])
