@@ -1,14 +1,16 @@
 """Deliver due callbacks: claim a few, POST them concurrently, record every attempt.
 
-Claims and records are short transactions of their own (in the calling thread); HTTP requests run in
-worker threads over one keep-alive session while no transaction is open and no row is locked.
+Claims and batched records are short transactions of their own (in the calling thread); HTTP requests
+run in worker threads over one keep-alive session while no transaction is open and no row is locked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -18,6 +20,7 @@ from .. import __version__
 from ..config import Settings
 from ..errors import ConfigError
 from ..store.callbacks import CallbackResult, CallbackStore, DueCallback
+from .batch import Batch
 from .guard import Guard, Refused, Resolver, redact
 from .policy import classify
 from .signing import Signer
@@ -26,6 +29,7 @@ from .transport import new_session, post
 log = logging.getLogger(__name__)
 
 LEASE_MARGIN = 60.0  # seconds beyond the request timeout before another runner may take a callback over
+QUEUED_ROUNDS = 3  # rounds of requests claimed ahead of the workers, so they never idle during a claim
 BREAKER_THRESHOLD = 5  # consecutive failures to one host that open its circuit for the rest of the run
 BREAKER_PAUSE = 60.0  # seconds a callback held back by an open circuit waits (about one cron tick)
 EXCERPT = 1024
@@ -81,34 +85,55 @@ class Deliverer:
         self.session, self.adapter = new_session(self.concurrency)
         self.clock = clock
         self.failures: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._deadline = 0.0
 
     def __call__(self, deadline: float) -> tuple[int, int]:
         """Deliver what is due until nothing is left or the deadline passes; returns the counts."""
         self.failures = {}  # the circuit breaker is per run
-        lease = self.settings.callback_timeout + LEASE_MARGIN
+        self._deadline = deadline
+        # A callback queued behind QUEUED_ROUNDS rounds of requests starts at most that many timeouts late.
+        lease = self.settings.callback_timeout * (1 + QUEUED_ROUNDS) + LEASE_MARGIN
+        capacity = self.concurrency * (1 + QUEUED_ROUNDS)
         delivered = undelivered = 0
         inflight: dict[Future[CallbackResult], DueCallback] = {}
+        batch = Batch(self.store)
         drained = False
+        # Refill once half the capacity is free: a claim per freed slot costs a transaction per request.
+        refill = (capacity + 1) // 2
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="pending-jobs-callback") as pool:
-            while True:
-                free = self.concurrency - len(inflight)
-                if not drained and free > 0 and time.monotonic() < deadline:
-                    claimed = self.store.claim(free, lease)
-                    drained = len(claimed) < free  # nothing more is due now (or others hold it)
-                    held_back = [self._hold_back(c) for c in claimed if self._open(c.url)]
-                    self.store.record(held_back)
-                    for callback in claimed:
-                        if not self._open(callback.url):
-                            inflight[pool.submit(self.attempt, callback)] = callback
-                if not inflight:
-                    if drained or time.monotonic() >= deadline:
-                        break
-                    continue
-                done, _ = wait(list(inflight), timeout=0.5, return_when=FIRST_COMPLETED)
-                results = [self._result(future, inflight.pop(future)) for future in done]
-                self.store.record(results)
-                delivered += sum(1 for r in results if r.kind == "delivered")
-                undelivered += sum(1 for r in results if r.kind != "delivered")
+            try:
+                while True:
+                    free = capacity - len(inflight)
+                    if not drained and free >= refill and time.monotonic() < deadline:
+                        claimed = self.store.claim(free, lease)
+                        drained = len(claimed) < free  # nothing more is due now (or others hold it)
+                        for callback in claimed:
+                            if self._open(callback.url):
+                                batch.add([self._hold_back(callback)])
+                            else:
+                                inflight[pool.submit(self.attempt, callback)] = callback
+                    if batch.due(idle=not inflight):
+                        batch.flush()
+                    if not inflight:
+                        if drained or time.monotonic() >= deadline:
+                            break
+                        continue
+                    pause = batch.wait_for()
+                    done, _ = wait(list(inflight), timeout=0.5 if pause is None else pause,
+                                   return_when=FIRST_COMPLETED)
+                    results = [self._result(future, inflight.pop(future)) for future in done]
+                    batch.add(results)
+                    delivered += sum(1 for r in results if r.kind == "delivered")
+                    undelivered += sum(1 for r in results if r.kind in ("retry", "failed"))
+                batch.flush()
+            except BaseException:
+                for future in inflight:
+                    future.cancel()  # not started: left leased, retried once the lease runs out
+                # Record what was sent before giving up, so those callbacks are not sent again.
+                with contextlib.suppress(Exception):
+                    batch.flush()
+                raise
         return delivered, undelivered
 
     def _open(self, url: str) -> bool:
@@ -124,12 +149,16 @@ class Deliverer:
             log.error("callback for job %d: unexpected %s", callback.job_id, type(error).__name__, exc_info=True)
             result = CallbackResult(callback, "retry", webhook_id(callback), redact(callback.url), delay=60.0,
                                     error=f"internal error: {type(error).__name__}")
-        self._count(result)
+            self._count(result)
         return result
 
     def _count(self, result: CallbackResult) -> None:
         host = _host_key(result.callback.url)
         code = result.status_code
+        with self._lock:
+            self._count_locked(host, code, result)
+
+    def _count_locked(self, host: str, code: int | None, result: CallbackResult) -> None:
         if result.kind == "delivered" or (code is not None and code < 500 and code != 429):
             self.failures[host] = 0
         elif result.kind == "retry":
@@ -140,6 +169,17 @@ class Deliverer:
 
     def attempt(self, callback: DueCallback) -> CallbackResult:
         """One delivery attempt of one callback (runs in a worker thread; holds no database state)."""
+        if self._open(callback.url):  # the circuit opened while this callback waited for a worker
+            return self._hold_back(callback)
+        if time.monotonic() >= self._deadline:  # queued past the run's deadline: the next run sends it
+            return CallbackResult(callback, "release")
+        result = self._send(callback)
+        # Counted here, not when the main thread collects it: the next queued callback to this host
+        # must already see an open circuit.
+        self._count(result)
+        return result
+
+    def _send(self, callback: DueCallback) -> CallbackResult:
         msg_id, safe_url = webhook_id(callback), redact(callback.url)
         base: dict[str, Any] = {"webhook_id": msg_id, "url": safe_url}
         try:

@@ -10,7 +10,6 @@ import contextlib
 import dataclasses
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -20,6 +19,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from .guard import Target
+from .watchdog import WATCHDOG
 
 READ_LIMIT = 20 * 1024  # bytes of a response body ever read
 CHUNK = 8192
@@ -113,34 +113,6 @@ def describe(error: BaseException) -> str:
     return f"{type(error).__name__}{detail}"
 
 
-class _Watchdog:
-    """Shuts the socket down at the deadline, so a receiver trickling bytes cannot hold us past it."""
-
-    def __init__(self, sock: socket.socket | None, seconds: float) -> None:
-        self.fired = False
-        self._sock = sock
-        self._lock = threading.Lock()
-        self._done = False
-        self._timer = threading.Timer(max(0.0, seconds), self._fire)
-        self._timer.daemon = True
-        if sock is not None:
-            self._timer.start()
-
-    def _fire(self) -> None:
-        with self._lock:
-            if self._done or self._sock is None:
-                return
-            self.fired = True
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-
-    def stop(self) -> None:
-        # Under the lock, so a socket handed back to the pool is never shut down afterwards.
-        with self._lock:
-            self._done = True
-        self._timer.cancel()
-
-
 def post(session: requests.Session, adapter: PinnedAdapter, target: Target, url: str, body: bytes,
          headers: Mapping[str, str], connect_timeout: float, timeout: float) -> Response:
     """POST once to the pinned address; redirects are not followed; at most READ_LIMIT bytes read; never raises."""
@@ -161,7 +133,7 @@ def post(session: requests.Session, adapter: PinnedAdapter, target: Target, url:
         return result(None, {}, b"", describe(failure))
     raw = response.raw
     connection = getattr(raw, "connection", None)
-    watchdog = _Watchdog(getattr(connection, "sock", None), deadline - time.monotonic())
+    watch = WATCHDOG.watch(getattr(connection, "sock", None), deadline - time.monotonic())
     data = b""
     complete = False
     problem: str | None = None
@@ -175,10 +147,10 @@ def post(session: requests.Session, adapter: PinnedAdapter, target: Target, url:
     except Exception as exc:  # urllib3 raises several kinds; all mean the body could not be read
         problem = describe(exc)
     finally:
-        watchdog.stop()
-        if not complete or watchdog.fired:
+        WATCHDOG.stop(watch)
+        if not complete or watch.fired:
             raw.close()  # unread or cut-off body: this connection cannot be reused
         raw.release_conn()
-    if watchdog.fired:
+    if watch.fired:
         problem = f"timed out after {timeout:g}s (whole request)"
     return result(response.status_code, dict(response.headers), data, problem)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import secrets
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -170,39 +171,43 @@ class CallbackStore:
         if limit < 1:
             return []
         token = secrets.token_hex(16)
-        locked = (
-            sa.select(*DUE_COLUMNS)
-            .where(*_due())
-            .order_by(J.c.callback_next_at, J.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        values = {
-            "callback_attempts": J.c.callback_attempts + 1,
-            "callback_token": token,
-            "callback_next_at": self.store.after(self.store._seconds(lease)),
-        }
+        params = {"cb_token": token, "cb_lease": float(lease)}
+
+        def values() -> dict[str, Any]:
+            return {
+                "callback_attempts": J.c.callback_attempts + 1,
+                "callback_token": sa.bindparam("cb_token", type_=sa.String),
+                "callback_next_at": self.store.after(sa.bindparam("cb_lease", type_=sa.Float)),
+            }
+
         if self.store.dialect == "mysql":
             # MySQL/MariaDB: no UPDATE ... RETURNING and no LIMIT subquery on the updated table.
-            mark = sa.update(J).where(J.c.id.in_(sa.bindparam("ids", expanding=True))).values(values)
+            locked = self.store._cached(("callback_lock", limit), lambda: (
+                sa.select(*DUE_COLUMNS).where(*_due()).order_by(J.c.callback_next_at, J.c.id).limit(limit)
+                .with_for_update(skip_locked=True)))
+            mark = self.store._cached(("callback_mark",), lambda: sa.update(J).where(
+                J.c.id.in_(sa.bindparam("ids", expanding=True))).values(values()))
 
             def work(conn: sa.Connection) -> list[DueCallback]:
                 rows = conn.execute(locked).mappings().all()
                 if rows:
-                    conn.execute(mark, {"ids": [row["id"] for row in rows]})
+                    conn.execute(mark, {"ids": [row["id"] for row in rows], **params})
                 return [DueCallback.from_row(row, token, int(row["callback_attempts"]) + 1) for row in rows]
 
         else:
-            ids = sa.select(J.c.id).where(*_due()).order_by(J.c.callback_next_at, J.c.id).limit(limit)
-            stmt = (
-                sa.update(J)
-                .where(J.c.id.in_(ids.with_for_update(skip_locked=True).scalar_subquery()))
-                .values(values)
-                .returning(*DUE_COLUMNS)
-            )
+            def build() -> sa.Update:
+                ids = sa.select(J.c.id).where(*_due()).order_by(J.c.callback_next_at, J.c.id).limit(limit)
+                return (
+                    sa.update(J)
+                    .where(J.c.id.in_(ids.with_for_update(skip_locked=True).scalar_subquery()))
+                    .values(values())
+                    .returning(*DUE_COLUMNS)
+                )
+
+            stmt = self.store._cached(("callback_claim", limit), build)
 
             def work(conn: sa.Connection) -> list[DueCallback]:
-                rows = conn.execute(stmt).mappings().all()
+                rows = conn.execute(stmt, params).mappings().all()
                 return [DueCallback.from_row(row, token, int(row["callback_attempts"])) for row in rows]
 
         claimed = self.store.transaction(work)
@@ -210,26 +215,33 @@ class CallbackStore:
         return claimed
 
     def record(self, results: Sequence[CallbackResult]) -> int:
-        """Write outcomes and attempt rows in one transaction; returns how many guarded updates applied."""
+        """Write a batch of outcomes in one transaction; returns how many guarded updates applied.
+
+        One executemany INSERT for the attempt rows, then one guarded UPDATE per (claim token,
+        outcome kind). A repeat after a lost commit changes no callback (the guard no longer matches).
+        """
         if not results:
             return 0
+        rows = [self._attempt_values(result) for result in results if result.kind != "release"]
+        groups: dict[tuple[str, ResultKind], list[CallbackResult]] = defaultdict(list)
+        for result in results:
+            groups[(result.callback.token, result.kind)].append(result)
 
         def work(conn: sa.Connection) -> int:
-            applied = 0
-            for result in results:
-                if result.kind != "release":
-                    conn.execute(sa.insert(A).values(self._attempt_values(result)))
-                applied += int(conn.execute(self._outcome(result)).rowcount)
-            return applied
+            if rows:
+                conn.execute(self._insert_attempts(), rows)
+            return sum(self._apply(conn, token, kind, group) for (token, kind), group in groups.items())
 
         return self.store.transaction(work)
+
+    def _insert_attempts(self) -> sa.Insert:
+        return self.store._cached(("callback_attempts",), lambda: sa.insert(A).values(attempted_at=db_now()))
 
     def _attempt_values(self, result: CallbackResult) -> dict[str, Any]:
         return {
             "job_id": result.callback.job_id,
             "attempt": result.callback.attempt,
             "webhook_id": result.webhook_id[:64],
-            "attempted_at": db_now(),
             "url": result.url[:2048],
             "status_code": result.status_code,
             "error": _clip(result.error),
@@ -237,21 +249,32 @@ class CallbackStore:
             "response_excerpt": _clip(result.excerpt, 1024),
         }
 
-    def _outcome(self, result: CallbackResult) -> sa.Update:
-        callback = result.callback
-        held = (J.c.id == callback.job_id, J.c.callback_status == PENDING, J.c.callback_token == callback.token)
+    def _held(self) -> tuple[sa.ColumnElement[bool], ...]:
+        token = sa.bindparam("held_token", type_=sa.String)
+        return (self.store._id_in(), J.c.callback_status == PENDING, J.c.callback_token == token)
+
+    def _apply(self, conn: sa.Connection, token: str, kind: ResultKind, group: Sequence[CallbackResult]) -> int:
+        """One guarded UPDATE for every outcome of `kind` held under `token`; returns its row count."""
+        params = {"ids": [result.callback.job_id for result in group], "held_token": token}
+        if kind == "delivered":  # the common case: one cached statement whatever the batch
+            stmt = self.store._cached(("callback_delivered",), lambda: sa.update(J).where(*self._held()).values(
+                callback_token=None, callback_status=DELIVERED, callback_next_at=None, callback_last_error=None))
+            return int(conn.execute(stmt, params).rowcount)
         values: dict[str, Any] = {"callback_token": None}
-        if result.kind == "delivered":
-            values.update(callback_status=DELIVERED, callback_next_at=None, callback_last_error=None)
-        elif result.kind == "failed":
-            values.update(callback_status=FAILED, callback_next_at=None, callback_last_error=_clip(result.error))
-        elif result.kind == "retry":
-            values.update(callback_next_at=self.store.after(self.store._seconds(max(0.0, result.delay))),
-                          callback_last_error=_clip(result.error))
+        if kind == "failed":
+            values.update(callback_status=FAILED, callback_next_at=None, callback_last_error=self._errors(group))
+        elif kind == "retry":
+            values.update(callback_next_at=self._after(group), callback_last_error=self._errors(group))
         else:  # release: the attempt was never made, so it does not count
-            values.update(callback_attempts=J.c.callback_attempts - 1,
-                          callback_next_at=self.store.after(self.store._seconds(max(0.0, result.delay))))
-        return sa.update(J).where(*held).values(values)
+            values.update(callback_attempts=J.c.callback_attempts - 1, callback_next_at=self._after(group))
+        return int(conn.execute(sa.update(J).where(*self._held()).values(values), params).rowcount)
+
+    def _errors(self, group: Sequence[CallbackResult]) -> sa.ColumnElement[Any]:
+        return sa.case({r.callback.job_id: _clip(r.error) for r in group}, value=J.c.id, else_=sa.null())
+
+    def _after(self, group: Sequence[CallbackResult]) -> sa.ColumnElement[Any]:
+        delays = sa.case({r.callback.job_id: max(0.0, float(r.delay)) for r in group}, value=J.c.id)
+        return self.store.after(sa.cast(delays, sa.Float))
 
     # -- operator verbs ------------------------------------------------------------------------
 
