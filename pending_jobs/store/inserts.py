@@ -79,11 +79,18 @@ def _insert_unnest(conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[
     return sorted(int(row[0]) for row in conn.execute(sql, params))
 
 
+INSERT_JOB = sa.insert(J)
+
+
 def _insert_one(conn: sa.Connection, values: dict[str, Any]) -> int:
     key = values.get("idempotency_key")
     dialect = db.dialect_name(conn)
     if not key:
-        key_row = conn.execute(sa.insert(J).values(values)).inserted_primary_key
+        # Plain values go as parameters of one prebuilt statement, which SQLAlchemy compiles once;
+        # a fresh insert().values(...) per job costs more than the INSERT's round trip.
+        plain = not any(isinstance(value, sa.ColumnElement) for value in values.values())
+        result = conn.execute(INSERT_JOB, values) if plain else conn.execute(sa.insert(J).values(values))
+        key_row = result.inserted_primary_key
         assert key_row is not None
         return int(key_row[0])
     if dialect == "mysql":
