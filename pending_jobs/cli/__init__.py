@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a stuck run waits.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

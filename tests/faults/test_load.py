@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,7 @@ from collections.abc import Callable
 import pytest
 import sqlalchemy as sa
 
-from .conftest import RunnerProcess, check_invariant, drain, statuses
+from .conftest import RunnerProcess, check_invariant, drain, statuses, wait_for
 
 Runners = Callable[..., RunnerProcess]
 
@@ -38,15 +39,27 @@ def test_producers_at_full_speed_while_two_runners_claim(
 
     workers = [runners(fresh, "--poll", "0.05", "--lease", "10", "--batch-size", "20", "--max-runtime", "120")
                for _ in range(2)]
+    # Produce only once both runners are up (each writes its pending_job_runs row at start).
+    wait_for(lambda: _scalar(engine, "SELECT COUNT(*) FROM pending_job_runs") >= 2, 60, "both runners to start")
     threads = [threading.Thread(target=produce, args=(seed,)) for seed in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(120)
     done_while_producing = statuses(engine).get("succeeded", 0)
+    # Both runners must be past start-up (claiming, signal handlers installed) before SIGTERM.
+    owners = "SELECT COUNT(DISTINCT lease_owner) FROM pending_jobs WHERE lease_owner IS NOT NULL"
+    wait_for(lambda: _scalar(engine, owners) >= 2, 60, "both runners to claim")
     for worker in workers:
         worker.signal(signal.SIGTERM)
-    codes = [worker.wait(60) for worker in workers]
+    try:
+        codes = [worker.wait(90) for worker in workers]
+    except subprocess.TimeoutExpired:
+        for worker in workers:
+            worker.signal(signal.SIGUSR1)  # every thread's stack, to stderr
+        time.sleep(1)
+        pytest.fail("a runner did not stop within 90 s of SIGTERM: "
+                    + repr([worker.stderr()[-6000:] for worker in workers]))
     producer.dispose()
 
     assert errors == []
@@ -99,3 +112,8 @@ def test_chaos_four_runners_killed_at_random_over_5000_jobs(
     # whole (ledger row included), recorded, and run again; never a second effect (checked above).
     others = [row["last_error"] for row in repeated if row not in rescued]
     assert all("could not commit the handler's transaction" in e and "1213" in e for e in others), others[:3]
+
+
+def _scalar(engine: sa.Engine, sql: str) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(sa.text(sql)).scalar() or 0)
