@@ -464,9 +464,14 @@ def _task_logger(task: str) -> logging.Logger:
 
 
 def _rollback(ctx: JobContext) -> None:
+    """Discard the handler's writes. Never raises: a dead connection has nothing left to roll back,
+    and an exception here would end the worker thread with its job unrecorded."""
     conn = ctx._take_connection()
-    if conn is not None:
-        try:
-            conn.rollback()
-        finally:
-            conn.close()
+    if conn is None:
+        return
+    try:
+        conn.rollback()
+        conn.close()
+    except Exception as error:  # the server rolls back a lost connection's transaction itself
+        log.warning("job %d: could not roll back its connection: %s", ctx.job_id, error)
+        conn.invalidate()

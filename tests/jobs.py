@@ -148,3 +148,17 @@ def hang_isolated(payload: dict[str, Any], ctx: Any) -> None:
 def nasty_error(payload: dict[str, Any], ctx: JobContext) -> None:
     """An exception message no database column would take as is: NUL, a lone surrogate, 200 kB."""
     raise RuntimeError("nul\x00 surrogate\ud800 " + "x" * 200_000)
+
+
+@task("kill_own_connection_then_raise")
+def kill_own_connection_then_raise(payload: dict[str, Any], ctx: JobContext) -> None:
+    """Writes through ctx, has the server kill that connection, then fails: the rollback finds it dead."""
+    conn = ctx.connection
+    conn.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'doomed')"), {"id": ctx.job_id})
+    if conn.dialect.name in ("mysql", "mariadb"):
+        kill = f"KILL {conn.execute(sa.text('SELECT CONNECTION_ID()')).scalar()}"
+    else:
+        kill = f"SELECT pg_terminate_backend({conn.execute(sa.text('SELECT pg_backend_pid()')).scalar()})"
+    with conn.engine.connect() as other:
+        other.execute(sa.text(kill))
+    raise RuntimeError("failed after losing its connection")

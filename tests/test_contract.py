@@ -355,3 +355,14 @@ def test_heartbeat_extends_only_the_named_running_jobs(engine: sa.Engine, store:
     after = dict(rows(engine, "SELECT id, lease_expires_at FROM pending_jobs"))
     assert _dt(after[first]) - _dt(before[first]) > dt.timedelta(minutes=50)
     assert after[second] == before[second]
+
+
+def test_handler_whose_connection_died_is_retried_not_stuck(engine: sa.Engine, run: Any, backend: str) -> None:
+    if backend == "sqlite":
+        pytest.skip("SQLite connections cannot be killed from outside")
+    job_id = enqueue(engine, "kill_own_connection_then_raise", {}, max_attempts=3)
+    report = run(max_runtime=30)
+    assert (report.retried, report.stopped_by) == (1, "empty")
+    row = job(engine, job_id)
+    assert row.status == "pending" and "failed after losing its connection" in row.last_error
+    assert scalar(engine, "SELECT COUNT(*) FROM ledger") == 0  # the killed transaction's write is gone
