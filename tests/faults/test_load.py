@@ -77,7 +77,8 @@ def test_chaos_four_runners_killed_at_random_over_5000_jobs(
     fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners
 ) -> None:
     """Scenario 11: every job ends succeeded with exactly one ledger row; only jobs a killed runner
-    held (at most one batch per kill) ran more than once, and each says its lease expired."""
+    held (at most two batches per kill: one running, one claimed ahead) ran more than once, and each
+    says its lease expired."""
     engine = engine_on(fresh)
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('ledger', '{}')"),
@@ -107,7 +108,8 @@ def test_chaos_four_runners_killed_at_random_over_5000_jobs(
     assert all(row["status"] == "succeeded" for row in rows)
     repeated = [row for row in rows if row["attempts"] > 1]
     rescued = [row for row in repeated if "lease expired" in row["last_error"]]
-    assert len(rescued) <= kills * batch
+    # A runner claims its next batch while the current one runs, so a kill strands up to two batches.
+    assert len(rescued) <= kills * 2 * batch
     # Any other re-run is a handler whose own transaction InnoDB chose as a deadlock victim: rolled back
     # whole (ledger row included), recorded, and run again; never a second effect (checked above).
     others = [row["last_error"] for row in repeated if row not in rescued]
