@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import multiprocessing
 import os
 import re
 import secrets
@@ -36,6 +37,7 @@ class Sizes:
     """How big each measure is; `--quick` shrinks everything but the drain."""
 
     jobs: int = 20_000
+    rounds: int = 3  # drain and raw floor alternate this many times; the best of each is kept
     enqueue_single: int = 3_000
     callbacks: int = 3_000
     latency_samples: int = 60
@@ -45,7 +47,7 @@ class Sizes:
 
     @classmethod
     def quick(cls, jobs: int) -> Sizes:
-        return cls(jobs=jobs, enqueue_single=300, callbacks=200, latency_samples=10, backlog=20_000,
+        return cls(jobs=jobs, rounds=1, enqueue_single=300, callbacks=200, latency_samples=10, backlog=20_000,
                    small_backlog=1_000, rss_jobs=500)
 
 
@@ -147,33 +149,78 @@ def raw_floor(backend: str, jobs: int, processes: int) -> float | None:
 # -- enqueue -------------------------------------------------------------------------------------
 
 
+PRODUCERS = 4  # concurrent producer processes, as a small web tier's workers
+
+
 @dataclasses.dataclass(frozen=True)
 class Enqueue:
-    """Rows/s through `enqueue` (one transaction each) and `enqueue_many` (one transaction)."""
+    """Rows/s through `enqueue` (one transaction each) by one producer and by PRODUCERS processes at
+    once, and through `enqueue_many` (one transaction)."""
 
     single: float
+    concurrent: float
     bulk: float
+    floor: float | None = None
+    """The driver's own INSERT + COMMIT loop on the same table (no SQLAlchemy, no checks); None on SQLite."""
+
+
+def _driver_insert_floor(engine: sa.Engine, count: int) -> float:
+    """Rows/s of a bare DB-API loop: one INSERT and one COMMIT per row, what a single producer connection allows."""
+    raw = engine.raw_connection()
+    try:
+        cursor = raw.cursor()
+        started = time.perf_counter()
+        for i in range(count):
+            cursor.execute("INSERT INTO pending_jobs (task, payload) VALUES (%s, %s)", ("bench.floor", f'{{"i":{i}}}'))
+            raw.commit()
+        rate = count / (time.perf_counter() - started)
+        cursor.close()
+        return rate
+    finally:
+        raw.close()
+
+
+def _produce(url: str, count: int, start_at: float) -> tuple[float, float]:
+    """One producer process: `count` single-row enqueues from `start_at` (time.time); its first and last instant."""
+    engine = db.create_engine(url)
+    try:
+        enqueue(engine, "bench.warm")  # connect before the clock starts
+        time.sleep(max(0.0, start_at - time.time()))
+        started = time.time()
+        for i in range(count):
+            enqueue(engine, "bench.noop", {"i": i})
+        return started, time.time()
+    finally:
+        engine.dispose()
 
 
 def enqueue_rates(backend: str, single: int, bulk: int) -> Enqueue:
-    """Insert `single` jobs one by one, then `bulk` jobs in one call."""
+    """Insert `single` jobs one by one, then as many from PRODUCERS processes at once, then `bulk` in one call."""
     with throwaway(backend, "enqueue") as url:
         engine = db.create_engine(url)
         try:
+            enqueue(engine, "bench.warm")
             started = time.perf_counter()
             for i in range(single):
                 enqueue(engine, "bench.noop", {"i": i})
             single_rate = single / (time.perf_counter() - started)
+            floor = None if backend == "sqlite" else _driver_insert_floor(engine, single)
+            per_producer = max(1, single // PRODUCERS)
+            with multiprocessing.get_context("spawn").Pool(PRODUCERS) as pool:
+                start_at = time.time() + 3.0  # every producer has started and connected by then
+                spans = pool.starmap(_produce, [(url, per_producer, start_at)] * PRODUCERS)
+            concurrent_rate = per_producer * PRODUCERS / (max(e for _, e in spans) - min(s for s, _ in spans))
             rows = [{"task": "bench.noop", "payload": {"i": i}} for i in range(bulk)]
             started = time.perf_counter()
             ids = enqueue_many(engine, rows)
             bulk_rate = bulk / (time.perf_counter() - started)
-            total = int(_scalar(engine, "SELECT COUNT(*) FROM pending_jobs"))
-            if len(ids) != bulk or total != single + bulk:
-                raise RuntimeError(f"enqueue stored {total} rows, expected {single + bulk}")
+            total = int(_scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 'bench.noop'"))
+            expected = single + per_producer * PRODUCERS + bulk
+            if len(ids) != bulk or total != expected:
+                raise RuntimeError(f"enqueue stored {total} rows, expected {expected}")
         finally:
             engine.dispose()
-    return Enqueue(single_rate, bulk_rate)
+    return Enqueue(single_rate, concurrent_rate, bulk_rate, floor)
 
 
 # -- callbacks -----------------------------------------------------------------------------------

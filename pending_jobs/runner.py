@@ -1,8 +1,9 @@
 """The one-shot runner: claim due jobs, run their handlers in threads, record outcomes in batches.
 
 Claims and completions are short transactions of their own; handlers never run inside one (except
-the handler's own `ctx.connection`). The main thread owns every database write of job state; worker
-threads only run handlers and hand back outcomes.
+the handler's own `ctx.connection`). The main thread owns every database write of job state but the
+recording of outcome batches, which the recorder overlaps with the next claim; worker threads only
+run handlers and hand back outcomes.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ from . import isolation, validation
 from .config import Settings
 from .context import JobContext
 from .errors import Fail, Retry
+from .recorder import Recorder
 from .registry import Task
 from .store import ClaimedJob, Store
+from .store.models import Finished
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ class Runner:
         self._stop = threading.Event()
         self._signals = 0
         self._pending: list[Outcome] = []
+        self._recorder: Recorder[list[list[Outcome]]] = Recorder(store)
         self._pending_since = 0.0
         self._queues: list[str] = []
         self._next_queue = 0
@@ -139,11 +143,13 @@ class Runner:
             else:
                 self._loop(deadline)
             self._drain()
+            self._settle(everything=True)
             if self.deliver_callbacks is not None and not self._stop.is_set():
                 delivered, undelivered = self.deliver_callbacks(max(deadline, time.monotonic() + 5))
                 self.report.callbacks_delivered += delivered
                 self.report.callbacks_failed += undelivered
         finally:
+            self._recorder.close()
             self._stop_workers()
             self._restore_signals(previous)
             self.report.duration = time.monotonic() - started
@@ -159,6 +165,8 @@ class Runner:
         batch = self.settings.batch_size
         last_heartbeat = time.monotonic()
         while True:
+            if self._recorder.outstanding > 1:
+                self._settle(block=True)  # back-pressure: claims run at most one batch ahead of the records
             now = time.monotonic()
             can_claim = self._room() > 0 and len(self._slots) < batch and now >= self._next_claim
             self._collect(wait=bool(self._slots) and not can_claim)
@@ -181,6 +189,9 @@ class Runner:
                     self._stop.wait(max(0.0, min(self._next_claim, deadline) - now))
                 continue
             if self._claim(min(batch, self._room())):
+                continue
+            if self._recorder.outstanding:
+                self._settle(block=True)  # outcomes still being written may make jobs due again (retries)
                 continue
             if not self._slots and not self._pending and self.settings.poll <= 0:
                 self.report.stopped_by = "empty"
@@ -279,6 +290,7 @@ class Runner:
             or time.monotonic() - self._pending_since >= FLUSH_AFTER
         ):
             self._flush()
+        self._settle()
 
     def _accept(self, outcome: Outcome) -> None:
         with self._lock:
@@ -307,19 +319,32 @@ class Runner:
         ]
         # Outcomes of consecutive claims overlap (the next claim goes out while one finishes), so
         # one flush often spans two tokens: one transaction, still one statement per kind per token.
-        finished = self.store.finish_many(batches) if batches else []
-        for (_token, succeeded, retried, failed), group, done in zip(batches, by_token.values(), finished, strict=True):
+        if batches:
+            self._recorder.submit(list(by_token.values()), batches)
+
+    def _settle(self, block: bool = False, everything: bool = False) -> None:
+        """Count what the recorder wrote; raises the error that stopped it (the run then ends)."""
+        while True:
+            recorded = self._recorder.results(block=block or everything)
+            for groups, finished in recorded:
+                self._count(groups, finished)
+            if recorded and self.on_progress is not None:
+                self.on_progress(self.report)
+            if not everything or not self._recorder.outstanding:
+                return
+
+    def _count(self, groups: list[list[Outcome]], finished: list[Finished]) -> None:
+        for group, done in zip(groups, finished, strict=True):
+            asked = sum(1 for o in group if o.kind in ("succeeded", "retry", "failed"))
             recorded = sum(1 for o in group if o.kind == "recorded")
             self.report.succeeded += done.succeeded + recorded
             self.report.retried += done.retried
             self.report.failed += done.failed
-            stale = len(succeeded) + len(retried) + len(failed) - (done.succeeded + done.retried + done.failed)
+            stale = asked - (done.succeeded + done.retried + done.failed)
             stale += sum(1 for o in group if o.kind == "dropped")
             if stale:
                 self.report.stale += stale
                 log.warning("%d outcome(s) not recorded: their lease had been taken over", stale)
-        if outcomes and self.on_progress is not None:
-            self.on_progress(self.report)
 
     def _heartbeat(self) -> None:
         with self._lock:

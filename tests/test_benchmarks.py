@@ -15,7 +15,7 @@ from .conftest import ALL, _require
 
 pytestmark = pytest.mark.slow
 
-TINY = measures.Sizes(jobs=200, enqueue_single=50, callbacks=20, latency_samples=3, backlog=2_000,
+TINY = measures.Sizes(jobs=200, rounds=1, enqueue_single=50, callbacks=20, latency_samples=3, backlog=2_000,
                       small_backlog=500, rss_jobs=100)
 
 
@@ -28,7 +28,8 @@ def test_tiny_benchmark_produces_numbers_and_drains_everything(backend: str) -> 
     assert set(result.drain) == {1, 2}
     for drain in result.drain.values():
         assert drain.jobs == TINY.jobs and drain.rate > 0 and drain.wall_rate > 0
-    assert result.enqueue is not None and result.enqueue.single > 0 and result.enqueue.bulk > 0
+    assert result.enqueue is not None
+    assert result.enqueue.single > 0 and result.enqueue.concurrent > 0 and result.enqueue.bulk > 0
     assert result.callbacks is not None and result.callbacks.delivered == TINY.callbacks
     assert result.latency is not None and result.latency.samples == TINY.latency_samples
     assert 0 <= result.latency.p50 <= result.latency.p99

@@ -17,6 +17,8 @@ from pending_jobs.callbacks.signing import secret_key, signature
 from pending_jobs.callbacks.transport import Response, describe, host_header
 from pending_jobs.errors import ConfigError
 
+from .receivers import Behaviour, Handler, Received, answer, receiver, sequence
+
 VECTOR = json.loads((Path(__file__).resolve().parents[2] / "shared/vectors/standard-webhooks.json").read_text())
 SECRET_A = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 SECRET_B = "whsec_" + "c2Vjb25kLXNlY3JldC1mb3Itcm90YXRpb24="
@@ -198,7 +200,7 @@ def test_https_to_pinned_address_sends_the_name_as_sni_and_verifies_the_certific
     import threading
 
     from pending_jobs.callbacks import Target
-    from pending_jobs.callbacks.transport import new_session, post
+    from pending_jobs.callbacks.transport import Transport
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
@@ -221,10 +223,87 @@ def test_https_to_pinned_address_sends_the_name_as_sni_and_verifies_the_certific
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    session, adapter = new_session(1)
     target = Target("https", "hooks.test", port, "127.0.0.1")
-    response = post(session, adapter, target, f"https://hooks.test:{port}/x", b"{}", {}, 2.0, 3.0)
+    response = Transport(1).post(target, f"https://hooks.test:{port}/x", b"{}", {}, 2.0, 3.0)
     thread.join(timeout=5)
     listener.close()
     assert names == ["hooks.test"]
     assert response.status_code is None and response.error is not None and "TLS" in response.error
+
+
+# -- transport: keep-alive reuse, what is sent, what is never reused -------------------------------
+
+
+def _ports(behaviour: Behaviour) -> tuple[Behaviour, list[int]]:
+    """Wraps a behaviour to record the client port of each request (one port per connection)."""
+    ports: list[int] = []
+
+    def respond(handler: Handler, received: Received) -> None:
+        ports.append(handler.client_address[1])
+        behaviour(handler, received)
+
+    return respond, ports
+
+
+def test_transport_pins_the_address_sends_the_name_and_reuses_the_connection() -> None:
+    from pending_jobs.callbacks import Target
+    from pending_jobs.callbacks.transport import Transport
+
+    respond, ports = _ports(answer(200))
+    with receiver(respond) as server:
+        transport = Transport(2)
+        target = Target("http", "hooks.test", server.port, "127.0.0.1")  # hooks.test resolves nowhere
+        url = f"http://user:pw@hooks.test:{server.port}/in/x?token=SECRET#frag"
+        responses = [transport.post(target, url, b'{"a":1}', {"webhook-id": "msg_1"}, 2.0, 3.0) for _ in range(3)]
+        received = list(server.received)
+    assert [(r.status_code, r.body, r.error) for r in responses] == [(200, b"ok", None)] * 3
+    assert len(set(ports)) == 1  # one keep-alive connection
+    first = received[0]
+    assert first.path == "/in/x?token=SECRET" and first.body == b'{"a":1}'
+    assert first.headers["host"] == f"hooks.test:{server.port}"
+    assert first.headers["authorization"] == "Basic dXNlcjpwdw=="  # user info, as requests sent it
+    assert first.headers["webhook-id"] == "msg_1" and first.headers["content-length"] == "7"
+    elsewhere = Target("http", "elsewhere.test", server.port, "127.0.0.1")  # not the URL's host: never sent
+    assert transport.post(elsewhere, url, b"{}", {}, 2.0, 3.0).error == "ValueError"
+    assert len(received) == 3
+
+
+def test_transport_never_reuses_a_connection_whose_body_was_cut_off_or_left_unread() -> None:
+    from pending_jobs.callbacks import Target
+    from pending_jobs.callbacks.transport import READ_LIMIT, Transport
+
+    def short(handler: Handler, _received: Received) -> None:  # promises 100 bytes, sends 10, hangs up
+        handler.send_response(200)
+        handler.send_header("Content-Length", "100")
+        handler.end_headers()
+        handler.wfile.write(b"x" * 10)
+        handler.close_connection = True
+
+    respond, ports = _ports(sequence(answer(200, b"y" * (READ_LIMIT + 10)), short, answer(200)))
+    with receiver(respond) as server:
+        transport = Transport(2)
+        target = Target("http", "127.0.0.1", server.port, "127.0.0.1")
+        over, cut, fine = (transport.post(target, server.url(), b"{}", {}, 2.0, 3.0) for _ in range(3))
+    assert over.status_code == 200 and len(over.body) == READ_LIMIT and over.error is None
+    assert cut.status_code == 200 and cut.body == b"x" * 10 and "IncompleteRead" in (cut.error or "")
+    assert fine.status_code == 200 and fine.body == b"ok"
+    assert len(set(ports)) == 3  # each of the first two connections was closed, not reused
+
+
+def test_watchdog_fires_an_earlier_deadline_queued_behind_a_later_one() -> None:
+    import socket
+
+    from pending_jobs.callbacks.watchdog import Watchdog
+
+    dog = Watchdog()
+    (a, _a), (b, b_peer) = socket.socketpair(), socket.socketpair()
+    try:
+        late = dog.watch(a, 30.0)
+        soon = dog.watch(b, 0.2)  # the thread sleeps until `late`'s deadline: it must be woken
+        b_peer.settimeout(5.0)
+        assert b_peer.recv(1) == b""  # shut down by the watchdog
+        assert soon.fired and not late.fired
+        dog.stop(late)
+    finally:
+        for sock in (a, _a, b, b_peer):
+            sock.close()

@@ -4,26 +4,34 @@ Recording each outcome in a transaction of its own costs more than the HTTP requ
 outcomes are batched like the runner batches job outcomes: flushed when the batch is full, when
 nothing is in flight, or once the oldest has waited FLUSH_AFTER. A callback stays leased until its
 outcome is flushed, so no other runner can take it over in the meantime.
+
+Where the database takes concurrent writers, a flush runs in a thread of its own, overlapped with the
+next claim (one flush at a time): inline, each flush (10-20 ms) held up the claims and the workers ran
+out of requests. SQLite has one writer, so there it stays inline.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..store.callbacks import CallbackResult, CallbackStore
 
 FLUSH_AFTER = 0.05  # seconds an outcome may wait to be batched with others
 BATCH_SIZE = 200  # outcomes that flush at once
+POLL = 0.005  # seconds between looks at a background flush that outcomes wait behind
 
 
 class Batch:
-    """Outcomes of this run not yet written; `flush` records them all in one transaction."""
+    """Outcomes of this run not yet written; `flush` records them in one transaction, `finish` ends the run's."""
 
     def __init__(self, store: CallbackStore, size: int = BATCH_SIZE) -> None:
         self.store = store
         self.size = max(1, size)
         self.results: list[CallbackResult] = []
         self.since = 0.0
+        self._pool = ThreadPoolExecutor(1, "pending-jobs-callback-recorder") if store.concurrent_writers else None
+        self._flushing: Future[int] | None = None
 
     def add(self, results: list[CallbackResult]) -> None:
         """Queue outcomes for the next flush."""
@@ -31,17 +39,48 @@ class Batch:
             self.since = time.monotonic()
         self.results.extend(results)
 
+    def busy(self) -> bool:
+        """Whether a background flush is still running; raises its error once it has failed."""
+        if self._flushing is None:
+            return False
+        if not self._flushing.done():
+            return True
+        flushing, self._flushing = self._flushing, None
+        flushing.result()
+        return False
+
     def wait_for(self) -> float | None:
-        """Seconds until the oldest outcome must be flushed, or None when the batch is empty."""
+        """Seconds until the queued outcomes should be looked at again, or None when the batch is empty."""
         if not self.results:
             return None
+        if self.busy():
+            return POLL
         return max(0.0, self.since + FLUSH_AFTER - time.monotonic())
 
     def due(self, idle: bool) -> bool:
         """Whether to flush now: the batch is full, nothing is in flight (`idle`), or it is old enough."""
-        return bool(self.results) and (idle or len(self.results) >= self.size or self.wait_for() == 0.0)
+        return bool(self.results) and not self.busy() and (
+            idle or len(self.results) >= self.size or self.wait_for() == 0.0)
 
-    def flush(self) -> int:
-        """Record every queued outcome in one transaction; returns how many guarded updates applied."""
+    def flush(self) -> None:
+        """Record every queued outcome in one transaction: started in the background where it can be."""
         results, self.results = self.results, []
-        return self.store.record(results)
+        if not results:
+            return
+        if self._pool is None:
+            self.store.record(results)
+        else:
+            self._flushing = self._pool.submit(self.store.record, results)
+
+    def finish(self) -> None:
+        """Wait for a background flush, then record what is left; raises the first error."""
+        try:
+            if self._flushing is not None:
+                flushing, self._flushing = self._flushing, None
+                flushing.result()
+            results, self.results = self.results, []
+            if results:
+                self.store.record(results)
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown()

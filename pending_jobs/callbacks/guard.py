@@ -7,6 +7,7 @@ to a public address now and to 127.0.0.1 a moment later (DNS rebinding) cannot s
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import socket
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ def system_resolver(host: str, port: int) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the address; the lookup is never cached
 def blocked_reason(ip: IP) -> str | None:
     """Why an address is internal (a kind of address), or None for a public one."""
     if isinstance(ip, ipaddress.IPv6Address):
@@ -75,6 +77,27 @@ def parse_allow(entries: Sequence[str]) -> tuple[list[Network], set[str]]:
     return networks, names
 
 
+@functools.lru_cache(maxsize=4096)  # a pure function of the URL; only the resolution must happen every time
+def parse(url: str) -> tuple[str, str, int, IP | None]:
+    """(scheme, host, port, the host as an address if it is one) of a callback URL; raises Refused."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise Refused("refused: the callback URL is malformed") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise Refused(f"refused: scheme {scheme or 'missing'!r} is not http or https")
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise Refused("refused: the callback URL has no host")
+    try:
+        literal: IP | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    return scheme, host, port or (443 if scheme == "https" else 80), literal
+
+
 class Guard:
     """Checks callback URLs against the blocked ranges and the allow list."""
 
@@ -88,21 +111,10 @@ class Guard:
 
     def check(self, url: str) -> Target:
         """Resolve once and return the address to connect to; raise Refused when it is not allowed."""
-        try:
-            parts = urlsplit(url)
-            port = parts.port
-        except ValueError:
-            raise Refused("refused: the callback URL is malformed") from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise Refused(f"refused: scheme {scheme or 'missing'!r} is not http or https")
-        host = (parts.hostname or "").rstrip(".").lower()
-        if not host:
-            raise Refused("refused: the callback URL has no host")
-        port = port or (443 if scheme == "https" else 80)
-        try:
-            addresses = [ipaddress.ip_address(host)]
-        except ValueError:
+        scheme, host, port, literal = parse(url)
+        if literal is not None:
+            addresses = [literal]
+        else:
             try:
                 addresses = [ipaddress.ip_address(a.split("%")[0]) for a in self.resolver(host, port)]
             except (OSError, UnicodeError, ValueError) as error:
@@ -119,6 +131,7 @@ class Guard:
         return Target(scheme, host, port, str(addresses[0]))
 
 
+@functools.lru_cache(maxsize=4096)  # called several times per attempt (logs, circuit breaker)
 def redact(url: str) -> str:
     """A URL safe to log or store: scheme, host, port and path; no user info, query or fragment."""
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ class Watchdog:
         self._heap: list[tuple[float, int, Watch]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
+        self._wake_at = math.inf  # when the thread next looks at the heap (it may look earlier, never later)
 
     def watch(self, sock: socket.socket | None, seconds: float) -> Watch:
         """Shut `sock` down in `seconds` unless `stop` is called first."""
@@ -44,9 +46,13 @@ class Watchdog:
                 heapq.heappop(self._heap)
             heapq.heappush(self._heap, (watch.deadline, next(self._order), watch))
             if self._thread is None or not self._thread.is_alive():  # also after a fork
+                self._wake_at = watch.deadline
                 self._thread = threading.Thread(target=self._run, name="pending-jobs-watchdog", daemon=True)
                 self._thread.start()
-            elif self._heap[0][2] is watch:
+            elif watch.deadline < self._wake_at:
+                # Only a deadline earlier than the thread's wake-up needs waking it: with one timeout for
+                # every request that is rare, and a wake-up per request cost more than the request itself.
+                self._wake_at = watch.deadline
                 self._cond.notify()
         return watch
 
@@ -65,6 +71,7 @@ class Watchdog:
                         watch.fired = watch.done = True
                         with contextlib.suppress(OSError):
                             watch.sock.shutdown(socket.SHUT_RDWR)
+                self._wake_at = self._heap[0][0] if self._heap else math.inf
                 self._cond.wait(self._heap[0][0] - now if self._heap else None)
 
 

@@ -52,9 +52,9 @@ def settings_from(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def open_database(settings: Settings, pool_size: int = 5, ping_idle_only: bool = False) -> tuple[sa.Engine, Store]:
-    """Engine and store for the configured database (`ping_idle_only`: see db.create_engine)."""
-    engine = db.create_engine(settings.database_url, pool_size=pool_size, ping_idle_only=ping_idle_only)
+def open_database(settings: Settings, pool_size: int = 5) -> tuple[sa.Engine, Store]:
+    """Engine and store for the configured database."""
+    engine = db.create_engine(settings.database_url, pool_size=pool_size)
     return engine, open_store(engine)
 
 

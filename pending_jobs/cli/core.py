@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.queues = ",".join(args.queue_flags)
     settings = common.settings_from(args)
     # The run's transactions retry once on a lost connection, so it skips the per-checkout ping.
-    engine, store = common.open_database(settings, pool_size=settings.concurrency + 2, ping_idle_only=True)
+    engine, store = common.open_database(settings, pool_size=settings.concurrency + 2)
     store.check_version()
     migrate.require_head(engine)
     tasks = registry.load(settings.tasks)

@@ -44,7 +44,8 @@ CLAIM_COLUMNS = (
     J.c.priority,
     J.c.callback_url,
 )
-"""What a claim reads back: only ClaimedJob's fields (every extra column is parsed per row, per claim)."""
+"""What a claim reads back: ClaimedJob's fields, in ClaimedJob.from_row's order (every extra column is
+parsed per row, per claim)."""
 
 
 def _ids() -> sa.BindParameter[Any]:
@@ -65,6 +66,7 @@ class Store:
 
     dialect = "base"
     json_accepts_nul = True
+    concurrent_writers = True  # False: one writer at a time, so completions are not overlapped with claims
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
@@ -189,8 +191,7 @@ class Store:
         params = {**params, **self._lease_params(owner, token, lease)}
 
         def work(conn: sa.Connection) -> list[ClaimedJob]:
-            rows = conn.execute(stmt, params).mappings().all()
-            return [ClaimedJob.from_row(row, token) for row in rows]
+            return [ClaimedJob.from_row(row, token) for row in conn.execute(stmt, params)]
 
         jobs = self.transaction(work, settle=lambda conn: self._claimed_under(conn, token))
         jobs.sort(key=lambda job: (-job.priority, job.id))
@@ -199,7 +200,7 @@ class Store:
     def _claimed_under(self, conn: sa.Connection, token: str) -> list[ClaimedJob]:
         """Jobs a claim whose commit was lost did mark running (settles the unknown outcome)."""
         stmt = sa.select(*CLAIM_COLUMNS).where(J.c.lease_token == token, J.c.status == RUNNING)
-        return [ClaimedJob.from_row(row, token) for row in conn.execute(stmt).mappings()]
+        return [ClaimedJob.from_row(row, token) for row in conn.execute(stmt)]
 
     def _lease_params(self, owner: str, token: str, lease: float) -> dict[str, Any]:
         """The parameters of `_claim_values`."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import secrets
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -154,6 +155,18 @@ def _due() -> tuple[sa.ColumnElement[bool], ...]:
     )
 
 
+ATTEMPT_TYPES = {"job_id": "BIGINT", "attempt": "INTEGER", "webhook_id": "TEXT", "url": "TEXT",
+                 "status_code": "INTEGER", "error": "TEXT", "duration_ms": "INTEGER", "response_excerpt": "TEXT"}
+
+
+@functools.cache
+def _unnest_attempts() -> sa.TextClause:
+    """PostgreSQL: every attempt row of a batch in one INSERT, one array parameter per column."""
+    arrays = ", ".join(f"CAST(:{column} AS {kind}[])" for column, kind in ATTEMPT_TYPES.items())
+    return sa.text(f"INSERT INTO {A.name} ({', '.join(ATTEMPT_TYPES)}, attempted_at) "
+                   f"SELECT *, now() FROM unnest({arrays})")
+
+
 def _clip(text: str | None, limit: int = ERROR_LIMIT) -> str | None:
     if text is None:
         return None
@@ -165,6 +178,11 @@ class CallbackStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
+
+    @property
+    def concurrent_writers(self) -> bool:
+        """Whether a second transaction may write while another does (not on SQLite)."""
+        return self.store.concurrent_writers
 
     def claim(self, limit: int, lease: float) -> list[DueCallback]:
         """Lease up to `limit` due callbacks: count the attempt, push `callback_next_at` past the lease."""
@@ -228,13 +246,21 @@ class CallbackStore:
             groups[(result.callback.token, result.kind)].append(result)
 
         def work(conn: sa.Connection) -> int:
-            if rows:
+            if rows and self.store.dialect == "postgresql":
+                # One INSERT of arrays, not a pipelined row per attempt: a third of the CPU per batch.
+                conn.execute(_unnest_attempts(), {column: [row[column] for row in rows] for column in ATTEMPT_TYPES})
+            elif rows:
                 conn.execute(self._insert_attempts(), rows)
             return sum(self._apply(conn, token, kind, group) for (token, kind), group in groups.items())
 
         return self.store.transaction(work)
 
     def _insert_attempts(self) -> sa.Insert:
+        if self.store.dialect == "mysql":
+            # PyMySQL turns an executemany INSERT into one multi-row INSERT only when every value is a
+            # placeholder; with UTC_TIMESTAMP(6) among them it sends one INSERT per row. The column's
+            # server default is that same clock (schema.NOW_DEFAULT), so the INSERT leaves it out.
+            return self.store._cached(("callback_attempts",), lambda: sa.insert(A))
         return self.store._cached(("callback_attempts",), lambda: sa.insert(A).values(attempted_at=db_now()))
 
     def _attempt_values(self, result: CallbackResult) -> dict[str, Any]:

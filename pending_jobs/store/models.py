@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -32,18 +32,14 @@ class ClaimedJob:
     token: str
 
     @classmethod
-    def from_row(cls, row: Mapping[Any, Any], token: str) -> ClaimedJob:
-        return cls(
-            id=int(row["id"]),
-            task=row["task"],
-            queue=row["queue"],
-            payload_text=row["payload_text"],
-            attempt=int(row["attempts"]),
-            max_attempts=int(row["max_attempts"]),
-            priority=int(row["priority"]),
-            callback_url=row["callback_url"],
-            token=token,
-        )
+    def from_row(cls, row: Sequence[Any], token: str, attempted: int = 0) -> ClaimedJob:
+        """From a row of the store's CLAIM_COLUMNS, in their order (positional: this runs per claimed row).
+
+        `attempted` is added to the row's attempts when it was read before the claim's UPDATE counted one.
+        """
+        job_id, task, queue, payload_text, attempts, max_attempts, priority, callback_url = row
+        return cls(int(job_id), task, queue, payload_text, int(attempts) + attempted, int(max_attempts),
+                   int(priority), callback_url, token)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,17 +63,17 @@ class MySQLStore(Store):
         lease_params = self._lease_params(owner, token, lease)
 
         def work(conn: sa.Connection) -> list[ClaimedJob]:
-            rows = conn.execute(locked, params).mappings().all()
+            rows = conn.execute(locked, params).all()
             if not rows:
                 return []
-            marked = conn.execute(mark, {"ids": [row["id"] for row in rows], **lease_params}).rowcount
+            marked = conn.execute(mark, {"ids": [row[0] for row in rows], **lease_params}).rowcount
             if marked != len(rows):
                 # The locking read returned a row that was no longer pending: hand out only what this
                 # token marked, never a job another runner holds.
                 log.warning("claim: %d of %d locked rows were no longer pending", len(rows) - marked, len(rows))
                 return self._claimed_under(conn, token)
             # The UPDATE added one attempt; the rows were read before it.
-            return [ClaimedJob.from_row({**row, "attempts": row["attempts"] + 1}, token) for row in rows]
+            return [ClaimedJob.from_row(row, token, attempted=1) for row in rows]
 
         return Claim(token, self.transaction(work, settle=lambda conn: self._claimed_under(conn, token)))
 

@@ -14,6 +14,7 @@ class SQLiteStore(Store):
     """Uses the shared UPDATE ... RETURNING claim (SQLite 3.35+)."""
 
     dialect = "sqlite"
+    concurrent_writers = False
 
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         modifier = sa.func.printf("%+.6f seconds", seconds)
