@@ -16,6 +16,7 @@ MYSQL_LOCK_WAIT_TIMEOUT = 1205  # only the statement rolled back: roll back ours
 MYSQL_READ_ONLY = (1290, 1792, 1836)  # --read-only / read-only transaction / read-only slave
 MYSQL_GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost / killed / shutdown
 MYSQL_LOST = (2006, 2013, 2055, 1927, 4031)  # an open connection dropped; the server may still be up
+SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: a transaction is open (pymysql.constants.SERVER_STATUS)
 PING_AFTER = 1.0  # seconds idle after which a pooled connection is pinged before use (a restart takes longer)
 PG_READ_ONLY = "25006"
 PG_SERIALIZATION = ("40001", "40P01")
@@ -81,8 +82,9 @@ def _skip_needless_rollbacks(engine: sa.Engine) -> None:
     """Roll a connection back on its return to the pool only when a transaction may still be open.
 
     The pool's own reset sends ROLLBACK after every use, one more round trip after every committed
-    claim, completion and enqueue. Here a connection whose last transaction went through COMMIT or
-    ROLLBACK returns as it is; one checked out raw, or returned mid-transaction, is rolled back.
+    claim, completion and enqueue. Here a connection returns as it is only when its last transaction
+    went through SQLAlchemy's COMMIT or ROLLBACK and the driver, where it can tell, agrees that none
+    is open; one checked out raw, returned mid-transaction, or whose COMMIT failed is rolled back.
     """
     clean = "pending_jobs_clean"
 
@@ -101,14 +103,29 @@ def _skip_needless_rollbacks(engine: sa.Engine) -> None:
     @event.listens_for(engine, "commit")
     @event.listens_for(engine, "rollback")
     def _ended(conn: sa.Connection) -> None:
-        # Also set if COMMIT then fails: MySQL and PostgreSQL end the transaction either way, and a
-        # lost connection is discarded by the pool, not returned.
+        # Fired before the COMMIT is sent: if it then fails, _driver_in_transaction says so.
         mark(conn, True)
 
     @event.listens_for(engine, "reset")
     def _reset(dbapi_connection: Any, record: Any, state: Any) -> None:
-        if not state.terminate_only and not record.info.get(clean, False):
+        if state.terminate_only:
+            return
+        if not record.info.get(clean, False) or _driver_in_transaction(dbapi_connection):
             dbapi_connection.rollback()
+
+
+def _driver_in_transaction(dbapi_connection: Any) -> bool:
+    """What the driver knows without a round trip: psycopg tracks the session's transaction status;
+    PyMySQL the status of the last OK packet (it skips the one ending a result set, so a SELECT-only
+    transaction reads as idle: the SQLAlchemy-level flag covers those)."""
+    info = getattr(dbapi_connection, "info", None)
+    status = getattr(info, "transaction_status", None)
+    if status is not None:  # psycopg: IDLE is 0
+        return int(status) != 0
+    server_status = getattr(dbapi_connection, "server_status", None)
+    if isinstance(server_status, int):  # PyMySQL
+        return bool(server_status & SERVER_STATUS_IN_TRANS)
+    return True
 
 
 def _ping_when_idle(engine: sa.Engine) -> None:

@@ -36,17 +36,17 @@ class Recorder(Generic[T]):
         self._done: queue.SimpleQueue[Recorded[T] | BaseException] = queue.SimpleQueue()
         self.outstanding = 0
         self._thread: threading.Thread | None = None
-        if store.concurrent_writers:
-            self._thread = threading.Thread(target=self._work, name="pending-jobs-recorder", daemon=True)
-            self._thread.start()
 
     def submit(self, tag: T, batches: Sequence[Outcomes]) -> None:
-        """Record `batches` (inline on SQLite, else in the recorder thread)."""
+        """Record `batches` (inline on SQLite, else in the recorder thread, started by the first batch)."""
         self.outstanding += 1
-        if self._thread is None:
+        if not self._store.concurrent_writers:
             self._done.put(self._record(tag, batches))
-        else:
-            self._todo.put((tag, batches))
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="pending-jobs-recorder", daemon=True)
+            self._thread.start()
+        self._todo.put((tag, batches))
 
     def results(self, block: bool = False) -> list[Recorded[T]]:
         """Batches recorded since the last call; with `block`, wait for at least one if any is outstanding."""

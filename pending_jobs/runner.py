@@ -129,6 +129,7 @@ class Runner:
         started = time.monotonic()
         deadline = started + self.settings.max_runtime
         previous = self._install_signals()
+        self._recorder = Recorder(self.store)
         try:
             self.store.check_writable()
             pending, failed = self.store.rescue_expired()
@@ -151,7 +152,7 @@ class Runner:
         finally:
             self._recorder.close()
             self._stop_workers()
-            self._restore_signals(previous)
+            self._restore_signals(previous)  # last: a signal meanwhile still ends the run our way
             self.report.duration = time.monotonic() - started
         return self.report
 

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from standardwebhooks import Webhook
 
 from pending_jobs import enqueue, registry
-from pending_jobs.callbacks import Deliverer
+from pending_jobs.callbacks import Deliverer, delivery
 from pending_jobs.callbacks.guard import Resolver
 from pending_jobs.runner import Runner, RunReport
 from pending_jobs.store import Job, Store
@@ -128,6 +128,23 @@ def test_whole_request_deadline_holds_against_a_trickling_body(store: Store, db_
     (attempt,) = attempts(store, job_id)
     assert attempt.status_code == 200 and "whole request" in (attempt.error or "")
     assert job(store, job_id).status == "succeeded"
+
+
+def test_a_callback_queued_longer_than_its_lease_allows_is_released_unsent(
+    store: Store, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one sender and one round queued, the second callback may start at most one timeout after
+    the claim; the first one hangs for the whole timeout, so the second is handed back, not sent late."""
+    monkeypatch.setattr(delivery, "QUEUED_ROUNDS", 1)
+    with receiver(hang(5.0)) as server:
+        first = enqueue(store.engine, "noop", callback_url=server.url("/first"))
+        second = enqueue(store.engine, "noop", callback_url=server.url("/second"))
+        deliver(store, db_url, callback_timeout=1.0, callback_concurrency=1)
+        assert [r.path for r in server.received] == ["/first"]
+    assert "timed out" in (attempts(store, first)[0].error or "")
+    assert attempts(store, second) == []
+    row = job(store, second)
+    assert row.callback_status == "pending" and row.callback_attempts == 0
 
 
 def test_only_20kb_of_a_10mb_body_is_read(store: Store, db_url: str) -> None:

@@ -71,3 +71,22 @@ def test_committed_connection_is_returned_without_a_rollback(db_url: str) -> Non
         assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.ok'") == 3
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_driver_level_write_after_a_commit_is_rolled_back(db_url: str) -> None:
+    """SQLAlchemy saw the COMMIT, but the driver knows a later raw INSERT opened a transaction."""
+    engine = _single_connection_engine(db_url)
+    try:
+        conn = engine.connect()
+        conn.execute(sa.text("SELECT 1"))
+        conn.commit()
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("INSERT INTO pending_jobs (task, payload) VALUES ('t.after', '{}')")
+        cursor.close()
+        conn.close()
+        with engine.begin() as again:
+            again.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.next', '{}')"))
+        assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.after'") == 0
+    finally:
+        engine.dispose()

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import queue
 import threading
 import time
@@ -149,11 +150,13 @@ class Deliverer:
         self.failures: dict[str, int] = {}
         self._lock = threading.Lock()
         self._deadline = 0.0
+        self._start_by: dict[tuple[int, str], float] = {}
 
     def __call__(self, deadline: float) -> tuple[int, int]:
         """Deliver what is due until nothing is left or the deadline passes; returns the counts."""
         self.failures = {}  # the circuit breaker is per run
         self._deadline = deadline
+        self._start_by = {}
         # A callback queued behind QUEUED_ROUNDS rounds of requests starts at most that many timeouts late.
         lease = self.settings.callback_timeout * (1 + QUEUED_ROUNDS) + LEASE_MARGIN
         capacity = self.concurrency * (1 + QUEUED_ROUNDS)
@@ -168,12 +171,16 @@ class Deliverer:
             while True:
                 free = capacity - inflight
                 if not drained and free >= refill and time.monotonic() < deadline:
+                    # Started later than this, a request could outlive the lease (a slow DNS answer or
+                    # TLS handshake can make a round longer than callback_timeout): attempt() releases it.
+                    start_by = time.monotonic() + self.settings.callback_timeout * QUEUED_ROUNDS
                     claimed = self.store.claim(free, lease)
                     drained = len(claimed) < free  # nothing more is due now (or others hold it)
                     for callback in claimed:
                         if self._open(callback.url):
                             batch.add([self._hold_back(callback)])
                         else:
+                            self._start_by[(callback.job_id, callback.token)] = start_by
                             workers.submit(callback)
                             inflight += 1
                 if batch.due(idle=not inflight):
@@ -236,9 +243,11 @@ class Deliverer:
 
     def attempt(self, callback: DueCallback) -> CallbackResult:
         """One delivery attempt of one callback (runs in a worker thread; holds no database state)."""
+        start_by = self._start_by.pop((callback.job_id, callback.token), math.inf)
         if self._open(callback.url):  # the circuit opened while this callback waited for a worker
             return self._hold_back(callback)
-        if time.monotonic() >= self._deadline:  # queued past the run's deadline: the next run sends it
+        now = time.monotonic()
+        if now >= self._deadline or now > start_by:  # queued too long: the next run sends it
             return CallbackResult(callback, "release")
         result = self._send(callback)
         # Counted here, not when the main thread collects it: the next queued callback to this host

@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.queue_flags:
         args.queues = ",".join(args.queue_flags)
     settings = common.settings_from(args)
-    # The run's transactions retry once on a lost connection, so it skips the per-checkout ping.
+    # A handler thread each, the main thread's claims, the recorder's completions and spares.
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 2)
     store.check_version()
     migrate.require_head(engine)
