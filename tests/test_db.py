@@ -15,6 +15,14 @@ def _single_connection_engine(url: str) -> sa.Engine:
     return db.create_engine(url, pool_size=1, max_overflow=0)
 
 
+def _assert_next_user_does_not_see(engine: sa.Engine, task: str) -> None:
+    """The pool's one connection, used and committed again: the earlier uncommitted `task` row is gone."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.next', '{}')"))
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = :task", task=task) == 0
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.next'") == 1
+
+
 # On SQLite the driver runs in autocommit (SQLAlchemy sends BEGIN itself): a raw INSERT commits at once.
 @pytest.mark.parametrize("backend", SERVERS, indirect=True)
 def test_raw_connection_returned_mid_transaction_is_rolled_back(db_url: str) -> None:
@@ -25,10 +33,7 @@ def test_raw_connection_returned_mid_transaction_is_rolled_back(db_url: str) -> 
         cursor.execute("INSERT INTO pending_jobs (task, payload) VALUES ('t.raw', '{}')")
         cursor.close()
         raw.close()  # back to the pool with the INSERT neither committed nor rolled back
-        with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.next', '{}')"))
-        assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.raw'") == 0
-        assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.next'") == 1
+        _assert_next_user_does_not_see(engine, "t.raw")
     finally:
         engine.dispose()
 
@@ -39,9 +44,7 @@ def test_connection_closed_inside_a_transaction_is_rolled_back(db_url: str) -> N
         conn = engine.connect()
         conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.open', '{}')"))
         conn.close()
-        with engine.begin() as again:
-            again.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.next', '{}')"))
-        assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.open'") == 0
+        _assert_next_user_does_not_see(engine, "t.open")
     finally:
         engine.dispose()
 
@@ -85,8 +88,6 @@ def test_driver_level_write_after_a_commit_is_rolled_back(db_url: str) -> None:
         cursor.execute("INSERT INTO pending_jobs (task, payload) VALUES ('t.after', '{}')")
         cursor.close()
         conn.close()
-        with engine.begin() as again:
-            again.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.next', '{}')"))
-        assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.after'") == 0
+        _assert_next_user_does_not_see(engine, "t.after")
     finally:
         engine.dispose()
