@@ -230,7 +230,7 @@ MISSES = [
     "`enqueue(engine)` is one INSERT and one COMMIT, and the COMMIT waits for the log flush. The driver "
     "figure in the table is a bare DB-API loop doing the same on the same table, with no SQLAlchemy and no "
     "checks: 1,800-3,000/s across runs here, so 3,000/s from one connection is at or above what these "
-    "servers allow on this machine. `enqueue` reaches 65-97 % of the driver; the rest is SQLAlchemy's "
+    "servers allow on this machine. `enqueue` reaches 62-97 % of the driver; the rest is SQLAlchemy's "
     "execution path, ≈ 130 µs of CPU per call (cProfile). A web "
     "tier's producers run at once and the servers' group commit serves them together: the 4-producer row "
     "shows what the table takes in then, on the same two cores the four processes share with the database.",
