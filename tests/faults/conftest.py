@@ -32,7 +32,8 @@ INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
 TERMINAL = ("succeeded", "failed", "cancelled")
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition") -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "condition",
+             interval: float = 0.05) -> Any:
     """Poll until `predicate()` is truthy; fail the test (never hang) after `timeout` seconds."""
     end = time.monotonic() + timeout
     while True:
@@ -41,7 +42,7 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "con
             return value
         if time.monotonic() > end:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def _free_port() -> int:

@@ -152,6 +152,11 @@ def _lock_waiting(maria: MariaServer) -> bool:
     return bool(maria.sql("SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")[0][0])
 
 
+# InnoDB refreshes what INNODB_TRX shows only when it was last read more than 0.1 s ago: polled faster,
+# it can show the same stale picture for as long as the polling goes on.
+TRX_POLL = 0.25
+
+
 @pytest.mark.slow
 def test_lock_wait_timeout_in_finish_is_rolled_back_and_retried(
     fresh: str, maria: MariaServer, engine_on: Callable[[str], sa.Engine],
@@ -211,7 +216,7 @@ def test_deadlock_in_finish_is_retried(
             for n in range(1, 51):
                 conn.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'weight')"), {"id": -n})
             conn.execute(sa.text("SELECT id FROM pending_jobs WHERE id = :id FOR UPDATE"), {"id": second})
-            wait_for(lambda: _lock_waiting(maria), 30, "the finish to wait for the locked row")
+            wait_for(lambda: _lock_waiting(maria), 30, "the finish to wait for the locked row", interval=TRX_POLL)
             conn.execute(sa.text("SELECT id FROM pending_jobs WHERE id = :id FOR UPDATE"), {"id": first})
             seen["statuses"] = statuses(engine)
             conn.rollback()
