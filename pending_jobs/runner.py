@@ -18,7 +18,7 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any, Literal
 
@@ -29,11 +29,14 @@ from .errors import Fail, Retry
 from .recorder import Recorder
 from .registry import Task
 from .store import ClaimedJob, Store
+from .store.base import Outcomes
 from .store.models import Finished
 
 log = logging.getLogger(__name__)
 
 OutcomeKind = Literal["succeeded", "retry", "failed", "recorded", "dropped"]
+_Batch = tuple[list[list["Outcome"]], Sequence[Outcomes]]  # one flush: outcomes grouped by claim, and their writes
+_Recorded = tuple[list[list["Outcome"]], list[Finished]]
 FLUSH_AFTER = 0.05  # seconds an outcome may wait to be batched with others
 
 
@@ -116,7 +119,7 @@ class Runner:
         self._stop = threading.Event()
         self._signals = 0
         self._pending: list[Outcome] = []
-        self._recorder: Recorder[list[list[Outcome]]] = Recorder(store)
+        self._recorder = self._new_recorder()
         self._pending_since = 0.0
         self._queues: list[str] = []
         self._next_queue = 0
@@ -129,7 +132,7 @@ class Runner:
         started = time.monotonic()
         deadline = started + self.settings.max_runtime
         previous = self._install_signals()
-        self._recorder = Recorder(self.store)
+        self._recorder = self._new_recorder()
         try:
             self.store.check_writable()
             pending, failed = self.store.rescue_expired()
@@ -321,18 +324,22 @@ class Runner:
         # Outcomes of consecutive claims overlap (the next claim goes out while one finishes), so
         # one flush often spans two tokens: one transaction, still one statement per kind per token.
         if batches:
-            self._recorder.submit(list(by_token.values()), batches)
+            self._recorder.submit((list(by_token.values()), batches))
+
+    def _new_recorder(self) -> Recorder[_Batch, _Recorded]:
+        def write(batch: _Batch) -> _Recorded:
+            groups, batches = batch
+            return groups, self.store.finish_many(batches)
+
+        return Recorder(write, self.store.concurrent_writers)
 
     def _settle(self, block: bool = False, everything: bool = False) -> None:
         """Count what the recorder wrote; raises the error that stopped it (the run then ends)."""
-        while True:
-            recorded = self._recorder.results(block=block or everything)
-            for groups, finished in recorded:
-                self._count(groups, finished)
-            if recorded and self.on_progress is not None:
-                self.on_progress(self.report)
-            if not everything or not self._recorder.outstanding:
-                return
+        recorded = self._recorder.drain() if everything else self._recorder.results(block=block)
+        for groups, finished in recorded:
+            self._count(groups, finished)
+        if recorded and self.on_progress is not None:
+            self.on_progress(self.report)
 
     def _count(self, groups: list[list[Outcome]], finished: list[Finished]) -> None:
         for group, done in zip(groups, finished, strict=True):

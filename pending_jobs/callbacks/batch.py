@@ -13,8 +13,8 @@ out of requests. SQLite has one writer, so there it stays inline.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 
+from ..recorder import Recorder
 from ..store.callbacks import CallbackResult, CallbackStore
 
 FLUSH_AFTER = 0.05  # seconds an outcome may wait to be batched with others
@@ -26,12 +26,11 @@ class Batch:
     """Outcomes of this run not yet written; `flush` records them in one transaction, `finish` ends the run's."""
 
     def __init__(self, store: CallbackStore, size: int = BATCH_SIZE) -> None:
-        self.store = store
         self.size = max(1, size)
         self.results: list[CallbackResult] = []
         self.since = 0.0
-        self._pool = ThreadPoolExecutor(1, "pending-jobs-callback-recorder") if store.concurrent_writers else None
-        self._flushing: Future[int] | None = None
+        self._recorder: Recorder[list[CallbackResult], int] = Recorder(
+            store.record, store.concurrent_writers, "pending-jobs-callback-recorder")
 
     def add(self, results: list[CallbackResult]) -> None:
         """Queue outcomes for the next flush."""
@@ -41,13 +40,8 @@ class Batch:
 
     def busy(self) -> bool:
         """Whether a background flush is still running; raises its error once it has failed."""
-        if self._flushing is None:
-            return False
-        if not self._flushing.done():
-            return True
-        flushing, self._flushing = self._flushing, None
-        flushing.result()
-        return False
+        self._recorder.results()
+        return self._recorder.outstanding > 0
 
     def wait_for(self) -> float | None:
         """Seconds until the queued outcomes should be looked at again, or None when the batch is empty."""
@@ -65,22 +59,13 @@ class Batch:
     def flush(self) -> None:
         """Record every queued outcome in one transaction: started in the background where it can be."""
         results, self.results = self.results, []
-        if not results:
-            return
-        if self._pool is None:
-            self.store.record(results)
-        else:
-            self._flushing = self._pool.submit(self.store.record, results)
+        if results:
+            self._recorder.submit(results)
 
     def finish(self) -> None:
-        """Wait for a background flush, then record what is left; raises the first error."""
+        """Record what is left and wait for every flush; raises the first error."""
         try:
-            if self._flushing is not None:
-                flushing, self._flushing = self._flushing, None
-                flushing.result()
-            results, self.results = self.results, []
-            if results:
-                self.store.record(results)
+            self.flush()
+            self._recorder.drain()
         finally:
-            if self._pool is not None:
-                self._pool.shutdown()
+            self._recorder.close()
