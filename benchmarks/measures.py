@@ -27,7 +27,6 @@ from pending_jobs.store import open_store
 from .databases import fill, throwaway
 
 ROOT = Path(__file__).resolve().parent.parent
-RAW_FLOOR = ROOT.parent / "shared" / "bench" / "raw_floor.py"
 BATCH = int(config.BY_NAME["batch_size"].default)
 TASKS = "benchmarks.noop"
 
@@ -125,21 +124,12 @@ def drain(backend: str, jobs: int, processes: int) -> Drain:
 
 
 def raw_floor(backend: str, jobs: int, processes: int) -> float | None:
-    """The raw-SQL floor's jobs/s (../shared/bench/raw_floor.py) in a throwaway database; None without it."""
-    if backend == "sqlite" or not RAW_FLOOR.exists():
+    """The raw-SQL floor's jobs/s (benchmarks/floor.py) in a throwaway database; None on SQLite."""
+    if backend == "sqlite":
         return None
     with throwaway(backend, "floor") as url:
-        parsed = sa.make_url(url)
-        # raw_floor.py passes these to the driver as strings, so the (default) port is left out.
-        if backend == "mysql":
-            kind, var = "mysql", "RAW_FLOOR_MYSQL"
-            params = f"host={parsed.host};user={parsed.username};password={parsed.password or ''};"
-            params += f"database={parsed.database}"
-        else:
-            kind, var = "pg", "RAW_FLOOR_PG"
-            params = f"host={parsed.host};user={parsed.username};dbname={parsed.database}"
-        out = subprocess.run([sys.executable, str(RAW_FLOOR), kind, str(jobs), str(BATCH), str(processes)],
-                             env={**os.environ, var: params}, capture_output=True, text=True, timeout=900, check=True)
+        out = subprocess.run([sys.executable, "-m", "benchmarks.floor", url, str(jobs), str(BATCH), str(processes)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=900, check=True)
     found = re.search(r"done=(\d+) ([\d,.]+) jobs/s", out.stdout)
     if not found:
         raise RuntimeError(f"raw floor printed no rate: {out.stdout.strip()} {out.stderr.strip()[-400:]}")

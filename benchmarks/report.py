@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .databases import LABELS, server_version
-from .measures import BATCH, PRODUCERS, RAW_FLOOR, Backlog, Callbacks, Drain, Enqueue, Latency
+from .measures import BATCH, PRODUCERS, Backlog, Callbacks, Drain, Enqueue, Latency
 
 NA = "n/a"
 
@@ -114,11 +114,9 @@ def notes(results: Sequence[Results], jobs: int, rounds: int) -> list[str]:
     best = f"best of {rounds} rounds, drain and floor alternating" if rounds > 1 else "one round"
     out = [
         f"drain: {jobs:,} no-op jobs, batch {BATCH}, `pending-jobs run` subprocesses; rate = jobs / (first "
-        "started_at → last finished_at, database clock). The raw floor (../shared/bench/raw_floor.py, same "
+        "started_at → last finished_at, database clock). The raw floor (benchmarks/floor.py, same "
         f"jobs and batch, same invocation) times its own processes the same way it always does; {best}.",
     ]
-    if not RAW_FLOOR.exists():
-        out.append(f"raw floor: {RAW_FLOOR} not found, so the drain rows show no ratio.")
     for result in results:
         for measure, problem in result.problems.items():
             out.append(f"{LABELS[result.backend]}: {measure}: {problem}")

@@ -44,8 +44,6 @@ def head() -> str:
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Apply migrations up to `revision`."""
-    import pending_jobs.schema  # noqa: F401 - registers the DDL hook that renders UTC defaults
-
     with engine.begin() as conn:
         command.upgrade(alembic_config(connection=conn), revision)
 
@@ -58,8 +56,6 @@ def downgrade(engine: sa.Engine, revision: str = "base") -> None:
 
 def upgrade_sql(url: str, revision: str = "head") -> str:
     """The DDL `upgrade` would run, for DBAs who apply it themselves (`migrate --sql`)."""
-    import pending_jobs.schema  # noqa: F401
-
     buffer = io.StringIO()
     url = sa.make_url(url).render_as_string(hide_password=False)
     if url.startswith(("mysql://", "mariadb://")):

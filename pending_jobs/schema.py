@@ -5,8 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.schema import CreateColumn
-from sqlalchemy.sql.compiler import DDLCompiler, SQLCompiler
+from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
 metadata = sa.MetaData()
@@ -54,17 +53,40 @@ def db_now() -> sa.ColumnElement[sa.DateTime]:
     return _Now()
 
 
-# Server-side defaults, so producers in any language may omit the column.
-NOW_DEFAULT = {
-    "postgresql": sa.text("now()"),
-    "mysql": sa.text("(UTC_TIMESTAMP(6))"),
-    "sqlite": sa.text("(strftime('%Y-%m-%d %H:%M:%f', 'now'))"),
-}
+class _NowDefault(FunctionElement[sa.DateTime]):
+    """The database clock as a column's server default: every dialect but PostgreSQL needs an
+    expression default in parentheses. Compiled by this class alone, so a host application's own
+    tables (its `DEFAULT CURRENT_TIMESTAMP`) compile exactly as they would without pending-jobs."""
+
+    type = sa.DateTime()  # type: ignore[assignment]
+    inherit_cache = True
 
 
-def now_default() -> sa.TextClause:
-    """A placeholder replaced per dialect when the DDL is compiled (see `_column_default`)."""
-    return sa.text("CURRENT_TIMESTAMP")
+@compiles(_NowDefault)
+def _now_default_generic(element: _NowDefault, compiler: SQLCompiler, **kw: object) -> str:
+    return "CURRENT_TIMESTAMP"
+
+
+@compiles(_NowDefault, "postgresql")
+def _now_default_pg(element: _NowDefault, compiler: SQLCompiler, **kw: object) -> str:
+    return "now()"
+
+
+@compiles(_NowDefault, "mysql")
+@compiles(_NowDefault, "mariadb")
+def _now_default_mysql(element: _NowDefault, compiler: SQLCompiler, **kw: object) -> str:
+    return "(UTC_TIMESTAMP(6))"
+
+
+@compiles(_NowDefault, "sqlite")
+def _now_default_sqlite(element: _NowDefault, compiler: SQLCompiler, **kw: object) -> str:
+    return "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
+
+
+def now_default() -> sa.DefaultClause:
+    """Server-side default of a time column: the database's UTC clock with microseconds, so producers
+    in any language may omit the column."""
+    return sa.DefaultClause(_NowDefault())
 
 
 pending_jobs = sa.Table(
@@ -159,16 +181,6 @@ SUMMARY_VIEW_SQL = (
     "MIN(created_at) AS oldest_created_at FROM pending_jobs GROUP BY queue, status"
 )
 """Counts per queue and status, for a status page. Created by migration 0001."""
-
-
-@compiles(CreateColumn)
-def _column_default(element: CreateColumn, compiler: DDLCompiler, **kw: object) -> str:
-    """Render the CURRENT_TIMESTAMP placeholder as each dialect's UTC clock with microseconds."""
-    text: str = compiler.visit_create_column(element, **kw)  # type: ignore[no-untyped-call]
-    dialect = "mysql" if compiler.dialect.name in ("mysql", "mariadb") else compiler.dialect.name
-    if "DEFAULT CURRENT_TIMESTAMP" in text and dialect in NOW_DEFAULT:
-        text = text.replace("DEFAULT CURRENT_TIMESTAMP", f"DEFAULT {NOW_DEFAULT[dialect].text}")
-    return text
 
 
 def create_all(conn: sa.Connection) -> None:

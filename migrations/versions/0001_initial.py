@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
+# Each dialect's UTC clock with microseconds (the DDL of this revision is unchanged by using it).
+from pending_jobs.schema import now_default
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -21,8 +24,6 @@ Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 Time = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
-# Rendered as each dialect's UTC clock with microseconds by pending_jobs.schema's DDL hook.
-NOW = sa.text("CURRENT_TIMESTAMP")
 MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 SUMMARY_SQL = (
@@ -40,7 +41,7 @@ def upgrade() -> None:
         sa.Column("payload", Json, nullable=False),
         sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
         sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
-        sa.Column("run_at", Time, nullable=False, server_default=NOW),
+        sa.Column("run_at", Time, nullable=False, server_default=now_default()),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("max_attempts", sa.Integer, nullable=False, server_default="5"),
         sa.Column("result", Json, nullable=True),
@@ -56,8 +57,8 @@ def upgrade() -> None:
         sa.Column("lease_token", sa.String(32), nullable=True),
         sa.Column("lease_expires_at", Time, nullable=True),
         sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
-        sa.Column("created_at", Time, nullable=False, server_default=NOW),
-        sa.Column("updated_at", Time, nullable=False, server_default=NOW),
+        sa.Column("created_at", Time, nullable=False, server_default=now_default()),
+        sa.Column("updated_at", Time, nullable=False, server_default=now_default()),
         sa.Column("started_at", Time, nullable=True),
         sa.Column("finished_at", Time, nullable=True),
         sa.UniqueConstraint("idempotency_key", name="uq_pending_jobs_idempotency_key"),
@@ -73,7 +74,7 @@ def upgrade() -> None:
         sa.Column("job_id", Id, nullable=False),
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("webhook_id", sa.String(64), nullable=False),
-        sa.Column("attempted_at", Time, nullable=False, server_default=NOW),
+        sa.Column("attempted_at", Time, nullable=False, server_default=now_default()),
         sa.Column("url", sa.String(2048), nullable=False),
         sa.Column("status_code", sa.Integer, nullable=True),
         sa.Column("error", sa.Text, nullable=True),
@@ -89,7 +90,7 @@ def upgrade() -> None:
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer, nullable=False),
-        sa.Column("started_at", Time, nullable=False, server_default=NOW),
+        sa.Column("started_at", Time, nullable=False, server_default=now_default()),
         sa.Column("finished_at", Time, nullable=True),
         sa.Column("claimed", sa.Integer, nullable=False, server_default="0"),
         sa.Column("succeeded", sa.Integer, nullable=False, server_default="0"),

@@ -259,7 +259,7 @@ class CallbackStore:
         if self.store.dialect == "mysql":
             # PyMySQL turns an executemany INSERT into one multi-row INSERT only when every value is a
             # placeholder; with UTC_TIMESTAMP(6) among them it sends one INSERT per row. The column's
-            # server default is that same clock (schema.NOW_DEFAULT), so the INSERT leaves it out.
+            # server default is that same clock (schema.now_default), so the INSERT leaves it out.
             return self.store._cached(("callback_attempts",), lambda: sa.insert(A))
         return self.store._cached(("callback_attempts",), lambda: sa.insert(A).values(attempted_at=db_now()))
 
