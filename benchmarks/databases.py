@@ -13,7 +13,8 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pending_jobs import db, enqueue_many, migrate
+from pending_jobs import enqueue_many, migrate
+from pending_jobs.store import create_engine, dialect_for
 
 ADMIN_URLS = {
     "mysql": os.environ.get("PENDING_JOBS_BENCH_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test"),
@@ -73,7 +74,7 @@ def throwaway(backend: str, name: str) -> Iterator[str]:
             admin.dispose()
 
     try:
-        engine = db.create_engine(url)
+        engine = create_engine(url)
         migrate.upgrade(engine)
         engine.dispose()
         yield url
@@ -83,7 +84,7 @@ def throwaway(backend: str, name: str) -> Iterator[str]:
 
 def fill(engine: sa.Engine, count: int, task: str = "bench.noop") -> None:
     """Insert `count` pending jobs server-side (INSERT ... SELECT over a generated series): fast at 1M rows."""
-    backend = db.dialect_name(engine)
+    backend = dialect_for(engine).name
     columns = "(task, payload)"
     if backend == "postgresql":
         source = f"SELECT '{task}', '{{}}'::jsonb FROM generate_series(1, :n)"

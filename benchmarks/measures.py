@@ -21,8 +21,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pending_jobs import config, db, enqueue, enqueue_many
-from pending_jobs.store import open_store
+from pending_jobs import config, enqueue, enqueue_many
+from pending_jobs.store import create_engine, open_store
 
 from .databases import fill, throwaway
 
@@ -106,7 +106,7 @@ class Drain:
 def drain(backend: str, jobs: int, processes: int) -> Drain:
     """N no-op jobs drained by `processes` concurrent `pending-jobs run` processes."""
     with throwaway(backend, "drain") as url:
-        engine = db.create_engine(url)
+        engine = create_engine(url)
         try:
             enqueue_many(engine, ({"task": "bench.noop"} for _ in range(jobs)))
             started = time.perf_counter()
@@ -172,7 +172,7 @@ def _driver_insert_floor(engine: sa.Engine, count: int) -> float:
 
 def _produce(url: str, count: int, start_at: float) -> tuple[float, float]:
     """One producer process: `count` single-row enqueues from `start_at` (time.time); its first and last instant."""
-    engine = db.create_engine(url)
+    engine = create_engine(url)
     try:
         enqueue(engine, "bench.warm")  # connect before the clock starts
         time.sleep(max(0.0, start_at - time.time()))
@@ -187,7 +187,7 @@ def _produce(url: str, count: int, start_at: float) -> tuple[float, float]:
 def enqueue_rates(backend: str, single: int, bulk: int) -> Enqueue:
     """Insert `single` jobs one by one, then as many from PRODUCERS processes at once, then `bulk` in one call."""
     with throwaway(backend, "enqueue") as url:
-        engine = db.create_engine(url)
+        engine = create_engine(url)
         try:
             enqueue(engine, "bench.warm")
             started = time.perf_counter()
@@ -265,7 +265,7 @@ def callbacks(backend: str, count: int) -> Callbacks:
     thread.start()
     try:
         with throwaway(backend, "callbacks") as url:
-            engine = db.create_engine(url)
+            engine = create_engine(url)
             try:
                 hook = f"http://127.0.0.1:{server.server_address[1]}/hook"
                 enqueue_many(engine, ({"task": "bench.noop", "callback_url": hook} for _ in range(count)))
@@ -299,7 +299,7 @@ class Latency:
 def pickup_latency(backend: str, samples: int, poll: float = 0.2) -> Latency:
     """Enqueue one job at a time at irregular moments while `run --poll` polls; the handler reports its delay."""
     with throwaway(backend, "latency") as url:
-        engine = db.create_engine(url)
+        engine = create_engine(url)
         proc = _start_run(url, "--poll", str(poll))
         try:
             time.sleep(2.0)  # let the run start and reach its polling loop
@@ -350,7 +350,7 @@ CLAIM_ROUNDS = 12
 
 def _claim_time(url: str) -> float:
     """Median time of CLAIM_ROUNDS claims of BATCH jobs (kept running, so each claim finds fresh rows)."""
-    engine = db.create_engine(url)
+    engine = create_engine(url)
     store = open_store(engine)
     times: list[float] = []
     try:
@@ -368,7 +368,7 @@ def _claim_time(url: str) -> float:
 def backlog(backend: str, small: int, large: int, rss_jobs: int) -> Backlog:
     """Claim time with `small` then `large` pending rows; then peak RSS of `run --max-jobs` on the large backlog."""
     with throwaway(backend, "backlog") as url:
-        engine = db.create_engine(url)
+        engine = create_engine(url)
         try:
             # Claimed rows stay running (releasing them would leave dead index entries at the head of
             # the claim range and measure those instead), so top up to keep `small` pending throughout.

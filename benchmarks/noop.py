@@ -5,16 +5,16 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from pending_jobs import JobContext, task
+from pending_jobs import Context, task
 
 
 @task("bench.noop")
-def noop(payload: Any, ctx: JobContext) -> None:
+def noop(payload: Any, ctx: Context) -> None:
     """Does nothing: the drain benchmark measures the runner, not the handler."""
     return None
 
 
 @task("bench.stamp")
-def stamp(payload: Any, ctx: JobContext) -> float:
+def stamp(payload: Any, ctx: Context) -> float:
     """Seconds from the producer's clock reading (`payload["t"]`) to the handler starting."""
     return time.time() - float(payload["t"])

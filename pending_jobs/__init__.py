@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from .context import JobContext
+from .context import Context, Handler, JobContext
 from .enqueue import enqueue, enqueue_many
 from .errors import Fail, Retry
 from .registry import task
 from .states import CallbackStatus, JobStatus
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "CallbackStatus",
+    "Context",
     "Fail",
+    "Handler",
     "JobContext",
     "JobStatus",
     "Retry",

@@ -64,7 +64,7 @@ def job_row(
     if not isinstance(queue, str) or not queue or len(queue) > 64:
         raise ValueError("queue must be a non-empty string of at most 64 characters")
     payload = {} if payload is None else payload
-    problem = validation.payload_problem(payload, payload_limit)
+    problem = validation.payload_problem(payload)
     if problem:
         raise ValueError(problem)
     validation.dump_json(payload, "payload", payload_limit, allow_nul=False)

@@ -17,10 +17,11 @@ import logging
 import multiprocessing
 import signal
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from . import registry, validation
+from .context import Context, time_left
 from .errors import Fail, Retry
 from .registry import Task
 
@@ -39,9 +40,13 @@ class HandlerError(Exception):
 
 
 class ChildContext:
-    """What a process-isolated handler receives: the JobContext fields, without a connection."""
+    """What a process-isolated handler receives: the Context of a thread handler, without a connection.
 
-    def __init__(self, fields: dict[str, Any]) -> None:
+    `cancel_requested()` asks the runner over a pipe; the runner reads the flag like a thread handler's
+    context does (one query per call)."""
+
+    def __init__(self, fields: dict[str, Any], ask: Connection) -> None:
+        self._ask = ask
         self.job_id: int = fields["job_id"]
         self.task: str = fields["task"]
         self.queue: str = fields["queue"]
@@ -61,22 +66,30 @@ class ChildContext:
 
     def time_left(self) -> float | None:
         """Seconds until the deadline, or None when there is none."""
-        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+        return time_left(self.deadline)
+
+    def cancel_requested(self) -> bool:
+        """Whether an operator ran `pending-jobs cancel` on this job while it runs (asks the runner)."""
+        self._ask.send("cancel_requested")
+        return bool(self._ask.recv())
 
 
-def call(task: Task, payload: Any, ctx: Any, modules: list[str]) -> Any:
+def call(task: Task, payload: Any, ctx: Context, modules: list[str]) -> Any:
     """Run `task` on `payload` in a child; return its result or raise what it raised (Retry, Fail, ...)."""
     fields = {"job_id": ctx.job_id, "task": ctx.task, "queue": ctx.queue, "attempt": ctx.attempt,
               "max_attempts": ctx.max_attempts, "deadline": ctx.deadline}
     receiver, sender = _mp().Pipe(duplex=False)
-    child = _mp().Process(target=_child_main, args=(sender, list(modules), task.name, payload, fields,
+    questions, ask = _mp().Pipe(duplex=True)
+    child = _mp().Process(target=_child_main, args=(sender, ask, list(modules), task.name, payload, fields,
                                                     task.memory_limit), daemon=True)
     child.start()
     sender.close()  # the parent keeps only the reading end, so a dead child reads as EOF
+    ask.close()
     try:
-        answer = _wait(receiver, child, task.timeout)
+        answer = _wait(receiver, questions, child, task.timeout, ctx)
     finally:
         receiver.close()
+        questions.close()
         if child.is_alive():
             child.kill()
         child.join(5)
@@ -90,8 +103,18 @@ def _mp() -> Any:
     return _context
 
 
-def _wait(receiver: Connection, child: Any, timeout: float | None) -> tuple[Any, ...]:
-    if not receiver.poll(timeout):
+def _wait(receiver: Connection, questions: Connection, child: Any, timeout: float | None,
+          ctx: Context) -> tuple[Any, ...]:
+    """The child's answer; meanwhile answer its questions (cancellation), and kill it at the timeout."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ready = wait([receiver, questions], left)
+        if receiver in ready:
+            break
+        if questions in ready:
+            _answer(questions, ctx)
+            continue
         child.kill()
         raise TimeoutError(f"handler ran longer than {timeout}s: its process was killed")
     try:
@@ -100,6 +123,19 @@ def _wait(receiver: Connection, child: Any, timeout: float | None) -> tuple[Any,
     except (EOFError, OSError):
         child.join(5)
         raise ChildDied(_death(child.exitcode)) from None
+
+
+def _answer(questions: Connection, ctx: Context) -> None:
+    try:
+        questions.recv()
+        try:
+            flag = ctx.cancel_requested()
+        except Exception as error:  # the child must not hang on a question the runner cannot answer
+            log.warning("job %d: could not read its cancel flag: %s", ctx.job_id, type(error).__name__)
+            flag = False
+        questions.send(flag)
+    except (EOFError, OSError):
+        pass  # the child is gone; its answer pipe says how
 
 
 def _death(code: int | None) -> str:
@@ -123,8 +159,8 @@ def _unpack(answer: tuple[Any, ...]) -> Any:
     raise HandlerError(answer[1])
 
 
-def _child_main(sender: Connection, modules: list[str], name: str, payload: Any, fields: dict[str, Any],
-                memory_limit: int | None) -> None:
+def _child_main(sender: Connection, ask: Connection, modules: list[str], name: str, payload: Any,
+                fields: dict[str, Any], memory_limit: int | None) -> None:
     """The child: limit memory, import the task modules, run the handler, send one answer."""
     _die_with_parent()
     if memory_limit is not None:
@@ -133,7 +169,7 @@ def _child_main(sender: Connection, modules: list[str], name: str, payload: Any,
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     try:
         handler = registry.load(modules)[name]
-        answer: tuple[Any, ...] = ("ok", handler.fn(payload, ChildContext(fields)))
+        answer: tuple[Any, ...] = ("ok", handler.fn(payload, ChildContext(fields, ask)))
         sender.send(answer)
         return
     except Retry as request:

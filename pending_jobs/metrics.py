@@ -6,48 +6,37 @@ collector never reads half a file.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
-from .store.ops import Health, RunCounts
+from .models import RunReport
+from .store import Health
 
 PREFIX = "pending_jobs"
 
 
-@dataclasses.dataclass(frozen=True)
-class RunMetrics:
-    """What one run did and how it ended, plus the queue's state afterwards (None: unreadable)."""
-
-    counts: RunCounts
-    duration: float
-    exit_code: int
-    finished_at: float
-    """Unix time the run ended."""
-    health: Health | None
-
-
-def render(m: RunMetrics) -> bytes:
-    """The textfile contents for one run."""
+def render(report: RunReport, finished_at: float, health: Health | None) -> bytes:
+    """The textfile contents after one run: what it did (`finished_at`, Unix time) and the queue's state
+    afterwards (`health`; None when it could not be read)."""
     registry = CollectorRegistry()
 
     def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
         return Gauge(f"{PREFIX}_{name}", doc, labels, registry=registry)
 
     jobs = gauge("run_jobs", "Jobs the last run handled, by outcome", ("outcome",))
-    for outcome in ("claimed", "succeeded", "failed", "retried", "rescued"):
-        jobs.labels(outcome).set(getattr(m.counts, outcome))
+    for outcome in ("claimed", "succeeded", "failed", "retried", "cancelled", "rescued"):
+        jobs.labels(outcome).set(getattr(report, outcome))
     callbacks = gauge("run_callbacks", "Callbacks the last run attempted, by outcome", ("outcome",))
-    callbacks.labels("delivered").set(m.counts.callbacks_delivered)
-    callbacks.labels("failed").set(m.counts.callbacks_failed)
-    gauge("run_duration_seconds", "How long the last run took").set(m.duration)
+    callbacks.labels("delivered").set(report.callbacks_delivered)
+    callbacks.labels("failed").set(report.callbacks_failed)
+    gauge("run_duration_seconds", "How long the last run took").set(report.duration)
     gauge("run_exit_code", "Exit code of the last run (0 ok, 2 configuration, 75 database unavailable)") \
-        .set(m.exit_code)
-    gauge("run_finished_timestamp_seconds", "Unix time the last run ended").set(m.finished_at)
-    if m.health is not None:
-        h = m.health
+        .set(report.exit_code if report.exit_code is not None else 1)
+    gauge("run_finished_timestamp_seconds", "Unix time the last run ended").set(finished_at)
+    if health is not None:
+        h = health
         depth = gauge("queue_jobs", "Jobs in the table, by queue and status", ("queue", "status"))
         for queue, status, n in h.counts:
             depth.labels(queue, status).set(n)
@@ -62,9 +51,8 @@ def render(m: RunMetrics) -> bytes:
     return generate_latest(registry)
 
 
-def write_textfile(path: str, m: RunMetrics) -> None:
-    """Write the metrics to `path` atomically, readable by the collector (mode 0644)."""
-    data = render(m)
+def write_textfile(path: str, data: bytes) -> None:
+    """Write rendered metrics to `path` atomically, readable by the collector (mode 0644)."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, temp = tempfile.mkstemp(prefix=".pending_jobs.", suffix=".tmp", dir=directory)
     try:

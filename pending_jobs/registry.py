@@ -8,9 +8,9 @@ import random
 from collections.abc import Callable
 from typing import Any, Literal
 
+from .context import Handler
 from .errors import ConfigError
 
-Handler = Callable[[Any, Any], Any]
 Backoff = Callable[[int], float]
 Isolation = Literal["thread", "process"]
 
@@ -61,7 +61,7 @@ def task(
     return register
 
 
-def _qualname(fn: Handler) -> str:
+def _qualname(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
@@ -72,9 +72,4 @@ def load(modules: list[str]) -> dict[str, Task]:
             importlib.import_module(module)
         except Exception as exc:  # any import-time error is a configuration error
             raise ConfigError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}") from exc
-    return dict(_TASKS)
-
-
-def registered() -> dict[str, Task]:
-    """Tasks registered so far (without importing anything)."""
     return dict(_TASKS)

@@ -169,6 +169,7 @@ runs = sa.Table(
     sa.Column("callbacks_delivered", sa.Integer, nullable=False, server_default="0"),
     sa.Column("callbacks_failed", sa.Integer, nullable=False, server_default="0"),
     sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("cancelled", sa.Integer, nullable=False, server_default="0"),
     sa.Index("ix_pending_job_runs_started", "started_at"),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",

@@ -4,6 +4,8 @@ with the same words, so producers writing plain SQL get the same reasons."""
 from __future__ import annotations
 
 import json
+import os
+import sysconfig
 import traceback
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,7 +16,7 @@ ERROR_LIMIT = 4000
 NAME_LIMIT = 191
 
 
-def payload_problem(payload: Any, limit: int) -> str | None:
+def payload_problem(payload: Any) -> str | None:
     """Why a payload (already parsed) cannot be run, or None."""
     if not isinstance(payload, dict):
         return f"payload must be a JSON object, got {_json_kind(payload)}"
@@ -32,7 +34,7 @@ def parse_payload(text: str | None, limit: int) -> tuple[Any, str | None]:
         payload = json.loads(text)
     except ValueError as exc:
         return None, f"payload is not valid JSON: {exc}"
-    return payload, payload_problem(payload, limit)
+    return payload, payload_problem(payload)
 
 
 def dump_json(value: Any, what: str, limit: int, allow_nul: bool = True) -> str:
@@ -91,10 +93,66 @@ def clean_text(text: str, limit: int = ERROR_LIMIT) -> str:
 
 
 def describe_exception(exc: BaseException, limit: int = ERROR_LIMIT) -> str:
-    """`Type: message` plus the last frames of the traceback, cleaned and trimmed for `last_error`."""
-    head = f"{type(exc).__name__}: {exc}"
-    frames = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-8)
-    return clean_text(head + "\n" + "".join(frames[1:]).rstrip(), limit)
+    """`Type: message` and the frames that say where it happened, cleaned and trimmed for `last_error`.
+
+    A handler's error usually surfaces deep in a library (SQLAlchemy, a driver, requests): the last
+    frames alone show only library code, twice over through the exception's chain. Kept: every frame of
+    the application's own code (up to USER_FRAMES), and the raising frame with its caller; the middle
+    is dropped, and a chained cause is named in one line.
+    """
+    head = f"{_type_name(exc)}: {safe_str(exc)}"
+    frames = traceback.extract_tb(exc.__traceback__)
+    lines = [head.rstrip()]
+    if frames:
+        lines.append("Traceback (most recent call last; library frames between the application's and the "
+                     "raising frame left out):")
+        lines.extend(_frames(frames))
+    cause = exc.__cause__ if exc.__cause__ is not None else (None if exc.__suppress_context__ else exc.__context__)
+    if cause is not None:
+        lines.append(f"caused by {_type_name(cause)}: {' '.join(safe_str(cause).split())[:500]}")
+    return clean_text("\n".join(lines), limit)
+
+
+USER_FRAMES = 6  # frames of the application's own code kept in a traceback
+_OWN = os.path.dirname(os.path.abspath(__file__))
+_LIBRARIES = tuple(os.path.abspath(path) for path in {sysconfig.get_paths()["stdlib"], sysconfig.get_paths()["purelib"],
+                                                      sysconfig.get_paths()["platlib"]})
+
+
+def _is_application(filename: str) -> bool:
+    path = os.path.abspath(filename)
+    return not (path.startswith(_OWN) or path.startswith(_LIBRARIES) or "site-packages" in path
+                or "dist-packages" in path or filename.startswith("<"))
+
+
+def _frames(frames: traceback.StackSummary) -> list[str]:
+    last = len(frames) - 1
+    application = [i for i, frame in enumerate(frames) if _is_application(frame.filename)][:USER_FRAMES]
+    keep = sorted({*application, last, max(0, last - 1)})
+    lines: list[str] = []
+    previous = -1
+    for index in keep:
+        if index > previous + 1:
+            lines.append(f"  ... {index - previous - 1} frame(s) left out ...")
+        frame = frames[index]
+        lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+        if frame.line:
+            lines.append(f"    {frame.line.strip()}")
+        previous = index
+    return lines
+
+
+def _type_name(exc: BaseException) -> str:
+    kind = type(exc)
+    return kind.__name__ if kind.__module__ in ("builtins", "__main__") else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def safe_str(value: object) -> str:
+    """`str(value)`, or a placeholder when its `__str__` raises (a handler's exception may)."""
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 def _json_kind(value: Any) -> str:

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pending_jobs import config, db, migrate
-from pending_jobs.runner import Runner, RunReport
-from pending_jobs.store import Store, open_store
+from pending_jobs import config, migrate
+from pending_jobs.models import Completion, Finished, RunReport
+from pending_jobs.run import run_once
+from pending_jobs.store import Store, create_engine, open_store
 
 from . import jobs
 
@@ -97,7 +98,7 @@ def empty_url(backend: str, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def db_url(empty_url: str) -> str:
     """URL of a new database migrated to head."""
-    engine = db.create_engine(empty_url)
+    engine = create_engine(empty_url)
     migrate.upgrade(engine)
     engine.dispose()
     return empty_url
@@ -106,7 +107,7 @@ def db_url(empty_url: str) -> str:
 @pytest.fixture
 def engine(db_url: str) -> Iterator[sa.Engine]:
     """An engine on the test database, set up as the runner sets up its own."""
-    eng = db.create_engine(db_url, pool_size=8)
+    eng = create_engine(db_url, pool_size=8)
     with eng.begin() as conn:
         conn.exec_driver_sql(jobs.LEDGER_DDL)
     yield eng
@@ -132,9 +133,14 @@ def run(store: Store, db_url: str) -> Any:
         from pending_jobs import registry
 
         settings = settings_for(db_url, **overrides)
-        return Runner(store, registry.load(settings.tasks), settings).run(job_id=job_id)
+        return run_once(store, registry.load(settings.tasks), settings, job_id=job_id)
 
     return _run
+
+
+def finish(store: Store, token: str, **outcomes: Any) -> Finished:
+    """Record one claim's outcomes (succeeded=[(id, result)], retried=[(id, delay, error)], failed=[(id, error)])."""
+    return store.finish_many([Completion(token, **outcomes)])[0]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,

@@ -8,28 +8,28 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from pending_jobs import Fail, JobContext, Retry, task
+from pending_jobs import Context, Fail, Retry, task
 
 LEDGER_DDL = "CREATE TABLE IF NOT EXISTS ledger (job_id BIGINT PRIMARY KEY, note VARCHAR(64))"
 
 
 @task("noop")
-def noop(payload: dict[str, Any], ctx: JobContext) -> None:
+def noop(payload: dict[str, Any], ctx: Context) -> None:
     return None
 
 
 @task("echo")
-def echo(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+def echo(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"payload": payload, "attempt": ctx.attempt, "job_id": ctx.job_id}
 
 
 @task("boom")
-def boom(payload: dict[str, Any], ctx: JobContext) -> None:
+def boom(payload: dict[str, Any], ctx: Context) -> None:
     raise RuntimeError(payload.get("message", "boom"))
 
 
 @task("flaky")
-def flaky(payload: dict[str, Any], ctx: JobContext) -> str:
+def flaky(payload: dict[str, Any], ctx: Context) -> str:
     """Fails until attempt `succeed_on`."""
     if ctx.attempt < int(payload.get("succeed_on", 2)):
         raise ValueError(f"attempt {ctx.attempt} fails")
@@ -37,29 +37,29 @@ def flaky(payload: dict[str, Any], ctx: JobContext) -> str:
 
 
 @task("retry_later")
-def retry_later(payload: dict[str, Any], ctx: JobContext) -> None:
+def retry_later(payload: dict[str, Any], ctx: Context) -> None:
     raise Retry(delay=float(payload.get("delay", 3600)), reason="not yet")
 
 
 @task("fail_now")
-def fail_now(payload: dict[str, Any], ctx: JobContext) -> None:
+def fail_now(payload: dict[str, Any], ctx: Context) -> None:
     raise Fail("the input can never work")
 
 
 @task("sleep")
-def sleep(payload: dict[str, Any], ctx: JobContext) -> float:
+def sleep(payload: dict[str, Any], ctx: Context) -> float:
     seconds = float(payload.get("seconds", 1))
     time.sleep(seconds)
     return seconds
 
 
 @task("short_timeout", timeout=0.5)
-def short_timeout(payload: dict[str, Any], ctx: JobContext) -> None:
+def short_timeout(payload: dict[str, Any], ctx: Context) -> None:
     time.sleep(float(payload.get("seconds", 5)))
 
 
 @task("ledger")
-def ledger(payload: dict[str, Any], ctx: JobContext) -> int:
+def ledger(payload: dict[str, Any], ctx: Context) -> int:
     """Records its job id through ctx's connection: a unique key turns a double run into an error."""
     ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, :note)"),
                            {"id": ctx.job_id, "note": str(os.getpid())})
@@ -69,13 +69,13 @@ def ledger(payload: dict[str, Any], ctx: JobContext) -> int:
 
 
 @task("ledger_then_raise")
-def ledger_then_raise(payload: dict[str, Any], ctx: JobContext) -> None:
+def ledger_then_raise(payload: dict[str, Any], ctx: Context) -> None:
     ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'raised')"), {"id": ctx.job_id})
     raise RuntimeError("after the write")
 
 
 @task("record_attempt")
-def record_attempt(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+def record_attempt(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"attempt": ctx.attempt, "deadline": ctx.deadline is not None}
 
 
@@ -83,7 +83,7 @@ def record_attempt(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
 
 @task("stall_first")
-def stall_first(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+def stall_first(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """Sleeps `seconds` on attempt 1 only, then (with `ledger`) records its job id through ctx.connection."""
     if ctx.attempt == 1:
         time.sleep(float(payload.get("seconds", 5)))
@@ -94,7 +94,7 @@ def stall_first(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
 
 
 @task("sleep_until")
-def sleep_until(payload: dict[str, Any], ctx: JobContext) -> None:
+def sleep_until(payload: dict[str, Any], ctx: Context) -> None:
     """Returns at the wall-clock time `until`, so several jobs finish together (one finish statement)."""
     time.sleep(max(0.0, float(payload["until"]) - time.time()))
     if payload.get("raise"):
@@ -102,7 +102,7 @@ def sleep_until(payload: dict[str, Any], ctx: JobContext) -> None:
 
 
 @task("exit_now", backoff=lambda attempt: 0.0)
-def exit_now(payload: dict[str, Any], ctx: JobContext) -> None:
+def exit_now(payload: dict[str, Any], ctx: Context) -> None:
     """Kills the whole runner process (thread isolation): only rescue after lease expiry settles it."""
     time.sleep(float(payload.get("after", 0)))
     os._exit(3)
@@ -145,13 +145,13 @@ def hang_isolated(payload: dict[str, Any], ctx: Any) -> None:
 
 
 @task("nasty_error")
-def nasty_error(payload: dict[str, Any], ctx: JobContext) -> None:
+def nasty_error(payload: dict[str, Any], ctx: Context) -> None:
     """An exception message no database column would take as is: NUL, a lone surrogate, 200 kB."""
     raise RuntimeError("nul\x00 surrogate\ud800 " + "x" * 200_000)
 
 
 @task("kill_own_connection_then_raise")
-def kill_own_connection_then_raise(payload: dict[str, Any], ctx: JobContext) -> None:
+def kill_own_connection_then_raise(payload: dict[str, Any], ctx: Context) -> None:
     """Writes through ctx, has the server kill that connection, then fails: the rollback finds it dead."""
     conn = ctx.connection
     conn.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'doomed')"), {"id": ctx.job_id})
@@ -162,3 +162,41 @@ def kill_own_connection_then_raise(payload: dict[str, Any], ctx: JobContext) -> 
     with conn.engine.connect() as other:
         other.execute(sa.text(kill))
     raise RuntimeError("failed after losing its connection")
+
+
+# -- architecture defects (tests/contract/test_run_outcomes.py) --------------------------------------
+
+
+def _mark_cancel_requested(url: str, job_id: int) -> None:
+    """What `pending-jobs cancel` does to a running job, from outside the handler's transaction."""
+    from pending_jobs.store import create_engine
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text("UPDATE pending_jobs SET cancel_requested = :t WHERE id = :id"),
+                         {"t": True, "id": job_id})
+    finally:
+        engine.dispose()
+
+
+@task("cancelled_then_raise")
+def cancelled_then_raise(payload: dict[str, Any], ctx: Context) -> None:
+    """An operator cancels the job while it runs; the handler sees it and gives up."""
+    _mark_cancel_requested(payload["url"], ctx.job_id)
+    if ctx.cancel_requested():
+        raise RuntimeError("stopping: cancel requested")
+
+
+@task("cancel_check_isolated", isolation="process")
+def cancel_check_isolated(payload: dict[str, Any], ctx: Context) -> dict[str, bool]:
+    before = ctx.cancel_requested()
+    _mark_cancel_requested(payload["url"], ctx.job_id)
+    return {"before": before, "after": ctx.cancel_requested()}
+
+
+@task("duplicate_in_handler")
+def duplicate_in_handler(payload: dict[str, Any], ctx: Context) -> None:
+    """An IntegrityError raised deep inside SQLAlchemy and the driver, from a handler's own code."""
+    for _ in range(2):
+        ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'dup')"), {"id": ctx.job_id})

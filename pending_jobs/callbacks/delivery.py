@@ -1,7 +1,7 @@
 """Deliver due callbacks: claim a few, POST them concurrently, record every attempt.
 
 Claims and batched records are short transactions of their own (claims in the calling thread, records
-overlapped with them in a thread of their own, see batch.py); HTTP requests run in worker threads over
+overlapped with them in a thread of their own, see ../batcher.py); HTTP requests run in worker threads over
 one pool of keep-alive connections while no transaction is open and no row is locked.
 """
 
@@ -12,21 +12,23 @@ import datetime as dt
 import json
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
+from urllib.parse import urlsplit
 
-from .. import __version__
+from ..batcher import Batcher
 from ..config import Settings
 from ..errors import ConfigError
-from ..store.callbacks import CallbackResult, CallbackStore, DueCallback
-from .batch import Batch
+from ..models import CallbackResult, DueCallback
+from ..version import __version__
+from ..workers import WorkerPool
 from .guard import Guard, Refused, Resolver, redact
 from .policy import classify
 from .signing import Signer
 from .transport import Transport
+from .verbs import CallbackVerbs
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ QUEUED_ROUNDS = 8
 BREAKER_THRESHOLD = 5  # consecutive failures to one host that open its circuit for the rest of the run
 BREAKER_PAUSE = 60.0  # seconds a callback held back by an open circuit waits (about one cron tick)
 EXCERPT = 1024
+BATCH_SIZE = 200  # outcomes recorded in one transaction at most
+POLL = 0.005  # seconds between looks at a background record that outcomes wait behind
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
@@ -64,7 +68,7 @@ def body_of(callback: DueCallback) -> bytes:
             "status": callback.status,
             "attempts": callback.attempts,
             "result": callback.result,
-            "error": callback.last_error,
+            "error": short_reason(callback.last_error),
             "created_at": _iso(callback.created_at),
             "finished_at": _iso(callback.finished_at),
         },
@@ -72,71 +76,27 @@ def body_of(callback: DueCallback) -> bytes:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
 
 
-T = TypeVar("T")
-Outcome = tuple[DueCallback, CallbackResult | BaseException]
-
-
-def _take(items: queue.SimpleQueue[T], timeout: float) -> list[T]:
-    """Everything queued, waiting up to `timeout` seconds for the first item."""
-    found: list[T] = []
-    with contextlib.suppress(queue.Empty):
-        found.append(items.get(timeout=timeout))
-        while True:
-            found.append(items.get_nowait())
-    return found
-
-
-class Workers:
-    """Threads that run attempts; each outcome comes back on one queue with its callback.
-
-    Plain threads and two queues, not a ThreadPoolExecutor: a Future, its condition and its done
-    callback per request cost ≈9 µs of CPU more per callback (measured), all of it under the GIL.
-    """
-
-    def __init__(self, count: int, attempt: Callable[[DueCallback], CallbackResult]) -> None:
-        self._todo: queue.SimpleQueue[DueCallback | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-        self._attempt = attempt
-        self._threads = [threading.Thread(target=self._work, name=f"pending-jobs-callback_{n}", daemon=True)
-                         for n in range(count)]
-        for thread in self._threads:
-            thread.start()
-
-    def submit(self, callback: DueCallback) -> None:
-        self._todo.put(callback)
-
-    def take(self, timeout: float) -> list[Outcome]:
-        """The outcomes finished so far, waiting up to `timeout` seconds for the first."""
-        return _take(self._done, timeout)
-
-    def cancel(self) -> None:
-        """Drop the callbacks not started yet: they stay leased, retried once the lease runs out."""
-        _take(self._todo, 0.0)
-
-    def close(self) -> None:
-        """Let the running attempts finish, then stop the threads."""
-        for _ in self._threads:
-            self._todo.put(None)
-        for thread in self._threads:
-            thread.join()
-
-    def _work(self) -> None:
-        while (callback := self._todo.get()) is not None:
-            try:
-                outcome: CallbackResult | BaseException = self._attempt(callback)
-            except BaseException as error:  # handed to the calling thread, which raises it
-                outcome = error
-            self._done.put((callback, outcome))
+def short_reason(last_error: str | None) -> str | None:
+    """What a callback says of a failure: the first line of `last_error` (type and message), not its
+    traceback, which may hold SQL and the values bound to it (the whole text stays on the row)."""
+    if not last_error or not last_error.strip():
+        return None
+    return last_error.strip().splitlines()[0][:300]
 
 
 def _host_key(url: str) -> str:
-    return redact(url).split("/", 3)[2] if "://" in url else url
+    """The circuit breaker's key for a URL: its host and port; never raises, whatever the URL."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.hostname or ''}:{parts.port or ''}"
+    except ValueError:
+        return "<malformed>"
 
 
 class Deliverer:
     """The runner's `deliver_callbacks` hook: `deliverer(deadline) -> (delivered, not delivered)`."""
 
-    def __init__(self, store: CallbackStore, settings: Settings, resolver: Resolver | None = None,
+    def __init__(self, store: CallbackVerbs, settings: Settings, resolver: Resolver | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if settings.callback_timeout <= 0 or settings.callback_connect_timeout <= 0:
             raise ConfigError("callback_timeout and callback_connect_timeout must be positive")
@@ -162,11 +122,13 @@ class Deliverer:
         capacity = self.concurrency * (1 + QUEUED_ROUNDS)
         delivered = undelivered = 0
         inflight = 0
-        batch = Batch(self.store)
+        batch: Batcher[CallbackResult, int] = Batcher(self.store.record, self.store.concurrent_writers, BATCH_SIZE,
+                                                     writes_ahead=1, name="pending-jobs-callback-recorder")
         drained = False
         # Refill once half the capacity is free: a claim per freed slot costs a transaction per request.
         refill = (capacity + 1) // 2
-        workers = Workers(self.concurrency, self.attempt)
+        workers: WorkerPool[DueCallback, CallbackResult] = WorkerPool(
+            self.concurrency, self.attempt, self._internal_error, "pending-jobs-callback")
         try:
             while True:
                 free = capacity - inflight
@@ -185,26 +147,28 @@ class Deliverer:
                             inflight += 1
                 if batch.due(idle=not inflight):
                     batch.flush()
+                batch.results()  # raises the error that stopped recording
                 if not inflight:
                     if drained or time.monotonic() >= deadline:
                         break
                     continue
-                pause = batch.wait_for()
+                pause = batch.wait_for() if batch.outstanding == 0 else POLL
                 done = workers.take(0.5 if pause is None else pause)
                 inflight -= len(done)
-                results = [self._result(callback, outcome) for callback, outcome in done]
+                results = [result for _, result in done]
                 batch.add(results)
                 delivered += sum(1 for r in results if r.kind == "delivered")
                 undelivered += sum(1 for r in results if r.kind in ("retry", "failed"))
-            batch.finish()
+            batch.drain()
         except BaseException:
-            workers.cancel()  # not started: left leased, retried once the lease runs out
+            workers.withdraw_unstarted()  # not started: left leased, retried once the lease runs out
             # Record what was sent before giving up, so those callbacks are not sent again.
             with contextlib.suppress(Exception):
-                batch.finish()
+                batch.drain()
             raise
         finally:
-            workers.close()
+            batch.close()
+            workers.close(wait=self.settings.callback_timeout + 1)
         return delivered, undelivered
 
     def _open(self, url: str) -> bool:
@@ -213,17 +177,13 @@ class Deliverer:
     def _hold_back(self, callback: DueCallback) -> CallbackResult:
         return CallbackResult(callback, "release", delay=BREAKER_PAUSE)
 
-    def _result(self, callback: DueCallback, outcome: CallbackResult | BaseException) -> CallbackResult:
-        if isinstance(outcome, CallbackResult):
-            result = outcome
-        elif isinstance(outcome, Exception):  # attempt() catches everything; this is a last line of defence
-            name = type(outcome).__name__
-            log.error("callback for job %d: unexpected %s", callback.job_id, name, exc_info=outcome)
-            result = CallbackResult(callback, "retry", webhook_id(callback), redact(callback.url), delay=60.0,
-                                    error=f"internal error: {name}")
-            self._count(result)
-        else:
-            raise outcome  # KeyboardInterrupt and the like, raised in a worker
+    def _internal_error(self, callback: DueCallback, error: BaseException) -> CallbackResult:
+        """An attempt that raised (attempt() catches everything; this is the last line of defence)."""
+        name = type(error).__name__
+        log.error("callback for job %d: unexpected %s", callback.job_id, name, exc_info=error)
+        result = CallbackResult(callback, "retry", webhook_id(callback), redact(callback.url), delay=60.0,
+                                error=f"internal error: {name}")
+        self._count(result)
         return result
 
     def _count(self, result: CallbackResult) -> None:

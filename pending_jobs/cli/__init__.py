@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import exc
-
-from .. import __version__, db, logs
-from ..errors import ConfigError, DatabaseUnavailable
+from .. import __version__, logs
+from ..errors import EXIT_CONFIG, CommandFailed, ConfigError, DatabaseUnavailable, exit_code_of
+from ..store import is_unavailable
 from . import callbacks, common, core, ops
 
 log = logging.getLogger(__name__)
@@ -42,41 +43,58 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a stuck run waits.
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
+    with contextlib.suppress(ValueError, OSError):  # stderr without a file descriptor (embedded, captured)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:
-        return int(stop.code or 0) and common.EXIT_CONFIG
+        return int(stop.code or 0) and EXIT_CONFIG
     try:
         logs.configure(args.verbose, args.log_format or "text", args.log_file or "")
         code: int = args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
-    except ConfigError as error:
+    except BaseException as raised:
+        return _failed(raised)
+
+
+def _failed(raised: BaseException) -> int:
+    """Say in one line why the command ended, and return its exit code (errors.exit_code_of)."""
+    error = _ours(raised)
+    code = exit_code_of(error)
+    if isinstance(error, BrokenPipeError):
+        # The reader went away (`list | head -1`): stop quietly, as Unix tools do. Point stdout at
+        # /dev/null so the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    elif isinstance(error, ConfigError | CommandFailed):
         common.eprint(str(error))
-        return common.EXIT_CONFIG
-    except DatabaseUnavailable as error:
+    elif isinstance(error, DatabaseUnavailable):
         common.eprint(f"database unavailable: {error}")
-        return common.EXIT_TEMPFAIL
-    except exc.DBAPIError as error:
-        if db.is_unavailable(error):
-            common.eprint(f"database unavailable: {type(error.orig).__name__}: {_first_line(error.orig)}")
-            return common.EXIT_TEMPFAIL
-        raise
-    except LookupError as error:
-        common.eprint(str(error.args[0] if error.args else error))
-        return common.EXIT_FAILURE
-    except KeyboardInterrupt:
+    elif isinstance(error, KeyboardInterrupt):
         common.eprint("interrupted")
-        return 130
-    except Exception as error:  # a bug: say so in one line, with the traceback for the log
-        log.error("unexpected error", exc_info=True)
+    elif isinstance(error, Exception):  # a bug: say so in one line, with the traceback for the log
+        log.error("unexpected error", exc_info=error)
         common.eprint(f"unexpected error: {type(error).__name__}: {_first_line(error)}")
-        return common.EXIT_FAILURE
+    else:
+        raise raised  # SystemExit and the like
+    return code
+
+
+def _ours(error: BaseException) -> BaseException:
+    """A driver error that means the database is unreachable or read-only becomes DatabaseUnavailable."""
+    if is_unavailable(error):
+        return DatabaseUnavailable(f"{type(getattr(error, 'orig', error)).__name__}: "
+                                   f"{_first_line(getattr(error, 'orig', error))}")
+    return error
 
 
 def _first_line(value: object) -> str:
-    return " ".join(str(value).split())[:300]
+    try:
+        return " ".join(str(value).split())[:300]
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
 
 
 if __name__ == "__main__":

@@ -6,10 +6,9 @@ import argparse
 from typing import TypeAlias
 
 from .. import migrate
-from ..callbacks import Deliverer, config_warnings, redact
-from ..config import Settings
-from ..store import Store
-from ..store.callbacks import CallbackStore
+from ..callbacks import redact
+from ..errors import EXIT_FAILURE, EXIT_OK
+from ..store import CallbackStore
 from . import common
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -49,27 +48,19 @@ def cmd_list(args: argparse.Namespace) -> int:
              "next_at": r.callback_next_at, "last_error": r.callback_last_error}
             for r in rows
         ])
-        return common.EXIT_OK
+        return EXIT_OK
     common.print_table(
         ["job", "task", "job status", "callback", "attempts", "next at", "url", "last error"],
         [(r.job_id, r.task, r.job_status, r.callback_status, r.callback_attempts, r.callback_next_at,
           redact(r.url), (r.callback_last_error or "").splitlines()[0][:80] if r.callback_last_error else None)
          for r in rows],
     )
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     if not _open(args).retry(args.job_id):
         common.eprint(f"job {args.job_id}: no finished job with a callback_url has this id")
-        return common.EXIT_FAILURE
+        return EXIT_FAILURE
     common.log.info("callback of job %d is due now", args.job_id)
-    return common.EXIT_OK
-
-
-def deliverer(store: Store, settings: Settings, verbose: int) -> Deliverer:
-    """The `run` command's callback hook; under -v, says first what is wrong with the callback settings."""
-    if verbose:
-        for warning in config_warnings(settings):
-            common.eprint(f"warning: {warning}")
-    return Deliverer(CallbackStore(store), settings)
+    return EXIT_OK

@@ -11,15 +11,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import config, db, logs
+from .. import config, logs
 from ..config import Settings
 from ..errors import ConfigError
-from ..store import Store, open_store
-
-EXIT_OK = 0
-EXIT_FAILURE = 1  # the command ran and something it was asked for did not happen
-EXIT_CONFIG = 2  # bad flags, settings, or schema version
-EXIT_TEMPFAIL = 75  # database unreachable or read-only: cron should simply try again
+from ..store import Store, create_engine, open_store
 
 log = logging.getLogger("pending_jobs.cli")
 
@@ -54,7 +49,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def open_database(settings: Settings, pool_size: int = 5) -> tuple[sa.Engine, Store]:
     """Engine and store for the configured database."""
-    engine = db.create_engine(settings.database_url, pool_size=pool_size)
+    engine = create_engine(settings.database_url, pool_size=pool_size)
     return engine, open_store(engine)
 
 

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import json
 from typing import Any, TypeAlias
 
 from .. import config, migrate, registry
+from ..callbacks import config_warnings
 from ..enqueue import enqueue
-from ..errors import ConfigError
-from ..runner import Runner
-from ..store import Store
-from ..store.ops import OpsStore
-from . import callbacks, common, runlog
+from ..errors import EXIT_OK, ConfigError
+from ..run import run_once
+from ..store import RunStore, Store
+from . import common
+from .progress import Progress
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 STALE_AFTER = 300.0  # cron runs every minute: five minutes without a finished run means it stopped
@@ -78,13 +78,13 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     settings = common.settings_from(args)
     if args.sql:
         print(migrate.upgrade_sql(settings.database_url, args.revision), end="")
-        return common.EXIT_OK
+        return EXIT_OK
     engine, store = common.open_database(settings)
     store.check_version()
     before = migrate.current(engine)
     migrate.upgrade(engine, args.revision)
     common.log.info("schema upgraded from %s to %s", before or "empty", migrate.current(engine))
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -111,30 +111,30 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     print(job_id)
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.queue_flags:
         args.queues = ",".join(args.queue_flags)
     settings = common.settings_from(args)
-    # A handler thread each, the main thread's claims, the recorder's completions and spares.
+    # A handler thread each, the claims, the completions' writer, callbacks and spares.
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 2)
     store.check_version()
     migrate.require_head(engine)
     tasks = registry.load(settings.tasks)
-    progress = runlog.Progress()
-    runner = Runner(store, tasks, settings, deliver_callbacks=callbacks.deliverer(store, settings, args.verbose),
-                    on_progress=progress)
+    if args.verbose:
+        for warning in config_warnings(settings):
+            common.eprint(f"warning: {warning}")
+    progress = Progress()
     try:
-        with runlog.recorded(store, settings, runner):
-            report = runner.run(job_id=args.job)
+        report = run_once(store, tasks, settings, job_id=args.job, on_progress=progress)
     finally:
         progress.close()
     common.log.info("run finished: %s", report.summary())
     if args.verbose:
         print(report.summary())
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -144,7 +144,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = collect_status(store, args.stale_after)
     if args.json:
         common.print_json(status)
-        return common.EXIT_OK
+        return EXIT_OK
     common.print_table(["queue", "status", "jobs"], [(c["queue"], c["status"], c["jobs"]) for c in status["counts"]])
     age = status["oldest_due_age_seconds"]
     print(f"\noldest due job waiting: {'none due' if age is None else f'{age:.1f}s'}")
@@ -165,12 +165,13 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"failed {run['failed']}, retried {run['retried']}")
     for warning in status["warnings"]:
         common.eprint(f"warning: {warning}")
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, Any]:
     """Everything `status` shows, as plain data (also the `--json` document)."""
-    health = OpsStore(store).health()
+    runs = RunStore(store)
+    health = runs.health()
     warnings = []
     since = health.since_last_finished
     if since is None:
@@ -184,10 +185,10 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, 
         "expired_leases": [
             {"id": j.id, "task": j.task, "lease_owner": j.lease_owner, "started_at": j.started_at,
              "lease_expires_at": j.lease_expires_at}
-            for j in store.expired_leases()
+            for j in runs.expired_leases()
         ],
         "callbacks": health.callbacks,
-        "last_run": None if run is None else {**dataclasses.asdict(run), "duration_seconds": run.duration},
+        "last_run": None if run is None else run.as_dict(),
         "seconds_since_last_finished_run": since,
         "last_success_at": health.last_success_at,
         "warnings": warnings,

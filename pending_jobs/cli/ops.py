@@ -10,11 +10,11 @@ from typing import Any, TypeAlias
 from .. import callbacks, config, migrate, registry
 from ..callbacks import redact
 from ..config import Settings
-from ..errors import ConfigError, DatabaseUnavailable
+from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, DatabaseUnavailable
+from ..models import Job
 from ..states import CallbackStatus, JobStatus
-from ..store import Job, Store
-from ..store.callbacks import CallbackStore
-from ..store.ops import PURGEABLE, JobFilter, OpsStore
+from ..store import CallbackStore, JobFilter, OpsStore, Store
+from ..store.ops import PURGEABLE
 from . import common
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
@@ -120,13 +120,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     jobs = OpsStore(store).list_jobs(_filter(args))
     if args.json:
         common.print_json([job_data(job) for job in jobs])
-        return common.EXIT_OK
+        return EXIT_OK
     common.print_table(
         ["id", "queue", "task", "status", "attempts", "run at", "finished at", "callback", "last error"],
         [(j.id, j.queue, j.task, j.status, f"{j.attempts}/{j.max_attempts}", j.run_at, j.finished_at,
           j.callback_status, _first_line(j.last_error)) for j in jobs],
     )
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -134,14 +134,14 @@ def cmd_show(args: argparse.Namespace) -> int:
     job = store.get(args.job_id)
     if job is None:
         common.eprint(f"job {args.job_id} does not exist")
-        return common.EXIT_FAILURE
+        return EXIT_FAILURE
     attempts = [dataclasses.asdict(a) for a in CallbackStore(store).attempts(job.id)]
     for attempt in attempts:
         attempt["url"] = redact(attempt["url"])
     data = job_data(job)
     if args.json:
         common.print_json({**data, "callback_attempts_log": attempts})
-        return common.EXIT_OK
+        return EXIT_OK
     long_fields = ("payload", "result", "last_error", "callback_last_error")
     common.print_table(["field", "value"], [(k, v) for k, v in data.items() if k not in long_fields])
     for name in ("payload", "result"):
@@ -156,7 +156,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             [(a["attempt"], a["attempted_at"], a["status_code"], a["duration_ms"], _first_line(a["error"]))
              for a in attempts],
         )
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -169,11 +169,11 @@ def cmd_retry(args: argparse.Namespace) -> int:
             job = store.get(args.job_id)
             state = f"is {job.status}" if job else "does not exist"
             common.eprint(f"job {args.job_id} {state}: only succeeded, failed or cancelled jobs can be retried")
-            return common.EXIT_FAILURE
+            return EXIT_FAILURE
         print(f"job {args.job_id} is pending again")
-        return common.EXIT_OK
+        return EXIT_OK
     print(f"{ops.retry_failed(_filter(args))} failed job(s) pending again")
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
@@ -186,8 +186,8 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     else:
         state = "does not exist" if outcome == "missing" else f"is already {outcome}"
         common.eprint(f"job {args.job_id} {state}: nothing to cancel")
-        return common.EXIT_FAILURE
-    return common.EXIT_OK
+        return EXIT_FAILURE
+    return EXIT_OK
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
@@ -196,7 +196,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
         raise ConfigError(f"purge deletes finished jobs only, not {', '.join(refused)}")
     _, store = _open(args)
     print(f"{OpsStore(store).purge(args.older_than, args.status)} job(s) deleted")
-    return common.EXIT_OK
+    return EXIT_OK
 
 
 # -- check -------------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     results = run_checks(args)
-    code = next((CHECK_CODES[name] for name, ok, _ in results if ok is False), common.EXIT_OK)
+    code = next((CHECK_CODES[name] for name, ok, _ in results if ok is False), EXIT_OK)
     if args.json:
         common.print_json({"checks": [{"name": n, "ok": ok, "detail": d} for n, ok, d in results],
                            "exit_code": code})

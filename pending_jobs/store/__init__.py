@@ -1,27 +1,65 @@
-"""The storage layer: all SQL lives below this package."""
+"""The storage layer: all SQL lives below this package; dialect differences in mysql.py, postgres.py, sqlite.py."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import sqlalchemy as sa
+from sqlalchemy import exc
 
-from .. import db
+from ..errors import ConfigError
 from .base import Store
-from .inserts import insert_jobs
-from .models import Claim, ClaimedJob, Finished, Job, utc
-from .mysql import MySQLStore
-from .postgres import PostgresStore
-from .sqlite import SQLiteStore
+from .callbacks import CallbackStore
+from .dialect import Dialect
+from .mysql import MySQL
+from .ops import JobFilter, OpsStore
+from .postgres import Postgres
+from .runs import Health, RunStore
+from .sqlite import SQLite
 
-__all__ = ["Claim", "ClaimedJob", "Finished", "Job", "Store", "insert_jobs", "open_store", "store_for", "utc"]
+__all__ = ["CallbackStore", "Dialect", "Health", "JobFilter", "OpsStore", "RunStore", "Store", "create_engine",
+           "dialect_for", "dialect_of_error", "insert_jobs", "is_unavailable", "open_store"]
 
-_STORES: dict[str, type[Store]] = {"mysql": MySQLStore, "postgresql": PostgresStore, "sqlite": SQLiteStore}
+_DIALECTS: dict[str, Dialect] = {dialect.name: dialect for dialect in (MySQL(), Postgres(), SQLite())}
+_DRIVERS = {"pymysql": _DIALECTS["mysql"], "psycopg": _DIALECTS["postgresql"], "sqlite3": _DIALECTS["sqlite"]}
+
+
+def dialect_for(bind: sa.Engine | sa.Connection) -> Dialect:
+    """The dialect of this engine or connection (one per database, shared: it holds built statements)."""
+    name = bind.dialect.name
+    return _DIALECTS["mysql" if name == "mariadb" else name]
 
 
 def open_store(engine: sa.Engine) -> Store:
-    """The store for this engine's dialect."""
-    return _STORES[db.dialect_name(engine)](engine)
+    """The store for this engine."""
+    return Store(engine, dialect_for(engine))
 
 
-def store_for(conn: sa.Connection) -> Store:
-    """The store for a connection's dialect (used for its SQL expressions)."""
-    return _STORES[db.dialect_name(conn)](conn.engine)
+def insert_jobs(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[int]:
+    """Insert validated job rows inside the caller's transaction; ids in order (the producer API's SQL)."""
+    return dialect_for(conn).insert_jobs(conn, rows)
+
+
+def create_engine(url: str, pool_size: int = 5, **options: Any) -> sa.Engine:
+    """An engine set up for job work on the database `url` names (see Dialect.engine)."""
+    try:
+        parsed = sa.make_url(url)
+    except exc.ArgumentError as error:
+        raise ConfigError(f"database_url is not a valid SQLAlchemy URL: {error}") from None
+    backend = parsed.get_backend_name()
+    dialect = _DIALECTS.get("mysql" if backend == "mariadb" else backend)
+    if dialect is None:
+        raise ConfigError(f"unsupported database {backend!r}: use mysql, mariadb, postgresql or sqlite")
+    return dialect.engine(parsed, pool_size, **options)
+
+
+def dialect_of_error(error: BaseException) -> Dialect | None:
+    """The dialect whose driver raised `error` (by the driver's module), or None for another error."""
+    module = type(getattr(error, "orig", None) or error).__module__.split(".")[0]
+    return _DRIVERS.get(module)
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """Whether a driver error, wherever it was raised, means the database is unreachable or read-only."""
+    dialect = dialect_of_error(error)
+    return dialect is not None and dialect.unavailable(error)

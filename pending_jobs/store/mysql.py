@@ -1,81 +1,125 @@
-"""MySQL 8.0.1+ and MariaDB 10.6+: select-then-update claims, since neither can SELECT inside an UPDATE
-of the same table with LIMIT, and MariaDB has no UPDATE ... RETURNING."""
+"""MariaDB 10.6+ and MySQL 8.0.1+: everything they do differently from the shared SQL.
+
+Neither can SELECT … LIMIT inside an UPDATE of the same table, and MariaDB has no UPDATE … RETURNING,
+so claims lock with a SELECT … FOR UPDATE SKIP LOCKED, then update by primary key. Claims run under
+READ COMMITTED (set on the engine, db.py) so no gap locks block producers' INSERTs.
+"""
 
 from __future__ import annotations
 
-import logging
-import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.dialects import mysql
 
-from ..errors import ConfigError, DatabaseUnavailable
-from ..schema import db_now
-from .base import CLAIM_COLUMNS, PENDING, J, Store, _claim_order, _ids
-from .models import Claim, ClaimedJob
+from .. import db
+from ..schema import callback_attempts, db_now
+from ..schema import pending_jobs as J
+from .dialect import Dialect, Locked
 
-log = logging.getLogger(__name__)
+DEADLOCK = 1213  # the whole transaction was rolled back: run it again
+LOCK_WAIT_TIMEOUT = 1205  # only the statement was rolled back: roll back the transaction, then run it again
+READ_ONLY = (1290, 1792, 1836)  # --read-only / read-only transaction / read-only replica
+GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost / killed / shutdown
+LOST = (2006, 2013, 2055, 1927, 4031)  # an open connection dropped; the server may still be up
+SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: a transaction is open (pymysql.constants.SERVER_STATUS)
 
 
-class MySQLStore(Store):
-    """Claims under READ COMMITTED (set on the engine) so no gap locks block producers' INSERTs."""
+class MySQL(Dialect):
+    """MariaDB and MySQL."""
 
-    dialect = "mysql"
+    name: ClassVar[str] = "mysql"
+
+    def driver_url(self, url: sa.URL) -> sa.URL:
+        if "+" not in url.drivername:
+            url = url.set(drivername=f"{url.get_backend_name()}+pymysql")
+        return url.update_query_dict({"charset": "utf8mb4"})
+
+    def engine(self, url: sa.URL, pool_size: int, **options: Any) -> sa.Engine:
+        # Gap locks under REPEATABLE READ make claims block producers' INSERTs: READ COMMITTED avoids them.
+        options.setdefault("isolation_level", "READ COMMITTED")
+        # read/write timeouts bound a read on a half-open socket (server frozen or network cut), which a
+        # restart does not cause but a partition does; above innodb_lock_wait_timeout's default of 50 s.
+        options.setdefault("connect_args", {"init_command": "SET time_zone = '+00:00'", "connect_timeout": 10,
+                                            "read_timeout": 120, "write_timeout": 120})
+        return super().engine(url, pool_size, **options)
+
+    def in_transaction(self, dbapi_connection: Any) -> bool:
+        # PyMySQL keeps the status of the last OK packet (it skips the one ending a result set, so a
+        # SELECT-only transaction reads as idle: SQLAlchemy's own COMMIT/ROLLBACK flag covers those).
+        server_status = getattr(dbapi_connection, "server_status", None)
+        return bool(server_status & SERVER_STATUS_IN_TRANS) if isinstance(server_status, int) else True
+
+    def retryable(self, error: BaseException) -> bool:
+        return _errno(error) in (DEADLOCK, LOCK_WAIT_TIMEOUT)
+
+    def connection_lost(self, error: BaseException) -> bool:
+        return super().connection_lost(error) or _errno(error) in LOST
+
+    def unavailable(self, error: BaseException) -> bool:
+        code = _errno(error)
+        # PyMySQL raises InterfaceError for a connection it already knows is closed.
+        return (super().unavailable(error) or code in GONE or code in READ_ONLY
+                or isinstance(error, exc.InterfaceError))
 
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         micros = sa.func.round(seconds * 1_000_000)
         return sa.func.timestampadd(sa.literal_column("MICROSECOND"), micros, db_now())
 
-    def check_version(self) -> None:
-        with self.engine.connect() as conn:
-            version = tuple(int(part) for part in conn.dialect.server_version_info or () if isinstance(part, int))
-            mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
-        problem = version_problem(version, mariadb)
-        if problem:
-            raise ConfigError(problem)
+    def lock_mark_return(
+        self,
+        conn: sa.Connection,
+        key: tuple[Any, ...],
+        select: Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]],
+        mark: Callable[[], dict[str, Any]],
+        columns: Sequence[sa.ColumnElement[Any]],
+        params: dict[str, Any],
+        still: Callable[[], Sequence[sa.ColumnElement[bool]]] = tuple,
+    ) -> Locked:
+        locked = self.cached((*key, "lock"), lambda: select(columns).with_for_update(skip_locked=True))
+        update = self.cached((*key, "mark"), lambda: sa.update(J).where(self.id_in(), *still()).values(mark()))
+        rows = conn.execute(locked, params).all()
+        if not rows:
+            return Locked(rows, 0, after_mark=False)
+        marked = conn.execute(update, {**params, "ids": [row[0] for row in rows]}).rowcount
+        return Locked(rows, int(marked), after_mark=False)
 
-    def check_writable(self) -> None:
-        def work(conn: sa.Connection) -> bool:
-            return bool(conn.execute(sa.text("SELECT @@global.read_only")).scalar())
-
-        if self.transaction(work):
-            raise DatabaseUnavailable("the database is read-only (read_only=ON): nothing claimed")
-
-    def due_queues(self) -> list[str]:
+    def due_queues(self, conn: sa.Connection) -> list[str]:
         # DISTINCT over the claim index prefix is a loose index scan on MySQL/MariaDB.
-        stmt = sa.select(J.c.queue).where(J.c.status == PENDING).distinct()
-        return self.transaction(lambda conn: [row[0] for row in conn.execute(stmt)])
+        stmt = self.cached(("due_queues",), lambda: sa.select(J.c.queue).where(J.c.status == "pending").distinct())
+        return [row[0] for row in conn.execute(stmt)]
 
-    def claim_select(self, where: Sequence[sa.ColumnElement[bool]], limit: int) -> sa.Select[Any]:
-        """The locking read of a claim (also what the EXPLAIN test inspects)."""
-        return (
-            sa.select(*CLAIM_COLUMNS).where(*where).order_by(*_claim_order()).limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+    def read_only(self, conn: sa.Connection) -> str | None:
+        if conn.execute(sa.text("SELECT @@global.read_only")).scalar():
+            return "the database is read-only (read_only=ON): nothing claimed"
+        return None
 
-    def _claim(self, kind: str, where: Callable[[], Sequence[sa.ColumnElement[bool]]], params: dict[str, Any],
-               limit: int, owner: str, lease: float) -> Claim:
-        token = secrets.token_hex(16)
-        locked = self._cached(("claim", kind, limit), lambda: self.claim_select(where(), limit))
-        mark = self._cached(("mark",), lambda: sa.update(J).where(J.c.id.in_(_ids()), J.c.status == PENDING)
-                            .values(self._claim_values()))
-        lease_params = self._lease_params(owner, token, lease)
+    def version_problem(self, conn: sa.Connection) -> str | None:
+        version = tuple(part for part in conn.dialect.server_version_info or () if isinstance(part, int))
+        return version_problem(version, bool(getattr(conn.dialect, "is_mariadb", False)))
 
-        def work(conn: sa.Connection) -> list[ClaimedJob]:
-            rows = conn.execute(locked, params).all()
-            if not rows:
-                return []
-            marked = conn.execute(mark, {"ids": [row[0] for row in rows], **lease_params}).rowcount
-            if marked != len(rows):
-                # The locking read returned a row that was no longer pending: hand out only what this
-                # token marked, never a job another runner holds.
-                log.warning("claim: %d of %d locked rows were no longer pending", len(rows) - marked, len(rows))
-                return self._claimed_under(conn, token)
-            # The UPDATE added one attempt; the rows were read before it.
-            return [ClaimedJob.from_row(row, token, attempted=1) for row in rows]
+    def _insert_keyed(self, conn: sa.Connection, values: dict[str, Any]) -> int:
+        # LAST_INSERT_ID(id) makes lastrowid the existing row's id when the key already exists.
+        stmt = mysql.insert(J).values(values).on_duplicate_key_update(id=sa.func.last_insert_id(J.c.id))
+        return int(conn.execute(stmt).lastrowid)
 
-        return Claim(token, self.transaction(work, settle=lambda conn: self._claimed_under(conn, token)))
+    def _insert_many(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+        if conn.dialect.insert_executemany_returning_sort_by_parameter_order:  # MariaDB: INSERT … RETURNING
+            return super()._insert_many(conn, rows)
+        # MySQL has no INSERT … RETURNING. One multi-row INSERT is an InnoDB "simple insert": its ids
+        # are reserved together, spaced by auto_increment_increment (not 1 on Galera-style clusters).
+        result = conn.execute(sa.insert(J).values(list(rows)))
+        step = int(conn.execute(sa.text("SELECT @@auto_increment_increment")).scalar_one())
+        first = int(result.lastrowid)
+        return list(range(first, first + step * len(rows), step))
+
+    def insert_attempts(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        # PyMySQL turns an executemany INSERT into one multi-row INSERT only when every value is a
+        # placeholder; with UTC_TIMESTAMP(6) among them it sends one INSERT per row. The column's
+        # server default is that same clock (schema.now_default), so the INSERT leaves it out.
+        conn.execute(self.cached(("insert_attempts",), lambda: sa.insert(callback_attempts)), list(rows))
 
 
 def version_problem(version: tuple[int, ...], mariadb: bool) -> str | None:
@@ -87,3 +131,9 @@ def version_problem(version: tuple[int, ...], mariadb: bool) -> str | None:
     shown = ".".join(str(part) for part in version)
     needed = ".".join(str(part) for part in minimum)
     return f"{name} {shown} is too old: pending-jobs needs {needed}+ for FOR UPDATE SKIP LOCKED"
+
+
+def _errno(error: BaseException) -> int | None:
+    """MySQL's error number (PyMySQL's first argument; its `sqlstate` is often just HY000)."""
+    args = db.driver_args(error)
+    return args[0] if args and isinstance(args[0], int) else None

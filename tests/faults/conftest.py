@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from pending_jobs import db, migrate
+from pending_jobs import migrate
+from pending_jobs.store import create_engine
 from tests import jobs
 from tests.conftest import ROOT
 
@@ -139,7 +140,7 @@ def fresh(maria: MariaServer) -> Iterator[str]:
     name = f"pj_{uuid.uuid4().hex[:10]}"
     maria.sql(f"CREATE DATABASE {name}")
     url = maria.url(name)
-    engine = db.create_engine(url)
+    engine = create_engine(url)
     migrate.upgrade(engine)
     with engine.begin() as conn:
         conn.exec_driver_sql(jobs.LEDGER_DDL)
@@ -313,7 +314,7 @@ def engine_on(request: pytest.FixtureRequest) -> Iterator[Callable[[str], sa.Eng
     made: list[sa.Engine] = []
 
     def make(url: str) -> sa.Engine:
-        engine = db.create_engine(url, pool_size=4)
+        engine = create_engine(url, pool_size=4)
         made.append(engine)
         return engine
 

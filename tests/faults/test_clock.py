@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from pending_jobs import db, enqueue, migrate
-from pending_jobs.store import open_store
+from pending_jobs import enqueue, migrate
+from pending_jobs.store import create_engine, open_store
 from tests.conftest import ROOT, create_database, rows
 
 FAKETIME = shutil.which("faketime")
@@ -38,7 +38,7 @@ def test_runner_clock_ten_minutes_off(backend_name: str, offset: str, tmp_path: 
             pytest.fail("faketime is not installed (.ci/run installs it)")
         pytest.skip("faketime is not installed (apt-get install faketime)")
     url, drop = create_database(backend_name, tmp_path)
-    engine = db.create_engine(url)
+    engine = create_engine(url)
     try:
         migrate.upgrade(engine)
         due = enqueue(engine, "echo", {"n": 1})

@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from pending_jobs import db, registry
-from pending_jobs import runner as runner_module
-from pending_jobs.runner import Runner, RunReport
-from pending_jobs.store import open_store
+from pending_jobs import batcher, registry
+from pending_jobs.models import RunReport
+from pending_jobs.run import run_once as run_in_process_once
+from pending_jobs.store import create_engine, open_store
 from tests.conftest import settings_for
 
 from .conftest import MariaServer, RunnerProcess, check_invariant, drain, insert_jobs, job, run_once, statuses, wait_for
@@ -25,7 +25,7 @@ Runners = Callable[..., RunnerProcess]
 
 def run_in_process(engine: sa.Engine, url: str, **overrides: Any) -> RunReport:
     settings = settings_for(url, **overrides)
-    return Runner(open_store(engine), registry.load(settings.tasks), settings).run()
+    return run_in_process_once(open_store(engine), registry.load(settings.tasks), settings)
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_kill_connection_inside_claim_and_at_finishing_commit(
     """Scenario 5."""
     engine = engine_on(fresh)
     ids = insert_jobs(engine, "ledger", [{} for _ in range(4)])
-    runner_engine = db.create_engine(fresh, pool_size=6)
+    runner_engine = create_engine(fresh, pool_size=6)
     killed = _kill_when(runner_engine, maria, point)
     try:
         with caplog.at_level(logging.WARNING):
@@ -203,7 +203,7 @@ def test_deadlock_in_finish_is_retried(
     heavier transaction holds and which then asks for the first: InnoDB rolls the finish back."""
     # Both outcomes must land in one finishing statement: on a loaded machine the second handler
     # may return more than the usual 50 ms batching window after the first.
-    monkeypatch.setattr(runner_module, "FLUSH_AFTER", 10.0)
+    monkeypatch.setattr(batcher, "FLUSH_AFTER", 10.0)
     engine = engine_on(fresh)
     until = time.time() + 2.5
     first, second = insert_jobs(engine, "sleep_until", [{"until": until}, {"until": until}])
@@ -247,7 +247,7 @@ def test_read_only_claims_and_marks_nothing_then_resumes(
 
     maria.sql("SET GLOBAL read_only = 1")
     refused = run_once(fresh, "--lease", "3")
-    assert refused.returncode == 75 and "read-only" in refused.stderr
+    assert refused.returncode == 75 and "read-only" in refused.stderr, refused.stderr
     assert statuses(engine) == {"pending": 3}  # nothing claimed
     maria.sql("SET GLOBAL read_only = 0")
 

@@ -1,0 +1,301 @@
+"""Rows and records as frozen dataclasses: what the store hands to the runner, the callback sender and
+the CLI. Plain Python (no SQLAlchemy), so the runner and the unit tests' in-memory store share them."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+
+
+def utc(value: dt.datetime | None) -> dt.datetime | None:
+    """Every time the store returns is timezone-aware UTC, whatever the dialect gave back."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimedJob:
+    """A job this runner holds under a lease; `payload_text` is unparsed so a bad row cannot break a batch."""
+
+    id: int
+    task: str
+    queue: str
+    payload_text: str | None
+    attempt: int
+    max_attempts: int
+    priority: int
+    callback_url: str | None
+    token: str
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any], token: str, attempted: int = 0) -> ClaimedJob:
+        """From a row of the store's claim columns, in their order (positional: this runs per claimed row).
+
+        `attempted` is added to the row's attempts when it was read before the claim's UPDATE counted one.
+        """
+        job_id, task, queue, payload_text, attempts, max_attempts, priority, callback_url = row
+        return cls(int(job_id), task, queue, payload_text, int(attempts) + attempted, int(max_attempts),
+                   int(priority), callback_url, token)
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """One claim transaction's jobs, all under one fencing token."""
+
+    token: str
+    jobs: list[ClaimedJob]
+
+
+OutcomeKind = Literal["succeeded", "retry", "failed", "recorded", "dropped"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """What became of one job. `recorded`: already written in the handler's own transaction;
+    `dropped`: the lease was taken over before it could be written (a stale runner)."""
+
+    job: ClaimedJob
+    kind: OutcomeKind
+    result: Any = None
+    error: str = ""
+    delay: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Finished:
+    """How many rows each outcome kind changed; fewer than asked means a stale lease. A retried or
+    failed job whose cancellation an operator asked for ends `cancelled` instead."""
+
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Rescued:
+    """What the rescue of expired leases did: back to pending, failed (no attempts left), cancelled."""
+
+    pending: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.pending + self.failed + self.cancelled
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """A whole `pending_jobs` row, for status, list and show."""
+
+    id: int
+    queue: str
+    task: str
+    payload: Any
+    status: str
+    priority: int
+    run_at: dt.datetime | None
+    attempts: int
+    max_attempts: int
+    result: Any
+    last_error: str | None
+    callback_url: str | None
+    callback_status: str | None
+    callback_attempts: int
+    callback_next_at: dt.datetime | None
+    callback_last_error: str | None
+    idempotency_key: str | None
+    lease_owner: str | None
+    lease_expires_at: dt.datetime | None
+    cancel_requested: bool
+    created_at: dt.datetime | None
+    updated_at: dt.datetime | None
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> Job:
+        values = {field.name: row[field.name] for field in dataclasses.fields(cls)}
+        for name, value in values.items():
+            if isinstance(value, dt.datetime):
+                values[name] = utc(value)
+        values["cancel_requested"] = bool(values["cancel_requested"])
+        return cls(**values)
+
+
+# -- callbacks -----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DueCallback:
+    """A callback this runner holds under `token`; `attempt` counts this delivery attempt."""
+
+    job_id: int
+    url: str
+    token: str
+    attempt: int
+    task: str
+    queue: str
+    status: str
+    attempts: int
+    result: Any
+    last_error: str | None
+    created_at: dt.datetime | None
+    finished_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any], token: str, attempt: int) -> DueCallback:
+        return cls(
+            job_id=int(row["id"]), url=str(row["callback_url"]), token=token, attempt=attempt, task=row["task"],
+            queue=row["queue"], status=row["status"], attempts=int(row["attempts"]), result=row["result"],
+            last_error=row["last_error"], created_at=utc(row["created_at"]), finished_at=utc(row["finished_at"]),
+        )
+
+
+CallbackKind = Literal["delivered", "retry", "failed", "release"]
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackResult:
+    """What one attempt came to. `release` hands a claimed callback back unsent (circuit breaker)."""
+
+    callback: DueCallback
+    kind: CallbackKind
+    webhook_id: str = ""
+    url: str = ""
+    delay: float = 0.0
+    error: str | None = None
+    status_code: int | None = None
+    duration_ms: int = 0
+    excerpt: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CallbackRow:
+    """A job's callback state, for `callbacks list`."""
+
+    job_id: int
+    task: str
+    job_status: str
+    url: str
+    callback_status: str
+    callback_attempts: int
+    callback_next_at: dt.datetime | None
+    callback_last_error: str | None
+    finished_at: dt.datetime | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> CallbackRow:
+        return cls(
+            job_id=int(row["id"]), task=row["task"], job_status=row["status"], url=str(row["callback_url"]),
+            callback_status=row["callback_status"], callback_attempts=int(row["callback_attempts"]),
+            callback_next_at=utc(row["callback_next_at"]), callback_last_error=row["callback_last_error"],
+            finished_at=utc(row["finished_at"]),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class AttemptRow:
+    """One row of `pending_job_callback_attempts`."""
+
+    job_id: int
+    attempt: int
+    webhook_id: str
+    attempted_at: dt.datetime | None
+    url: str
+    status_code: int | None
+    error: str | None
+    duration_ms: int
+    response_excerpt: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[Any, Any]) -> AttemptRow:
+        values = {field.name: row[field.name] for field in dataclasses.fields(cls)}
+        values["attempted_at"] = utc(values["attempted_at"])
+        return cls(**values)
+
+
+# -- runs ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunReport:
+    """What one run did and how it ended: counted by the runner, stored in `pending_job_runs`, exported
+    as metrics and summarised by `run -v`. The one record of a run."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    retried: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    rescued: int = 0
+    released: int = 0
+    stale: int = 0
+    callbacks_delivered: int = 0
+    callbacks_failed: int = 0
+    stopped_by: str = "empty"
+    duration: float = 0.0
+    exit_code: int | None = None
+
+    STORED: ClassVar[tuple[str, ...]] = ("claimed", "succeeded", "failed", "retried", "cancelled", "rescued",
+                                         "callbacks_delivered", "callbacks_failed")
+    """The counts the runs table keeps, one column each."""
+
+    def summary(self) -> str:
+        """The one line `run -v` prints."""
+        return (
+            f"claimed {self.claimed}, succeeded {self.succeeded}, retried {self.retried}, failed {self.failed}, "
+            f"cancelled {self.cancelled}, rescued {self.rescued}, callbacks delivered {self.callbacks_delivered} "
+            f"failed {self.callbacks_failed} in {self.duration:.2f}s (stopped: {self.stopped_by})"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRow:
+    """One row of `pending_job_runs`: which process ran, when, and its report."""
+
+    id: int
+    host: str
+    pid: int
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
+    report: RunReport
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds the run took; None while it is still running (or was killed)."""
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds()
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat, JSON-able: what `status --json` shows as the last run."""
+        counts = {name: getattr(self.report, name) for name in RunReport.STORED}
+        return {"id": self.id, "host": self.host, "pid": self.pid, "started_at": self.started_at,
+                "finished_at": self.finished_at, **counts, "exit_code": self.report.exit_code,
+                "duration_seconds": self.duration}
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """One claim's outcomes to record in one go: (id, result) succeeded, (id, delay, error) retried,
+    (id, error) failed — all under the claim's token."""
+
+    token: str
+    succeeded: Sequence[tuple[int, Any]] = ()
+    retried: Sequence[tuple[int, float, str]] = ()
+    failed: Sequence[tuple[int, str]] = ()
+
+    @property
+    def empty(self) -> bool:
+        """Nothing to write (e.g. every outcome was recorded in its handler's transaction)."""
+        return not (self.succeeded or self.retried or self.failed)

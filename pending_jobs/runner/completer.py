@@ -1,0 +1,110 @@
+"""Job outcomes written in batches of guarded UPDATEs, and counted into the run's report.
+
+Outcomes wait in a Batcher (see batcher.py) and are written by its recorder on a second connection
+while the producer makes the next claim. Consecutive claims' outcomes overlap (the next claim goes
+out while one finishes), so one batch often spans two fencing tokens: one transaction, still one
+statement per outcome kind per token. What each statement changed is counted here; an outcome that
+changed no row lost its lease to a rescue (a stale runner) and is reported as such.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+
+from ..batcher import Batcher
+from ..models import Completion, Finished, Outcome, RunReport
+from .verbs import JobStore
+
+log = logging.getLogger(__name__)
+
+Written = list[tuple[list[Outcome], Finished]]
+"""One batch as written: each claim's outcomes with what its statements changed."""
+WRITES_AHEAD = 2  # batches being written or queued at once; beyond, claims wait (back-pressure)
+
+
+class Completer:
+    """Batches outcomes into `finish_many` calls and counts their row counts into `report`."""
+
+    def __init__(self, store: JobStore, report: RunReport, batch_size: int,
+                 on_progress: Callable[[RunReport], None] | None = None) -> None:
+        self.store = store
+        self.report = report
+        self.on_progress = on_progress
+        self._batcher: Batcher[Outcome, Written] = Batcher(self._write, store.concurrent_writers, batch_size,
+                                                           WRITES_AHEAD)
+
+    @property
+    def busy(self) -> bool:
+        """Outcomes not yet written and counted (a retry among them may be due at once)."""
+        return bool(self._batcher.pending or self._batcher.outstanding)
+
+    @property
+    def saturated(self) -> bool:
+        """The writer is behind: the producer should wait for a write before claiming more."""
+        return self._batcher.outstanding >= WRITES_AHEAD
+
+    def add(self, outcomes: Iterable[Outcome]) -> None:
+        """Queue outcomes for the next batch."""
+        self._batcher.add(outcomes)
+
+    def wait_for(self) -> float | None:
+        """Seconds until the pending outcomes should be flushed; None when there are none."""
+        return self._batcher.wait_for()
+
+    def flush_if_due(self, idle: bool) -> None:
+        """Flush when the batch is full, old enough, or nothing else is in flight (`idle`); count writes done."""
+        if self._batcher.due(idle):
+            self._batcher.flush()
+        self.settle()
+
+    def settle(self, block: bool = False) -> None:
+        """Count the writes done so far (with `block`, wait for one); raises the error that stopped writing."""
+        self._count(self._batcher.results(block=block))
+
+    def drain(self) -> None:
+        """Write and count everything pending."""
+        self._count(self._batcher.drain())
+
+    def close(self) -> None:
+        """Stop the writer thread once what was handed to it is written."""
+        self._batcher.close()
+
+    def _write(self, outcomes: list[Outcome]) -> Written:
+        by_token: dict[str, list[Outcome]] = defaultdict(list)
+        for outcome in outcomes:
+            by_token[outcome.job.token].append(outcome)
+        completions = [
+            Completion(
+                token,
+                succeeded=[(o.job.id, o.result) for o in group if o.kind == "succeeded"],
+                retried=[(o.job.id, o.delay, o.error) for o in group if o.kind == "retry"],
+                failed=[(o.job.id, o.error) for o in group if o.kind == "failed"],
+            )
+            for token, group in by_token.items()
+        ]
+        return list(zip(by_token.values(), self.store.finish_many(completions), strict=True))
+
+    def _count(self, written: Iterable[Written]) -> None:
+        counted = False
+        for batch in written:
+            for group, done in batch:
+                self._count_claim(group, done)
+                counted = True
+        if counted and self.on_progress is not None:
+            self.on_progress(self.report)
+
+    def _count_claim(self, group: list[Outcome], done: Finished) -> None:
+        report = self.report
+        asked = sum(1 for o in group if o.kind in ("succeeded", "retry", "failed"))
+        recorded = sum(1 for o in group if o.kind == "recorded")
+        report.succeeded += done.succeeded + recorded
+        report.retried += done.retried
+        report.failed += done.failed
+        report.cancelled += done.cancelled
+        stale = asked - (done.succeeded + done.retried + done.failed + done.cancelled)
+        stale += sum(1 for o in group if o.kind == "dropped")
+        if stale:
+            report.stale += stale
+            log.warning("%d outcome(s) not recorded: their lease had been taken over", stale)

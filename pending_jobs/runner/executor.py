@@ -1,0 +1,162 @@
+"""Run one job: check its row, call its handler, and turn whatever happened into an outcome.
+
+`Executor.__call__` never raises, whatever the row holds or the handler does: every case ends as an
+outcome with a reason a person can read, so a worker thread never dies with its job unrecorded.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from typing import Any
+
+from .. import isolation, validation
+from ..config import Settings
+from ..context import JobContext
+from ..errors import Fail, Retry
+from ..models import ClaimedJob, Outcome
+from ..registry import Task, default_backoff
+from .verbs import JobStore
+
+log = logging.getLogger(__name__)
+
+MAX_DELAY = 30 * 86400.0
+"""The longest a job may be put off by one retry (`Retry(delay=…)` or a backoff function): a larger or
+infinite delay would overflow the databases' time arithmetic."""
+COMMIT_RETRY_DELAY = 5.0  # seconds before retrying a job whose handler transaction could not commit
+
+
+class Executor:
+    """Runs claimed jobs with the registered handlers; one instance per run, shared by the worker threads."""
+
+    def __init__(self, store: JobStore, tasks: dict[str, Task], settings: Settings) -> None:
+        self.store = store
+        self.tasks = tasks
+        self.settings = settings
+
+    def __call__(self, job: ClaimedJob) -> Outcome:
+        """Check the row, run its handler, and turn what happened into an outcome. Never raises."""
+        try:
+            outcome = self._execute(job)
+        except BaseException as error:  # a bug of ours or a handler's; the job still gets its reason
+            outcome = self.on_error(job, error)
+        _log_outcome(outcome)
+        return outcome
+
+    def on_error(self, job: ClaimedJob, error: BaseException) -> Outcome:
+        """The outcome of a job whose execution itself raised (the worker pool's last line of defence)."""
+        return self.failure(job, f"internal error while running the job: {validation.describe_exception(error)}")
+
+    def timeout_of(self, job: ClaimedJob) -> float | None:
+        """The task's timeout in seconds (None: none)."""
+        task = self.tasks.get(job.task)
+        return task.timeout if task is not None else None
+
+    def _execute(self, job: ClaimedJob) -> Outcome:
+        task = self.tasks.get(job.task)
+        problem = validation.row_problem(job.task, job.max_attempts, job.priority, job.callback_url)
+        payload, payload_problem = validation.parse_payload(job.payload_text, self.settings.payload_limit)
+        problem = problem or payload_problem
+        if problem is None and task is None:
+            known = ", ".join(sorted(self.tasks)) or "none"
+            problem = f"unknown task {job.task!r}: no handler registered (known: {known})"
+        if problem is not None or task is None:
+            return Outcome(job, "failed", error=validation.clean_text(problem or "unknown task"))
+        deadline = time.monotonic() + task.timeout if task.timeout else None
+        session = self.store.handler_transaction(job)
+        ctx = JobContext(job, session, deadline, _task_logger(job.task))
+        try:
+            if task.isolation == "process":
+                result = isolation.call(task, payload, ctx, self.settings.tasks)
+            else:
+                result = task.fn(payload, ctx)
+        except Retry as request:
+            session.rollback()
+            return self.failure(job, f"Retry: {_safe(request.reason)}", self._delay(task, job, request.delay))
+        except Fail as failure:
+            session.rollback()
+            return Outcome(job, "failed", error=validation.clean_text(f"Fail: {_safe(failure.reason)}"))
+        except BaseException as error:  # a handler must never take the run down
+            session.rollback()
+            return self.failure(job, validation.describe_exception(error), self._delay(task, job))
+        problem = self._unstorable(result)
+        if problem is not None:
+            session.rollback()  # deterministic: another attempt would return the same value
+            return Outcome(job, "failed", error=validation.clean_text(problem))
+        if not session.opened:
+            return Outcome(job, "succeeded", result=result)
+        verdict, error_text = session.commit_success(result)
+        if verdict == "recorded":
+            return Outcome(job, "recorded")
+        if verdict == "stale":
+            return Outcome(job, "dropped")
+        return self.failure(job, f"could not commit the handler's transaction: {error_text}", COMMIT_RETRY_DELAY)
+
+    def failure(self, job: ClaimedJob, error: str, delay: float | None = None) -> Outcome:
+        """Retry later, or fail when this was the last attempt."""
+        error = validation.clean_text(error, validation.ERROR_LIMIT - 60)  # room for the "giving up" line
+        if job.attempt >= job.max_attempts:
+            return Outcome(job, "failed", error=f"{error}\n(attempt {job.attempt} of {job.max_attempts}: giving up)")
+        if delay is None:
+            delay = self._delay(self.tasks.get(job.task), job)
+        return Outcome(job, "retry", error=error, delay=delay)
+
+    def _delay(self, task: Task | None, job: ClaimedJob, asked: object = None) -> float:
+        """Seconds until the next attempt: what the handler asked for, else the task's backoff; always a
+        finite number within 0..MAX_DELAY, whatever either gave."""
+        if asked is None:
+            try:
+                asked = (task.backoff if task is not None else default_backoff)(job.attempt)
+            except Exception as error:
+                log.warning("job %d (%s): its backoff function raised %s; using the default backoff",
+                            job.id, job.task, type(error).__name__)
+                asked = default_backoff(job.attempt)
+        try:
+            seconds = float(asked)  # type: ignore[arg-type]
+        except (TypeError, ValueError, OverflowError):
+            log.warning("job %d (%s): retry delay %r is not a number of seconds; using the default backoff",
+                        job.id, job.task, asked)
+            return default_backoff(job.attempt)
+        if math.isnan(seconds):
+            return default_backoff(job.attempt)
+        return min(max(0.0, seconds), MAX_DELAY)
+
+    def _unstorable(self, result: Any) -> str | None:
+        if result is None:  # stored as NULL: nothing to check
+            return None
+        try:
+            validation.dump_json(result, "result", self.settings.payload_limit, self.store.json_accepts_nul)
+        except ValueError as error:
+            return f"the handler's result cannot be stored: {error}"
+        except RecursionError:
+            return "the handler's result cannot be stored: it is nested too deeply"
+        return None
+
+
+def _safe(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    """One line per failed (WARNING) or retried (INFO) job, so the cron log says why."""
+    if outcome.kind not in ("failed", "retry"):
+        return
+    job = outcome.job
+    first = outcome.error.strip().splitlines()[0][:200] if outcome.error.strip() else "no reason given"
+    if outcome.kind == "failed":
+        log.warning("job %d (%s) failed on attempt %d of %d: %s", job.id, job.task, job.attempt, job.max_attempts,
+                    first)
+    else:
+        log.info("job %d (%s) will be retried in %.0fs after attempt %d of %d: %s", job.id, job.task,
+                 outcome.delay, job.attempt, job.max_attempts, first)
+
+
+@functools.lru_cache(maxsize=256)
+def _task_logger(task: str) -> logging.Logger:
+    """The logger a task's handler gets as `ctx.log` (cached: getLogger takes a lock per call)."""
+    return logging.getLogger(f"pending_jobs.task.{task}")

@@ -1,0 +1,205 @@
+"""The producer: claim due jobs, feed the worker pool, keep leases alive, and stop cleanly.
+
+Claims and completions are short transactions of their own; handlers never run inside one (except
+their own `ctx.connection`). The producer's thread owns every claim, heartbeat and release; worker
+threads only run jobs (executor.py); outcomes are written in batches by the completer, whose writer
+overlaps the next claim. A run stops claiming when it is empty (drain mode), out of runtime, at its
+job limit, asked to hand over, or signalled; then jobs claimed but not started go back, and running
+ones finish: all of them, or within the grace period after a signal.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from ..config import Settings
+from ..errors import CommandFailed
+from ..models import ClaimedJob, Outcome, RunReport
+from ..workers import WorkerPool
+from .completer import Completer
+from .executor import Executor
+from .verbs import JobStore
+
+log = logging.getLogger(__name__)
+
+IDLE_RECHECK = 0.5  # seconds between claims while jobs run but none is due (drain mode: a retry may come due)
+LONGEST_WAIT = 1.0  # seconds the loop sleeps at most, so stop conditions are looked at regularly
+
+
+class Producer:
+    """Runs due jobs until the queue is empty, the runtime is spent, or it is asked to stop."""
+
+    def __init__(self, store: JobStore, executor: Executor, settings: Settings, report: RunReport, owner: str,
+                 on_progress: Callable[[RunReport], None] | None = None,
+                 hand_off: Callable[[], bool] | None = None) -> None:
+        self.store = store
+        self.executor = executor
+        self.settings = settings
+        self.report = report
+        self.owner = owner
+        self.hand_off = hand_off
+        """Asked now and then while serving: True when another run is ready to take over."""
+        self.pool: WorkerPool[ClaimedJob, Outcome] = WorkerPool(settings.concurrency, executor, executor.on_error,
+                                                                "pending-jobs")
+        self.completer = Completer(store, report, settings.batch_size, on_progress)
+        self._signalled = False
+        self._queues: list[str] = []
+        self._next_queue = 0
+        self._next_claim = 0.0
+        self._last_beat = time.monotonic()
+
+    def signal(self) -> None:
+        """Stop claiming (SIGTERM, SIGINT): unstarted jobs go back, running ones get the grace period."""
+        self._signalled = True
+        self.pool.wake()
+
+    def run(self, job_id: int | None = None) -> None:
+        """Serve until a stop condition, then finish in-flight work and record every outcome."""
+        try:
+            if job_id is not None:
+                self._claim_one(job_id)
+                self.report.stopped_by = "job"
+            else:
+                self.report.stopped_by = self._serve(time.monotonic() + self.settings.max_runtime)
+            self._finish()
+        finally:
+            self.completer.close()
+            self.pool.close()
+
+    # -- serving --------------------------------------------------------------------------------
+
+    def _serve(self, deadline: float) -> str:
+        while True:
+            if self.completer.saturated:
+                self.completer.settle(block=True)  # back-pressure: claims run at most a batch or two ahead
+            self.completer.flush_if_due(idle=not self.pool.busy)
+            now = time.monotonic()
+            self._maintain(now)
+            reason = self._why_stop(now, deadline)
+            if reason is not None:
+                return reason
+            if self._may_claim(now):
+                if self._claim(min(self.settings.batch_size, self._room())):
+                    continue
+                if self.completer.busy and not self.pool.busy:
+                    self.completer.drain()  # outcomes being written may make a job due again (a retry)
+                    continue
+                if not self.pool.busy and self.settings.poll <= 0:
+                    return "empty"
+                self._next_claim = now + (self.settings.poll if self.settings.poll > 0 else IDLE_RECHECK)
+            self._collect(self._wait_time(now, deadline))
+
+    def _why_stop(self, now: float, deadline: float) -> str | None:
+        if self._signalled:
+            return "signal"
+        if now >= deadline:
+            return "max-runtime"
+        if self._room() == 0 and not self.pool.busy:
+            return "max-jobs"
+        if self.hand_off is not None and self.hand_off():
+            return "handoff"
+        return None
+
+    def _room(self) -> int:
+        if self.settings.max_jobs is None:
+            return self.settings.batch_size
+        return max(0, self.settings.max_jobs - self.report.claimed)
+
+    def _may_claim(self, now: float) -> bool:
+        # Claim ahead: the next batch is claimed as soon as the first job of the last one is done.
+        return (self._room() > 0 and self.pool.busy < self.settings.batch_size and now >= self._next_claim
+                and not self.completer.saturated)
+
+    def _wait_time(self, now: float, deadline: float) -> float:
+        waits = [LONGEST_WAIT, deadline - now, self._last_beat + self.settings.lease / 3 - now]
+        if self._room() > 0 and self.pool.busy < self.settings.batch_size:
+            waits.append(self._next_claim - now)
+        flush = self.completer.wait_for()
+        if flush is not None:
+            waits.append(flush)
+        for slot in self.pool.running():
+            timeout = self.executor.timeout_of(slot.item)
+            if timeout is not None and slot.started is not None:
+                waits.append(slot.started + timeout - now)
+        return max(0.0, min(waits))
+
+    def _claim(self, limit: int) -> bool:
+        """Claim from the next queue that has due jobs (round robin, so no queue starves another)."""
+        queues = self.settings.queues or self._queues or self.store.due_queues()
+        if not self.settings.queues:
+            self._queues = queues
+        for offset in range(len(queues)):
+            name = queues[(self._next_queue + offset) % len(queues)]
+            claim = self.store.claim(name, limit, self.owner, self.settings.lease)
+            if claim.jobs:
+                self._next_queue = (self._next_queue + offset + 1) % len(queues)
+                self._dispatch(claim.jobs)
+                return True
+        self._queues = []  # look for queues again next time
+        return False
+
+    def _claim_one(self, job_id: int) -> None:
+        claim = self.store.claim_job(job_id, self.owner, self.settings.lease)
+        if not claim.jobs:
+            job = self.store.get(job_id)
+            raise CommandFailed(f"job {job_id} is {job.status if job else 'missing'}, not pending: nothing to run")
+        self._dispatch(claim.jobs)
+
+    def _dispatch(self, jobs: list[ClaimedJob]) -> None:
+        self.report.claimed += len(jobs)
+        for job in jobs:
+            self.pool.submit(job)
+
+    def _collect(self, timeout: float) -> None:
+        finished = self.pool.take(timeout)
+        if finished:
+            self.completer.add(outcome for _, outcome in finished)
+            self._next_claim = 0.0  # room for more, and a retry among them may be due at once
+
+    # -- leases and timeouts --------------------------------------------------------------------
+
+    def _maintain(self, now: float) -> None:
+        if now - self._last_beat >= self.settings.lease / 3:
+            held = [(slot.item.id, slot.item.token) for slot in self.pool.in_flight()]
+            self.store.heartbeat(held, self.settings.lease)
+            self._last_beat = now
+        for slot in self.pool.running():
+            timeout = self.executor.timeout_of(slot.item)
+            if timeout is None or slot.started is None or now - slot.started <= timeout:
+                continue
+            if self.pool.abandon(slot):  # the stuck thread is replaced; its late result is dropped
+                job = slot.item
+                log.warning("job %d (%s) timed out after %ss", job.id, job.task, timeout)
+                self.completer.add([self.executor.failure(job, f"TimeoutError: handler ran longer than {timeout}s")])
+
+    # -- stopping -------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        """Release what never started (when stopped early), let running jobs end, record everything."""
+        grace_end: float | None = None
+        if self.report.stopped_by in ("signal", "max-runtime", "handoff"):
+            self._release_unstarted()
+        while self.pool.busy:
+            now = time.monotonic()
+            if self._signalled and grace_end is None:  # a signal now, too, leaves running jobs the grace period
+                self._release_unstarted()
+                grace_end = now + self.settings.grace
+            if grace_end is not None and now >= grace_end:
+                log.warning("%d job(s) still running after the grace period; their leases will expire",
+                            self.pool.busy)
+                break
+            self._collect(min(LONGEST_WAIT, grace_end - now if grace_end is not None else LONGEST_WAIT))
+            self.completer.flush_if_due(idle=not self.pool.busy)
+            self._maintain(time.monotonic())
+        self.completer.drain()
+
+    def _release_unstarted(self) -> None:
+        by_token: dict[str, list[int]] = {}
+        unstarted = self.pool.withdraw_unstarted()
+        for slot in unstarted:
+            by_token.setdefault(slot.item.token, []).append(slot.item.id)
+        for token, ids in by_token.items():
+            self.report.released += self.store.release(token, ids)
+        self.report.claimed -= len(unstarted)

@@ -1,0 +1,39 @@
+"""SIGTERM and SIGINT during a run: the first stops claiming, a second stops at once."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def stop_on_signals(first: Callable[[], None], grace: float) -> Iterator[None]:
+    """Call `first()` on the first SIGTERM/SIGINT; raise KeyboardInterrupt on the second (leases then
+    expire and a later run rescues the jobs). Only the main thread can install handlers: elsewhere
+    (a test, an embedding application's thread) signals are left to their owner."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    seen = 0
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        nonlocal seen
+        seen += 1
+        if seen > 1:
+            raise KeyboardInterrupt
+        log.warning("received %s: no more claims, %ss grace for running jobs", signal.Signals(signum).name, grace)
+        first()
+
+    previous: dict[int, Any] = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():  # last: a signal meanwhile still ends the run our way
+            signal.signal(signum, handler)

@@ -1,0 +1,60 @@
+"""The store verbs the runner speaks: one protocol that the SQL store and the unit tests' in-memory
+store both implement. Nothing here knows SQL; the runner never touches an engine or a connection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
+
+from ..context import HandlerTransaction
+from ..models import Claim, ClaimedJob, Completion, Finished, Job
+
+
+class HandlerSession(HandlerTransaction, Protocol):
+    """One job's handler transaction, as the executor drives it."""
+
+    @property
+    def opened(self) -> bool:
+        """Whether the handler used `ctx.connection`."""
+
+    def commit_success(self, result: Any) -> tuple[Literal["recorded", "stale", "error"], str]:
+        """Mark the job succeeded in the handler's transaction and commit both; (verdict, reason)."""
+
+    def rollback(self) -> None:
+        """Discard the handler's writes; never raises."""
+
+
+class JobStore(Protocol):
+    """Claim, finish, release, heartbeat: everything a run asks of the database about jobs."""
+
+    @property
+    def concurrent_writers(self) -> bool:
+        """Whether outcomes may be written while the next claim runs (not on SQLite)."""
+
+    @property
+    def json_accepts_nul(self) -> bool:
+        """Whether a result may hold `\\u0000`."""
+
+    def due_queues(self) -> list[str]:
+        """Queues that have pending jobs."""
+
+    def claim(self, queue: str, limit: int, owner: str, lease: float) -> Claim:
+        """Lock up to `limit` due jobs of `queue` and mark them running under a new lease."""
+
+    def claim_job(self, job_id: int, owner: str, lease: float) -> Claim:
+        """Claim one pending job now, whatever its run_at."""
+
+    def finish_many(self, completions: Sequence[Completion]) -> list[Finished]:
+        """Record outcomes of several claims in one transaction; row counts per kind."""
+
+    def release(self, token: str, ids: Sequence[int]) -> int:
+        """Put claimed jobs that never started back to pending, attempt uncounted."""
+
+    def heartbeat(self, held: Sequence[tuple[int, str]], lease: float) -> int:
+        """Extend the leases of these (job id, token) pairs."""
+
+    def get(self, job_id: int) -> Job | None:
+        """One whole row (to say why `run --job` found nothing to run)."""
+
+    def handler_transaction(self, job: ClaimedJob) -> HandlerSession:
+        """The handler's own transaction for `job` (opened on first use)."""

@@ -1,0 +1,239 @@
+"""The SQL that differs between databases, behind one small API (Oban's engines, in Python).
+
+`Dialect` holds what PostgreSQL and SQLite share; `mysql.py`, `postgres.py` and `sqlite.py` each
+override what their database does differently, and nothing outside those three files asks which
+database it is. The store's verbs (base.py, callbacks.py, ops.py, runs.py) are written once on top
+of this API:
+
+- `cached(key, build)`: a hot-path statement built once per dialect, every varying value a bindparam;
+- `after(seconds)`: the database clock plus a number of seconds (an SQL expression);
+- `id_in()`: `id` is one of the `ids` parameter's values;
+- `lock_mark_return(...)`: lock due rows skipping locked ones, mark them, return their columns —
+  the job claim and the callback claim both use it;
+- `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
+- `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
+- `engine(url)`: an engine set up for job work (driver, session settings, pool hooks);
+- `retryable`, `connection_lost`, `unavailable`: what a driver error means, by its code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.engine import Row
+
+from .. import db
+from ..models import utc
+from ..schema import callback_attempts, db_now
+from ..schema import pending_jobs as J
+
+S = TypeVar("S")
+BULK_CHUNK = 1000  # rows per multi-row INSERT
+
+
+def ids_param() -> sa.BindParameter[Any]:
+    """The `ids` parameter of an expanding IN list."""
+    return sa.bindparam("ids", expanding=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Locked:
+    """What `lock_mark_return` found: the rows, how many the mark changed, and whether the rows were
+    read after the mark (RETURNING) or before it (MySQL's select-then-update)."""
+
+    rows: Sequence[Row[Any]]
+    marked: int
+    after_mark: bool
+
+
+class Dialect:
+    """PostgreSQL's and SQLite's shared SQL; subclasses override what their database does differently."""
+
+    name: ClassVar[str] = "base"
+    json_accepts_nul: ClassVar[bool] = True
+    """Whether the JSON column stores `\\u0000` (PostgreSQL's jsonb does not)."""
+    concurrent_writers: ClassVar[bool] = True
+    """Whether a second transaction may write while another does (not on SQLite: one writer)."""
+
+    def __init__(self) -> None:
+        self._statements: dict[tuple[Any, ...], Any] = {}
+
+    # -- engines and errors ------------------------------------------------------------------------
+
+    def engine(self, url: sa.URL, pool_size: int, **options: Any) -> sa.Engine:
+        """An engine for job work: this database's driver and session settings, and checked connections.
+
+        A pooled connection is pinged before use only after `db.PING_AFTER` idle seconds, and rolled
+        back on its return only when a transaction may be open: each would otherwise cost a round trip
+        per use. Error texts never carry the SQL parameters (they hold payloads and lease tokens).
+        """
+        options = {"pool_recycle": 1800,  # below MySQL's default wait_timeout of 8 h, and most proxies'
+                   "pool_size": pool_size, "max_overflow": pool_size, "pool_reset_on_return": None,
+                   "hide_parameters": True, **options}
+        try:
+            engine = sa.create_engine(self.driver_url(url), **options)
+        except ModuleNotFoundError as error:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"the driver for {self.name} is not installed: {error}") from None
+        if options["pool_reset_on_return"] is None:
+            db.skip_needless_rollbacks(engine, self.in_transaction)
+        db.ping_when_idle(engine)
+        return engine
+
+    def driver_url(self, url: sa.URL) -> sa.URL:
+        """The URL with this database's driver and connection settings."""
+        return url
+
+    def in_transaction(self, dbapi_connection: Any) -> bool:
+        """Whether the driver knows a transaction is open on this connection (True when it cannot tell)."""
+        return True
+
+    def retryable(self, error: BaseException) -> bool:
+        """A deadlock or lock-wait timeout: the transaction may simply be run again."""
+        return False
+
+    def connection_lost(self, error: BaseException) -> bool:
+        """An established connection dropped (killed, timed out, server restarting): worth one fresh try."""
+        return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+
+    def unavailable(self, error: BaseException) -> bool:
+        """The database is unreachable, went away, or refuses writes: stop and exit 75."""
+        return isinstance(error, exc.DBAPIError) and error.connection_invalidated
+
+    # -- statements ----------------------------------------------------------------------------
+
+    def cached(self, key: tuple[Any, ...], build: Callable[[], S]) -> S:
+        """A hot-path statement built once, with every varying value a named bindparam.
+
+        Reusing the same object lets SQLAlchemy skip rebuilding it and recomputing its cache key
+        (which it memoises on the object), and the compiled form comes straight from the cache.
+        """
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = build()
+        return stmt
+
+    # -- clock and ids ---------------------------------------------------------------------------
+
+    def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """The database clock plus an SQL expression of seconds (float)."""
+        raise NotImplementedError
+
+    def seconds(self, value: float | sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """A number of seconds as an SQL expression (a literal when given a float)."""
+        if isinstance(value, sa.ColumnElement):
+            return value
+        return sa.literal(float(value), sa.Float)
+
+    def clock_value(self, value: Any) -> dt.datetime | None:
+        """A time read from an SQL expression of the clock (not a typed column), as aware UTC."""
+        return utc(value)
+
+    def id_in(self, column: sa.ColumnElement[Any] = J.c.id) -> sa.ColumnElement[bool]:
+        """`column` is one of the `ids` parameter's values."""
+        return column.in_(ids_param())
+
+    # -- claims ----------------------------------------------------------------------------------
+
+    def lock_mark_return(
+        self,
+        conn: sa.Connection,
+        key: tuple[Any, ...],
+        select: Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]],
+        mark: Callable[[], dict[str, Any]],
+        columns: Sequence[sa.ColumnElement[Any]],
+        params: dict[str, Any],
+        still: Callable[[], Sequence[sa.ColumnElement[bool]]] = tuple,
+    ) -> Locked:
+        """Lock the rows `select(columns)` finds (ordered and limited; locked rows are skipped), set
+        `mark()` on them and return `columns` (the first is the id). `still()` is what the rows must
+        still satisfy when marked by id (MySQL); here one UPDATE … RETURNING does all of it."""
+
+        def build() -> sa.Update:
+            locked = select([J.c.id]).with_for_update(skip_locked=True).scalar_subquery()
+            return sa.update(J).where(J.c.id.in_(locked)).values(mark()).returning(*columns)
+
+        rows = conn.execute(self.cached(key, build), params).all()
+        return Locked(rows, len(rows), after_mark=True)
+
+    def due_queues(self, conn: sa.Connection) -> list[str]:
+        """Queues that have pending jobs, found by a skip scan over the claim index."""
+        sql = self.cached(("due_queues",), lambda: sa.text(
+            "WITH RECURSIVE q(queue) AS ("
+            " SELECT MIN(queue) FROM pending_jobs WHERE status = 'pending'"
+            " UNION ALL"
+            " SELECT (SELECT MIN(p.queue) FROM pending_jobs p WHERE p.status = 'pending' AND p.queue > q.queue)"
+            " FROM q WHERE q.queue IS NOT NULL)"
+            " SELECT queue FROM q WHERE queue IS NOT NULL"))
+        return [row[0] for row in conn.execute(sql)]
+
+    # -- introspection ---------------------------------------------------------------------------
+
+    def read_only(self, conn: sa.Connection) -> str | None:
+        """Why the database refuses writes (nothing may be claimed then), or None."""
+        return None
+
+    def version_problem(self, conn: sa.Connection) -> str | None:
+        """Why this server is too old for pending-jobs, or None."""
+        return None
+
+    # -- inserts ---------------------------------------------------------------------------------
+
+    def insert_jobs(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+        """Insert rows (column -> value; `run_at_delay` seconds become database-clock times); ids in order."""
+        ids: list[int] = []
+        for start in range(0, len(rows), BULK_CHUNK):
+            chunk = rows[start: start + BULK_CHUNK]
+            if len(chunk) == 1 or any(row.get("idempotency_key") or "run_at_delay" in row for row in chunk):
+                ids.extend(self._insert_one(conn, self._delayed(row)) for row in chunk)
+            else:
+                ids.extend(self._insert_many(conn, chunk))
+        return ids
+
+    def _delayed(self, row: dict[str, Any]) -> dict[str, Any]:
+        values = dict(row)
+        delay = values.pop("run_at_delay", None)
+        if delay is not None:
+            values["run_at"] = self.after(sa.literal(float(delay), sa.Float))
+        return values
+
+    def _insert_one(self, conn: sa.Connection, values: dict[str, Any]) -> int:
+        if values.get("idempotency_key"):
+            return self._insert_keyed(conn, values)
+        # Plain values go as parameters of one prebuilt statement, which SQLAlchemy compiles once;
+        # a fresh insert().values(...) per job costs more than the INSERT's round trip.
+        plain = not any(isinstance(value, sa.ColumnElement) for value in values.values())
+        stmt = self.cached(("insert_job",), lambda: sa.insert(J))
+        result = conn.execute(stmt, values) if plain else conn.execute(sa.insert(J).values(values))
+        key_row = result.inserted_primary_key
+        assert key_row is not None
+        return int(key_row[0])
+
+    def upsert(self) -> Any:
+        """The dialect's own INSERT into the jobs table, which has `on_conflict_do_nothing`."""
+        raise NotImplementedError
+
+    def _insert_keyed(self, conn: sa.Connection, values: dict[str, Any]) -> int:
+        """Insert unless the idempotency key exists; either way the id of the key's job."""
+        insert = self.upsert().values(values).on_conflict_do_nothing(index_elements=["idempotency_key"])
+        new_id = conn.execute(insert.returning(J.c.id)).scalar_one_or_none()
+        if new_id is not None:
+            return int(new_id)
+        existing = sa.select(J.c.id).where(J.c.idempotency_key == values["idempotency_key"])
+        return int(conn.execute(existing).scalar_one())
+
+    def _insert_many(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
+        # insertmanyvalues: one multi-row INSERT … RETURNING, ids matched to rows by SQLAlchemy.
+        result = conn.execute(sa.insert(J).returning(J.c.id, sort_by_parameter_order=True), list(rows))
+        return [int(row[0]) for row in result]
+
+    def insert_attempts(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
+        """Record callback attempts, each stamped with the database clock."""
+        conn.execute(self.cached(("insert_attempts",),
+                                 lambda: sa.insert(callback_attempts).values(attempted_at=db_now())), list(rows))

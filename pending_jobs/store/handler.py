@@ -1,0 +1,95 @@
+"""The handler's own transaction (`ctx.connection`): opened on first use, committed with its job's success.
+
+Like River's `JobCompleteTx`: the handler's writes and the job's `succeeded` status commit in one
+transaction, fenced by the lease token, so they happen exactly once. The executor drives it through
+`commit_success` / `rollback` and never touches a connection itself.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from .. import db
+from ..errors import DatabaseUnavailable
+from ..models import ClaimedJob
+from ..states import JobStatus
+
+if TYPE_CHECKING:
+    from .base import Store
+
+log = logging.getLogger(__name__)
+
+Verdict = Literal["recorded", "stale", "error"]
+
+
+class HandlerSession:
+    """One job's handler transaction; the connection is taken from the pool only if the handler asks."""
+
+    def __init__(self, store: Store, job: ClaimedJob) -> None:
+        self._store = store
+        self._job = job
+        self._connection: sa.Connection | None = None
+
+    @property
+    def opened(self) -> bool:
+        """Whether the handler used `ctx.connection` (then its success is committed here)."""
+        return self._connection is not None
+
+    @property
+    def connection(self) -> sa.Connection:
+        """The connection, in a transaction (opened on first use)."""
+        if self._connection is None:
+            self._connection = self._store.engine.connect()
+            self._connection.begin()
+        return self._connection
+
+    def cancel_requested(self) -> bool:
+        """The job's cancel flag; through the open connection when there is one (SQLite: a second
+        connection would wait for this one's write lock)."""
+        return self._store.cancel_requested(self._connection or self._store.engine, self._job.id)
+
+    def commit_success(self, result: Any) -> tuple[Verdict, str]:
+        """Mark the job succeeded in this transaction and commit it with the handler's writes.
+
+        ("recorded", ""), ("stale", "") when the lease was taken over (everything rolled back), or
+        ("error", reason). A commit that fails midway may still have happened: the row, read back by
+        its token, settles it.
+        """
+        conn, self._connection = self._connection, None
+        if conn is None:
+            raise RuntimeError("commit_success without an open handler transaction")
+        try:
+            with conn:
+                if not self._store.succeed_in(conn, self._job, result):
+                    conn.rollback()
+                    return "stale", ""
+                conn.commit()
+            return "recorded", ""
+        except exc.DBAPIError as error:
+            try:
+                status = self._store.outcome_of(self._job)
+            except DatabaseUnavailable:
+                status = None
+            if status == JobStatus.SUCCEEDED.value:
+                return "recorded", ""
+            return "error", db.describe(error)
+
+    def rollback(self) -> None:
+        """Discard the handler's writes. Never raises: a dead connection has nothing left to roll back,
+        and the job must still be recorded."""
+        conn, self._connection = self._connection, None
+        if conn is None:
+            return
+        try:
+            conn.rollback()
+            conn.close()
+        except Exception as error:  # the server rolls back a lost connection's transaction itself
+            log.warning("job %d: could not roll back its connection: %s", self._job.id, error)
+            try:
+                conn.invalidate()
+            except Exception:
+                log.debug("job %d: invalidating its connection failed too", self._job.id, exc_info=True)

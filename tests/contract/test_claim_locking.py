@@ -1,0 +1,79 @@
+"""The claim on a large table: served by the index (no filesort), and SKIP LOCKED lets claims run side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pending_jobs import migrate
+from pending_jobs.store import create_engine, open_store
+from tests.conftest import create_database
+
+ROWS = 100_000
+
+
+@pytest.fixture(params=["mysql", "postgresql"])
+def big(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    """A migrated database holding 100,000 jobs: 90 % finished, 10 % pending, in two queues."""
+    url, drop = create_database(str(request.param), tmp_path)
+    engine = create_engine(url, pool_size=4)
+    migrate.upgrade(engine)
+    status = "CASE WHEN n % 10 = 0 THEN 'pending' ELSE 'succeeded' END"
+    queue = "CASE WHEN n % 20 = 0 THEN 'mail' ELSE 'default' END"
+    with engine.begin() as conn:
+        if request.param == "mysql":
+            source = f"SELECT seq AS n FROM seq_1_to_{ROWS}"
+            run_at = "UTC_TIMESTAMP(6) - INTERVAL n SECOND"
+        else:
+            source = f"SELECT n FROM generate_series(1, {ROWS}) AS n"
+            run_at = "now() - n * interval '1 second'"
+        conn.execute(sa.text(
+            f"INSERT INTO pending_jobs (task, payload, status, queue, priority, run_at) "
+            f"SELECT 'noop', '{{}}', {status}, {queue}, n % 3, {run_at} FROM ({source}) AS s"))
+    with engine.begin() as conn:
+        conn.execute(sa.text("ANALYZE TABLE pending_jobs" if request.param == "mysql" else "ANALYZE pending_jobs"))
+    yield engine
+    engine.dispose()
+    drop()
+
+
+def test_explain_uses_claim_index_without_filesort(big: sa.Engine) -> None:
+    with big.connect() as conn:
+        if big.dialect.name in ("mysql", "mariadb"):
+            stmt = open_store(big).claim_select("default", 100)
+            sql = str(stmt.compile(dialect=big.dialect, compile_kwargs={"literal_binds": True}))
+            plan = conn.execute(sa.text("EXPLAIN " + sql)).mappings().all()
+            assert len(plan) == 1
+            assert plan[0]["key"] == "ix_pending_jobs_claim"
+            assert "filesort" not in (plan[0]["Extra"] or "").lower()
+        else:
+            plan_text = "\n".join(conn.execute(sa.text(
+                "EXPLAIN SELECT id FROM pending_jobs WHERE status = 'pending' AND queue = 'default' "
+                "AND run_at <= now() ORDER BY priority DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED")).scalars())
+            assert "ix_pending_jobs_claim" in plan_text
+            assert "Sort" not in plan_text
+
+
+def test_second_session_claims_other_rows_while_first_holds_its_claim(big: sa.Engine) -> None:
+    store = open_store(big)
+    locked_ids: list[int] = []
+    holder = big.connect()
+    try:
+        holder.begin()
+        locked = holder.execute(store.claim_select("default", 50)).all()  # the claim's locking read, held open
+        locked_ids = [row[0] for row in locked]
+        assert len(locked_ids) == 50
+
+        claim = store.claim("default", 50, "second-session", 60)
+        other = [job.id for job in claim.jobs]
+        assert len(other) == 50
+        assert not set(other) & set(locked_ids)
+
+        producer = store.claim("mail", 10, "third-session", 60)  # another queue is not blocked either
+        assert len(producer.jobs) == 10
+    finally:
+        holder.rollback()
+        holder.close()

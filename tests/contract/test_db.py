@@ -1,0 +1,92 @@
+"""Engines from `db.create_engine`: a pooled connection never carries an open transaction to its next user."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from pending_jobs.store import create_engine
+from tests.conftest import SERVERS, scalar
+
+
+def _single_connection_engine(url: str) -> sa.Engine:
+    """One pooled connection, so the next checkout is the very connection just returned."""
+    return create_engine(url, pool_size=1, max_overflow=0)
+
+
+def _assert_next_user_does_not_see(engine: sa.Engine, task: str) -> None:
+    """The pool's one connection, used and committed again: the earlier uncommitted `task` row is gone."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.next', '{}')"))
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = :task", task=task) == 0
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.next'") == 1
+
+
+# On SQLite the driver runs in autocommit (SQLAlchemy sends BEGIN itself): a raw INSERT commits at once.
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_raw_connection_returned_mid_transaction_is_rolled_back(db_url: str) -> None:
+    engine = _single_connection_engine(db_url)
+    try:
+        raw = engine.raw_connection()
+        cursor = raw.cursor()
+        cursor.execute("INSERT INTO pending_jobs (task, payload) VALUES ('t.raw', '{}')")
+        cursor.close()
+        raw.close()  # back to the pool with the INSERT neither committed nor rolled back
+        _assert_next_user_does_not_see(engine, "t.raw")
+    finally:
+        engine.dispose()
+
+
+def test_connection_closed_inside_a_transaction_is_rolled_back(db_url: str) -> None:
+    engine = _single_connection_engine(db_url)
+    try:
+        conn = engine.connect()
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.open', '{}')"))
+        conn.close()
+        _assert_next_user_does_not_see(engine, "t.open")
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)  # SQLite keeps the pool's reset: no round trip
+def test_committed_connection_is_returned_without_a_rollback(db_url: str) -> None:
+    engine = _single_connection_engine(db_url)
+    rollbacks: list[object] = []
+    try:
+        with engine.begin() as conn:  # first use: connects (the dialect may roll back while it sets up)
+            conn.execute(sa.text("SELECT 1"))
+        dbapi = engine.raw_connection()
+        driver = dbapi.driver_connection
+        dbapi.close()
+        original = driver.rollback
+
+        def counting_rollback() -> None:
+            rollbacks.append(None)
+            original()
+
+        driver.rollback = counting_rollback  # type: ignore[method-assign,union-attr]
+        rollbacks.clear()
+        for _ in range(3):
+            with engine.begin() as conn:
+                conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('t.ok', '{}')"))
+        assert rollbacks == []
+        assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE task = 't.ok'") == 3
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", SERVERS, indirect=True)
+def test_driver_level_write_after_a_commit_is_rolled_back(db_url: str) -> None:
+    """SQLAlchemy saw the COMMIT, but the driver knows a later raw INSERT opened a transaction."""
+    engine = _single_connection_engine(db_url)
+    try:
+        conn = engine.connect()
+        conn.execute(sa.text("SELECT 1"))
+        conn.commit()
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("INSERT INTO pending_jobs (task, payload) VALUES ('t.after', '{}')")
+        cursor.close()
+        conn.close()
+        _assert_next_user_does_not_see(engine, "t.after")
+    finally:
+        engine.dispose()

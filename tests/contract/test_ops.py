@@ -1,0 +1,218 @@
+"""Operator commands through the real command line: list, show, retry, cancel, purge, status, run's row."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import pending_jobs
+from pending_jobs.context import JobContext
+from pending_jobs.store import Store
+from tests.conftest import cli, finish, rows, scalar
+
+pytestmark = pytest.mark.parametrize("backend", ["sqlite", "mysql", "postgresql"], indirect=True)
+
+
+OLD = "2000-01-01 00:00:00"
+
+
+def env_for(db_url: str, **extra: str) -> dict[str, str]:
+    return {"PENDING_JOBS_DATABASE_URL": db_url, **extra}
+
+
+def pj_json(db_url: str, *args: str) -> Any:
+    result = cli(*args, "--json", env=env_for(db_url))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def make_old(engine: sa.Engine, job_id: int) -> None:
+    """Pretend a job was created and finished long ago (2000-01-01, UTC)."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET finished_at = :t, created_at = :t WHERE id = :id"),
+                     {"t": OLD, "id": job_id})
+
+
+def test_list_filters_and_json(db_url: str, engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        a = pending_jobs.enqueue(conn, "echo", {"n": 1}, queue="mail")
+        b = pending_jobs.enqueue(conn, "boom", {}, queue="mail", max_attempts=1,
+                                 callback_url="https://hooks.example.com/x?token=secret")
+        c = pending_jobs.enqueue(conn, "echo", {"n": 3}, delay=3600)
+    assert cli("run", env=env_for(db_url, PENDING_JOBS_CALLBACK_SCHEDULE="3600")).returncode == 0
+
+    everything = pj_json(db_url, "list")
+    assert [j["id"] for j in everything] == [c, b, a]
+    assert {j["id"]: j["status"] for j in everything} == {a: "succeeded", b: "failed", c: "pending"}
+    assert everything[1]["callback_url"] == "https://hooks.example.com/x"  # the query (a token) never shown
+    assert [j["id"] for j in pj_json(db_url, "list", "--status", "failed,pending")] == [c, b]
+    assert [j["id"] for j in pj_json(db_url, "list", "--queue", "mail", "--task", "echo")] == [a]
+    callback = scalar(engine, f"SELECT callback_status FROM pending_jobs WHERE id = {b}")
+    assert callback in ("pending", "failed")  # failed when hooks.example.com does not resolve here
+    assert [j["id"] for j in pj_json(db_url, "list", "--callback-status", callback)] == [b]
+    assert [j["id"] for j in pj_json(db_url, "list", "--callback-status", "none", "--limit", "1")] == [c]
+    make_old(engine, a)
+    assert [j["id"] for j in pj_json(db_url, "list", "--since", "1d")] == [c, b]
+
+    table = cli("list", "--status", "failed", env=env_for(db_url))
+    assert table.returncode == 0 and "RuntimeError: boom" in table.stdout and f"\n{b} " in table.stdout
+    bad = cli("list", "--status", "lost", env=env_for(db_url))
+    assert bad.returncode == 2 and "unknown status lost" in bad.stderr
+
+
+def test_show_has_payload_result_error_and_callback_attempts(db_url: str, engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        job = pending_jobs.enqueue(conn, "echo", {"name": "John"}, callback_url="https://hooks.example.com/j")
+        conn.execute(sa.text(
+            "INSERT INTO pending_job_callback_attempts (job_id, attempt, webhook_id, url, status_code, error, "
+            "duration_ms) VALUES (:id, 1, 'msg_1', 'https://hooks.example.com/j', 503, 'HTTP 503', 12)"), {"id": job})
+    assert cli("run", env=env_for(db_url, PENDING_JOBS_CALLBACK_SCHEDULE="3600")).returncode == 0
+
+    shown = pj_json(db_url, "show", str(job))
+    assert shown["status"] == "succeeded" and shown["payload"] == {"name": "John"}
+    assert shown["result"]["payload"] == {"name": "John"}
+    attempts = shown["callback_attempts_log"]
+    assert attempts[0]["status_code"] == 503 and attempts[0]["error"] == "HTTP 503"
+    assert len(attempts) == 2  # the run tried the callback once more (hooks.example.com does not answer)
+
+    text = cli("show", str(job), env=env_for(db_url))
+    assert text.returncode == 0 and '"name": "John"' in text.stdout and "callback attempts:" in text.stdout
+    missing = cli("show", "999", env=env_for(db_url))
+    assert missing.returncode == 1 and "job 999 does not exist" in missing.stderr
+
+
+def test_retry_one_job_and_failed_jobs_by_filter(db_url: str, engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        ok = pending_jobs.enqueue(conn, "echo", {})
+        f1 = pending_jobs.enqueue(conn, "boom", {}, max_attempts=1, queue="q1")
+        f2 = pending_jobs.enqueue(conn, "fail_now", {}, queue="q2")
+        f3 = pending_jobs.enqueue(conn, "fail_now", {}, queue="q2")
+        waiting = pending_jobs.enqueue(conn, "echo", {}, delay=3600)
+    assert cli("run", env=env_for(db_url)).returncode == 0
+
+    one = cli("retry", str(ok), env=env_for(db_url))
+    assert one.returncode == 0 and f"job {ok} is pending again" in one.stdout
+    assert rows(engine, f"SELECT status, attempts, result, finished_at FROM pending_jobs WHERE id = {ok}") == [
+        ("pending", 0, None, None)]
+    refused = cli("retry", str(waiting), env=env_for(db_url))
+    assert refused.returncode == 1 and "is pending" in refused.stderr
+
+    by_filter = cli("retry", "--failed", "--queue", "q2", "--task", "fail_now", env=env_for(db_url))
+    assert by_filter.returncode == 0 and "2 failed job(s) pending again" in by_filter.stdout
+    statuses = dict(rows(engine, "SELECT id, status FROM pending_jobs"))
+    assert (statuses[f1], statuses[f2], statuses[f3]) == ("failed", "pending", "pending")
+    assert cli("retry", "--failed", env=env_for(db_url)).stdout.startswith("1 failed")
+    assert scalar(engine, "SELECT SUM(attempts) FROM pending_jobs") == 0
+    mixed = cli("retry", str(ok), "--queue", "q1", env=env_for(db_url))
+    assert mixed.returncode == 2
+
+
+def test_cancel_pending_and_running_jobs(db_url: str, engine: sa.Engine, store: Store) -> None:
+    with engine.begin() as conn:
+        pending = pending_jobs.enqueue(conn, "echo", {}, callback_url="https://hooks.example.com/c")
+        running = pending_jobs.enqueue(conn, "echo", {}, queue="busy")
+    claim = store.claim("busy", 1, "test-runner", 300)
+    ctx = JobContext(claim.jobs[0], store.handler_transaction(claim.jobs[0]), None, logging.getLogger("test"))
+    assert ctx.cancel_requested() is False
+
+    first = cli("cancel", str(pending), env=env_for(db_url))
+    assert first.returncode == 0 and "cancelled" in first.stdout
+    assert rows(engine, f"SELECT status, callback_status FROM pending_jobs WHERE id = {pending}") == [
+        ("cancelled", "pending")]  # the producer hears about it through its callback
+    second = cli("cancel", str(running), env=env_for(db_url))
+    assert second.returncode == 0 and "marked to be cancelled" in second.stdout
+    assert ctx.cancel_requested() is True
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {running}") == "running"
+
+    # The handler gives up (an exception: a retry); the next run makes the job cancelled, not pending.
+    finish(store, claim.token, retried=[(running, 0.0, "stopped: cancel requested")])
+    assert cli("run", env=env_for(db_url)).returncode == 0
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {running}") == "cancelled"
+
+    again = cli("cancel", str(pending), env=env_for(db_url))
+    assert again.returncode == 1 and "already cancelled" in again.stderr
+    assert cli("cancel", "999", env=env_for(db_url)).returncode == 1
+
+
+def test_purge_older_than_by_status(db_url: str, engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        done = pending_jobs.enqueue(conn, "echo", {})
+        failed = pending_jobs.enqueue(conn, "fail_now", {})
+        recent = pending_jobs.enqueue(conn, "echo", {"n": 2})
+        waiting = pending_jobs.enqueue(conn, "echo", {}, delay=3600)
+    assert cli("run", env=env_for(db_url)).returncode == 0
+    for job in (done, failed, waiting):
+        make_old(engine, job)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO pending_job_callback_attempts (job_id, attempt, webhook_id, url, "
+                             "duration_ms) VALUES (:id, 1, 'm', 'https://x.example', 1)"), {"id": done})
+
+    purged = cli("purge", "--older-than", "7d", env=env_for(db_url))
+    assert purged.returncode == 0 and "1 job(s) deleted" in purged.stdout
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_job_callback_attempts") == 0
+    with_failed = cli("purge", "--older-than", "7d", "--status", "failed,succeeded", env=env_for(db_url))
+    assert "1 job(s) deleted" in with_failed.stdout
+    assert sorted(r[0] for r in rows(engine, "SELECT id FROM pending_jobs")) == [recent, waiting]
+    refused = cli("purge", "--older-than", "1d", "--status", "pending", env=env_for(db_url))
+    assert refused.returncode == 2 and "finished jobs only" in refused.stderr
+
+
+def test_run_records_its_row_and_applies_retention(db_url: str, engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        old = pending_jobs.enqueue(conn, "echo", {})
+        old_failed = pending_jobs.enqueue(conn, "fail_now", {})
+    assert cli("run", env=env_for(db_url)).returncode == 0
+    make_old(engine, old)
+    make_old(engine, old_failed)
+    with engine.begin() as conn:
+        pending_jobs.enqueue(conn, "echo", {})
+        pending_jobs.enqueue(conn, "flaky", {"succeed_on": 5})
+    assert cli("run", env=env_for(db_url, PENDING_JOBS_RETENTION_FAILED="0")).returncode == 0  # 0: keep forever
+
+    assert [r[0] for r in rows(engine, "SELECT id FROM pending_jobs WHERE id IN (:a, :b)", a=old, b=old_failed)] \
+        == [old_failed]
+    runs = rows(engine, "SELECT claimed, succeeded, failed, retried, exit_code, finished_at IS NOT NULL, pid "
+                        "FROM pending_job_runs ORDER BY id")
+    assert [tuple(r[:6]) for r in runs] == [(2, 1, 1, 0, 0, True), (2, 1, 0, 1, 0, True)]
+    assert runs[0][6] > 0
+
+    assert cli("run", env=env_for(db_url)).returncode == 0  # failed jobs are kept 30 days by default
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE id = :id", id=old_failed) == 0
+
+    bad = cli("run", "--job", "999", env=env_for(db_url))
+    assert bad.returncode == 1
+    assert scalar(engine, "SELECT exit_code FROM pending_job_runs ORDER BY id DESC LIMIT 1") == 1
+
+
+def test_status_json_counts_match_the_view_and_show_last_run(db_url: str, engine: sa.Engine) -> None:
+    never = pj_json(db_url, "status")
+    assert never["last_run"] is None and "no run has finished yet" in never["warnings"][0]
+    with engine.begin() as conn:
+        pending_jobs.enqueue(conn, "echo", {}, queue="a")
+        pending_jobs.enqueue(conn, "fail_now", {}, queue="a", callback_url="https://hooks.example.com/s")
+        pending_jobs.enqueue(conn, "echo", {}, queue="b", delay=3600)
+        pending_jobs.enqueue(conn, "echo", {}, queue="b", delay=3600)
+    assert cli("run", env=env_for(db_url, PENDING_JOBS_CALLBACK_SCHEDULE="3600")).returncode == 0
+
+    status = pj_json(db_url, "status")
+    view = rows(engine, "SELECT queue, status, jobs FROM pending_jobs_summary ORDER BY queue, status")
+    assert [(c["queue"], c["status"], c["jobs"]) for c in status["counts"]] == [tuple(r) for r in view]
+    assert [tuple(r) for r in view] == [("a", "failed", 1), ("a", "succeeded", 1), ("b", "pending", 2)]
+    by_sql = dict(rows(engine, "SELECT callback_status, COUNT(*) FROM pending_jobs "
+                               "WHERE callback_status IS NOT NULL GROUP BY callback_status"))
+    assert {k: v for k, v in status["callbacks"].items() if v and k != "due"} == by_sql
+    assert sum(by_sql.values()) == 1
+    run = status["last_run"]
+    assert (run["claimed"], run["succeeded"], run["failed"], run["exit_code"]) == (2, 1, 1, 0)
+    assert status["warnings"] == [] and status["last_success_at"] is not None
+
+    with engine.begin() as conn:  # the last run finished an hour ago: cron has stopped
+        conn.execute(sa.text("UPDATE pending_job_runs SET started_at = :t, finished_at = :t"),
+                     {"t": OLD})
+    text = cli("status", env=env_for(db_url))
+    assert text.returncode == 0 and "last run: #" in text.stdout and "callbacks: " in text.stdout
+    assert "has cron stopped?" in text.stderr

@@ -1,0 +1,105 @@
+"""Migrations: no drift from the declared schema, reversible, and never touching the host's Alembic."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from pending_jobs import migrate
+from pending_jobs.schema import metadata
+from pending_jobs.store import create_engine
+from tests.conftest import ROOT, cli
+
+
+def _diff(engine: sa.Engine) -> list[object]:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True,
+                                                         "include_object": _ours})
+        return list(compare_metadata(context, metadata))
+
+
+def _ours(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    if type_ == "table":
+        return name is not None and name.startswith("pending_job") and name != migrate.VERSION_TABLE
+    # Alembic cannot compare an index with a DESC column; _check_claim_index does that one.
+    return not (type_ == "index" and name == CLAIM_INDEX)
+
+
+CLAIM_INDEX = "ix_pending_jobs_claim"
+
+
+def _check_claim_index(engine: sa.Engine) -> None:
+    index = next(i for i in sa.inspect(engine).get_indexes("pending_jobs") if i["name"] == CLAIM_INDEX)
+    assert index["column_names"] == ["status", "queue", "priority", "run_at", "id"]
+    if engine.dialect.name == "postgresql":
+        assert index.get("column_sorting") == {"priority": ("desc",)}
+    if engine.dialect.name in ("mysql", "mariadb"):
+        with engine.connect() as conn:
+            order = conn.execute(sa.text(f"SHOW INDEX FROM pending_jobs WHERE Key_name = '{CLAIM_INDEX}'")).mappings()
+            assert [r["Collation"] for r in order] == ["A", "A", "D", "A", "A"]
+
+
+def test_upgrade_matches_schema_downgrade_and_upgrade_again(empty_url: str) -> None:
+    engine = create_engine(empty_url)
+    with engine.begin() as conn:  # the host application's own Alembic history
+        conn.execute(sa.text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)"))
+        conn.execute(sa.text("INSERT INTO alembic_version VALUES ('host_app_rev_1')"))
+
+    migrate.upgrade(engine)
+    assert migrate.current(engine) == migrate.head()
+    assert _diff(engine) == []
+    _check_claim_index(engine)
+    names = set(sa.inspect(engine).get_table_names())
+    ours = {"pending_jobs", "pending_job_callback_attempts", "pending_job_runs", "pending_jobs_alembic_version"}
+    assert ours <= names
+    assert "pending_jobs_summary" in sa.inspect(engine).get_view_names()
+
+    migrate.downgrade(engine)
+    remaining = set(sa.inspect(engine).get_table_names())
+    assert not {n for n in remaining if n.startswith("pending_jobs") and n != "pending_jobs_alembic_version"}
+    assert migrate.current(engine) is None
+
+    migrate.upgrade(engine)
+    assert _diff(engine) == []
+    _check_claim_index(engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["host_app_rev_1"]
+    engine.dispose()
+
+
+def test_run_refuses_a_database_not_at_head(empty_url: str) -> None:
+    result = cli("run", env={"PENDING_JOBS_DATABASE_URL": empty_url})
+    assert result.returncode == 2
+    assert "pending-jobs migrate" in result.stderr and result.stdout == ""
+
+
+def test_migrate_sql_prints_ddl_without_touching_the_database(empty_url: str) -> None:
+    result = cli("migrate", "--sql", env={"PENDING_JOBS_DATABASE_URL": empty_url})
+    assert result.returncode == 0, result.stderr
+    assert "CREATE TABLE pending_jobs" in result.stdout
+    assert "ix_pending_jobs_claim" in result.stdout and "pending_jobs_alembic_version" in result.stdout
+    engine = create_engine(empty_url)
+    assert "pending_jobs" not in sa.inspect(engine).get_table_names()
+    engine.dispose()
+
+
+def test_installed_package_migrates_from_any_directory(tmp_path: Path) -> None:
+    """`pip install .` (not editable) ships the migrations inside the package."""
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+                    "--target", str(target), str(ROOT)], check=True, capture_output=True, timeout=300)
+    assert (target / "pending_jobs" / "migrations" / "versions" / "0001_initial.py").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    url = f"sqlite:///{elsewhere / 'jobs.sqlite3'}"
+    result = subprocess.run([sys.executable, "-m", "pending_jobs", "migrate"], cwd=elsewhere, capture_output=True,
+                            text=True, env={"PYTHONPATH": str(target), "PENDING_JOBS_DATABASE_URL": url}, timeout=120)
+    assert result.returncode == 0, result.stderr
+    engine = create_engine(url)
+    assert migrate.current(engine) == migrate.head()
+    engine.dispose()

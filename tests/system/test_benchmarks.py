@@ -1,0 +1,42 @@
+"""The benchmark keeps working: a tiny run on each available database produces numbers and drains everything.
+
+No timing is asserted: the figures depend on the machine and on whatever else runs on it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import measures
+from benchmarks.__main__ import run
+from benchmarks.report import Results, table
+from tests.conftest import ALL, _require
+
+pytestmark = pytest.mark.slow
+
+TINY = measures.Sizes(jobs=200, rounds=1, enqueue_single=50, callbacks=20, latency_samples=3, backlog=2_000,
+                      small_backlog=500, rss_jobs=100)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_tiny_benchmark_produces_numbers_and_drains_everything(backend: str) -> None:
+    _require(backend)
+    [result] = run([backend], TINY)
+
+    assert result.problems == {}, result.problems  # every measure ran; drain and callbacks check their counts
+    assert set(result.drain) == {1, 2}
+    for drain in result.drain.values():
+        assert drain.jobs == TINY.jobs and drain.rate > 0 and drain.wall_rate > 0
+    assert result.enqueue is not None
+    assert result.enqueue.single > 0 and result.enqueue.concurrent > 0 and result.enqueue.bulk > 0
+    assert result.callbacks is not None and result.callbacks.delivered == TINY.callbacks
+    assert result.latency is not None and result.latency.samples == TINY.latency_samples
+    assert 0 <= result.latency.p50 <= result.latency.p99
+    assert result.backlog is not None and result.backlog.claim_small > 0 and result.backlog.rss_bytes > 0
+    if backend != "sqlite":  # the raw-SQL floor (benchmarks/floor.py) ran beside the drain
+        assert all(result.floor[p] for p in (1, 2))
+    assert "n/a" not in _cells(result)
+
+
+def _cells(result: Results) -> str:
+    return table([result]).split("\n", 2)[2]

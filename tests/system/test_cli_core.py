@@ -1,0 +1,124 @@
+"""The command line as cron and people use it: exit codes, silence, settings precedence."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from pending_jobs import config
+from pending_jobs.errors import ConfigError
+from tests.conftest import cli, rows, scalar
+
+
+def test_enqueue_then_run_via_the_command(db_url: str, engine: sa.Engine) -> None:
+    env = {"PENDING_JOBS_DATABASE_URL": db_url}
+    added = cli("enqueue", "echo", "--payload", '{"n": 1}', "--queue", "q1", "--priority", "3",
+                "--max-attempts", "2", "--idempotency-key", "k-1", env=env)
+    assert added.returncode == 0, added.stderr
+    job_id = int(added.stdout)
+    again = cli("enqueue", "echo", "--payload", '{"n": 2}', "--idempotency-key", "k-1", env=env)
+    assert int(again.stdout) == job_id
+    later = int(cli("enqueue", "echo", "--delay", "2h", env=env).stdout)
+
+    ran = cli("run", env=env)
+    assert (ran.returncode, ran.stdout, ran.stderr) == (0, "", "")  # silent on success
+    assert rows(engine, "SELECT id, status, queue, priority, max_attempts FROM pending_jobs ORDER BY id") == [
+        (job_id, "succeeded", "q1", 3, 2), (later, "pending", "default", 0, 5)]
+
+    verbose = cli("run", "--job", str(later), "-v", env=env)
+    assert verbose.returncode == 0 and "claimed 1, succeeded 1" in verbose.stdout
+
+
+def test_enqueue_rejects_bad_input_with_exit_2(db_url: str, engine: sa.Engine) -> None:
+    env = {"PENDING_JOBS_DATABASE_URL": db_url}
+    for args, message in [
+        (["--payload", "{not json"], "--payload is not valid JSON"),
+        (["--payload", "[1]"], "JSON object"),
+        (["--priority", "5000"], "priority"),
+        (["--callback-url", "gopher://x"], "scheme"),
+    ]:
+        result = cli("enqueue", "echo", *args, env=env)
+        assert result.returncode == 2 and message in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs") == 0
+
+
+def test_run_job_that_is_not_pending_exits_1(db_url: str) -> None:
+    result = cli("run", "--job", "999", env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert result.returncode == 1 and "job 999 is missing, not pending" in result.stderr
+
+
+def test_unreachable_database_exits_75(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    for url in (f"mysql://root@127.0.0.1:{port}/test", f"postgresql://postgres@127.0.0.1:{port}/test"):
+        result = cli("run", env={"PENDING_JOBS_DATABASE_URL": url})
+        assert result.returncode == 75, result.stderr
+        assert result.stderr.startswith("pending-jobs: database unavailable")
+        assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_configuration_errors_exit_2_with_one_line(db_url: str, tmp_path: Path) -> None:
+    cases = [
+        ({"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_TASKS": "no.such.module"}, "cannot import task module"),
+        ({"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_BATCH_SIZE": "many"}, "PENDING_JOBS_BATCH_SIZE"),
+        ({"PENDING_JOBS_DATABASE_URL": "oracle://x/y"}, "unsupported database"),
+        ({"PENDING_JOBS_CONFIG": str(tmp_path / "missing.toml")}, "cannot read config file"),
+    ]
+    for env, message in cases:
+        result = cli("run", env=env)
+        assert result.returncode == 2, (env, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_every_run_flag_names_its_environment_variable() -> None:
+    result = cli("run", "--help", env={"COLUMNS": "200"})
+    assert result.returncode == 0
+    for name in ("max_runtime", "max_jobs", "batch_size", "concurrency", "lease", "poll", "tasks", "database_url"):
+        assert config.BY_NAME[name].env in result.stdout, name
+    assert "PENDING_JOBS_QUEUES" in result.stdout
+
+
+def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None:
+    path = tmp_path / "pj.toml"
+    path.write_text('batch_size = 7\nconcurrency = 3\nlease = "2m"\n')
+    env = {"PENDING_JOBS_CONFIG": str(path), "PENDING_JOBS_CONCURRENCY": "9"}
+    settings = config.load({"lease": 30.0}, environ=env)
+    assert (settings.batch_size, settings.concurrency, settings.lease) == (7, 9, 30.0)
+    assert config.load({}, environ={}).batch_size == 100
+    nested = tmp_path / "nested.toml"
+    nested.write_text('[pending_jobs]\nqueues = ["a", "b"]\nmax_runtime = "1m"\n')
+    loaded = config.load({}, environ={}, config_file=str(nested))
+    assert (loaded.queues, loaded.max_runtime) == (["a", "b"], 60.0)
+
+
+def test_bad_settings_are_refused() -> None:
+    for env, message in [
+        ({"PENDING_JOBS_CONCURRENCY": "0"}, "concurrency"),
+        ({"PENDING_JOBS_LEASE": "soon"}, "not a duration"),
+        ({"PENDING_JOBS_LOG_FORMAT": "xml"}, "log_format"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            config.load({}, environ=env)
+
+
+def test_unknown_key_in_config_file_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "pj.toml"
+    path.write_text("bach_size = 5\n")
+    with pytest.raises(ConfigError, match=r"unknown setting.*bach_size"):
+        config.load({}, environ={"PENDING_JOBS_CONFIG": str(path)})
+
+
+def test_old_mysql_and_mariadb_are_refused() -> None:
+    from pending_jobs.store.mysql import version_problem
+
+    assert version_problem((10, 11, 19), mariadb=True) is None
+    assert version_problem((10, 6, 0), mariadb=True) is None
+    assert version_problem((8, 0, 1), mariadb=False) is None
+    assert "MariaDB 10.5.9 is too old: pending-jobs needs 10.6+" in str(version_problem((10, 5, 9), mariadb=True))
+    assert "MySQL 5.7.44 is too old: pending-jobs needs 8.0.1+" in str(version_problem((5, 7, 44), mariadb=False))
+    assert version_problem((8, 0, 0), mariadb=False) is not None

@@ -1,0 +1,51 @@
+"""How commands end: one mapping to exit codes, a bug is never dressed up as a user message, and a
+closed pipe ends the command quietly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pending_jobs import cli, enqueue_many
+from pending_jobs.cli import core
+from tests.conftest import ROOT
+
+
+def test_a_lookup_error_from_a_bug_is_reported_as_a_bug(monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(args: Any) -> int:
+        return {"a": 1}["missing"]  # a KeyError: a bug, not "job not pending"
+
+    monkeypatch.setattr(core, "cmd_status", broken)
+    code = cli.main(["status", "--database-url", "sqlite://"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "unexpected error: KeyError: 'missing'" in err
+    assert "Traceback (most recent call last)" in err  # with its traceback, for the log
+
+
+def test_run_job_of_a_job_that_is_not_pending_is_one_line_and_exit_1(db_url: str, engine: sa.Engine) -> None:
+    from tests.conftest import cli as run_cli
+
+    done = run_cli("run", "--job", "12345", env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert done.returncode == 1
+    assert done.stderr.strip() == "pending-jobs: job 12345 is missing, not pending: nothing to run"
+
+
+@pytest.mark.parametrize("command", [["list", "--json", "--limit", "2000"], ["list", "--limit", "2000"]])
+def test_a_closed_pipe_ends_the_command_quietly(db_url: str, engine: sa.Engine, command: list[str]) -> None:
+    enqueue_many(engine, [{"task": "echo", "payload": {"text": "x" * 200}} for _ in range(2000)])
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_DATABASE_URL": db_url}
+    proc = subprocess.Popen([sys.executable, "-m", "pending_jobs", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()  # what `| head -1` reads, then it exits
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 141  # 128 + SIGPIPE, as a Unix tool the pipe killed
+    assert err == ""

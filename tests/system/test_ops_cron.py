@@ -1,0 +1,137 @@
+"""`check` exit codes, and `run` under a cron-like environment: silent on success, one line on a bad setting."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+import pending_jobs
+from tests.conftest import ROOT, cli, scalar
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def check(*args: str, env: dict[str, str]) -> tuple[int, dict[str, bool | None]]:
+    result = cli("check", "--json", *args, env=env)
+    document = json.loads(result.stdout)
+    assert document["exit_code"] == result.returncode
+    return result.returncode, {c["name"]: c["ok"] for c in document["checks"]}
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql", "postgresql"], indirect=True)
+def test_check_exit_code_names_the_failed_check(empty_url: str, engine_free_port: int, tmp_path: Path) -> None:
+    env = {"PENDING_JOBS_DATABASE_URL": empty_url, "PENDING_JOBS_CALLBACK_SECRET": SECRET}
+    assert check(env=env) == (4, {"configuration": True, "database": True, "schema": False, "handlers": None,
+                                  "callbacks": None})
+    assert cli("migrate", env=env).returncode == 0
+    assert check(env=env) == (0, dict.fromkeys(["configuration", "database", "schema", "handlers", "callbacks"],
+                                                True))
+    table = cli("check", env=env)
+    assert table.returncode == 0 and "schema" in table.stdout and "ok" in table.stdout
+
+    assert check(env={**env, "PENDING_JOBS_BATCH_SIZE": "0"})[0] == 2
+    unreachable = f"mysql://root@127.0.0.1:{engine_free_port}/test"
+    assert check(env={**env, "PENDING_JOBS_DATABASE_URL": unreachable})[0] == 3
+    assert check(env={**env, "PENDING_JOBS_TASKS": "no_such_module"})[0] == 5
+    code, results = check(env={k: v for k, v in env.items() if k != "PENDING_JOBS_CALLBACK_SECRET"})
+    assert (code, results["callbacks"], results["handlers"]) == (6, False, True)
+    assert check("--no-callbacks", env={k: v for k, v in env.items() if k != "PENDING_JOBS_CALLBACK_SECRET"}) \
+        == (0, {"configuration": True, "database": True, "schema": True, "handlers": True, "callbacks": None})
+
+    engine = sa.create_engine(empty_url)
+    with engine.begin() as conn:
+        pending_jobs.enqueue(conn, "nobody_handles_this", {})
+    engine.dispose()
+    code, results = check(env=env)
+    assert (code, results["handlers"]) == (5, False)
+
+
+@pytest.fixture
+def engine_free_port() -> int:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cron(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`pending-jobs run` as cron starts it: an empty environment but PATH and the config file, no terminal."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PENDING_JOBS_CONFIG": str(config)}
+    return subprocess.run([sys.executable, "-m", "pending_jobs", "run", *args], env=env, cwd=ROOT,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
+def test_run_under_cron_is_silent_on_success_and_says_one_line_on_bad_config(
+    db_url: str, engine: sa.Engine, tmp_path: Path
+) -> None:
+    config = tmp_path / "pending-jobs.toml"
+    metrics = tmp_path / "pending_jobs.prom"
+    config.write_text(f'database_url = "{db_url}"\ntasks = ["tests.jobs"]\nmetrics_file = "{metrics}"\n')
+    with engine.begin() as conn:
+        pending_jobs.enqueue(conn, "echo", {"n": 1})
+
+    ok = cron(config)
+    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    assert metrics.exists()
+
+    with engine.begin() as conn:  # a failed job is data, not a failed run: exit 0, and one line saying why
+        failing = pending_jobs.enqueue(conn, "fail_now", {})
+    failed_job = cron(config)
+    assert (failed_job.returncode, failed_job.stdout) == (0, "")
+    assert len(failed_job.stderr.splitlines()) == 1
+    assert failed_job.stderr.rstrip().endswith(
+        f"WARNING pending_jobs.runner.executor: job {failing} (fail_now) failed on attempt 1 of 5: "
+        "Fail: the input can never work")
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status IN ('succeeded', 'failed')") == 2
+
+    for bad in ['batch_size = 0\n', 'tasks = ["no_such_module"]\n', 'no_such_setting = 1\n']:
+        lines = config.read_text().splitlines()
+        config.write_text("\n".join(line for line in lines if not line.startswith("tasks")) + "\n" + bad)
+        if "tasks" not in bad:
+            config.write_text(config.read_text() + 'tasks = ["tests.jobs"]\n')
+        failed = cron(config)
+        assert failed.returncode == 2 and failed.stdout == ""
+        assert len(failed.stderr.splitlines()) == 1, failed.stderr
+        assert failed.stderr.startswith("pending-jobs: ")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_progress_bar_only_when_stderr_is_a_terminal(db_url: str, engine: sa.Engine) -> None:
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    with engine.begin() as conn:
+        for n in range(5):
+            pending_jobs.enqueue(conn, "echo", {"n": n})
+    controller, terminal = pty.openpty()
+    # A new pty is 0 columns wide, and tqdm fits its bar into 0 columns: give it a real width.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_DATABASE_URL": db_url}
+    try:
+        ran = subprocess.run([sys.executable, "-m", "pending_jobs", "run"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=terminal, timeout=120)
+        os.close(terminal)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(controller)
+    assert ran.returncode == 0 and ran.stdout == b""
+    assert b"pending-jobs" in shown and b"job" in shown
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'") == 5

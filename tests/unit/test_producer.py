@@ -1,0 +1,213 @@
+"""The runner's loop against the in-memory store: its exits, back-pressure, release and timeouts, in
+milliseconds and without a database."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from pending_jobs import config
+from pending_jobs.context import Context
+from pending_jobs.errors import CommandFailed, Retry
+from pending_jobs.models import RunReport
+from pending_jobs.registry import Task
+from pending_jobs.runner import Executor, Producer
+
+from .memory_store import MemoryStore
+
+
+def settings(**overrides: Any) -> config.Settings:
+    return config.load({}, environ={}).replace(**overrides)
+
+
+def tasks(**handlers: Callable[[dict[str, Any], Context], Any]) -> dict[str, Task]:
+    return {name: Task(name, fn, backoff=lambda attempt: 0.0) for name, fn in handlers.items()}
+
+
+def noop(payload: dict[str, Any], ctx: Context) -> None:
+    return None
+
+
+def producer(store: MemoryStore, handlers: dict[str, Task], **overrides: Any) -> tuple[Producer, RunReport]:
+    report = RunReport()
+    s = settings(**overrides)
+    return Producer(store, Executor(store, handlers, s), s, report, "unit-test"), report
+
+
+def run(store: MemoryStore, handlers: dict[str, Task], **overrides: Any) -> RunReport:
+    p, report = producer(store, handlers, **overrides)
+    p.run()
+    return report
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_drains_everything_then_stops_empty(concurrent: bool) -> None:
+    store = MemoryStore(concurrent_writers=concurrent)
+    for _ in range(250):
+        store.add("noop")
+    report = run(store, tasks(noop=noop), batch_size=50)
+    assert store.statuses() == {"succeeded": 250}
+    assert (report.claimed, report.succeeded, report.stopped_by) == (250, 250, "empty")
+
+
+def test_an_outcome_waiting_to_be_collected_is_never_lost_when_the_claim_finds_nothing() -> None:
+    """The pool had finished the only job, its result not yet taken, when the next claim found nothing:
+    the run must still record it (it once stopped "empty" and left the job running)."""
+    store = MemoryStore()
+    job = store.add("noop")
+    report = run(store, tasks(noop=noop))
+    assert store.status(job) == "succeeded" and report.succeeded == 1
+
+
+def test_an_immediate_retry_is_run_again_in_the_same_run() -> None:
+    store = MemoryStore()
+    job = store.add("flaky")
+    seen: list[int] = []
+
+    def flaky(payload: dict[str, Any], ctx: Context) -> str:
+        seen.append(ctx.attempt)
+        if ctx.attempt < 3:
+            raise Retry(delay=0)
+        return "done"
+
+    report = run(store, tasks(flaky=flaky))
+    assert seen == [1, 2, 3]
+    assert store.status(job) == "succeeded" and (report.retried, report.succeeded) == (2, 1)
+
+
+def test_max_jobs_stops_after_that_many() -> None:
+    store = MemoryStore()
+    for _ in range(30):
+        store.add("noop")
+    report = run(store, tasks(noop=noop), max_jobs=7)
+    assert (report.claimed, report.stopped_by) == (7, "max-jobs")
+    assert store.statuses() == {"succeeded": 7, "pending": 23}
+
+
+def test_max_runtime_stops_claiming_and_lets_running_jobs_finish() -> None:
+    store = MemoryStore()
+    long_job = store.add("slow")
+    for _ in range(20):
+        store.add("noop", priority=-1)
+    release = threading.Event()
+
+    def slow(payload: dict[str, Any], ctx: Context) -> str:
+        release.wait(5)
+        return "finished"
+
+    threading.Timer(0.4, release.set).start()
+    report = run(store, tasks(slow=slow, noop=noop), max_runtime=0.1, concurrency=1, batch_size=5, grace=0.01)
+    # The long job outlived max-runtime and its (tiny) grace: it was let finish, not abandoned.
+    assert store.status(long_job) == "succeeded"
+    assert report.stopped_by == "max-runtime"
+    # Claimed but never started: back to pending, the attempt uncounted.
+    assert report.released == 4 and report.claimed == 1
+    assert all(row.attempts == 0 for row in store.rows.values() if row.status == "pending")
+
+
+def test_a_signal_releases_unstarted_jobs_and_gives_running_ones_the_grace_period() -> None:
+    store = MemoryStore()
+    stuck = store.add("hang")
+    others = [store.add("noop", priority=-1) for _ in range(3)]
+    p, report = producer(store, tasks(hang=lambda payload, ctx: time.sleep(10), noop=noop), concurrency=1,
+                         grace=0.2, poll=0.05)
+    threading.Timer(0.2, p.signal).start()
+    started = time.monotonic()
+    p.run()
+    assert time.monotonic() - started < 2
+    assert report.stopped_by == "signal"
+    assert store.status(stuck) == "running"  # left to its lease: the next run rescues it
+    assert [store.status(job) for job in others] == ["pending"] * 3 and report.released == 3
+
+
+def test_a_timed_out_handler_is_abandoned_and_the_pool_keeps_working() -> None:
+    store = MemoryStore()
+    stuck = store.add("hang")
+    later = [store.add("noop", priority=-1) for _ in range(5)]
+    handlers = tasks(noop=noop)
+    handlers["hang"] = Task("hang", lambda payload, ctx: time.sleep(10), backoff=lambda attempt: 0.0, timeout=0.1)
+    report = run(store, handlers, concurrency=1)
+    row = store.rows[stuck]
+    assert row.status == "failed" or row.status == "pending"
+    assert "TimeoutError: handler ran longer than 0.1s" in (row.last_error or "")
+    assert all(store.status(job) == "succeeded" for job in later)  # the replacement thread ran them
+    assert report.succeeded == 5
+
+
+def test_claims_run_at_most_two_writes_ahead_of_slow_completions() -> None:
+    store = MemoryStore(write_delay=0.05)
+    for _ in range(400):
+        store.add("noop")
+    report = run(store, tasks(noop=noop), batch_size=20)
+    assert report.succeeded == 400
+    assert store.most_writing == 1  # one writer thread: batches are written one after the other
+    assert store.writes < 400 / 20 * 2  # and batched: never a write per job
+
+
+def test_queues_are_taken_round_robin() -> None:
+    store = MemoryStore()
+    order: list[str] = []
+    for _ in range(3):
+        store.add("note", {"q": "a"}, queue="a")
+        store.add("note", {"q": "b"}, queue="b")
+    run(store, tasks(note=lambda payload, ctx: order.append(payload["q"])), batch_size=1, concurrency=1)
+    assert order == ["a", "b", "a", "b", "a", "b"]
+
+
+def test_poll_mode_picks_up_a_job_added_while_it_waits() -> None:
+    store = MemoryStore()
+    threading.Timer(0.2, lambda: store.add("noop")).start()
+    report = run(store, tasks(noop=noop), poll=0.05, max_runtime=0.6)
+    assert report.succeeded == 1 and report.stopped_by == "max-runtime"
+
+
+def test_an_outcome_whose_lease_was_taken_over_is_counted_stale() -> None:
+    store = MemoryStore()
+    job = store.add("steal")
+
+    def steal(payload: dict[str, Any], ctx: Context) -> None:
+        store.rows[job].lease_token = "someone-else"  # a rescue and a new claim happened meanwhile
+
+    report = run(store, tasks(steal=steal))
+    assert (report.succeeded, report.stale) == (0, 1)
+
+
+def test_a_cancelled_job_whose_handler_gives_up_is_counted_cancelled() -> None:
+    store = MemoryStore()
+    job = store.add("gives_up")
+
+    def gives_up(payload: dict[str, Any], ctx: Context) -> None:
+        store.rows[job].cancel_requested = True  # `pending-jobs cancel` meanwhile
+        assert ctx.cancel_requested()
+        raise RuntimeError("stopping: cancel requested")
+
+    report = run(store, tasks(gives_up=gives_up))
+    assert store.status(job) == "cancelled"
+    assert (report.cancelled, report.retried, report.stale) == (1, 0, 0)
+
+
+def test_run_job_refuses_a_job_that_is_not_pending() -> None:
+    store = MemoryStore()
+    job = store.add("noop", status="succeeded")
+    p, _ = producer(store, tasks(noop=noop))
+    with pytest.raises(CommandFailed, match=f"job {job} is succeeded, not pending"):
+        p.run(job_id=job)
+
+
+def test_a_write_error_ends_the_run_with_that_error() -> None:
+    store = MemoryStore()
+    store.add("noop")
+    store.fail_next_write = RuntimeError("disk on fire")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(store, tasks(noop=noop))
+
+
+def test_heartbeats_renew_leases_while_a_handler_runs() -> None:
+    store = MemoryStore()
+    job = store.add("slow")
+    report = run(store, tasks(slow=lambda payload, ctx: time.sleep(0.5)), lease=1.0)
+    assert store.heartbeats >= 1 and store.status(job) == "succeeded" and report.succeeded == 1
