@@ -1,0 +1,199 @@
+<?php
+
+declare(strict_types=1);
+
+namespace PendingJobs;
+
+/**
+ * Enqueue jobs and read their status through the application's own PDO connection.
+ *
+ * The client never begins, commits or rolls back: called inside the application's transaction, the
+ * job exists only if the application's own writes commit.
+ */
+final class Client
+{
+    private const DRIVERS = ['mysql', 'pgsql', 'sqlite'];
+
+    // Times as UTC text with microseconds. PostgreSQL formats them itself, so the session's TimeZone
+    // and DateStyle do not matter; MariaDB/MySQL and SQLite store UTC text already.
+    private const PG_TIME = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS %s";
+    private const TIME_COLUMNS = ['created_at', 'started_at', 'finished_at', 'run_at'];
+
+    private readonly string $driver;
+
+    /** @param \PDO $pdo a connection to the database that holds the pending_jobs table */
+    public function __construct(private readonly \PDO $pdo)
+    {
+        $driver = (string) $pdo->getAttribute(\PDO::ATTR_DRIVER_NAME);
+        if (!in_array($driver, self::DRIVERS, true)) {
+            throw new \InvalidArgumentException(
+                "unsupported PDO driver '$driver': use mysql (MariaDB/MySQL), pgsql or sqlite"
+            );
+        }
+        $this->driver = $driver;
+    }
+
+    /**
+     * Insert one job and return its id; with an idempotency_key that is taken, the first job's id.
+     *
+     * Options: queue, priority, delay (seconds, on the database clock), run_at (DateTimeInterface),
+     * max_attempts, callback_url, idempotency_key. Throws \InvalidArgumentException saying what is
+     * wrong, before any SQL runs.
+     *
+     * @param array<mixed> $payload a JSON object: an associative array, or [] for {}
+     * @param array<string, mixed> $options
+     */
+    public function enqueue(string $task, array $payload = [], array $options = []): int
+    {
+        $row = JobRow::fromArguments($task, $payload, $options);
+        [$sql, $params] = $this->insertSql($row);
+        if ($row->idempotencyKey === null) {
+            return $this->driver === 'mysql'
+                ? $this->insertMysql($sql, $params)
+                : $this->insertReturning($sql, $params);
+        }
+        if ($this->driver === 'mysql') {
+            // On a taken key, LAST_INSERT_ID(id) makes lastInsertId() the existing job's id. The
+            // duplicate is not an error, so the caller's transaction carries on untouched. InnoDB
+            // locks the existing row until the caller commits (a claim's SKIP LOCKED passes it by
+            // meanwhile); INSERT IGNORE would not, but it also turns real errors into warnings.
+            return $this->insertMysql($sql . ' ON DUPLICATE KEY UPDATE id = LAST_INSERT_ID(id)', $params);
+        }
+        // PostgreSQL and SQLite: DO NOTHING, then read the existing id. Chosen over
+        // `ON CONFLICT DO UPDATE ... RETURNING id`, which would return the id in one statement but
+        // write a new version of the existing job and lock its row until the caller commits,
+        // waiting on (or blocking) a runner that holds it. DO NOTHING raises no error either, so
+        // the caller's transaction is not aborted.
+        $id = $this->execute($sql . ' ON CONFLICT (idempotency_key) DO NOTHING RETURNING id', $params)->fetchColumn();
+        if ($id !== false) {
+            return (int) $id;
+        }
+        $existing = $this->execute('SELECT id FROM pending_jobs WHERE idempotency_key = ?', [$row->idempotencyKey])
+            ->fetchColumn();
+        if ($existing === false) {
+            throw new \RuntimeException('the job holding this idempotency_key was deleted during the enqueue');
+        }
+        return (int) $existing;
+    }
+
+    /**
+     * Where a job stands, or null when there is no such job.
+     *
+     * Keys: id, task, queue, status, attempts, max_attempts, result (decoded JSON), last_error,
+     * callback_status, and created_at, started_at, finished_at, run_at as \DateTimeImmutable in UTC
+     * (null when not set).
+     *
+     * @return array<string, mixed>|null
+     */
+    public function status(int $id): ?array
+    {
+        $columns = ['id', 'task', 'queue', 'status', 'attempts', 'max_attempts', 'result', 'last_error',
+            'callback_status'];
+        foreach (self::TIME_COLUMNS as $column) {
+            $columns[] = $this->driver === 'pgsql' ? sprintf(self::PG_TIME, $column, $column) : $column;
+        }
+        $row = $this->execute('SELECT ' . implode(', ', $columns) . ' FROM pending_jobs WHERE id = ?', [$id])
+            ->fetch(\PDO::FETCH_ASSOC);
+        if ($row === false) {
+            return null;
+        }
+        foreach (['id', 'attempts', 'max_attempts'] as $column) {
+            $row[$column] = (int) $row[$column];
+        }
+        $row['result'] = $row['result'] === null
+            ? null
+            : json_decode((string) $row['result'], true, 512, JSON_THROW_ON_ERROR);
+        foreach (self::TIME_COLUMNS as $column) {
+            $row[$column] = $row[$column] === null
+                ? null
+                : new \DateTimeImmutable((string) $row[$column], new \DateTimeZone('UTC'));
+        }
+        return $row;
+    }
+
+    /** @return array{0: string, 1: list<int|string|null>} the INSERT (without its tail) and its parameters */
+    private function insertSql(JobRow $row): array
+    {
+        $payload = $this->driver === 'pgsql' ? 'CAST(? AS jsonb)' : '?';
+        $columns = ['task' => '?', 'payload' => $payload, 'queue' => '?', 'priority' => '?'];
+        $params = [$row->task, $row->payload, $row->queue, $row->priority];
+        if ($row->delayMicroseconds !== null) {
+            $columns['run_at'] = $this->afterNow();
+            $params[] = $this->driver === 'sqlite'
+                ? sprintf('%+.6f seconds', $row->delayMicroseconds / 1_000_000)
+                : $row->delayMicroseconds;
+        }
+        if ($row->runAt !== null) {
+            $columns['run_at'] = $this->driver === 'pgsql' ? 'CAST(? AS timestamptz)' : '?';
+            $params[] = $this->driver === 'pgsql' ? $row->runAt . '+00' : $row->runAt;
+        }
+        $optional = ['max_attempts' => $row->maxAttempts, 'callback_url' => $row->callbackUrl,
+            'idempotency_key' => $row->idempotencyKey];
+        foreach ($optional as $column => $value) {
+            if ($value !== null) {  // an omitted column takes the table's default
+                $columns[$column] = '?';
+                $params[] = $value;
+            }
+        }
+        $names = implode(', ', array_keys($columns));
+        return [sprintf('INSERT INTO pending_jobs (%s) VALUES (%s)', $names, implode(', ', $columns)), $params];
+    }
+
+    /** The database clock plus a bound delay, as the Python store computes it (UTC, microseconds). */
+    private function afterNow(): string
+    {
+        return match ($this->driver) {
+            'mysql' => 'UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND',
+            'pgsql' => "now() + CAST(? AS bigint) * interval '1 microsecond'",
+            'sqlite' => "strftime('%Y-%m-%d %H:%M:%f', 'now', ?)",
+        };
+    }
+
+    /** @param list<int|string|null> $params */
+    private function insertMysql(string $sql, array $params): int
+    {
+        $this->execute($sql, $params);
+        return (int) $this->pdo->lastInsertId();
+    }
+
+    /** @param list<int|string|null> $params */
+    private function insertReturning(string $sql, array $params): int
+    {
+        return (int) $this->execute($sql . ' RETURNING id', $params)->fetchColumn();
+    }
+
+    /**
+     * Prepare and run one statement; a failure throws a \PDOException whatever PDO::ATTR_ERRMODE is.
+     *
+     * @param list<int|string|null> $params
+     */
+    private function execute(string $sql, array $params): \PDOStatement
+    {
+        $statement = $this->pdo->prepare($sql);
+        if ($statement === false) {
+            throw $this->failure($this->pdo->errorInfo());
+        }
+        foreach ($params as $index => $value) {
+            $type = match (true) {
+                is_int($value) => \PDO::PARAM_INT,
+                $value === null => \PDO::PARAM_NULL,
+                default => \PDO::PARAM_STR,
+            };
+            $statement->bindValue($index + 1, $value, $type);
+        }
+        if (!$statement->execute()) {
+            throw $this->failure($statement->errorInfo());
+        }
+        return $statement;
+    }
+
+    /** @param array<int, mixed> $info PDO's errorInfo() */
+    private function failure(array $info): \PDOException
+    {
+        // Only reached when the caller's PDO does not throw (ERRMODE_SILENT or ERRMODE_WARNING).
+        $message = sprintf('pending_jobs: SQLSTATE[%s]: %s', $info[0] ?? '?', $info[2] ?? 'unknown error');
+        $error = new \PDOException($message);
+        $error->errorInfo = $info;
+        return $error;
+    }
+}

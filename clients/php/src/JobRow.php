@@ -1,0 +1,210 @@
+<?php
+
+declare(strict_types=1);
+
+namespace PendingJobs;
+
+/**
+ * One job's validated column values, built from enqueue()'s arguments.
+ *
+ * The rules and limits are those of the Python API (pending_jobs/enqueue.py and validation.py), so a
+ * PHP producer is refused for the same reasons, before any SQL runs: a refused job never touches the
+ * caller's transaction.
+ *
+ * @internal used by Client; not part of the public API
+ */
+final class JobRow
+{
+    public const NAME_LIMIT = 191;
+    public const QUEUE_LIMIT = 64;
+    public const URL_LIMIT = 2048;
+    public const PRIORITY_MIN = -1000;
+    public const PRIORITY_MAX = 1000;
+    public const MAX_ATTEMPTS_LIMIT = 1000;
+    public const PAYLOAD_LIMIT = 1_000_000;
+
+    private const OPTIONS = ['queue', 'priority', 'delay', 'run_at', 'max_attempts', 'callback_url', 'idempotency_key'];
+    private const JSON_FLAGS = JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES | JSON_THROW_ON_ERROR;
+
+    private function __construct(
+        public readonly string $task,
+        public readonly string $payload,
+        public readonly string $queue,
+        public readonly int $priority,
+        public readonly ?int $delayMicroseconds,
+        public readonly ?string $runAt,
+        public readonly ?int $maxAttempts,
+        public readonly ?string $callbackUrl,
+        public readonly ?string $idempotencyKey,
+    ) {
+    }
+
+    /**
+     * Validate enqueue()'s arguments; throws \InvalidArgumentException saying what is wrong.
+     *
+     * @param array<mixed> $payload
+     * @param array<string, mixed> $options
+     */
+    public static function fromArguments(string $task, array $payload, array $options): self
+    {
+        $unknown = array_diff(array_keys($options), self::OPTIONS);
+        if ($unknown !== []) {
+            throw new \InvalidArgumentException(sprintf(
+                'unknown enqueue option %s; the options are %s',
+                self::quote((string) reset($unknown)),
+                implode(', ', self::OPTIONS),
+            ));
+        }
+        self::checkName('task', $task, self::NAME_LIMIT);
+        $queue = self::textOption($options, 'queue', self::QUEUE_LIMIT) ?? 'default';
+        $priority = self::intOption($options, 'priority', self::PRIORITY_MIN, self::PRIORITY_MAX) ?? 0;
+        $maxAttempts = self::intOption($options, 'max_attempts', 1, self::MAX_ATTEMPTS_LIMIT);
+        $callbackUrl = self::callbackUrl($options['callback_url'] ?? null);
+        $key = self::textOption($options, 'idempotency_key', self::NAME_LIMIT);
+        [$delay, $runAt] = self::when($options['delay'] ?? null, $options['run_at'] ?? null);
+        return new self(
+            task: $task,
+            payload: self::payloadJson($payload),
+            queue: $queue,
+            priority: $priority,
+            delayMicroseconds: $delay,
+            runAt: $runAt,
+            maxAttempts: $maxAttempts,
+            callbackUrl: $callbackUrl,
+            idempotencyKey: $key,
+        );
+    }
+
+    /**
+     * The payload as a JSON object: an empty array becomes {} (never []), a list is refused.
+     *
+     * @param array<mixed> $payload
+     */
+    private static function payloadJson(array $payload): string
+    {
+        if ($payload === []) {
+            return '{}';
+        }
+        if (array_is_list($payload)) {
+            throw new \InvalidArgumentException(
+                'payload must be a JSON object (an associative array with string keys), got a list'
+            );
+        }
+        try {
+            $json = json_encode($payload, self::JSON_FLAGS);
+        } catch (\JsonException $error) {
+            throw new \InvalidArgumentException('payload is not JSON-encodable: ' . $error->getMessage(), 0, $error);
+        }
+        if (strlen($json) > self::PAYLOAD_LIMIT) {
+            throw new \InvalidArgumentException(
+                sprintf('payload is %d bytes, over the %d-byte limit', strlen($json), self::PAYLOAD_LIMIT)
+            );
+        }
+        // JSON_UNESCAPED_UNICODE still escapes control characters, so a NUL shows up as \u0000.
+        if (str_contains($json, '\u0000')) {
+            throw new \InvalidArgumentException(
+                'payload contains a NUL character, which PostgreSQL jsonb cannot store'
+            );
+        }
+        return $json;
+    }
+
+    /** @return array{0: ?int, 1: ?string} the delay in microseconds, or run_at as UTC text */
+    private static function when(mixed $delay, mixed $runAt): array
+    {
+        if ($delay !== null && $runAt !== null) {
+            throw new \InvalidArgumentException('give delay or run_at, not both');
+        }
+        if ($runAt !== null) {
+            if (!$runAt instanceof \DateTimeInterface) {
+                throw new \InvalidArgumentException('run_at must be a DateTimeInterface');
+            }
+            $utc = \DateTimeImmutable::createFromInterface($runAt)->setTimezone(new \DateTimeZone('UTC'));
+            return [null, $utc->format('Y-m-d H:i:s.u')];
+        }
+        if ($delay === null) {
+            return [null, null];
+        }
+        if ((!is_int($delay) && !is_float($delay)) || !is_finite((float) $delay) || $delay < 0) {
+            throw new \InvalidArgumentException('delay must be a non-negative number of seconds');
+        }
+        // Bounded so the microsecond count stays a 64-bit integer on every database.
+        if ($delay > 100 * 365 * 86400) {
+            throw new \InvalidArgumentException('delay must be at most 100 years');
+        }
+        return [(int) round($delay * 1_000_000), null];
+    }
+
+    private static function callbackUrl(mixed $url): ?string
+    {
+        if ($url === null) {
+            return null;
+        }
+        if (!is_string($url)) {
+            throw new \InvalidArgumentException('callback_url must be a string');
+        }
+        if (strlen($url) > self::URL_LIMIT) {
+            throw new \InvalidArgumentException(sprintf('invalid callback_url: longer than %d bytes', self::URL_LIMIT));
+        }
+        $parts = parse_url($url);
+        if ($parts === false) {
+            throw new \InvalidArgumentException('invalid callback_url: not a URL (or a bad port)');
+        }
+        $scheme = strtolower($parts['scheme'] ?? '');
+        if ($scheme !== 'http' && $scheme !== 'https') {
+            throw new \InvalidArgumentException(sprintf(
+                'invalid callback_url: scheme must be http or https, not %s',
+                $scheme === '' ? 'missing' : self::quote($scheme),
+            ));
+        }
+        if (($parts['host'] ?? '') === '') {
+            throw new \InvalidArgumentException('invalid callback_url: no host');
+        }
+        return $url;
+    }
+
+    /** @param array<string, mixed> $options */
+    private static function intOption(array $options, string $name, int $min, int $max): ?int
+    {
+        $value = $options[$name] ?? null;
+        if ($value !== null && (!is_int($value) || $value < $min || $value > $max)) {
+            throw new \InvalidArgumentException(sprintf('%s must be an integer in %d..%d', $name, $min, $max));
+        }
+        return $value;
+    }
+
+    /** @param array<string, mixed> $options */
+    private static function textOption(array $options, string $name, int $limit): ?string
+    {
+        $value = $options[$name] ?? null;
+        if ($value !== null) {
+            self::checkName($name, $value, $limit);
+        }
+        return $value;
+    }
+
+    private static function checkName(string $what, mixed $value, int $limit): void
+    {
+        $length = is_string($value) ? self::length($what, $value) : 0;
+        if ($length === 0 || $length > $limit) {
+            throw new \InvalidArgumentException(
+                sprintf('%s must be a non-empty string of at most %d characters', $what, $limit)
+            );
+        }
+    }
+
+    /** Characters (code points), as the database's VARCHAR counts them; refuses invalid UTF-8. */
+    private static function length(string $what, string $value): int
+    {
+        $count = preg_match_all('/./su', $value);
+        if ($count === false) {
+            throw new \InvalidArgumentException(sprintf('%s is not valid UTF-8', $what));
+        }
+        return $count;
+    }
+
+    private static function quote(string $value): string
+    {
+        return "'" . addcslashes($value, "'\\") . "'";
+    }
+}
