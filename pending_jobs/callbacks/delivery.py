@@ -23,10 +23,10 @@ from ..config import Settings
 from ..errors import ConfigError
 from ..store.callbacks import CallbackResult, CallbackStore, DueCallback
 from .batch import Batch
-from .guard import Guard, Refused, Resolver, redact
+from .guard import Guard, Refused, Resolver, Unresolved, host_key, redact
 from .policy import classify
 from .signing import Signer
-from .transport import Transport
+from .transport import Response, Transport
 
 log = logging.getLogger(__name__)
 
@@ -129,10 +129,6 @@ class Workers:
             self._done.put((callback, outcome))
 
 
-def _host_key(url: str) -> str:
-    return redact(url).split("/", 3)[2] if "://" in url else url
-
-
 class Deliverer:
     """The runner's `deliver_callbacks` hook: `deliverer(deadline) -> (delivered, not delivered)`."""
 
@@ -208,7 +204,7 @@ class Deliverer:
         return delivered, undelivered
 
     def _open(self, url: str) -> bool:
-        return self.failures.get(_host_key(url), 0) >= BREAKER_THRESHOLD
+        return self.failures.get(host_key(url), 0) >= BREAKER_THRESHOLD
 
     def _hold_back(self, callback: DueCallback) -> CallbackResult:
         return CallbackResult(callback, "release", delay=BREAKER_PAUSE)
@@ -227,7 +223,7 @@ class Deliverer:
         return result
 
     def _count(self, result: CallbackResult) -> None:
-        host = _host_key(result.callback.url)
+        host = host_key(result.callback.url)
         code = result.status_code
         with self._lock:
             self._count_locked(host, code, result)
@@ -263,6 +259,12 @@ class Deliverer:
         except Refused as refused:
             log.warning("callback for job %d to %s %s", callback.job_id, safe_url, refused)
             return CallbackResult(callback, "failed", error=str(refused), **base)
+        except Unresolved as unresolved:  # DNS may answer later: retried on the schedule like a transport error
+            failed = Response(status_code=None, headers={}, body=b"", error=str(unresolved), duration_ms=0)
+            kind, delay, error = classify(failed, callback.attempt, self.settings.callback_schedule)
+            log.log(logging.WARNING if kind == "failed" else logging.DEBUG, "callback for job %d to %s, attempt %d: %s",
+                    callback.job_id, safe_url, callback.attempt, error)
+            return CallbackResult(callback, kind, delay=delay, error=error, **base)
         body = body_of(callback)
         headers = {
             "Content-Type": "application/json",

@@ -39,11 +39,6 @@ class Signer:
     def __init__(self, secrets: Sequence[str]) -> None:
         self._keys = [secret_key(secret) for secret in secrets]
 
-    @property
-    def enabled(self) -> bool:
-        """Whether requests carry a `webhook-signature` header."""
-        return bool(self._keys)
-
     def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
         """The three Standard Webhooks headers (without a signature when no secret is set)."""
         headers = {"webhook-id": msg_id, "webhook-timestamp": str(timestamp)}
