@@ -23,7 +23,7 @@ ALLOW_HINT = "add it to PENDING_JOBS_CALLBACK_ALLOW to allow it"
 MALFORMED_KEY = "<malformed>"
 MALFORMED_URL = "<malformed URL>"
 HIDDEN_URL = "<URL hidden: '@' after its host>"
-HOST_NAME = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")  # after IDNA: the characters getaddrinfo can look up
+HOST_NAME = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")  # after IDNA: the characters getaddrinfo can look up
 MAX_HOST_NAME = 253  # characters of a DNS name, dots included (RFC 1035)
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 GUARD_OFF = "the forgery guard allows every internal address in it"
@@ -100,8 +100,7 @@ def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...
     return ip.teredo or ()
 
 
-@functools.lru_cache(maxsize=4096)  # a pure function of the address; the lookup is never cached
-def blocked_reason(ip: IP) -> str | None:
+def _blocked_reason(ip: IP) -> str | None:
     """Why an address is internal (a kind of address), or None for a public one."""
     if isinstance(ip, ipaddress.IPv6Address):
         embedded = embedded_ipv4(ip)
@@ -117,10 +116,14 @@ def blocked_reason(ip: IP) -> str | None:
         (ip.is_multicast, "a multicast address"),
         (ip.is_reserved, "a reserved address"),
         (ip.is_private, "a private address"),
-        (getattr(ip, "is_site_local", False), "a site-local address"),
+        (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local, "a site-local address"),
         (not ip.is_global, "not a public address"),  # whatever a later Python adds to its tables
     ]
     return next((reason for hit, reason in checks if hit), None)
+
+
+# Caches are applied by call, not as decorators, because mutmut leaves decorated functions unmutated.
+blocked_reason = functools.lru_cache(maxsize=4096)(_blocked_reason)  # pure; the lookup is never cached
 
 
 def parse_allow(entries: Sequence[str]) -> tuple[list[Network], set[str]]:
@@ -131,7 +134,7 @@ def parse_allow(entries: Sequence[str]) -> tuple[list[Network], set[str]]:
         try:
             networks.append(ipaddress.ip_network(entry, strict=False))  # 10.1.2.3/8 means 10.0.0.0/8
         except ValueError:
-            names.add(entry.lower().rstrip("."))
+            names.add(entry.lower().removesuffix("."))
     return networks, names
 
 
@@ -140,9 +143,10 @@ def _ipv4_part(net: ipaddress.IPv6Network, prefix: ipaddress.IPv6Network, start:
     """The IPv4 addresses that the addresses of net lead to through one embedding, or None."""
     if not net.overlaps(prefix):
         return None
-    if net.prefixlen <= prefix.prefixlen:  # net holds the whole prefix
-        return ipaddress.IPv4Network("0.0.0.0/0")
-    bits = (int(net.network_address) >> (96 - start) & 0xFFFFFFFF) ^ (0xFFFFFFFF if inverted else 0)
+    bits = int(net.network_address) >> (96 - start) & 0xFFFFFFFF
+    if inverted:
+        bits = ~bits & 0xFFFFFFFF
+    # A net that holds the whole prefix (or more) ends before the IPv4 bits start: every IPv4 address.
     return ipaddress.IPv4Network((bits, min(max(net.prefixlen - start, 0), 32)), strict=False)
 
 
@@ -167,7 +171,7 @@ def broad_allow(net: Network) -> str | None:
 def _host_problem(host: str) -> str | None:
     """Why a host name (not an address) cannot be looked up, or None."""
     try:
-        ascii_host = host.encode("idna").decode("ascii")
+        ascii_host = host.encode("idna")
     except UnicodeError:  # an empty label or one over 63 characters
         return "is not a valid host name"
     if len(ascii_host) > MAX_HOST_NAME or not HOST_NAME.fullmatch(ascii_host):
@@ -175,8 +179,7 @@ def _host_problem(host: str) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=4096)  # a pure function of the URL; only the resolution must happen every time
-def parse(url: str) -> tuple[str, str, int, IP | None]:
+def _parse(url: str) -> tuple[str, str, int, IP | None]:
     """(scheme, host, port, the host as an address if it is one) of a callback URL; raises Refused."""
     try:
         parts = urlsplit(url)
@@ -186,7 +189,7 @@ def parse(url: str) -> tuple[str, str, int, IP | None]:
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         raise Refused(f"refused: scheme {scheme or 'missing'!r} is not http or https")
-    host = (parts.hostname or "").rstrip(".")
+    host = (parts.hostname or "").removesuffix(".")
     if not host:
         raise Refused("refused: the callback URL has no host")
     if port == 0:
@@ -199,6 +202,9 @@ def parse(url: str) -> tuple[str, str, int, IP | None]:
         if problem:
             raise Refused(f"refused: the callback URL's host {problem}") from None
     return scheme, host, port or (443 if scheme == "https" else 80), literal
+
+
+parse = functools.lru_cache(maxsize=4096)(_parse)  # pure; only the resolution must happen every time
 
 
 def host_key(url: str) -> str:
@@ -250,8 +256,7 @@ class Guard:
         return Target(scheme, host, port, str(addresses[0]))
 
 
-@functools.lru_cache(maxsize=4096)  # called several times per attempt (logs, circuit breaker)
-def redact(url: str) -> str:
+def _redact(url: str) -> str:
     """A URL safe to log or store: scheme, host, port and path; never user info, query or fragment."""
     try:
         parts = urlsplit(url)
@@ -270,3 +275,6 @@ def redact(url: str) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+redact = functools.lru_cache(maxsize=4096)(_redact)  # called several times per attempt (logs, circuit breaker)

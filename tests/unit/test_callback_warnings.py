@@ -53,6 +53,7 @@ def test_an_empty_schedule() -> None:
     ["224.0.0.0/3"],  # multicast and reserved: no public address in it
     ["::ffff:10.0.0.0/104"],  # the IPv4-mapped spelling of 10.0.0.0/8
     ["::ffff:127.0.0.1"], ["2002:a00::/24"],  # 6to4 of 10.0.0.0/8
+    ["2002:a00:1::/64"], ["2002:a00:1::1"],  # 6to4 of 10.0.0.1, with its own IPv6 subnet bits
     ["64:ff9b::a00:0/104"],  # NAT64 of 10.0.0.0/8
     ["64:ff9b:1::/48"],  # local-use NAT64: the site's own translator
     ["2001:db8::/32"],
