@@ -26,6 +26,7 @@ HIDDEN_URL = "<URL hidden: '@' after its host>"
 HOST_NAME = re.compile(rb"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*")  # after IDNA: the characters getaddrinfo can look up
 MAX_HOST_NAME = 253  # characters of a DNS name, dots included (RFC 1035)
 NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+SIXTOFOUR = ipaddress.IPv6Network("2002::/16")
 GUARD_OFF = "the forgery guard allows every internal address in it"
 PUBLIC_V6 = ipaddress.IPv6Network("2000::/3")  # global unicast: where every public IPv6 address is
 NOT_PUBLIC_V4 = ipaddress.IPv4Network("224.0.0.0/3")  # multicast and reserved: the only /3 with nothing public
@@ -36,13 +37,13 @@ BROAD_V4, BROAD_V6 = 8, 32
 EMBEDDINGS: tuple[tuple[ipaddress.IPv6Network, int, bool, str], ...] = (
     (ipaddress.IPv6Network("::ffff:0:0/96"), 96, False, "IPv4-mapped"),
     (NAT64, 96, False, "NAT64"),
-    (SIXTOFOUR := ipaddress.IPv6Network("2002::/16"), 16, False, "6to4"),
+    (SIXTOFOUR, 16, False, "6to4"),
     (ipaddress.IPv6Network("2001::/32"), 96, True, "Teredo"),  # the client, in the last 32 bits, inverted
 )
 
 # Blocks of the IANA special-purpose registries (RFC 6890) that Python's is_private/is_global tables
-# call global, or call global on some Python versions but not on others (3.11.10+ and 3.12.4+ changed
-# them), pinned here so the guard answers the same on every Python:
+# call global, or call global on some Python releases but not on others (the fix of CVE-2024-4032
+# changed them), pinned here so the guard answers the same on every Python:
 SPECIAL: tuple[tuple[Network, str], ...] = (
     (ipaddress.IPv4Network("100.64.0.0/10"), "a carrier-grade NAT address"),  # RFC 6598, shared space
     # IETF protocol assignments. IANA calls 192.0.0.9 (PCP anycast) and 192.0.0.10 (TURN anycast)
