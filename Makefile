@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench clean
+.PHONY: install demo test lint typecheck unit bench mutation clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ unit: install
 
 bench: install
 	$(BIN)/python -m benchmarks
+
+# Mutation testing (not part of `make test`): mutmut over `only_mutate` in pyproject.toml's [tool.mutmut],
+# driven by tests/unit only; writes docs/mutation.md and fails when a module misses its target.
+mutation: install
+	rm -rf mutants
+	$(BIN)/mutmut run
+	$(BIN)/python -m tests.mutation.report
 
 clean:
 	rm -rf $(VENV) build *.egg-info .demo .mypy_cache .ruff_cache .pytest_cache

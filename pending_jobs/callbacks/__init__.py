@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..config import Settings
 from ..errors import ConfigError
 from .delivery import Deliverer, body_of, webhook_id
-from .guard import Guard, Refused, Target, blocked_reason, redact
+from .guard import Guard, Refused, Target, Unresolved, blocked_reason, broad_allow, redact
 from .signing import PREFIX, Signer, secret_key
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "Refused",
     "Signer",
     "Target",
+    "Unresolved",
     "blocked_reason",
     "body_of",
     "config_warnings",
@@ -39,8 +40,9 @@ def config_warnings(settings: Settings) -> list[str]:
     if len(settings.callback_secret) > 2:
         warnings.append("more than two callback secrets: use two only while rotating")
     for net in Guard(settings.callback_allow).networks:
-        if net.prefixlen == 0:
-            warnings.append(f"PENDING_JOBS_CALLBACK_ALLOW contains {net}: the forgery guard allows every address")
+        problem = broad_allow(net)
+        if problem:
+            warnings.append(f"PENDING_JOBS_CALLBACK_ALLOW contains {net}{problem}")
     if not settings.callback_schedule:
         warnings.append("PENDING_JOBS_CALLBACK_SCHEDULE is empty: a callback that fails once is failed for good")
     return warnings

@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from ..batcher import Batcher
 from ..config import Settings
@@ -24,10 +23,10 @@ from ..errors import ConfigError
 from ..models import CallbackResult, DueCallback
 from ..version import __version__
 from ..workers import WorkerPool
-from .guard import Guard, Refused, Resolver, redact
+from .guard import Guard, Refused, Resolver, Unresolved, host_key, redact
 from .policy import classify
 from .signing import Signer
-from .transport import Transport
+from .transport import Response, Transport
 from .verbs import CallbackVerbs
 
 log = logging.getLogger(__name__)
@@ -82,15 +81,6 @@ def short_reason(last_error: str | None) -> str | None:
     if not last_error or not last_error.strip():
         return None
     return last_error.strip().splitlines()[0][:300]
-
-
-def _host_key(url: str) -> str:
-    """The circuit breaker's key for a URL: its host and port; never raises, whatever the URL."""
-    try:
-        parts = urlsplit(url)
-        return f"{parts.hostname or ''}:{parts.port or ''}"
-    except ValueError:
-        return "<malformed>"
 
 
 class Deliverer:
@@ -172,7 +162,7 @@ class Deliverer:
         return delivered, undelivered
 
     def _open(self, url: str) -> bool:
-        return self.failures.get(_host_key(url), 0) >= BREAKER_THRESHOLD
+        return self.failures.get(host_key(url), 0) >= BREAKER_THRESHOLD
 
     def _hold_back(self, callback: DueCallback) -> CallbackResult:
         return CallbackResult(callback, "release", delay=BREAKER_PAUSE)
@@ -187,7 +177,7 @@ class Deliverer:
         return result
 
     def _count(self, result: CallbackResult) -> None:
-        host = _host_key(result.callback.url)
+        host = host_key(result.callback.url)
         code = result.status_code
         with self._lock:
             self._count_locked(host, code, result)
@@ -223,6 +213,12 @@ class Deliverer:
         except Refused as refused:
             log.warning("callback for job %d to %s %s", callback.job_id, safe_url, refused)
             return CallbackResult(callback, "failed", error=str(refused), **base)
+        except Unresolved as unresolved:  # DNS may answer later: retried on the schedule like a transport error
+            failed = Response(status_code=None, headers={}, body=b"", error=str(unresolved), duration_ms=0)
+            kind, delay, error = classify(failed, callback.attempt, self.settings.callback_schedule)
+            log.log(logging.WARNING if kind == "failed" else logging.DEBUG, "callback for job %d to %s, attempt %d: %s",
+                    callback.job_id, safe_url, callback.attempt, error)
+            return CallbackResult(callback, kind, delay=delay, error=error, **base)
         body = body_of(callback)
         headers = {
             "Content-Type": "application/json",

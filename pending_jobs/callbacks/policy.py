@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import time
 from collections.abc import Mapping, Sequence
@@ -19,12 +20,14 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() also passes '²', which float() refuses
         return min(float(value), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000": UTC with no zone said (RFC 5322), not the runner's local time
+        when = when.replace(tzinfo=dt.UTC)
     seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 

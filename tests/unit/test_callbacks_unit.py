@@ -11,7 +11,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from pending_jobs import config
-from pending_jobs.callbacks import Guard, Refused, Signer, blocked_reason, config_warnings, redact
+from pending_jobs.callbacks import Guard, Refused, Signer, Unresolved, blocked_reason, config_warnings, redact
 from pending_jobs.callbacks.policy import classify, next_delay, retry_after
 from pending_jobs.callbacks.signing import secret_key, signature
 from pending_jobs.callbacks.transport import Response, describe, host_header
@@ -75,7 +75,7 @@ BLOCKED = {
     "100.64.0.1": "carrier-grade NAT",
     "224.0.0.1": "multicast",
     "240.0.0.1": "reserved",
-    "255.255.255.255": "",
+    "255.255.255.255": "reserved",
     "::1": "loopback",
     "::": "unspecified",
     "fe80::1": "link-local",
@@ -139,11 +139,11 @@ def test_guard_refuses_other_schemes_and_hostless_urls(url: str) -> None:
         Guard(resolver=lambda host, port: ["93.184.216.34"]).check(url)
 
 
-def test_unresolvable_name_is_refused_with_a_reason() -> None:
+def test_unresolvable_name_is_unresolved_with_a_reason() -> None:
     def resolver(host: str, port: int) -> list[str]:
         raise OSError("Name or service not known")
 
-    with pytest.raises(Refused, match="cannot resolve"):
+    with pytest.raises(Unresolved, match="cannot resolve"):  # retried on the schedule, not refused
         Guard(resolver=resolver).check("https://nowhere.test/x")
 
 
