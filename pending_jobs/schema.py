@@ -8,6 +8,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
+from .states import CallbackStatus, JobStatus
+
 metadata = sa.MetaData()
 
 # One type per kind of value, so every dialect stores the same thing:
@@ -119,6 +121,10 @@ pending_jobs = sa.Table(
     sa.Column("started_at", Time, nullable=True),
     sa.Column("finished_at", Time, nullable=True),
     sa.UniqueConstraint("idempotency_key", name="uq_pending_jobs_idempotency_key"),
+    # A status no run would ever pick up ('RUNNING', '') is refused at INSERT.
+    sa.CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="ck_pending_jobs_status"),
+    sa.CheckConstraint(f"callback_status IS NULL OR callback_status IN "
+                       f"({', '.join(repr(s.value) for s in CallbackStatus)})", name="ck_pending_jobs_callback_status"),
     # Serves the claim exactly: equality on status and queue, then the ORDER BY.
     sa.Index(
         "ix_pending_jobs_claim",
@@ -175,6 +181,19 @@ runs = sa.Table(
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
 )
+
+paused_queues = sa.Table(
+    "pending_job_paused_queues",
+    metadata,
+    sa.Column("queue", sa.String(64), primary_key=True),
+    sa.Column("paused_at", Time, nullable=False, server_default=now_default()),
+    sa.Column("paused_by", sa.String(128), nullable=True),
+    sa.Column("reason", sa.String(255), nullable=True),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+"""A row per paused queue: no runner claims its jobs until the row is gone (`pending-jobs resume`)."""
 
 SUMMARY_VIEW = "pending_jobs_summary"
 SUMMARY_VIEW_SQL = (

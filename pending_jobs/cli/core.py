@@ -12,7 +12,7 @@ from ..callbacks import config_warnings
 from ..enqueue import enqueue
 from ..errors import EXIT_OK, ConfigError
 from ..run import run_once
-from ..store import RunStore, Store
+from ..store import OpsStore, RunStore, Store
 from . import common
 from .progress import Progress
 
@@ -152,6 +152,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"running with expired lease: {len(expired)}")
     for job in expired:
         print(f"  job {job['id']} ({job['task']}) held by {job['lease_owner']} since {job['started_at']}")
+    for queue in status["paused_queues"]:
+        why = f": {queue['reason']}" if queue["reason"] else ""
+        print(f"queue {queue['queue']} is PAUSED since {common._cell(queue['paused_at'])} by {queue['paused_by']}{why}")
     cb = status["callbacks"]
     print(f"callbacks: {cb['pending']} pending ({cb['due']} due now), {cb['failed']} failed, "
           f"{cb['delivered']} delivered")
@@ -172,6 +175,7 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, 
     """Everything `status` shows, as plain data (also the `--json` document)."""
     runs = RunStore(store)
     health = runs.health()
+    paused = OpsStore(store).paused()
     warnings = []
     since = health.since_last_finished
     if since is None:
@@ -188,6 +192,8 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, 
             for j in runs.expired_leases()
         ],
         "callbacks": health.callbacks,
+        "paused_queues": [{"queue": q.queue, "paused_at": q.paused_at, "paused_by": q.paused_by, "reason": q.reason}
+                          for q in paused],
         "last_run": None if run is None else run.as_dict(),
         "seconds_since_last_finished_run": since,
         "last_success_at": health.last_success_at,

@@ -1,10 +1,12 @@
-"""Operator commands: list, show, retry, cancel, purge and check."""
+"""Operator commands: list, show, retry, cancel, pause, resume, purge and check."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
+import socket
 from typing import Any, TypeAlias
 
 from .. import callbacks, config, migrate, registry
@@ -25,7 +27,7 @@ STATUSES = [s.value for s in JobStatus]
 
 
 def register(commands: Commands) -> None:
-    """Add list, show, retry, cancel, purge and check."""
+    """Add list, show, retry, cancel, pause, resume, purge and check."""
     p = commands.add_parser("list", help="jobs, newest first, with filters")
     common.add_common(p)
     common.add_json(p)
@@ -54,6 +56,17 @@ def register(commands: Commands) -> None:
     common.add_common(p)
     p.add_argument("job_id", type=int, metavar="ID")
     p.set_defaults(func=cmd_cancel)
+
+    p = commands.add_parser("pause", help="stop every runner claiming a queue's jobs (running ones finish)")
+    common.add_common(p)
+    p.add_argument("queue", metavar="QUEUE")
+    p.add_argument("--reason", help="why, shown by `status`")
+    p.set_defaults(func=cmd_pause)
+
+    p = commands.add_parser("resume", help="let runners claim a paused queue's jobs again")
+    common.add_common(p)
+    p.add_argument("queue", metavar="QUEUE")
+    p.set_defaults(func=cmd_resume)
 
     p = commands.add_parser("purge", help="delete finished jobs older than an age")
     common.add_common(p)
@@ -188,6 +201,24 @@ def cmd_cancel(args: argparse.Namespace) -> int:
         common.eprint(f"job {args.job_id} {state}: nothing to cancel")
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    if OpsStore(store).pause(args.queue, f"{getpass.getuser()}@{socket.gethostname()}", args.reason):
+        print(f"queue {args.queue} paused: no runner claims its jobs until `pending-jobs resume {args.queue}`")
+    else:
+        print(f"queue {args.queue} was already paused")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    _, store = _open(args)
+    if OpsStore(store).resume(args.queue):
+        print(f"queue {args.queue} resumed")
+        return EXIT_OK
+    common.eprint(f"queue {args.queue} is not paused")
+    return EXIT_FAILURE
 
 
 def cmd_purge(args: argparse.Namespace) -> int:

@@ -12,13 +12,13 @@ from .base import Store
 from .callbacks import CallbackStore
 from .dialect import Dialect
 from .mysql import MySQL
-from .ops import JobFilter, OpsStore
+from .ops import JobFilter, OpsStore, PausedQueue
 from .postgres import Postgres
 from .runs import Health, RunStore
 from .sqlite import SQLite
 
-__all__ = ["CallbackStore", "Dialect", "Health", "JobFilter", "OpsStore", "RunStore", "Store", "create_engine",
-           "dialect_for", "dialect_of_error", "insert_jobs", "is_unavailable", "open_store"]
+__all__ = ["CallbackStore", "Dialect", "Health", "JobFilter", "OpsStore", "PausedQueue", "RunStore", "Store",
+           "create_engine", "dialect_for", "dialect_of_error", "insert_jobs", "is_unavailable", "open_store"]
 
 _DIALECTS: dict[str, Dialect] = {dialect.name: dialect for dialect in (MySQL(), Postgres(), SQLite())}
 _DRIVERS = {"pymysql": _DIALECTS["mysql"], "psycopg": _DIALECTS["postgresql"], "sqlite3": _DIALECTS["sqlite"]}

@@ -7,6 +7,7 @@ racing a runner can never overwrite an outcome the runner recorded first.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ import sqlalchemy as sa
 
 from ..models import Job
 from ..schema import callback_attempts as A
-from ..schema import db_now, runs
+from ..schema import db_now, paused_queues, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
 from .base import Store
@@ -35,6 +36,16 @@ class JobFilter:
     """Only jobs created at most this many seconds ago (by the database clock)."""
     callback_status: str | None = None
     limit: int = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class PausedQueue:
+    """A queue no runner claims from, who paused it, when and why."""
+
+    queue: str
+    paused_at: dt.datetime | None
+    paused_by: str | None
+    reason: str | None
 
 
 class OpsStore:
@@ -116,6 +127,34 @@ class OpsStore:
             return str(current) if current is not None else "missing"
 
         return self.store.transaction(work)
+
+    # -- paused queues ----------------------------------------------------------------------------
+
+    def pause(self, queue: str, by: str, reason: str | None = None) -> bool:
+        """Stop every runner claiming `queue` (running jobs finish); False when it was paused already."""
+        exists = sa.select(paused_queues.c.queue).where(paused_queues.c.queue == queue)
+        insert = sa.insert(paused_queues).values(queue=queue, paused_by=by[:128],
+                                                  reason=reason[:255] if reason else None)
+
+        def work(conn: sa.Connection) -> bool:
+            if conn.execute(exists).first() is not None:
+                return False
+            conn.execute(insert)
+            return True
+
+        return self.store.transaction(work)
+
+    def resume(self, queue: str) -> bool:
+        """Let runners claim `queue` again; False when it was not paused."""
+        stmt = sa.delete(paused_queues).where(paused_queues.c.queue == queue)
+        return self.store.transaction(lambda conn: conn.execute(stmt).rowcount == 1)
+
+    def paused(self) -> list[PausedQueue]:
+        """Every paused queue, by name."""
+        stmt = sa.select(paused_queues).order_by(paused_queues.c.queue)
+        return self.store.transaction(lambda conn: [
+            PausedQueue(row.queue, self.sql.clock_value(row.paused_at), row.paused_by, row.reason)
+            for row in conn.execute(stmt)])
 
     # -- purge and retention ----------------------------------------------------------------------
 

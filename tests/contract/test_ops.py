@@ -216,3 +216,31 @@ def test_status_json_counts_match_the_view_and_show_last_run(db_url: str, engine
     text = cli("status", env=env_for(db_url))
     assert text.returncode == 0 and "last run: #" in text.stdout and "callbacks: " in text.stdout
     assert "has cron stopped?" in text.stderr
+
+
+def test_a_paused_queue_is_not_claimed_until_resumed(db_url: str, engine: sa.Engine, store: Store) -> None:
+    with engine.begin() as conn:
+        held = [pending_jobs.enqueue(conn, "echo", {"n": n}, queue="mail") for n in range(3)]
+        other = pending_jobs.enqueue(conn, "echo", {}, queue="default")
+    paused = cli("pause", "mail", "--reason", "SMTP down", env=env_for(db_url))
+    assert paused.returncode == 0 and "paused" in paused.stdout
+    assert store.claim("mail", 10, "runner", 60).jobs == []  # the claim itself skips it, whoever runs it
+
+    assert cli("run", env=env_for(db_url)).returncode == 0
+    assert [scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {i}") for i in held] == ["pending"] * 3
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {other}") == "succeeded"
+    status = cli("status", env=env_for(db_url))
+    assert "queue mail is PAUSED" in status.stdout and "SMTP down" in status.stdout
+    assert cli("pause", "mail", env=env_for(db_url)).stdout.strip() == "queue mail was already paused"
+
+    assert cli("resume", "mail", env=env_for(db_url)).returncode == 0
+    assert cli("resume", "mail", env=env_for(db_url)).returncode == 1  # not paused any more
+    assert cli("run", env=env_for(db_url)).returncode == 0
+    assert [scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {i}") for i in held] == ["succeeded"] * 3
+
+
+def test_the_schema_refuses_a_status_no_run_would_pick_up(engine: sa.Engine) -> None:
+    for bad in ("RUNNING", "", "done"):
+        with pytest.raises(sa.exc.DBAPIError, match="ck_pending_jobs_status|CHECK"), engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO pending_jobs (task, payload, status) VALUES ('echo', '{}', :s)"),
+                         {"s": bad})

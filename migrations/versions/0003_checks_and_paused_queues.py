@@ -1,0 +1,116 @@
+"""Statuses constrained on every database; a row per paused queue.
+
+A producer's INSERT with a status no run would ever pick up ('RUNNING', '', 'done') is refused from now
+on. Rows already holding one are ended here as failed, with the reason, so nothing is left invisible.
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import mysql, postgresql
+
+from pending_jobs.schema import now_default
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+# Frozen copies of this revision's values.
+STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+CALLBACK_STATUSES = ("pending", "delivered", "failed")
+Id = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+Time = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+Json = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
+MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
+SUMMARY_SQL = (
+    "SELECT queue, status, COUNT(*) AS jobs, MIN(run_at) AS oldest_run_at, "
+    "MIN(created_at) AS oldest_created_at FROM pending_jobs GROUP BY queue, status"
+)
+
+
+def _jobs_as_of_0002() -> sa.Table:
+    """pending_jobs as revisions 0001-0002 left it: SQLite's table rebuild copies from this (so `migrate
+    --sql` needs no live database to reflect it)."""
+    return sa.Table(
+        "pending_jobs", sa.MetaData(),
+        sa.Column("id", Id, primary_key=True, autoincrement=True),
+        sa.Column("queue", sa.String(64), nullable=False, server_default="default"),
+        sa.Column("task", sa.String(191), nullable=False),
+        sa.Column("payload", Json, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False, server_default="pending"),
+        sa.Column("priority", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("run_at", Time, nullable=False, server_default=now_default()),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("max_attempts", sa.Integer, nullable=False, server_default="5"),
+        sa.Column("result", Json, nullable=True),
+        sa.Column("last_error", LongText, nullable=True),
+        sa.Column("callback_url", sa.String(2048), nullable=True),
+        sa.Column("callback_status", sa.String(16), nullable=True),
+        sa.Column("callback_attempts", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("callback_next_at", Time, nullable=True),
+        sa.Column("callback_token", sa.String(32), nullable=True),
+        sa.Column("callback_last_error", sa.Text, nullable=True),
+        sa.Column("idempotency_key", sa.String(191), nullable=True),
+        sa.Column("lease_owner", sa.String(128), nullable=True),
+        sa.Column("lease_token", sa.String(32), nullable=True),
+        sa.Column("lease_expires_at", Time, nullable=True),
+        sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("created_at", Time, nullable=False, server_default=now_default()),
+        sa.Column("updated_at", Time, nullable=False, server_default=now_default()),
+        sa.Column("started_at", Time, nullable=True),
+        sa.Column("finished_at", Time, nullable=True),
+        sa.UniqueConstraint("idempotency_key", name="uq_pending_jobs_idempotency_key"),
+        sa.Index("ix_pending_jobs_claim", "status", "queue", sa.desc("priority"), "run_at", "id"),
+        sa.Index("ix_pending_jobs_callback", "callback_status", "callback_next_at"),
+    )
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+def upgrade() -> None:
+    op.execute(sa.text(
+        f"UPDATE pending_jobs SET last_error = 'status ' || status || ' is not a status pending-jobs knows; "
+        f"ended as failed by migration 0003', status = 'failed' WHERE NOT ({_in('status', STATUSES)})"
+    ) if op.get_bind().dialect.name != "mysql" and op.get_bind().dialect.name != "mariadb" else sa.text(
+        f"UPDATE pending_jobs SET last_error = CONCAT('status ', status, ' is not a status pending-jobs knows; "
+        f"ended as failed by migration 0003'), status = 'failed' WHERE NOT ({_in('status', STATUSES)})"))
+    op.execute(sa.text(f"UPDATE pending_jobs SET callback_status = 'failed' WHERE callback_status IS NOT NULL "
+                       f"AND NOT ({_in('callback_status', CALLBACK_STATUSES)})"))
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    if sqlite:  # the table is rebuilt; its view is recreated around that
+        op.execute("DROP VIEW pending_jobs_summary")
+    with op.batch_alter_table("pending_jobs", copy_from=_jobs_as_of_0002()) as batch:
+        batch.create_check_constraint("ck_pending_jobs_status", _in("status", STATUSES))
+        batch.create_check_constraint("ck_pending_jobs_callback_status",
+                                      f"callback_status IS NULL OR {_in('callback_status', CALLBACK_STATUSES)}")
+    if sqlite:
+        op.execute(f"CREATE VIEW pending_jobs_summary AS {SUMMARY_SQL}")
+    op.create_table(
+        "pending_job_paused_queues",
+        sa.Column("queue", sa.String(64), primary_key=True),
+        sa.Column("paused_at", Time, nullable=False, server_default=now_default()),
+        sa.Column("paused_by", sa.String(128), nullable=True),
+        sa.Column("reason", sa.String(255), nullable=True),
+        **MYSQL,
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("pending_job_paused_queues")
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        op.execute("DROP VIEW pending_jobs_summary")
+    with op.batch_alter_table("pending_jobs") as batch:
+        batch.drop_constraint("ck_pending_jobs_callback_status", type_="check")
+        batch.drop_constraint("ck_pending_jobs_status", type_="check")
+    if sqlite:
+        op.execute(f"CREATE VIEW pending_jobs_summary AS {SUMMARY_SQL}")
