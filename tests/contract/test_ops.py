@@ -241,6 +241,6 @@ def test_a_paused_queue_is_not_claimed_until_resumed(db_url: str, engine: sa.Eng
 
 def test_the_schema_refuses_a_status_no_run_would_pick_up(engine: sa.Engine) -> None:
     for bad in ("RUNNING", "", "done"):
-        with pytest.raises(sa.exc.DBAPIError, match="ck_pending_jobs_status|CHECK"), engine.begin() as conn:
+        with pytest.raises(sa.exc.DBAPIError, match=r"ck_pending_jobs_status|CHECK"), engine.begin() as conn:
             conn.execute(sa.text("INSERT INTO pending_jobs (task, payload, status) VALUES ('echo', '{}', :s)"),
                          {"s": bad})
