@@ -1,7 +1,5 @@
 """`python -m pending_jobs` is the `pending-jobs` command."""
 
-import sys
+from .cli import entry
 
-from .cli import main
-
-sys.exit(main())
+entry()

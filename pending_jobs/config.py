@@ -1,8 +1,14 @@
-"""Settings, with one precedence everywhere: flag, then environment, then config file, then default."""
+"""Settings, with one precedence everywhere: flag, then environment, then config file, then default.
+
+Every value is checked once, here, where settings are read: its type (a TOML `true` is not a batch
+size, `2.9` is not a thread count), finite, and within the documented range of its setting. A bad one
+is a configuration error naming the setting (exit 2), never a run that breaks later.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Callable, Mapping
@@ -10,71 +16,143 @@ from typing import Any
 
 from .errors import ConfigError
 
-
-def _str_list(value: Any) -> list[str]:
-    if isinstance(value, list):
-        return [str(v).strip() for v in value if str(v).strip()]
-    return [part.strip() for part in str(value).split(",") if part.strip()]
-
-
-def _float_list(value: Any) -> list[float]:
-    return [float(v) for v in _str_list(value)]
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+DAY = 86400.0
+TABLES = ("pending_jobs",)
+"""Top-level TOML tables that are not settings themselves."""
 
 
-def _duration(value: Any) -> float:
-    """Seconds, or a number with a unit: 30s, 15m, 2h, 7d."""
-    text = str(value).strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"not a number: {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"must be a finite number, not {value!r}")
+    return number
+
+
+def duration(value: Any) -> float:
+    """Seconds, or a number with a unit: 30s, 15m, 2h, 7d; finite and not negative."""
+    text = str(value).strip().lower() if isinstance(value, str) else value
     try:
-        if text and text[-1] in units:
-            return float(text[:-1]) * units[text[-1]]
-        return float(text)
+        if isinstance(text, str) and text and text[-1] in UNITS:
+            seconds = _number(text[:-1]) * UNITS[text[-1]]
+        else:
+            seconds = _number(text)
     except ValueError:
         raise ValueError(f"not a duration: {value!r} (use seconds or 30s, 15m, 2h, 7d)") from None
+    if seconds < 0:
+        raise ValueError(f"a duration cannot be negative: {value!r}")
+    return seconds
 
 
-def _optional_int(value: Any) -> int | None:
-    return None if value in (None, "", 0, "0") else int(value)
+def integer(value: Any) -> int:
+    """A whole number: an integer, or a string of one (TOML `true` and `2.9` are refused)."""
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError(f"must be a whole number, not {value!r}")
+    try:
+        return int(str(value).strip()) if isinstance(value, str) else int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"must be a whole number, not {value!r}") from None
+
+
+def optional_integer(value: Any) -> int | None:
+    """A whole number, or unset (empty, 0)."""
+    return None if value in (None, "", "0") or (value == 0 and not isinstance(value, bool)) else integer(value)
+
+
+def number(value: Any) -> float:
+    """A finite number (an integer, a float, or a string of one)."""
+    return _number(value)
+
+
+def text(value: Any) -> str:
+    """A string (a TOML number or table is refused)."""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, not {value!r}")
+    return value
+
+
+def str_list(value: Any) -> list[str]:
+    """A TOML array of strings, or one comma-separated string."""
+    if isinstance(value, list):
+        items = [text(item).strip() for item in value]
+    else:
+        items = [part.strip() for part in text(value).split(",")]
+    return [item for item in items if item]
+
+
+def duration_list(value: Any) -> list[float]:
+    """A TOML array, or a comma-separated string, of durations."""
+    return [duration(item) for item in (value if isinstance(value, list) else str_list(value))]
 
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """One setting: its name, environment variable, TOML key (the name), default and parser."""
+    """One setting: its name (also its TOML key), default, parser, help, and range (numbers: each value)."""
 
     name: str
     default: Any
     parse: Callable[[Any], Any]
     help: str
+    low: float | None = None
+    high: float | None = None
 
     @property
     def env(self) -> str:
         return "PENDING_JOBS_" + self.name.upper()
 
+    def check(self, value: Any) -> None:
+        """Raise ValueError when a parsed value (or an element of a list) is outside the range."""
+        for item in value if isinstance(value, list) else [value]:
+            if item is None or not isinstance(item, int | float):
+                continue
+            if (self.low is not None and item < self.low) or (self.high is not None and item > self.high):
+                raise ValueError(f"{_shown(item, self)} is outside {self.range_text()}")
+
+    def range_text(self) -> str:
+        """The documented range, e.g. `1 s to 1 d`."""
+        if self.low is None and self.high is None:
+            return ""
+        return f"{_shown(self.low, self)} to {_shown(self.high, self)}"
+
+
+def _shown(value: float | None, setting: Setting) -> str:
+    if value is None:
+        return "∞"
+    if setting.parse in (duration, duration_list):
+        for unit, size in (("d", DAY), ("h", 3600), ("m", 60)):
+            if value >= size and value % size == 0:
+                return f"{value / size:g} {unit}"
+        return f"{value:g} s"
+    return f"{value:g}"
+
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("database_url", "sqlite:///pending_jobs.sqlite3", str, "SQLAlchemy URL of the database"),
-    Setting("tasks", [], _str_list, "comma-separated modules that define handlers"),
-    Setting("max_runtime", 50.0, _duration, "seconds a run may take before it stops claiming"),
-    Setting("max_jobs", None, _optional_int, "stop after this many jobs (unset: no limit)"),
-    Setting("batch_size", 100, int, "jobs claimed per claim transaction"),
-    Setting("concurrency", 4, int, "handler threads"),
-    Setting("lease", 300.0, _duration, "seconds a claim is held before another run may rescue it"),
-    Setting("queues", [], _str_list, "queues to run, comma-separated (unset: every queue)"),
-    Setting("poll", 0.0, _duration, "poll interval while waiting for new jobs (0: stop when none due)"),
-    Setting("grace", 10.0, _duration, "seconds in-flight jobs get to finish after SIGTERM"),
-    Setting("payload_limit", 1_000_000, int, "largest payload in bytes; larger rows fail"),
-    Setting("callback_secret", [], _str_list, "whsec_ secrets that sign callbacks (two during rotation)"),
-    Setting("callback_allow", [], _str_list, "CIDRs or host names callbacks may reach despite the guard"),
-    Setting("callback_schedule", [5, 300, 1800, 7200, 18000, 36000, 36000], _float_list,
-            "seconds between callback attempts; exhausted: failed"),
-    Setting("callback_connect_timeout", 5.0, float, "callback connect timeout in seconds"),
-    Setting("callback_timeout", 15.0, float, "whole callback request timeout in seconds"),
-    Setting("callback_concurrency", 8, int, "callbacks delivered at once"),
-    Setting("retention_succeeded", 7 * 86400.0, _duration, "keep succeeded/cancelled jobs this long (0: forever)"),
-    Setting("retention_failed", 30 * 86400.0, _duration, "keep failed jobs this long (0: forever)"),
-    Setting("metrics_file", "", str, "write Prometheus textfile metrics here after each run"),
-    Setting("log_format", "text", str, "text or json"),
-    Setting("log_file", "", str, "append logs to this file instead of stderr"),
+    Setting("database_url", "sqlite:///pending_jobs.sqlite3", text, "SQLAlchemy URL of the database"),
+    Setting("tasks", [], str_list, "comma-separated modules that define handlers"),
+    Setting("max_runtime", 50.0, duration, "seconds a run may take before it stops claiming", 0.1, 365 * DAY),
+    Setting("max_jobs", None, optional_integer, "stop after this many jobs (unset: no limit)", 1, None),
+    Setting("batch_size", 100, integer, "jobs claimed per claim transaction", 1, 10_000),
+    Setting("concurrency", 4, integer, "handler threads", 1, 1000),
+    Setting("lease", 300.0, duration, "seconds a claim is held before another run may rescue it", 1, DAY),
+    Setting("queues", [], str_list, "queues to run, comma-separated (unset: every queue)"),
+    Setting("poll", 0.0, duration, "poll interval while waiting for new jobs (0: stop when none due)", 0, 3600),
+    Setting("grace", 10.0, duration, "seconds in-flight jobs get to finish after SIGTERM", 0, 3600),
+    Setting("payload_limit", 1_000_000, integer, "largest payload in bytes; larger rows fail", 1, 100_000_000),
+    Setting("callback_secret", [], str_list, "whsec_ secrets that sign callbacks (two during rotation)"),
+    Setting("callback_allow", [], str_list, "CIDRs or host names callbacks may reach despite the guard"),
+    Setting("callback_schedule", [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0], duration_list,
+            "seconds between callback attempts; exhausted: failed", 0, 30 * DAY),
+    Setting("callback_connect_timeout", 5.0, number, "callback connect timeout in seconds", 0.1, 600),
+    Setting("callback_timeout", 15.0, number, "whole callback request timeout in seconds", 0.1, 600),
+    Setting("callback_concurrency", 8, integer, "callbacks delivered at once", 1, 1000),
+    Setting("retention_succeeded", 7 * DAY, duration, "keep succeeded/cancelled jobs this long (0: forever)",
+            0, 3650 * DAY),
+    Setting("retention_failed", 30 * DAY, duration, "keep failed jobs this long (0: forever)", 0, 3650 * DAY),
+    Setting("metrics_file", "", text, "write Prometheus textfile metrics here after each run"),
+    Setting("log_format", "text", text, "text or json"),
+    Setting("log_file", "", text, "append logs to this file instead of stderr"),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -120,10 +198,7 @@ def load(
     flags = flags or {}
     environ = os.environ if environ is None else environ
     path = config_file or environ.get("PENDING_JOBS_CONFIG")
-    file_values = _read_toml(path) if path else {}
-    unknown = set(file_values) - set(BY_NAME)
-    if unknown:
-        raise ConfigError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
+    file_values = read_file(path) if path else {}
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         if flags.get(setting.name) is not None:
@@ -137,45 +212,45 @@ def load(
             continue
         try:
             values[setting.name] = setting.parse(raw)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: {exc}") from None
+            setting.check(values[setting.name])
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
     settings = Settings(**values)
-    _validate(settings)
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
     return settings
 
 
-def _read_toml(path: str) -> dict[str, Any]:
+def read_file(path: str) -> dict[str, Any]:
+    """The settings of a TOML file: at top level, or under a `[pending_jobs]` table (not both)."""
     try:
         with open(path, "rb") as handle:
             data = tomllib.load(handle)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    # Accept both a bare file and one with a [pending_jobs] table.
-    section = data.get("pending_jobs", data)
-    return dict(section) if isinstance(section, dict) else {}
-
-
-def _validate(s: Settings) -> None:
-    checks = [
-        (s.batch_size >= 1, "batch_size must be at least 1"),
-        (s.concurrency >= 1, "concurrency must be at least 1"),
-        (s.lease >= 1, "lease must be at least 1 second"),
-        (s.max_runtime > 0, "max_runtime must be positive"),
-        (s.poll >= 0, "poll must be 0 or positive"),
-        (s.payload_limit >= 1, "payload_limit must be positive"),
-        (s.log_format in ("text", "json"), "log_format must be text or json"),
-        (all(v >= 0 for v in s.callback_schedule), "callback_schedule must hold non-negative seconds"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    if "pending_jobs" in data:
+        section = data["pending_jobs"]
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: pending_jobs must be a table ([pending_jobs]), not {section!r}")
+        beside = sorted(key for key in data if key not in TABLES)
+        if beside:
+            raise ConfigError(f"{path}: {', '.join(beside)} outside the [pending_jobs] table; put every setting "
+                              "inside it, or drop the table and keep them all at the top level")
+        data = dict(section)
+    unknown = sorted(key for key in data if key not in BY_NAME and key not in TABLES)
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    return data
 
 
 def env_help(name: str) -> str:
-    """The `--help` text of a setting, naming its environment variable and default."""
+    """The `--help` text of a setting, naming its environment variable, default and range."""
     setting = BY_NAME[name]
     default = setting.default
-    shown = ",".join(str(v) for v in default) if isinstance(default, list) else default
-    return f"{setting.help} (env {setting.env}; default {shown if shown not in ('', None, []) else 'unset'})"
+    shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, list) \
+        else default
+    within = f"; {setting.range_text()}" if setting.range_text() else ""
+    return (f"{setting.help} (env {setting.env}; default {shown if shown not in ('', None, []) else 'unset'}"
+            f"{within})")

@@ -15,7 +15,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import sys
+import tempfile
 import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -28,6 +31,7 @@ from .registry import Task
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
+OUTPUT_LIMIT = 64 * 1024  # bytes of a child's output logged (its last ones)
 _context: Any = None
 
 
@@ -80,20 +84,41 @@ def call(task: Task, payload: Any, ctx: Context, modules: list[str]) -> Any:
               "max_attempts": ctx.max_attempts, "deadline": ctx.deadline}
     receiver, sender = _mp().Pipe(duplex=False)
     questions, ask = _mp().Pipe(duplex=True)
-    child = _mp().Process(target=_child_main, args=(sender, ask, list(modules), task.name, payload, fields,
-                                                    task.memory_limit), daemon=True)
-    child.start()
-    sender.close()  # the parent keeps only the reading end, so a dead child reads as EOF
-    ask.close()
+    # What the child prints goes to a file of its own, then into the job's log: not to the runner's
+    # stdout, which cron mails.
+    output = tempfile.NamedTemporaryFile(prefix="pending-jobs-child-", suffix=".log", delete=False)
+    output.close()
+    child = _mp().Process(target=_child_main, args=(sender, ask, output.name, list(modules), task.name, payload,
+                                                    fields, task.memory_limit), daemon=True)
     try:
+        child.start()
+        sender.close()  # the parent keeps only the reading end, so a dead child reads as EOF
+        ask.close()
         answer = _wait(receiver, questions, child, task.timeout, ctx)
     finally:
         receiver.close()
         questions.close()
+        child.join(1)  # it has answered: a moment to exit on its own, then it is killed (SIGTERM may be ignored)
         if child.is_alive():
             child.kill()
-        child.join(5)
+            child.join(5)
+        _log_output(output.name, ctx)
     return _unpack(answer)
+
+
+def _log_output(path: str, ctx: Context) -> None:
+    """The child's output, its last OUTPUT_LIMIT bytes, into the job's log, line by line."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, os.path.getsize(path) - OUTPUT_LIMIT))
+            text = handle.read().decode("utf-8", "replace")
+        os.unlink(path)
+    except OSError as error:
+        log.debug("job %d: cannot read its process's output: %s", ctx.job_id, error)
+        return
+    for line in text.splitlines():
+        if line.strip():
+            ctx.log.info("output: %s", line)
 
 
 def _mp() -> Any:
@@ -159,10 +184,11 @@ def _unpack(answer: tuple[Any, ...]) -> Any:
     raise HandlerError(answer[1])
 
 
-def _child_main(sender: Connection, ask: Connection, modules: list[str], name: str, payload: Any,
+def _child_main(sender: Connection, ask: Connection, output: str, modules: list[str], name: str, payload: Any,
                 fields: dict[str, Any], memory_limit: int | None) -> None:
     """The child: limit memory, import the task modules, run the handler, send one answer."""
     _die_with_parent()
+    _capture_output(output)
     if memory_limit is not None:
         import resource
 
@@ -179,6 +205,19 @@ def _child_main(sender: Connection, ask: Connection, modules: list[str], name: s
     except BaseException as error:  # anything else, including an unpicklable result, is the handler's failure
         answer = ("error", validation.describe_exception(error))
     sender.send(answer)
+
+
+def _capture_output(path: str) -> None:
+    """Point stdout and stderr (the file descriptors, so C code and subprocesses too) and the child's log
+    at the file the runner reads back."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)
+    sys.stderr = open(2, "w", buffering=1, closefd=False)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s",
+                        force=True)
 
 
 def _die_with_parent() -> None:

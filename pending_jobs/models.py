@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
@@ -34,16 +35,33 @@ class ClaimedJob:
     priority: int
     callback_url: str | None
     token: str
+    problem: str | None = None
+    """Why the row cannot run even before its payload is read (a column holding what no producer meant)."""
 
     @classmethod
     def from_row(cls, row: Sequence[Any], token: str, attempted: int = 0) -> ClaimedJob:
         """From a row of the store's claim columns, in their order (positional: this runs per claimed row).
 
         `attempted` is added to the row's attempts when it was read before the claim's UPDATE counted one.
+        A number column holding text (SQLite stores what it is given) does not break the claim: the job
+        carries the problem and fails alone.
         """
         job_id, task, queue, payload_text, attempts, max_attempts, priority, callback_url = row
-        return cls(int(job_id), task, queue, payload_text, int(attempts) + attempted, int(max_attempts),
-                   int(priority), callback_url, token)
+        try:
+            return cls(int(job_id), task, queue, payload_text, int(attempts) + attempted, int(max_attempts),
+                       int(priority), callback_url, token)
+        except (TypeError, ValueError):
+            return cls._unusable(row, token, attempted)
+
+    @classmethod
+    def _unusable(cls, row: Sequence[Any], token: str, attempted: int) -> ClaimedJob:
+        job_id, task, queue, payload_text, attempts, max_attempts, priority, callback_url = row
+        bad = [f"{name} is {value!r}, not a whole number" for name, value in
+               (("attempts", attempts), ("max_attempts", max_attempts), ("priority", priority))
+               if not isinstance(value, int) or isinstance(value, bool)]
+        attempt = (attempts if isinstance(attempts, int) else 0) + attempted
+        return cls(int(job_id), str(task), str(queue), payload_text, attempt, attempt, 0,
+                   callback_url if isinstance(callback_url, str) else None, token, "; ".join(bad))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,12 +142,24 @@ class Job:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
+        """From a row of the store's JOB_COLUMNS (payload and result as text, parsed here)."""
         values = {field.name: row[field.name] for field in dataclasses.fields(cls)}
         for name, value in values.items():
             if isinstance(value, dt.datetime):
                 values[name] = utc(value)
+        values["payload"], values["result"] = lenient_json(values["payload"]), lenient_json(values["result"])
         values["cancel_requested"] = bool(values["cancel_requested"])
         return cls(**values)
+
+
+def lenient_json(text: Any) -> Any:
+    """JSON text parsed; text that is not JSON is returned as it is (shown, not an error)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return text
 
 
 # -- callbacks -----------------------------------------------------------------------------------

@@ -13,7 +13,8 @@ class JobStatus(enum.StrEnum):
     """Where a job stands. Stored as plain strings so any SQL client can read them."""
 
     PENDING = "pending"
-    """Waiting for `run_at`. A runner's claim moves it to RUNNING; `cancel` moves it to CANCELLED."""
+    """Waiting for `run_at`. A runner's claim moves it to RUNNING; `cancel` moves it to CANCELLED. A row
+    that cannot even be read (SQLite text that is not UTF-8) is moved to FAILED by the claim that met it."""
 
     RUNNING = "running"
     """Claimed under a lease. Only the lease holder (matched by `lease_token`) moves it on: to
@@ -55,7 +56,7 @@ TERMINAL: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILE
 TERMINAL_VALUES: tuple[str, ...] = tuple(sorted(status.value for status in TERMINAL))
 
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED}),
+    JobStatus.PENDING: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
     JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.PENDING, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset({JobStatus.PENDING}),
     JobStatus.FAILED: frozenset({JobStatus.PENDING}),
@@ -64,10 +65,11 @@ TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
 """Every status change a store verb may make to a job, from → to."""
 
 CALLBACK_TRANSITIONS: dict[CallbackStatus | None, frozenset[CallbackStatus | None]] = {
-    None: frozenset({CallbackStatus.PENDING}),
+    None: frozenset({CallbackStatus.PENDING, CallbackStatus.FAILED}),
     CallbackStatus.PENDING: frozenset({CallbackStatus.DELIVERED, CallbackStatus.FAILED, None}),
     CallbackStatus.DELIVERED: frozenset({CallbackStatus.PENDING, None}),
     CallbackStatus.FAILED: frozenset({CallbackStatus.PENDING, None}),
 }
 """Every change of `callback_status` a store verb may make (None is SQL NULL: no callback due). A job's
-outcome makes its callback PENDING; a reopened job (`retry`) forgets its old callback outcome (NULL)."""
+outcome makes its callback PENDING; a reopened job (`retry`) forgets its old callback outcome (NULL); a
+row that cannot be read cannot be announced either (NULL to FAILED, with the reason)."""

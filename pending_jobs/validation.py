@@ -34,6 +34,8 @@ def parse_payload(text: str | None, limit: int) -> tuple[Any, str | None]:
         payload = json.loads(text)
     except ValueError as exc:
         return None, f"payload is not valid JSON: {exc}"
+    except RecursionError:
+        return None, "payload is nested too deeply to be read (more levels than Python's recursion limit)"
     return payload, payload_problem(payload)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+WATCH_IDLE = 1.0  # seconds the timeout watchdog sleeps when no running item has a timeout (woken on a start)
 R = TypeVar("R")
 
 
@@ -36,13 +37,24 @@ class WorkerPool(Generic[T, R]):
 
     `work` should not raise; if it does, `on_error(item, error)` turns the exception into the item's
     result, so no item is ever lost with its thread. `wake()` makes a waiting `take` return early.
+
+    With `timeout_of`, a watchdog thread of its own gives up on an item running longer than its timeout:
+    `on_timeout(item)` makes its result (and may release what the item holds), a fresh worker keeps the
+    pool at full strength, and the stuck thread's late result is dropped. The watchdog is a thread of
+    its own because the thread that takes results may itself wait on what the stuck item holds (SQLite's
+    one write lock).
     """
 
     def __init__(self, size: int, work: Callable[[T], R], on_error: Callable[[T, BaseException], R],
-                 name: str = "pending-jobs-worker") -> None:
+                 name: str = "pending-jobs-worker", timeout_of: Callable[[T], float | None] | None = None,
+                 on_timeout: Callable[[T], R] | None = None) -> None:
         self._work = work
         self._on_error = on_error
         self._name = name
+        self._timeout_of = timeout_of
+        self._on_timeout = on_timeout
+        self._timed = threading.Event()  # set when an item with a timeout starts
+        self._closed = False
         self._inbox: queue.SimpleQueue[Slot[T] | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[tuple[Slot[T], R] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -51,6 +63,8 @@ class WorkerPool(Generic[T, R]):
         self._started = 0
         for _ in range(max(1, size)):
             self._add_thread()
+        if timeout_of is not None and on_timeout is not None:
+            threading.Thread(target=self._watch, name=f"{name}-timeouts", daemon=True).start()
 
     @property
     def busy(self) -> int:
@@ -103,19 +117,21 @@ class WorkerPool(Generic[T, R]):
                 self._in_flight.discard(slot)
         return waiting
 
-    def abandon(self, slot: Slot[T]) -> bool:
-        """Give up on a running item (it timed out): its late result is dropped and a fresh worker keeps
-        the pool at full strength. False when it had finished meanwhile."""
+    def abandon(self, slot: Slot[T], result: R) -> bool:
+        """Give up on a running item: `result` is its result now, its late one is dropped, and a fresh
+        worker keeps the pool at full strength. False when it had finished meanwhile."""
         with self._lock:
             if slot not in self._in_flight or slot.finished:
                 return False
-            slot.abandoned = True
-            self._in_flight.discard(slot)
+            slot.abandoned = slot.finished = True
+        self._outbox.put((slot, result))
         self._add_thread()
         return True
 
     def close(self, wait: float = 0.1) -> None:
         """Stop the workers once they are idle; waits at most `wait` seconds for each (daemons otherwise)."""
+        self._closed = True
+        self._timed.set()
         for _ in self._threads:
             self._inbox.put(None)
         deadline = time.monotonic() + wait
@@ -128,12 +144,35 @@ class WorkerPool(Generic[T, R]):
         self._threads.append(thread)
         thread.start()
 
+    def _watch(self) -> None:
+        assert self._timeout_of is not None and self._on_timeout is not None
+        while not self._closed:
+            now = time.monotonic()
+            nearest = WATCH_IDLE
+            for slot in self.running():
+                timeout = self._timeout_of(slot.item)
+                if timeout is None or slot.started is None:
+                    continue
+                left = slot.started + timeout - now
+                if left > 0:
+                    nearest = min(nearest, left)
+                    continue
+                try:
+                    result = self._on_timeout(slot.item)
+                except BaseException as error:  # the item must still end, with a reason
+                    result = self._on_error(slot.item, error)
+                self.abandon(slot, result)
+            self._timed.wait(nearest)
+            self._timed.clear()
+
     def _run(self) -> None:
         while (slot := self._inbox.get()) is not None:
             with self._lock:
                 if slot.abandoned:
                     continue
                 slot.started = time.monotonic()
+            if self._timeout_of is not None and self._timeout_of(slot.item) is not None:
+                self._timed.set()
             try:
                 result = self._work(slot.item)
             except BaseException as error:  # never lose an item with its thread

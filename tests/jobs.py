@@ -200,3 +200,79 @@ def duplicate_in_handler(payload: dict[str, Any], ctx: Context) -> None:
     """An IntegrityError raised deep inside SQLAlchemy and the driver, from a handler's own code."""
     for _ in range(2):
         ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'dup')"), {"id": ctx.job_id})
+
+
+# -- poison (tests/contract/test_poison.py): what a handler may do that must not stop a run ---------
+
+
+@task("retry_with")
+def retry_with(payload: dict[str, Any], ctx: Context) -> None:
+    """Asks for a retry after whatever `delay` says: 1e12, "inf", "soon"."""
+    delay = payload["delay"]
+    raise Retry(delay=float(delay) if delay in ("inf", "-inf", "nan") else delay)
+
+
+class Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ itself raises")
+
+
+@task("unprintable")
+def unprintable(payload: dict[str, Any], ctx: Context) -> None:
+    raise Unprintable()
+
+
+def _broken_backoff(attempt: int) -> float:
+    raise ZeroDivisionError("the backoff function is broken")
+
+
+@task("broken_backoff", backoff=_broken_backoff)
+def broken_backoff(payload: dict[str, Any], ctx: Context) -> None:
+    raise RuntimeError("fails, and its backoff fails too")
+
+
+@task("closes_connection")
+def closes_connection(payload: dict[str, Any], ctx: Context) -> str:
+    ctx.connection.execute(sa.text("SELECT 1"))
+    ctx.connection.close()
+    return "closed my own connection"
+
+
+@task("invalidates_connection")
+def invalidates_connection(payload: dict[str, Any], ctx: Context) -> str:
+    ctx.connection.execute(sa.text("SELECT 1"))
+    ctx.connection.invalidate()
+    return "invalidated my own connection"
+
+
+@task("lone_surrogate_result")
+def lone_surrogate_result(payload: dict[str, Any], ctx: Context) -> str:
+    return "half a pair: \ud800"
+
+
+@task("leaves_a_thread")
+def leaves_a_thread(payload: dict[str, Any], ctx: Context) -> str:
+    """Starts a non-daemon thread that outlives the run."""
+    import threading
+
+    threading.Thread(target=time.sleep, args=(3600,), name="left-behind", daemon=False).start()
+    return "left a thread"
+
+
+@task("isolated_ignores_sigterm", isolation="process")
+def isolated_ignores_sigterm(payload: dict[str, Any], ctx: Context) -> str:
+    """Returns, but its process would not end: it ignores SIGTERM and keeps a non-daemon thread."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
+    print("a line on stdout, for the job's log")  # noqa: T201 - what a child's stray print looks like
+    return "done"
+
+
+@task("holds_connection_then_hangs", timeout=1.0)
+def holds_connection_then_hangs(payload: dict[str, Any], ctx: Context) -> None:
+    """Writes through ctx.connection (SQLite: takes the one write lock), then hangs past its timeout."""
+    ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'hung')"), {"id": ctx.job_id})
+    time.sleep(float(payload.get("seconds", 30)))

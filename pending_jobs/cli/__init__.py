@@ -6,14 +6,16 @@ import argparse
 import contextlib
 import faulthandler
 import logging
+import multiprocessing
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
-from .. import __version__, logs
+from .. import __version__
 from ..errors import EXIT_CONFIG, CommandFailed, ConfigError, DatabaseUnavailable, exit_code_of
-from ..store import is_unavailable
+from ..store import ours
 from . import callbacks, common, core, ops
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as stop:
         return int(stop.code or 0) and EXIT_CONFIG
     try:
-        logs.configure(args.verbose, args.log_format or "text", args.log_file or "")
+        common.configure_logs(args.verbose, args.log_format or "text", args.log_file or "")
         code: int = args.func(args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
@@ -59,9 +61,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _failed(raised)
 
 
+def entry() -> None:
+    """The `pending-jobs` command: run it, then leave, even if a handler left a thread or a process behind.
+
+    A run ends when its work is recorded. A thread a handler started and never ended (a non-daemon
+    thread, a ThreadPoolExecutor) would keep the interpreter alive at exit, and a process-isolated child
+    that ignores SIGTERM would hang multiprocessing's exit hook; under `flock` that would stop every later
+    tick. So children still alive are killed, and with foreign threads left the process exits at once.
+    """
+    code = main()
+    for child in multiprocessing.active_children():
+        child.kill()
+    left = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    if not left:
+        sys.exit(code)
+    log.warning("leaving while %d thread(s) started by handlers still run: %s", len(left), ", ".join(left[:5]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(code)
+
+
 def _failed(raised: BaseException) -> int:
     """Say in one line why the command ended, and return its exit code (errors.exit_code_of)."""
-    error = _ours(raised)
+    error = ours(raised)
     code = exit_code_of(error)
     if isinstance(error, BrokenPipeError):
         # The reader went away (`list | head -1`): stop quietly, as Unix tools do. Point stdout at
@@ -82,14 +105,6 @@ def _failed(raised: BaseException) -> int:
     return code
 
 
-def _ours(error: BaseException) -> BaseException:
-    """A driver error that means the database is unreachable or read-only becomes DatabaseUnavailable."""
-    if is_unavailable(error):
-        return DatabaseUnavailable(f"{type(getattr(error, 'orig', error)).__name__}: "
-                                   f"{_first_line(getattr(error, 'orig', error))}")
-    return error
-
-
 def _first_line(value: object) -> str:
     try:
         return " ".join(str(value).split())[:300]
@@ -98,4 +113,4 @@ def _first_line(value: object) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -23,12 +23,12 @@ def register(commands: Commands) -> None:
     common.add_common(q)
     common.add_json(q)
     q.add_argument("--failed", action="store_true", help="only callbacks that failed for good")
-    q.add_argument("--limit", type=int, default=100, help="at most this many rows (default 100)")
+    q.add_argument("--limit", type=common.INTEGER, default=100, help="at most this many rows (default 100)")
     q.set_defaults(func=cmd_list)
 
     q = actions.add_parser("retry", help="make a finished job's callback due now, also when it failed")
     common.add_common(q)
-    q.add_argument("job_id", type=int, metavar="ID", help="the job's id")
+    q.add_argument("job_id", type=common.JOB_ID, metavar="ID", help="the job's id")
     q.set_defaults(func=cmd_retry)
 
 

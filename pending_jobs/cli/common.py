@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +17,34 @@ from ..errors import ConfigError
 from ..store import Store, create_engine, open_store
 
 log = logging.getLogger("pending_jobs.cli")
+
+
+MAX_ID = 2**63 - 1  # BIGINT: a larger id can exist on no database
+
+
+def argument(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
+    """An argparse `type` from a settings parser: its ValueError becomes argparse's message (exit 2)."""
+
+    def convert(value: str) -> Any:
+        try:
+            return parse(value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _job_id(value: str) -> int:
+    number = config.integer(value)
+    if not 1 <= number <= MAX_ID:
+        raise ValueError(f"a job id is a whole number from 1 to {MAX_ID}, not {value}")
+    return number
+
+
+DURATION = argument(config.duration)
+JOB_ID = argument(_job_id)
+INTEGER = argument(config.integer)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
@@ -40,11 +68,16 @@ def settings_from(args: argparse.Namespace) -> Settings:
     # `main` set logging up from the flags alone; the environment or the config file may name others.
     if (settings.log_format, settings.log_file) != (getattr(args, "log_format", None) or "text",
                                                      getattr(args, "log_file", None) or ""):
-        try:
-            logs.configure(getattr(args, "verbose", 0), settings.log_format, settings.log_file)
-        except OSError as error:
-            raise ConfigError(f"cannot open log file {settings.log_file}: {error.strerror or error}") from None
+        configure_logs(getattr(args, "verbose", 0), settings.log_format, settings.log_file)
     return settings
+
+
+def configure_logs(verbosity: int, log_format: str, log_file: str) -> None:
+    """Logging as the flags or settings say; a log file that cannot be opened is a configuration error."""
+    try:
+        logs.configure(verbosity, log_format, log_file)
+    except OSError as error:
+        raise ConfigError(f"cannot open log file {log_file}: {error.strerror or error}") from None
 
 
 def open_database(settings: Settings, pool_size: int = 5) -> tuple[sa.Engine, Store]:
@@ -56,6 +89,22 @@ def open_database(settings: Settings, pool_size: int = 5) -> tuple[sa.Engine, St
 def print_json(value: Any) -> None:
     """Machine-readable output: one JSON document."""
     print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def printable(text: str, newlines: bool = True) -> str:
+    """Text a producer wrote, safe to show in a terminal: control characters (an escape sequence in a task
+    name could retitle the window or clear the screen) are shown as escapes; newlines kept when asked."""
+    return "".join(ch if ch.isprintable() or (newlines and ch in "\n\t") else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def out(text: str) -> None:
+    """One line (or a block) for a person, on stdout, with control characters escaped."""
+    print(printable(text))
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -72,9 +121,9 @@ def _cell(value: Any) -> str:
         return "-"
     if hasattr(value, "isoformat"):
         return str(value.isoformat(sep=" ", timespec="seconds"))
-    return str(value)
+    return printable(str(value), newlines=False)
 
 
 def eprint(message: str) -> None:
     """One line for a person, on stderr (cron mails it)."""
-    print(f"pending-jobs: {message}", file=sys.stderr)
+    print(f"pending-jobs: {printable(message)}", file=sys.stderr)

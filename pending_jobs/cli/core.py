@@ -33,11 +33,12 @@ def register(commands: Commands) -> None:
     p.add_argument("task", help="the task name a handler is registered under")
     p.add_argument("--payload", default="{}", help="JSON object given to the handler (default {})")
     p.add_argument("--queue", dest="job_queue", default="default", help="queue name (default 'default')")
-    p.add_argument("--priority", type=int, default=0, help="higher runs first, -1000..1000 (default 0)")
+    p.add_argument("--priority", type=common.INTEGER, default=0, help="higher runs first, -1000..1000 (default 0)")
     when = p.add_mutually_exclusive_group()
-    when.add_argument("--delay", type=config._duration, help="run after this long (seconds or 30s, 5m, 2h)")
+    when.add_argument("--delay", type=common.DURATION, help="run after this long (seconds or 30s, 5m, 2h)")
     when.add_argument("--run-at", help="run at this ISO 8601 time (UTC unless it has an offset)")
-    p.add_argument("--max-attempts", type=int, help="attempts before the job fails (default: the column's, 5)")
+    p.add_argument("--max-attempts", type=common.INTEGER,
+                   help="attempts before the job fails (default: the column's, 5)")
     p.add_argument("--callback-url", help="POST the outcome here when the job ends")
     p.add_argument("--idempotency-key", help="a second enqueue with the same key returns the first job's id")
     p.set_defaults(func=cmd_enqueue)
@@ -50,7 +51,7 @@ def register(commands: Commands) -> None:
     p = commands.add_parser("status", help="counts per queue and status, oldest due job, callbacks, the last run")
     common.add_common(p)
     common.add_json(p)
-    p.add_argument("--stale-after", type=config._duration, default=STALE_AFTER, metavar="AGE",
+    p.add_argument("--stale-after", type=common.DURATION, default=STALE_AFTER, metavar="AGE",
                    help="warn when no run finished for this long (default 5m)")
     p.set_defaults(func=cmd_status)
 
@@ -58,20 +59,20 @@ def register(commands: Commands) -> None:
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     """The flags of `run`, each naming its environment variable."""
     p.add_argument("--tasks", help=config.env_help("tasks"))
-    p.add_argument("--max-runtime", type=config._duration, help=config.env_help("max_runtime"))
-    p.add_argument("--max-jobs", type=int, help=config.env_help("max_jobs"))
-    p.add_argument("--batch-size", type=int, help=config.env_help("batch_size"))
-    p.add_argument("--concurrency", type=int, help=config.env_help("concurrency"))
-    p.add_argument("--lease", type=config._duration, help=config.env_help("lease"))
+    p.add_argument("--max-runtime", type=common.DURATION, help=config.env_help("max_runtime"))
+    p.add_argument("--max-jobs", type=common.INTEGER, help=config.env_help("max_jobs"))
+    p.add_argument("--batch-size", type=common.INTEGER, help=config.env_help("batch_size"))
+    p.add_argument("--concurrency", type=common.INTEGER, help=config.env_help("concurrency"))
+    p.add_argument("--lease", type=common.DURATION, help=config.env_help("lease"))
     p.add_argument("--queue", dest="queue_flags", action="append", metavar="NAME",
                    help="run only this queue; repeatable (env PENDING_JOBS_QUEUES, comma-separated; default: all)")
-    p.add_argument("--poll", type=config._duration, help=config.env_help("poll"))
-    p.add_argument("--grace", type=config._duration, help=config.env_help("grace"))
-    p.add_argument("--job", type=int, metavar="ID", help="run this one pending job now, whatever its run_at")
+    p.add_argument("--poll", type=common.DURATION, help=config.env_help("poll"))
+    p.add_argument("--grace", type=common.DURATION, help=config.env_help("grace"))
+    p.add_argument("--job", type=common.JOB_ID, metavar="ID", help="run this one pending job now, whatever its run_at")
     p.add_argument("--metrics-file", metavar="PATH", help=config.env_help("metrics_file"))
-    p.add_argument("--retention-succeeded", type=config._duration, metavar="AGE",
+    p.add_argument("--retention-succeeded", type=common.DURATION, metavar="AGE",
                    help=config.env_help("retention_succeeded"))
-    p.add_argument("--retention-failed", type=config._duration, metavar="AGE", help=config.env_help("retention_failed"))
+    p.add_argument("--retention-failed", type=common.DURATION, metavar="AGE", help=config.env_help("retention_failed"))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -110,7 +111,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    print(job_id)
+    common.out(str(job_id))
     return EXIT_OK
 
 
@@ -133,7 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         progress.close()
     common.log.info("run finished: %s", report.summary())
     if args.verbose:
-        print(report.summary())
+        common.out(report.summary())
     return EXIT_OK
 
 
@@ -147,25 +148,28 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     common.print_table(["queue", "status", "jobs"], [(c["queue"], c["status"], c["jobs"]) for c in status["counts"]])
     age = status["oldest_due_age_seconds"]
-    print(f"\noldest due job waiting: {'none due' if age is None else f'{age:.1f}s'}")
+    common.out(f"\noldest due job waiting: {'none due' if age is None else f'{age:.1f}s'}")
     expired = status["expired_leases"]
-    print(f"running with expired lease: {len(expired)}")
+    common.out(f"running with expired lease: {len(expired)}")
     for job in expired:
-        print(f"  job {job['id']} ({job['task']}) held by {job['lease_owner']} since {job['started_at']}")
+        common.out(f"  job {job['id']} ({job['task']}) held by {job['lease_owner']} since {job['started_at']}")
     for queue in status["paused_queues"]:
         why = f": {queue['reason']}" if queue["reason"] else ""
-        print(f"queue {queue['queue']} is PAUSED since {common._cell(queue['paused_at'])} by {queue['paused_by']}{why}")
+        since = common._cell(queue["paused_at"])
+        common.out(f"queue {queue['queue']} is PAUSED since {since} by {queue['paused_by']}{why}")
     cb = status["callbacks"]
-    print(f"callbacks: {cb['pending']} pending ({cb['due']} due now), {cb['failed']} failed, "
-          f"{cb['delivered']} delivered")
+    common.out(f"callbacks: {cb['pending']} pending ({cb['due']} due now), {cb['failed']} failed, "
+               f"{cb['delivered']} delivered")
     run = status["last_run"]
     if run is None:
-        print("last run: none recorded")
+        common.out("last run: none recorded")
     else:
-        took = "still running or killed" if run["duration_seconds"] is None else f"took {run['duration_seconds']:.1f}s"
-        print(f"last run: #{run['id']} on {run['host']} pid {run['pid']} started {common._cell(run['started_at'])}, "
-              f"{took}, exit {run['exit_code']}: claimed {run['claimed']}, succeeded {run['succeeded']}, "
-              f"failed {run['failed']}, retried {run['retried']}")
+        seconds = run["duration_seconds"]
+        took = "still running or killed" if seconds is None else f"took {seconds:.1f}s"
+        started = common._cell(run["started_at"])
+        common.out(f"last run: #{run['id']} on {run['host']} pid {run['pid']} started {started}, "
+                   f"{took}, exit {run['exit_code']}: claimed {run['claimed']}, succeeded {run['succeeded']}, "
+                   f"failed {run['failed']}, retried {run['retried']}, cancelled {run['cancelled']}")
     for warning in status["warnings"]:
         common.eprint(f"warning: {warning}")
     return EXIT_OK
@@ -182,6 +186,11 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, 
         warnings.append("no run has finished yet: is cron (or the systemd timer) running `pending-jobs run`?")
     elif since > stale_after:
         warnings.append(f"no run finished in the last {since / 60:.0f} minutes: has cron stopped?")
+    never, examples = runs.never_due()
+    if never:
+        shown = ", ".join(f"job {job_id}: {run_at!r}" for job_id, run_at in examples)
+        warnings.append(f"{never} pending job(s) will never run: run_at is not a time ({shown}); "
+                        "fix run_at or cancel them")
     run = health.last_run
     return {
         "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in health.counts],
@@ -197,5 +206,6 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, 
         "last_run": None if run is None else run.as_dict(),
         "seconds_since_last_finished_run": since,
         "last_success_at": health.last_success_at,
+        "never_due": [{"id": job_id, "run_at": run_at} for job_id, run_at in examples],
         "warnings": warnings,
     }

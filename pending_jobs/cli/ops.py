@@ -15,14 +15,14 @@ from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, DatabaseUnavailable
 from ..models import Job
 from ..states import CallbackStatus, JobStatus
-from ..store import CallbackStore, JobFilter, OpsStore, Store
+from ..store import CallbackStore, JobFilter, OpsStore, RunStore, Store
 from ..store.ops import PURGEABLE
 from . import common
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 # `check` exits with the code of the first check that failed.
-CHECK_CODES = {"configuration": 2, "database": 3, "schema": 4, "handlers": 5, "callbacks": 6}
+CHECK_CODES = {"configuration": 2, "database": 3, "schema": 4, "handlers": 5, "callbacks": 6, "rows": 7}
 STATUSES = [s.value for s in JobStatus]
 
 
@@ -35,26 +35,26 @@ def register(commands: Commands) -> None:
     p.add_argument("--status", type=_statuses, help=f"comma-separated statuses ({', '.join(STATUSES)})")
     p.add_argument("--callback-status", choices=[*[s.value for s in CallbackStatus], "none"],
                    help="only jobs whose callback is in this state (none: no callback)")
-    p.add_argument("--limit", type=int, default=50, help="at most this many rows (default 50)")
+    p.add_argument("--limit", type=common.INTEGER, default=50, help="at most this many rows (default 50)")
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("show", help="one job: the whole row, payload, result, last error, callback attempts")
     common.add_common(p)
     common.add_json(p)
-    p.add_argument("job_id", type=int, metavar="ID")
+    p.add_argument("job_id", type=common.JOB_ID, metavar="ID")
     p.set_defaults(func=cmd_show)
 
     p = commands.add_parser("retry", help="put a finished job (or every failed one) back to pending, attempts reset")
     common.add_common(p)
     target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("job_id", type=int, nargs="?", metavar="ID", help="the job's id")
+    target.add_argument("job_id", type=common.JOB_ID, nargs="?", metavar="ID", help="the job's id")
     target.add_argument("--failed", action="store_true", help="every failed job that matches the filters")
     add_filters(p)
     p.set_defaults(func=cmd_retry)
 
     p = commands.add_parser("cancel", help="cancel a pending job; a running one is marked and its handler can see it")
     common.add_common(p)
-    p.add_argument("job_id", type=int, metavar="ID")
+    p.add_argument("job_id", type=common.JOB_ID, metavar="ID")
     p.set_defaults(func=cmd_cancel)
 
     p = commands.add_parser("pause", help="stop every runner claiming a queue's jobs (running ones finish)")
@@ -70,7 +70,7 @@ def register(commands: Commands) -> None:
 
     p = commands.add_parser("purge", help="delete finished jobs older than an age")
     common.add_common(p)
-    p.add_argument("--older-than", type=config._duration, required=True, metavar="AGE",
+    p.add_argument("--older-than", type=common.DURATION, required=True, metavar="AGE",
                    help="finished more than this long ago (seconds or 30m, 12h, 7d)")
     p.add_argument("--status", type=_statuses, default=["succeeded", "cancelled"],
                    help="comma-separated: succeeded, failed, cancelled (default succeeded,cancelled)")
@@ -91,11 +91,11 @@ def add_filters(p: argparse.ArgumentParser) -> None:
     """The filters `list` and `retry --failed` share."""
     p.add_argument("--queue", dest="job_queue", metavar="NAME", help="only this queue")
     p.add_argument("--task", dest="job_task", metavar="NAME", help="only this task")
-    p.add_argument("--since", type=config._duration, metavar="AGE", help="only jobs created within this age (2h, 7d)")
+    p.add_argument("--since", type=common.DURATION, metavar="AGE", help="only jobs created within this age (2h, 7d)")
 
 
 def _statuses(value: str) -> list[str]:
-    wanted = config._str_list(value)
+    wanted = config.str_list(value)
     unknown = sorted(set(wanted) - set(STATUSES))
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown status {', '.join(unknown)} (use {', '.join(STATUSES)})")
@@ -158,12 +158,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     long_fields = ("payload", "result", "last_error", "callback_last_error")
     common.print_table(["field", "value"], [(k, v) for k, v in data.items() if k not in long_fields])
     for name in ("payload", "result"):
-        print(f"\n{name}:\n{json.dumps(data[name], indent=2, ensure_ascii=False, default=str)}")
+        common.out(f"\n{name}:\n{json.dumps(data[name], indent=2, ensure_ascii=False, default=str)}")
     for name in ("last_error", "callback_last_error"):
         if data[name]:
-            print(f"\n{name}:\n{data[name]}")
+            common.out(f"\n{name}:\n{data[name]}")
     if attempts:
-        print("\ncallback attempts:")
+        common.out("\ncallback attempts:")
         common.print_table(
             ["attempt", "at", "status", "ms", "error"],
             [(a["attempt"], a["attempted_at"], a["status_code"], a["duration_ms"], _first_line(a["error"]))
@@ -183,9 +183,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
             state = f"is {job.status}" if job else "does not exist"
             common.eprint(f"job {args.job_id} {state}: only succeeded, failed or cancelled jobs can be retried")
             return EXIT_FAILURE
-        print(f"job {args.job_id} is pending again")
+        common.out(f"job {args.job_id} is pending again")
         return EXIT_OK
-    print(f"{ops.retry_failed(_filter(args))} failed job(s) pending again")
+    common.out(f"{ops.retry_failed(_filter(args))} failed job(s) pending again")
     return EXIT_OK
 
 
@@ -193,9 +193,10 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     _, store = _open(args)
     outcome = OpsStore(store).cancel(args.job_id)
     if outcome == "done":
-        print(f"job {args.job_id} cancelled")
+        common.out(f"job {args.job_id} cancelled")
     elif outcome == "requested":
-        print(f"job {args.job_id} is running: marked to be cancelled (its handler sees ctx.cancel_requested())")
+        common.out(f"job {args.job_id} is running: marked to be cancelled "
+                   "(its handler sees ctx.cancel_requested())")
     else:
         state = "does not exist" if outcome == "missing" else f"is already {outcome}"
         common.eprint(f"job {args.job_id} {state}: nothing to cancel")
@@ -206,16 +207,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_pause(args: argparse.Namespace) -> int:
     _, store = _open(args)
     if OpsStore(store).pause(args.queue, f"{getpass.getuser()}@{socket.gethostname()}", args.reason):
-        print(f"queue {args.queue} paused: no runner claims its jobs until `pending-jobs resume {args.queue}`")
+        common.out(f"queue {args.queue} paused: no runner claims its jobs until "
+                   f"`pending-jobs resume {args.queue}`")
     else:
-        print(f"queue {args.queue} was already paused")
+        common.out(f"queue {args.queue} was already paused")
     return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     _, store = _open(args)
     if OpsStore(store).resume(args.queue):
-        print(f"queue {args.queue} resumed")
+        common.out(f"queue {args.queue} resumed")
         return EXIT_OK
     common.eprint(f"queue {args.queue} is not paused")
     return EXIT_FAILURE
@@ -226,7 +228,7 @@ def cmd_purge(args: argparse.Namespace) -> int:
     if refused:
         raise ConfigError(f"purge deletes finished jobs only, not {', '.join(refused)}")
     _, store = _open(args)
-    print(f"{OpsStore(store).purge(args.older_than, args.status)} job(s) deleted")
+    common.out(f"{OpsStore(store).purge(args.older_than, args.status)} job(s) deleted")
     return EXIT_OK
 
 
@@ -283,6 +285,10 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
     else:
         warnings = callbacks.config_warnings(settings)
         results.append(("callbacks", not warnings, "; ".join(warnings) or "secret set"))
+    never, examples = RunStore(store).never_due()
+    shown = ", ".join(f"job {job_id}: run_at {run_at!r}" for job_id, run_at in examples)
+    results.append(("rows", never == 0, f"{never} pending job(s) no run will pick up ({shown})" if never
+                    else "every pending job can be claimed when due"))
     return results
 
 

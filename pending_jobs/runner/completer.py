@@ -14,13 +14,16 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 
 from ..batcher import Batcher
+from ..errors import DatabaseUnavailable
 from ..models import Completion, Finished, Outcome, RunReport
+from ..validation import describe_exception
 from .verbs import JobStore
 
 log = logging.getLogger(__name__)
 
 Written = list[tuple[list[Outcome], Finished]]
 """One batch as written: each claim's outcomes with what its statements changed."""
+UNRECORDABLE = "the job's outcome could not be recorded"
 WRITES_AHEAD = 2  # batches being written or queued at once; beyond, claims wait (back-pressure)
 
 
@@ -72,6 +75,25 @@ class Completer:
         self._batcher.close()
 
     def _write(self, outcomes: list[Outcome]) -> Written:
+        """Write a batch; if the database refuses it (a value it cannot take), write each outcome alone,
+        so one job's bad outcome never costs its batch-mates theirs."""
+        try:
+            return self._finish(outcomes)
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:
+            if len(outcomes) > 1:
+                log.warning("recording %d outcomes together failed (%s); recording each alone",
+                            len(outcomes), describe_exception(error, 300).splitlines()[0])
+                return [written for outcome in outcomes for written in self._write([outcome])]
+            [outcome] = outcomes
+            if outcome.kind == "failed" and outcome.error.startswith(UNRECORDABLE):
+                raise  # even the plainest outcome was refused: the database, not the job, is the problem
+            reason = f"{UNRECORDABLE}: {describe_exception(error, 1000).splitlines()[0]}"
+            log.warning("job %d (%s): %s", outcome.job.id, outcome.job.task, reason)
+            return self._write([Outcome(outcome.job, "failed", error=reason)])
+
+    def _finish(self, outcomes: list[Outcome]) -> Written:
         by_token: dict[str, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
             by_token[outcome.job.token].append(outcome)

@@ -18,7 +18,7 @@ from ..context import JobContext
 from ..errors import Fail, Retry
 from ..models import ClaimedJob, Outcome
 from ..registry import Task, default_backoff
-from .verbs import JobStore
+from .verbs import HandlerSession, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,7 @@ class Executor:
         self.store = store
         self.tasks = tasks
         self.settings = settings
+        self._sessions: dict[tuple[int, str], HandlerSession] = {}  # of the handlers running now
 
     def __call__(self, job: ClaimedJob) -> Outcome:
         """Check the row, run its handler, and turn what happened into an outcome. Never raises."""
@@ -56,7 +57,7 @@ class Executor:
 
     def _execute(self, job: ClaimedJob) -> Outcome:
         task = self.tasks.get(job.task)
-        problem = validation.row_problem(job.task, job.max_attempts, job.priority, job.callback_url)
+        problem = job.problem or validation.row_problem(job.task, job.max_attempts, job.priority, job.callback_url)
         payload, payload_problem = validation.parse_payload(job.payload_text, self.settings.payload_limit)
         problem = problem or payload_problem
         if problem is None and task is None:
@@ -66,6 +67,26 @@ class Executor:
             return Outcome(job, "failed", error=validation.clean_text(problem or "unknown task"))
         deadline = time.monotonic() + task.timeout if task.timeout else None
         session = self.store.handler_transaction(job)
+        self._sessions[(job.id, job.token)] = session
+        try:
+            return self._run(task, job, payload, session, deadline)
+        finally:
+            self._sessions.pop((job.id, job.token), None)
+
+    def timed_out(self, job: ClaimedJob) -> Outcome:
+        """The outcome of a job whose handler ran past its timeout (it is left running, abandoned); its
+        connection is closed, so its transaction and locks go with it."""
+        timeout = self.timeout_of(job)
+        log.warning("job %d (%s) timed out after %ss", job.id, job.task, timeout)
+        session = self._sessions.pop((job.id, job.token), None)
+        if session is not None:
+            session.abandon()
+        outcome = self.failure(job, f"TimeoutError: handler ran longer than {timeout}s")
+        _log_outcome(outcome)
+        return outcome
+
+    def _run(self, task: Task, job: ClaimedJob, payload: Any, session: HandlerSession,
+             deadline: float | None) -> Outcome:
         ctx = JobContext(job, session, deadline, _task_logger(job.task))
         try:
             if task.isolation == "process":

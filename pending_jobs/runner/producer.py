@@ -41,8 +41,8 @@ class Producer:
         self.owner = owner
         self.hand_off = hand_off
         """Asked now and then while serving: True when another run is ready to take over."""
-        self.pool: WorkerPool[ClaimedJob, Outcome] = WorkerPool(settings.concurrency, executor, executor.on_error,
-                                                                "pending-jobs")
+        self.pool: WorkerPool[ClaimedJob, Outcome] = WorkerPool(
+            settings.concurrency, executor, executor.on_error, "pending-jobs", executor.timeout_of, executor.timed_out)
         self.completer = Completer(store, report, settings.batch_size, on_progress)
         self._signalled = False
         self._queues: list[str] = []
@@ -119,10 +119,6 @@ class Producer:
         flush = self.completer.wait_for()
         if flush is not None:
             waits.append(flush)
-        for slot in self.pool.running():
-            timeout = self.executor.timeout_of(slot.item)
-            if timeout is not None and slot.started is not None:
-                waits.append(slot.started + timeout - now)
         return max(0.0, min(waits))
 
     def _claim(self, limit: int) -> bool:
@@ -158,21 +154,14 @@ class Producer:
             self.completer.add(outcome for _, outcome in finished)
             self._next_claim = 0.0  # room for more, and a retry among them may be due at once
 
-    # -- leases and timeouts --------------------------------------------------------------------
+    # -- leases -----------------------------------------------------------------------------------
 
     def _maintain(self, now: float) -> None:
+        """Renew the leases of every job this run holds (timeouts are the pool's watchdog's)."""
         if now - self._last_beat >= self.settings.lease / 3:
             held = [(slot.item.id, slot.item.token) for slot in self.pool.in_flight()]
             self.store.heartbeat(held, self.settings.lease)
             self._last_beat = now
-        for slot in self.pool.running():
-            timeout = self.executor.timeout_of(slot.item)
-            if timeout is None or slot.started is None or now - slot.started <= timeout:
-                continue
-            if self.pool.abandon(slot):  # the stuck thread is replaced; its late result is dropped
-                job = slot.item
-                log.warning("job %d (%s) timed out after %ss", job.id, job.task, timeout)
-                self.completer.add([self.executor.failure(job, f"TimeoutError: handler ran longer than {timeout}s")])
 
     # -- stopping -------------------------------------------------------------------------------
 

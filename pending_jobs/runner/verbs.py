@@ -23,6 +23,9 @@ class HandlerSession(HandlerTransaction, Protocol):
     def rollback(self) -> None:
         """Discard the handler's writes; never raises."""
 
+    def abandon(self) -> None:
+        """Close the connection of a handler left running after its timeout (from another thread)."""
+
 
 class JobStore(Protocol):
     """Claim, finish, release, heartbeat: everything a run asks of the database about jobs."""

@@ -7,7 +7,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from ..errors import ConfigError
+from .. import db
+from ..errors import ConfigError, DatabaseUnavailable
 from .base import Store
 from .callbacks import CallbackStore
 from .dialect import Dialect
@@ -18,7 +19,7 @@ from .runs import Health, RunStore
 from .sqlite import SQLite
 
 __all__ = ["CallbackStore", "Dialect", "Health", "JobFilter", "OpsStore", "PausedQueue", "RunStore", "Store",
-           "create_engine", "dialect_for", "dialect_of_error", "insert_jobs", "is_unavailable", "open_store"]
+           "create_engine", "dialect_for", "dialect_of_error", "insert_jobs", "open_store", "ours"]
 
 _DIALECTS: dict[str, Dialect] = {dialect.name: dialect for dialect in (MySQL(), Postgres(), SQLite())}
 _DRIVERS = {"pymysql": _DIALECTS["mysql"], "psycopg": _DIALECTS["postgresql"], "sqlite3": _DIALECTS["sqlite"]}
@@ -59,7 +60,14 @@ def dialect_of_error(error: BaseException) -> Dialect | None:
     return _DRIVERS.get(module)
 
 
-def is_unavailable(error: BaseException) -> bool:
-    """Whether a driver error, wherever it was raised, means the database is unreachable or read-only."""
+def ours(error: BaseException) -> BaseException:
+    """A driver error raised outside a store verb (e.g. while migrating), as the store would have raised
+    it: ConfigError for refused credentials, DatabaseUnavailable for a database that is not there."""
     dialect = dialect_of_error(error)
-    return dialect is not None and dialect.unavailable(error)
+    if dialect is None:
+        return error
+    if dialect.login_refused(error):
+        return ConfigError(f"cannot use the database: {db.describe(error)}")
+    if dialect.unavailable(error):
+        return DatabaseUnavailable(db.describe(error))
+    return error

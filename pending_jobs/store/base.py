@@ -7,6 +7,7 @@ whose row count is returned, so a runner whose lease was taken over can never ov
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
@@ -42,6 +43,14 @@ CLAIM_COLUMNS = (
 )
 """What a claim reads back: ClaimedJob's fields, in ClaimedJob.from_row's order (every extra column is
 parsed per row, per claim)."""
+
+
+JOB_COLUMNS = tuple(
+    sa.cast(column, sa.Text).label(column.name) if column.name in ("payload", "result") else column
+    for column in J.c
+)
+"""A whole row for people (list, show, status): JSON read as text and parsed leniently (Job.from_row), so
+a payload that is not JSON (SQLite stores what it is given) is shown as text, never breaks the listing."""
 
 
 def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], ...]:
@@ -108,6 +117,8 @@ class Store:
                     reconnected = True
                     log.warning("connection lost (%s); retrying once on a fresh connection", db.describe(error))
                     continue
+                if self.sql.login_refused(error):
+                    raise ConfigError(f"cannot use the database: {db.describe(error)}") from error
                 if self.sql.unavailable(error):
                     raise DatabaseUnavailable(db.describe(error)) from error
                 if not self.sql.retryable(error) or attempt == tries:
@@ -175,7 +186,15 @@ class Store:
             attempted = 0 if locked.after_mark else 1
             return [ClaimedJob.from_row(row, token, attempted) for row in locked.rows]
 
-        jobs = self.transaction(work, settle=lambda conn: self._claimed_under(conn, token))
+        settle = functools.partial(self._claimed_under, token=token)
+        try:
+            jobs = self.transaction(work, settle=settle)
+        except exc.DBAPIError as error:
+            if not self.sql.undecodable(error):
+                raise
+            failed = self.transaction(lambda conn: self.sql.quarantine(conn, select, params))
+            log.warning("claim: failed %d job(s) whose rows hold text that is not valid UTF-8", failed)
+            jobs = self.transaction(work, settle=settle)
         jobs.sort(key=lambda job: (-job.priority, job.id))
         return Claim(token, jobs)
 
@@ -354,6 +373,19 @@ class Store:
 
     def get(self, job_id: int) -> Job | None:
         """One whole row, or None."""
-        stmt = sa.select(J).where(J.c.id == job_id)
-        row = self.transaction(lambda conn: conn.execute(stmt).mappings().first())
-        return Job.from_row(row) if row is not None else None
+        rows = self.jobs(sa.select(*JOB_COLUMNS).where(J.c.id == job_id))
+        return rows[0] if rows else None
+
+    def jobs(self, stmt: sa.Select[Any]) -> list[Job]:
+        """Whole rows (a select of JOB_COLUMNS), read so that no row's content can break the read."""
+        return self.read(lambda conn: [Job.from_row(row) for row in conn.execute(stmt).mappings()])
+
+    def read(self, work: Callable[[sa.Connection], T]) -> T:
+        """A read for people (status, list, show): text a producer wrote that cannot be decoded is shown
+        with replacement characters instead of failing the command."""
+
+        def tolerant(conn: sa.Connection) -> T:
+            with self.sql.tolerant_text(conn):
+                return work(conn)
+
+        return self.transaction(tolerant)

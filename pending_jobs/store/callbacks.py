@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import exc
 
 from ..models import AttemptRow, CallbackKind, CallbackResult, CallbackRow, DueCallback
 from ..schema import callback_attempts as A
@@ -90,7 +91,13 @@ class CallbackStore:
             return [DueCallback.from_row(row._mapping, token, int(row._mapping["callback_attempts"]) + counted)
                     for row in locked.rows]
 
-        claimed = self.store.transaction(work)
+        try:
+            claimed = self.store.transaction(work)
+        except exc.DBAPIError as error:
+            if not self.sql.undecodable(error):
+                raise
+            self.store.transaction(lambda conn: self.sql.quarantine(conn, select, params))
+            claimed = self.store.transaction(work)
         claimed.sort(key=lambda callback: callback.job_id)
         return claimed
 
@@ -165,7 +172,7 @@ class CallbackStore:
             .order_by(J.c.id.desc())
             .limit(limit)
         )
-        return self.store.transaction(lambda conn: [CallbackRow.from_row(r) for r in conn.execute(stmt).mappings()])
+        return self.store.read(lambda conn: [CallbackRow.from_row(r) for r in conn.execute(stmt).mappings()])
 
     def retry(self, job_id: int) -> bool:
         """Make a finished job's callback due now with a fresh schedule (also when it had failed).
@@ -184,4 +191,4 @@ class CallbackStore:
     def attempts(self, job_id: int) -> list[AttemptRow]:
         """Every recorded attempt of one job's callback, oldest first."""
         stmt = sa.select(A).where(A.c.job_id == job_id).order_by(A.c.id)
-        return self.store.transaction(lambda conn: [AttemptRow.from_row(r) for r in conn.execute(stmt).mappings()])
+        return self.store.read(lambda conn: [AttemptRow.from_row(r) for r in conn.execute(stmt).mappings()])

@@ -18,6 +18,7 @@ of this API:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 from collections.abc import Callable, Sequence
@@ -106,6 +107,11 @@ class Dialect:
         """The database is unreachable, went away, or refuses writes: stop and exit 75."""
         return isinstance(error, exc.DBAPIError) and error.connection_invalidated
 
+    def login_refused(self, error: BaseException) -> bool:
+        """The server refused the credentials or knows no such database: a configuration error, not a
+        moment to wait out."""
+        return False
+
     # -- statements ----------------------------------------------------------------------------
 
     def cached(self, key: tuple[Any, ...], build: Callable[[], S]) -> S:
@@ -161,6 +167,25 @@ class Dialect:
 
         rows = conn.execute(self.cached(key, build), params).all()
         return Locked(rows, len(rows), after_mark=True)
+
+    def unreadable_time(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+        """A condition true where a time column holds something that is not a time (no claim would ever
+        find such a row due), or None where the column's type makes that impossible."""
+        return None
+
+    def tolerant_text(self, conn: sa.Connection) -> contextlib.AbstractContextManager[None]:
+        """While open, text that cannot be decoded is read with replacement characters (people's reads)."""
+        return contextlib.nullcontext()
+
+    def undecodable(self, error: BaseException) -> bool:
+        """Whether a read failed because a row holds text the driver cannot decode (SQLite only: the
+        others refuse invalid UTF-8 at INSERT)."""
+        return False
+
+    def quarantine(self, conn: sa.Connection, select: Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]],
+                   params: dict[str, Any]) -> int:
+        """End the rows `select` finds that hold undecodable text as failed, with the reason; how many."""
+        return 0
 
     def due_queues(self, conn: sa.Connection) -> list[str]:
         """Queues that have pending jobs, found by a skip scan over the claim index."""

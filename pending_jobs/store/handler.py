@@ -78,6 +78,22 @@ class HandlerSession:
                 return "recorded", ""
             return "error", db.describe(error)
 
+    def abandon(self) -> None:
+        """The handler timed out and is left running: close its connection from this (another) thread, so
+        its open transaction is rolled back and its locks go (SQLite: the one write lock every other
+        transaction waits for). Never raises; the handler's next use of the connection fails."""
+        conn = self._connection
+        if conn is None:
+            return
+        try:
+            raw = conn.connection.dbapi_connection
+            interrupt = getattr(raw, "interrupt", None)  # sqlite3: stop a statement running in the other thread
+            if interrupt is not None:
+                interrupt()
+            conn.invalidate()
+        except Exception as error:
+            log.warning("job %d: could not close its timed-out handler's connection: %s", self._job.id, error)
+
     def rollback(self) -> None:
         """Discard the handler's writes. Never raises: a dead connection has nothing left to roll back,
         and the job must still be recorded."""

@@ -24,6 +24,7 @@ LOCK_WAIT_TIMEOUT = 1205  # only the statement was rolled back: roll back the tr
 READ_ONLY = (1290, 1792, 1836)  # --read-only / read-only transaction / read-only replica
 GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost / killed / shutdown
 LOST = (2006, 2013, 2055, 1927, 4031)  # an open connection dropped; the server may still be up
+LOGIN_REFUSED = (1044, 1045, 1049, 1698)  # access denied (to the database) / unknown database
 SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: a transaction is open (pymysql.constants.SERVER_STATUS)
 
 
@@ -57,6 +58,9 @@ class MySQL(Dialect):
 
     def connection_lost(self, error: BaseException) -> bool:
         return super().connection_lost(error) or _errno(error) in LOST
+
+    def login_refused(self, error: BaseException) -> bool:
+        return _errno(error) in LOGIN_REFUSED
 
     def unavailable(self, error: BaseException) -> bool:
         code = _errno(error)

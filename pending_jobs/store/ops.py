@@ -18,7 +18,7 @@ from ..schema import callback_attempts as A
 from ..schema import db_now, paused_queues, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
-from .base import Store
+from .base import JOB_COLUMNS, Store
 
 PURGE_BATCH = 1000  # rows per DELETE, so a big purge never holds locks for long
 RETENTION_BATCHES = 10  # per run: a large backlog is worked off over several runs
@@ -78,13 +78,13 @@ class OpsStore:
 
     def list_jobs(self, f: JobFilter) -> list[Job]:
         """Jobs matching the filter, newest first."""
-        stmt = sa.select(J).where(*self._where(f)).order_by(J.c.id.desc()).limit(max(1, f.limit))
-        return self.store.transaction(lambda conn: [Job.from_row(row) for row in conn.execute(stmt).mappings()])
+        return self.store.jobs(sa.select(*JOB_COLUMNS).where(*self._where(f)).order_by(J.c.id.desc())
+                               .limit(max(1, f.limit)))
 
     def pending_tasks(self) -> list[str]:
         """Task names of pending jobs (for `check`: each needs a handler)."""
         stmt = sa.select(J.c.task).where(J.c.status == JOB_PENDING).distinct().order_by(J.c.task)
-        return self.store.transaction(lambda conn: [str(row[0]) for row in conn.execute(stmt)])
+        return self.store.read(lambda conn: [str(row[0]) for row in conn.execute(stmt)])
 
     # -- retry and cancel -------------------------------------------------------------------------
 
@@ -152,7 +152,7 @@ class OpsStore:
     def paused(self) -> list[PausedQueue]:
         """Every paused queue, by name."""
         stmt = sa.select(paused_queues).order_by(paused_queues.c.queue)
-        return self.store.transaction(lambda conn: [
+        return self.store.read(lambda conn: [
             PausedQueue(row.queue, self.sql.clock_value(row.paused_at), row.paused_by, row.reason)
             for row in conn.execute(stmt)])
 

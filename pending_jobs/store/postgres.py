@@ -26,6 +26,7 @@ ATTEMPT_TYPES = {"job_id": "BIGINT", "attempt": "INTEGER", "webhook_id": "TEXT",
 SERIALIZATION = ("40001", "40P01")  # serialization failure, deadlock: run the transaction again
 READ_ONLY = "25006"
 SHUTDOWN = ("57P01", "57P02", "57P03")  # admin / crash shutdown, cannot connect now
+LOGIN_REFUSED = ("28000", "28P01", "3D000")  # invalid authorization / password, unknown database
 
 
 class Postgres(Dialect):
@@ -55,6 +56,14 @@ class Postgres(Dialect):
         return super().connection_lost(error) or code in SHUTDOWN or code in ("08006", "08003") or (
             # libpq's own errors carry no SQLSTATE (and no data of ours): this one is an open socket closed.
             _libpq_error(error) and "server closed the connection" in str(getattr(error, "orig", "")))
+
+    def login_refused(self, error: BaseException) -> bool:
+        # libpq reports the server's refusal of a new connection as text only (no SQLSTATE); these are its
+        # own fixed phrases, holding no data but the user's and database's names.
+        text = str(getattr(error, "orig", ""))
+        return db.sqlstate(error) in LOGIN_REFUSED or (_libpq_error(error) and any(
+            phrase in text for phrase in ("password authentication failed", "no pg_hba.conf entry",
+                                          "does not exist")))
 
     def unavailable(self, error: BaseException) -> bool:
         code = db.sqlstate(error)

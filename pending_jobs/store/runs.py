@@ -13,7 +13,7 @@ from ..models import Job, RunReport, RunRow
 from ..schema import SUMMARY_VIEW, db_now, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, CallbackStatus
-from .base import Store
+from .base import JOB_COLUMNS, Store
 
 R = runs
 
@@ -65,7 +65,7 @@ class RunStore:
     def runs(self, limit: int = 10) -> list[RunRow]:
         """The newest runs first."""
         stmt = sa.select(R).order_by(R.c.id.desc()).limit(limit)
-        return self.store.transaction(lambda conn: [self._run_row(row) for row in conn.execute(stmt).mappings()])
+        return self.store.read(lambda conn: [self._run_row(row) for row in conn.execute(stmt).mappings()])
 
     # -- status -----------------------------------------------------------------------------------
 
@@ -73,12 +73,12 @@ class RunStore:
         """(queue, status, count) for every pair present."""
         stmt = (sa.select(J.c.queue, J.c.status, sa.func.count()).group_by(J.c.queue, J.c.status)
                 .order_by(J.c.queue, J.c.status))
-        return self.store.transaction(lambda conn: [(q, s, int(n)) for q, s, n in conn.execute(stmt)])
+        return self.store.read(lambda conn: [(q, s, int(n)) for q, s, n in conn.execute(stmt)])
 
     def summary_view(self) -> list[tuple[str, str, int]]:
         """(queue, status, jobs) from the `pending_jobs_summary` view, as a status page reads it."""
         stmt = sa.text(f"SELECT queue, status, jobs FROM {SUMMARY_VIEW} ORDER BY queue, status")
-        return self.store.transaction(lambda conn: [(q, s, int(n)) for q, s, n in conn.execute(stmt)])
+        return self.store.read(lambda conn: [(q, s, int(n)) for q, s, n in conn.execute(stmt)])
 
     def oldest_due_age(self) -> float | None:
         """Seconds the oldest due pending job has waited, by the database clock; None when none is due."""
@@ -93,13 +93,28 @@ class RunStore:
                 return None
             return max(0.0, (now - found).total_seconds())
 
-        return self.store.transaction(work)
+        return self.store.read(work)
 
     def expired_leases(self) -> list[Job]:
         """Running jobs whose lease has expired (their runner died; the next run rescues them)."""
-        stmt = sa.select(J).where(J.c.status == JOB_RUNNING, sa.or_(J.c.lease_expires_at < db_now(),
-                                                                  J.c.lease_expires_at.is_(None))).order_by(J.c.id)
-        return self.store.transaction(lambda conn: [Job.from_row(row) for row in conn.execute(stmt).mappings()])
+        return self.store.jobs(sa.select(*JOB_COLUMNS).where(
+            J.c.status == JOB_RUNNING, sa.or_(J.c.lease_expires_at < db_now(), J.c.lease_expires_at.is_(None)))
+            .order_by(J.c.id))
+
+    def never_due(self, limit: int = 5) -> tuple[int, list[tuple[int, str]]]:
+        """Pending jobs no claim will ever find due (their run_at is not a time): how many, and a few
+        (id, run_at as stored)."""
+        unreadable = self.sql.unreadable_time(J.c.run_at)
+        if unreadable is None:
+            return 0, []
+        where = (J.c.status == JOB_PENDING, unreadable)
+        count = sa.select(sa.func.count()).where(*where)
+        some = sa.select(J.c.id, sa.cast(J.c.run_at, sa.Text)).where(*where).order_by(J.c.id).limit(limit)
+
+        def work(conn: sa.Connection) -> tuple[int, list[tuple[int, str]]]:
+            return int(conn.execute(count).scalar_one()), [(int(i), str(t)) for i, t in conn.execute(some)]
+
+        return self.store.read(work)
 
     def callback_counts(self) -> dict[str, int]:
         """Jobs per callback status (pending, delivered, failed), plus `due`."""
@@ -114,7 +129,7 @@ class RunStore:
             counts["due"] = int(conn.execute(due).scalar_one())
             return counts
 
-        return self.store.transaction(work)
+        return self.store.read(work)
 
     def health(self) -> Health:
         """Counts, oldest due age, callbacks and the last runs, read in a few short queries."""
@@ -127,7 +142,7 @@ class RunStore:
             now = conn.execute(sa.select(db_now())).scalar_one()
             return (self._run_row(row) if row else None), now, conn.execute(success).scalar_one_or_none()
 
-        last_finished, now, last_success = self.store.transaction(work)
+        last_finished, now, last_success = self.store.read(work)
         since = None
         now_at = self.sql.clock_value(now)
         if last_finished is not None and last_finished.finished_at is not None and now_at is not None:

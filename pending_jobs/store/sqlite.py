@@ -4,13 +4,17 @@ the database file's write lock and SKIP LOCKED is not needed; the shared UPDATE 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from sqlalchemy import event
+from sqlalchemy import event, exc
 from sqlalchemy.dialects import sqlite
 
+from ..schema import db_now
 from ..schema import pending_jobs as J
 from .dialect import Dialect
 
@@ -56,6 +60,64 @@ class SQLite(Dialect):
     def upsert(self) -> Any:
         return sqlite.insert(J)
 
+    @contextlib.contextmanager
+    def tolerant_text(self, conn: sa.Connection) -> Iterator[None]:
+        raw: Any = conn.connection.dbapi_connection
+        before = raw.text_factory
+        raw.text_factory = _tolerant
+        try:
+            yield
+        finally:
+            raw.text_factory = before
+
+    def unreadable_time(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+        # SQLite stores what it is given: 'tomorrow' in run_at compares after every real time, for ever.
+        return sa.func.julianday(column).is_(None)
+
+    def due_queues(self, conn: sa.Connection) -> list[str]:
+        try:
+            return super().due_queues(conn)
+        except exc.OperationalError as error:
+            if not self.undecodable(error):
+                raise
+        # A queue name that is not UTF-8 can be matched by no claim: its jobs are failed, with the reason.
+        names = sa.select(sa.cast(J.c.queue, sa.LargeBinary)).where(J.c.status == "pending").distinct()
+        for (name,) in conn.execute(names).all():
+            try:
+                bytes(name).decode("utf-8")
+            except UnicodeDecodeError:
+                self.quarantine(conn, functools.partial(_pending_in_queue, name), {})
+        return super().due_queues(conn)
+
+    def undecodable(self, error: BaseException) -> bool:
+        # Python's sqlite3 decodes TEXT as UTF-8 and raises this (its own message, before any row data).
+        return str(getattr(error, "orig", "")).startswith("Could not decode to UTF-8")
+
+    def quarantine(self, conn: sa.Connection, select: Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]],
+                   params: dict[str, Any]) -> int:
+        """Read the candidate rows' text as bytes, and fail each whose text is not UTF-8 (its callback too:
+        it could not be built). A slow path, taken only after a claim met such a row."""
+        columns = [J.c.task, J.c.queue, J.c.payload, J.c.callback_url, J.c.idempotency_key, J.c.status]
+        found = conn.execute(select([J.c.id, *(sa.cast(c, sa.LargeBinary) for c in columns)]), params).all()
+        bad: dict[int, str] = {}
+        for job_id, *values in found:
+            for column, value in zip(columns, values, strict=True):
+                try:
+                    (value or b"").decode("utf-8")
+                except UnicodeDecodeError as error:
+                    bad[int(job_id)] = (f"{column.name} holds bytes that are not valid UTF-8 (at byte {error.start}): "
+                                        "the row cannot be read, so it was failed without running")
+                    break
+        for job_id, reason in bad.items():
+            has_callback = sa.and_(J.c.callback_url.is_not(None), sa.cast(J.c.callback_url, sa.LargeBinary) != b"")
+            conn.execute(sa.update(J).where(J.c.id == job_id).values(
+                status=sa.case((J.c.status.in_(("pending", "running")), "failed"), else_=J.c.status),
+                last_error=sa.case((J.c.status.in_(("pending", "running")), reason), else_=J.c.last_error),
+                finished_at=sa.func.coalesce(J.c.finished_at, db_now()), updated_at=db_now(), lease_expires_at=None,
+                callback_status=sa.case((has_callback, "failed"), else_=sa.null()),
+                callback_last_error=sa.case((has_callback, reason), else_=sa.null()), callback_next_at=None))
+        return len(bad)
+
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         modifier = sa.func.printf("%+.6f seconds", seconds)
         return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", modifier)
@@ -63,6 +125,14 @@ class SQLite(Dialect):
     def clock_value(self, value: Any) -> dt.datetime | None:
         # SQLite returns an expression of the clock as the text strftime made, not a datetime.
         return super().clock_value(dt.datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
+def _pending_in_queue(name: bytes, columns: Sequence[sa.ColumnElement[Any]]) -> sa.Select[Any]:
+    return sa.select(*columns).where(J.c.status == "pending", sa.cast(J.c.queue, sa.LargeBinary) == name)
+
+
+def _tolerant(data: bytes) -> str:
+    return data.decode("utf-8", "replace")
 
 
 def _primary_code(error: BaseException) -> int | None:

@@ -67,6 +67,9 @@ class MemorySession:
     def rollback(self) -> None:
         return None
 
+    def abandon(self) -> None:
+        self._store.abandoned.append(self._job.id)
+
 
 class MemoryStore:
     """The runner's store verbs over a dict of rows; thread-safe; optional slow writes."""
@@ -86,6 +89,9 @@ class MemoryStore:
         self.most_writing = 0
         self.heartbeats = 0
         self.fail_next_write: BaseException | None = None
+        self.refuse: set[int] = set()
+        """Jobs whose success or retry the "database" refuses to store (a value it cannot take)."""
+        self.abandoned: list[int] = []
 
     # -- test helpers ----------------------------------------------------------------------------
 
@@ -154,6 +160,10 @@ class MemoryStore:
                 time.sleep(self.write_delay)
             if failure is not None:
                 raise failure
+            for c in completions:
+                for job_id in [i for i, _ in c.succeeded] + [i for i, _, _ in c.retried]:
+                    if job_id in self.refuse:
+                        raise ValueError(f"the database cannot store the outcome of job {job_id}")
             with self.lock:
                 self.writes += 1
                 return [self._finish(completion) for completion in completions]

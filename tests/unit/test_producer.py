@@ -12,7 +12,7 @@ import pytest
 
 from pending_jobs import config
 from pending_jobs.context import Context
-from pending_jobs.errors import CommandFailed, Retry
+from pending_jobs.errors import CommandFailed, DatabaseUnavailable, Retry
 from pending_jobs.models import RunReport
 from pending_jobs.registry import Task
 from pending_jobs.runner import Executor, Producer
@@ -198,11 +198,11 @@ def test_run_job_refuses_a_job_that_is_not_pending() -> None:
         p.run(job_id=job)
 
 
-def test_a_write_error_ends_the_run_with_that_error() -> None:
+def test_a_database_that_goes_away_while_writing_ends_the_run() -> None:
     store = MemoryStore()
     store.add("noop")
-    store.fail_next_write = RuntimeError("disk on fire")
-    with pytest.raises(RuntimeError, match="disk on fire"):
+    store.fail_next_write = DatabaseUnavailable("server has gone away")
+    with pytest.raises(DatabaseUnavailable, match="gone away"):
         run(store, tasks(noop=noop))
 
 
@@ -211,3 +211,21 @@ def test_heartbeats_renew_leases_while_a_handler_runs() -> None:
     job = store.add("slow")
     report = run(store, tasks(slow=lambda payload, ctx: time.sleep(0.5)), lease=1.0)
     assert store.heartbeats >= 1 and store.status(job) == "succeeded" and report.succeeded == 1
+
+
+def test_one_jobs_unstorable_outcome_never_costs_its_batch_mates_theirs() -> None:
+    store = MemoryStore()
+    jobs = [store.add("noop") for _ in range(10)]
+    store.refuse = {jobs[3]}
+    report = run(store, tasks(noop=noop))
+    assert [store.status(job) for job in jobs] == ["succeeded"] * 3 + ["failed"] + ["succeeded"] * 6
+    assert store.rows[jobs[3]].last_error.startswith("the job's outcome could not be recorded: ValueError: ")
+    assert (report.succeeded, report.failed) == (9, 1)
+
+
+def test_a_timed_out_handlers_transaction_is_closed() -> None:
+    store = MemoryStore()
+    job = store.add("hang")
+    handlers = {"hang": Task("hang", lambda payload, ctx: time.sleep(3), backoff=lambda attempt: 0.0, timeout=0.1)}
+    run(store, handlers, concurrency=1, max_jobs=1)
+    assert store.abandoned == [job]

@@ -1,0 +1,66 @@
+"""Settings are checked once, where they are read: type, finite, within the setting's range."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pending_jobs import config
+from pending_jobs.errors import ConfigError
+
+
+def load(**environ: str) -> config.Settings:
+    return config.load({}, environ={f"PENDING_JOBS_{k.upper()}": v for k, v in environ.items()})
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("grace", "nan"), ("grace", "inf"), ("lease", "inf"), ("lease", "1e12"), ("lease", "0.5"),
+    ("max_runtime", "-1"), ("poll", "-0.1"), ("callback_timeout", "nan"), ("callback_timeout", "inf"),
+    ("callback_connect_timeout", "0"), ("callback_schedule", "5,inf"), ("callback_schedule", "5,-1"),
+    ("retention_succeeded", "inf"), ("retention_failed", "1e9d"), ("batch_size", "0"), ("batch_size", "2.9"),
+    ("concurrency", "true"), ("payload_limit", "1e3"), ("max_jobs", "-5"),
+])
+def test_a_bad_value_is_a_configuration_error_naming_the_setting(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=f"PENDING_JOBS_{name.upper()}"):
+        load(**{name: value})
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("lease", "1", 1.0), ("lease", "1d", 86400.0), ("grace", "0", 0.0), ("poll", "3600", 3600.0),
+    ("batch_size", "10000", 10_000), ("max_jobs", "0", None), ("callback_schedule", "0,30d", [0.0, 2592000.0]),
+    ("retention_succeeded", "0", 0.0), ("max_runtime", "15m", 900.0),
+])
+def test_values_at_the_edges_of_their_range_are_taken(name: str, value: str, expected: object) -> None:
+    assert getattr(load(**{name: value}), name) == expected
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("batch_size = true\n", "whole number"),
+    ("batch_size = 2.9\n", "whole number"),
+    ("concurrency = 1.0\n", "whole number"),
+    ("grace = nan\n", "not a duration: nan"),
+    ("database_url = 5\n", "must be a string"),
+    ("tasks = [1, 2]\n", "must be a string"),
+    ("pending_jobs = 5\n", "must be a table"),
+    ('batch_size = 10\n[pending_jobs]\nconcurrency = 2\n', r"batch_size outside the \[pending_jobs\] table"),
+    ("no_such_setting = 1\n", "unknown setting"),
+])
+def test_toml_values_are_not_coerced_or_ignored(tmp_path: Path, body: str, message: str) -> None:
+    path = tmp_path / "pending-jobs.toml"
+    path.write_text(body)
+    with pytest.raises(ConfigError, match=message):
+        config.load({}, environ={}, config_file=str(path))
+
+
+def test_a_table_file_and_a_top_level_file_both_work(tmp_path: Path) -> None:
+    path = tmp_path / "pending-jobs.toml"
+    path.write_text('[pending_jobs]\nbatch_size = 7\nlease = "2m"\n')
+    assert (config.load({}, environ={}, config_file=str(path)).batch_size, 120.0) == (7, 120.0)
+    path.write_text('batch_size = 8\ncallback_schedule = [1, "2m"]\n')
+    settings = config.load({}, environ={}, config_file=str(path))
+    assert (settings.batch_size, settings.callback_schedule) == (8, [1.0, 120.0])
+
+
+def test_the_help_names_the_range() -> None:
+    assert "1 s to 1 d" in config.env_help("lease")
