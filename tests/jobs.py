@@ -267,7 +267,7 @@ def isolated_ignores_sigterm(payload: dict[str, Any], ctx: Context) -> str:
 
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=time.sleep, args=(3600,), daemon=False).start()
-    print("a line on stdout, for the job's log")  # noqa: T201 - what a child's stray print looks like
+    print("a line on stdout, for the job's log")
     return "done"
 
 

@@ -12,7 +12,6 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs import enqueue_many
-
 from tests.conftest import cli, rows
 from tests.receivers import answer, receiver
 

@@ -10,7 +10,6 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs import enqueue
-
 from tests.conftest import cli, rows, scalar
 
 
@@ -31,7 +30,7 @@ def test_a_run_ends_when_its_work_is_done_whatever_handlers_leave_behind(db_url:
     assert "left-behind" in done.stderr  # named on the way out
     # The isolated child's print went to the job's log, not to the runner's stdout (which cron mails).
     assert "a line on stdout" not in done.stdout.replace(done.stdout.splitlines()[-1], "")
-    assert f"output: a line on stdout, for the job's log" in done.stderr
+    assert "output: a line on stdout, for the job's log" in done.stderr
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
