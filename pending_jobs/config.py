@@ -105,6 +105,9 @@ class Settings:
     metrics_file: str
     log_format: str
     log_file: str
+    declared_tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """The file's `[task.NAME]` tables as written (file only: no flag or variable); pending_jobs.declared
+    parses them into handlers, so its errors name the task and the key."""
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests and the Python API)."""
@@ -121,6 +124,7 @@ def load(
     environ = os.environ if environ is None else environ
     path = config_file or environ.get("PENDING_JOBS_CONFIG")
     file_values = _read_toml(path) if path else {}
+    declared_tasks = _task_tables(file_values.pop("task", {}), path)
     unknown = set(file_values) - set(BY_NAME)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(sorted(unknown))}")
@@ -139,7 +143,7 @@ def load(
             values[setting.name] = setting.parse(raw)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    settings = Settings(**values)
+    settings = Settings(**values, declared_tasks=declared_tasks)
     _validate(settings)
     return settings
 
@@ -154,7 +158,25 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     # Accept both a bare file and one with a [pending_jobs] table.
     section = data.get("pending_jobs", data)
-    return dict(section) if isinstance(section, dict) else {}
+    values = dict(section) if isinstance(section, dict) else {}
+    if section is not data and "task" in data:  # [task.NAME] tables beside a [pending_jobs] table
+        inner, outer = values.get("task", {}), data["task"]
+        if isinstance(inner, dict) and isinstance(outer, dict):
+            both = sorted(set(inner) & set(outer))
+            if both:
+                raise ConfigError(f"{path}: task {both[0]!r} is declared twice: [task.{both[0]}] and "
+                                  f"[pending_jobs.task.{both[0]}]")
+            outer = {**inner, **outer}
+        values["task"] = outer
+    return values
+
+
+def _task_tables(value: Any, path: str | None) -> dict[str, dict[str, Any]]:
+    """The `task` key: one table per declared task (`tasks`, plural, names handler modules)."""
+    if not isinstance(value, dict) or not all(isinstance(table, dict) for table in value.values()):
+        raise ConfigError(f"{path}: task must hold one table per declared task, [task.NAME] "
+                          "(handler modules go in tasks = [...])")
+    return {str(name): dict(table) for name, table in value.items()}
 
 
 def _validate(s: Settings) -> None:

@@ -8,7 +8,7 @@ import datetime as dt
 import json
 from typing import Any, TypeAlias
 
-from .. import config, migrate, registry
+from .. import config, declared, migrate, registry
 from ..enqueue import enqueue
 from ..errors import ConfigError
 from ..runner import Runner
@@ -118,11 +118,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.queue_flags:
         args.queues = ",".join(args.queue_flags)
     settings = common.settings_from(args)
+    tasks = declared.merge(registry.load(settings.tasks), declared.load(settings))  # config errors first
     # A handler thread each, the main thread's claims, the recorder's completions and spares.
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 2)
     store.check_version()
     migrate.require_head(engine)
-    tasks = registry.load(settings.tasks)
     progress = runlog.Progress()
     runner = Runner(store, tasks, settings, deliver_callbacks=callbacks.deliverer(store, settings, args.verbose),
                     on_progress=progress)
