@@ -35,7 +35,7 @@ import sqlalchemy as sa
 
 from pending_jobs import db, enqueue_many
 
-from . import floor
+from . import floor, measures
 from .databases import LABELS, reachable, throwaway
 from .measures import BATCH, ROOT, _runner_command, _seconds_between
 
@@ -119,6 +119,81 @@ def sql_floor(backend: str, jobs: int) -> float:
     """The raw floor's jobs/s on the same database server."""
     with throwaway(backend, "declared_floor") as url:
         return floor.measure(url, jobs, BATCH, 1)[1]
+
+
+def _claimed_batches(url: str, batch: int) -> Iterator[tuple[Any, list[int]]]:
+    """The floor's claims (SELECT … SKIP LOCKED, UPDATE to running, COMMIT) on its table, batch by batch."""
+    now = floor.NOW[floor._kind(url)]
+    conn = floor.connect(url)
+    cur = conn.cursor()
+    try:
+        while True:
+            cur.execute(f"SELECT id FROM {floor.TABLE} WHERE status = 'pending' AND queue = 'default' AND "
+                        f"run_at <= {now} ORDER BY run_at, id LIMIT {int(batch)} FOR UPDATE SKIP LOCKED")
+            ids = [row[0] for row in cur.fetchall()]
+            if not ids:
+                conn.commit()
+                return
+            marks = ",".join(["%s"] * len(ids))
+            cur.execute(f"UPDATE {floor.TABLE} SET status = 'running', attempts = attempts + 1 WHERE id IN ({marks})",
+                        ids)
+            conn.commit()
+            yield conn, ids
+    finally:
+        conn.close()
+
+
+BOUNDS = ("per job", "per claim, SAVEPOINT per job", "per claim, executemany")
+
+
+def sql_bounds(backend: str, jobs: int) -> list[float]:
+    """Bare DB-API ceilings (jobs/s) of three designs for an exactly-once INSERT per job, on the floor's table.
+
+    - per job: INSERT, UPDATE to succeeded, COMMIT, from CONCURRENCY threads — what a handler's own
+      transaction (the design today) allows, without SQLAlchemy or the runner;
+    - per claim, SAVEPOINT per job: one transaction per claim, SAVEPOINT/INSERT/RELEASE per job (so a
+      failing job can be undone alone), one UPDATE, one COMMIT;
+    - per claim, executemany: the claim's INSERTs as one executemany (a multi-row INSERT on PyMySQL,
+      a pipeline on psycopg), one UPDATE, one COMMIT — a failure would have to replay job by job.
+    """
+    rates = []
+    for design in BOUNDS:
+        with throwaway(backend, "declared_bound") as url:
+            floor.setup(url, jobs)
+            conn = floor.connect(url)
+            conn.cursor().execute(SQL_TABLE[backend])
+            conn.commit()
+            conn.close()
+            started = time.perf_counter()
+            if design != "per job":
+                for conn, ids in _claimed_batches(url, BATCH):
+                    cur = conn.cursor()
+                    if design == "per claim, executemany":
+                        cur.executemany("INSERT INTO bench_events (n) VALUES (%s)", [(job_id,) for job_id in ids])
+                    else:
+                        for job_id in ids:
+                            cur.execute("SAVEPOINT job")
+                            cur.execute("INSERT INTO bench_events (n) VALUES (%s)", (job_id,))
+                            cur.execute("RELEASE SAVEPOINT job")
+                    marks = ",".join(["%s"] * len(ids))
+                    cur.execute(f"UPDATE {floor.TABLE} SET status = 'succeeded' WHERE id IN ({marks})", ids)
+                    conn.commit()
+            else:
+                def work(own: Any, batch: list[int]) -> None:
+                    cur = own.cursor()
+                    for job_id in batch:
+                        cur.execute("INSERT INTO bench_events (n) VALUES (%s)", (job_id,))
+                        cur.execute(f"UPDATE {floor.TABLE} SET status = 'succeeded' WHERE id = %s", (job_id,))
+                        own.commit()
+
+                workers = [floor.connect(url) for _ in range(CONCURRENCY)]
+                with ThreadPoolExecutor(CONCURRENCY) as pool:
+                    for _, ids in _claimed_batches(url, BATCH):
+                        list(pool.map(work, workers, [ids[n::CONCURRENCY] for n in range(CONCURRENCY)]))
+                for own in workers:
+                    own.close()
+            rates.append(jobs / (time.perf_counter() - started))
+    return rates
 
 
 # -- http ----------------------------------------------------------------------------------------
@@ -242,16 +317,24 @@ def report(backend: str, args: argparse.Namespace) -> None:
         if backend != "sqlite":
             rate = _step("raw floor", lambda: sql_floor(backend, args.sql_jobs), problems)
             floors += [rate] if rate else []
+    bounds = _step("sql bounds", lambda: sql_bounds(backend, args.sql_jobs), problems) \
+        if backend != "sqlite" else None
     http = _step("http drain", lambda: http_drain(backend, args.http_jobs), problems)
+    reference = _step("callbacks", lambda: measures.callbacks(backend, args.http_jobs), problems)
     spawned = _step("command drains", lambda: commands(backend, args.command_jobs), problems) or []
     if sql:
         best = max(sql, key=lambda r: r.rate)
         ratio = f" = {best.rate / max(floors):.0%} of the raw floor {max(floors):,.0f}/s" if floors else ""
         print(f"  sql task drain ({best.jobs:,} one-row INSERTs): {best.rate:,.0f} jobs/s{ratio} "
               f"(wall with start-up {best.wall_rate:,.0f}/s)")
+    if bounds and floors:
+        shown = "; ".join(f"{name} {rate:,.0f}/s = {rate / max(floors):.0%}" for name, rate in zip(BOUNDS, bounds,
+                                                                                                   strict=True))
+        print(f"  bare DB-API ceilings of an exactly-once INSERT per job (transaction {shown} of the floor)")
     if http:
+        same = f"; callbacks to a local receiver, same moment: {reference.rate:,.0f}/s" if reference else ""
         print(f"  http task drain ({http.jobs:,} signed POSTs, keep-alive): {http.rate:,.0f} jobs/s "
-              f"(wall {http.wall_rate:,.0f}/s)")
+              f"(wall {http.wall_rate:,.0f}/s{same})")
     for command in spawned:
         print(f"  command task drain `{command.label}` ({command.drain.jobs:,}): {command.drain.rate:,.0f} jobs/s "
               f"against {command.bare:,.0f}/s bare subprocess.run, {CONCURRENCY} at a time: "

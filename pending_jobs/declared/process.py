@@ -63,7 +63,14 @@ def run(argv: Sequence[str], env: Mapping[str, str], cwd: str | None, stdin: byt
                             cwd=cwd, env=dict(env), start_new_session=True, close_fds=True)
     with _live_lock:
         _live.add(proc.pid)
-    watch = _Watch(proc, stdin, stdout_cap)
+    try:
+        watch = _Watch(proc, stdin, stdout_cap)
+    except BaseException:  # out of descriptors, say: the command must not outlive the job
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with _live_lock:
+            _live.discard(proc.pid)
+        raise
     stopped: str | None = None
     killed = False
     try:
