@@ -18,8 +18,9 @@ from .errors import ConfigError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DAY = 86400.0
-TABLES = ("pending_jobs",)
-"""Top-level TOML tables that are not settings themselves."""
+TABLES = ("pending_jobs", "task")
+"""Top-level TOML tables that are not settings themselves: `[pending_jobs]` (every setting, when the
+file keeps them in one table) and `[task.NAME]` (declared tasks, see pending_jobs.declared)."""
 
 
 def _number(value: Any) -> float:
@@ -183,6 +184,9 @@ class Settings:
     metrics_file: str
     log_format: str
     log_file: str
+    declared_tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """The file's `[task.NAME]` tables as written (file only: no flag or variable); pending_jobs.declared
+    parses them into handlers, so its errors name the task and the key."""
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests and the Python API)."""
@@ -199,6 +203,7 @@ def load(
     environ = os.environ if environ is None else environ
     path = config_file or environ.get("PENDING_JOBS_CONFIG")
     file_values = read_file(path) if path else {}
+    declared_tasks = _task_tables(file_values.pop("task", {}), path)
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         if flags.get(setting.name) is not None:
@@ -215,7 +220,7 @@ def load(
             setting.check(values[setting.name])
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from None
-    settings = Settings(**values)
+    settings = Settings(**values, declared_tasks=declared_tasks)
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
     return settings
@@ -238,11 +243,29 @@ def read_file(path: str) -> dict[str, Any]:
         if beside:
             raise ConfigError(f"{path}: {', '.join(beside)} outside the [pending_jobs] table; put every setting "
                               "inside it, or drop the table and keep them all at the top level")
+        outer = data.get("task", {})
         data = dict(section)
+        if outer:  # [task.NAME] tables beside the [pending_jobs] table
+            inner = data.get("task", {})
+            if isinstance(inner, dict) and isinstance(outer, dict):
+                both = sorted(set(inner) & set(outer))
+                if both:
+                    raise ConfigError(f"{path}: task {both[0]!r} is declared twice: [task.{both[0]}] and "
+                                      f"[pending_jobs.task.{both[0]}]")
+                outer = {**inner, **outer}
+            data["task"] = outer
     unknown = sorted(key for key in data if key not in BY_NAME and key not in TABLES)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
     return data
+
+
+def _task_tables(value: Any, path: str | None) -> dict[str, dict[str, Any]]:
+    """The `task` key: one table per declared task (`tasks`, plural, names handler modules)."""
+    if not isinstance(value, dict) or not all(isinstance(table, dict) for table in value.values()):
+        raise ConfigError(f"{path}: task must hold one table per declared task, [task.NAME] "
+                          "(handler modules go in tasks = [...])")
+    return {str(name): dict(table) for name, table in value.items()}
 
 
 def env_help(name: str) -> str:

@@ -53,6 +53,7 @@ class Server(ThreadingHTTPServer):
     """Counts what it received; `stopping` releases handlers that hang."""
 
     daemon_threads = True
+    request_queue_size = 64  # listen backlog: the default 5 drops SYNs when many runner threads connect at once
 
     def __init__(self, behaviour: Behaviour, port: int = 0) -> None:
         super().__init__(("127.0.0.1", port), Handler)

@@ -125,8 +125,10 @@ def _discard(conn: _Connection) -> None:
 class Transport:
     """Keep-alive connections pooled per (scheme, pinned address, port, host name); thread-safe."""
 
-    def __init__(self, pool_maxsize: int) -> None:
+    def __init__(self, pool_maxsize: int, read_limit: int = READ_LIMIT) -> None:
         self.pool_maxsize = max(1, pool_maxsize)
+        self.read_limit = read_limit
+        """Bytes of a response body ever read: READ_LIMIT for callbacks, more for http tasks' results."""
         self._idle: dict[Key, list[_Connection]] = {}
         self._lock = threading.Lock()
         self._tls: ssl.SSLContext | None = None
@@ -163,7 +165,7 @@ class Transport:
 
     def post(self, target: Target, url: str, body: bytes, headers: Mapping[str, str], connect_timeout: float,
              timeout: float) -> Response:
-        """POST once to the pinned address; redirects are not followed; at most READ_LIMIT bytes read; never raises."""
+        """POST once to the pinned address; no redirects followed; at most `read_limit` bytes read; never raises."""
         started = time.monotonic()
         deadline = started + timeout
         status: int | None = None
@@ -195,8 +197,8 @@ class Transport:
             status = response.status
             for name, value in response.getheaders():
                 got[name] = f"{got[name]}, {value}" if name in got else value
-            while len(data) < READ_LIMIT and not response.isclosed():
-                chunk = response.read(min(CHUNK, READ_LIMIT - len(data)))
+            while len(data) < self.read_limit and not response.isclosed():
+                chunk = response.read(min(CHUNK, self.read_limit - len(data)))
                 if not chunk:
                     break
                 data += chunk

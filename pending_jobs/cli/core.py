@@ -7,7 +7,7 @@ import datetime as dt
 import json
 from typing import Any, TypeAlias
 
-from .. import config, migrate, registry
+from .. import config, declared, migrate, registry
 from ..callbacks import config_warnings
 from ..enqueue import enqueue
 from ..errors import EXIT_OK, ConfigError
@@ -119,11 +119,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.queue_flags:
         args.queues = ",".join(args.queue_flags)
     settings = common.settings_from(args)
+    tasks = declared.merge(registry.load(settings.tasks), declared.load(settings))  # config errors first
     # A handler thread each, the claims, the completions' writer, callbacks and spares.
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 2)
     store.check_version()
     migrate.require_head(engine)
-    tasks = registry.load(settings.tasks)
     if args.verbose:
         for warning in config_warnings(settings):
             common.eprint(f"warning: {warning}")

@@ -9,7 +9,9 @@ import json
 import socket
 from typing import Any, TypeAlias
 
-from .. import callbacks, config, migrate, registry
+import sqlalchemy as sa
+
+from .. import callbacks, config, declared, migrate, registry
 from ..callbacks import redact
 from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, DatabaseUnavailable
@@ -257,6 +259,7 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
 
     try:
         settings = common.settings_from(args)
+        declared.specs(settings)  # [task.NAME] tables are configuration too
     except ConfigError as error:
         results.append(("configuration", False, str(error)))
         return skip_rest()
@@ -279,7 +282,7 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
         results.append(("schema", False, str(error)))
         return skip_rest()
 
-    results.append(_check_handlers(settings, OpsStore(store)))
+    results.append(_check_handlers(settings, OpsStore(store), engine))
     if args.no_callbacks:
         results.append(("callbacks", None, "skipped (--no-callbacks)"))
     else:
@@ -292,14 +295,18 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
     return results
 
 
-def _check_handlers(settings: Settings, ops: OpsStore) -> tuple[str, bool, str]:
-    if not settings.tasks:
-        return "handlers", False, "no task modules configured (PENDING_JOBS_TASKS)"
+def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine) -> tuple[str, bool, str]:
+    if not settings.tasks and not settings.declared_tasks:
+        return "handlers", False, "no task modules configured (PENDING_JOBS_TASKS) and no [task.NAME] declared"
     try:
-        tasks = registry.load(settings.tasks)
+        tasks = declared.merge(registry.load(settings.tasks), declared.load(settings))
+        problems, notes = declared.check(settings, engine)
     except ConfigError as error:
         return "handlers", False, str(error)
+    if problems:
+        return "handlers", False, "; ".join(problems)
     missing = sorted(set(ops.pending_tasks()) - set(tasks))
     if missing:
         return "handlers", False, f"pending jobs name tasks without a handler: {', '.join(missing)}"
-    return "handlers", True, f"{len(tasks)} task(s) from {', '.join(settings.tasks)}"
+    sources = [*settings.tasks, *(["the config's [task.NAME] tables"] if settings.declared_tasks else [])]
+    return "handlers", True, "; ".join([f"{len(tasks)} task(s) from {', '.join(sources)}", *notes])

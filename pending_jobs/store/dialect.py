@@ -13,7 +13,9 @@ of this API:
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
 - `engine(url)`: an engine set up for job work (driver, session settings, pool hooks);
-- `retryable`, `connection_lost`, `unavailable`: what a driver error means, by its code.
+- `retryable`, `connection_lost`, `unavailable`: what a driver error means, by its code;
+- `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
+  what a declared `sql` task (pending_jobs.declared) needs of its database.
 """
 
 from __future__ import annotations
@@ -111,6 +113,37 @@ class Dialect:
         """The server refused the credentials or knows no such database: a configuration error, not a
         moment to wait out."""
         return False
+
+    # -- declared SQL tasks ----------------------------------------------------------------------
+
+    def prepare_problem(self, conn: sa.Connection, statement: str) -> str | None:
+        """Why the database refuses to prepare `statement`; None when it prepares. Nothing runs."""
+        raise NotImplementedError
+
+    def with_timeout(self, conn: sa.Connection, statements: Sequence[str], timeout: float) -> list[str] | None:
+        """Bound the statements by `timeout` where the database cancels a statement itself: the statements
+        to run instead (or None to run them as they are, after any session setting made here)."""
+        return None
+
+    def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
+        """The id an INSERT without RETURNING added (the driver's last insert id), or None."""
+        return int(result.lastrowid) if result.rowcount > 0 and result.lastrowid else None
+
+    def integrity(self, error: BaseException) -> bool:
+        """A constraint refused the data (duplicate key, foreign key, NOT NULL, CHECK)."""
+        return isinstance(error, exc.IntegrityError)
+
+    def timed_out(self, error: BaseException) -> bool:
+        """The statement hit the task's statement timeout or a lock timeout: worth another attempt."""
+        return False
+
+    def permanent(self, error: BaseException) -> bool:
+        """The statement or its data is wrong (syntax, unknown table, bad value): another attempt fails too."""
+        return isinstance(error, exc.DataError | exc.ProgrammingError) and not error.connection_invalidated
+
+    def constraint_of(self, error: BaseException) -> str | None:
+        """The constraint an integrity error names, as this database reports it."""
+        return None
 
     # -- statements ----------------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ READ COMMITTED (set on the engine, db.py) so no gap locks block producers' INSER
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -25,7 +26,33 @@ READ_ONLY = (1290, 1792, 1836)  # --read-only / read-only transaction / read-onl
 GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost / killed / shutdown
 LOST = (2006, 2013, 2055, 1927, 4031)  # an open connection dropped; the server may still be up
 LOGIN_REFUSED = (1044, 1045, 1049, 1698)  # access denied (to the database) / unknown database
-SERVER_STATUS_IN_TRANS = 1  # MySQL protocol: a transaction is open (pymysql.constants.SERVER_STATUS)
+SERVER_STATUS_IN_TRANS = 1
+# Errors of a declared SQL task that another attempt cannot fix. PyMySQL raises several as
+# OperationalError (any number it does not map, such as 1054 unknown column), so the number decides.
+INTEGRITY = (1048, 1062, 1451, 1452, 3819, 4025)  # NOT NULL, duplicate, foreign key x2, MySQL / MariaDB CHECK
+PERMANENT = {
+    *INTEGRITY,
+    1054,  # unknown column
+    1064,  # syntax error
+    1136,  # column count does not match value count
+    1142, 1143,  # command / column denied to user
+    1146,  # table does not exist
+    1242,  # subquery returns more than one row
+    1264,  # out of range value
+    1292,  # incorrect (truncated) value
+    1305,  # function does not exist
+    1364,  # field has no default value
+    1366,  # incorrect value for the column's type
+    1406,  # data too long
+}
+STATEMENT_TIMEOUT = (1969, 3024)  # MariaDB max_statement_time / MySQL max_execution_time
+CONSTRAINT_PATTERNS = (
+    (r"for key '([^']+)'", "constraint {}"),  # 1062: the unique key (MySQL 8: table.key)
+    (r"CONSTRAINT `([^`]+)`", "constraint {}"),  # foreign key, MariaDB CHECK
+    (r"[Cc]heck constraint '([^']+)'", "constraint {}"),  # MySQL 8 CHECK
+    (r"Column '([^']+)' cannot be null", "NOT NULL on column {}"),
+)
+PREPARED = "pending_jobs_check"  # MySQL protocol: a transaction is open (pymysql.constants.SERVER_STATUS)
 
 
 class MySQL(Dialect):
@@ -58,6 +85,43 @@ class MySQL(Dialect):
 
     def connection_lost(self, error: BaseException) -> bool:
         return super().connection_lost(error) or _errno(error) in LOST
+
+    def prepare_problem(self, conn: sa.Connection, statement: str) -> str | None:
+        # PREPARE takes a literal or a variable: the variable spares quoting.
+        sql = str(sa.text(statement).compile(dialect=_QMARK))
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(f"SET @{PREPARED} = %s", (sql,))
+            cursor.execute(f"PREPARE {PREPARED} FROM @{PREPARED}")
+            cursor.execute(f"DEALLOCATE PREPARE {PREPARED}")
+            return None
+        except Exception as error:  # the driver's own classes (a raw cursor bypasses SQLAlchemy's)
+            return " ".join(str(getattr(error, "args", [error])[-1]).split())
+        finally:
+            cursor.close()
+
+    def with_timeout(self, conn: sa.Connection, statements: Sequence[str], timeout: float) -> list[str] | None:
+        if not getattr(conn.dialect, "is_mariadb", False):
+            return None  # MySQL's max_execution_time bounds SELECTs only: the runner's timeout does the rest
+        return [f"SET STATEMENT max_statement_time = {timeout:.3f} FOR {statement}" for statement in statements]
+
+    def integrity(self, error: BaseException) -> bool:
+        return super().integrity(error) or _errno(error) in INTEGRITY
+
+    def timed_out(self, error: BaseException) -> bool:
+        return _errno(error) in STATEMENT_TIMEOUT
+
+    def permanent(self, error: BaseException) -> bool:
+        return _errno(error) in PERMANENT or (super().permanent(error) and _errno(error) not in GONE)
+
+    def constraint_of(self, error: BaseException) -> str | None:
+        args = db.driver_args(error)
+        message = str(args[1]) if len(args) > 1 else ""
+        for pattern, label in CONSTRAINT_PATTERNS:
+            found = re.search(pattern, message)
+            if found:
+                return label.format(*found.groups())
+        return None
 
     def login_refused(self, error: BaseException) -> bool:
         return _errno(error) in LOGIN_REFUSED
@@ -124,6 +188,12 @@ class MySQL(Dialect):
         # placeholder; with UTC_TIMESTAMP(6) among them it sends one INSERT per row. The column's
         # server default is that same clock (schema.now_default), so the INSERT leaves it out.
         conn.execute(self.cached(("insert_attempts",), lambda: sa.insert(callback_attempts)), list(rows))
+
+
+_QMARK = mysql.pymysql.dialect(paramstyle="qmark")  # how PREPARE numbers placeholders
+
+
+_QMARK = mysql.pymysql.dialect(paramstyle="qmark")  # how PREPARE numbers placeholders
 
 
 def version_problem(version: tuple[int, ...], mariadb: bool) -> str | None:

@@ -27,6 +27,10 @@ SERIALIZATION = ("40001", "40P01")  # serialization failure, deadlock: run the t
 READ_ONLY = "25006"
 SHUTDOWN = ("57P01", "57P02", "57P03")  # admin / crash shutdown, cannot connect now
 LOGIN_REFUSED = ("28000", "28P01", "3D000")  # invalid authorization / password, unknown database
+PERMANENT_CLASSES = ("22", "23", "42")  # data exception, integrity constraint, syntax or access rule
+TIMEOUTS = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available (lock_timeout)
+INDETERMINATE = "42P18"  # `SELECT $1`-like: the type comes from the value bound at run time
+PREPARED = "pending_jobs_check"
 
 
 class Postgres(Dialect):
@@ -56,6 +60,36 @@ class Postgres(Dialect):
         return super().connection_lost(error) or code in SHUTDOWN or code in ("08006", "08003") or (
             # libpq's own errors carry no SQLSTATE (and no data of ours): this one is an open socket closed.
             _libpq_error(error) and "server closed the connection" in str(getattr(error, "orig", "")))
+
+    def prepare_problem(self, conn: sa.Connection, statement: str) -> str | None:
+        sql = str(sa.text(statement).compile(dialect=_NUMBERED))
+        cursor = conn.connection.cursor()
+        try:  # no parameters given: psycopg sends the text as it is
+            cursor.execute(f"PREPARE {PREPARED} AS {sql}")
+            cursor.execute(f"DEALLOCATE {PREPARED}")
+            return None
+        except Exception as error:  # the driver's own classes (a raw cursor bypasses SQLAlchemy's)
+            return None if getattr(error, "sqlstate", None) == INDETERMINATE else " ".join(str(error).split())
+        finally:
+            cursor.close()
+
+    def with_timeout(self, conn: sa.Connection, statements: Sequence[str], timeout: float) -> list[str] | None:
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")  # this transaction
+        return None
+
+    def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
+        return None  # PostgreSQL has no last insert id: `INSERT … RETURNING id` returns it as a row
+
+    def timed_out(self, error: BaseException) -> bool:
+        return db.sqlstate(error) in TIMEOUTS
+
+    def permanent(self, error: BaseException) -> bool:
+        return str(db.sqlstate(error) or "").startswith(PERMANENT_CLASSES) or super().permanent(error)
+
+    def constraint_of(self, error: BaseException) -> str | None:
+        diag = getattr(getattr(error, "orig", None), "diag", None)
+        name, column = getattr(diag, "constraint_name", None), getattr(diag, "column_name", None)
+        return f"constraint {name}" if name else f"NOT NULL on column {column}" if column else None
 
     def login_refused(self, error: BaseException) -> bool:
         # libpq reports the server's refusal of a new connection as text only (no SQLSTATE); these are its
@@ -112,6 +146,9 @@ class Postgres(Dialect):
     def insert_attempts(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> None:
         # One INSERT of arrays, not a pipelined row per attempt: a third of the CPU per batch.
         conn.execute(_unnest_attempts(), {column: [row[column] for row in rows] for column in ATTEMPT_TYPES})
+
+
+_NUMBERED = postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 
 
 def _libpq_error(error: BaseException) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import re
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -21,6 +22,11 @@ from .dialect import Dialect
 # SQLite's primary result codes (the low byte of an extended code).
 BUSY, LOCKED = 5, 6  # another connection holds the write lock: retry
 UNAVAILABLE = (8, 10, 13, 14)  # READONLY, IOERR, FULL, CANTOPEN: the file cannot be written now
+
+
+# SQLite's messages for a statement that can never run (it has no error numbers for these).
+STATEMENT_WRONG = ("no such table", "no such column", "syntax error", "has no column named", "no such function",
+                   "values for", "incomplete input", "unrecognized token", 'near "')
 
 
 class SQLite(Dialect):
@@ -118,6 +124,29 @@ class SQLite(Dialect):
                 callback_last_error=sa.case((has_callback, reason), else_=sa.null()), callback_next_at=None))
         return len(bad)
 
+    def prepare_problem(self, conn: sa.Connection, statement: str) -> str | None:
+        compiled = sa.text(statement).compile(dialect=_QMARK)
+        cursor = conn.connection.cursor()
+        try:  # SQLite compiles an EXPLAIN'd statement without running it
+            cursor.execute(f"EXPLAIN {compiled}", (None,) * len(compiled.positiontup or []))
+            cursor.fetchall()
+            return None
+        except Exception as error:
+            return " ".join(str(error).split())
+        finally:
+            cursor.close()
+
+    def permanent(self, error: BaseException) -> bool:
+        text = str(getattr(error, "orig", "")).lower()
+        return super().permanent(error) or any(marker in text for marker in STATEMENT_WRONG)
+
+    def constraint_of(self, error: BaseException) -> str | None:
+        text = str(getattr(error, "orig", ""))
+        found = re.search(r"(UNIQUE|NOT NULL|CHECK|PRIMARY KEY) constraint failed: (.+)", text)
+        if found:
+            return f"{found.group(1)} constraint on {found.group(2).strip()}"
+        return "a FOREIGN KEY constraint" if "FOREIGN KEY constraint failed" in text else None
+
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         modifier = sa.func.printf("%+.6f seconds", seconds)
         return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", modifier)
@@ -125,6 +154,9 @@ class SQLite(Dialect):
     def clock_value(self, value: Any) -> dt.datetime | None:
         # SQLite returns an expression of the clock as the text strftime made, not a datetime.
         return super().clock_value(dt.datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
+_QMARK = sqlite.pysqlite.dialect(paramstyle="qmark")  # how EXPLAIN numbers placeholders
 
 
 def _pending_in_queue(name: bytes, columns: Sequence[sa.ColumnElement[Any]]) -> sa.Select[Any]:

@@ -1,0 +1,102 @@
+"""What `pending-jobs check` verifies of each declared task, without running any of them.
+
+SQL is prepared by the database (never executed) in a transaction that is rolled back; the command
+must exist and be executable; the URL's host must resolve and the signing secret must be valid.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from ..callbacks.guard import Guard, Refused, Unresolved, parse
+from ..callbacks.signing import Signer
+from ..config import Settings
+from ..errors import ConfigError
+from ..store import create_engine, dialect_for
+from .spec import CommandSpec, HttpSpec, Spec, SqlSpec
+from .sqlerrors import driver_message
+
+
+def check(specs: Mapping[str, Spec], settings: Settings, engine: sa.Engine) -> tuple[list[str], list[str]]:
+    """(problems, notes) for every declared task; a problem makes `check` fail, a note does not."""
+    problems: list[str] = []
+    notes: list[str] = []
+    for name, spec in specs.items():
+        if isinstance(spec, SqlSpec):
+            found = sql_problems(spec, engine)
+            if spec.database_url is not None:
+                notes.append(f"task {name} runs on its own database_url: at least once, not exactly-once")
+        elif isinstance(spec, CommandSpec):
+            found = command_problems(spec)
+        else:
+            found = http_problems(spec, settings)
+            if spec.secret is None and not settings.callback_secret:
+                notes.append(f"task {name}: no secret and no callback_secret, so its requests are unsigned")
+        problems.extend(f"task {name}: {problem}" for problem in found)
+    return problems, notes
+
+
+def sql_problems(spec: SqlSpec, engine: sa.Engine) -> list[str]:
+    """Each statement prepared on its database; a problem per statement that does not prepare."""
+    target = engine if spec.database_url is None else create_engine(spec.database_url, pool_size=1)
+    found: list[str] = []
+    try:
+        with target.connect() as conn:
+            for number, statement in enumerate(spec.statements, 1):
+                problem = prepare(conn, statement)
+                if problem:
+                    which = f"statement {number} " if len(spec.statements) > 1 else "its SQL "
+                    found.append(f"{which}does not prepare: {problem}")
+    except exc.DBAPIError as error:
+        found.append(f"cannot connect to its database: {driver_message(error.orig)}")
+    finally:
+        if target is not engine:
+            target.dispose()
+    return found
+
+
+def prepare(conn: sa.Connection, statement: str) -> str | None:
+    """Why the database refuses to prepare `statement` (None: it prepares); nothing is executed or kept."""
+    transaction = conn.begin()
+    try:
+        return dialect_for(conn).prepare_problem(conn, statement)
+    finally:
+        transaction.rollback()
+
+
+def command_problems(spec: CommandSpec) -> list[str]:
+    """The working directory exists; the program exists (as a path, or on PATH) and may be executed."""
+    found: list[str] = []
+    if spec.cwd is not None and not os.path.isdir(spec.cwd):
+        found.append(f"working directory {spec.cwd!r} does not exist")
+    program = spec.argv[0]
+    if "/" in program:
+        path: str | None = program if os.path.isabs(program) else os.path.join(spec.cwd or os.getcwd(), program)
+    else:
+        search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
+        path = shutil.which(program, mode=os.F_OK, path=search)
+    if path is None or not os.path.exists(path):
+        where = "" if "/" in program else " on PATH"
+        found.append(f"command not found: {program!r} does not exist{where}")
+    elif os.path.isdir(path) or not os.access(path, os.X_OK):
+        found.append(f"command is not executable: {path!r}")
+    return found
+
+
+def http_problems(spec: HttpSpec, settings: Settings) -> list[str]:
+    """The signing secrets are valid and the URL's host resolves (its host is trusted, so not refused)."""
+    found: list[str] = []
+    try:
+        Signer(spec.secret if spec.secret is not None else settings.callback_secret)
+    except ConfigError as error:
+        found.append(f"secret: {str(error).split(': ', 1)[-1]}")
+    try:
+        Guard([parse(spec.url)[1]]).check(spec.url)
+    except (Refused, Unresolved) as error:
+        found.append(str(error).removeprefix("refused: "))
+    return found

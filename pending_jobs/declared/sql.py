@@ -1,0 +1,200 @@
+"""`sql` tasks: statements with the payload's values bound by name, in the job's own transaction.
+
+On the job database the statements run on `ctx.connection`, so their writes commit together with the
+job's `succeeded` and are rolled back with a failure or a lost lease: exactly once. With
+`database_url` they run in a transaction of their own on that database, committed before the job's
+outcome is recorded: a runner killed in between runs them again (at least once).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import math
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from ..errors import Fail
+from ..registry import Backoff, Task
+from ..store import Dialect, create_engine, dialect_for
+from .base import backoff_of, effective_limit, retry, task_of
+from .spec import SqlSpec
+from .sqlerrors import classify
+
+BACKSTOP_MARGIN = 5.0  # seconds past the task's timeout before the runner abandons the worker thread
+RESULT_OVERHEAD = 64  # bytes of a result's keys and brackets, beside its rows
+READS = ("select", "with", "values", "show", "explain", "table", "pragma")
+"""First words of statements whose rows are the result (no `rowcount`)."""
+_VERB = re.compile(r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.DOTALL)
+
+
+def build(spec: SqlSpec, payload_limit: int, pool_size: int) -> Task:
+    """The registry entry of a declared SQL task."""
+    runner = SqlTask(spec, payload_limit, pool_size)
+    backstop = None if spec.policy.timeout is None else spec.policy.timeout + BACKSTOP_MARGIN
+    return task_of(spec.name, runner, spec.policy, backstop)
+
+
+def parameters(statement: str) -> tuple[str, ...]:
+    """The `:name` parameters of one statement, as SQLAlchemy's text() finds them (`\\:` escapes a colon)."""
+    return tuple(sa.text(statement).compile().params)
+
+
+def verb(statement: str) -> str:
+    """The statement's first keyword, lower case ('' when there is none)."""
+    found = _VERB.match(statement)
+    return found.group(1).lower() if found else ""
+
+
+class SqlTask:
+    """Runs one declared task's statements; one instance serves every worker thread."""
+
+    def __init__(self, spec: SqlSpec, payload_limit: int, pool_size: int) -> None:
+        self.spec = spec
+        self.clauses = [sa.text(statement) for statement in spec.statements]
+        self.names = [parameters(statement) for statement in spec.statements]
+        self.needed = frozenset(name for names in self.names for name in names)
+        self.verbs = [verb(statement) for statement in spec.statements]
+        self.limit = effective_limit(spec.policy, payload_limit)
+        self.backoff: Backoff = backoff_of(spec.policy)
+        self.pool_size = pool_size
+        self._engine: sa.Engine | None = None
+        self._lock = threading.Lock()
+        self._bounded_clauses: list[sa.TextClause] | None = None
+
+    def __call__(self, payload: dict[str, Any], ctx: Any) -> Any:
+        params = self.bind(payload)
+        if self.spec.database_url is None:
+            return self.run(ctx.connection, params, ctx)
+        try:
+            with self.engine().begin() as conn:  # its own transaction, committed here: not exactly-once
+                return self.run(conn, params, ctx)
+        except exc.DBAPIError as error:  # connecting or committing
+            raise self._verdict(error, ctx, "", dialect_for(self.engine())) from None
+
+    def bind(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """The payload as parameters; Fail when one is missing, unused, or not a scalar."""
+        name = self.spec.name
+        missing = sorted(self.needed - payload.keys())
+        if missing:
+            more = f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if len(missing) > 1 else ""
+            raise Fail(f"payload has no parameter {missing[0]!r} (needed by task {name}){more}")
+        extra = sorted(payload.keys() - self.needed)
+        if extra:
+            raise Fail(f"payload has key {extra[0]!r}, which no statement of task {name} uses "
+                       f"(extra keys are refused: a misspelt key would otherwise be lost silently)")
+        for key in sorted(self.needed):
+            value = payload[key]
+            if isinstance(value, dict | list):
+                kind = "an object" if isinstance(value, dict) else "an array"
+                raise Fail(f"parameter {key!r} of task {name} is {kind}: only strings, numbers, booleans and "
+                           f"null can be bound (send JSON as a string)")
+        return payload
+
+    def engine(self) -> sa.Engine:
+        """The other database's engine, created on first use."""
+        with self._lock:
+            if self._engine is None:
+                self._engine = create_engine(str(self.spec.database_url), pool_size=self.pool_size)
+            return self._engine
+
+    def run(self, conn: sa.Connection, params: dict[str, Any], ctx: Any) -> Any:
+        """Execute every statement in order on `conn`; the result of one, or of each under "statements"."""
+        clauses = self._with_timeout(conn, ctx)
+        budget = [self.limit - RESULT_OVERHEAD * len(clauses)]
+        results = []
+        for number, (clause, names, first) in enumerate(zip(clauses, self.names, self.verbs, strict=True), 1):
+            where = f"statement {number} of {len(clauses)}: " if len(clauses) > 1 else ""
+            values = {key: params[key] for key in names}
+            options = {"stream_results": True, "max_row_buffer": self.spec.max_rows + 1} if first in READS else {}
+            try:
+                result = conn.execute(clause, values, execution_options=options)
+                results.append(self._result(result, first, conn, budget))
+            except exc.DBAPIError as error:
+                raise self._verdict(error, ctx, where, dialect_for(conn)) from None
+            except exc.StatementError as error:  # raised before the database saw it, e.g. binding a value
+                raise Fail(f"{where}{type(error.orig).__name__}: {error.orig}") from None
+        return results[0] if len(results) == 1 else {"statements": results}
+
+    def _verdict(self, error: exc.DBAPIError, ctx: Any, where: str, dialect: Dialect) -> Exception:
+        verdict, reason = classify(error, dialect)
+        if verdict == "fail":
+            return Fail(f"{where}{reason}")
+        return retry(self.backoff, ctx, f"{where}{reason}")
+
+    def _with_timeout(self, conn: sa.Connection, ctx: Any) -> Sequence[sa.TextClause]:
+        """The statements, bounded by the task's timeout where the database can cancel a statement itself.
+
+        PostgreSQL: SET LOCAL statement_timeout (this transaction only); MariaDB: SET STATEMENT
+        max_statement_time FOR each statement. Elsewhere the runner's backstop abandons the thread.
+        """
+        timeout = self.spec.policy.timeout
+        if timeout is None:
+            return self.clauses
+        bounded = dialect_for(conn).with_timeout(conn, self.spec.statements, timeout)
+        if bounded is None:
+            return self.clauses
+        if self._bounded_clauses is None:
+            self._bounded_clauses = [sa.text(statement) for statement in bounded]
+        return self._bounded_clauses
+
+    def _result(self, result: sa.CursorResult[Any], first: str, conn: sa.Connection, budget: list[int]) -> Any:
+        if not result.returns_rows:
+            out: dict[str, Any] = {"rowcount": result.rowcount}
+            # PostgreSQL has no last insert id: `INSERT … RETURNING id` returns it as a row. SQLite's is the
+            # connection's last one, stale when this INSERT added no row (INSERT OR IGNORE).
+            inserted = dialect_for(conn).inserted_id(result) if first in ("insert", "replace") else None
+            if inserted is not None:
+                out["inserted_id"] = inserted
+            return out
+        keys = list(result.keys())
+        count = result.rowcount  # before the result is closed
+        rows: list[dict[str, Any]] = []
+        truncated = False
+        try:
+            for row in result:
+                if len(rows) >= self.spec.max_rows:
+                    truncated = True
+                    break
+                item = {key: jsonable(value) for key, value in zip(keys, row, strict=False)}
+                size = len(json.dumps(item, ensure_ascii=False, default=str).encode()) + 1
+                if size > budget[0]:
+                    truncated = True
+                    break
+                budget[0] -= size
+                rows.append(item)
+        finally:
+            result.close()
+        out = {"rows": rows} if first in READS else {"rowcount": max(count, len(rows)), "rows": rows}
+        if truncated:
+            out["truncated"] = True
+        return out
+
+
+def jsonable(value: Any) -> Any:
+    """A column value as JSON: times ISO 8601, DECIMAL as an exact string, bytes as base64."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, dict | list):
+        return json.loads(json.dumps(value, default=str))  # PostgreSQL json/jsonb, already parsed
+    return str(value)

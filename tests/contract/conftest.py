@@ -1,0 +1,32 @@
+"""Fixtures of the contract suite: the runner in-process with tasks declared in the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pending_jobs import declared, registry
+from pending_jobs.models import Job, RunReport
+from pending_jobs.run import run_once
+from pending_jobs.store import Store
+from tests.conftest import settings_for
+
+
+@pytest.fixture
+def run_declared(store: Store, db_url: str) -> Any:
+    """`run_declared(tables, **settings)`: one in-process run with these `[task.NAME]` tables and tests.jobs."""
+
+    def _run(tables: dict[str, dict[str, Any]], **overrides: Any) -> RunReport:
+        settings = settings_for(db_url, declared_tasks=tables, **overrides)
+        tasks = declared.merge(registry.load(settings.tasks), declared.load(settings))
+        return run_once(store, tasks, settings)
+
+    return _run
+
+
+def outcome(store: Store, job_id: int) -> Job:
+    """The job's row after a run."""
+    job = store.get(job_id)
+    assert job is not None
+    return job

@@ -1,0 +1,92 @@
+"""`pending-jobs check` on declared tasks: SQL prepared (never run) on each database, commands and URLs checked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pending_jobs import declared
+from pending_jobs.store import dialect_for
+from tests.conftest import cli, scalar, settings_for
+from tests.processes import script
+
+SETUP = "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(64), email VARCHAR(191))"
+
+
+def test_sql_is_prepared_not_run_and_each_refusal_is_named(engine: sa.Engine, db_url: str) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(SETUP)
+    cast = "CAST(:n AS INTEGER)" if dialect_for(engine).name != "mysql" else "CAST(:n AS SIGNED)"
+    tables = {
+        "save_user": {"sql": ["INSERT INTO users (id, name, email) VALUES (:id, :name, :email)",
+                              f"UPDATE users SET name = :name WHERE name LIKE 'a%' AND id = {cast}"]},
+        "lost": {"sql": "INSERT INTO no_such_table (a) VALUES (:a)"},
+        "typo": {"sql": ["SELECT 1", "SELEC name FROM users"]},
+        "column": {"sql": "SELECT no_such_column FROM users WHERE id = :id"},
+    }
+
+    problems, notes = declared.check(settings_for(db_url, declared_tasks=tables), engine)
+
+    assert scalar(engine, "SELECT COUNT(*) FROM users") == 0  # prepared, never executed
+    assert [p.split(":")[0] for p in problems] == ["task lost", "task typo", "task column"]
+    assert problems[0].startswith("task lost: its SQL does not prepare: ") and "no_such_table" in problems[0]
+    assert problems[1].startswith("task typo: statement 2 does not prepare: ") and "SELEC" in problems[1]
+    assert "no_such_column" in problems[2]
+    assert notes == []
+
+
+def test_commands_urls_and_other_databases_are_checked(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
+    tables = {
+        "ok": {"command": [script(tmp_path, "ok.sh", "exit 0\n")], "cwd": str(tmp_path)},
+        "on_path": {"command": ["sh", "-c", "true"]},
+        "missing": {"command": ["no-such-program-pj"]},
+        "plain": {"command": [script(tmp_path, "plain.sh", "exit 0\n", executable=False)]},
+        "nowhere": {"command": ["true"], "cwd": str(tmp_path / "gone")},
+        "unresolvable": {"url": "http://no-such-host.invalid/jobs"},
+        "internal": {"url": "http://127.0.0.1:9/jobs"},
+        "elsewhere": {"sql": "SELECT 1", "database_url": f"sqlite:///{tmp_path / 'other.sqlite3'}"},
+    }
+
+    problems, notes = declared.check(settings_for(db_url, declared_tasks=tables), engine)
+
+    assert problems == [
+        "task missing: command not found: 'no-such-program-pj' does not exist on PATH",
+        f"task plain: command is not executable: '{tmp_path / 'plain.sh'}'",
+        f"task nowhere: working directory '{tmp_path / 'gone'}' does not exist",
+        f"task unresolvable: cannot resolve no-such-host.invalid: {problems[3].split(': ', 2)[2]}",
+    ]
+    assert notes == [
+        "task unresolvable: no secret and no callback_secret, so its requests are unsigned",
+        "task internal: no secret and no callback_secret, so its requests are unsigned",
+        "task elsewhere runs on its own database_url: at least once, not exactly-once",
+    ]
+
+
+def test_the_check_command_reports_declared_tasks(db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "pending-jobs.toml"
+    config.write_text(f'database_url = "{db_url}"\ncallback_secret = ["whsec_dGVzdHNlY3JldA=="]\n'
+                      '[task.report]\ncommand = ["true"]\n'
+                      '[task.lost]\nsql = "DELETE FROM no_such_table WHERE id = :id"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'database_url = "{db_url}"\n[task.report]\ncommand = "true"\n')
+
+    failing = cli("check", "--config", str(config), "--json", env={"PENDING_JOBS_TASKS": ""})
+    misconfigured = cli("check", "--config", str(bad), env={"PENDING_JOBS_TASKS": ""})
+
+    checks = {c["name"]: c for c in json.loads(failing.stdout)["checks"]}
+    assert failing.returncode == 5, failing.stderr
+    assert checks["handlers"]["ok"] is False and "task lost: its SQL does not prepare" in checks["handlers"]["detail"]
+    assert misconfigured.returncode == 2
+    assert "[task.report] command: must be a list of arguments" in misconfigured.stdout
+
+
+def test_a_run_refuses_a_name_declared_both_ways(db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "pending-jobs.toml"
+    config.write_text(f'database_url = "{db_url}"\n[task.echo]\ncommand = ["true"]\n')
+
+    both = cli("run", "--config", str(config))
+
+    assert both.returncode == 2
+    assert "task 'echo' is both declared in the config ([task.echo]) and registered by a Python" in both.stderr

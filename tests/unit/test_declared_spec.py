@@ -1,0 +1,207 @@
+"""Declared tasks in the config file: `[task.NAME]` tables parsed, and every mistake named (no database)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pending_jobs import config, declared
+from pending_jobs.declared import base
+from pending_jobs.declared.spec import (
+    DEFAULT_TIMEOUT,
+    KILL_AFTER,
+    MAX_ROWS,
+    RESULT_LIMIT,
+    CommandSpec,
+    HttpSpec,
+    SqlSpec,
+    parse_one,
+)
+from pending_jobs.errors import ConfigError, Fail, Retry
+from pending_jobs.registry import Task, default_backoff
+
+
+def _load(tmp_path: Path, text: str) -> config.Settings:
+    path = tmp_path / "pending-jobs.toml"
+    path.write_text(text)
+    return config.load({}, environ={}, config_file=str(path))
+
+
+def test_task_tables_reach_the_settings_beside_the_tasks_key(tmp_path: Path) -> None:
+    settings = _load(tmp_path, 'tasks = ["tests.jobs"]\n[task.save_user]\nsql = "SELECT 1"\n'
+                               '[task.report]\ncommand = ["true"]\n')
+
+    assert settings.tasks == ["tests.jobs"]
+    assert settings.declared_tasks == {"save_user": {"sql": "SELECT 1"}, "report": {"command": ["true"]}}
+
+
+def test_task_tables_beside_or_inside_a_pending_jobs_table(tmp_path: Path) -> None:
+    settings = _load(tmp_path, '[pending_jobs]\nbatch_size = 7\n[pending_jobs.task.a]\nsql = "SELECT 1"\n'
+                               '[task.b]\nurl = "http://app.internal/b"\n')
+
+    assert settings.batch_size == 7
+    assert set(settings.declared_tasks) == {"a", "b"}
+
+
+def test_old_configs_without_task_tables_keep_working(tmp_path: Path) -> None:
+    settings = _load(tmp_path, 'tasks = ["tests.jobs"]\nbatch_size = 3\n')
+
+    assert settings.declared_tasks == {}
+    assert declared.load(settings) == {}
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('task = ["myapp.jobs"]\n', "task must hold one table per declared task"),
+    ("[task]\nsave_user = 1\n", "task must hold one table per declared task"),
+    ('[pending_jobs.task.a]\nsql = "SELECT 1"\n[task.a]\nsql = "SELECT 2"\n', "task 'a' is declared twice"),
+])
+def test_a_task_key_that_is_not_tables_is_a_config_error(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        _load(tmp_path, text)
+
+
+def test_defaults_of_each_kind() -> None:
+    sql = parse_one("s", {"sql": "INSERT INTO t (a) VALUES (:a)"})
+    http = parse_one("h", {"url": "https://app.internal/jobs/h"})
+    command = parse_one("c", {"command": ["php", "artisan", "report:build"]})
+
+    assert isinstance(sql, SqlSpec) and sql.statements == ("INSERT INTO t (a) VALUES (:a)",)
+    assert sql.database_url is None and sql.max_rows == MAX_ROWS and sql.policy.timeout is None
+    assert isinstance(http, HttpSpec) and http.secret is None and http.policy.timeout == DEFAULT_TIMEOUT["http"]
+    assert isinstance(command, CommandSpec) and command.argv == ("php", "artisan", "report:build")
+    assert command.kill_after == KILL_AFTER and command.env == {} and command.cwd is None
+    assert command.policy.timeout == DEFAULT_TIMEOUT["command"]
+    for spec in (sql, http, command):
+        assert spec.policy.max_attempts is None and spec.policy.backoff is None
+        assert spec.policy.result_limit == RESULT_LIMIT
+
+
+def test_every_option_is_read() -> None:
+    spec = parse_one("c", {"command": ["bin/report"], "cwd": "/srv/app", "env": {"APP_ENV": "prod", "PORT": 8080},
+                           "kill_after": "2s", "timeout": "5m", "max_attempts": 3, "backoff": ["10s", "1m"],
+                           "result_limit": 4096})
+
+    assert isinstance(spec, CommandSpec)
+    assert spec.cwd == "/srv/app" and spec.env == {"APP_ENV": "prod", "PORT": "8080"} and spec.kill_after == 2.0
+    assert spec.policy.timeout == 300.0 and spec.policy.max_attempts == 3 and spec.policy.backoff == (10.0, 60.0)
+    assert spec.policy.result_limit == 4096
+    sql = parse_one("s", {"sql": ["DELETE FROM a", "DELETE FROM b"], "database_url": "sqlite:///other.db",
+                          "max_rows": 5, "backoff": 30})
+    assert isinstance(sql, SqlSpec) and sql.statements == ("DELETE FROM a", "DELETE FROM b")
+    assert sql.database_url == "sqlite:///other.db" and sql.max_rows == 5 and sql.policy.backoff == (30.0,)
+    http = parse_one("h", {"url": "http://10.0.0.5:8080/jobs", "secret": ["whsec_a", "whsec_b"],
+                           "connect_timeout": 1.5})
+    assert isinstance(http, HttpSpec) and http.secret == ("whsec_a", "whsec_b") and http.connect_timeout == 1.5
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ({}, r"\[task.t\]: needs one of sql, url or command"),
+    ({"sql": "SELECT 1", "command": ["true"]}, "has both 'sql' and 'command'; a task is one kind"),
+    ({"sql": "SELECT 1", "url": "http://a/"}, "has both 'sql' and 'url'"),
+    ({"sql": "SELECT 1", "sqll": 1}, r"\[task.t\]: unknown key 'sqll' \(allowed with 'sql': sql, database_url"),
+    ({"command": ["true"], "database_url": "sqlite://"}, "unknown key 'database_url' \\(allowed with 'command'"),
+    ({"url": "http://a/", "env": {}}, "unknown key 'env' \\(allowed with 'url': url, secret, connect_timeout"),
+    ({"sql": 5}, r"\[task.t\] sql: must be an SQL statement or a non-empty list"),
+    ({"sql": ["SELECT 1", ""]}, r"\[task.t\] sql: must be an SQL statement"),
+    ({"sql": "SELECT 1", "database_url": "not a url"}, r"\[task.t\] database_url: is not a valid SQLAlchemy URL"),
+    ({"sql": "SELECT 1", "max_rows": 0}, r"\[task.t\] max_rows: must be 1..10000, not 0"),
+    ({"sql": "SELECT 1", "timeout": "5x"}, r"\[task.t\] timeout: not a duration: '5x'"),
+    ({"sql": "SELECT 1", "timeout": 0}, r"\[task.t\] timeout: must be more than 0 seconds"),
+    ({"sql": "SELECT 1", "timeout": True}, r"\[task.t\] timeout: must be seconds or a duration"),
+    ({"sql": "SELECT 1", "max_attempts": 0}, r"\[task.t\] max_attempts: must be 1..1000, not 0"),
+    ({"sql": "SELECT 1", "max_attempts": "3"}, r"\[task.t\] max_attempts: must be a whole number, not a string"),
+    ({"sql": "SELECT 1", "backoff": []}, r"\[task.t\] backoff: must be a duration or a non-empty list"),
+    ({"sql": "SELECT 1", "backoff": ["10s", "soon"]}, r"\[task.t\] backoff: not a duration: 'soon'"),
+    ({"sql": "SELECT 1", "backoff": "-5"}, r"\[task.t\] backoff: a duration cannot be negative"),
+    ({"sql": "SELECT 1", "result_limit": 10}, r"\[task.t\] result_limit: must be 256\.\."),
+    ({"url": "ftp://a/x"}, r"\[task.t\] url: scheme 'ftp' is not http or https"),
+    ({"url": "http:///x"}, r"\[task.t\] url: the URL has no host"),
+    ({"url": "http://a:99999/"}, r"\[task.t\] url: the URL is malformed"),
+    ({"url": "http://a/", "secret": 3}, r"\[task.t\] secret: must be a whsec_ secret"),
+    ({"command": "php artisan report:build"}, r"\[task.t\] command: must be a list of arguments.*no shell"),
+    ({"command": []}, r"\[task.t\] command: must be a non-empty list of strings"),
+    ({"command": ["php", 5]}, r"\[task.t\] command: must be a non-empty list of strings"),
+    ({"command": ["true"], "cwd": ""}, r"\[task.t\] cwd: must be a non-empty string"),
+    ({"command": ["true"], "env": ["A=1"]}, r"\[task.t\] env: must be a table"),
+    ({"command": ["true"], "env": {"PENDING_JOBS_DATABASE_URL": "x"}}, r"env: PENDING_JOBS_DATABASE_URL is reserved"),
+    ({"command": ["true"], "env": {"A": True}}, r"\[task.t\] env: A must be a string or a number"),
+    ({"command": ["true"], "kill_after": "-1"}, r"\[task.t\] kill_after: a duration cannot be negative"),
+])
+def test_each_mistake_names_the_task_and_the_key(table: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_one("t", table)
+
+
+def test_a_bad_secret_names_the_task_and_never_echoes_the_secret(tmp_path: Path) -> None:
+    settings = _load(tmp_path, '[task.hook]\nurl = "http://app.internal/x"\nsecret = "whsec_!!not-base64"\n')
+
+    with pytest.raises(ConfigError, match=r"\[task.hook\] secret: a secret is not valid base64") as raised:
+        declared.load(settings)
+    assert "not-base64" not in str(raised.value)
+
+
+def test_a_database_url_with_a_password_is_never_echoed() -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_one("t", {"sql": "SELECT 1", "database_url": "mysql://app:s3cret@db:notaport/app"})
+    assert "s3cret" not in str(raised.value)
+
+
+def test_a_name_declared_and_registered_in_python_is_refused() -> None:
+    python = {"echo": Task("echo", lambda payload, ctx: None)}
+    both = {"echo": Task("echo", lambda payload, ctx: 1)}
+
+    with pytest.raises(ConfigError, match=r"task 'echo' is both declared in the config \(\[task.echo\]\)"):
+        declared.merge(python, both)
+    assert set(declared.merge(python, {"other": both["echo"]})) == {"echo", "other"}
+
+
+def test_backoff_list_gives_each_retry_its_delay_and_repeats_the_last() -> None:
+    policy = parse_one("t", {"sql": "SELECT 1", "backoff": ["10s", "1m", "1h"]}).policy
+    fixed = parse_one("t", {"sql": "SELECT 1", "backoff": 30}).policy
+
+    delays = base.backoff_of(policy)
+    assert [delays(n) for n in (1, 2, 3, 4, 9)] == [10.0, 60.0, 3600.0, 3600.0, 3600.0]
+    assert base.backoff_of(fixed)(5) == 30.0
+    assert base.backoff_of(parse_one("t", {"sql": "SELECT 1"}).policy) is default_backoff
+
+
+class _Ctx:
+    def __init__(self, attempt: int) -> None:
+        self.attempt = attempt
+        self.job_id = 1
+
+
+@pytest.mark.parametrize("raised", [Retry(reason="exit 75"), RuntimeError("flaky")])
+def test_the_tasks_max_attempts_turns_the_last_retry_into_a_failure(raised: Exception) -> None:
+    def handler(payload: Any, ctx: Any) -> None:
+        raise raised
+
+    limited = base.limit_attempts(handler, 2)
+    with pytest.raises(type(raised)):
+        limited({}, _Ctx(1))
+    with pytest.raises(Fail, match="attempt 2 of the task's max_attempts 2: giving up") as failed:
+        limited({}, _Ctx(2))
+    assert ("exit 75" if isinstance(raised, Retry) else "RuntimeError: flaky") in failed.value.reason
+
+
+def test_output_is_json_when_whole_and_valid_else_text() -> None:
+    assert base.json_or_text(b'{"a": [1, 2]}\n', True, 1000) == {"a": [1, 2]}
+    assert base.json_or_text(b"", True, 1000) is None
+    assert base.json_or_text(b"done\n", True, 1000) == "done\n"
+    assert base.json_or_text(b'{"a": 1', True, 1000) == '{"a": 1'
+    bad_utf8 = base.json_or_text(b"caf\xe9 \xff ok", True, 1000)
+    assert bad_utf8 == "caf\ufffd \ufffd ok"
+    nul = base.json_or_text(b'{"a": "\\u0000"}', True, 1000)
+    assert isinstance(nul, str) and "\x00" not in nul  # PostgreSQL jsonb cannot store NUL: kept as text
+
+
+def test_output_over_the_limit_is_cut_text_that_fits_the_limit() -> None:
+    big = b'{"a": "' + b"x" * 5000 + b'"}'
+    cut = base.json_or_text(big[:1001], False, 1000)
+
+    assert isinstance(cut, str) and cut.endswith("characters]") and "[output cut at" in cut
+    assert len(cut.encode()) <= 1000
+    controls = base.json_or_text(b"\x01" * 5000, False, 1000)  # 6 bytes of JSON each: halved until it fits
+    assert isinstance(controls, str) and len(controls.encode()) <= 1000
