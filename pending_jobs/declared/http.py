@@ -13,7 +13,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from .. import __version__
+from ..version import __version__
 from ..callbacks.guard import Guard, Refused, Unresolved, parse, redact
 from ..callbacks.policy import retry_after
 from ..callbacks.signing import Signer
