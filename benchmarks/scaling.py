@@ -70,28 +70,35 @@ def _children(parent: int) -> list[int]:
     return found
 
 
-def server_pids(engine: sa.Engine) -> list[int]:
-    """The database server's processes on this machine, from its pid file ([] when it is elsewhere)."""
+def server_pid(engine: sa.Engine) -> int | None:
+    """The database server's main process on this machine, from its pid file (None when it is elsewhere)."""
     with engine.connect() as conn:
         if db.dialect_name(engine) == "mysql":
             pid_file = Path(str(conn.exec_driver_sql("SELECT @@pid_file").scalar()))
         else:
             pid_file = Path(str(conn.exec_driver_sql("SHOW data_directory").scalar())) / "postmaster.pid"
     try:
-        main = int(pid_file.read_text().split()[0])
+        return int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return []
-    return [main, *_children(main)]
+        return None
 
 
-def _server_cpu(pids: Sequence[int]) -> float:
-    total = 0.0
-    for pid in pids:
+def _server_cpu(main: int | None) -> dict[int, float]:
+    """CPU seconds of the server's process and its children (PostgreSQL's backends), by pid."""
+    if main is None:
+        return {}
+    found = {}
+    for pid in (main, *_children(main)):
         try:
-            total += _cpu(pid)
+            found[pid] = _cpu(pid)
         except OSError:
             continue  # a backend that ended meanwhile
-    return total
+    return found
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU used between two readings; a process born in between counts whole."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
 def _machine() -> tuple[int, int]:
@@ -127,14 +134,14 @@ def drain(url: str, runners: int, jobs: int, task_name: str) -> Point:
     try:
         pids = [proc.pid for proc in procs]
         _wait(lambda: _scalar(engine, "SELECT COUNT(*) FROM pending_job_runs") == runners, 120, "the runners")
-        server = server_pids(engine)
+        server = server_pid(engine)
         before = (_server_cpu(server), sum(_cpu(pid) for pid in pids), _machine())
         first = _scalar(engine, "SELECT COUNT(*) FROM pending_jobs") + 1
         enqueue_many(engine, ({"task": task_name} for _ in range(jobs)))
         _wait(lambda: _scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'") == jobs,
               900, "the jobs to be done")
         busy, total = _machine()
-        database_cpu = _server_cpu(server) - before[0]
+        database_cpu = _spent(before[0], _server_cpu(server))
         runner_cpu = sum(_cpu(pid) for pid in pids) - before[1]
         with engine.connect() as conn:
             start, end = conn.execute(sa.text("SELECT MIN(started_at), MAX(finished_at) FROM pending_jobs"
