@@ -276,3 +276,31 @@ def holds_connection_then_hangs(payload: dict[str, Any], ctx: Context) -> None:
     """Writes through ctx.connection (SQLite: takes the one write lock), then hangs past its timeout."""
     ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'hung')"), {"id": ctx.job_id})
     time.sleep(float(payload.get("seconds", 30)))
+
+
+# -- scale-suite handlers (tests/scale) ------------------------------------------------------------
+
+RUNLOG_ENV = "PENDING_JOBS_TEST_RUNLOG"
+
+
+@task("scale_ledger")
+def scale_ledger(payload: dict[str, Any], ctx: Context) -> None:
+    """Every execution appends "job_id pid" to the file $PENDING_JOBS_TEST_RUNLOG (an effect outside the
+    database, which a re-run repeats); the job id goes into the ledger through ctx.connection (exactly once).
+
+    `stall`: seconds to sleep on attempt 1 only; `ledger_first`: write the ledger row before that sleep, so
+    the handler's transaction is open (holding the row's lock) while it sleeps; `sleep`: seconds on every attempt.
+    """
+    path = os.environ.get(RUNLOG_ENV)
+    if path:
+        with open(path, "a") as log:
+            log.write(f"{ctx.job_id} {os.getpid()}\n")
+    write = sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, :note)")
+    if payload.get("ledger_first"):
+        ctx.connection.execute(write, {"id": ctx.job_id, "note": str(os.getpid())})
+    if ctx.attempt == 1 and payload.get("stall"):
+        time.sleep(float(payload["stall"]))
+    if payload.get("sleep"):
+        time.sleep(float(payload["sleep"]))
+    if not payload.get("ledger_first"):
+        ctx.connection.execute(write, {"id": ctx.job_id, "note": str(os.getpid())})

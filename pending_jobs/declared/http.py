@@ -13,13 +13,13 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..version import __version__
 from ..callbacks.guard import Guard, Refused, Unresolved, parse, redact
 from ..callbacks.policy import retry_after
 from ..callbacks.signing import Signer
 from ..callbacks.transport import Response, Transport
 from ..errors import ConfigError, Fail
 from ..registry import Backoff, Task
+from ..version import __version__
 from .base import backoff_of, effective_limit, excerpt, json_or_text, retry, task_of
 from .spec import DEFAULT_TIMEOUT, HttpSpec
 

@@ -19,6 +19,7 @@ from .. import db
 from ..schema import callback_attempts, db_now
 from ..schema import pending_jobs as J
 from .dialect import Dialect, Locked
+from .mysql_hosts import NOT_READY, galera_aware, split_hosts
 
 DEADLOCK = 1213  # the whole transaction was rolled back: run it again
 LOCK_WAIT_TIMEOUT = 1205  # only the statement was rolled back: roll back the transaction, then run it again
@@ -66,13 +67,16 @@ class MySQL(Dialect):
         return url.update_query_dict({"charset": "utf8mb4"})
 
     def engine(self, url: sa.URL, pool_size: int, **options: Any) -> sa.Engine:
+        url, hosts = split_hosts(url)
         # Gap locks under REPEATABLE READ make claims block producers' INSERTs: READ COMMITTED avoids them.
         options.setdefault("isolation_level", "READ COMMITTED")
         # read/write timeouts bound a read on a half-open socket (server frozen or network cut), which a
         # restart does not cause but a partition does; above innodb_lock_wait_timeout's default of 50 s.
         options.setdefault("connect_args", {"init_command": "SET time_zone = '+00:00'", "connect_timeout": 10,
                                             "read_timeout": 120, "write_timeout": 120})
-        return super().engine(url, pool_size, **options)
+        engine = super().engine(url, pool_size, **options)
+        galera_aware(engine, hosts)
+        return engine
 
     def in_transaction(self, dbapi_connection: Any) -> bool:
         # PyMySQL keeps the status of the last OK packet (it skips the one ending a result set, so a
@@ -84,7 +88,7 @@ class MySQL(Dialect):
         return _errno(error) in (DEADLOCK, LOCK_WAIT_TIMEOUT)
 
     def connection_lost(self, error: BaseException) -> bool:
-        return super().connection_lost(error) or _errno(error) in LOST
+        return super().connection_lost(error) or _errno(error) in LOST or _errno(error) in NOT_READY
 
     def prepare_problem(self, conn: sa.Connection, statement: str) -> str | None:
         # PREPARE takes a literal or a variable: the variable spares quoting.
@@ -129,7 +133,7 @@ class MySQL(Dialect):
     def unavailable(self, error: BaseException) -> bool:
         code = _errno(error)
         # PyMySQL raises InterfaceError for a connection it already knows is closed.
-        return (super().unavailable(error) or code in GONE or code in READ_ONLY
+        return (super().unavailable(error) or code in GONE or code in READ_ONLY or code in NOT_READY
                 or isinstance(error, exc.InterfaceError))
 
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:

@@ -12,6 +12,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql
 
 from .. import db
+from ..errors import ConfigError
 from ..schema import callback_attempts, db_now
 from ..schema import pending_jobs as J
 from .dialect import Dialect
@@ -46,7 +47,7 @@ class Postgres(Dialect):
         # TCP keepalives end a read on a dead peer (libpq has no read timeout) in about a minute.
         options.setdefault("connect_args", {"options": "-c timezone=UTC", "connect_timeout": 10, "keepalives": 1,
                                             "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3})
-        return super().engine(url, pool_size, **options)
+        return super().engine(_prepare_threshold(url, options), pool_size, **options)
 
     def in_transaction(self, dbapi_connection: Any) -> bool:
         status = getattr(getattr(dbapi_connection, "info", None), "transaction_status", None)
@@ -149,6 +150,29 @@ class Postgres(Dialect):
 
 
 _NUMBERED = postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+
+
+def _prepare_threshold(url: sa.URL, options: dict[str, Any]) -> sa.URL:
+    """`?prepare_threshold=none` (or a number) in a PostgreSQL URL becomes psycopg's connection option.
+
+    psycopg prepares a statement on the server after its 5th execution on a connection. Behind
+    PgBouncer in transaction mode (before 1.21, or without max_prepared_statements) the next
+    transaction may land on another server connection, where that statement does not exist or is a
+    different one: `none` turns server-side prepares off. The URL can only carry text, hence this.
+    """
+    given = url.query.get("prepare_threshold")
+    if given is None:
+        return url
+    text = given if isinstance(given, str) else given[-1]
+    if text.strip().lower() in ("none", "off", ""):
+        threshold: int | None = None
+    else:
+        try:
+            threshold = int(text)
+        except ValueError:
+            raise ConfigError(f"database_url: prepare_threshold={text!r} is neither a number nor none") from None
+    options["connect_args"] = {**options.get("connect_args", {}), "prepare_threshold": threshold}
+    return url.difference_update_query(["prepare_threshold"])
 
 
 def _libpq_error(error: BaseException) -> bool:

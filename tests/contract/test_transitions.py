@@ -120,12 +120,17 @@ def drive_every_verb(engine: sa.Engine, store: Store, check: Checked) -> None:
     check("purge", lambda: ops.purge(1.0, ["succeeded", "failed", "cancelled"]))
 
 
-def test_every_store_verb_makes_only_allowed_changes(engine: sa.Engine, store: Store) -> None:
+def test_every_store_verb_makes_only_allowed_changes(engine: sa.Engine, store: Store, backend: str) -> None:
     check = Checked(engine)
     drive_every_verb(engine, store, check)
+    if backend == "sqlite":  # only SQLite stores text that cannot be decoded: the claim fails that row
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES (CAST(X'6563686fff' AS TEXT), '{}')"))
+        check("claim", lambda: store.claim("default", 10, "runner", 60))
     assert check.problems == []
     # The drive reached every allowed job transition, so the table is not wider than the code either.
-    assert check.changes == {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
+    reachable = {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
+    assert check.changes == (reachable if backend == "sqlite" else reachable - {("pending", "failed")})
 
 
 @pytest.mark.parametrize("missing", [(JobStatus.RUNNING, JobStatus.SUCCEEDED), (JobStatus.RUNNING, JobStatus.CANCELLED),

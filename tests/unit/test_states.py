@@ -24,7 +24,7 @@ def test_terminal_statuses() -> None:
 def test_every_allowed_move() -> None:
     moves = {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
     assert moves == {
-        ("pending", "running"), ("pending", "cancelled"),
+        ("pending", "running"), ("pending", "cancelled"), ("pending", "failed"),
         ("running", "succeeded"), ("running", "failed"), ("running", "pending"), ("running", "cancelled"),
         ("succeeded", "pending"), ("failed", "pending"), ("cancelled", "pending"),
     }
