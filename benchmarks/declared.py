@@ -81,7 +81,7 @@ def drain(url: str, tables: dict[str, dict[str, Any]], jobs: list[dict[str, Any]
         try:
             enqueue_many(engine, jobs)
             env = {k: v for k, v in os.environ.items() if not k.startswith("PENDING_JOBS_")}
-            env.update(PENDING_JOBS_MAX_RUNTIME="900", PENDING_JOBS_CONCURRENCY=str(concurrency),
+            env.update(PENDING_JOBS_MAX_RUNTIME="900", PENDING_JOBS_POLL="0", PENDING_JOBS_CONCURRENCY=str(concurrency),
                        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
             started = time.perf_counter()
             out = subprocess.run([*_runner_command(), "run", "--config", str(config)], env=env, cwd=ROOT,

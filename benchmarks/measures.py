@@ -59,7 +59,8 @@ def _runner_command() -> list[str]:
 def _env(url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PENDING_JOBS_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    env.update(PENDING_JOBS_DATABASE_URL=url, PENDING_JOBS_TASKS=TASKS, PENDING_JOBS_MAX_RUNTIME="900", **extra)
+    env.update(PENDING_JOBS_DATABASE_URL=url, PENDING_JOBS_TASKS=TASKS, PENDING_JOBS_MAX_RUNTIME="900",
+               PENDING_JOBS_POLL="0", PENDING_JOBS_LOCK_FILE="none", **extra)
     return env
 
 

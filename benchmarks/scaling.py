@@ -129,7 +129,8 @@ def drain(url: str, runners: int, jobs: int, task_name: str) -> Point:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PENDING_JOBS_")}
     env.update(PYTHONPATH=str(ROOT), PENDING_JOBS_DATABASE_URL=url,
                PENDING_JOBS_TASKS="benchmarks.scaling,benchmarks.noop")
-    flags = ["--poll", "0.1", "--max-runtime", "900", "--lease", "120", "--batch-size", "100", "--concurrency", "4"]
+    flags = ["--poll", "0.1", "--lock-file", "none", "--max-runtime", "900", "--lease", "120", "--batch-size", "100",
+             "--concurrency", "4"]
     procs = [subprocess.Popen([sys.executable, "-m", "pending_jobs", "run", *flags], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(runners)]
     try:

@@ -84,7 +84,7 @@ def main() -> None:
     print(f"   jobs {email} (with callback), {resize} (fails once), {report} (due in 1 h), and one unknown task")
 
     print("\n== pending-jobs run -v   (what cron starts every minute)")
-    print(pending_jobs("run", "-v", env=env), end="")
+    print(pending_jobs("run", "--drain", "-v", env=env), end="")
     print(f"\n== pending-jobs run --job {resize}   (the failed job's retry, run now instead of after its backoff)")
     print(pending_jobs("run", "--job", resize, "-v", env=env), end="")
 

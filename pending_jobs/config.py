@@ -132,13 +132,15 @@ def _shown(value: float | None, setting: Setting) -> str:
 SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", "sqlite:///pending_jobs.sqlite3", text, "SQLAlchemy URL of the database"),
     Setting("tasks", [], str_list, "comma-separated modules that define handlers"),
-    Setting("max_runtime", 50.0, duration, "seconds a run may take before it stops claiming", 0.1, 365 * DAY),
+    Setting("max_runtime", 3600.0, duration, "seconds a run serves at most before it stops claiming (under cron "
+            "the next tick's run takes over long before)", 0.1, 365 * DAY),
     Setting("max_jobs", None, optional_integer, "stop after this many jobs (unset: no limit)", 1, None),
     Setting("batch_size", 100, integer, "jobs claimed per claim transaction", 1, 10_000),
     Setting("concurrency", 4, integer, "handler threads", 1, 1000),
     Setting("lease", 300.0, duration, "seconds a claim is held before another run may rescue it", 1, DAY),
     Setting("queues", [], str_list, "queues to run, comma-separated (unset: every queue)"),
-    Setting("poll", 0.0, duration, "poll interval while waiting for new jobs (0: stop when none due)", 0, 3600),
+    Setting("poll", 0.2, duration, "seconds between looks for newly due jobs while a run serves (0: stop when "
+            "nothing is due, as --drain)", 0, 3600),
     Setting("grace", 10.0, duration, "seconds in-flight jobs get to finish after SIGTERM", 0, 3600),
     Setting("payload_limit", 1_000_000, integer, "largest payload in bytes; larger rows fail", 1, 100_000_000),
     Setting("callback_secret", [], str_list, "whsec_ secrets that sign callbacks (two during rotation)"),
@@ -151,6 +153,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("retention_succeeded", 7 * DAY, duration, "keep succeeded/cancelled jobs this long (0: forever)",
             0, 3650 * DAY),
     Setting("retention_failed", 30 * DAY, duration, "keep failed jobs this long (0: forever)", 0, 3650 * DAY),
+    Setting("callbacks", "on", text, "on: deliver callbacks while serving jobs; off: leave them to another "
+            "run; only: deliver callbacks, claim no jobs"),
+    Setting("lock_file", "", text, "the serving run's lock, handed from one cron tick's run to the next "
+            "(unset: one per database and queues in the temp directory; none: no lock)"),
     Setting("metrics_file", "", text, "write Prometheus textfile metrics here after each run"),
     Setting("log_format", "text", text, "text or json"),
     Setting("log_file", "", text, "append logs to this file instead of stderr"),
@@ -181,6 +187,8 @@ class Settings:
     callback_concurrency: int
     retention_succeeded: float
     retention_failed: float
+    callbacks: str
+    lock_file: str
     metrics_file: str
     log_format: str
     log_file: str
@@ -223,6 +231,8 @@ def load(
     settings = Settings(**values, declared_tasks=declared_tasks)
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
+    if settings.callbacks not in ("on", "off", "only"):
+        raise ConfigError(f"callbacks must be on, off or only, not {settings.callbacks!r}")
     return settings
 
 

@@ -1,7 +1,10 @@
-"""One run, whole: rescue expired leases, serve jobs, deliver callbacks, apply retention, and leave a
-row in `pending_job_runs` and (optionally) a metrics file saying what it did and how it ended.
+"""One run, whole: rescue expired leases, serve jobs, deliver callbacks as jobs end, apply retention, and
+leave a row in `pending_job_runs` and (optionally) a metrics file saying what it did and how it ended.
 
-`run_once` is what `pending-jobs run` does, and what a Python caller gets too.
+`run_once` is what `pending-jobs run` does, and what a Python caller gets too. While it serves, three
+threads of its own run beside the producer: the callback sender (woken when an outcome with a callback
+is recorded), on PostgreSQL a listener (woken by the INSERT trigger's NOTIFY), and in service mode the
+segment keeper (a runs row, retention and metrics every interval).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 
@@ -23,7 +27,8 @@ from .store import CallbackStore, Health, OpsStore, RunStore, Store
 
 log = logging.getLogger(__name__)
 
-CALLBACK_MIN_TIME = 5.0  # seconds callbacks get after the jobs even when the runtime is spent
+CALLBACK_MIN_TIME = 5.0  # seconds callbacks get after the jobs of a drain run, even when the runtime is spent
+LISTEN_STEP = 1.0  # seconds the listener waits for a notification before looking whether the run ended
 
 
 def owner_name() -> str:
@@ -32,20 +37,31 @@ def owner_name() -> str:
 
 
 def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id: int | None = None,
-             on_progress: Callable[[RunReport], None] | None = None, deliverer: Deliverer | None = None) -> RunReport:
-    """Run due jobs once and deliver due callbacks; the report says what happened.
+             on_progress: Callable[[RunReport], None] | None = None, deliverer: Deliverer | None = None,
+             hand_off: Callable[[], bool] | None = None, segment: float | None = None,
+             on_served: Callable[[], None] | None = None) -> RunReport:
+    """Serve due jobs and deliver due callbacks; the report says what happened.
 
-    Raises DatabaseUnavailable when the database goes away or turns read-only, ConfigError on a bad
-    callback setting, CommandFailed when `job_id` is not pending. The runs row and the metrics file
-    record the run however it ends. `deliverer` replaces the callback sender the settings describe.
+    With `settings.poll` 0 the run stops when nothing is due (a drain); otherwise it serves until the
+    runtime is spent, `hand_off()` says another run is ready, or a signal. `segment` (service mode):
+    seconds after which the runs row is closed and a new one opened, retention applied and metrics
+    written, over and over. Raises DatabaseUnavailable when the database goes away or turns
+    read-only, ConfigError on a bad callback setting, CommandFailed when `job_id` is not pending.
+    The runs row and the metrics file record the run however it ends. `deliverer` replaces the
+    callback sender the settings describe. `on_served()` is called once no more jobs will be claimed or
+    run (the host lock is released there: the next run may serve while this one's last callbacks go out).
     """
     started = time.monotonic()
-    deadline = started + settings.max_runtime
     report = RunReport()
     runs = RunStore(store)
     # Built first: a bad callback secret stops the run before it claims anything.
     deliver = deliverer or Deliverer(CallbackStore(store), settings)
+    callbacks = _Callbacks(deliver, settings, report) if settings.callbacks != "off" else None
+    producer = Producer(store, Executor(store, tasks, settings), settings, report, owner_name(), on_progress,
+                        hand_off, on_callbacks_due=callbacks.wake if callbacks else None)
     run_id: int | None = None
+    threads: list[_Thread] = []
+    keeper: _Segments | None = None
     try:
         run_id = runs.start_run(socket.gethostname(), os.getpid())
         store.check_writable()
@@ -54,24 +70,53 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
         if rescued.total:
             log.warning("rescued %d job(s) with expired leases (%d failed, out of attempts; %d cancelled)",
                         rescued.total, rescued.failed, rescued.cancelled)
-        producer = Producer(store, Executor(store, tasks, settings), settings, report, owner_name(), on_progress)
-        with stop_on_signals(producer.signal, settings.grace):
-            producer.run(job_id)
-            if report.stopped_by != "signal":
-                delivered, undelivered = deliver(max(deadline, time.monotonic() + CALLBACK_MIN_TIME))
-                report.callbacks_delivered += delivered
-                report.callbacks_failed += undelivered
-        purged = OpsStore(store).apply_retention(settings.retention_succeeded, settings.retention_failed)
-        if purged:
-            log.info("retention: deleted %d finished job(s)", purged)
+        if callbacks is not None:
+            threads.append(callbacks.start())
+        if settings.poll > 0 and settings.callbacks != "only":
+            listener = store.sql.listener(store.engine)
+            if listener is not None:
+                threads.append(_Thread("listener", lambda stop: _listen(listener, stop, producer.wake)))
+        if segment is not None:
+            keeper = _Segments(runs, store, settings, report, run_id, segment)
+            threads.append(_Thread("segments", keeper.keep))
+        with stop_on_signals(lambda: _signal(producer, callbacks), settings.grace):
+            if settings.callbacks == "only":
+                producer.idle(job_id)  # stop conditions only: the callback sender does the work
+            else:
+                producer.run(job_id)
+            if on_served is not None:
+                on_served()
+            for thread in threads:
+                thread.stop(raise_error=True)
+            if callbacks is not None and settings.poll <= 0 and report.stopped_by != "signal":
+                callbacks.deliver_due(time.monotonic() + max(CALLBACK_MIN_TIME, settings.max_runtime
+                                                             - (time.monotonic() - started)))
+        _retention(store, settings)
         report.exit_code = 0
     except BaseException as error:
         report.exit_code = exit_code_of(error)
         raise
     finally:
+        for thread in threads:
+            thread.stop(raise_error=False)
         report.duration = time.monotonic() - started
-        _record(runs, run_id, report, settings.metrics_file)
+        if keeper is None:
+            _record(runs, run_id, report, settings.metrics_file)
+        else:  # the last interval's row: what was done since the previous one
+            _record(runs, keeper.run_id, keeper.last(report), settings.metrics_file)
     return report
+
+
+def _signal(producer: Producer, callbacks: _Callbacks | None) -> None:
+    producer.signal()
+    if callbacks is not None:
+        callbacks.stop_now()
+
+
+def _retention(store: Store, settings: Settings) -> None:
+    purged = OpsStore(store).apply_retention(settings.retention_succeeded, settings.retention_failed)
+    if purged:
+        log.info("retention: deleted %d finished job(s)", purged)
 
 
 def _record(runs: RunStore, run_id: int | None, report: RunReport, metrics_file: str) -> None:
@@ -81,6 +126,10 @@ def _record(runs: RunStore, run_id: int | None, report: RunReport, metrics_file:
             runs.finish_run(run_id, report)
     except Exception as error:
         log.debug("could not record the end of run %s: %s", run_id, error)
+    _write_metrics(runs, report, metrics_file)
+
+
+def _write_metrics(runs: RunStore, report: RunReport, metrics_file: str) -> None:
     if not metrics_file:
         return
     health: Health | None
@@ -92,3 +141,116 @@ def _record(runs: RunStore, run_id: int | None, report: RunReport, metrics_file:
         write_textfile(metrics_file, render(report, time.time(), health))
     except OSError as error:
         log.warning("cannot write metrics file %s: %s", metrics_file, error.strerror or error)
+
+
+class _Thread:
+    """A thread of the run that works until `stop()`; its first error is raised by `stop()`."""
+
+    def __init__(self, name: str, work: Callable[[threading.Event], None]) -> None:
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._work = work
+        self._thread = threading.Thread(target=self._main, name=f"pending-jobs-{name}", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._work(self._stop)
+        except BaseException as error:  # handed to the run's own thread by stop()
+            self._error = error
+
+    def stop(self, raise_error: bool) -> None:
+        """Ask it to stop and wait for it; raise what stopped it early (else only log it: the run is
+        ending for another reason already)."""
+        self._stop.set()
+        self._thread.join()
+        error, self._error = self._error, None
+        if error is None:
+            return
+        if raise_error:
+            raise error
+        log.debug("%s stopped with %s", self._thread.name, error)
+
+
+class _Callbacks:
+    """The callback sender of a run: delivers while the run serves, woken as outcomes are recorded."""
+
+    def __init__(self, deliverer: Deliverer, settings: Settings, report: RunReport) -> None:
+        self.deliverer = deliverer
+        self.queues = settings.queues
+        self.report = report
+        self._wake = threading.Event()
+        self._stop: threading.Event | None = None
+
+    def start(self) -> _Thread:
+        return _Thread("callbacks", self._serve)
+
+    def _serve(self, stop: threading.Event) -> None:
+        self._stop = stop
+        self.deliverer.serve(stop, self._wake, self.queues, self._count)
+
+    def wake(self) -> None:
+        """An outcome with a callback was recorded: look now, not at the next poll."""
+        self._wake.set()
+
+    def stop_now(self) -> None:
+        """A signal: claim no more callbacks (attempts under way finish and are recorded)."""
+        if self._stop is not None:
+            self._stop.set()
+        self._wake.set()
+
+    def deliver_due(self, deadline: float) -> None:
+        """A drain run's last pass: what is due now, until none is left or the deadline passes."""
+        delivered, undelivered = self.deliverer(deadline, self.queues)
+        self._count(delivered, undelivered)
+
+    def _count(self, delivered: int, undelivered: int) -> None:
+        self.report.callbacks_delivered += delivered
+        self.report.callbacks_failed += undelivered
+
+
+def _listen(listener: Callable[[float], bool], stop: threading.Event, wake: Callable[[], None]) -> None:
+    """Wake the producer whenever the database says a job was inserted (PostgreSQL NOTIFY)."""
+    while not stop.is_set():
+        if listener(LISTEN_STEP):
+            wake()
+
+
+class _Segments:
+    """Service mode: every `interval`, the runs row is closed and a new one opened, retention applied and
+    metrics written, so the runs table and the metrics tell the story of a process that never ends."""
+
+    def __init__(self, runs: RunStore, store: Store, settings: Settings, report: RunReport, run_id: int,
+                 interval: float) -> None:
+        self.runs, self.store, self.settings, self.report = runs, store, settings, report
+        self.run_id = run_id
+        self.interval = interval
+        self._counted = RunReport()
+
+    def keep(self, stop: threading.Event) -> None:
+        while not stop.wait(self.interval):
+            try:
+                self._next()
+            except Exception as error:  # the next segment tries again; the serving goes on
+                log.warning("could not close the runs row of this interval: %s", error)
+
+    def _next(self) -> None:
+        done = self._delta()
+        done.exit_code, done.stopped_by = 0, "interval"
+        self.runs.finish_run(self.run_id, done)
+        self.run_id = self.runs.start_run(socket.gethostname(), os.getpid())
+        _retention(self.store, self.settings)
+        _write_metrics(self.runs, done, self.settings.metrics_file)
+
+    def last(self, report: RunReport) -> RunReport:
+        """The row of the last interval, closed with how the process ended."""
+        done = self._delta()
+        done.exit_code, done.stopped_by, done.duration = report.exit_code, report.stopped_by, report.duration
+        return done
+
+    def _delta(self) -> RunReport:
+        """What was done since the last row (the report keeps counting the whole process)."""
+        now = {name: getattr(self.report, name) for name in RunReport.STORED}
+        delta = RunReport(**{name: now[name] - getattr(self._counted, name) for name in RunReport.STORED})
+        self._counted = RunReport(**now)
+        return delta

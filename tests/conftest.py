@@ -122,6 +122,7 @@ def store(engine: sa.Engine) -> Store:
 def settings_for(url: str, **overrides: Any) -> config.Settings:
     """Settings for tests: defaults, the test database, the test handlers, and any overrides."""
     base = config.load({}, environ={})
+    overrides.setdefault("poll", 0.0)  # drain: stop when nothing is due
     return base.replace(database_url=url, tasks=["tests.jobs"], **overrides)
 
 
@@ -146,7 +147,9 @@ def finish(store: Store, token: str, **outcomes: Any) -> Finished:
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m pending_jobs ARGS` in a subprocess with the test handlers importable."""
-    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs"}
+    # Drain (poll 0) unless a test asks to serve: `run` would otherwise serve until the next cron tick's run.
+    full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+                "PENDING_JOBS_POLL": "0"}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "pending_jobs", *args], capture_output=True, text=True,
                           env=full_env, timeout=timeout, cwd=cwd or ROOT)

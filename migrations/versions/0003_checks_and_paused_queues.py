@@ -1,7 +1,11 @@
-"""Statuses constrained on every database; a row per paused queue.
+"""Statuses constrained on every database; a row per paused queue; PostgreSQL notifies on INSERT.
 
 A producer's INSERT with a status no run would ever pick up ('RUNNING', '', 'done') is refused from now
 on. Rows already holding one are ended here as failed, with the reason, so nothing is left invisible.
+
+On PostgreSQL a statement-level trigger sends one NOTIFY pending_jobs per INSERT statement (however many
+rows it inserts, and whatever inserted them: PHP, psql, the Python API), so serving runners claim at
+once instead of at their next poll.
 
 Revision ID: 0003
 Revises: 0002
@@ -94,6 +98,11 @@ def upgrade() -> None:
                                       f"callback_status IS NULL OR {_in('callback_status', CALLBACK_STATUSES)}")
     if sqlite:
         op.execute(f"CREATE VIEW pending_jobs_summary AS {SUMMARY_SQL}")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("CREATE FUNCTION pending_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN PERFORM pg_notify('pending_jobs', ''); RETURN NULL; END $$")
+        op.execute("CREATE TRIGGER pending_jobs_notify AFTER INSERT ON pending_jobs "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION pending_jobs_notify()")
     op.create_table(
         "pending_job_paused_queues",
         sa.Column("queue", sa.String(64), primary_key=True),
@@ -106,6 +115,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("pending_job_paused_queues")
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("DROP TRIGGER pending_jobs_notify ON pending_jobs")
+        op.execute("DROP FUNCTION pending_jobs_notify()")
     sqlite = op.get_bind().dialect.name == "sqlite"
     if sqlite:
         op.execute("DROP VIEW pending_jobs_summary")

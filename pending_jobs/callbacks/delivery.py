@@ -14,7 +14,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..batcher import Batcher
@@ -40,6 +40,7 @@ QUEUED_ROUNDS = 8
 BREAKER_THRESHOLD = 5  # consecutive failures to one host that open its circuit for the rest of the run
 BREAKER_PAUSE = 60.0  # seconds a callback held back by an open circuit waits (about one cron tick)
 EXCERPT = 1024
+CALLBACK_POLL = 1.0  # seconds between looks for callback retries whose time came, while a run serves
 BATCH_SIZE = 200  # outcomes recorded in one transaction at most
 POLL = 0.005  # seconds between looks at a background record that outcomes wait behind
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -98,13 +99,26 @@ class Deliverer:
         self.transport = Transport(self.concurrency)
         self.clock = clock
         self.failures: dict[str, int] = {}
+        self._opened: dict[str, float] = {}
         self._lock = threading.Lock()
         self._deadline = 0.0
         self._start_by: dict[tuple[int, str], float] = {}
 
-    def __call__(self, deadline: float) -> tuple[int, int]:
-        """Deliver what is due until nothing is left or the deadline passes; returns the counts."""
-        self.failures = {}  # the circuit breaker is per run
+    def __call__(self, deadline: float, queues: Sequence[str] = ()) -> tuple[int, int]:
+        """Deliver what is due (of jobs in `queues`; empty: all) until nothing is left or the deadline
+        passes; returns (delivered, not delivered)."""
+        return self._deliver(deadline, queues, None, None)
+
+    def serve(self, stop: threading.Event, wake: threading.Event, queues: Sequence[str] = (),
+              on_counts: Callable[[int, int], None] | None = None) -> None:
+        """Deliver callbacks as they come due until `stop` is set: at once when `wake` is set (a job with a
+        callback ended), else every CALLBACK_POLL seconds (a retry's time came); then finish the attempts
+        under way and record them. `on_counts(delivered, not delivered)` as outcomes come in."""
+        self._deliver(math.inf, queues, stop, wake, on_counts)
+
+    def _deliver(self, deadline: float, queues: Sequence[str], stop: threading.Event | None,
+                 wake: threading.Event | None, on_counts: Callable[[int, int], None] | None = None) -> tuple[int, int]:
+        self.failures, self._opened = {}, {}  # the circuit breaker is per delivery round
         self._deadline = deadline
         self._start_by = {}
         # A callback queued behind QUEUED_ROUNDS rounds of requests starts at most that many timeouts late.
@@ -121,12 +135,13 @@ class Deliverer:
             self.concurrency, self.attempt, self._internal_error, "pending-jobs-callback")
         try:
             while True:
+                stopping = stop is not None and stop.is_set()
                 free = capacity - inflight
-                if not drained and free >= refill and time.monotonic() < deadline:
+                if not drained and not stopping and free >= refill and time.monotonic() < deadline:
                     # Started later than this, a request could outlive the lease (a slow DNS answer or
                     # TLS handshake can make a round longer than callback_timeout): attempt() releases it.
                     start_by = time.monotonic() + self.settings.callback_timeout * QUEUED_ROUNDS
-                    claimed = self.store.claim(free, lease)
+                    claimed = self.store.claim(free, lease, queues)
                     drained = len(claimed) < free  # nothing more is due now (or others hold it)
                     for callback in claimed:
                         if self._open(callback.url):
@@ -139,16 +154,24 @@ class Deliverer:
                     batch.flush()
                 batch.results()  # raises the error that stopped recording
                 if not inflight:
-                    if drained or time.monotonic() >= deadline:
+                    if stopping or time.monotonic() >= deadline or (drained and wake is None):
                         break
+                    if drained and wake is not None:  # serving: wait for a job's end, or a retry's time
+                        batch.drain()
+                        wake.wait(CALLBACK_POLL)
+                        wake.clear()
+                        drained = False
                     continue
                 pause = batch.wait_for() if batch.outstanding == 0 else POLL
                 done = workers.take(0.5 if pause is None else pause)
                 inflight -= len(done)
                 results = [result for _, result in done]
                 batch.add(results)
-                delivered += sum(1 for r in results if r.kind == "delivered")
-                undelivered += sum(1 for r in results if r.kind in ("retry", "failed"))
+                counts = (sum(1 for r in results if r.kind == "delivered"),
+                          sum(1 for r in results if r.kind in ("retry", "failed")))
+                delivered, undelivered = delivered + counts[0], undelivered + counts[1]
+                if on_counts is not None and results:
+                    on_counts(*counts)
             batch.drain()
         except BaseException:
             workers.withdraw_unstarted()  # not started: left leased, retried once the lease runs out
@@ -162,7 +185,16 @@ class Deliverer:
         return delivered, undelivered
 
     def _open(self, url: str) -> bool:
-        return self.failures.get(host_key(url), 0) >= BREAKER_THRESHOLD
+        """Whether the host's circuit is open: BREAKER_THRESHOLD failures in a row, less than BREAKER_PAUSE
+        ago (then it closes, and the next attempt tells whether the host is back)."""
+        host = host_key(url)
+        if self.failures.get(host, 0) < BREAKER_THRESHOLD:
+            return False
+        if time.monotonic() - self._opened.get(host, 0.0) < BREAKER_PAUSE:
+            return True
+        with self._lock:
+            self.failures[host] = 0
+        return False
 
     def _hold_back(self, callback: DueCallback) -> CallbackResult:
         return CallbackResult(callback, "release", delay=BREAKER_PAUSE)
@@ -188,8 +220,9 @@ class Deliverer:
         elif result.kind == "retry":
             self.failures[host] = self.failures.get(host, 0) + 1
             if self.failures[host] == BREAKER_THRESHOLD:
-                log.warning("callbacks to %s: %d failures in a row; the rest wait for the next run",
-                            host, BREAKER_THRESHOLD)
+                self._opened[host] = time.monotonic()
+                log.warning("callbacks to %s: %d failures in a row; the rest wait %.0fs", host, BREAKER_THRESHOLD,
+                            BREAKER_PAUSE)
 
     def attempt(self, callback: DueCallback) -> CallbackResult:
         """One delivery attempt of one callback (runs in a worker thread; holds no database state)."""

@@ -16,13 +16,14 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import EXIT_CONFIG, CommandFailed, ConfigError, DatabaseUnavailable, exit_code_of
 from ..store import ours
-from . import callbacks, common, core, ops
+from . import callbacks, common, core, ops, run
 
 log = logging.getLogger(__name__)
 
 # Each module adds its subcommands; a subcommand's `func(args) -> exit code` does the work.
 MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     core.register,
+    run.register,
     callbacks.register,
     ops.register,
 ]

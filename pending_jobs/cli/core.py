@@ -1,4 +1,4 @@
-"""The core commands: migrate, enqueue, run, status."""
+"""The core commands: migrate, enqueue, status."""
 
 from __future__ import annotations
 
@@ -7,21 +7,18 @@ import datetime as dt
 import json
 from typing import Any, TypeAlias
 
-from .. import config, declared, migrate, registry
-from ..callbacks import config_warnings
+from .. import migrate
 from ..enqueue import enqueue
 from ..errors import EXIT_OK, ConfigError
-from ..run import run_once
 from ..store import OpsStore, RunStore, Store
 from . import common
-from .progress import Progress
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 STALE_AFTER = 300.0  # cron runs every minute: five minutes without a finished run means it stopped
 
 
 def register(commands: Commands) -> None:
-    """Add migrate, enqueue, run and status."""
+    """Add migrate, enqueue and status."""
     p = commands.add_parser("migrate", help="create or upgrade the tables (Alembic upgrade to head)")
     common.add_common(p)
     p.add_argument("--sql", action="store_true", help="print the DDL instead of running it (for DBAs)")
@@ -43,36 +40,12 @@ def register(commands: Commands) -> None:
     p.add_argument("--idempotency-key", help="a second enqueue with the same key returns the first job's id")
     p.set_defaults(func=cmd_enqueue)
 
-    p = commands.add_parser("run", help="run due jobs once, then deliver due callbacks (what cron starts)")
-    common.add_common(p)
-    add_run_flags(p)
-    p.set_defaults(func=cmd_run)
-
     p = commands.add_parser("status", help="counts per queue and status, oldest due job, callbacks, the last run")
     common.add_common(p)
     common.add_json(p)
     p.add_argument("--stale-after", type=common.DURATION, default=STALE_AFTER, metavar="AGE",
                    help="warn when no run finished for this long (default 5m)")
     p.set_defaults(func=cmd_status)
-
-
-def add_run_flags(p: argparse.ArgumentParser) -> None:
-    """The flags of `run`, each naming its environment variable."""
-    p.add_argument("--tasks", help=config.env_help("tasks"))
-    p.add_argument("--max-runtime", type=common.DURATION, help=config.env_help("max_runtime"))
-    p.add_argument("--max-jobs", type=common.INTEGER, help=config.env_help("max_jobs"))
-    p.add_argument("--batch-size", type=common.INTEGER, help=config.env_help("batch_size"))
-    p.add_argument("--concurrency", type=common.INTEGER, help=config.env_help("concurrency"))
-    p.add_argument("--lease", type=common.DURATION, help=config.env_help("lease"))
-    p.add_argument("--queue", dest="queue_flags", action="append", metavar="NAME",
-                   help="run only this queue; repeatable (env PENDING_JOBS_QUEUES, comma-separated; default: all)")
-    p.add_argument("--poll", type=common.DURATION, help=config.env_help("poll"))
-    p.add_argument("--grace", type=common.DURATION, help=config.env_help("grace"))
-    p.add_argument("--job", type=common.JOB_ID, metavar="ID", help="run this one pending job now, whatever its run_at")
-    p.add_argument("--metrics-file", metavar="PATH", help=config.env_help("metrics_file"))
-    p.add_argument("--retention-succeeded", type=common.DURATION, metavar="AGE",
-                   help=config.env_help("retention_succeeded"))
-    p.add_argument("--retention-failed", type=common.DURATION, metavar="AGE", help=config.env_help("retention_failed"))
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -112,29 +85,6 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise ConfigError(str(error)) from None
     common.out(str(job_id))
-    return EXIT_OK
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    if args.queue_flags:
-        args.queues = ",".join(args.queue_flags)
-    settings = common.settings_from(args)
-    tasks = declared.merge(registry.load(settings.tasks), declared.load(settings))  # config errors first
-    # A handler thread each, the claims, the completions' writer, callbacks and spares.
-    engine, store = common.open_database(settings, pool_size=settings.concurrency + 2)
-    store.check_version()
-    migrate.require_head(engine)
-    if args.verbose:
-        for warning in config_warnings(settings):
-            common.eprint(f"warning: {warning}")
-    progress = Progress()
-    try:
-        report = run_once(store, tasks, settings, job_id=args.job, on_progress=progress)
-    finally:
-        progress.close()
-    common.log.info("run finished: %s", report.summary())
-    if args.verbose:
-        common.out(report.summary())
     return EXIT_OK
 
 

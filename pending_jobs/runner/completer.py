@@ -31,10 +31,13 @@ class Completer:
     """Batches outcomes into `finish_many` calls and counts their row counts into `report`."""
 
     def __init__(self, store: JobStore, report: RunReport, batch_size: int,
-                 on_progress: Callable[[RunReport], None] | None = None) -> None:
+                 on_progress: Callable[[RunReport], None] | None = None,
+                 on_callbacks_due: Callable[[], None] | None = None) -> None:
         self.store = store
         self.report = report
         self.on_progress = on_progress
+        self.on_callbacks_due = on_callbacks_due
+        """Called when a write ended a job that has a callback: its callback is due now."""
         self._batcher: Batcher[Outcome, Written] = Batcher(self._write, store.concurrent_writers, batch_size,
                                                            WRITES_AHEAD)
 
@@ -109,13 +112,16 @@ class Completer:
         return list(zip(by_token.values(), self.store.finish_many(completions), strict=True))
 
     def _count(self, written: Iterable[Written]) -> None:
-        counted = False
+        counted = announce = False
         for batch in written:
             for group, done in batch:
                 self._count_claim(group, done)
                 counted = True
+                announce = announce or any(o.job.callback_url and o.kind != "retry" for o in group)
         if counted and self.on_progress is not None:
             self.on_progress(self.report)
+        if announce and self.on_callbacks_due is not None:
+            self.on_callbacks_due()
 
     def _count_claim(self, group: list[Outcome], done: Finished) -> None:
         report = self.report

@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 
 IDLE_RECHECK = 0.5  # seconds between claims while jobs run but none is due (drain mode: a retry may come due)
 LONGEST_WAIT = 1.0  # seconds the loop sleeps at most, so stop conditions are looked at regularly
+HANDOFF_CHECK = 0.1  # seconds between looks whether another run waits to take over (one flock each)
+LONG_JOB = 2.0
+"""Seconds after which a running job counts as long: while one runs, a run asked to hand over keeps
+serving (claiming short jobs) instead of leaving the host without pickup until the long job ends."""
 
 
 class Producer:
@@ -33,7 +37,8 @@ class Producer:
 
     def __init__(self, store: JobStore, executor: Executor, settings: Settings, report: RunReport, owner: str,
                  on_progress: Callable[[RunReport], None] | None = None,
-                 hand_off: Callable[[], bool] | None = None) -> None:
+                 hand_off: Callable[[], bool] | None = None,
+                 on_callbacks_due: Callable[[], None] | None = None) -> None:
         self.store = store
         self.executor = executor
         self.settings = settings
@@ -43,12 +48,18 @@ class Producer:
         """Asked now and then while serving: True when another run is ready to take over."""
         self.pool: WorkerPool[ClaimedJob, Outcome] = WorkerPool(
             settings.concurrency, executor, executor.on_error, "pending-jobs", executor.timeout_of, executor.timed_out)
-        self.completer = Completer(store, report, settings.batch_size, on_progress)
+        self.completer = Completer(store, report, settings.batch_size, on_progress, on_callbacks_due)
         self._signalled = False
         self._queues: list[str] = []
         self._next_queue = 0
         self._next_claim = 0.0
         self._last_beat = time.monotonic()
+        self._next_handoff_check = 0.0
+
+    def wake(self) -> None:
+        """A job may have come due (the database said so): claim now, not at the next poll."""
+        self._next_claim = 0.0
+        self.pool.wake()
 
     def signal(self) -> None:
         """Stop claiming (SIGTERM, SIGINT): unstarted jobs go back, running ones get the grace period."""
@@ -67,6 +78,17 @@ class Producer:
         finally:
             self.completer.close()
             self.pool.close()
+
+    def idle(self, job_id: int | None = None) -> None:
+        """Claim nothing, only wait for a stop condition (a run that only sends callbacks)."""
+        deadline = time.monotonic() + self.settings.max_runtime
+        while self.settings.poll > 0 and job_id is None:
+            reason = self._why_stop(time.monotonic(), deadline, claiming=False)
+            if reason is not None:
+                self.report.stopped_by = reason
+                return
+            self.pool.take(LONGEST_WAIT)
+        self.report.stopped_by = "empty"
 
     # -- serving --------------------------------------------------------------------------------
 
@@ -91,15 +113,18 @@ class Producer:
                 self._next_claim = now + (self.settings.poll if self.settings.poll > 0 else IDLE_RECHECK)
             self._collect(self._wait_time(now, deadline))
 
-    def _why_stop(self, now: float, deadline: float) -> str | None:
+    def _why_stop(self, now: float, deadline: float, claiming: bool = True) -> str | None:
         if self._signalled:
             return "signal"
         if now >= deadline:
             return "max-runtime"
-        if self._room() == 0 and not self.pool.busy:
+        if claiming and self._room() == 0 and not self.pool.busy:
             return "max-jobs"
-        if self.hand_off is not None and self.hand_off():
-            return "handoff"
+        if self.hand_off is not None and now >= self._next_handoff_check:
+            self._next_handoff_check = now + HANDOFF_CHECK
+            long_job = any(slot.started is not None and now - slot.started > LONG_JOB for slot in self.pool.running())
+            if not long_job and self.hand_off():
+                return "handoff"
         return None
 
     def _room(self) -> int:
@@ -114,6 +139,8 @@ class Producer:
 
     def _wait_time(self, now: float, deadline: float) -> float:
         waits = [LONGEST_WAIT, deadline - now, self._last_beat + self.settings.lease / 3 - now]
+        if self.hand_off is not None:
+            waits.append(self._next_handoff_check - now)
         if self._room() > 0 and self.pool.busy < self.settings.batch_size:
             waits.append(self._next_claim - now)
         flush = self.completer.wait_for()

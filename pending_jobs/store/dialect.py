@@ -233,6 +233,14 @@ class Dialect:
 
     # -- introspection ---------------------------------------------------------------------------
 
+    def listener(self, engine: sa.Engine) -> Callable[[float], bool] | None:
+        """`wait(seconds) -> bool`: True as soon as a job was inserted (a push from the database), or None
+        where the database cannot push: then runners look every `poll` seconds."""
+        return None
+
+    def notify(self, conn: sa.Connection) -> None:
+        """Tell the listening runners that jobs may be due now (an operator reopened some)."""
+
     def read_only(self, conn: sa.Connection) -> str | None:
         """Why the database refuses writes (nothing may be claimed then), or None."""
         return None

@@ -102,13 +102,19 @@ class OpsStore:
     def retry(self, job_id: int) -> bool:
         """A finished job (succeeded, failed or cancelled) back to pending with attempts reset."""
         stmt = sa.update(J).where(J.c.id == job_id, J.c.status.in_(TERMINAL_VALUES)).values(self._reopen_values())
-        return self.store.transaction(lambda conn: conn.execute(stmt).rowcount == 1)
+        return self.store.transaction(lambda conn: self._woken(conn, conn.execute(stmt).rowcount) == 1)
 
     def retry_failed(self, f: JobFilter) -> int:
         """Every failed job matching the filter (its status is forced to failed) back to pending."""
         where = self._where(dataclasses.replace(f, statuses=(JobStatus.FAILED.value,)))
         stmt = sa.update(J).where(*where).values(self._reopen_values())
-        return self.store.transaction(lambda conn: int(conn.execute(stmt).rowcount))
+        return self.store.transaction(lambda conn: self._woken(conn, int(conn.execute(stmt).rowcount)))
+
+    def _woken(self, conn: sa.Connection, reopened: int) -> int:
+        """Reopened jobs are due now: runners that listen hear it at once (with the commit)."""
+        if reopened:
+            self.sql.notify(conn)
+        return reopened
 
     def cancel(self, job_id: int) -> str:
         """Cancel a pending job (`done`), or mark a running one (`requested`); else its status or `missing`."""
@@ -147,7 +153,7 @@ class OpsStore:
     def resume(self, queue: str) -> bool:
         """Let runners claim `queue` again; False when it was not paused."""
         stmt = sa.delete(paused_queues).where(paused_queues.c.queue == queue)
-        return self.store.transaction(lambda conn: conn.execute(stmt).rowcount == 1)
+        return self.store.transaction(lambda conn: self._woken(conn, conn.execute(stmt).rowcount) == 1)
 
     def paused(self) -> list[PausedQueue]:
         """Every paused queue, by name."""

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
-from collections.abc import Sequence
+import logging
+import time
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -32,6 +35,7 @@ PERMANENT_CLASSES = ("22", "23", "42")  # data exception, integrity constraint, 
 TIMEOUTS = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available (lock_timeout)
 INDETERMINATE = "42P18"  # `SELECT $1`-like: the type comes from the value bound at run time
 PREPARED = "pending_jobs_check"
+CHANNEL = "pending_jobs"  # NOTIFY channel of the INSERT trigger (migration 0003)
 
 
 class Postgres(Dialect):
@@ -117,6 +121,12 @@ class Postgres(Dialect):
         # batch size, so psycopg prepares it once and the server plans it once.
         return column == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger)))
 
+    def listener(self, engine: sa.Engine) -> Callable[[float], bool] | None:
+        return _Listener(engine)
+
+    def notify(self, conn: sa.Connection) -> None:
+        conn.execute(sa.text(f"SELECT pg_notify('{CHANNEL}', '')"))
+
     def read_only(self, conn: sa.Connection) -> str | None:
         if str(conn.execute(sa.text("SHOW transaction_read_only")).scalar()) == "on":
             return "the database is read-only (transaction_read_only=on): nothing claimed"
@@ -149,6 +159,7 @@ class Postgres(Dialect):
         conn.execute(_unnest_attempts(), {column: [row[column] for row in rows] for column in ATTEMPT_TYPES})
 
 
+log = logging.getLogger(__name__)
 _NUMBERED = postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 
 
@@ -173,6 +184,32 @@ def _prepare_threshold(url: sa.URL, options: dict[str, Any]) -> sa.URL:
             raise ConfigError(f"database_url: prepare_threshold={text!r} is neither a number nor none") from None
     options["connect_args"] = {**options.get("connect_args", {}), "prepare_threshold": threshold}
     return url.difference_update_query(["prepare_threshold"])
+
+
+class _Listener:
+    """LISTEN on a connection of its own (taken out of the pool, autocommit): the INSERT trigger of
+    migration 0003 notifies CHANNEL once per statement, however many rows it inserts."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+        self.conn: Any = None
+
+    def __call__(self, seconds: float) -> bool:
+        try:
+            if self.conn is None:
+                fairy = self.engine.raw_connection()
+                self.conn = fairy.driver_connection
+                fairy.detach()  # never back to the pool with LISTEN state on it
+                self.conn.autocommit = True
+                self.conn.execute(f"LISTEN {CHANNEL}")
+            return any(True for _ in self.conn.notifies(timeout=seconds, stop_after=1))
+        except Exception as error:  # a restart or a cut: listen again next time; meanwhile the poll serves
+            log.debug("LISTEN %s lost its connection: %s", CHANNEL, error)
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+            time.sleep(seconds)
+            return False
 
 
 def _libpq_error(error: BaseException) -> bool:

@@ -192,7 +192,7 @@ class RunnerProcess:
 
 def runner_env(url: str) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
-            "PENDING_JOBS_DATABASE_URL": url}
+            "PENDING_JOBS_DATABASE_URL": url, "PENDING_JOBS_POLL": "0"}
 
 
 @pytest.fixture

@@ -193,6 +193,7 @@ def runner_command(args: list[str], netns: str | None) -> list[str]:
 
 def runner_env(url: str, runlog: Path | None) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_POLL": "0",
            "PENDING_JOBS_DATABASE_URL": url}
     if runlog is not None:
         env[jobs.RUNLOG_ENV] = str(runlog)

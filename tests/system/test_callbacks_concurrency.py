@@ -29,6 +29,7 @@ def test_two_runners_deliver_1000_callbacks_exactly_once(backend: str, db_url: s
                 "callback_status = 'pending', callback_next_at = created_at"
             ))
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_POLL": "0",
                "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_CALLBACK_ALLOW": "127.0.0.1",
                "PENDING_JOBS_CALLBACK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                "PENDING_JOBS_CALLBACK_CONCURRENCY": "8", "PENDING_JOBS_MAX_RUNTIME": "200"}

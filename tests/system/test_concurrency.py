@@ -31,6 +31,7 @@ def test_four_runners_drain_5000_jobs_exactly_once(backend_name: str, tmp_path: 
         enqueue_many(engine, [{"task": "ledger", "payload": {"n": i}} for i in range(JOBS)])
 
         env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_POLL": "0",
                "PENDING_JOBS_DATABASE_URL": url}
         command = [sys.executable, "-m", "pending_jobs", "run", "--batch-size", "50", "--concurrency", "4",
                    "--max-runtime", "240", "-v"]
@@ -65,6 +66,7 @@ def test_sqlite_runners_serialise_but_lose_nothing(tmp_path: Path) -> None:
         conn.exec_driver_sql(jobs.LEDGER_DDL)
     enqueue_many(engine, [{"task": "ledger"} for _ in range(500)])
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_POLL": "0",
            "PENDING_JOBS_DATABASE_URL": url}
     command = [sys.executable, "-m", "pending_jobs", "run", "--batch-size", "20"]
     runners = [subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) for _ in range(2)]

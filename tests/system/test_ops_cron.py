@@ -61,9 +61,10 @@ def engine_free_port() -> int:
 
 
 def cron(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """`pending-jobs run` as cron starts it: an empty environment but PATH and the config file, no terminal."""
+    """`pending-jobs run --drain` as cron starts it: an empty environment but PATH and the config file, no
+    terminal (drained, so the test need not wait for the next tick's run to take over)."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PENDING_JOBS_CONFIG": str(config)}
-    return subprocess.run([sys.executable, "-m", "pending_jobs", "run", *args], env=env, cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "pending_jobs", "run", "--drain", *args], env=env, cwd=ROOT,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
 
 
@@ -116,7 +117,7 @@ def test_progress_bar_only_when_stderr_is_a_terminal(db_url: str, engine: sa.Eng
     # A new pty is 0 columns wide, and tqdm fits its bar into 0 columns: give it a real width.
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
-           "PENDING_JOBS_DATABASE_URL": db_url}
+           "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_POLL": "0"}
     try:
         ran = subprocess.run([sys.executable, "-m", "pending_jobs", "run"], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=terminal, timeout=120)

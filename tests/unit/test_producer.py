@@ -21,6 +21,7 @@ from .memory_store import MemoryStore
 
 
 def settings(**overrides: Any) -> config.Settings:
+    overrides.setdefault("poll", 0.0)  # drain unless a test serves
     return config.load({}, environ={}).replace(**overrides)
 
 

@@ -1,0 +1,120 @@
+"""`run` (what cron starts every minute) and `serve` (what systemd or a supervisor keeps running)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from typing import TypeAlias
+
+from .. import config, declared, migrate, registry
+from ..callbacks import config_warnings
+from ..config import Settings
+from ..errors import EXIT_OK
+from ..handoff import HostLock, lock_path
+from ..run import run_once
+from ..runner import stop_on_signals
+from . import common
+from .progress import Progress
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+log = logging.getLogger(__name__)
+SEGMENT = 60.0  # seconds of a `serve` process a runs row covers: as a cron line's run, one a minute
+
+
+def register(commands: Commands) -> None:
+    """Add run and serve."""
+    p = commands.add_parser("run", help="serve due jobs and their callbacks until the next cron tick's run takes "
+                                        "over (with --drain: until nothing is due)")
+    common.add_common(p)
+    add_run_flags(p)
+    p.add_argument("--drain", action="store_true", help="stop when nothing is due (the same as --poll 0)")
+    p.add_argument("--job", type=common.JOB_ID, metavar="ID", help="run this one pending job now, whatever its run_at")
+    p.set_defaults(func=cmd_run)
+
+    p = commands.add_parser("serve", help="serve jobs and callbacks until SIGTERM (for systemd or a supervisor)")
+    common.add_common(p)
+    add_run_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `run` and `serve`, each naming its environment variable."""
+    p.add_argument("--tasks", help=config.env_help("tasks"))
+    p.add_argument("--max-runtime", type=common.DURATION, help=config.env_help("max_runtime"))
+    p.add_argument("--max-jobs", type=common.INTEGER, help=config.env_help("max_jobs"))
+    p.add_argument("--batch-size", type=common.INTEGER, help=config.env_help("batch_size"))
+    p.add_argument("--concurrency", type=common.INTEGER, help=config.env_help("concurrency"))
+    p.add_argument("--lease", type=common.DURATION, help=config.env_help("lease"))
+    p.add_argument("--queue", dest="queue_flags", action="append", metavar="NAME",
+                   help="serve only this queue, and the callbacks of its jobs; repeatable "
+                        "(env PENDING_JOBS_QUEUES, comma-separated; default: all)")
+    p.add_argument("--poll", type=common.DURATION, help=config.env_help("poll"))
+    p.add_argument("--grace", type=common.DURATION, help=config.env_help("grace"))
+    p.add_argument("--callbacks", choices=("on", "off", "only"), help=config.env_help("callbacks"))
+    p.add_argument("--lock-file", metavar="PATH", help=config.env_help("lock_file"))
+    p.add_argument("--metrics-file", metavar="PATH", help=config.env_help("metrics_file"))
+    p.add_argument("--retention-succeeded", type=common.DURATION, metavar="AGE",
+                   help=config.env_help("retention_succeeded"))
+    p.add_argument("--retention-failed", type=common.DURATION, metavar="AGE", help=config.env_help("retention_failed"))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.drain:
+        args.poll = 0.0
+    return _serve(args, service=False)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    args.job = None
+    return _serve(args, service=True)
+
+
+def _serve(args: argparse.Namespace, service: bool) -> int:
+    if args.queue_flags:
+        args.queues = ",".join(args.queue_flags)
+    settings = common.settings_from(args)
+    if service:
+        if settings.poll <= 0:
+            settings = settings.replace(poll=float(config.BY_NAME["poll"].default))
+        if getattr(args, "max_runtime", None) is None:
+            settings = settings.replace(max_runtime=float(config.BY_NAME["max_runtime"].high or 0))
+    tasks = declared.merge(registry.load(settings.tasks), declared.load(settings))  # config errors first
+    # A handler thread each, the claims, the completions' writer, callbacks, the listener and spares.
+    engine, store = common.open_database(settings, pool_size=settings.concurrency + 3)
+    store.check_version()
+    migrate.require_head(engine)
+    if args.verbose:
+        for warning in config_warnings(settings):
+            common.eprint(f"warning: {warning}")
+    lock = _lock(settings, args.job)
+    if lock is not None and not _take_over(lock):
+        log.info("another run serves this host and one more waits to take over: nothing to do")
+        return EXIT_OK
+    progress = Progress()
+    try:
+        report = run_once(store, tasks, settings, job_id=args.job, on_progress=progress,
+                          hand_off=lock.successor_waiting if lock is not None and not service else None,
+                          segment=SEGMENT if service else None,
+                          on_served=lock.release if lock is not None else None)
+    finally:
+        progress.close()
+        if lock is not None:
+            lock.release()
+    common.log.info("run finished: %s", report.summary())
+    if args.verbose:
+        common.out(report.summary())
+    return EXIT_OK
+
+
+def _lock(settings: Settings, job_id: int | None) -> HostLock | None:
+    """The host's serving lock: only for a run that serves (not a drain, not `--job`), unless disabled."""
+    if settings.poll <= 0 or job_id is not None or settings.lock_file == "none":
+        return None
+    return HostLock(settings.lock_file or lock_path(settings.database_url, settings.queues, settings.callbacks))
+
+
+def _take_over(lock: HostLock) -> bool:
+    """Serve now, or wait for the serving run to hand over (a signal ends the wait)."""
+    stopped: list[bool] = []
+    with stop_on_signals(lambda: stopped.append(True), 0.0):
+        return lock.acquire(wait=lambda: not stopped)

@@ -1,0 +1,127 @@
+"""A run that serves: callbacks go out as jobs end (retries too) while it goes on, queues keep to their
+own callbacks, a run can leave callbacks to another or do nothing else, PostgreSQL wakes it at once,
+and `serve` writes a runs row per interval."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from pending_jobs import enqueue, registry
+from pending_jobs.run import run_once
+from pending_jobs.store import RunStore, Store
+from tests.conftest import ROOT, rows, scalar, settings_for
+from tests.receivers import answer, receiver, sequence
+
+pytestmark = pytest.mark.slow
+
+
+def serving(db_url: str, tmp_path: Path, *flags: str, **env: str) -> subprocess.Popen[str]:
+    full = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+            "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_LOCK_FILE": str(tmp_path / "serve.lock"),
+            "PENDING_JOBS_CALLBACK_ALLOW": "127.0.0.1", "PENDING_JOBS_POLL": "0.05", **env}
+    return subprocess.Popen([sys.executable, "-m", "pending_jobs", "run", *flags], env=full, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def until(what: Callable[[], Any], seconds: float = 20.0) -> Any:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds}s")
+
+
+def stop(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    return err
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
+def test_callbacks_go_out_while_the_run_goes_on_retries_too(db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    with receiver(sequence(answer(500), answer(200))) as server:
+        run = serving(db_url, tmp_path, PENDING_JOBS_CALLBACK_SCHEDULE="0.2")
+        try:
+            job_id = enqueue(engine, "echo", {}, callback_url=server.url("/hook"))
+            until(lambda: scalar(engine, f"SELECT callback_status FROM pending_jobs WHERE id = {job_id}")
+                  == "delivered")
+            assert run.poll() is None  # announced, then retried and delivered, while the run goes on
+            assert len(server.received) == 2
+        finally:
+            stop(run)
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_a_run_delivers_the_callbacks_of_its_own_queues_only(db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    with receiver(answer(200)) as server:
+        mail = enqueue(engine, "echo", {}, queue="mail", callback_url=server.url("/mail"))
+        other = enqueue(engine, "echo", {}, queue="other", callback_url=server.url("/other"))
+        with engine.begin() as conn:  # the other queue's job ended elsewhere; its callback is due
+            conn.execute(sa.text("UPDATE pending_jobs SET status = 'succeeded', finished_at = now(), "
+                                 f"callback_status = 'pending', callback_next_at = now() WHERE id = {other}"))
+        run = serving(db_url, tmp_path, "--queue", "mail")
+        try:
+            until(lambda: scalar(engine, f"SELECT callback_status FROM pending_jobs WHERE id = {mail}") == "delivered")
+            time.sleep(1.0)
+            assert scalar(engine, f"SELECT callback_status FROM pending_jobs WHERE id = {other}") == "pending"
+            assert [r.path for r in server.received] == ["/mail"]
+        finally:
+            stop(run)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_callbacks_off_and_only(db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    with receiver(answer(200)) as server:
+        job_id = enqueue(engine, "echo", {}, callback_url=server.url("/hook"))
+        jobs_only = serving(db_url, tmp_path, "--drain", "--callbacks", "off")
+        jobs_only.communicate(timeout=60)
+        assert rows(engine, f"SELECT status, callback_status FROM pending_jobs WHERE id = {job_id}") == \
+            [("succeeded", "pending")]
+        later = enqueue(engine, "echo", {})
+        callbacks_only = serving(db_url, tmp_path, "--drain", "--callbacks", "only")
+        callbacks_only.communicate(timeout=60)
+        assert scalar(engine, f"SELECT callback_status FROM pending_jobs WHERE id = {job_id}") == "delivered"
+        assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {later}") == "pending"  # no job claimed
+
+
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+def test_postgresql_wakes_a_serving_run_at_once(db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    run = serving(db_url, tmp_path, PENDING_JOBS_POLL="60")  # without the push, a minute's wait
+    try:
+        time.sleep(2.0)  # started and listening
+        with engine.begin() as conn:  # a producer's plain INSERT (PHP, psql) wakes it through the trigger
+            conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('echo', '{}')"))
+        until(lambda: scalar(engine, "SELECT status FROM pending_jobs") == "succeeded", seconds=10.0)
+    finally:
+        stop(run)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
+def test_a_service_writes_a_runs_row_per_interval(db_url: str, store: Store, engine: sa.Engine) -> None:
+    import threading
+
+    settings = settings_for(db_url, poll=0.05, max_runtime=3.0)
+    for n in range(30):
+        enqueue(engine, "echo", {"n": n})
+    feeder = threading.Thread(target=lambda: [enqueue(engine, "echo", {}) or time.sleep(0.1) for _ in range(10)])
+    feeder.start()
+    report = run_once(store, registry.load(settings.tasks), settings, segment=0.7)
+    feeder.join()
+    assert report.succeeded == 40
+    found = RunStore(store).runs(20)
+    assert len(found) >= 3  # one per interval, and the last one
+    assert sum(run.report.succeeded for run in found) == 40  # each interval counts its own jobs
+    assert all(run.finished_at is not None for run in found)
