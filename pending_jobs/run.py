@@ -4,7 +4,8 @@ leave a row in `pending_job_runs` and (optionally) a metrics file saying what it
 `run_once` is what `pending-jobs run` does, and what a Python caller gets too. While it serves, three
 threads of its own run beside the producer: the callback sender (woken when an outcome with a callback
 is recorded), on PostgreSQL a listener (woken by the INSERT trigger's NOTIFY), and in service mode the
-segment keeper (a runs row, retention and metrics every interval).
+segment keeper (a runs row, retention and metrics every interval). A drain (poll 0) delivers the due
+callbacks after its jobs, in one pass.
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
         if rescued.total:
             log.warning("rescued %d job(s) with expired leases (%d failed, out of attempts; %d cancelled)",
                         rescued.total, rescued.failed, rescued.cancelled)
-        if callbacks is not None:
+        if callbacks is not None and settings.poll > 0:  # a drain delivers after its jobs, in one pass
             threads.append(callbacks.start())
         if settings.poll > 0 and settings.callbacks != "only":
             listener = store.sql.listener(store.engine)

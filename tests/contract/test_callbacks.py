@@ -138,7 +138,7 @@ def test_a_callback_queued_longer_than_its_lease_allows_is_released_unsent(
     with receiver(hang(5.0)) as server:
         first = enqueue(store.engine, "noop", callback_url=server.url("/first"))
         second = enqueue(store.engine, "noop", callback_url=server.url("/second"))
-        deliver(store, db_url, callback_timeout=1.0, callback_concurrency=1)
+        deliver(store, db_url, callback_timeout=1.0, callback_concurrency=1, callback_schedule=[600.0])
         assert [r.path for r in server.received] == ["/first"]
     assert "timed out" in (attempts(store, first)[0].error or "")
     assert attempts(store, second) == []

@@ -98,7 +98,7 @@ def test_precedence_flag_over_env_over_file_over_default(tmp_path: Path) -> None
 
 def test_bad_settings_are_refused() -> None:
     for env, message in [
-        ({"PENDING_JOBS_CONCURRENCY": "0"}, "concurrency"),
+        ({"PENDING_JOBS_CONCURRENCY": "0"}, "PENDING_JOBS_CONCURRENCY: 0 is outside 1 to 1000"),
         ({"PENDING_JOBS_LEASE": "soon"}, "not a duration"),
         ({"PENDING_JOBS_LOG_FORMAT": "xml"}, "log_format"),
     ]:

@@ -29,10 +29,10 @@ def check(*args: str, env: dict[str, str]) -> tuple[int, dict[str, bool | None]]
 def test_check_exit_code_names_the_failed_check(empty_url: str, engine_free_port: int, tmp_path: Path) -> None:
     env = {"PENDING_JOBS_DATABASE_URL": empty_url, "PENDING_JOBS_CALLBACK_SECRET": SECRET}
     assert check(env=env) == (4, {"configuration": True, "database": True, "schema": False, "handlers": None,
-                                  "callbacks": None})
+                                  "callbacks": None, "rows": None})
     assert cli("migrate", env=env).returncode == 0
-    assert check(env=env) == (0, dict.fromkeys(["configuration", "database", "schema", "handlers", "callbacks"],
-                                                True))
+    assert check(env=env) == (0, dict.fromkeys(["configuration", "database", "schema", "handlers", "callbacks",
+                                                "rows"], True))
     table = cli("check", env=env)
     assert table.returncode == 0 and "schema" in table.stdout and "ok" in table.stdout
 
@@ -43,7 +43,8 @@ def test_check_exit_code_names_the_failed_check(empty_url: str, engine_free_port
     code, results = check(env={k: v for k, v in env.items() if k != "PENDING_JOBS_CALLBACK_SECRET"})
     assert (code, results["callbacks"], results["handlers"]) == (6, False, True)
     assert check("--no-callbacks", env={k: v for k, v in env.items() if k != "PENDING_JOBS_CALLBACK_SECRET"}) \
-        == (0, {"configuration": True, "database": True, "schema": True, "handlers": True, "callbacks": None})
+        == (0, {"configuration": True, "database": True, "schema": True, "handlers": True, "callbacks": None,
+                "rows": True})
 
     engine = sa.create_engine(empty_url)
     with engine.begin() as conn:

@@ -79,7 +79,7 @@ def test_every_setting_is_in_the_table_once() -> None:
     table = render_table()
     for setting in config.SETTINGS:
         assert table.count(f"| `{setting.name}` |") == 1 and setting.env in table
-    assert "`--metrics-file` (run)" in table and "`--database-url` (every command)" in table
+    assert "`--metrics-file` (run, serve)" in table and "`--database-url` (every command)" in table
 
 
 if __name__ == "__main__":
