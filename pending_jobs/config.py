@@ -132,6 +132,8 @@ def _shown(value: float | None, setting: Setting) -> str:
 SETTINGS: tuple[Setting, ...] = (
     Setting("database_url", "sqlite:///pending_jobs.sqlite3", text, "SQLAlchemy URL of the database"),
     Setting("tasks", [], str_list, "comma-separated modules that define handlers"),
+    Setting("python_path", [], str_list, "folders searched first for the task modules (your app's root: cron "
+            "starts the runner without your PYTHONPATH)"),
     Setting("max_runtime", 3600.0, duration, "seconds a run serves at most before it stops claiming (under cron "
             "the next tick's run takes over long before)", 0.1, 365 * DAY),
     Setting("max_jobs", None, optional_integer, "stop after this many jobs (unset: no limit)", 1, None),
@@ -170,6 +172,7 @@ class Settings:
 
     database_url: str
     tasks: list[str]
+    python_path: list[str]
     max_runtime: float
     max_jobs: int | None
     batch_size: int

@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -78,7 +79,7 @@ class ChildContext:
         return bool(self._ask.recv())
 
 
-def call(task: Task, payload: Any, ctx: Context, modules: list[str]) -> Any:
+def call(task: Task, payload: Any, ctx: Context, modules: list[str], python_path: Sequence[str] = ()) -> Any:
     """Run `task` on `payload` in a child; return its result or raise what it raised (Retry, Fail, ...)."""
     fields = {"job_id": ctx.job_id, "task": ctx.task, "queue": ctx.queue, "attempt": ctx.attempt,
               "max_attempts": ctx.max_attempts, "deadline": ctx.deadline}
@@ -88,8 +89,8 @@ def call(task: Task, payload: Any, ctx: Context, modules: list[str]) -> Any:
     # stdout, which cron mails.
     output = tempfile.NamedTemporaryFile(prefix="pending-jobs-child-", suffix=".log", delete=False)
     output.close()
-    child = _mp().Process(target=_child_main, args=(sender, ask, output.name, list(modules), task.name, payload,
-                                                    fields, task.memory_limit), daemon=True)
+    child = _mp().Process(target=_child_main, args=(sender, ask, output.name, list(modules), list(python_path),
+                                                    task.name, payload, fields, task.memory_limit), daemon=True)
     try:
         child.start()
         sender.close()  # the parent keeps only the reading end, so a dead child reads as EOF
@@ -184,8 +185,8 @@ def _unpack(answer: tuple[Any, ...]) -> Any:
     raise HandlerError(answer[1])
 
 
-def _child_main(sender: Connection, ask: Connection, output: str, modules: list[str], name: str, payload: Any,
-                fields: dict[str, Any], memory_limit: int | None) -> None:
+def _child_main(sender: Connection, ask: Connection, output: str, modules: list[str], python_path: list[str],
+                name: str, payload: Any, fields: dict[str, Any], memory_limit: int | None) -> None:
     """The child: limit memory, import the task modules, run the handler, send one answer."""
     _die_with_parent()
     _capture_output(output)
@@ -194,7 +195,7 @@ def _child_main(sender: Connection, ask: Connection, output: str, modules: list[
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     try:
-        handler = registry.load(modules)[name]
+        handler = registry.load(modules, python_path)[name]
         answer: tuple[Any, ...] = ("ok", handler.fn(payload, ChildContext(fields, ask)))
         sender.send(answer)
         return

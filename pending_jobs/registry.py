@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
+import os
 import random
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 from .context import Handler
@@ -65,11 +68,24 @@ def _qualname(fn: Callable[..., Any]) -> str:
     return f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
-def load(modules: list[str]) -> dict[str, Task]:
-    """Import the configured handler modules and return every registered task."""
+def load(modules: Sequence[str], python_path: Sequence[str] = ()) -> dict[str, Task]:
+    """Import the configured handler modules and return every registered task. The `python_path`
+    directories are searched first: cron and systemd start the runner with no PYTHONPATH of the app's."""
+    for folder in reversed([os.path.abspath(folder) for folder in python_path]):
+        if folder not in sys.path:
+            sys.path.insert(0, folder)
     for module in modules:
         try:
             importlib.import_module(module)
         except Exception as exc:  # any import-time error is a configuration error
-            raise ConfigError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}") from exc
+            hint = " (is its folder in python_path?)" if isinstance(exc, ModuleNotFoundError) else ""
+            raise ConfigError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}{hint}") from exc
     return dict(_TASKS)
+
+
+def source_of(task: Task) -> str:
+    """The file a task's handler is defined in (what `check` shows), or how it was declared."""
+    try:
+        return inspect.getsourcefile(task.fn) or "?"
+    except TypeError:  # a callable object (a declared task) or a builtin
+        return f"declared ({type(task.fn).__name__})"

@@ -299,7 +299,7 @@ def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine) -> tup
     if not settings.tasks and not settings.declared_tasks:
         return "handlers", False, "no task modules configured (PENDING_JOBS_TASKS) and no [task.NAME] declared"
     try:
-        tasks = declared.merge(registry.load(settings.tasks), declared.load(settings))
+        tasks = declared.merge(registry.load(settings.tasks, settings.python_path), declared.load(settings))
         problems, notes = declared.check(settings, engine)
     except ConfigError as error:
         return "handlers", False, str(error)
@@ -309,4 +309,9 @@ def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine) -> tup
     if missing:
         return "handlers", False, f"pending jobs name tasks without a handler: {', '.join(missing)}"
     sources = [*settings.tasks, *(["the config's [task.NAME] tables"] if settings.declared_tasks else [])]
-    return "handlers", True, "; ".join([f"{len(tasks)} task(s) from {', '.join(sources)}", *notes])
+    where = [f"{name} → {registry.source_of(task)}" for name, task in sorted(tasks.items())]
+    unbounded = sorted(name for name, task in tasks.items() if task.timeout is None)
+    if unbounded:  # the heartbeat keeps a hung handler's lease for ever: only a timeout ends it
+        notes.append(f"no timeout: {', '.join(unbounded)} (a handler that hangs keeps its worker, and through the "
+                     "heartbeat its lease, until the run ends; give it timeout=)")
+    return "handlers", True, "; ".join([f"{len(tasks)} task(s) from {', '.join(sources)}", *where, *notes])

@@ -78,7 +78,8 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
             settings = settings.replace(poll=float(config.BY_NAME["poll"].default))
         if getattr(args, "max_runtime", None) is None:
             settings = settings.replace(max_runtime=float(config.BY_NAME["max_runtime"].high or 0))
-    tasks = declared.merge(registry.load(settings.tasks), declared.load(settings))  # config errors first
+    # Configuration errors first, before the database is touched.
+    tasks = declared.merge(registry.load(settings.tasks, settings.python_path), declared.load(settings))
     # A handler thread each, the claims, the completions' writer, callbacks, the listener and spares.
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 3)
     store.check_version()

@@ -90,7 +90,7 @@ class Executor:
         ctx = JobContext(job, session, deadline, _task_logger(job.task))
         try:
             if task.isolation == "process":
-                result = isolation.call(task, payload, ctx, self.settings.tasks)
+                result = isolation.call(task, payload, ctx, self.settings.tasks, self.settings.python_path)
             else:
                 result = task.fn(payload, ctx)
         except Retry as request:
