@@ -18,3 +18,10 @@ def noop(payload: Any, ctx: Context) -> None:
 def stamp(payload: Any, ctx: Context) -> float:
     """Seconds from the producer's clock reading (`payload["t"]`) to the handler starting."""
     return time.time() - float(payload["t"])
+
+
+@task("bench.sleep", timeout=900)
+def sleep(payload: Any, ctx: Context) -> float:
+    """A long job: sleeps `payload["seconds"]` (the cron benchmark's 5-minute handler)."""
+    time.sleep(float(payload["seconds"]))
+    return float(payload["seconds"])

@@ -1,8 +1,13 @@
 """`make demo`: the whole life of a few jobs on a local SQLite database, with the real command.
 
-Creates .demo/, migrates, starts a callback receiver on 127.0.0.1, enqueues sample jobs (one that
-fails once and is retried, one scheduled for later, one with a callback), runs `pending-jobs run`
-once as cron would, and prints `pending-jobs status` and the rows.
+Part 1 (Python handlers): creates .demo/, migrates, starts a callback receiver on 127.0.0.1, enqueues
+sample jobs (one that fails once and is retried, one scheduled for later, one with a callback), runs
+`pending-jobs run --drain`, and prints `pending-jobs status` and the rows.
+
+Part 2 (no Python written by you): a PHP signup script inserts a `save_user` job with a callback URL;
+an `sql` task declared in the config inserts the user; the signed callback carries the new id to a PHP
+receiver, which verifies it and prints it. Without `php` on the machine, the same flow runs with the
+producer's plain SQL INSERT and a receiver in Python.
 """
 
 from __future__ import annotations
@@ -102,7 +107,77 @@ def main() -> None:
         for row in conn.execute(query):
             shown = [(str(v).splitlines()[0][:60] if v is not None else "NULL") for v in row]
             print("   " + " | ".join(shown))
+    without_python(env, database, callback)
     server.shutdown()
+
+
+SQL_TASK = """
+[task.save_user]                 # declared: no Python; runs in the job's own transaction
+sql = "INSERT INTO users (name, email) VALUES (:name, :email)"
+"""
+
+
+def without_python(env: dict[str, str], database: Path, python_callback: str) -> None:
+    """The article's flow: PHP enqueues, an `sql` task does the work, PHP receives the signed callback."""
+    print("\n\n== Part 2: no Python written by you ==")
+    config = WORK / "pending-jobs.toml"
+    config.write_text(SQL_TASK)
+    with sqlite3.connect(database) as conn:  # the application's own table
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT UNIQUE)")
+    print(f"   {config.relative_to(ROOT)}:{SQL_TASK.rstrip()}")
+    env = {**env, "PENDING_JOBS_CONFIG": str(config), "PENDING_JOBS_TASKS": ""}
+    php = shutil.which("php")
+    if php is None or "pdo_sqlite" not in subprocess.run([php, "-m"], capture_output=True, text=True).stdout:
+        print("   (php with pdo_sqlite is not installed here — `apt install php-cli php-sqlite3` to see the PHP\n"
+              "    scripts; the same flow follows with the producer's plain SQL and a receiver in Python)")
+        with sqlite3.connect(database) as conn:
+            conn.execute("INSERT INTO pending_jobs (task, payload, callback_url) VALUES ('save_user', ?, ?)",
+                         (json.dumps({"name": "Ada", "email": "ada@example.com"}), python_callback))
+        print(pending_jobs("run", "--drain", "-v", env=env), end="")
+        for item in received[-1:]:
+            data = item["event"]["data"]
+            print(f"   callback: job {data['id']} {data['status']} {json.dumps(data['result'])} ({item['check']})")
+        return
+    log = WORK / "callbacks.log"
+    port = _free_port()
+    receiver = subprocess.Popen([php, "-S", f"127.0.0.1:{port}", str(ROOT / "examples/php/receiver.php")],
+                                env={**env, "PENDING_JOBS_DEMO_LOG": str(log)}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_port(port)
+        hook = f"http://127.0.0.1:{port}/hooks/jobs"
+        print(f"   php examples/php/enqueue_signup.php {hook} Ada ada@example.com")
+        job = subprocess.run([php, str(ROOT / "examples/php/enqueue_signup.php"), hook, "Ada", "ada@example.com"],
+                             env={**env, "PENDING_JOBS_PDO_DSN": f"sqlite:{database}"}, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        print(f"   -> job {job}\n   pending-jobs run --drain -v")
+        print(pending_jobs("run", "--drain", "-v", env=env), end="")
+        print("   the PHP receiver verified the signature and wrote:")
+        print("   " + (log.read_text().strip() if log.exists() else "(nothing: see the attempts table)"))
+    finally:
+        receiver.terminate()
+        receiver.wait()
+    with sqlite3.connect(database) as conn:
+        print(f"   SELECT * FROM users: {conn.execute('SELECT id, name, email FROM users').fetchall()}")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int) -> None:
+    import socket
+    import time
+
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

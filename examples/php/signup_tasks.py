@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pending_jobs import JobContext, task
+from pending_jobs import Context, task
 
 
 @task("save_user")
-def save_user(payload: dict[str, Any], ctx: JobContext) -> dict[str, Any]:
+def save_user(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
     ctx.log.info("saving %s <%s>", payload["name"], payload["email"])
     return {"saved": payload["name"], "email": payload["email"]}

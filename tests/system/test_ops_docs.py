@@ -6,6 +6,7 @@ Regenerate after changing a setting or a flag:  .venv/bin/python -m tests.system
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from pending_jobs import config
@@ -86,3 +87,20 @@ if __name__ == "__main__":
     for path in (DOC, README):
         path.write_text(rendered_doc(path))
         print(f"wrote {path}")
+
+
+def test_the_running_table_shows_each_flags_real_default() -> None:
+    """README "Running": every row whose flag is a setting shows that setting's default, not an example."""
+    section = README.read_text().split("## Running\n", 1)[1].split("\n## ", 1)[0]
+    shown = dict(re.findall(r"^\| `--([a-z-]+)[^`]*` \| `?([^|`]*?)`? \|", section, flags=re.M))
+    checked = 0
+    for flag, default in shown.items():
+        setting = config.BY_NAME.get(flag.replace("-", "_"))
+        if setting is None or setting.name in ("queues", "lock_file"):
+            continue  # not a setting, or a default described in words
+        expected = setting.default
+        expected_text = "unset" if expected in (None, "", []) else f"{expected:g}" if isinstance(expected, float) \
+            else str(expected)
+        assert default.strip() == expected_text, f"--{flag}: README shows {default!r}, the default is {expected_text}"
+        checked += 1
+    assert checked >= 8

@@ -1,0 +1,36 @@
+"""The house rules the code itself can be checked against: small modules, and every difference between
+databases in the three dialect files (import-linter checks the layers; this checks what it cannot)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "pending_jobs"
+DIALECT_FILES = {"store/mysql.py", "store/mysql_hosts.py", "store/postgres.py", "store/sqlite.py",
+                 "store/__init__.py"}
+# A comparison with a dialect's name, or a look at which database a connection is on.
+BRANCHING = re.compile(r"""(dialect(_name)?|\.name|backend)\s*(==|!=|in)\s*\(?["'](mysql|mariadb|postgresql|sqlite)"""
+                       r"""|is_mariadb|dialect\.name|dialect_name\(""")
+
+
+def _modules() -> list[Path]:
+    return sorted(path for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts)
+
+
+def test_no_module_is_over_400_lines_and_the_producer_under_250() -> None:
+    sizes = {str(path.relative_to(PACKAGE)): len(path.read_text().splitlines()) for path in _modules()}
+    assert {name: lines for name, lines in sizes.items() if lines > 400} == {}
+    assert sizes["runner/producer.py"] < 250
+
+
+def test_only_the_dialect_files_ask_which_database_it_is() -> None:
+    found = []
+    for path in _modules():
+        name = str(path.relative_to(PACKAGE))
+        if name in DIALECT_FILES:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if BRANCHING.search(line):
+                found.append(f"{name}:{number}: {line.strip()}")
+    assert found == []
