@@ -147,9 +147,12 @@ def without_python(env: dict[str, str], database: Path, python_callback: str) ->
         _wait_for_port(port)
         hook = f"http://127.0.0.1:{port}/hooks/jobs"
         print(f"   php examples/php/enqueue_signup.php {hook} Ada ada@example.com")
-        job = subprocess.run([php, str(ROOT / "examples/php/enqueue_signup.php"), hook, "Ada", "ada@example.com"],
-                             env={**env, "PENDING_JOBS_PDO_DSN": f"sqlite:{database}"}, capture_output=True,
-                             text=True, check=True).stdout.strip()
+        enqueued = subprocess.run([php, str(ROOT / "examples/php/enqueue_signup.php"), hook, "Ada", "ada@example.com"],
+                                  env={**env, "PENDING_JOBS_PDO_DSN": f"sqlite:{database}"}, capture_output=True,
+                                  text=True)
+        if enqueued.returncode != 0:
+            sys.exit(f"enqueue_signup.php exited {enqueued.returncode}:\n{enqueued.stdout}{enqueued.stderr}")
+        job = enqueued.stdout.strip()
         print(f"   -> job {job}\n   pending-jobs run --drain -v")
         print(pending_jobs("run", "--drain", "-v", env=env), end="")
         print("   the PHP receiver verified the signature and wrote:")

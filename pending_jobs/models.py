@@ -19,6 +19,20 @@ def utc(value: dt.datetime | None) -> dt.datetime | None:
     return value.astimezone(dt.UTC)
 
 
+COUNT_MAX = 2**31 - 1
+"""The largest value of the integer counters (attempts, callback_attempts): INT on every database."""
+
+
+def count(value: Any) -> int:
+    """A counter as a producer's row holds it, as a whole number within 0..COUNT_MAX: text or a number no
+    counter reaches (SQLite stores what it is given) reads as COUNT_MAX, i.e. spent."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return COUNT_MAX
+    return min(max(number, 0), COUNT_MAX)
+
+
 # -- jobs ----------------------------------------------------------------------------------------
 
 
@@ -184,10 +198,13 @@ class DueCallback:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any], token: str, attempt: int) -> DueCallback:
+        """From a row of the callback claim's columns (`result` as text). Any producer-written value reads:
+        the callback carries what the row holds, never an error that would stop the claim."""
         return cls(
-            job_id=int(row["id"]), url=str(row["callback_url"]), token=token, attempt=attempt, task=row["task"],
-            queue=row["queue"], status=row["status"], attempts=int(row["attempts"]), result=row["result"],
-            last_error=row["last_error"], created_at=utc(row["created_at"]), finished_at=utc(row["finished_at"]),
+            job_id=int(row["id"]), url=str(row["callback_url"]), token=token, attempt=min(attempt, COUNT_MAX),
+            task=str(row["task"]), queue=str(row["queue"]), status=str(row["status"]),
+            attempts=count(row["attempts"]), result=lenient_json(row["result"]), last_error=row["last_error"],
+            created_at=utc(row["created_at"]), finished_at=utc(row["finished_at"]),
         )
 
 

@@ -208,6 +208,9 @@ class Transport:
                 problem = "IncompleteRead: the connection closed before the whole body arrived"
         except Exception as exc:  # http.client, ssl and socket raise many kinds; each is one failed attempt
             problem = describe(exc, connecting)
+            # The socket's own timeout may beat the watchdog to the same deadline: the same reason either way.
+            spent = isinstance(exc, TimeoutError) and not connecting and time.monotonic() >= deadline
+            problem = f"timed out after {timeout:g}s (whole request)" if spent else problem
         finally:
             if watch is not None:
                 WATCHDOG.stop(watch)

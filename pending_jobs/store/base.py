@@ -20,50 +20,15 @@ from sqlalchemy import exc
 from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
 from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued
-from ..schema import db_now, paused_queues
+from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING, JobStatus
+from .columns import CLAIM_COLUMNS, JOB_COLUMNS, LEASE_EXPIRED, NO_LEASE_BEYOND, claim_order, due_in, one_more
 from .dialect import Dialect
 from .handler import HandlerSession
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-LEASE_EXPIRED = "lease expired while running: the runner was killed or lost the database"
-
-CLAIM_COLUMNS = (
-    J.c.id,
-    J.c.task,
-    J.c.queue,
-    sa.cast(J.c.payload, sa.Text).label("payload_text"),
-    J.c.attempts,
-    J.c.max_attempts,
-    J.c.priority,
-    J.c.callback_url,
-)
-"""What a claim reads back: ClaimedJob's fields, in ClaimedJob.from_row's order (every extra column is
-parsed per row, per claim)."""
-
-
-JOB_COLUMNS = tuple(
-    sa.cast(column, sa.Text).label(column.name) if column.name in ("payload", "result") else column
-    for column in J.c
-)
-"""A whole row for people (list, show, status): JSON read as text and parsed leniently (Job.from_row), so
-a payload that is not JSON (SQLite stores what it is given) is shown as text, never breaks the listing."""
-
-
-def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], ...]:
-    """The claim's WHERE: pending, in this queue, due by the database clock, and the queue not paused
-    (one primary-key lookup, evaluated once per claim: no extra round trip, and no race with `pause`)."""
-    paused = sa.select(paused_queues.c.queue).where(paused_queues.c.queue == queue)
-    return (J.c.status == JOB_PENDING, J.c.queue == queue, J.c.run_at <= db_now(), ~paused.exists())
-
-
-def claim_order() -> tuple[sa.ColumnElement[Any], ...]:
-    """Higher priority first, then the longest due, then insertion order: served by the claim index."""
-    return (J.c.priority.desc(), J.c.run_at, J.c.id)
-
 
 class Store:
     """Job verbs on one database; one instance per engine, safe to share between threads."""
@@ -206,7 +171,7 @@ class Store:
     def _claim_values(self) -> dict[str, Any]:
         return {
             "status": JOB_RUNNING,
-            "attempts": J.c.attempts + 1,
+            "attempts": one_more(J.c.attempts),
             "lease_owner": sa.bindparam("claim_owner", type_=sa.String),
             "lease_token": sa.bindparam("claim_token", type_=sa.String),
             "lease_expires_at": self.sql.after(sa.bindparam("claim_lease", type_=sa.Float)),
@@ -345,8 +310,12 @@ class Store:
     def rescue_expired(self) -> Rescued:
         """Running jobs whose lease expired (or that have none): back to pending, failed when attempts
         are spent, or cancelled when an operator asked for that."""
-        expired = (J.c.status == JOB_RUNNING,
-                   sa.or_(J.c.lease_expires_at < db_now(), J.c.lease_expires_at.is_(None)))
+        lease = J.c.lease_expires_at
+        # No lease, an expired one, or one no runner could have taken (unreadable, or further ahead than
+        # the longest lease): a producer may insert any of these, and such a row must not stay running.
+        spent = [lease < db_now(), lease.is_(None), lease > self.sql.after(self.sql.seconds(NO_LEASE_BEYOND))]
+        unreadable = self.sql.unreadable_time(lease)
+        expired = (J.c.status == JOB_RUNNING, sa.or_(*spent, *([unreadable] if unreadable is not None else [])))
         # A plain (non-locking) read first: an UPDATE that scanned the `running` range would lock
         # the index entries of other runners' in-flight jobs and deadlock with their handlers.
         find = sa.select(J.c.id).where(*expired)

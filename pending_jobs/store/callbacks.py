@@ -8,6 +8,8 @@ callback another runner took over) can never overwrite a newer outcome.
 
 from __future__ import annotations
 
+import functools
+import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,12 +18,15 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from ..models import AttemptRow, CallbackKind, CallbackResult, CallbackRow, DueCallback
+from ..models import AttemptRow, CallbackKind, CallbackResult, CallbackRow, DueCallback, count
 from ..schema import callback_attempts as A
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, TERMINAL_VALUES, CallbackStatus
 from .base import Store
+from .columns import lenient_time, one_more
+
+log = logging.getLogger(__name__)
 
 DELIVERED = CallbackStatus.DELIVERED.value
 FAILED = CallbackStatus.FAILED.value
@@ -35,10 +40,10 @@ DUE_COLUMNS = (
     J.c.queue,
     J.c.status,
     J.c.attempts,
-    J.c.result,
+    sa.cast(J.c.result, sa.Text).label("result"),  # parsed leniently: a producer's non-JSON result still announces
     J.c.last_error,
-    J.c.created_at,
-    J.c.finished_at,
+    lenient_time(J.c.created_at),  # a producer may have written anything there (SQLite keeps it)
+    lenient_time(J.c.finished_at),
 )
 
 
@@ -79,7 +84,7 @@ class CallbackStore:
 
         def mark() -> dict[str, Any]:
             return {
-                "callback_attempts": J.c.callback_attempts + 1,
+                "callback_attempts": one_more(J.c.callback_attempts),
                 "callback_token": sa.bindparam("cb_token", type_=sa.String),
                 "callback_next_at": self.sql.after(sa.bindparam("cb_lease", type_=sa.Float)),
             }
@@ -88,7 +93,7 @@ class CallbackStore:
             key = ("callback_claim", limit, bool(queues))
             locked = self.sql.lock_mark_return(conn, key, select, mark, DUE_COLUMNS, params)
             counted = 0 if locked.after_mark else 1  # read before the UPDATE (MySQL), the attempt is not counted yet
-            return [DueCallback.from_row(row._mapping, token, int(row._mapping["callback_attempts"]) + counted)
+            return [DueCallback.from_row(row._mapping, token, count(row._mapping["callback_attempts"]) + counted)
                     for row in locked.rows]
 
         try:
@@ -105,21 +110,36 @@ class CallbackStore:
         """Write a batch of outcomes in one transaction; returns how many guarded updates applied.
 
         One INSERT for the attempt rows, then one guarded UPDATE per (claim token, outcome kind).
-        A repeat after a lost commit changes no callback (the guard no longer matches).
+        A repeat after a lost commit changes no callback (the guard no longer matches). When the
+        database refuses the batch for what one row holds, each outcome is written alone: the others
+        are kept, and the refused one stays leased (sent again when its lease runs out) with a warning.
         """
         if not results:
             return 0
+        try:
+            return self.store.transaction(lambda conn: self._record(conn, results))
+        except exc.DBAPIError as error:
+            if self.sql.unavailable(error) or self.sql.connection_lost(error) or len(results) == 1:
+                raise
+        applied = 0
+        for result in results:
+            try:
+                applied += self.store.transaction(functools.partial(self._record, results=[result]))
+            except exc.DBAPIError as error:
+                if self.sql.unavailable(error) or self.sql.connection_lost(error):
+                    raise
+                log.warning("callback of job %d: its outcome could not be recorded: %s", result.callback.job_id,
+                            str(error.orig).splitlines()[0][:300])
+        return applied
+
+    def _record(self, conn: sa.Connection, results: Sequence[CallbackResult]) -> int:
         rows = [self._attempt_values(result) for result in results if result.kind != "release"]
         groups: dict[tuple[str, CallbackKind], list[CallbackResult]] = defaultdict(list)
         for result in results:
             groups[(result.callback.token, result.kind)].append(result)
-
-        def work(conn: sa.Connection) -> int:
-            if rows:
-                self.sql.insert_attempts(conn, rows)
-            return sum(self._apply(conn, token, kind, group) for (token, kind), group in groups.items())
-
-        return self.store.transaction(work)
+        if rows:
+            self.sql.insert_attempts(conn, rows)
+        return sum(self._apply(conn, token, kind, group) for (token, kind), group in groups.items())
 
     def _attempt_values(self, result: CallbackResult) -> dict[str, Any]:
         return {

@@ -18,7 +18,8 @@ from ..schema import callback_attempts as A
 from ..schema import db_now, paused_queues, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
-from .base import JOB_COLUMNS, Store
+from .base import Store
+from .columns import JOB_COLUMNS
 
 PURGE_BATCH = 1000  # rows per DELETE, so a big purge never holds locks for long
 RETENTION_BATCHES = 10  # per run: a large backlog is worked off over several runs

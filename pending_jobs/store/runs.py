@@ -13,7 +13,8 @@ from ..models import Job, RunReport, RunRow
 from ..schema import SUMMARY_VIEW, db_now, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, CallbackStatus
-from .base import JOB_COLUMNS, Store
+from .base import Store
+from .columns import JOB_COLUMNS
 
 R = runs
 

@@ -103,7 +103,8 @@ class SQLite(Dialect):
                    params: dict[str, Any]) -> int:
         """Read the candidate rows' text as bytes, and fail each whose text is not UTF-8 (its callback too:
         it could not be built). A slow path, taken only after a claim met such a row."""
-        columns = [J.c.task, J.c.queue, J.c.payload, J.c.callback_url, J.c.idempotency_key, J.c.status]
+        columns = [J.c.task, J.c.queue, J.c.payload, J.c.callback_url, J.c.idempotency_key, J.c.status, J.c.result,
+                   J.c.last_error]
         found = conn.execute(select([J.c.id, *(sa.cast(c, sa.LargeBinary) for c in columns)]), params).all()
         bad: dict[int, str] = {}
         for job_id, *values in found:

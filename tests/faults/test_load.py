@@ -37,8 +37,9 @@ def test_producers_at_full_speed_while_two_runners_claim(
         except Exception as error:  # any error at all is a failure of this scenario
             errors.append(error)
 
-    workers = [runners(fresh, "--poll", "0.05", "--lease", "10", "--batch-size", "20", "--max-runtime", "120")
-               for _ in range(2)]
+    # No host lock: the two runners stand for two hosts, serving at once.
+    workers = [runners(fresh, "--poll", "0.05", "--lease", "10", "--batch-size", "20", "--max-runtime", "120",
+                       "--lock-file", "none") for _ in range(2)]
     # Produce only once both runners are up (each writes its pending_job_runs row at start).
     wait_for(lambda: _scalar(engine, "SELECT COUNT(*) FROM pending_job_runs") >= 2, 60, "both runners to start")
     threads = [threading.Thread(target=produce, args=(seed,)) for seed in range(3)]
@@ -84,7 +85,8 @@ def test_chaos_four_runners_killed_at_random_over_5000_jobs(
         conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('ledger', '{}')"),
                      [{} for _ in range(5000)])
     batch = 20
-    args = ("--poll", "0.2", "--lease", "2", "--batch-size", str(batch), "--concurrency", "4", "--max-runtime", "90")
+    args = ("--poll", "0.2", "--lease", "2", "--batch-size", str(batch), "--concurrency", "4", "--max-runtime", "90",
+            "--lock-file", "none")  # four runners serving at once, as on four hosts
     rng = random.Random(11)
     pool = [runners(fresh, *args) for _ in range(4)]
     kills = 0

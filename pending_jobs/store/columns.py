@@ -1,0 +1,82 @@
+"""The column lists and SQL expressions the store's verbs share: what a claim reads, what people read,
+and the conditions and arithmetic that must hold whatever a producer's row contains."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..models import COUNT_MAX
+from ..schema import db_now, paused_queues
+from ..schema import pending_jobs as J
+from ..states import JOB_PENDING
+
+LEASE_EXPIRED = "lease expired while running: the runner was killed or lost the database"
+
+CLAIM_COLUMNS = (
+    J.c.id,
+    J.c.task,
+    J.c.queue,
+    sa.cast(J.c.payload, sa.Text).label("payload_text"),
+    J.c.attempts,
+    J.c.max_attempts,
+    J.c.priority,
+    J.c.callback_url,
+)
+"""What a claim reads back: ClaimedJob's fields, in ClaimedJob.from_row's order (every extra column is
+parsed per row, per claim)."""
+
+
+JOB_COLUMNS = tuple(
+    sa.cast(column, sa.Text).label(column.name) if column.name in ("payload", "result") else column
+    for column in J.c
+)
+"""A whole row for people (list, show, status): JSON read as text and parsed leniently (Job.from_row), so
+a payload that is not JSON (SQLite stores what it is given) is shown as text, never breaks the listing."""
+
+
+NO_LEASE_BEYOND = 2 * 86400.0
+"""Seconds ahead beyond which a lease is no runner's: the longest `lease` setting is a day, and a
+heartbeat renews it to now + lease."""
+
+
+def one_more(counter: sa.ColumnElement[int]) -> sa.ColumnElement[int]:
+    """`counter + 1`, except at the column's largest value: a producer's row may hold any number, and an
+    overflowing `+ 1` would fail the whole claim statement (every job of the batch) instead of this one
+    job, which the runner then finds out of attempts and fails with the reason."""
+    return sa.case((counter >= COUNT_MAX, counter), else_=counter + 1)
+
+
+def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], ...]:
+    """The claim's WHERE: pending, in this queue, due by the database clock, and the queue not paused
+    (one primary-key lookup, evaluated once per claim: no extra round trip, and no race with `pause`)."""
+    paused = sa.select(paused_queues.c.queue).where(paused_queues.c.queue == queue)
+    return (J.c.status == JOB_PENDING, J.c.queue == queue, J.c.run_at <= db_now(), ~paused.exists())
+
+
+def claim_order() -> tuple[sa.ColumnElement[Any], ...]:
+    """Higher priority first, then the longest due, then insertion order: served by the claim index."""
+    return (J.c.priority.desc(), J.c.run_at, J.c.id)
+
+
+class LenientTime(sa.TypeDecorator[Any]):
+    """A time column read without failing on what a producer wrote: SQLite stores any text in a time
+    column, and a value that is not a time reads as None (the servers only ever hold real times)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
+        if isinstance(value, str):
+            try:
+                return dt.datetime.fromisoformat(value)
+            except ValueError:
+                return None
+        return value if isinstance(value, dt.datetime) else None
+
+
+def lenient_time(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """The column, read as LenientTime (same SQL, same name)."""
+    return sa.type_coerce(column, LenientTime()).label(column.name)
