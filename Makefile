@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit bench mutation clean
+.PHONY: install demo test lint typecheck unit property-long bench mutation clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,14 @@ typecheck: install
 test: lint typecheck
 	$(BIN)/python -m pytest -q -ra
 
+# The runner's logic alone: no database, no network (seconds).
 unit: install
-	$(BIN)/python -m pytest -q -x -m 'not slow'
+	$(BIN)/python -m pytest -q -x tests/unit
+
+# The property tests with a large example budget (`make test` runs 25 examples per database).
+property-long: install
+	PENDING_JOBS_PROPERTY_EXAMPLES=300 $(BIN)/python -m pytest -q tests/contract/test_properties.py \
+		tests/unit/test_config_properties.py --hypothesis-show-statistics
 
 bench: install
 	$(BIN)/python -m benchmarks

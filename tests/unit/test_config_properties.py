@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pending_jobs import config
 from pending_jobs.errors import ConfigError
 
-EXAMPLES = int(os.environ.get("PENDING_JOBS_PROPERTY_EXAMPLES", "15")) * 20  # no database: cheap
+EXAMPLES = int(os.environ.get("PENDING_JOBS_PROPERTY_EXAMPLES", "25")) * 20  # no database: cheap
 BUDGET = settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=os.environ.get("CI") == "true")
 
 scalars = (st.text(max_size=12) | st.integers(-(2**70), 2**70) | st.floats() | st.booleans()
