@@ -88,7 +88,8 @@ def soak(backend: str, jobs: int, minutes: float) -> str:
                     samples.append((now - started, _rss(proc.pid)))
                     next_sample += SAMPLE
                 if proc.poll() is not None:
-                    raise RuntimeError(f"serve exited {proc.returncode}: {proc.stderr.read()[-800:]}")
+                    said = proc.stderr.read()[-800:] if proc.stderr else ""
+                    raise RuntimeError(f"serve exited {proc.returncode}: {said}")
                 time.sleep(0.1)
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline and _pending(engine) > 0:

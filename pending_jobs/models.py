@@ -99,6 +99,8 @@ class Outcome:
     result: Any = None
     error: str = ""
     delay: float = 0.0
+    cancelling: bool = False
+    """A retry or failure of a job an operator asked to cancel: the store ends it `cancelled` instead."""
 
 
 @dataclasses.dataclass(frozen=True)

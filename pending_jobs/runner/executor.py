@@ -6,6 +6,7 @@ outcome with a reason a person can read, so a worker thread never dies with its 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -95,13 +96,15 @@ class Executor:
                 result = task.fn(payload, ctx)
         except Retry as request:
             session.rollback()
-            return self.failure(job, f"Retry: {_safe(request.reason)}", self._delay(task, job, request.delay))
+            outcome = self.failure(job, f"Retry: {_safe(request.reason)}", self._delay(task, job, request.delay))
+            return _cancelling(outcome, session)
         except Fail as failure:
             session.rollback()
-            return Outcome(job, "failed", error=validation.clean_text(f"Fail: {_safe(failure.reason)}"))
+            outcome = Outcome(job, "failed", error=validation.clean_text(f"Fail: {_safe(failure.reason)}"))
+            return _cancelling(outcome, session)
         except BaseException as error:  # a handler must never take the run down
             session.rollback()
-            return self.failure(job, validation.describe_exception(error), self._delay(task, job))
+            return _cancelling(self.failure(job, validation.describe_exception(error), self._delay(task, job)), session)
         problem = self._unstorable(result)
         if problem is not None:
             session.rollback()  # deterministic: another attempt would return the same value
@@ -163,13 +166,26 @@ def _safe(value: object) -> str:
         return f"<unprintable {type(value).__name__}>"
 
 
+def _cancelling(outcome: Outcome, session: HandlerSession) -> Outcome:
+    """The outcome of a handler that gave up, marked when an operator asked to cancel its job (one read,
+    on this path only), so the log says what the job becomes."""
+    try:
+        asked = session.cancel_requested()
+    except Exception:  # the database is away: the log line is all that is at stake
+        asked = False
+    return dataclasses.replace(outcome, cancelling=True) if asked else outcome
+
+
 def _log_outcome(outcome: Outcome) -> None:
     """One line per failed (WARNING) or retried (INFO) job, so the cron log says why."""
     if outcome.kind not in ("failed", "retry"):
         return
     job = outcome.job
     first = outcome.error.strip().splitlines()[0][:200] if outcome.error.strip() else "no reason given"
-    if outcome.kind == "failed":
+    if outcome.cancelling:
+        log.info("job %d (%s) gave up on attempt %d after an operator asked to cancel it: cancelled (%s)", job.id,
+                 job.task, job.attempt, first)
+    elif outcome.kind == "failed":
         log.warning("job %d (%s) failed on attempt %d of %d: %s", job.id, job.task, job.attempt, job.max_attempts,
                     first)
     else:

@@ -27,6 +27,17 @@ def test_a_cancelled_job_whose_handler_gives_up_is_reported_cancelled(engine: sa
     assert b'pending_jobs_run_jobs{outcome="cancelled"} 1.0' in render(report, 0.0, None)
 
 
+def test_a_cancelled_job_whose_handler_gives_up_is_logged_as_cancelled_not_retried(
+        engine: sa.Engine, db_url: str, run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    job_id = enqueue(engine, "cancelled_then_raise", {"url": db_url})
+    with caplog.at_level(logging.INFO, logger="pending_jobs"):
+        run()
+    lines = [r.getMessage() for r in caplog.records if r.name == "pending_jobs.runner.executor"]
+    assert not any("will be retried" in line for line in lines), lines
+    assert any(line.startswith(f"job {job_id} (cancelled_then_raise) gave up on attempt 1 after an operator asked "
+                               "to cancel it: cancelled") for line in lines), lines
+
+
 def test_a_process_isolated_handler_can_ask_whether_it_was_cancelled(engine: sa.Engine, db_url: str,
                                                                      run: Any) -> None:
     job_id = enqueue(engine, "cancel_check_isolated", {"url": db_url})

@@ -17,6 +17,7 @@ from pending_jobs.store import CallbackStore, JobFilter, OpsStore, Store
 
 Snapshot = dict[int, tuple[str, str | None]]
 JobTable = dict[JobStatus, frozenset[JobStatus]]
+CallbackTable = dict[CallbackStatus | None, frozenset[CallbackStatus | None]]
 
 
 def snapshot(engine: sa.Engine) -> Snapshot:
@@ -25,7 +26,8 @@ def snapshot(engine: sa.Engine) -> Snapshot:
             "SELECT id, status, callback_status FROM pending_jobs"))}
 
 
-def forbidden_changes(before: Snapshot, after: Snapshot, jobs: JobTable = TRANSITIONS) -> list[str]:
+def forbidden_changes(before: Snapshot, after: Snapshot, jobs: JobTable = TRANSITIONS,
+                      callbacks: CallbackTable = CALLBACK_TRANSITIONS) -> list[str]:
     """Every change between two snapshots that the tables do not allow (deleted rows are not changes)."""
     problems = []
     for job_id, (status, callback) in after.items():
@@ -36,7 +38,7 @@ def forbidden_changes(before: Snapshot, after: Snapshot, jobs: JobTable = TRANSI
             problems.append(f"job {job_id}: {old_status} -> {status}")
         old_cb = CallbackStatus(old_callback) if old_callback else None
         new_cb = CallbackStatus(callback) if callback else None
-        if new_cb != old_cb and new_cb not in CALLBACK_TRANSITIONS[old_cb]:
+        if new_cb != old_cb and new_cb not in callbacks[old_cb]:
             problems.append(f"job {job_id}: callback {old_callback} -> {callback}")
     return problems
 
@@ -44,18 +46,24 @@ def forbidden_changes(before: Snapshot, after: Snapshot, jobs: JobTable = TRANSI
 class Checked:
     """Runs store verbs, recording every change each makes and every one the tables forbid."""
 
-    def __init__(self, engine: sa.Engine, jobs: JobTable = TRANSITIONS) -> None:
+    def __init__(self, engine: sa.Engine, jobs: JobTable = TRANSITIONS,
+                 callbacks: CallbackTable = CALLBACK_TRANSITIONS) -> None:
         self.engine = engine
         self.jobs = jobs
+        self.callbacks = callbacks
         self.problems: list[str] = []
         self.changes: set[tuple[str, str]] = set()
+        self.callback_changes: set[tuple[str | None, str | None]] = set()
 
     def __call__(self, verb: str, action: Callable[[], Any]) -> Any:
         before = snapshot(self.engine)
         value = action()
         after = snapshot(self.engine)
-        self.problems += [f"{verb}: {problem}" for problem in forbidden_changes(before, after, self.jobs)]
+        forbidden = forbidden_changes(before, after, self.jobs, self.callbacks)
+        self.problems += [f"{verb}: {problem}" for problem in forbidden]
         self.changes |= {(before[i][0], after[i][0]) for i in after if i in before and before[i][0] != after[i][0]}
+        self.callback_changes |= {(before[i][1], after[i][1]) for i in after
+                                  if i in before and before[i][1] != after[i][1]}
         return value
 
 
@@ -69,7 +77,7 @@ def drive_every_verb(engine: sa.Engine, store: Store, check: Checked) -> None:
     """Each verb that can change a status, at least once, on rows in every state it accepts."""
     ops, callbacks = OpsStore(store), CallbackStore(store)
     url = "https://hooks.example.com/x"
-    ids = [enqueue(engine, "noop", {"n": n}, callback_url=url if n % 2 else None) for n in range(12)]
+    ids = [enqueue(engine, "noop", {"n": n}, callback_url=url if n else None) for n in range(12)]
 
     claim = check("claim", lambda: store.claim("default", 6, "runner", 60))
     held = [job.id for job in claim.jobs]
@@ -105,9 +113,17 @@ def drive_every_verb(engine: sa.Engine, store: Store, check: Checked) -> None:
     check("cancel", lambda: ops.cancel(running.jobs[0].id))  # running: only marked
 
     due = check("callbacks.claim", lambda: callbacks.claim(20, 60))
-    kinds: list[Any] = ["delivered", "retry", "failed", "release"]
+    # Two delivered and two failed: one of each is reopened by `retry`, the other sent again by `callbacks.retry`.
+    kinds: list[Any] = ["failed", "delivered", "failed", "delivered", "retry", "release"]
+    assert len(due) >= len(kinds)
     check("callbacks.record", lambda: callbacks.record([
-        CallbackResult(cb, kinds[n % 4], webhook_id="w", url=url, delay=0.0, error="e") for n, cb in enumerate(due)]))
+        CallbackResult(cb, kinds[n % len(kinds)], webhook_id="w", url=url, delay=0.0, error="e")
+        for n, cb in enumerate(due)]))
+    now = snapshot(engine)
+    # Reopen a job whose callback was delivered and one whose callback failed: both forget that outcome.
+    reopen = [next(i for i, (status, cb) in now.items() if status != "pending" and cb == wanted)
+              for wanted in ("delivered", "failed")]
+    check("retry", lambda: [ops.retry(i) for i in reopen])
     for job_id, _ in snapshot(engine).items():
         check("callbacks.retry", lambda job_id=job_id: callbacks.retry(job_id))
     now = snapshot(engine)
@@ -125,12 +141,17 @@ def test_every_store_verb_makes_only_allowed_changes(engine: sa.Engine, store: S
     drive_every_verb(engine, store, check)
     if backend == "sqlite":  # only SQLite stores text that cannot be decoded: the claim fails that row
         with engine.begin() as conn:
-            conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES (CAST(X'6563686fff' AS TEXT), '{}')"))
+            conn.execute(sa.text("INSERT INTO pending_jobs (task, payload, callback_url) "
+                                 "VALUES (CAST(X'6563686fff' AS TEXT), '{}', 'https://hooks.example.com/x')"))
         check("claim", lambda: store.claim("default", 10, "runner", 60))
     assert check.problems == []
     # The drive reached every allowed job transition, so the table is not wider than the code either.
     reachable = {(a.value, b.value) for a, targets in TRANSITIONS.items() for b in targets}
     assert check.changes == (reachable if backend == "sqlite" else reachable - {("pending", "failed")})
+    callback_reachable = {(a and a.value, b and b.value) for a, targets in CALLBACK_TRANSITIONS.items()
+                          for b in targets}
+    assert check.callback_changes == (callback_reachable if backend == "sqlite"
+                                      else callback_reachable - {(None, "failed")})
 
 
 @pytest.mark.parametrize("missing", [(JobStatus.RUNNING, JobStatus.SUCCEEDED), (JobStatus.RUNNING, JobStatus.CANCELLED),
@@ -143,3 +164,16 @@ def test_the_check_fails_when_a_verb_makes_a_change_the_table_does_not_allow(
     check = Checked(engine, narrower)
     drive_every_verb(engine, store, check)
     assert any(f"{missing[0].value} -> {missing[1].value}" in problem for problem in check.problems)
+
+
+@pytest.mark.parametrize("missing", [(CallbackStatus.PENDING, CallbackStatus.FAILED),
+                                     (CallbackStatus.FAILED, CallbackStatus.PENDING),
+                                     (CallbackStatus.DELIVERED, None)])
+def test_the_check_fails_when_a_verb_makes_a_callback_change_the_table_does_not_allow(
+    engine: sa.Engine, store: Store, missing: tuple[CallbackStatus, CallbackStatus | None]
+) -> None:
+    narrower = {status: targets - {missing[1]} if status == missing[0] else targets
+                for status, targets in CALLBACK_TRANSITIONS.items()}
+    check = Checked(engine, callbacks=narrower)
+    drive_every_verb(engine, store, check)
+    assert any(f"callback {missing[0].value} -> {missing[1]}" in problem for problem in check.problems)
