@@ -26,7 +26,10 @@ file keeps them in one table) and `[task.NAME]` (declared tasks, see pending_job
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"not a number: {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a TOML integer too large for a float: a setting's error, not a crash
+        number = math.inf
     if not math.isfinite(number):
         raise ValueError(f"must be a finite number, not {value!r}")
     return number
@@ -126,7 +129,10 @@ def _shown(value: float | None, setting: Setting) -> str:
             if value >= size and value % size == 0:
                 return f"{value / size:g} {unit}"
         return f"{value:g} s"
-    return f"{value:g}"
+    try:
+        return f"{value:g}"
+    except OverflowError:  # a TOML integer too large for a float, refused by its range
+        return str(value)
 
 
 SETTINGS: tuple[Setting, ...] = (

@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 B = TypeVar("B")
 R = TypeVar("R")
+CLOSE_WAIT = 5.0  # seconds close() waits for the thread to finish a write (a stuck one is left, a daemon)
 
 
 class Recorder(Generic[B, R]):
@@ -75,7 +76,7 @@ class Recorder(Generic[B, R]):
         """Stop the thread once what was submitted is written (it is a daemon: an exit does not wait)."""
         if self._thread is not None:
             self._todo.put(None)
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=CLOSE_WAIT)
             self._thread = None
 
     def _work(self) -> None:

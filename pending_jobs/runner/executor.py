@@ -133,13 +133,13 @@ class Executor:
         if asked is None:
             try:
                 asked = (task.backoff if task is not None else default_backoff)(job.attempt)
-            except Exception as error:
+            except BaseException as error:  # the application's code, as a handler is: it must not escape __call__
                 log.warning("job %d (%s): its backoff function raised %s; using the default backoff",
                             job.id, job.task, type(error).__name__)
                 asked = default_backoff(job.attempt)
         try:
             seconds = float(asked)  # type: ignore[arg-type]
-        except (TypeError, ValueError, OverflowError):
+        except Exception:  # TypeError, ValueError, OverflowError, or whatever a `__float__` of the app's raises
             log.warning("job %d (%s): retry delay %r is not a number of seconds; using the default backoff",
                         job.id, job.task, asked)
             return default_backoff(job.attempt)
