@@ -12,6 +12,7 @@ of this API:
   the job claim and the callback claim both use it;
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
+- `insert_ignore(table)`: an INSERT that skips rows whose key exists (limit scopes, schedules);
 - `engine(url)`: an engine set up for job work (driver, session settings, pool hooks);
 - `retryable`, `connection_lost`, `unavailable`: what a driver error means, by its code;
 - `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
@@ -283,6 +284,11 @@ class Dialect:
 
     def upsert(self) -> Any:
         """The dialect's own INSERT into the jobs table, which has `on_conflict_do_nothing`."""
+        raise NotImplementedError
+
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        """An INSERT into `table` that skips rows whose primary key exists, without raising (limit scopes
+        and schedules are created by whichever host sees them first)."""
         raise NotImplementedError
 
     def _insert_keyed(self, conn: sa.Connection, values: dict[str, Any]) -> int:

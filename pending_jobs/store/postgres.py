@@ -22,7 +22,7 @@ from .dialect import Dialect
 
 # Columns the bulk path binds as arrays, with the array type each is cast to.
 _UNNEST_TYPES = {"task": "varchar[]", "payload": "jsonb[]", "queue": "varchar[]", "priority": "int[]",
-                 "max_attempts": "int[]", "callback_url": "varchar[]"}
+                 "max_attempts": "int[]", "callback_url": "varchar[]", "concurrency_key": "varchar[]"}
 ATTEMPT_TYPES = {"job_id": "BIGINT", "attempt": "INTEGER", "webhook_id": "TEXT", "url": "TEXT",
                  "status_code": "INTEGER", "error": "TEXT", "duration_ms": "INTEGER", "response_excerpt": "TEXT"}
 
@@ -112,6 +112,9 @@ class Postgres(Dialect):
 
     def upsert(self) -> Any:
         return postgresql.insert(J)
+
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        return postgresql.insert(table).on_conflict_do_nothing()
 
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         return db_now() + sa.literal_column("interval '1 microsecond'") * sa.func.round(seconds * 1_000_000)
