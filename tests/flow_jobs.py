@@ -33,3 +33,11 @@ def span(payload: dict[str, Any], ctx: Context) -> None:
 def tick(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
     """A scheduled job: returns the slot it was given."""
     return {"slot": payload["_schedule"]["slot"], "name": payload["_schedule"]["name"]}
+
+
+@task("stall_once")
+def stall_once(payload: dict[str, Any], ctx: Context) -> int:
+    """Sleeps `seconds` on its first attempt when `stall` is set (a runner killed meanwhile holds its slot)."""
+    if payload.get("stall") and ctx.attempt == 1:
+        time.sleep(float(payload.get("seconds", 120)))
+    return ctx.attempt

@@ -10,8 +10,8 @@ schedule's row starts at its newest past slot, so nothing before the first look 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import datetime as dt
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
