@@ -99,6 +99,10 @@ class Limits:
         """Whether claims from `queue` must go through the limits (a task limit may bind in any queue)."""
         return queue in self.queues or bool(self.tasks)
 
+    def queue_scopes(self, queue: str) -> list[Scope]:
+        """The scopes every job of `queue` falls under, whatever its task and key (max_running, rate)."""
+        return [scope for scope in self.scopes(queue, "", None) if scope.task is None and scope.key is None]
+
     def scopes(self, queue: str, task: str, key: str | None) -> list[Scope]:
         """The scopes a job of `task` in `queue` with `key` falls under (per-key limits need a key)."""
         found: list[Scope] = []

@@ -38,6 +38,7 @@ from .base import CLAIM_COLUMNS, Store, claim_order, due_in
 
 log = logging.getLogger(__name__)
 
+FIRST_SIGHT_TRIES = 3  # the queue's scopes, then its jobs' (a row created by another host meanwhile: once more)
 BUSY_RETRY = 0.05  # seconds before looking again at scopes another runner was admitting jobs under
 
 
@@ -55,9 +56,12 @@ class LimitedStore(Store):
         if not self.limits.applies(queue):
             return super().claim(queue, limit, owner, lease)
         claim, missing = self._limited(queue, limit, owner, lease)
-        if missing:  # scopes seen for the first time: create their rows, then look again at once
+        for _ in range(FIRST_SIGHT_TRIES):
+            if not missing:
+                break
+            # Scopes seen for the first time (the queue's own, then the keys'): create their rows, look again.
             self.ensure_scopes(missing)
-            claim, _ = self._limited(queue, limit, owner, lease)
+            claim, missing = self._limited(queue, limit, owner, lease)
         return claim
 
     def ensure_scopes(self, names: Iterable[str]) -> None:
@@ -80,7 +84,12 @@ class LimitedStore(Store):
             if any(scope.key is None for scope in full):  # the queue's max_running is reached
                 self._full[queue] = full
                 return []
-            rows = conn.execute(_candidates(queue, full, limit)).all()
+            room, hint = self._queue_room(conn, queue, missing)
+            if room is not None and room < 1:
+                self._full[queue] = full
+                wait.extend([hint] if hint is not None else [])
+                return []
+            rows = conn.execute(_candidates(queue, full, min(limit, room or limit))).all()
             if not rows:
                 self._full[queue] = full
                 return []
@@ -104,6 +113,26 @@ class LimitedStore(Store):
         jobs = self.transaction(work, settle=lambda conn: self._claimed_under(conn, token))
         jobs.sort(key=lambda job: (-job.priority, job.id))
         return Claim(token, jobs, retry_in=min(wait) if wait and not jobs else None), set(missing)
+
+    def _queue_room(self, conn: sa.Connection, queue: str, missing: set[str]) -> tuple[int | None, float | None]:
+        """How many jobs the queue's own limits (max_running, its rate) let start now, with their rows locked
+        first, so a claim never locks more due rows than it may start; None: no such limit. With the room,
+        the seconds after which a token comes (when the rate is what stops it) ."""
+        scopes = self.limits.queue_scopes(queue)
+        if not scopes:
+            return None, None
+        names = {scope.name for scope in scopes}
+        held = self._lock(conn, names)
+        if set(held) != names:
+            missing.update(names - held.keys() - self._known)
+            return 0, BUSY_RETRY
+        probe = _Admission([], {})
+        probe.scopes, probe.names = set(scopes), names
+        probe.count(held, self._running(conn, scopes), self.sql.clock_value)
+        room = min([*probe.room.values(), *(int(tokens) for tokens in probe.tokens.values())])
+        waits = [(1 - tokens) / scope.rate.per_second for scope in scopes
+                 if scope.rate is not None and (tokens := probe.tokens[scope.name]) < 1]
+        return room, max(waits) if waits else None
 
     def _still_full(self, conn: sa.Connection, full: set[Scope]) -> set[Scope]:
         """Of the scopes full at the last claim, those still full (a plain read: only a hint)."""
