@@ -97,9 +97,8 @@ def explain(backend: str, rows: int) -> list[tuple[str, str, bool]]:
             statements: dict[str, Any] = {
                 "candidates": _candidates("default", {scope}, 100),
                 "running per key": sa.text(
-                    "SELECT queue, task, concurrency_key, COUNT(*) FROM pending_jobs WHERE concurrency_key IS NOT NULL"
-                    " AND concurrency_key IN ('k1', 'k2') AND status = 'running'"
-                    " GROUP BY queue, task, concurrency_key"),
+                    "SELECT queue, task, concurrency_key FROM pending_jobs WHERE concurrency_key IS NOT NULL"
+                    " AND concurrency_key IN ('k1', 'k2') AND status = 'running'"),
                 "first due of a key": sa.text(
                     "SELECT id FROM pending_jobs WHERE concurrency_key = 'k7' AND status = 'pending' AND task = "
                     "'bench.noop' ORDER BY priority DESC, run_at, id LIMIT 2"),
