@@ -11,7 +11,6 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs import enqueue
-
 from tests.conftest import ROOT, scalar
 
 
