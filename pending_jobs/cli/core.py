@@ -39,6 +39,8 @@ def register(commands: Commands) -> None:
                    help="attempts before the job fails (default: the column's, 5)")
     p.add_argument("--callback-url", help="POST the outcome here when the job ends")
     p.add_argument("--idempotency-key", help="a second enqueue with the same key returns the first job's id")
+    p.add_argument("--concurrency-key", help="jobs with the same key share a concurrency limit "
+                                             "([task.NAME] concurrency_limit)")
     p.set_defaults(func=cmd_enqueue)
 
     p = commands.add_parser("status", help="counts per queue and status, oldest due job, callbacks, the last run")
@@ -82,6 +84,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             engine, args.task, payload, queue=args.job_queue, priority=args.priority, delay=args.delay,
             run_at=run_at, max_attempts=args.max_attempts, callback_url=args.callback_url,
             idempotency_key=args.idempotency_key, payload_limit=settings.payload_limit,
+            concurrency_key=args.concurrency_key,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None

@@ -64,3 +64,11 @@ def test_a_bad_schedule_is_a_configuration_error(tmp_path: Path, db_url: str) ->
         result = cli(*command, env=env)
         assert result.returncode == 2, (command, result.stderr)
         assert "[schedules.x] cron" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_enqueue_sets_the_concurrency_key(db_url: str, engine: sa.Engine) -> None:
+    result = cli("enqueue", "noop", "--concurrency-key", "user:42", env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert result.returncode == 0, result.stderr
+    assert rows(engine, "SELECT concurrency_key FROM pending_jobs WHERE id = :id",
+                id=int(result.stdout))[0][0] == "user:42"
