@@ -62,6 +62,8 @@ class LimitedStore(Store):
                 break
             # Scopes seen for the first time (the queue's own, then the keys'): create their rows, look again.
             self.ensure_scopes(missing)
+            if claim.jobs:  # jobs without a limit were claimed already: the next claim admits the rest
+                break
             claim, missing = self._limited(queue, limit, owner, lease)
         return claim
 
@@ -91,7 +93,12 @@ class LimitedStore(Store):
                 wait.extend([hint] if hint is not None else [])
                 return []
             size = min(limit, room or limit)
-            if full:
+            marked: list[ClaimedJob] = []
+            rows: Sequence[Row[Any]]
+            split = None if full or first.held else self._split(conn, queue, size, token, owner, lease)
+            if split is not None:
+                marked, rows = split
+            elif full:
                 rows = conn.execute(_candidates(queue, full, size)).all()
             else:  # the common case: one statement built once per batch size
                 read = self.sql.cached(("limits_candidates", size), lambda: _candidates(
@@ -99,13 +106,14 @@ class LimitedStore(Store):
                 rows = conn.execute(read, {"claim_queue": queue}).all()
             if not rows:
                 self._full[queue] = full
-                return []
-            admission = _Admission(rows, {row[0]: self.limits.scopes(queue, row[1], row[8]) for row in rows})
+                return marked
+            admission = _Admission(rows, {row.id: self.limits.scopes(queue, row.task, row.concurrency_key)
+                                          for row in rows})
             held = {**first.held, **self._lock(conn, admission.names - first.held.keys())}
             missing.update(admission.names - held.keys() - self._known)
             self._known.update(held)
             if missing:  # admit nothing until the rows exist: the claim is made again once they do
-                return []
+                return marked
             running = {**first.running, **self._running(conn, [s for s in admission.scopes
                                                                if s.name in held and s.name not in first.running])}
             admission.count(held, running,
@@ -117,7 +125,7 @@ class LimitedStore(Store):
             if admission.blocked_by_others:
                 wait.append(BUSY_RETRY)
             wait.extend(admission.rate_waits())
-            return self._mark(conn, admitted, token, owner, lease)
+            return marked + self._mark(conn, admitted, token, owner, lease)
 
         jobs = self.transaction(work, settle=lambda conn: self._claimed_under(conn, token))
         jobs.sort(key=lambda job: (-job.priority, job.id))
@@ -147,6 +155,24 @@ class LimitedStore(Store):
         waits = [(1 - tokens) / scope.rate.per_second for scope in scopes
                  if scope.rate is not None and (tokens := probe.tokens[scope.name]) < 1]
         return room, max(waits) if waits else None, _QueueHeld(held, running)
+
+    def _split(self, conn: sa.Connection, queue: str, size: int, token: str, owner: str,
+               lease: float) -> tuple[list[ClaimedJob], Sequence[Row[Any]]] | None:
+        """Where only task limits exist: jobs of tasks without one claimed in the locking statement itself
+        (PostgreSQL), the rest returned locked, in claim order, for admission; None where the database
+        cannot."""
+        free = J.c.task.not_in(sorted(self.limits.tasks))
+        params = {"claim_queue": queue, "claim_owner": owner[:128], "claim_token": token, "claim_lease": float(lease)}
+        found = self.sql.lock_mark_split(
+            conn, ("limits_split", size),
+            lambda columns: sa.select(*columns).where(*due_in(sa.bindparam("claim_queue", type_=sa.String)))
+            .order_by(*claim_order()).limit(size),
+            self._claim_values, (*CLAIM_COLUMNS, J.c.concurrency_key, J.c.run_at), params, free)
+        if found is None:
+            return None
+        done, rest = found
+        claimed = [ClaimedJob.from_row(tuple(row)[: len(CLAIM_COLUMNS)], token) for row in done]
+        return claimed, sorted(rest, key=lambda row: (-row.priority, row.run_at, row.id))
 
     def _still_full(self, conn: sa.Connection, full: set[Scope]) -> set[Scope]:
         """Of the scopes full at the last claim, those still full (a plain read: only a hint)."""

@@ -117,3 +117,16 @@ def test_a_drain_run_keeps_to_the_limits_and_finishes_everything(run: object, en
                  declared_tasks={"echo": {"concurrency_limit": 1}})
     assert report.succeeded == len(ids)
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'") == len(ids)
+
+
+def test_jobs_of_tasks_without_a_limit_are_claimed_beside_limited_ones(store: Store, engine: sa.Engine) -> None:
+    limited_ids = keyed(engine, ["k"] * 3)
+    free = enqueue_many(engine, [{"task": "echo", "payload": {"n": n}} for n in range(2)])
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 1}})
+    # (On PostgreSQL the first claim takes the jobs without a limit at once and the key's job once its
+    # limit's row exists: by the next claim.)
+    claimed = [*jobs.claim("default", 100, "runner", 60).jobs, *jobs.claim("default", 100, "runner", 60).jobs]
+    assert sorted(job.id for job in claimed) == sorted([limited_ids[0], *free])
+    assert {job.attempt for job in claimed} == {1}
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'running' AND attempts = 1") == 3
+    assert jobs.claim("default", 100, "runner", 60).jobs == []
