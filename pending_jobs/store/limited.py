@@ -161,10 +161,11 @@ class LimitedStore(Store):
         """Where only task limits exist: jobs of tasks without one claimed in the locking statement itself
         (PostgreSQL), the rest returned locked, in claim order, for admission; None where the database
         cannot."""
-        free = J.c.task.not_in(sorted(self.limits.tasks))
+        limited = tuple(sorted(self.limits.tasks))
+        free = J.c.task.not_in(limited)
         params = {"claim_queue": queue, "claim_owner": owner[:128], "claim_token": token, "claim_lease": float(lease)}
-        found = self.sql.lock_mark_split(
-            conn, ("limits_split", size),
+        found = self.sql.lock_mark_split(  # built once per batch size and set of limited tasks (the key says so)
+            conn, ("limits_split", size, limited),
             lambda columns: sa.select(*columns).where(*due_in(sa.bindparam("claim_queue", type_=sa.String)))
             .order_by(*claim_order()).limit(size),
             self._claim_values, (*CLAIM_COLUMNS, J.c.concurrency_key, J.c.run_at), params, free)

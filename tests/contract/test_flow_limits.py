@@ -130,3 +130,14 @@ def test_jobs_of_tasks_without_a_limit_are_claimed_beside_limited_ones(store: St
     assert {job.attempt for job in claimed} == {1}
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'running' AND attempts = 1") == 3
     assert jobs.claim("default", 100, "runner", 60).jobs == []
+
+
+def test_stores_with_different_limits_on_one_database_keep_their_own(store: Store, engine: sa.Engine) -> None:
+    """Statements are built once per database (the dialect's cache): one store's limits must not leak
+    into another's (they once did on PostgreSQL, through the one-statement claim's cache key)."""
+    enqueue(engine, "echo", {})
+    assert len(limited(store, tasks={"other": {"concurrency_limit": 1}}).claim("default", 10, "a", 60).jobs) == 1
+    keyed(engine, ["k"] * 3)
+    mine = limited(store, tasks={"noop": {"concurrency_limit": 1}})
+    claimed = [*mine.claim("default", 10, "b", 60).jobs, *mine.claim("default", 10, "b", 60).jobs]
+    assert len(claimed) == 1
