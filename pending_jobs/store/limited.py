@@ -95,7 +95,9 @@ class LimitedStore(Store):
             size = min(limit, room or limit)
             marked: list[ClaimedJob] = []
             rows: Sequence[Row[Any]]
-            split = None if full or first.held else self._split(conn, queue, size, token, owner, lease)
+            # Only task limits apply here (the queue has none of its own): jobs of other tasks go at once.
+            split = None if full or queue in self.limits.queues else self._split(conn, queue, size, token, owner,
+                                                                                   lease)
             if split is not None:
                 marked, rows = split
             elif full:

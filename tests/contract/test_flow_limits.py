@@ -72,7 +72,7 @@ def test_a_queue_key_limit_counts_per_key_within_the_queue(store: Store, engine:
     keyed(engine, ["u1"] * 3 + ["u2"] * 3, queue="mail")
     jobs = limited(store, queues={"mail": {"concurrency_limit": 1}})
     claim = jobs.claim("mail", 100, "r", 60)
-    assert sorted(job.id for job in claim.jobs) == [1, 4] or len(claim.jobs) == 2
+    assert sorted(job.id for job in claim.jobs) == [1, 4]  # the first of each key
     assert jobs.claim("mail", 100, "r", 60).jobs == []
 
 
