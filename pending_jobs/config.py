@@ -18,9 +18,13 @@ from .errors import ConfigError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DAY = 86400.0
-TABLES = ("pending_jobs", "task")
+TABLES = ("pending_jobs", "task", "queue", "schedules")
 """Top-level TOML tables that are not settings themselves: `[pending_jobs]` (every setting, when the
-file keeps them in one table) and `[task.NAME]` (declared tasks, see pending_jobs.declared)."""
+file keeps them in one table), `[task.NAME]` (declared tasks, see pending_jobs.declared, and a task's
+limits), `[queue.NAME]` (a queue's limits, pending_jobs.limits) and `[schedules.NAME]` (recurring jobs,
+pending_jobs.schedules)."""
+NAMED_TABLES = ("task", "queue", "schedules")
+"""The tables holding one table per name, which may stand beside a `[pending_jobs]` table too."""
 
 
 def _number(value: Any) -> float:
@@ -204,6 +208,10 @@ class Settings:
     declared_tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """The file's `[task.NAME]` tables as written (file only: no flag or variable); pending_jobs.declared
     parses them into handlers, so its errors name the task and the key."""
+    queue_tables: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """The file's `[queue.NAME]` tables as written; pending_jobs.limits parses them."""
+    schedule_tables: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """The file's `[schedules.NAME]` tables as written; pending_jobs.schedules parses them."""
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with some settings changed (tests and the Python API)."""
@@ -221,6 +229,8 @@ def load(
     path = config_file or environ.get("PENDING_JOBS_CONFIG")
     file_values = read_file(path) if path else {}
     declared_tasks = _task_tables(file_values.pop("task", {}), path)
+    queue_tables = _named_tables("queue", file_values.pop("queue", {}), path)
+    schedule_tables = _named_tables("schedules", file_values.pop("schedules", {}), path)
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         if flags.get(setting.name) is not None:
@@ -237,7 +247,8 @@ def load(
             setting.check(values[setting.name])
         except ValueError as error:
             raise ConfigError(f"{source}: {error}") from None
-    settings = Settings(**values, declared_tasks=declared_tasks)
+    settings = Settings(**values, declared_tasks=declared_tasks, queue_tables=queue_tables,
+                        schedule_tables=schedule_tables)
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"log_format must be text or json, not {settings.log_format!r}")
     if settings.callbacks not in ("on", "off", "only"):
@@ -262,17 +273,20 @@ def read_file(path: str) -> dict[str, Any]:
         if beside:
             raise ConfigError(f"{path}: {', '.join(beside)} outside the [pending_jobs] table; put every setting "
                               "inside it, or drop the table and keep them all at the top level")
-        outer = data.get("task", {})
+        outside = {table: data.get(table, {}) for table in NAMED_TABLES}
         data = dict(section)
-        if outer:  # [task.NAME] tables beside the [pending_jobs] table
-            inner = data.get("task", {})
+        for table, outer in outside.items():
+            if not outer:
+                continue
+            # [task.NAME] (or queue, schedules) tables beside the [pending_jobs] table
+            inner = data.get(table, {})
             if isinstance(inner, dict) and isinstance(outer, dict):
                 both = sorted(set(inner) & set(outer))
                 if both:
-                    raise ConfigError(f"{path}: task {both[0]!r} is declared twice: [task.{both[0]}] and "
-                                      f"[pending_jobs.task.{both[0]}]")
+                    raise ConfigError(f"{path}: {table} {both[0]!r} is declared twice: [{table}.{both[0]}] and "
+                                      f"[pending_jobs.{table}.{both[0]}]")
                 outer = {**inner, **outer}
-            data["task"] = outer
+            data[table] = outer
     unknown = sorted(key for key in data if key not in BY_NAME and key not in TABLES)
     if unknown:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
@@ -284,6 +298,13 @@ def _task_tables(value: Any, path: str | None) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict) or not all(isinstance(table, dict) for table in value.values()):
         raise ConfigError(f"{path}: task must hold one table per declared task, [task.NAME] "
                           "(handler modules go in tasks = [...])")
+    return {str(name): dict(table) for name, table in value.items()}
+
+
+def _named_tables(kind: str, value: Any, path: str | None) -> dict[str, dict[str, Any]]:
+    """A `[queue.NAME]` or `[schedules.NAME]` key: one table per name."""
+    if not isinstance(value, dict) or not all(isinstance(table, dict) for table in value.values()):
+        raise ConfigError(f"{path}: {kind} must hold one table per name, [{kind}.NAME]")
     return {str(name): dict(table) for name, table in value.items()}
 
 

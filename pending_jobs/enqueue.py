@@ -28,11 +28,13 @@ def enqueue(
     callback_url: str | None = None,
     idempotency_key: str | None = None,
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+    concurrency_key: str | None = None,
 ) -> int:
     """Insert one job and return its id (an existing job's id when the idempotency key is taken)."""
     row = job_row(
         task, payload, queue=queue, priority=priority, delay=delay, run_at=run_at, max_attempts=max_attempts,
         callback_url=callback_url, idempotency_key=idempotency_key, payload_limit=payload_limit,
+        concurrency_key=concurrency_key,
     )
     with _connection(bind) as conn:
         return insert_jobs(conn, [row])[0]
@@ -57,6 +59,7 @@ def job_row(
     callback_url: str | None = None,
     idempotency_key: str | None = None,
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT,
+    concurrency_key: str | None = None,
 ) -> dict[str, Any]:
     """Validate one job's arguments and return its column values; raise ValueError saying what is wrong."""
     if not isinstance(task, str) or not task or len(task) > validation.NAME_LIMIT:
@@ -78,6 +81,9 @@ def job_row(
             raise ValueError(problem)
     if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > validation.NAME_LIMIT):
         raise ValueError(f"idempotency_key must be 1..{validation.NAME_LIMIT} characters")
+    if concurrency_key is not None and (not isinstance(concurrency_key, str) or not concurrency_key
+                                        or len(concurrency_key) > validation.NAME_LIMIT):
+        raise ValueError(f"concurrency_key must be 1..{validation.NAME_LIMIT} characters")
     if delay is not None and run_at is not None:
         raise ValueError("give delay or run_at, not both")
     if delay is not None and delay < 0:
@@ -89,6 +95,8 @@ def job_row(
         row["callback_url"] = callback_url
     if idempotency_key is not None:
         row["idempotency_key"] = idempotency_key
+    if concurrency_key is not None:
+        row["concurrency_key"] = concurrency_key
     if delay:
         row["run_at_delay"] = float(delay)
     if run_at is not None:

@@ -84,6 +84,9 @@ class Claim:
 
     token: str
     jobs: list[ClaimedJob]
+    retry_in: float | None = None
+    """Seconds after which jobs held back by a limit (a rate, a scope another runner was busy with) may
+    be admitted; None when nothing was held back that time alone frees."""
 
 
 OutcomeKind = Literal["succeeded", "retry", "failed", "recorded", "dropped"]

@@ -17,19 +17,21 @@ import threading
 import time
 from collections.abc import Callable
 
+from . import limits, schedules
 from .callbacks import Deliverer
 from .config import Settings
-from .errors import exit_code_of
+from .errors import DatabaseUnavailable, exit_code_of
 from .metrics import render, write_textfile
 from .models import RunReport
 from .registry import Task
 from .runner import Executor, Producer, stop_on_signals
-from .store import CallbackStore, Health, OpsStore, RunStore, Store
+from .store import CallbackStore, Health, LimitedStore, OpsStore, RunStore, ScheduleStore, Store
 
 log = logging.getLogger(__name__)
 
 CALLBACK_MIN_TIME = 5.0  # seconds callbacks get after the jobs of a drain run, even when the runtime is spent
 LISTEN_STEP = 1.0  # seconds the listener waits for a notification before looking whether the run ended
+SCHEDULE_STEP = 1.0  # seconds between looks for due schedule slots while a run serves (a slot is ≤ 1 s late)
 
 
 def owner_name() -> str:
@@ -54,6 +56,10 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     """
     started = time.monotonic()
     report = RunReport()
+    configured = limits.parse(settings.queue_tables, settings.declared_tasks)  # ConfigError before any work
+    recurring = schedules.parse(settings.schedule_tables) if job_id is None and settings.callbacks != "only" else {}
+    if configured:
+        store = LimitedStore(store, configured)
     runs = RunStore(store)
     # Built first: a bad callback secret stops the run before it claims anything.
     deliver = deliverer or Deliverer(CallbackStore(store), settings)
@@ -71,6 +77,11 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
         if rescued.total:
             log.warning("rescued %d job(s) with expired leases (%d failed, out of attempts; %d cancelled)",
                         rescued.total, rescued.failed, rescued.cancelled)
+        if recurring:
+            enqueue_schedules(ScheduleStore(store), recurring)
+            if settings.poll > 0:
+                threads.append(_Thread("schedules", lambda stop: _keep_schedules(
+                    ScheduleStore(store), recurring, stop, producer.wake)))
         if callbacks is not None and settings.poll > 0:  # a drain delivers after its jobs, in one pass
             threads.append(callbacks.start())
         if settings.poll > 0 and settings.callbacks != "only":
@@ -106,6 +117,29 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
         else:  # the last interval's row: what was done since the previous one
             _record(runs, keeper.run_id, keeper.last(report), settings.metrics_file)
     return report
+
+
+def enqueue_schedules(store: ScheduleStore, recurring: dict[str, schedules.Schedule]) -> int:
+    """Enqueue the schedules' due slots (each once across every host); how many jobs were enqueued."""
+    count = 0
+    for fired in store.enqueue_due(recurring):
+        count += len(fired.job_ids)
+        for slot, job_id in zip(fired.slots, fired.job_ids, strict=True):
+            log.info("schedule %s: enqueued job %d for %s", fired.name, job_id, schedules.iso(slot))
+    return count
+
+
+def _keep_schedules(store: ScheduleStore, recurring: dict[str, schedules.Schedule], stop: threading.Event,
+                    wake: Callable[[], None]) -> None:
+    """While the run serves: look for due slots every SCHEDULE_STEP; a slot enqueued wakes the producer."""
+    while not stop.wait(SCHEDULE_STEP):
+        try:
+            if enqueue_schedules(store, recurring):
+                wake()
+        except DatabaseUnavailable:
+            raise
+        except Exception as error:  # the next look tries again; the serving goes on
+            log.warning("could not enqueue due schedule slots: %s", error)
 
 
 def _signal(producer: Producer, callbacks: _Callbacks | None) -> None:

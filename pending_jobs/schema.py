@@ -120,6 +120,7 @@ pending_jobs = sa.Table(
     sa.Column("updated_at", Time, nullable=False, server_default=now_default()),
     sa.Column("started_at", Time, nullable=True),
     sa.Column("finished_at", Time, nullable=True),
+    sa.Column("concurrency_key", sa.String(191), nullable=True),
     sa.UniqueConstraint("idempotency_key", name="uq_pending_jobs_idempotency_key"),
     # A status no run would ever pick up ('RUNNING', '') is refused at INSERT.
     sa.CheckConstraint(f"status IN ({', '.join(repr(s.value) for s in JobStatus)})", name="ck_pending_jobs_status"),
@@ -135,6 +136,18 @@ pending_jobs = sa.Table(
         "id",
     ),
     sa.Index("ix_pending_jobs_callback", "callback_status", "callback_next_at"),
+    # Serves the limited claim's per-key reads (running count, first due jobs of a key) in claim order.
+    # Partial where the database can: rows without a key (most) cost no index write on PostgreSQL/SQLite.
+    sa.Index(
+        "ix_pending_jobs_concurrency",
+        "concurrency_key",
+        "status",
+        sa.desc("priority"),
+        "run_at",
+        "id",
+        postgresql_where=sa.text("concurrency_key IS NOT NULL"),
+        sqlite_where=sa.text("concurrency_key IS NOT NULL"),
+    ),
     mysql_engine="InnoDB",
     mysql_charset="utf8mb4",
     mysql_collate="utf8mb4_bin",
@@ -194,6 +207,37 @@ paused_queues = sa.Table(
     mysql_collate="utf8mb4_bin",
 )
 """A row per paused queue: no runner claims its jobs until the row is gone (`pending-jobs resume`)."""
+
+limits = sa.Table(
+    "pending_job_limits",
+    metadata,
+    sa.Column("name", sa.String(255), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=True),
+    sa.Column("refilled_at", Time, nullable=True),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+"""A row per limit scope (`key:task:report:user-7`, `queue:mail`, `rate:queue:mail`): locked by the claim
+that admits jobs under that limit, so two runners never count the same slots; a rate limit's row keeps
+its token bucket (tokens left, when last refilled by the database clock)."""
+
+schedules = sa.Table(
+    "pending_job_schedules",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("last_slot", Time, nullable=True),
+    sa.Column("last_job_id", Id, nullable=True),
+    sa.Column("last_enqueued_at", Time, nullable=True),
+    sa.Column("enqueued", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("skipped", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("updated_at", Time, nullable=False, server_default=now_default()),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+"""A row per recurring schedule: the last slot handled (enqueued or skipped), so each slot is looked at once
+across every host (the row is locked while a run enqueues), and what it enqueued last."""
 
 SUMMARY_VIEW = "pending_jobs_summary"
 SUMMARY_VIEW_SQL = (

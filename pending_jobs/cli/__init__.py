@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import EXIT_CONFIG, CommandFailed, ConfigError, DatabaseUnavailable, exit_code_of
 from ..store import ours
-from . import callbacks, common, core, ops, run
+from . import callbacks, common, core, ops, run, schedules
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], No
     run.register,
     callbacks.register,
     ops.register,
+    schedules.register,
 ]
 
 

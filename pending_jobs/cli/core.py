@@ -8,10 +8,11 @@ import json
 from typing import Any, TypeAlias
 
 from .. import migrate
+from .. import schedules as flow_schedules
 from ..enqueue import enqueue
 from ..errors import EXIT_OK, ConfigError
 from ..store import OpsStore, RunStore, Store
-from . import common
+from . import common, schedules
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 STALE_AFTER = 300.0  # cron runs every minute: five minutes without a finished run means it stopped
@@ -38,6 +39,8 @@ def register(commands: Commands) -> None:
                    help="attempts before the job fails (default: the column's, 5)")
     p.add_argument("--callback-url", help="POST the outcome here when the job ends")
     p.add_argument("--idempotency-key", help="a second enqueue with the same key returns the first job's id")
+    p.add_argument("--concurrency-key", help="jobs with the same key share a concurrency limit "
+                                             "([task.NAME] concurrency_limit)")
     p.set_defaults(func=cmd_enqueue)
 
     p = commands.add_parser("status", help="counts per queue and status, oldest due job, callbacks, the last run")
@@ -81,6 +84,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
             engine, args.task, payload, queue=args.job_queue, priority=args.priority, delay=args.delay,
             run_at=run_at, max_attempts=args.max_attempts, callback_url=args.callback_url,
             idempotency_key=args.idempotency_key, payload_limit=settings.payload_limit,
+            concurrency_key=args.concurrency_key,
         )
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -92,7 +96,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = common.settings_from(args)
     engine, store = common.open_database(settings)
     migrate.require_head(engine)
-    status = collect_status(store, args.stale_after)
+    status = collect_status(store, args.stale_after, late=schedules.late_warnings(
+        store, flow_schedules.parse(settings.schedule_tables)))
     if args.json:
         common.print_json(status)
         return EXIT_OK
@@ -125,8 +130,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, Any]:
-    """Everything `status` shows, as plain data (also the `--json` document)."""
+def collect_status(store: Store, stale_after: float = STALE_AFTER, late: list[str] | None = None) -> dict[str, Any]:
+    """Everything `status` shows, as plain data (also the `--json` document); `late`: late schedules."""
     runs = RunStore(store)
     health = runs.health()
     paused = OpsStore(store).paused()
@@ -141,6 +146,7 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER) -> dict[str, 
         shown = ", ".join(f"job {job_id}: {run_at!r}" for job_id, run_at in examples)
         warnings.append(f"{never} pending job(s) will never run: run_at is not a time ({shown}); "
                         "fix run_at or cancel them")
+    warnings.extend(late or [])
     run = health.last_run
     return {
         "counts": [{"queue": q, "status": s, "jobs": n} for q, s, n in health.counts],

@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 
-from .. import callbacks, config, declared, migrate, registry
+from .. import callbacks, config, declared, limits, migrate, registry, schedules
 from ..callbacks import redact
 from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, DatabaseUnavailable
@@ -20,11 +20,14 @@ from ..states import CallbackStatus, JobStatus
 from ..store import CallbackStore, JobFilter, OpsStore, RunStore, Store
 from ..store.ops import PURGEABLE
 from . import common
+from .schedules import late_warnings
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 # `check` exits with the code of the first check that failed.
-CHECK_CODES = {"configuration": 2, "database": 3, "schema": 4, "handlers": 5, "callbacks": 6, "rows": 7}
+CHECK_CODES = {"configuration": 2, "database": 3, "schema": 4, "handlers": 5, "callbacks": 6, "rows": 7,
+               "schedules": 8}
+OPTIONAL_CHECKS = {"schedules"}  # listed only when the config has some
 STATUSES = [s.value for s in JobStatus]
 
 
@@ -252,14 +255,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
     """(check, passed — None when skipped because an earlier one failed, detail) in order."""
     results: list[tuple[str, bool | None, str]] = []
+    plan: dict[str, schedules.Schedule] = {}
 
     def skip_rest() -> list[tuple[str, bool | None, str]]:
         done = {name for name, _, _ in results}
-        return results + [(name, None, "not checked") for name in CHECK_CODES if name not in done]
+        return results + [(name, None, "not checked") for name in CHECK_CODES
+                          if name not in done and (name not in OPTIONAL_CHECKS or plan)]
 
     try:
         settings = common.settings_from(args)
         declared.specs(settings)  # [task.NAME] tables are configuration too
+        limits.parse(settings.queue_tables, settings.declared_tasks)  # and the limits and schedules
+        plan = schedules.parse(settings.schedule_tables)
     except ConfigError as error:
         results.append(("configuration", False, str(error)))
         return skip_rest()
@@ -292,6 +299,9 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
     shown = ", ".join(f"job {job_id}: run_at {run_at!r}" for job_id, run_at in examples)
     results.append(("rows", never == 0, f"{never} pending job(s) no run will pick up ({shown})" if never
                     else "every pending job can be claimed when due"))
+    if plan:
+        late = late_warnings(store, plan)
+        results.append(("schedules", not late, "; ".join(late) or f"{len(plan)} schedule(s), none late"))
     return results
 
 

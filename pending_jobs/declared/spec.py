@@ -17,6 +17,8 @@ T = TypeVar("T")
 KINDS = {"sql": "sql", "url": "http", "command": "command"}
 """The key that makes a table a task of each kind."""
 COMMON_KEYS = ("timeout", "max_attempts", "backoff", "result_limit")
+LIMIT_KEYS = ("concurrency_limit", "rate_limit")
+"""Keys read by pending_jobs.limits, not here: a table holding only these is a Python task's limits."""
 KIND_KEYS = {
     "sql": ("sql", "database_url", "max_rows"),
     "http": ("url", "secret", "connect_timeout"),
@@ -82,8 +84,14 @@ Spec = SqlSpec | HttpSpec | CommandSpec
 
 
 def parse_all(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Spec]:
-    """Every `[task.NAME]` table as a spec; raises ConfigError naming the task and the key."""
-    return {name: parse_one(name, table) for name, table in tables.items()}
+    """Every `[task.NAME]` table as a spec (tables holding only limits set a Python task's: skipped);
+    raises ConfigError naming the task and the key."""
+    return {name: parse_one(name, table) for name, table in tables.items() if not limits_only(table)}
+
+
+def limits_only(table: Mapping[str, Any]) -> bool:
+    """A table with no kind whose keys are all limits: the limits of a Python task of that name."""
+    return bool(table) and not any(key in table for key in KINDS) and set(table) <= set(LIMIT_KEYS)
 
 
 def parse_one(name: str, table: Mapping[str, Any]) -> Spec:
@@ -93,11 +101,12 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Spec:
         raise ConfigError(f"{where}: a task name must be 1 to {NAME_LIMIT} characters")
     kinds = [key for key in KINDS if key in table]
     if not kinds:
-        raise ConfigError(f"{where}: needs one of sql, url or command")
+        raise ConfigError(f"{where}: needs one of sql, url or command (a table holding only "
+                          f"{' or '.join(LIMIT_KEYS)} sets the limits of a Python task)")
     if len(kinds) > 1:
         raise ConfigError(f"{where}: has both {kinds[0]!r} and {kinds[1]!r}; a task is one kind (declare two tasks)")
     kind = KINDS[kinds[0]]
-    allowed = (*KIND_KEYS[kind], *COMMON_KEYS)
+    allowed = (*KIND_KEYS[kind], *COMMON_KEYS, *LIMIT_KEYS)
     unknown = sorted(set(table) - set(allowed))
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed with {kinds[0]!r}: {', '.join(allowed)})")

@@ -55,6 +55,7 @@ class Producer:
         self._next_claim = 0.0
         self._last_beat = time.monotonic()
         self._next_handoff_check = 0.0
+        self._held_back: float | None = None  # seconds until jobs a limit held back may start (rate limits)
 
     def wake(self) -> None:
         """A job may have come due (the database said so): claim now, not at the next poll."""
@@ -108,9 +109,10 @@ class Producer:
                 if self.completer.busy and not self.pool.busy:
                     self.completer.drain()  # outcomes being written may make a job due again (a retry)
                     continue
-                if not self.pool.busy and self.settings.poll <= 0:
+                if not self.pool.busy and self.settings.poll <= 0 and self._held_back is None:
                     return "empty"
-                self._next_claim = now + (self.settings.poll if self.settings.poll > 0 else IDLE_RECHECK)
+                wait = self.settings.poll if self.settings.poll > 0 else IDLE_RECHECK
+                self._next_claim = now + min(wait, self._held_back if self._held_back is not None else wait)
             self._collect(self._wait_time(now, deadline))
 
     def _why_stop(self, now: float, deadline: float, claiming: bool = True) -> str | None:
@@ -153,9 +155,12 @@ class Producer:
         queues = self.settings.queues or self._queues or self.store.due_queues()
         if not self.settings.queues:
             self._queues = queues
+        self._held_back = None
         for offset in range(len(queues)):
             name = queues[(self._next_queue + offset) % len(queues)]
             claim = self.store.claim(name, limit, self.owner, self.settings.lease)
+            if claim.retry_in is not None:
+                self._held_back = min(claim.retry_in, self._held_back or claim.retry_in)
             if claim.jobs:
                 self._next_queue = (self._next_queue + offset + 1) % len(queues)
                 self._dispatch(claim.jobs)

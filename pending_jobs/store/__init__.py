@@ -12,13 +12,16 @@ from ..errors import ConfigError, DatabaseUnavailable
 from .base import Store
 from .callbacks import CallbackStore
 from .dialect import Dialect
+from .limited import LimitedStore
 from .mysql import MySQL
 from .ops import JobFilter, OpsStore, PausedQueue
 from .postgres import Postgres
 from .runs import Health, RunStore
+from .schedules import Fired, ScheduleRow, ScheduleStore
 from .sqlite import SQLite
 
-__all__ = ["CallbackStore", "Dialect", "Health", "JobFilter", "OpsStore", "PausedQueue", "RunStore", "Store",
+__all__ = ["CallbackStore", "Dialect", "Fired", "Health", "JobFilter", "LimitedStore", "OpsStore", "PausedQueue",
+           "RunStore", "ScheduleRow", "ScheduleStore", "Store",
            "create_engine", "dialect_for", "dialect_of_error", "insert_jobs", "open_store", "ours"]
 
 _DIALECTS: dict[str, Dialect] = {dialect.name: dialect for dialect in (MySQL(), Postgres(), SQLite())}

@@ -329,9 +329,9 @@ class Store:
         fail_values = self.terminal_values(JobStatus.FAILED)
         fail_values["last_error"] = LEASE_EXPIRED + "; no attempts left"
         to_failed = sa.update(J).where(*mine, J.c.attempts >= J.c.max_attempts).values(fail_values)
+        # run_at is kept: a rescued job keeps its place in claim order (a limit of 1 per key keeps order).
         to_pending = sa.update(J).where(*mine).values(
-            status=JOB_PENDING, run_at=db_now(), last_error=LEASE_EXPIRED, lease_expires_at=None,
-            updated_at=db_now())
+            status=JOB_PENDING, last_error=LEASE_EXPIRED, lease_expires_at=None, updated_at=db_now())
 
         def work(conn: sa.Connection) -> Rescued:
             cancelled = conn.execute(to_cancelled, {"ids": ids}).rowcount

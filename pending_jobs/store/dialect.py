@@ -12,6 +12,7 @@ of this API:
   the job claim and the callback claim both use it;
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
+- `insert_ignore(table)`: an INSERT that skips rows whose key exists (limit scopes, schedules);
 - `engine(url)`: an engine set up for job work (driver, session settings, pool hooks);
 - `retryable`, `connection_lost`, `unavailable`: what a driver error means, by its code;
 - `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
@@ -201,6 +202,21 @@ class Dialect:
         rows = conn.execute(self.cached(key, build), params).all()
         return Locked(rows, len(rows), after_mark=True)
 
+    def lock_mark_split(
+        self,
+        conn: sa.Connection,
+        key: tuple[Any, ...],
+        select: Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]],
+        mark: Callable[[], dict[str, Any]],
+        columns: Sequence[sa.ColumnElement[Any]],
+        params: dict[str, Any],
+        free: sa.ColumnElement[bool],
+    ) -> tuple[Sequence[Row[Any]], Sequence[Row[Any]]] | None:
+        """Lock what `select` finds, mark at once the rows `free` holds for, and return (marked rows,
+        rows left locked but unmarked), each with `columns`, in one statement; None where the database
+        cannot (then the caller reads and marks in steps). The limited claim's shortcut on PostgreSQL."""
+        return None
+
     def unreadable_time(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
         """A condition true where a time column holds something that is not a time (no claim would ever
         find such a row due), or None where the column's type makes that impossible."""
@@ -283,6 +299,11 @@ class Dialect:
 
     def upsert(self) -> Any:
         """The dialect's own INSERT into the jobs table, which has `on_conflict_do_nothing`."""
+        raise NotImplementedError
+
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        """An INSERT into `table` that skips rows whose primary key exists, without raising (limit scopes
+        and schedules are created by whichever host sees them first)."""
         raise NotImplementedError
 
     def _insert_keyed(self, conn: sa.Connection, values: dict[str, Any]) -> int:

@@ -172,6 +172,12 @@ class MySQL(Dialect):
         version = tuple(part for part in conn.dialect.server_version_info or () if isinstance(part, int))
         return version_problem(version, bool(getattr(conn.dialect, "is_mariadb", False)))
 
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        # A duplicate key only: ON DUPLICATE KEY UPDATE of the key to itself (IGNORE would also turn
+        # bad data into warnings).
+        first = next(iter(table.primary_key.columns))
+        return mysql.insert(table).on_duplicate_key_update({first.name: first})
+
     def _insert_keyed(self, conn: sa.Connection, values: dict[str, Any]) -> int:
         # LAST_INSERT_ID(id) makes lastrowid the existing row's id when the key already exists.
         stmt = mysql.insert(J).values(values).on_duplicate_key_update(id=sa.func.last_insert_id(J.c.id))

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Row
 
 from .. import db
 from ..errors import ConfigError
@@ -22,7 +23,7 @@ from .dialect import Dialect
 
 # Columns the bulk path binds as arrays, with the array type each is cast to.
 _UNNEST_TYPES = {"task": "varchar[]", "payload": "jsonb[]", "queue": "varchar[]", "priority": "int[]",
-                 "max_attempts": "int[]", "callback_url": "varchar[]"}
+                 "max_attempts": "int[]", "callback_url": "varchar[]", "concurrency_key": "varchar[]"}
 ATTEMPT_TYPES = {"job_id": "BIGINT", "attempt": "INTEGER", "webhook_id": "TEXT", "url": "TEXT",
                  "status_code": "INTEGER", "error": "TEXT", "duration_ms": "INTEGER", "response_excerpt": "TEXT"}
 
@@ -112,6 +113,34 @@ class Postgres(Dialect):
 
     def upsert(self) -> Any:
         return postgresql.insert(J)
+
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        return postgresql.insert(table).on_conflict_do_nothing()
+
+    def lock_mark_split(
+        self,
+        conn: sa.Connection,
+        key: tuple[Any, ...],
+        select: Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]],
+        mark: Callable[[], dict[str, Any]],
+        columns: Sequence[sa.ColumnElement[Any]],
+        params: dict[str, Any],
+        free: sa.ColumnElement[bool],
+    ) -> tuple[Sequence[Row[Any]], Sequence[Row[Any]]] | None:
+        # WITH c AS (SELECT id … FOR UPDATE SKIP LOCKED), m AS (UPDATE … FROM c WHERE free RETURNING …)
+        # SELECT m UNION ALL the locked rows not marked: the plain claim's single round trip, where a task
+        # limit exists but these jobs' tasks have none. Both parts read the statement's snapshot: the
+        # unmarked rows are read as they were locked.
+        def build() -> sa.CompoundSelect[Any]:
+            locked = select([J.c.id]).with_for_update(skip_locked=True).cte("locked")
+            marked = (sa.update(J).where(J.c.id == locked.c.id, free).values(mark())
+                      .returning(*columns, sa.literal(True).label("marked")).cte("marked"))
+            rest = sa.select(*columns, sa.literal(False).label("marked")).where(
+                J.c.id.in_(sa.select(locked.c.id)), sa.not_(free))
+            return sa.union_all(sa.select(marked), rest)
+
+        rows = conn.execute(self.cached(key, build), params).all()
+        return [row for row in rows if row[-1]], [row for row in rows if not row[-1]]
 
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         return db_now() + sa.literal_column("interval '1 microsecond'") * sa.func.round(seconds * 1_000_000)

@@ -66,6 +66,9 @@ class SQLite(Dialect):
     def upsert(self) -> Any:
         return sqlite.insert(J)
 
+    def insert_ignore(self, table: sa.Table) -> sa.Insert:
+        return sqlite.insert(table).on_conflict_do_nothing()
+
     @contextlib.contextmanager
     def tolerant_text(self, conn: sa.Connection) -> Iterator[None]:
         raw: Any = conn.connection.dbapi_connection

@@ -26,14 +26,16 @@ def _diff(engine: sa.Engine) -> list[object]:
 def _ours(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
     if type_ == "table":
         return name is not None and name.startswith("pending_job") and name != migrate.VERSION_TABLE
-    # Alembic cannot compare an index with a DESC column; _check_claim_index does that one.
-    return not (type_ == "index" and name == CLAIM_INDEX)
+    # Alembic cannot compare an index with a DESC column; _check_claim_index does those.
+    return not (type_ == "index" and name in (CLAIM_INDEX, CONCURRENCY_INDEX))
 
 
 CLAIM_INDEX = "ix_pending_jobs_claim"
+CONCURRENCY_INDEX = "ix_pending_jobs_concurrency"
 
 
 def _check_claim_index(engine: sa.Engine) -> None:
+    _check_concurrency_index(engine)
     index = next(i for i in sa.inspect(engine).get_indexes("pending_jobs") if i["name"] == CLAIM_INDEX)
     assert index["column_names"] == ["status", "queue", "priority", "run_at", "id"]
     if engine.dialect.name == "postgresql":
@@ -42,6 +44,18 @@ def _check_claim_index(engine: sa.Engine) -> None:
         with engine.connect() as conn:
             order = conn.execute(sa.text(f"SHOW INDEX FROM pending_jobs WHERE Key_name = '{CLAIM_INDEX}'")).mappings()
             assert [r["Collation"] for r in order] == ["A", "A", "D", "A", "A"]
+
+
+def _check_concurrency_index(engine: sa.Engine) -> None:
+    index = next(i for i in sa.inspect(engine).get_indexes("pending_jobs") if i["name"] == CONCURRENCY_INDEX)
+    assert index["column_names"] == ["concurrency_key", "status", "priority", "run_at", "id"]
+    if engine.dialect.name == "postgresql":
+        assert index.get("column_sorting") == {"priority": ("desc",)}
+        assert "concurrency_key IS NOT NULL" in str(index.get("dialect_options", {}).get("postgresql_where"))
+    if engine.dialect.name in ("mysql", "mariadb"):
+        with engine.connect() as conn:
+            order = conn.execute(sa.text(f"SHOW INDEX FROM pending_jobs WHERE Key_name = '{CONCURRENCY_INDEX}'"))
+            assert [r["Collation"] for r in order.mappings()] == ["A", "A", "D", "A", "A"]
 
 
 def test_upgrade_matches_schema_downgrade_and_upgrade_again(empty_url: str) -> None:

@@ -1,0 +1,180 @@
+"""`python -m benchmarks.flow`: what limits cost.
+
+1. Where no limit binds, a drain stays within 5 % of the same drain without limits: alternating rounds of
+   `pending-jobs run` on N no-op jobs with no limit, with a task limit on another task (every claim takes
+   the limited path, nothing binds) and with a queue cap far above what runs.
+2. With a per-key limit of 2 binding on 20 keys: jobs/s of one run, and the limited claim's time.
+3. At 1,000,000 rows: EXPLAIN of the limited claim's statements (candidates, running count, first due
+   jobs of a key) shows them index-served, without a filesort (MariaDB) or a Sort node (PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from pending_jobs import enqueue_many
+from pending_jobs.limits import parse
+from pending_jobs.store import LimitedStore, create_engine, open_store
+from pending_jobs.store.limited import _candidates
+
+from .databases import LABELS, fill, reachable, throwaway
+from .measures import _finish, _scalar, _seconds_between, _start_run
+
+CONFIGS = {
+    "no limits": "",
+    "task limit elsewhere": "[task.other]\nconcurrency_limit = 2\n",
+    "queue cap not reached": "[queue.default]\nmax_running = 100000\n",
+}
+KEYS = 20
+KEY_LIMIT = 2
+
+
+def drain(backend: str, jobs: int, config: str, keyed: bool = False, concurrency: int = 4) -> float:
+    """Jobs/s of one `pending-jobs run` draining `jobs` no-op jobs under `config` (database clock)."""
+    with throwaway(backend, "flow") as url, tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "limits.toml"
+        path.write_text(config)
+        engine = create_engine(url)
+        try:
+            enqueue_many(engine, ({"task": "bench.noop", "concurrency_key": f"k{n % KEYS}" if keyed else None}
+                                  for n in range(jobs)))
+            _finish(_start_run(url, "--config", str(path), "--concurrency", str(concurrency)))
+            done = int(_scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'"))
+            if done != jobs:
+                raise RuntimeError(f"drain left {jobs - done} of {jobs} jobs unfinished")
+            return jobs / _seconds_between(engine, "started_at", "finished_at", "status = 'succeeded'")
+        finally:
+            engine.dispose()
+
+
+def claim_times(backend: str, rounds: int = 40) -> dict[str, float]:
+    """Median seconds of a claim of 100 (outcomes recorded between claims) by the plain claim and by the
+    limited claim under each CONFIGS entry (nothing binds), and with 20 keys binding at 2 (admits 40)."""
+    with throwaway(backend, "flowclaim") as url:
+        engine = create_engine(url)
+        try:
+            enqueue_many(engine, ({"task": "bench.noop"} for _ in range(20_000)))
+            enqueue_many(engine, ({"task": "bench.keyed", "queue": "keyed", "concurrency_key": f"k{n % KEYS}"}
+                                  for n in range(10_000)))
+            stores = {
+                "no limits": open_store(engine),
+                "task limit elsewhere": LimitedStore(open_store(engine),
+                                                     parse({}, {"other": {"concurrency_limit": 2}})),
+                "queue cap not reached": LimitedStore(open_store(engine),
+                                                      parse({"default": {"max_running": 100000}}, {})),
+            }
+            binding = LimitedStore(open_store(engine), parse({}, {"bench.keyed": {"concurrency_limit": KEY_LIMIT}}))
+            times: dict[str, list[float]] = {name: [] for name in [*stores, "keys binding"]}
+            for _ in range(rounds):  # alternating, so a moment of load costs each the same
+                for name, store in [*stores.items(), ("keys binding", binding)]:
+                    queue = "keyed" if name == "keys binding" else "default"
+                    started = time.perf_counter()
+                    claim = store.claim(queue, 100, "bench", 300)
+                    if name == "keys binding" and len(claim.jobs) != KEY_LIMIT * KEYS:
+                        raise RuntimeError(f"the binding claim admitted {len(claim.jobs)} jobs")
+                    times[name].append(time.perf_counter() - started)
+                    store.finish_many([_succeeded(claim)])
+            return {name: statistics.median(values[3:]) for name, values in times.items()}
+        finally:
+            engine.dispose()
+
+
+def _succeeded(claim: Any) -> Any:
+    from pending_jobs.models import Completion
+
+    return Completion(claim.token, succeeded=[(job.id, None) for job in claim.jobs])
+
+
+def explain(backend: str, rows: int) -> list[tuple[str, str, bool]]:
+    """(statement, plan summary, index-served without a sort) of the limited claim at `rows` pending rows."""
+    with throwaway(backend, "flowexplain") as url:
+        engine = create_engine(url)
+        try:
+            fill(engine, rows)
+            with engine.begin() as conn:  # a key on every row: the worst case for the per-key reads
+                key = "CONCAT('k', id % 20)" if backend == "mysql" else "'k' || (id % 20)"
+                conn.execute(sa.text(f"UPDATE pending_jobs SET concurrency_key = {key}"))
+            fill(engine, 0)  # fresh statistics
+            store = LimitedStore(open_store(engine), parse({}, {"bench.noop": {"concurrency_limit": KEY_LIMIT}}))
+            scope = store.limits.scopes("default", "bench.noop", "k7")[0]
+            statements: dict[str, Any] = {
+                "candidates": _candidates("default", {scope}, 100),
+                "running per key": sa.text(
+                    "SELECT queue, task, concurrency_key FROM pending_jobs WHERE concurrency_key IS NOT NULL"
+                    " AND concurrency_key IN ('k1', 'k2') AND status = 'running'"),
+                "first due of a key": sa.text(
+                    "SELECT id FROM pending_jobs WHERE concurrency_key = 'k7' AND status = 'pending' AND task = "
+                    "'bench.noop' ORDER BY priority DESC, run_at, id LIMIT 2"),
+            }
+            found = []
+            with engine.connect() as conn:
+                for name, stmt in statements.items():
+                    text = stmt.text if isinstance(stmt, sa.TextClause) else str(
+                        stmt.compile(engine, compile_kwargs={"literal_binds": True}))
+                    result = conn.execute(sa.text(f"EXPLAIN {text}")).mappings().all()
+                    if backend == "mysql":  # the jobs table's rows (the paused-queues lookup is its own)
+                        plan = [f"{r['table']}: type {r['type']}, key {r['key']}, {r['Extra']}" for r in result
+                                if r["table"] == "pending_jobs"]
+                        sorted_ = any("filesort" in line.lower() for line in plan)
+                        scanned = any("type ALL" in line for line in plan)
+                    else:
+                        plan = [str(next(iter(r.values()))) for r in result]
+                        sorted_ = any(line.strip().startswith("->  Sort") or line.startswith("Sort") for line in plan)
+                        scanned = any("Seq Scan on pending_jobs " in line + " " for line in plan)
+                    found.append((name, " | ".join(plan)[:400], not sorted_ and not scanned))
+            return found
+        finally:
+            engine.dispose()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.flow", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backends", default="mysql,postgresql")
+    p.add_argument("--jobs", type=int, default=20_000, help="jobs per drain (default 20,000)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds, best of each (default 3)")
+    p.add_argument("--explain-rows", type=int, default=1_000_000, help="pending rows for EXPLAIN (default 1M)")
+    args = p.parse_args(argv)
+    failed = False
+    for backend in args.backends.split(","):
+        problem = reachable(backend)
+        if problem:
+            print(f"{LABELS[backend]}: not reachable ({problem})")
+            failed = True
+            continue
+        best = dict.fromkeys(CONFIGS, 0.0)
+        for _ in range(args.rounds):
+            for name, config in CONFIGS.items():
+                best[name] = max(best[name], drain(backend, args.jobs, config))
+        print(f"\n{LABELS[backend]}: drain of {args.jobs} no-op jobs, best of {args.rounds} alternating rounds")
+        for name, rate in best.items():
+            print(f"  {name:24} {rate:9,.0f} jobs/s  {rate / best['no limits']:6.1%} of no limits")
+        binding = max(drain(backend, args.jobs // 4, f'[task."bench.noop"]\nconcurrency_limit = {KEY_LIMIT}\n',
+                            keyed=True, concurrency=KEY_LIMIT * KEYS) for _ in range(args.rounds))
+        claims = claim_times(backend)
+        print(f"  per-key limit {KEY_LIMIT} binding on {KEYS} keys ({args.jobs // 4} jobs, --concurrency "
+              f"{KEY_LIMIT * KEYS}): {binding:,.0f} jobs/s")
+        print("  claim time, a claim of 100 (median of 37, alternating; the keys binding one in its own queue):")
+        for name, seconds in claims.items():
+            print(f"    {name:24} {seconds * 1000:7.2f} ms  {seconds / claims['no limits']:6.1%}"
+                  + (f"  (admits {KEY_LIMIT * KEYS} of 100)"
+                     if name == "keys binding" else ""))
+        for name, plan, served in explain(backend, args.explain_rows):
+            failed = failed or not served
+            verdict = "index-served, no sort" if served else "SORT/SCAN"
+            print(f"  EXPLAIN at {args.explain_rows:,} rows, {name}: {verdict}"
+                  f"\n      {plan}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""Recurring jobs: `[schedules.NAME]` tables, and which of their slots are due (plain Python, no SQL).
+
+    [schedules.nightly_report]
+    cron = "0 2 * * *"              # standard 5 fields (cronsim), or: every = "15m"
+    timezone = "Europe/Berlin"      # the zone the cron fields are read in (default UTC)
+    task = "report"
+    payload = { kind = "daily" }    # the job gets it plus "_schedule": {"name": …, "slot": "…Z"}
+    catch_up = "skip"               # skip (default), latest, or all (at most catch_up_limit)
+
+A slot is one moment the schedule fires, in UTC. Each slot is enqueued at most once across every host:
+the store (store/schedules.py) keeps the last slot handled per schedule, in a row locked while a run
+enqueues, and each job carries the idempotency key `schedule:NAME:SLOT`. Cron times follow the time zone
+database as Debian's cron does (cronsim): a time skipped when clocks spring forward fires at the first
+minute after the jump; a fixed time repeated when they fall back fires once, while `*` or `*/N` hours
+fire in both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+import zoneinfo
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
+
+from cronsim import CronSim, CronSimError
+
+from .config import duration
+from .errors import ConfigError
+from .validation import MAX_ATTEMPTS_LIMIT, NAME_LIMIT, PRIORITY_MAX, PRIORITY_MIN
+
+CatchUp = Literal["skip", "latest", "all"]
+KEYS = ("cron", "every", "timezone", "task", "payload", "queue", "priority", "max_attempts", "concurrency_key",
+        "catch_up", "catch_up_limit", "grace")
+NAME_MAX = 100  # pending_job_schedules.name; the idempotency key adds the slot
+GRACE = 60.0
+"""Seconds a slot may be late and still run under `skip`: runs look every few seconds, and a cron tick's
+run starts within a second of the minute, so only a slot missed while nothing ran is older."""
+CATCH_UP_LIMIT = 100
+COUNT_LIMIT = 10_000  # slots counted at most when saying how many were skipped
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+TICK = dt.timedelta(microseconds=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """One `[schedules.NAME]` table, checked."""
+
+    name: str
+    task: str
+    payload: Mapping[str, Any]
+    cron: str | None
+    every: float | None
+    timezone: str
+    queue: str = "default"
+    priority: int = 0
+    max_attempts: int | None = None
+    concurrency_key: str | None = None
+    catch_up: CatchUp = "skip"
+    catch_up_limit: int = CATCH_UP_LIMIT
+    grace: float = GRACE
+
+    @property
+    def zone(self) -> dt.tzinfo:
+        return dt.UTC if self.timezone == "UTC" else zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def spec(self) -> str:
+        """How it fires, as written: `0 2 * * * (Europe/Berlin)` or `every 900s`."""
+        if self.cron is not None:
+            return f"{self.cron} ({self.timezone})"
+        return f"every {self.every:g}s"
+
+    def next_after(self, moment: dt.datetime) -> dt.datetime:
+        """The first slot after `moment` (UTC)."""
+        if self.every is not None:
+            steps = math.floor((moment - EPOCH).total_seconds() / self.every) + 1
+            return EPOCH + dt.timedelta(seconds=steps * self.every)
+        return next(CronSim(self.cron or "", moment.astimezone(self.zone))).astimezone(dt.UTC)
+
+    def back_from(self, moment: dt.datetime) -> Iterator[dt.datetime]:
+        """Slots at or before `moment`, newest first (UTC)."""
+        if self.every is not None:
+            steps = math.floor((moment - EPOCH).total_seconds() / self.every)
+            while True:
+                yield EPOCH + dt.timedelta(seconds=steps * self.every)
+                steps -= 1
+        for slot in CronSim(self.cron or "", (moment + TICK).astimezone(self.zone), reverse=True):
+            yield slot.astimezone(dt.UTC)
+
+    def due(self, last: dt.datetime, now: dt.datetime) -> tuple[list[dt.datetime], int]:
+        """(slots to enqueue oldest first, slots skipped) among those after `last` and at or before `now`,
+        by the catch-up policy: `skip` keeps the slots at most `grace` seconds late, `latest` the newest
+        slot only, `all` the newest `catch_up_limit`."""
+        keep: list[dt.datetime] = []
+        skipped = 0
+        for slot in self.back_from(now):
+            if slot <= last or len(keep) + skipped >= COUNT_LIMIT:
+                break
+            if self.catch_up == "latest":
+                wanted = not keep
+            elif self.catch_up == "all":
+                wanted = len(keep) < self.catch_up_limit
+            else:
+                wanted = (now - slot).total_seconds() <= self.grace
+            if wanted:
+                keep.append(slot)
+            else:
+                skipped += 1
+        return keep[::-1], skipped
+
+    def latest_at(self, now: dt.datetime) -> dt.datetime:
+        """The newest slot at or before `now` (where a new schedule starts: nothing before it is due)."""
+        return next(self.back_from(now))
+
+    def payload_for(self, slot: dt.datetime) -> dict[str, Any]:
+        """The job's payload: the configured one and `_schedule` (its name and the slot, ISO UTC)."""
+        return {**self.payload, "_schedule": {"name": self.name, "slot": iso(slot)}}
+
+    def key_for(self, slot: dt.datetime) -> str:
+        """The idempotency key of a slot's job: two hosts enqueueing the same slot insert one job."""
+        return f"schedule:{self.name}:{iso(slot)}"
+
+
+def iso(moment: dt.datetime) -> str:
+    """A UTC time as `2026-03-29T01:00:00Z` (microseconds only when there are some)."""
+    text = moment.astimezone(dt.UTC).replace(tzinfo=None).isoformat()
+    return text + "Z"
+
+
+def parse(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Schedule]:
+    """Every `[schedules.NAME]` table; raises ConfigError naming the table and the key."""
+    return {name: parse_one(name, table) for name, table in tables.items()}
+
+
+def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
+    """One `[schedules.NAME]` table."""
+    where = f"[schedules.{name}]"
+
+    def error(key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{where} {key}: {problem}")
+
+    if not name or len(name) > NAME_MAX or any(ch.isspace() or ch == ":" for ch in name):
+        raise ConfigError(f"{where}: a schedule name must be 1 to {NAME_MAX} characters, without spaces or ':'")
+    unknown = sorted(set(table) - set(KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(KEYS)})")
+    if ("cron" in table) == ("every" in table):
+        raise ConfigError(f"{where}: needs cron = \"…\" or every = \"15m\" (one of them)")
+    task = _text(table, "task", error, required=True, limit=NAME_LIMIT)
+    timezone = _text(table, "timezone", error, limit=64) or "UTC"
+    if timezone != "UTC":
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise error("timezone", f"{timezone!r} is not in the time zone database (e.g. Europe/Berlin)") from None
+    cron = every = None
+    if "cron" in table:
+        cron = _text(table, "cron", error, required=True, limit=200) or ""
+        try:
+            CronSim(cron, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
+        except CronSimError as problem:
+            raise error("cron", f"{cron!r} is not a 5-field cron expression: {problem}") from None
+        if len(cron.split()) != 5:
+            raise error("cron", f"{cron!r} must have 5 fields: minute hour day-of-month month day-of-week")
+    else:
+        every = _duration(table, "every", error, 1.0, 366 * 86400.0)
+        if "timezone" in table:
+            raise error("timezone", "applies to cron only (every = … counts from 1970-01-01 UTC)")
+    payload = table.get("payload", {})
+    if not isinstance(payload, dict):
+        raise error("payload", f"must be a table (a JSON object), not {type(payload).__name__}")
+    if "_schedule" in payload:
+        raise error("payload", "_schedule is reserved: the job receives its schedule and slot there")
+    catch_up = table.get("catch_up", "skip")
+    if catch_up not in ("skip", "latest", "all"):
+        raise error("catch_up", f"must be skip, latest or all, not {catch_up!r}")
+    return Schedule(
+        name=name, task=task or "", payload=dict(payload), cron=cron, every=every, timezone=timezone,
+        queue=_text(table, "queue", error, limit=64) or "default",
+        priority=_integer(table, "priority", error, PRIORITY_MIN, PRIORITY_MAX) or 0,
+        max_attempts=_integer(table, "max_attempts", error, 1, MAX_ATTEMPTS_LIMIT),
+        concurrency_key=_text(table, "concurrency_key", error, limit=191),
+        catch_up=catch_up,
+        catch_up_limit=_integer(table, "catch_up_limit", error, 1, COUNT_LIMIT) or CATCH_UP_LIMIT,
+        grace=_duration(table, "grace", error, 0.0, 366 * 86400.0) if "grace" in table else GRACE,
+    )
+
+
+def _text(table: Mapping[str, Any], key: str, error: Any, required: bool = False, limit: int = 255) -> str | None:
+    if key not in table:
+        if required:
+            raise error(key, "is required")
+        return None
+    value = table[key]
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise error(key, f"must be a non-empty string of at most {limit} characters, not {value!r}")
+    return value
+
+
+def _integer(table: Mapping[str, Any], key: str, error: Any, low: int, high: int) -> int | None:
+    if key not in table:
+        return None
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise error(key, f"must be a whole number from {low} to {high}, not {value!r}")
+    return value
+
+
+def _duration(table: Mapping[str, Any], key: str, error: Any, low: float, high: float) -> float:
+    value = table.get(key)
+    try:
+        seconds = duration(value) if not isinstance(value, bool) else math.nan
+    except ValueError as problem:
+        raise error(key, str(problem)) from None
+    if not low <= seconds <= high:
+        raise error(key, f"must be from {low:g} s to {high:g} s, not {value!r}")
+    return seconds

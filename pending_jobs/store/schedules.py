@@ -1,0 +1,142 @@
+"""Recurring schedules' SQL: enqueue the slots that came due, each once across every host.
+
+Each schedule has a row in `pending_job_schedules` holding the last slot handled. A run locks the row
+(SKIP LOCKED: a host already enqueueing that schedule is left to it), enqueues the due slots with the
+idempotency key `schedule:NAME:SLOT` and moves the row on, in one transaction: a slot is enqueued
+exactly once however many hosts look, and a crash before the commit leaves both undone. A new
+schedule's row starts at its newest past slot, so nothing before the first look is due.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..models import utc
+from ..schedules import Schedule
+from ..schema import db_now
+from ..schema import pending_jobs as J
+from ..schema import schedules as S
+from .base import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleRow:
+    """What the database knows of a schedule: the last slot handled and what it enqueued."""
+
+    name: str
+    last_slot: dt.datetime | None
+    last_job_id: int | None
+    last_job_status: str | None
+    last_enqueued_at: dt.datetime | None
+    enqueued: int
+    skipped: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Fired:
+    """What one look at a schedule enqueued: its slots (UTC) and their job ids, and slots skipped."""
+
+    name: str
+    slots: list[dt.datetime]
+    job_ids: list[int]
+    skipped: int = 0
+
+
+class ScheduleStore:
+    """Schedule rows and the enqueueing of due slots."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sql = store.sql
+        self._known: set[str] = set()  # schedules whose row exists
+
+    def now(self) -> dt.datetime:
+        """The database clock (aware UTC): every slot is judged by it, never by a runner's clock."""
+        value = self.store.transaction(lambda conn: conn.execute(sa.select(db_now())).scalar_one())
+        found = self.sql.clock_value(value)
+        assert found is not None
+        return found
+
+    def enqueue_due(self, schedules: Mapping[str, Schedule], now: dt.datetime | None = None) -> list[Fired]:
+        """Enqueue every schedule's due slots (by its catch-up policy); what was enqueued or skipped.
+        `now` replaces the database clock (tests of catch-up policies)."""
+        if not schedules:
+            return []
+        clock = now or self.now()
+        self._create(schedules, clock)
+        fired = []
+        for name in sorted(schedules):
+            schedule = schedules[name]
+            done = self.store.transaction(functools.partial(self._fire, schedule=schedule, now=clock))
+            if done is not None and (done.slots or done.skipped):
+                fired.append(done)
+                if done.skipped:
+                    log.warning("schedule %s: skipped %d slot(s) missed while nothing ran (catch_up = %s)",
+                                name, done.skipped, schedules[name].catch_up)
+        return fired
+
+    def _create(self, schedules: Mapping[str, Schedule], now: dt.datetime) -> None:
+        """Rows for schedules seen for the first time, starting at their newest past slot."""
+        new = sorted(set(schedules) - self._known)
+        if not new:
+            return
+        stmt = self.sql.insert_ignore(S)
+        rows = [{"name": name, "last_slot": _naive(schedules[name].latest_at(now)), "enqueued": 0, "skipped": 0}
+                for name in new]
+        self.store.transaction(lambda conn: conn.execute(stmt, rows))
+        self._known.update(new)
+
+    def _fire(self, conn: sa.Connection, schedule: Schedule, now: dt.datetime) -> Fired | None:
+        lock = self.sql.cached(("schedule_lock",), lambda: sa.select(S.c.last_slot).where(
+            S.c.name == sa.bindparam("name", type_=sa.String)).with_for_update(skip_locked=True))
+        row = conn.execute(lock, {"name": schedule.name}).one_or_none()
+        if row is None:  # another host is enqueueing it right now (or an operator removed the row)
+            return None
+        last = utc(row.last_slot) or schedule.latest_at(now)
+        slots, skipped = schedule.due(last, now)
+        if not slots and not skipped:
+            return None
+        rows = [_job_row(schedule, slot) for slot in slots]
+        ids = self.sql.insert_jobs(conn, rows) if rows else []
+        newest = max([*slots, schedule.latest_at(now)])
+        values: dict[str, Any] = {"last_slot": _naive(newest), "updated_at": db_now(),
+                                  "skipped": S.c.skipped + skipped}
+        if ids:
+            values.update(last_job_id=ids[-1], last_enqueued_at=db_now(), enqueued=S.c.enqueued + len(ids))
+        conn.execute(sa.update(S).where(S.c.name == schedule.name).values(values))
+        return Fired(schedule.name, slots, ids, skipped)
+
+    def rows(self) -> dict[str, ScheduleRow]:
+        """Every schedule row (also of schedules no longer configured), with its last job's status."""
+        stmt = (sa.select(S.c.name, S.c.last_slot, S.c.last_job_id, J.c.status, S.c.last_enqueued_at,
+                          S.c.enqueued, S.c.skipped)
+                .select_from(S.outerjoin(J, J.c.id == S.c.last_job_id)).order_by(S.c.name))
+        return self.store.read(lambda conn: {
+            row.name: ScheduleRow(row.name, utc(row.last_slot), row.last_job_id, row.status,
+                                  utc(row.last_enqueued_at), int(row.enqueued), int(row.skipped))
+            for row in conn.execute(stmt)})
+
+
+def _job_row(schedule: Schedule, slot: dt.datetime) -> dict[str, Any]:
+    row: dict[str, Any] = {"task": schedule.task, "payload": schedule.payload_for(slot), "queue": schedule.queue,
+                           "priority": schedule.priority, "run_at": _naive(slot),
+                           "idempotency_key": schedule.key_for(slot)}
+    if schedule.max_attempts is not None:
+        row["max_attempts"] = schedule.max_attempts
+    if schedule.concurrency_key is not None:
+        row["concurrency_key"] = schedule.concurrency_key
+    return row
+
+
+def _naive(moment: dt.datetime) -> dt.datetime:
+    """UTC without a zone: how every time column is written (MariaDB's DATETIME has no zone)."""
+    return moment.astimezone(dt.UTC).replace(tzinfo=None)

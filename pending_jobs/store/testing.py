@@ -1,0 +1,36 @@
+"""The SQL of the test helpers (pending_jobs.testing): read what a test enqueued, make later jobs due now."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from ..models import Job
+from ..schema import db_now
+from ..schema import pending_jobs as J
+from ..states import JOB_PENDING
+from .base import JOB_COLUMNS, Store
+
+
+class TestingStore:
+    """Job reads and the clock jump a test needs, on a job store."""
+
+    __test__ = False  # not a pytest test class, whatever its name
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def jobs(self, task: str | None = None, status: str | None = None, queue: str | None = None) -> list[Job]:
+        """Jobs in insertion order, optionally of one task, status and queue."""
+        stmt = sa.select(*JOB_COLUMNS).order_by(J.c.id)
+        if task is not None:
+            stmt = stmt.where(J.c.task == task)
+        if status is not None:
+            stmt = stmt.where(J.c.status == status)
+        if queue is not None:
+            stmt = stmt.where(J.c.queue == queue)
+        return self.store.jobs(stmt)
+
+    def make_due(self) -> int:
+        """Pending jobs scheduled for later (delays, retries' backoff) become due now; how many."""
+        stmt = sa.update(J).where(J.c.status == JOB_PENDING, J.c.run_at > db_now()).values(run_at=db_now())
+        return self.store.transaction(lambda conn: int(conn.execute(stmt).rowcount))

@@ -1,0 +1,142 @@
+"""Test helpers for people writing handlers: run the jobs a test enqueued, inline and in order, and assert
+what was enqueued.
+
+    from pending_jobs.testing import JobTester
+
+    def test_signup_sends_welcome_mail(job_tester):        # the pytest fixture, or JobTester() yourself
+        signup(job_tester.engine, "ann@example.com")      # your code enqueues
+        job_tester.assert_enqueued(task="send_mail", payload={"to": "ann@example.com"})
+        report = job_tester.run()                         # a real run: claim, handler, outcome, callback row
+        assert report.succeeded == 1
+
+A run here is `pending-jobs run --drain` with one handler thread: the same claim, Retry/Fail, results,
+cancellation and callback rows as production, against a real database (a temporary SQLite file by
+default, or the test's own database by URL), so what passes here passes there. Callbacks are recorded
+(`callback_status = 'pending'`) but not sent unless `run(send_callbacks=True)`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from . import config, migrate, registry
+from .enqueue import enqueue
+from .models import Job, RunReport
+from .registry import Task
+from .run import run_once
+from .store import create_engine, open_store
+from .store.testing import TestingStore
+
+MAX_ROUNDS = 100  # runs of `run(delayed=True)` at most: a handler that always retries still ends
+
+
+class JobTester:
+    """A job database for one test, and inline runs of its jobs with the registered handlers."""
+
+    __test__ = False
+
+    def __init__(self, database_url: str | None = None, *, tasks: Mapping[str, Task] | Iterable[str] | None = None,
+                 migrate_schema: bool = True, **settings: Any) -> None:
+        """`database_url`: the test's own database (migrated here unless `migrate_schema=False`); None: a
+        new SQLite file in a temporary folder. `tasks`: handlers by name, or modules to import (None: every
+        `@task` imported so far). `settings`: any setting (`payload_limit=…`, `callback_allow=[…]`)."""
+        self._folder: str | None = None
+        if database_url is None:
+            self._folder = tempfile.mkdtemp(prefix="pending-jobs-test-")
+            database_url = f"sqlite:///{Path(self._folder) / 'jobs.sqlite3'}"
+        self.database_url = database_url
+        self.settings = config.load(environ={}).replace(
+            database_url=database_url, poll=0.0, concurrency=1, max_runtime=300.0, **settings)
+        self.engine: sa.Engine = create_engine(database_url)
+        """The job database's engine: give it (or `database_url`) to the code under test."""
+        if migrate_schema:
+            migrate.upgrade(self.engine)
+        if tasks is None or isinstance(tasks, Mapping):
+            self.tasks = dict(registry.load([]) if tasks is None else tasks)
+        else:
+            self.tasks = registry.load(list(tasks))
+        self._store = open_store(self.engine)
+        self._reads = TestingStore(self._store)
+
+    def enqueue(self, task: str, payload: Mapping[str, Any] | None = None, **options: Any) -> int:
+        """Enqueue a job (the arguments of `pending_jobs.enqueue`); its id."""
+        return enqueue(self.engine, task, payload, **options)
+
+    def run(self, *, delayed: bool = False, send_callbacks: bool = False, max_jobs: int | None = None) -> RunReport:
+        """Run every due job, and the jobs those enqueue, one at a time in claim order (priority, run_at, id),
+        until none is due. `delayed`: jobs scheduled for later and retries waiting for their backoff are
+        made due and run too, until none is pending. The report says what happened."""
+        settings = self.settings.replace(callbacks="on" if send_callbacks else "off", max_jobs=max_jobs)
+        total = RunReport()
+        for _ in range(MAX_ROUNDS):
+            report = run_once(self._store, self.tasks, settings)
+            for name in RunReport.STORED:
+                setattr(total, name, getattr(total, name) + getattr(report, name))
+            total.stopped_by, total.duration = report.stopped_by, total.duration + report.duration
+            if not delayed or not self._reads.make_due():
+                break
+        return total
+
+    def jobs(self, task: str | None = None, status: str | None = None, queue: str | None = None) -> list[Job]:
+        """Every job (of this task, status, queue), oldest first."""
+        return self._reads.jobs(task, status, queue)
+
+    def job(self, job_id: int) -> Job:
+        """One job; AssertionError when there is none."""
+        job = self._store.get(job_id)
+        assert job is not None, f"no job {job_id}"
+        return job
+
+    def enqueued(self, task: str | None = None, payload: Mapping[str, Any] | None = None,
+                 status: str | None = None, queue: str | None = None) -> list[Job]:
+        """Jobs of `task` whose payload holds every key of `payload` with that value (others may be there)."""
+        return [job for job in self.jobs(task, status, queue) if _holds(job.payload, payload)]
+
+    def assert_enqueued(self, task: str | None = None, payload: Mapping[str, Any] | None = None, *,
+                        count: int | None = None, status: str | None = None, queue: str | None = None) -> Job:
+        """Assert such a job exists (exactly `count` of them, when given); the newest one."""
+        found = self.enqueued(task, payload, status, queue)
+        wanted = f"task={task!r} payload={payload!r}" + (f" status={status!r}" if status else "")
+        if count is not None:
+            assert len(found) == count, f"expected {count} job(s) with {wanted}, found {len(found)}{self._seen()}"
+        assert found, f"no job with {wanted} was enqueued{self._seen()}"
+        return found[-1]
+
+    def assert_not_enqueued(self, task: str | None = None, payload: Mapping[str, Any] | None = None) -> None:
+        """Assert no such job exists."""
+        found = self.enqueued(task, payload)
+        assert not found, f"{len(found)} job(s) with task={task!r} payload={payload!r} were enqueued: " \
+                          f"{[job.id for job in found]}"
+
+    def callbacks(self) -> list[Job]:
+        """Jobs whose callback is recorded and waits to be sent (`callback_status = 'pending'`)."""
+        return [job for job in self.jobs() if job.callback_status == "pending"]
+
+    def _seen(self) -> str:
+        jobs = self.jobs()[-10:]
+        return "; jobs: " + ", ".join(f"#{job.id} {job.task} {job.payload!r} {job.status}" for job in jobs) \
+            if jobs else "; no jobs at all"
+
+    def close(self) -> None:
+        """Close the engine and remove the temporary database."""
+        self.engine.dispose()
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> JobTester:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _holds(payload: Any, wanted: Mapping[str, Any] | None) -> bool:
+    if wanted is None:
+        return True
+    return isinstance(payload, dict) and all(key in payload and payload[key] == value for key, value in wanted.items())

@@ -1,0 +1,143 @@
+"""Concurrency and rate limits inside the claim, on every database (the claim verbs, no processes)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from pending_jobs import enqueue, enqueue_many
+from pending_jobs.limits import parse
+from pending_jobs.store import LimitedStore, Store
+from tests.conftest import finish, rows, scalar
+
+
+def limited(store: Store, queues: dict | None = None, tasks: dict | None = None) -> LimitedStore:
+    return LimitedStore(store, parse(queues or {}, tasks or {}))
+
+
+def keyed(engine: sa.Engine, keys: list[str], task: str = "noop", queue: str = "default") -> list[int]:
+    return enqueue_many(engine, [{"task": task, "payload": {"n": n}, "queue": queue, "concurrency_key": key}
+                                 for n, key in enumerate(keys)])
+
+
+def test_a_key_limit_admits_that_many_per_key_and_the_rest_wait_unattempted(store: Store, engine: sa.Engine) -> None:
+    ids = keyed(engine, ["a"] * 5 + ["b"] * 5)
+    free = enqueue(engine, "noop", {})  # no key: no per-key limit
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 2}})
+
+    first = jobs.claim("default", 100, "runner", 60)
+    assert sorted(job.id for job in first.jobs) == sorted([ids[0], ids[1], ids[5], ids[6], free])
+    assert jobs.claim("default", 100, "runner-2", 60).jobs == []
+    waiting = rows(engine, "SELECT attempts, status FROM pending_jobs WHERE id IN (:x, :y)", x=ids[2], y=ids[9])
+    assert [tuple(row) for row in waiting] == [(0, "pending"), (0, "pending")]
+
+    finish(store, first.token, succeeded=[(ids[0], None)])  # a slot of `a` comes free with the outcome
+    again = jobs.claim("default", 100, "runner-2", 60)
+    assert [job.id for job in again.jobs] == [ids[2]]
+
+
+def test_a_limit_of_one_runs_a_keys_jobs_in_priority_run_at_id_order(store: Store, engine: sa.Engine) -> None:
+    low = enqueue(engine, "noop", {}, concurrency_key="k")
+    high = enqueue(engine, "noop", {}, concurrency_key="k", priority=5)
+    later = enqueue(engine, "noop", {}, concurrency_key="k")
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 1}})
+    order = []
+    for _ in range(3):
+        claim = jobs.claim("default", 10, "runner", 60)
+        assert len(claim.jobs) == 1
+        order.append(claim.jobs[0].id)
+        assert jobs.claim("default", 10, "runner", 60).jobs == []  # the key's slot is taken
+        finish(store, claim.token, succeeded=[(claim.jobs[0].id, None)])
+    assert order == [high, low, later]
+
+
+def test_a_burst_of_one_key_does_not_hide_other_keys(store: Store, engine: sa.Engine) -> None:
+    keyed(engine, ["busy"] * 30)
+    other = keyed(engine, ["quiet"] * 2)
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 1}})
+    assert len(jobs.claim("default", 10, "runner", 60).jobs) == 1  # only `busy` in the first 10 due rows
+    second = jobs.claim("default", 10, "runner", 60)
+    assert [job.id for job in second.jobs] == [other[0]]  # `busy` is full: left out of the read
+
+
+def test_max_running_caps_a_queue_and_other_queues_are_untouched(store: Store, engine: sa.Engine) -> None:
+    enqueue_many(engine, [{"task": "noop", "queue": "mail"} for _ in range(5)])
+    enqueue_many(engine, [{"task": "noop", "queue": "other"} for _ in range(5)])
+    jobs = limited(store, queues={"mail": {"max_running": 3}})
+    assert len(jobs.claim("mail", 100, "r", 60).jobs) == 3
+    assert jobs.claim("mail", 100, "r", 60).jobs == []
+    assert len(jobs.claim("other", 100, "r", 60).jobs) == 5  # not limited: the plain claim
+
+
+def test_a_queue_key_limit_counts_per_key_within_the_queue(store: Store, engine: sa.Engine) -> None:
+    keyed(engine, ["u1"] * 3 + ["u2"] * 3, queue="mail")
+    jobs = limited(store, queues={"mail": {"concurrency_limit": 1}})
+    claim = jobs.claim("mail", 100, "r", 60)
+    assert sorted(job.id for job in claim.jobs) == [1, 4]  # the first of each key
+    assert jobs.claim("mail", 100, "r", 60).jobs == []
+
+
+def test_rescue_gives_the_slots_of_a_dead_runner_back(store: Store, engine: sa.Engine) -> None:
+    ids = keyed(engine, ["k"] * 3)
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 2}})
+    assert len(jobs.claim("default", 10, "dies", 60).jobs) == 2
+    assert jobs.claim("default", 10, "alive", 60).jobs == []
+    with engine.begin() as conn:  # the lease runs out: the runner died holding both slots
+        conn.execute(sa.text("UPDATE pending_jobs SET lease_expires_at = NULL WHERE status = 'running'"))
+    assert store.rescue_expired().pending == 2
+    again = jobs.claim("default", 10, "alive", 60)
+    assert sorted(job.id for job in again.jobs) == ids[:2]  # back in order, their attempt kept
+    assert {job.attempt for job in again.jobs} == {2}
+
+
+def test_released_jobs_give_their_slots_back(store: Store, engine: sa.Engine) -> None:
+    ids = keyed(engine, ["k"] * 2)
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 1}})
+    claim = jobs.claim("default", 10, "r", 60)
+    assert store.release(claim.token, [ids[0]]) == 1
+    assert [job.id for job in jobs.claim("default", 10, "r", 60).jobs] == [ids[0]]
+
+
+def test_a_rate_limit_starts_jobs_from_a_token_bucket_and_says_when_to_look_again(
+        store: Store, engine: sa.Engine) -> None:
+    enqueue_many(engine, [{"task": "noop"} for _ in range(10)])
+    jobs = limited(store, tasks={"noop": {"rate_limit": "20/s"}})  # a bucket of 2 tokens, one per 50 ms
+    first = jobs.claim("default", 100, "r", 60)
+    assert len(first.jobs) == 2
+    empty = jobs.claim("default", 100, "r", 60)
+    assert empty.jobs == [] and empty.retry_in is not None and 0 < empty.retry_in <= 0.05
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'pending' AND attempts = 0") == 8
+    tokens = scalar(engine, "SELECT tokens FROM pending_job_limits WHERE name = 'rate:task:noop'")
+    assert tokens < 1
+
+
+def test_a_drain_run_keeps_to_the_limits_and_finishes_everything(run: object, engine: sa.Engine,
+                                                                 store: Store) -> None:
+    ids = keyed(engine, [f"k{n % 3}" for n in range(12)], task="echo")
+    report = run(queue_tables={"default": {"max_running": 2, "rate_limit": "200/s"}},  # type: ignore[operator]
+                 declared_tasks={"echo": {"concurrency_limit": 1}})
+    assert report.succeeded == len(ids)
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'") == len(ids)
+
+
+def test_jobs_of_tasks_without_a_limit_are_claimed_beside_limited_ones(store: Store, engine: sa.Engine) -> None:
+    limited_ids = keyed(engine, ["k"] * 3)
+    free = enqueue_many(engine, [{"task": "echo", "payload": {"n": n}} for n in range(2)])
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 1}})
+    # (On PostgreSQL the first claim takes the jobs without a limit at once and the key's job once its
+    # limit's row exists: by the next claim.)
+    claimed = [*jobs.claim("default", 100, "runner", 60).jobs, *jobs.claim("default", 100, "runner", 60).jobs]
+    assert sorted(job.id for job in claimed) == sorted([limited_ids[0], *free])
+    assert {job.attempt for job in claimed} == {1}
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'running' AND attempts = 1") == 3
+    assert jobs.claim("default", 100, "runner", 60).jobs == []
+
+
+def test_stores_with_different_limits_on_one_database_keep_their_own(store: Store, engine: sa.Engine) -> None:
+    """Statements are built once per database (the dialect's cache): one store's limits must not leak
+    into another's (they once did on PostgreSQL, through the one-statement claim's cache key)."""
+    enqueue(engine, "echo", {})
+    assert len(limited(store, tasks={"other": {"concurrency_limit": 1}}).claim("default", 10, "a", 60).jobs) == 1
+    keyed(engine, ["k"] * 3)
+    mine = limited(store, tasks={"noop": {"concurrency_limit": 1}})
+    claimed = [*mine.claim("default", 10, "b", 60).jobs, *mine.claim("default", 10, "b", 60).jobs]
+    assert len(claimed) == 1

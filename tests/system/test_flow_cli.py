@@ -1,0 +1,74 @@
+"""`pending-jobs schedules`, and late schedules in `status` and `check`, as an operator sees them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from tests.conftest import cli, rows
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_schedules_lists_enqueues_and_names_late_ones(db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    config = tmp_path / "jobs.toml"
+    config.write_text('[schedules.often]\nevery = "1s"\ntask = "tick"\npayload = { kind = "test" }\n\n'
+                      '[schedules.nightly]\ncron = "0 2 * * *"\ntimezone = "Europe/Berlin"\ntask = "tick"\n')
+    env = {"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_TASKS": "tests.jobs,tests.flow_jobs",
+           "PENDING_JOBS_CONFIG": str(config), "PENDING_JOBS_CALLBACK_SECRET": "whsec_" + "A" * 32}
+    first = cli("schedules", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    states = {s["name"]: s for s in json.loads(first.stdout)}
+    assert states["nightly"]["state"] == "no run has looked at it yet"
+    assert states["nightly"]["fires"] == "0 2 * * * (Europe/Berlin)"
+
+    assert cli("schedules", "--enqueue", env=env).returncode == 0  # creates the rows at the newest slot
+    time.sleep(1.2)  # a slot of `often` comes due
+    enqueued = cli("schedules", "--enqueue", env=env)
+    assert enqueued.returncode == 0 and "often" in enqueued.stdout and "ok" in enqueued.stdout
+    jobs = rows(engine, "SELECT task, idempotency_key FROM pending_jobs")
+    assert jobs and all(task == "tick" and key.startswith("schedule:often:") for task, key in jobs)
+
+    ran = cli("run", env=env)  # a drain runs them, and enqueues what came due meanwhile
+    assert ran.returncode == 0, ran.stderr
+    assert rows(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'")[0][0] >= len(jobs)
+    checked = json.loads(cli("check", "--json", env=env).stdout)
+    assert {c["name"]: c["ok"] for c in checked["checks"]}["schedules"] is True
+
+    an_hour_ago = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0) - dt.timedelta(hours=1)
+    with engine.begin() as conn:  # nothing ran for an hour
+        conn.execute(sa.text("UPDATE pending_job_schedules SET last_slot = :t WHERE name = 'often'"),
+                     {"t": an_hour_ago})
+    late = cli("schedules", env=env)
+    assert late.returncode == 1 and "LATE by" in late.stdout
+    status = cli("status", env=env)
+    assert "schedule often is late" in status.stderr
+    checked = json.loads(cli("check", "--json", env=env).stdout)
+    assert checked["exit_code"] == 8 and "often is late" in json.dumps(checked)
+
+    config.write_text('[schedules.nightly]\ncron = "0 2 * * *"\ntask = "tick"\n')
+    removed = {s["name"]: s for s in json.loads(cli("schedules", "--json", env=env).stdout)}
+    assert removed["often"]["state"] == "removed from the config: stopped"
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_bad_schedule_is_a_configuration_error(tmp_path: Path, db_url: str) -> None:
+    config = tmp_path / "jobs.toml"
+    config.write_text('[schedules.x]\ncron = "every day"\ntask = "tick"\n')
+    env = {"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_CONFIG": str(config)}
+    for command in (["run"], ["schedules"], ["check"]):
+        result = cli(*command, env=env)
+        assert result.returncode == 2, (command, result.stderr)
+        assert "[schedules.x] cron" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_enqueue_sets_the_concurrency_key(db_url: str, engine: sa.Engine) -> None:
+    result = cli("enqueue", "noop", "--concurrency-key", "user:42", env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert result.returncode == 0, result.stderr
+    assert rows(engine, "SELECT concurrency_key FROM pending_jobs WHERE id = :id",
+                id=int(result.stdout))[0][0] == "user:42"

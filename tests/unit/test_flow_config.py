@@ -1,0 +1,120 @@
+"""Limits and schedules from the config file: parsed strictly, errors naming the table and key; slot
+arithmetic (catch-up policies, DST) without a database."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from pending_jobs import config, declared, limits, schedules
+from pending_jobs.errors import ConfigError
+
+UTC = dt.UTC
+
+
+def test_queue_and_task_limits_become_scopes() -> None:
+    parsed = limits.parse({"mail": {"max_running": 3, "rate_limit": "50/s", "concurrency_limit": 1}},
+                          {"report": {"concurrency_limit": 2, "rate_limit": "10/m"}, "sql_task": {"sql": "SELECT 1"}})
+    assert parsed.applies("other")  # a task limit may bind in any queue
+    names = [scope.name for scope in parsed.scopes("mail", "report", "user-7")]
+    assert names == ["queue:mail", "key:queue:mail:user-7", "rate:queue:mail", "key:task:report:user-7",
+                     "rate:task:report"]
+    assert [s.name for s in parsed.scopes("mail", "report", None)] == ["queue:mail", "rate:queue:mail",
+                                                                       "rate:task:report"]
+    assert parsed.tasks["report"].rate == limits.Rate(10, 60.0, "10/m")
+    assert not limits.parse({}, {"sql_task": {"sql": "SELECT 1"}})  # no limit: every claim is the plain one
+
+
+@pytest.mark.parametrize(("queues", "tasks", "error"), [
+    ({"mail": {"max_running": 0}}, {}, r"\[queue.mail\] max_running: must be a whole number from 1"),
+    ({"mail": {"max_running": True}}, {}, r"\[queue.mail\] max_running"),
+    ({"mail": {"rate_limit": "fast"}}, {}, r"\[queue.mail\] rate_limit: must be a string like"),
+    ({"mail": {"rate_limit": "5/d"}}, {}, r"\[queue.mail\] rate_limit: the period must be s, m or h"),
+    ({"mail": {"max_runing": 3}}, {}, r"\[queue.mail\]: unknown key 'max_runing'"),
+    ({}, {"t": {"concurrency_limit": 2.5}}, r"\[task.t\] concurrency_limit"),
+])
+def test_bad_limits_name_the_table_and_key(queues: dict, tasks: dict, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        limits.parse(queues, tasks)
+
+
+def test_rates_with_a_period_size() -> None:
+    assert limits.parse_rate("10/5m").per_second == pytest.approx(10 / 300)
+    assert limits.parse_rate("50/s").burst == 5.0 and limits.parse_rate("3/h").burst == 1.0
+
+
+def test_a_task_table_holding_only_limits_is_a_python_tasks_settings() -> None:
+    assert declared.spec.parse_all({"report": {"concurrency_limit": 2}}) == {}
+    spec = declared.spec.parse_all({"q": {"sql": "SELECT 1", "rate_limit": "5/s"}})["q"]
+    assert isinstance(spec, declared.SqlSpec)
+    with pytest.raises(ConfigError, match=r"\[task.t\]: needs one of sql, url or command \(a table holding only"):
+        declared.spec.parse_all({"t": {"concurrency_limit": 2, "timeout": 5}})
+
+
+def test_the_config_file_holds_queue_and_schedule_tables(tmp_path: Path) -> None:
+    path = tmp_path / "jobs.toml"
+    path.write_text('[pending_jobs]\nbatch_size = 10\n\n[queue.mail]\nmax_running = 2\n\n'
+                    '[schedules.nightly]\ncron = "0 2 * * *"\ntask = "report"\n')
+    settings = config.load({}, environ={}, config_file=str(path))
+    assert settings.queue_tables == {"mail": {"max_running": 2}}
+    assert schedules.parse(settings.schedule_tables)["nightly"].spec == "0 2 * * * (UTC)"
+    path.write_text("[queue]\nmail = 3\n")
+    with pytest.raises(ConfigError, match=r"queue must hold one table per name"):
+        config.load({}, environ={}, config_file=str(path))
+
+
+@pytest.mark.parametrize(("table", "error"), [
+    ({"task": "t"}, r"needs cron = .* or every"),
+    ({"cron": "0 2 * *", "task": "t"}, r"\[schedules.s\] cron: '0 2 \* \*' "),
+    ({"cron": "61 * * * *", "task": "t"}, r"\[schedules.s\] cron: .*Bad minute"),
+    ({"every": "0s", "task": "t"}, r"\[schedules.s\] every: must be from 1 s"),
+    ({"every": "1m"}, r"\[schedules.s\] task: is required"),
+    ({"every": "1m", "task": "t", "timezone": "UTC"}, r"timezone: applies to cron only"),
+    ({"cron": "* * * * *", "task": "t", "timezone": "Mars/Olympus"}, r"timezone: 'Mars/Olympus' is not in"),
+    ({"every": "1m", "task": "t", "catch_up": "some"}, r"catch_up: must be skip, latest or all"),
+    ({"every": "1m", "task": "t", "payload": {"_schedule": 1}}, r"payload: _schedule is reserved"),
+    ({"every": "1m", "task": "t", "run_at": 1}, r"unknown key 'run_at'"),
+])
+def test_bad_schedules_name_the_table_and_key(table: dict, error: str) -> None:
+    with pytest.raises(ConfigError, match=error):
+        schedules.parse({"s": table})
+
+
+def slot(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_every_counts_from_the_epoch_so_every_host_agrees() -> None:
+    every = schedules.parse({"s": {"every": "15m", "task": "t"}})["s"]
+    assert every.next_after(slot("2026-05-01T10:07:00")) == slot("2026-05-01T10:15:00")
+    assert every.latest_at(slot("2026-05-01T10:15:00")) == slot("2026-05-01T10:15:00")
+    assert every.key_for(slot("2026-05-01T10:15:00")) == "schedule:s:2026-05-01T10:15:00Z"
+    assert every.payload_for(slot("2026-05-01T10:15:00"))["_schedule"] == {"name": "s", "slot": "2026-05-01T10:15:00Z"}
+
+
+def test_catch_up_policies() -> None:
+    def due(policy: str, **extra: object) -> tuple[list[dt.datetime], int]:
+        plan = schedules.parse({"s": {"every": "1m", "task": "t", "catch_up": policy, **extra}})["s"]
+        return plan.due(slot("2026-05-01T10:00:00"), slot("2026-05-01T10:10:20"))
+
+    assert due("skip") == ([slot("2026-05-01T10:10:00")], 9)  # 20 s late: within the 60 s grace
+    assert due("skip", grace="5s") == ([], 10)
+    assert due("latest") == ([slot("2026-05-01T10:10:00")], 9)
+    assert due("all") == ([slot(f"2026-05-01T10:{m:02}:00") for m in range(1, 11)], 0)
+    assert due("all", catch_up_limit=3) == ([slot(f"2026-05-01T10:{m:02}:00") for m in (8, 9, 10)], 7)
+
+
+def test_daylight_saving_time_follows_the_zone_database() -> None:
+    berlin = schedules.parse({"s": {"cron": "30 2 * * *", "timezone": "Europe/Berlin", "task": "t",
+                                    "catch_up": "all"}})["s"]
+    # Spring forward (2026-03-29): 02:30 does not exist; it fires at 03:00 CEST = 01:00 UTC.
+    assert berlin.next_after(slot("2026-03-28T12:00:00")) == slot("2026-03-29T01:00:00")
+    # Fall back (2026-10-25): 02:30 happens twice; it fires once, at the first (CEST, 00:30 UTC).
+    fired, _ = berlin.due(slot("2026-10-24T12:00:00"), slot("2026-10-26T12:00:00"))
+    assert fired == [slot("2026-10-25T00:30:00"), slot("2026-10-26T01:30:00")]
+    hourly = schedules.parse({"s": {"cron": "0 * * * *", "timezone": "Europe/Berlin", "task": "t",
+                                    "catch_up": "all"}})["s"]
+    fired, _ = hourly.due(slot("2026-10-24T23:30:00"), slot("2026-10-25T02:30:00"))
+    assert fired == [slot("2026-10-25T00:00:00"), slot("2026-10-25T01:00:00"), slot("2026-10-25T02:00:00")]
