@@ -35,7 +35,8 @@ from ..schema import db_now, paused_queues
 from ..schema import limits as L
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING
-from .base import CLAIM_COLUMNS, Store, claim_order, due_in
+from .base import Store
+from .columns import CLAIM_COLUMNS, claim_order, due_in
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from ..models import Job
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING
-from .base import JOB_COLUMNS, Store
+from .base import Store
+from .columns import JOB_COLUMNS
 
 
 class TestingStore:
