@@ -239,6 +239,42 @@ schedules = sa.Table(
 """A row per recurring schedule: the last slot handled (enqueued or skipped), so each slot is looked at once
 across every host (the row is locked while a run enqueues), and what it enqueued last."""
 
+job_errors = sa.Table(
+    "pending_job_errors",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("job_id", Id, nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("at", Time, nullable=False, server_default=now_default()),
+    sa.Column("error", LongText, nullable=False),
+    sa.Index("ix_pending_job_errors_job", "job_id", "attempt"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+"""Every failed attempt's error (the row's last_error keeps only the newest): written by the store on failure
+paths only, in the outcome's transaction; at most ERRORS_KEPT per job."""
+
+audit = sa.Table(
+    "pending_job_audit",
+    metadata,
+    sa.Column("id", Id, primary_key=True, autoincrement=True),
+    sa.Column("at", Time, nullable=False, server_default=now_default()),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("queue", sa.String(64), nullable=True),
+    sa.Column("job_id", Id, nullable=True),
+    sa.Column("detail", sa.Text, nullable=True),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+"""What an operator did from the console (retry, cancel, pause, purge...), who and when."""
+
+FINISHED_CHANNEL = "pending_jobs_finished"
+"""PostgreSQL NOTIFY channel of migration 0006's trigger: one notification per UPDATE statement that ended a
+job (succeeded, failed or cancelled); the push endpoint listens on it."""
+
 SUMMARY_VIEW = "pending_jobs_summary"
 SUMMARY_VIEW_SQL = (
     "SELECT queue, status, COUNT(*) AS jobs, MIN(run_at) AS oldest_run_at, "

@@ -19,13 +19,14 @@ from sqlalchemy import exc
 
 from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
-from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued
+from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, count
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING, JobStatus
 from .columns import CLAIM_COLUMNS, JOB_COLUMNS, LEASE_EXPIRED, NO_LEASE_BEYOND, claim_order, due_in, one_more
 from .dialect import Dialect
 from .handler import HandlerSession
+from .history import record
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -244,6 +245,7 @@ class Store:
         if not jobs:
             return 0, 0
         errors = {job_id: error for job_id, _, error in jobs}
+        record(conn, self.held(token), {"ids": list(errors)}, lambda row: errors.get(int(row.id)))
         cancelled = self._cancel_instead(conn, token, errors)
         delays = sa.case({job_id: float(delay) for job_id, delay, _ in jobs}, value=J.c.id)
         stmt = sa.update(J).where(*self.held(token)).values(
@@ -255,6 +257,7 @@ class Store:
         if not jobs:
             return 0, 0
         errors = dict(jobs)
+        record(conn, self.held(token), {"ids": list(errors)}, lambda row: errors.get(int(row.id)))
         cancelled = self._cancel_instead(conn, token, errors)
         values = self.terminal_values(JobStatus.FAILED)
         values["last_error"] = sa.case(errors, value=J.c.id)
@@ -333,7 +336,13 @@ class Store:
         to_pending = sa.update(J).where(*mine).values(
             status=JOB_PENDING, last_error=LEASE_EXPIRED, lease_expires_at=None, updated_at=db_now())
 
+        def error_of(row: Any) -> str:
+            if row.cancel_requested:
+                return str(cancel_values["last_error"])
+            return str(fail_values["last_error"]) if count(row.attempts) >= count(row.max_attempts) else LEASE_EXPIRED
+
         def work(conn: sa.Connection) -> Rescued:
+            record(conn, mine, {"ids": ids}, error_of)
             cancelled = conn.execute(to_cancelled, {"ids": ids}).rowcount
             failed = conn.execute(to_failed, {"ids": ids}).rowcount
             return Rescued(int(conn.execute(to_pending, {"ids": ids}).rowcount), int(failed), int(cancelled))

@@ -20,6 +20,7 @@ from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
 from .base import Store
 from .columns import JOB_COLUMNS
+from .history import forget
 
 PURGE_BATCH = 1000  # rows per DELETE, so a big purge never holds locks for long
 RETENTION_BATCHES = 10  # per run: a large backlog is worked off over several runs
@@ -186,6 +187,7 @@ class OpsStore:
             found = [row[0] for row in conn.execute(ids)]
             if found:
                 conn.execute(sa.delete(A).where(A.c.job_id.in_(by_id)), {"ids": found})
+                forget(conn, found)
                 conn.execute(sa.delete(J).where(J.c.id.in_(by_id), J.c.status.in_(wanted)), {"ids": found})
             return len(found)
 

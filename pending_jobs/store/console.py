@@ -1,0 +1,304 @@
+"""The console's SQL: the overview, throughput, the job list with keyset pagination, a job's history,
+bulk actions over a filter, the audit table and the counters /metrics exports.
+
+Every read is served by an existing index: counts and the oldest due job by the claim index (status,
+queue, ...), the job list by the primary key (`id < cursor ORDER BY id DESC`), expired leases by the
+claim index's `running` range, throughput by the runs table's `started_at` index, error history by
+(job_id, attempt). The single-job verbs (retry, cancel, pause, resume, purge, callback retry) are
+OpsStore's and CallbackStore's; this module adds only what works over many jobs at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..models import Job, count
+from ..schema import audit, db_now, job_errors, paused_queues, runs
+from ..schema import pending_jobs as J
+from ..states import JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
+from .base import Store
+from .columns import JOB_COLUMNS
+from .ops import OpsStore
+
+BULK_LIMIT = 10_000
+"""Jobs one bulk action changes at most (the confirmation step says so when the filter matches more)."""
+SAMPLE = 2000
+"""Newest jobs read to compute wait and run time percentiles (a bounded sample, by primary key)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsoleFilter:
+    """The job list's filter; empty fields select everything. Times are seconds ago, by the database clock."""
+
+    statuses: tuple[str, ...] = ()
+    queue: str | None = None
+    task: str | None = None
+    since: float | None = None
+    until: float | None = None
+    text: str | None = None
+    """Substring of the payload (as JSON text) or the last error."""
+
+
+@dataclasses.dataclass(frozen=True)
+class QueueOverview:
+    queue: str
+    counts: dict[str, int]
+    oldest_due_id: int | None
+    oldest_due_age: float | None
+    expired_leases: int
+    paused: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class ErrorRow:
+    attempt: int
+    at: dt.datetime | None
+    error: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditRow:
+    id: int
+    at: dt.datetime | None
+    actor: str
+    action: str
+    queue: str | None
+    job_id: int | None
+    detail: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Counters:
+    """What /metrics exports, read from the tables (so it sums every runner host and survives restarts)."""
+
+    finished: list[tuple[str, str, str, int]]
+    """(queue, task, outcome, jobs) of jobs that ended (and are not purged yet)."""
+    callbacks: dict[str, int]
+    depth: dict[str, int]
+    """Pending jobs per queue."""
+    oldest_due_age: dict[str, float]
+
+
+def percentile(values: Sequence[float], share: float) -> float | None:
+    """The nearest-rank percentile (share 0..1) of values; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-share * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+class ConsoleStore:
+    """Console reads and bulk verbs on top of a job store."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.sql = store.sql
+        self.ops = OpsStore(store)
+
+    def _ago(self, seconds: float) -> sa.ColumnElement[Any]:
+        return self.sql.after(self.sql.seconds(-float(seconds)))
+
+    def _age(self, now: Any, then: Any) -> float | None:
+        a, b = self.sql.clock_value(now), self.sql.clock_value(then)
+        return None if a is None or b is None else max(0.0, (a - b).total_seconds())
+
+    # -- overview ---------------------------------------------------------------------------------
+
+    def overview(self) -> list[QueueOverview]:
+        """Per queue: counts by status, the oldest due job and its age, expired leases, paused or not."""
+        counts = sa.select(J.c.queue, J.c.status, sa.func.count()).group_by(J.c.status, J.c.queue)
+        expired = (sa.select(J.c.queue, sa.func.count()).where(
+            J.c.status == JOB_RUNNING, sa.or_(J.c.lease_expires_at < db_now(), J.c.lease_expires_at.is_(None)))
+            .group_by(J.c.queue))
+        paused = sa.select(paused_queues.c.queue)
+        oldest = (sa.select(J.c.id, J.c.run_at, db_now().label("now"))
+                  .where(J.c.status == JOB_PENDING, J.c.queue == sa.bindparam("q"), J.c.run_at <= db_now())
+                  .order_by(J.c.run_at, J.c.id).limit(1))
+
+        def work(conn: sa.Connection) -> list[QueueOverview]:
+            by_queue: dict[str, dict[str, int]] = {}
+            for queue, status, n in conn.execute(counts):
+                by_queue.setdefault(str(queue), {s.value: 0 for s in JobStatus})[str(status)] = int(n)
+            leases = {str(q): int(n) for q, n in conn.execute(expired)}
+            stopped = {str(q) for (q,) in conn.execute(paused)}
+            found = []
+            for queue in sorted(set(by_queue) | stopped):
+                row = conn.execute(oldest, {"q": queue}).first() if by_queue.get(queue, {}).get(JOB_PENDING) else None
+                found.append(QueueOverview(
+                    queue, by_queue.get(queue, {s.value: 0 for s in JobStatus}),
+                    int(row.id) if row else None, self._age(row.now, row.run_at) if row else None,
+                    leases.get(queue, 0), queue in stopped))
+            return found
+
+        return self.store.read(work)
+
+    def throughput(self) -> dict[str, Any]:
+        """Finished jobs by outcome per minute over the last hour and per hour over the last day (from the
+        runs table: each run's counts land in the bucket of its end), and p50/p95 wait (run_at to start)
+        and run time (start to end) of the newest SAMPLE jobs that ended in each window."""
+        run_rows = (sa.select(runs.c.finished_at, runs.c.succeeded, runs.c.failed, runs.c.retried,
+                              runs.c.cancelled).where(runs.c.started_at >= self._ago(86400 + 3600)))
+        sample = (sa.select(J.c.status, J.c.run_at, J.c.started_at, J.c.finished_at)
+                  .order_by(J.c.id.desc()).limit(SAMPLE))
+        now_stmt = sa.select(db_now())
+
+        def work(conn: sa.Connection) -> dict[str, Any]:
+            now = self.sql.clock_value(conn.execute(now_stmt).scalar_one())
+            assert now is not None
+            ended = conn.execute(run_rows).all()
+            return {"minutes": self._buckets(now, ended, 60, 60), "hours": self._buckets(now, ended, 3600, 24),
+                    "timing": self._timing(now, conn.execute(sample).all())}
+
+        return self.store.read(work)
+
+    def _buckets(self, now: dt.datetime, rows: Sequence[Any], size: int, n: int) -> list[dict[str, Any]]:
+        buckets = [{"ago": (n - i) * size, "succeeded": 0, "failed": 0, "retried": 0, "cancelled": 0}
+                   for i in range(n)]
+        for row in rows:
+            ended = self.sql.clock_value(row.finished_at)
+            if ended is None:
+                continue
+            index = n - 1 - int((now - ended).total_seconds() // size)
+            if 0 <= index < n:
+                for outcome in ("succeeded", "failed", "retried", "cancelled"):
+                    buckets[index][outcome] += count(getattr(row, outcome))
+        return buckets
+
+    def _timing(self, now: dt.datetime, rows: Sequence[Any]) -> dict[str, Any]:
+        windows: dict[str, dict[str, list[float]]] = {"hour": {"wait": [], "run": []},
+                                                       "day": {"wait": [], "run": []}}
+        for row in rows:
+            ran, started, ended = (self.sql.clock_value(v) for v in (row.run_at, row.started_at, row.finished_at))
+            if row.status not in TERMINAL_VALUES or ended is None or started is None:
+                continue
+            ago = (now - ended).total_seconds()
+            for name, width in (("hour", 3600), ("day", 86400)):
+                if ago <= width:
+                    windows[name]["run"].append(max(0.0, (ended - started).total_seconds()))
+                    if ran is not None:
+                        windows[name]["wait"].append(max(0.0, (started - ran).total_seconds()))
+        return {name: {f"{kind}_{p}": percentile(values, share) for kind, values in w.items()
+                       for p, share in (("p50", 0.5), ("p95", 0.95))} | {"jobs": len(w["run"])}
+                for name, w in windows.items()}
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def _where(self, f: ConsoleFilter) -> list[sa.ColumnElement[bool]]:
+        where: list[sa.ColumnElement[bool]] = []
+        if f.statuses:
+            where.append(J.c.status.in_(f.statuses))
+        if f.queue:
+            where.append(J.c.queue == f.queue)
+        if f.task:
+            where.append(J.c.task == f.task)
+        if f.since is not None:
+            where.append(J.c.created_at >= self._ago(f.since))
+        if f.until is not None:
+            where.append(J.c.created_at <= self._ago(f.until))
+        if f.text:
+            pattern = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(sa.or_(sa.cast(J.c.payload, sa.Text).like(pattern, escape="\\"),
+                                J.c.last_error.like(pattern, escape="\\")))
+        return where
+
+    def jobs(self, f: ConsoleFilter, before: int | None = None, limit: int = 50) -> tuple[list[Job], int | None]:
+        """A page of jobs matching the filter, newest first, with ids below `before`; and the cursor of the
+        next page (None on the last). Keyset: the primary key serves the order whatever the page."""
+        where = self._where(f)
+        if before is not None:
+            where.append(J.c.id < before)
+        limit = max(1, min(limit, 500))
+        page = self.store.jobs(sa.select(*JOB_COLUMNS).where(*where).order_by(J.c.id.desc()).limit(limit + 1))
+        return page[:limit], (page[limit - 1].id if len(page) > limit else None)
+
+    def count(self, f: ConsoleFilter) -> int:
+        """How many jobs match the filter (what a bulk action would change at most)."""
+        stmt = sa.select(sa.func.count()).select_from(J).where(*self._where(f))
+        return self.store.read(lambda conn: int(conn.execute(stmt).scalar_one()))
+
+    def errors(self, job_id: int) -> list[ErrorRow]:
+        """Every kept error of one job, oldest attempt first."""
+        E = job_errors
+        stmt = sa.select(E.c.attempt, E.c.at, E.c.error).where(E.c.job_id == job_id).order_by(E.c.attempt, E.c.id)
+        return self.store.read(lambda conn: [ErrorRow(count(r.attempt), self.sql.clock_value(r.at), str(r.error))
+                                             for r in conn.execute(stmt)])
+
+    # -- bulk actions -----------------------------------------------------------------------------
+
+    def _ids(self, conn: sa.Connection, f: ConsoleFilter, statuses: Sequence[str]) -> list[int]:
+        where = [*self._where(f), J.c.status.in_(statuses)]
+        stmt = sa.select(J.c.id).where(*where).order_by(J.c.id.desc()).limit(BULK_LIMIT)
+        return [int(row[0]) for row in conn.execute(stmt)]
+
+    def bulk_retry(self, f: ConsoleFilter) -> int:
+        """Every finished job matching the filter (at most BULK_LIMIT) back to pending, attempts reset."""
+        by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
+        stmt = sa.update(J).where(J.c.id.in_(by_id), J.c.status.in_(TERMINAL_VALUES)).values(
+            self.ops._reopen_values())
+
+        def work(conn: sa.Connection) -> int:
+            ids = self._ids(conn, f, TERMINAL_VALUES)
+            changed = int(conn.execute(stmt, {"ids": ids}).rowcount) if ids else 0
+            return self.ops._woken(conn, changed)
+
+        return self.store.transaction(work)
+
+    def bulk_cancel(self, f: ConsoleFilter) -> int:
+        """Every pending job matching the filter cancelled, and every running one marked (as `cancel`)."""
+        by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
+        values = self.store.terminal_values(JobStatus.CANCELLED)
+        values["last_error"] = "cancelled by an operator"
+        to_cancelled = sa.update(J).where(J.c.id.in_(by_id), J.c.status == JOB_PENDING).values(values)
+        mark = sa.update(J).where(J.c.id.in_(by_id), J.c.status == JOB_RUNNING).values(cancel_requested=True)
+
+        def work(conn: sa.Connection) -> int:
+            ids = self._ids(conn, f, (JOB_PENDING, JOB_RUNNING))
+            if not ids:
+                return 0
+            return int(conn.execute(to_cancelled, {"ids": ids}).rowcount) + int(
+                conn.execute(mark, {"ids": ids}).rowcount)
+
+        return self.store.transaction(work)
+
+    # -- audit ------------------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, queue: str | None = None, job_id: int | None = None,
+              detail: str | None = None) -> None:
+        """Record one console action."""
+        stmt = sa.insert(audit).values(actor=actor[:128], action=action[:64], queue=queue[:64] if queue else None,
+                                       job_id=job_id, detail=detail, at=db_now())
+        self.store.transaction(lambda conn: conn.execute(stmt))
+
+    def audit_log(self, before: int | None = None, limit: int = 100) -> list[AuditRow]:
+        """Console actions, newest first (keyset on id)."""
+        stmt = sa.select(audit).order_by(audit.c.id.desc()).limit(max(1, min(limit, 500)))
+        if before is not None:
+            stmt = stmt.where(audit.c.id < before)
+        return self.store.read(lambda conn: [
+            AuditRow(int(r.id), self.sql.clock_value(r.at), r.actor, r.action, r.queue,
+                     int(r.job_id) if r.job_id is not None else None, r.detail) for r in conn.execute(stmt)])
+
+    # -- metrics ----------------------------------------------------------------------------------
+
+    def counters(self) -> Counters:
+        """Finished jobs by queue, task and outcome; callbacks by outcome; depth and oldest due age per queue."""
+        finished = (sa.select(J.c.queue, J.c.task, J.c.status, sa.func.count())
+                    .where(J.c.status.in_(TERMINAL_VALUES)).group_by(J.c.queue, J.c.task, J.c.status))
+        callbacks = (sa.select(J.c.callback_status, sa.func.count()).where(J.c.callback_status.is_not(None))
+                     .group_by(J.c.callback_status))
+
+        def work(conn: sa.Connection) -> Counters:
+            return Counters([(str(q), str(t), str(s), int(n)) for q, t, s, n in conn.execute(finished)],
+                            {str(s): int(n) for s, n in conn.execute(callbacks)}, {}, {})
+
+        found = self.store.read(work)
+        for queue in self.overview():
+            found.depth[queue.queue] = queue.counts.get(JOB_PENDING, 0)
+            found.oldest_due_age[queue.queue] = queue.oldest_due_age or 0.0
+        return found
