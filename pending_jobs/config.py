@@ -18,12 +18,12 @@ from .errors import ConfigError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DAY = 86400.0
-TABLES = ("pending_jobs", "task", "queue", "schedules")
+TABLES = ("pending_jobs", "task", "queue", "schedules", "web")
 """Top-level TOML tables that are not settings themselves: `[pending_jobs]` (every setting, when the
 file keeps them in one table), `[task.NAME]` (declared tasks, see pending_jobs.declared, and a task's
 limits), `[queue.NAME]` (a queue's limits, pending_jobs.limits) and `[schedules.NAME]` (recurring jobs,
-pending_jobs.schedules)."""
-NAMED_TABLES = ("task", "queue", "schedules")
+pending_jobs.schedules) and `[web]` (the console's settings, read by `load_web`)."""
+NAMED_TABLES = ("task", "queue", "schedules", "web")
 """The tables holding one table per name, which may stand beside a `[pending_jobs]` table too."""
 
 
@@ -310,10 +310,89 @@ def _named_tables(kind: str, value: Any, path: str | None) -> dict[str, dict[str
 
 def env_help(name: str) -> str:
     """The `--help` text of a setting, naming its environment variable, default and range."""
-    setting = BY_NAME[name]
+    return env_help_of(SETTINGS, name)
+
+
+def env_help_of(settings: tuple[Setting, ...], name: str) -> str:
+    """`env_help` of a setting in another tuple (the `[web]` settings)."""
+    setting = next(s for s in settings if s.name == name)
     default = setting.default
     shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, list) \
         else default
     within = f"; {setting.range_text()}" if setting.range_text() else ""
     return (f"{setting.help} (env {setting.env}; default {shown if shown not in ('', None, []) else 'unset'}"
             f"{within})")
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off", ""):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    raise ValueError(f"must be true or false, not {value!r}")
+
+
+WEB_SETTINGS: tuple[Setting, ...] = (
+    Setting("web_host", "127.0.0.1", text, "address the console listens on (beyond loopback only with a token or "
+            "basic auth)"),
+    Setting("web_port", 8080, integer, "port the console listens on", 1, 65535),
+    Setting("web_token", "", text, "bearer token the console requires (Authorization: Bearer ...)"),
+    Setting("web_basic_user", "", text, "basic auth user the console requires (with web_basic_password)"),
+    Setting("web_basic_password", "", text, "basic auth password the console requires"),
+    Setting("web_read_only", False, _flag, "serve pages and the read API only: no action"),
+    Setting("web_push_secret", "", text, "secret the application signs job-scoped push tokens with"),
+    Setting("web_allowed_origins", [], str_list, "origins whose pages may open the push endpoint"),
+    Setting("web_push_poll_interval", 0.5, number, "seconds between looks for finished jobs (no NOTIFY)", 0.05, 10),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class WebSettings:
+    """The console's `[web]` settings (env PENDING_JOBS_WEB_*); build with `load_web`."""
+
+    host: str
+    port: int
+    token: str
+    basic_user: str
+    basic_password: str
+    read_only: bool
+    push_secret: str
+    allowed_origins: list[str]
+    push_poll_interval: float
+
+    @property
+    def auth_configured(self) -> bool:
+        return bool(self.token or (self.basic_user and self.basic_password))
+
+
+def load_web(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+             config_file: str | None = None) -> WebSettings:
+    """Resolve the `[web]` settings: flag (not None) > PENDING_JOBS_WEB_* > the file's [web] table > default."""
+    flags, environ = flags or {}, os.environ if environ is None else environ
+    path = config_file or environ.get("PENDING_JOBS_CONFIG")
+    table = read_file(path).get("web", {}) if path else {}
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: web must be a table ([web]), not {table!r}")
+    unknown = sorted(set(table) - {s.name[4:] for s in WEB_SETTINGS})
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) in [web]: {', '.join(unknown)}")
+    values: dict[str, Any] = {}
+    for setting in WEB_SETTINGS:
+        key = setting.name[4:]
+        if flags.get(key) is not None:
+            raw, source = flags[key], "--" + key.replace("_", "-")
+        elif setting.env in environ:
+            raw, source = environ[setting.env], setting.env
+        elif key in table:
+            raw, source = table[key], f"{path}: [web] {key}"
+        else:
+            values[key] = setting.default
+            continue
+        try:
+            values[key] = setting.parse(raw)
+            setting.check(values[key])
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
+    if bool(values["basic_user"]) != bool(values["basic_password"]):
+        raise ConfigError("web basic auth needs both basic_user and basic_password")
+    return WebSettings(**values)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from .. import __version__
 from ..errors import EXIT_CONFIG, CommandFailed, ConfigError, DatabaseUnavailable, exit_code_of
 from ..store import ours
-from . import callbacks, common, core, ops, run, schedules
+from . import callbacks, common, core, ops, run, schedules, web
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], No
     callbacks.register,
     ops.register,
     schedules.register,
+    web.register,
 ]
 
 

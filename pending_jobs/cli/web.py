@@ -1,0 +1,51 @@
+"""`pending-jobs web`: the operator console (needs the `web` extra, imported only when this runs)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from typing import TypeAlias
+
+from .. import config, migrate
+from ..errors import EXIT_CONFIG, EXIT_OK, ConfigError
+from . import common
+
+Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+EXTRA = ("starlette", "uvicorn", "jinja2", "multipart")
+
+
+def register(commands: Commands) -> None:
+    p = commands.add_parser("web", help="serve the operator console (pip install 'pending-jobs[web]')")
+    common.add_common(p)
+    p.add_argument("--host", help=config.env_help_of(config.WEB_SETTINGS, "web_host"))
+    p.add_argument("--port", type=common.INTEGER, help=config.env_help_of(config.WEB_SETTINGS, "web_port"))
+    p.add_argument("--read-only", action="store_const", const=True, default=None,
+                   help=config.env_help_of(config.WEB_SETTINGS, "web_read_only"))
+    p.set_defaults(func=cmd_web)
+
+
+def cmd_web(args: argparse.Namespace) -> int:
+    missing = [name for name in EXTRA if importlib.util.find_spec(name) is None]
+    if missing:
+        common.eprint(f"the console needs the web extra ({', '.join(missing)} missing): "
+                      "pip install 'pending-jobs[web]'")
+        return EXIT_CONFIG
+    settings = common.settings_from(args)
+    web = config.load_web({"host": args.host, "port": args.port, "read_only": args.read_only},
+                          config_file=getattr(args, "config", None))
+    from ..web.security import refusal  # the web extra: imported only now that it is known present
+
+    problem = refusal(web)
+    if problem:
+        raise ConfigError(problem)
+    engine, store = common.open_database(settings, pool_size=8)
+    migrate.require_head(engine)
+    import uvicorn
+
+    from ..web.app import create_app
+
+    common.log.warning("console on http://%s:%d/%s", web.host if ":" not in web.host else f"[{web.host}]",
+                       web.port, " (read-only)" if web.read_only else "")
+    uvicorn.run(create_app(web, store), host=web.host, port=web.port, log_level="warning",
+                timeout_graceful_shutdown=3)
+    return EXIT_OK

@@ -1,0 +1,89 @@
+"""The console's actions, shared by the forms and the JSON API: each is a store verb, then an audit row
+naming who did it (the actor of the request) and what came of it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .. import config
+from ..store import CallbackStore, OpsStore, Store
+from ..store.console import BULK_LIMIT, ConsoleStore
+from ..store.ops import PURGEABLE
+from .views import BadRequest, filter_from, filter_params
+
+NAMES = ("retry", "cancel", "callback-retry", "pause", "resume", "bulk-retry", "bulk-cancel", "purge")
+
+
+def _job_id(value: Any) -> int:
+    try:
+        number = config.integer(value)
+    except ValueError as error:
+        raise BadRequest(f"job id: {error}") from None
+    if not 1 <= number <= 2**63 - 1:
+        raise BadRequest(f"job id: {number} is not a job id")
+    return number
+
+
+def _queue(value: Any) -> str:
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise BadRequest("queue: a queue name of 1 to 64 characters")
+    return value
+
+
+def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) -> tuple[bool, str]:
+    """Do one action; (whether it changed something, a sentence saying what happened). Audited either way."""
+    console = ConsoleStore(store)
+    ops = OpsStore(store)
+    job_id: int | None = None
+    queue: str | None = None
+    detail: dict[str, Any] = {}
+    if action in ("retry", "cancel", "callback-retry"):
+        job_id = _job_id(params.get("job_id"))
+        if action == "retry":
+            done = ops.retry(job_id)
+            message = f"job {job_id} is pending again" if done else f"job {job_id} is not finished: not retried"
+        elif action == "cancel":
+            outcome = ops.cancel(job_id)
+            done = outcome in ("done", "requested")
+            message = {"done": f"job {job_id} cancelled",
+                       "requested": f"job {job_id} is running: its handler is asked to stop"}.get(
+                outcome, f"job {job_id} is {outcome}: not cancelled")
+        else:
+            done = CallbackStore(store).retry(job_id)
+            message = (f"job {job_id}'s callback is due again" if done
+                       else f"job {job_id} has no callback to retry (or has not finished)")
+    elif action in ("pause", "resume"):
+        queue = _queue(params.get("queue"))
+        if action == "pause":
+            reason = str(params.get("reason") or "")[:255] or None
+            done = ops.pause(queue, actor, reason)
+            message = f"queue {queue} paused" if done else f"queue {queue} was paused already"
+        else:
+            done = ops.resume(queue)
+            message = f"queue {queue} resumed" if done else f"queue {queue} was not paused"
+    elif action in ("bulk-retry", "bulk-cancel"):
+        f = filter_from({k: str(v) for k, v in params.items() if isinstance(v, str | int | float)})
+        detail = filter_params(f)
+        changed = console.bulk_retry(f) if action == "bulk-retry" else console.bulk_cancel(f)
+        done = changed > 0
+        verb = "retried" if action == "bulk-retry" else "cancelled (or asked to stop)"
+        message = f"{changed} job(s) {verb}" + (f" (at most {BULK_LIMIT} at once)" if changed >= BULK_LIMIT else "")
+        detail["changed"] = str(changed)
+    elif action == "purge":
+        try:
+            older = config.duration(params.get("older_than") or "")
+        except ValueError as error:
+            raise BadRequest(f"older_than: {error}") from None
+        wanted = [s for s in str(params.get("statuses") or "succeeded,cancelled").split(",") if s]
+        if not wanted or any(s not in PURGEABLE for s in wanted):
+            raise BadRequest(f"statuses: finished statuses only ({', '.join(sorted(PURGEABLE))})")
+        purged = ops.purge(older, wanted)
+        done, message = purged > 0, f"{purged} finished job(s) purged"
+        detail = {"older_than": f"{older:g}s", "statuses": ",".join(wanted), "purged": str(purged)}
+    else:
+        raise BadRequest(f"unknown action {action!r} (use {', '.join(NAMES)})")
+    console.audit(actor, action, queue=queue, job_id=job_id,
+                  detail=json.dumps({**detail, "outcome": message}, ensure_ascii=False))
+    return done, message

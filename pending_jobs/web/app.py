@@ -1,0 +1,55 @@
+"""The console's ASGI application: `create_app(settings, store)`.
+
+Layers, outside in: `Guard` (authentication, read-only, the CSRF cookie, security headers), then the
+routes: pages, the JSON API, the live stream and metrics, static files. The routes other modules add
+(`extra_routes`, e.g. the browser push endpoint) are matched first, outside the guard: they authenticate
+their own callers (a job-scoped token) and may be opened from the application's own origin.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.routing import BaseRoute, Mount
+from starlette.staticfiles import StaticFiles
+
+from ..config import WebSettings
+from ..store import Store
+from .api import api_routes
+from .live import live_routes
+from .pages import page_routes
+from .security import Csrf, Guard
+
+Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
+
+
+def create_app(settings: WebSettings, store: Store, extra_routes: Sequence[BaseRoute] = (),
+               lifespan: Lifespan | None = None, csrf: Csrf | None = None) -> Starlette:
+    """The console for `store`. Read-only settings register no action route at all (and Guard answers
+    any POST with 403).
+
+    MOUNT POINT for the push endpoint (issue 14, item 6): pass `extra_routes=push_routes(push_settings,
+    store)` and its lifespan hook as `lifespan`; nothing else here needs to change.
+    """
+    csrf = csrf or Csrf()
+    console = Starlette(routes=[
+        *page_routes(store, csrf, settings.read_only),
+        *api_routes(store, csrf, settings.read_only),
+        *live_routes(store, csrf, settings.read_only),
+        Mount("/static", app=StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
+    ])
+    guarded = Guard(console, settings)
+
+    @contextlib.asynccontextmanager
+    async def lifetime(app: Any) -> AsyncIterator[None]:
+        if lifespan is None:
+            yield
+            return
+        async with lifespan(app):
+            yield
+
+    return Starlette(routes=[*extra_routes, Mount("/", app=guarded)], lifespan=lifetime)

@@ -1,0 +1,96 @@
+"""What is read continuously: the /events stream behind the live pages, /metrics, and /healthz.
+
+/events renders a page's fragment every INTERVAL seconds and sends it as one SSE `data:` line of JSON
+(`{"html": ...}`); console.js swaps it in. A stream ends after STREAM_FOR seconds (EventSource opens a
+new one by itself) so a server stopping never waits on a forgotten tab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from ..store import Store
+from ..store.console import ConsoleStore
+from .pages import ENV, base_context, fragment
+from .security import Csrf
+from .views import BadRequest
+
+INTERVAL = 2.0
+STREAM_FOR = 300.0
+
+
+class _DatabaseCollector(Collector):
+    """Counters and gauges read from the tables at scrape time: they sum every runner host and survive
+    restarts (purged jobs leave the counters, which Prometheus's rate() reads as a reset)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Any:
+        found = ConsoleStore(self.store).counters()
+        finished = CounterMetricFamily("pending_jobs_finished", "Jobs that ended, by queue, task and outcome "
+                                       "(kept rows: purge lowers it)", labels=["queue", "task", "outcome"])
+        for queue, task, outcome, n in found.finished:
+            finished.add_metric([queue, task, outcome], n)
+        callbacks = CounterMetricFamily("pending_jobs_callbacks", "Jobs by callback outcome", labels=["outcome"])
+        for outcome, n in sorted(found.callbacks.items()):
+            callbacks.add_metric([outcome], n)
+        depth = GaugeMetricFamily("pending_jobs_queue_depth", "Pending jobs per queue", labels=["queue"])
+        age = GaugeMetricFamily("pending_jobs_oldest_due_age_seconds", "Seconds the oldest due job has waited",
+                                labels=["queue"])
+        for queue, n in sorted(found.depth.items()):
+            depth.add_metric([queue], n)
+            age.add_metric([queue], found.oldest_due_age.get(queue, 0.0))
+        yield from (finished, callbacks, depth, age)
+
+
+def live_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
+
+    async def events(request: Request) -> Response:
+        params = dict(request.query_params)
+        view = params.pop("view", "overview")
+        context = base_context(request, csrf, read_only)
+
+        def snapshot() -> str:
+            name, data = fragment(view, store, params, context)
+            return json.dumps({"view": view, "html": ENV.get_template(name).render(data)})
+
+        try:
+            first = await run_in_threadpool(snapshot)
+        except BadRequest as error:
+            return PlainTextResponse(str(error), 400)
+
+        async def stream() -> AsyncIterator[str]:
+            yield f"retry: 2000\ndata: {first}\n\n"
+            loop = asyncio.get_running_loop()
+            ends = loop.time() + STREAM_FOR
+            while loop.time() < ends:
+                await asyncio.sleep(INTERVAL)
+                if await request.is_disconnected():
+                    return
+                yield f"data: {await run_in_threadpool(snapshot)}\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+
+    def metrics(request: Request) -> Response:
+        registry = CollectorRegistry()
+        registry.register(_DatabaseCollector(store))
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def healthz(request: Request) -> Response:
+        store.read(lambda conn: None)  # raises (500) when the database does not answer
+        return PlainTextResponse("ok\n")
+
+    return [Route("/events", events), Route("/metrics", metrics), Route("/healthz", healthz)]

@@ -1,0 +1,128 @@
+"""What pages and the JSON API show: the same data for both, shaped once here.
+
+Nothing shown holds a secret: the Job model carries neither the lease token nor the callback token,
+callback URLs are redacted (no user info, query or fragment) and attempts show the webhook id only.
+A job's JSON is `pending-jobs list --json`'s shape (times as ISO 8601 text).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .. import config
+from ..callbacks import redact
+from ..models import Job
+from ..states import JobStatus
+from ..store import CallbackStore, RunStore, Store
+from ..store.console import ConsoleFilter, ConsoleStore
+
+STATUSES = [s.value for s in JobStatus]
+PAGE = 50
+
+
+class BadRequest(ValueError):
+    """A query parameter or form field that cannot be used; the message names it."""
+
+
+def plain(value: Any) -> Any:
+    """Dataclasses, dicts and lists with times as ISO text: JSON-able."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        value = dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def job_data(job: Job) -> dict[str, Any]:
+    """A job as JSON-able data, its callback URL redacted."""
+    data: dict[str, Any] = plain(job)
+    data["callback_url"] = redact(job.callback_url) if job.callback_url else None
+    return data
+
+
+def _duration(name: str, value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return config.duration(value)
+    except ValueError as error:
+        raise BadRequest(f"{name}: {error}") from None
+
+
+def _integer(name: str, value: str | None, low: int, high: int) -> int | None:
+    if not value:
+        return None
+    try:
+        number = config.integer(value)
+    except ValueError as error:
+        raise BadRequest(f"{name}: {error}") from None
+    if not low <= number <= high:
+        raise BadRequest(f"{name}: {number} is outside {low} to {high}")
+    return number
+
+
+def filter_from(params: Mapping[str, str]) -> ConsoleFilter:
+    """The job filter of a query string or form: status (comma-separated), queue, task, since and until
+    (durations ago: 15m, 2h, 7d), q (text in the payload or the last error)."""
+    statuses = tuple(s for s in (params.get("status") or "").split(",") if s)
+    unknown = [s for s in statuses if s not in STATUSES]
+    if unknown:
+        raise BadRequest(f"status: unknown {', '.join(unknown)} (use {', '.join(STATUSES)})")
+    return ConsoleFilter(statuses=statuses, queue=params.get("queue") or None, task=params.get("task") or None,
+                         since=_duration("since", params.get("since")), until=_duration("until", params.get("until")),
+                         text=(params.get("q") or "")[:200] or None)
+
+
+def filter_params(f: ConsoleFilter) -> dict[str, str]:
+    """The query string of a filter (links to the next page, the bulk confirmation, the live stream)."""
+    values = {"status": ",".join(f.statuses), "queue": f.queue or "", "task": f.task or "",
+              "since": f"{f.since:g}" if f.since is not None else "", "until": f"{f.until:g}" if f.until is not None
+              else "", "q": f.text or ""}
+    return {k: v for k, v in values.items() if v}
+
+
+def page_args(params: Mapping[str, str]) -> tuple[int | None, int]:
+    return (_integer("before", params.get("before"), 1, 2**63 - 1),
+            _integer("limit", params.get("limit"), 1, 500) or PAGE)
+
+
+def overview(store: Store) -> dict[str, Any]:
+    console, runs = ConsoleStore(store), RunStore(store)
+    queues = console.overview()
+    return {"queues": plain(queues), "throughput": console.throughput(), "callbacks": runs.callback_counts(),
+            "runs": [run_data(r) for r in runs.runs(10)]}
+
+
+def run_data(run: Any) -> dict[str, Any]:
+    data: dict[str, Any] = plain(run)
+    data["duration"] = run.duration
+    return data
+
+
+def jobs(store: Store, f: ConsoleFilter, before: int | None, limit: int) -> dict[str, Any]:
+    page, cursor = ConsoleStore(store).jobs(f, before, limit)
+    return {"jobs": [job_data(j) for j in page], "next": cursor}
+
+
+def job(store: Store, job_id: int) -> dict[str, Any] | None:
+    found = store.get(job_id)
+    if found is None:
+        return None
+    attempts = [plain(a) for a in CallbackStore(store).attempts(job_id)]
+    for attempt in attempts:
+        attempt["url"] = redact(attempt["url"])
+    return {**job_data(found), "errors": plain(ConsoleStore(store).errors(job_id)),
+            "callback_attempts_log": attempts}
+
+
+def pretty(value: Any) -> str:
+    """A payload or result as indented JSON text (shown escaped)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
