@@ -1,8 +1,8 @@
 """What is read continuously: the /events stream behind the live pages, /metrics, and /healthz.
 
 /events renders a page's fragment every INTERVAL seconds and sends it as one SSE `data:` line of JSON
-(`{"html": ...}`); console.js swaps it in. A stream ends after STREAM_FOR seconds (EventSource opens a
-new one by itself) so a server stopping never waits on a forgotten tab.
+(`{"html": ...}`); console.js swaps it in (`once=1`: one snapshot, then the end). A stream ends after
+STREAM_FOR seconds (EventSource opens a new one by itself) so a server stopping never waits on a tab.
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ def live_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
     async def events(request: Request) -> Response:
         params = dict(request.query_params)
         view = params.pop("view", "overview")
+        once = params.pop("once", "") == "1"  # one snapshot, then the end (scripts, tests)
         context = base_context(request, csrf, read_only)
 
         def snapshot() -> str:
@@ -73,6 +74,8 @@ def live_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
 
         async def stream() -> AsyncIterator[str]:
             yield f"retry: 2000\ndata: {first}\n\n"
+            if once:
+                return
             loop = asyncio.get_running_loop()
             ends = loop.time() + STREAM_FOR
             while loop.time() < ends:
