@@ -42,8 +42,13 @@ def render(name: str, context: dict[str, Any], status: int = 200) -> HTMLRespons
     return HTMLResponse(ENV.get_template(name).render(context), status_code=status)
 
 
+PATHS = {"overview": "/", "jobs": "/jobs", "job": "/jobs/{id}", "runs": "/runs", "audit": "/audit"}
+
+
 def fragment(view: str, store: Store, params: dict[str, str], context: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The live part of a page: its template name and its data (what /events sends again)."""
+    """The live part of a page: its template name and its data (what /events sends again). Its forms send
+    the browser back to the page (not to /events, whose request renders them there)."""
+    context = {**context, "path": PATHS.get(view, "/").format(id=params.get("id", ""))}
     if view == "overview":
         return "_overview.html", {**context, **views.overview(store)}
     if view == "jobs":
@@ -76,7 +81,7 @@ def page_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
                 return render("error.html", {**context, "error": str(error)}, 400)
             if view == "job" and data["job"] is None:
                 return render("error.html", {**context, "error": f"job {params['id']} does not exist"}, 404)
-            stream = urllib.parse.urlencode({**params, "view": view})
+            stream = urllib.parse.urlencode({**{k: v for k, v in params.items() if k != "msg"}, "view": view})
             return render(template, {**data, "fragment": name, "stream": f"/events?{stream}"})
 
         return endpoint

@@ -10,19 +10,27 @@
       });
     });
   }
+  var source = null;
   function follow(live) {
-    var source = new EventSource(live.dataset.stream);
+    var last = null;
+    source = new EventSource(live.dataset.stream);
     source.onmessage = function (event) {
       var snapshot = JSON.parse(event.data);
+      if (snapshot.html === last) { return; }  // unchanged: keep the page as it is (a focused button, a selection)
+      last = snapshot.html;
       // The server renders the fragment with every value escaped; swapped whole, as the page first had it.
       live.innerHTML = snapshot.html;
       live.dataset.updated = String(Date.now());
       confirmForms(live);
     };
   }
-  document.addEventListener("DOMContentLoaded", function () {
-    confirmForms(document);
+  function start() {
     var live = document.getElementById("live");
-    if (live && live.dataset.stream && window.EventSource) { follow(live); }
-  });
+    if (live && live.dataset.stream && window.EventSource && !source) { follow(live); }
+  }
+  document.addEventListener("DOMContentLoaded", function () { confirmForms(document); start(); });
+  // A page left (or kept in the back-forward cache) closes its stream: a browser opens few connections
+  // per host, and streams of pages no one looks at would hold them all.
+  window.addEventListener("pagehide", function () { if (source) { source.close(); source = null; } });
+  window.addEventListener("pageshow", function (event) { if (event.persisted) { start(); } });
 })();
