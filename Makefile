@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck unit property-long bench mutation clean
+.PHONY: install demo console test lint typecheck unit property-long bench mutation clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ install: $(STAMP)
 
 demo: install
 	$(BIN)/python examples/demo.py
+
+# The console on the demo database (run `make demo` first to fill it): http://127.0.0.1:8080/
+console: install
+	test -f .demo/jobs.sqlite3 || $(BIN)/python examples/demo.py
+	PENDING_JOBS_DATABASE_URL=sqlite:///$(CURDIR)/.demo/jobs.sqlite3 $(BIN)/pending-jobs web
 
 lint: install
 	$(BIN)/ruff check pending_jobs migrations tests benchmarks examples

@@ -1,0 +1,122 @@
+"""`python -m benchmarks.console`: the console's queries on 1,000,000 jobs, on MariaDB and PostgreSQL.
+
+Fills a throwaway database with one multi-row INSERT … SELECT over a generated series (5 queues, 20 tasks,
+90 % succeeded, 5 % failed, 4 % pending, 1 % cancelled, created over 30 days), then times each console
+read (median of 5, after one warm-up) and prints the plan the database chose for the two that must be
+index-served: the overview's counts and a filtered page of the job list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from pending_jobs.schema import pending_jobs as J
+from pending_jobs.store import create_engine, open_store
+from pending_jobs.store.columns import JOB_COLUMNS
+from pending_jobs.store.console import ConsoleFilter, ConsoleStore
+
+from .databases import LABELS, reachable, server_version, throwaway
+
+COLUMNS = ("queue, task, payload, status, priority, run_at, attempts, max_attempts, last_error, created_at, "
+           "updated_at, started_at, finished_at")
+# n is 1..N; status by n % 100: 0-3 pending, 4 cancelled, 5-9 failed, else succeeded.
+FILL = {
+    "postgresql": f"""INSERT INTO pending_jobs ({COLUMNS})
+        SELECT 'q' || (n % 5), 'task' || (n % 20), jsonb_build_object('n', n, 'to', 'user' || n || '@example.com'),
+          CASE WHEN n % 100 < 4 THEN 'pending' WHEN n % 100 = 4 THEN 'cancelled'
+               WHEN n % 100 < 10 THEN 'failed' ELSE 'succeeded' END, 0,
+          t, 1, 5, CASE WHEN n % 100 BETWEEN 5 AND 9 THEN 'RuntimeError: failed ' || n END, t, t,
+          CASE WHEN n % 100 >= 4 THEN t + interval '1 second' END,
+          CASE WHEN n % 100 >= 4 THEN t + interval '2 seconds' END
+        FROM generate_series(1, :n) AS n, LATERAL (SELECT now() - (:n - n) * interval '2.592 seconds' AS t) AS c""",
+    "mysql": f"""INSERT INTO pending_jobs ({COLUMNS})
+        SELECT CONCAT('q', seq % 5), CONCAT('task', seq % 20), JSON_OBJECT('n', seq, 'to', CONCAT('user', seq,
+          '@example.com')),
+          CASE WHEN seq % 100 < 4 THEN 'pending' WHEN seq % 100 = 4 THEN 'cancelled'
+               WHEN seq % 100 < 10 THEN 'failed' ELSE 'succeeded' END, 0,
+          t, 1, 5, CASE WHEN seq % 100 BETWEEN 5 AND 9 THEN CONCAT('RuntimeError: failed ', seq) END, t, t,
+          CASE WHEN seq % 100 >= 4 THEN t + INTERVAL 1 SECOND END, CASE WHEN seq % 100 >= 4 THEN t + INTERVAL 2 SECOND END
+        FROM (SELECT seq, UTC_TIMESTAMP(6) - INTERVAL ((:n - seq) * 2592000) MICROSECOND AS t
+              FROM seq_1_to_{{n}}) AS s""",
+}
+
+
+def _median(work: Callable[[], Any], times: int = 5) -> float:
+    work()  # warm-up: the first read loads pages into the buffer pool
+    samples = []
+    for _ in range(times):
+        started = time.perf_counter()
+        work()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def _explain(engine: sa.Engine, stmt: sa.Select[Any]) -> str:
+    text = str(stmt.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(f"EXPLAIN {text}").all()
+    return "\n".join("    " + " | ".join(str(v) for v in row) for row in rows)
+
+
+def measure(backend: str, jobs: int, say: Callable[[str], None]) -> dict[str, float]:
+    """Fill, time and explain on one database; the medians in milliseconds."""
+    with throwaway(backend, "console") as url:
+        engine = create_engine(url, pool_size=2)
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            conn.execute(sa.text(FILL[backend].replace("{n}", str(jobs))), {"n": jobs})
+            conn.exec_driver_sql("ANALYZE" if backend == "postgresql" else "ANALYZE TABLE pending_jobs")
+        say(f"{LABELS[backend]} ({server_version(backend)}): {jobs:,} jobs filled in "
+            f"{time.perf_counter() - started:.1f} s")
+        console = ConsoleStore(open_store(engine))
+        failed_q1 = ConsoleFilter(statuses=("failed",), queue="q1")
+        _, cursor = console.jobs(failed_q1, limit=50)
+        deep = console.jobs(ConsoleFilter(), before=jobs // 2, limit=50)
+        assert deep[0], "the middle of the table has jobs"
+        measures = {
+            "overview (counts, oldest due, expired leases, paused per queue)": console.overview,
+            "jobs: status=failed, queue=q1, first page of 50": lambda: console.jobs(failed_q1, limit=50),
+            "jobs: same filter, next page (keyset cursor)": lambda: console.jobs(failed_q1, cursor, 50),
+            "jobs: no filter, page at the middle of the table": lambda: console.jobs(ConsoleFilter(), jobs // 2, 50),
+            "jobs: task=task2, status=pending, first page": lambda: console.jobs(
+                ConsoleFilter(statuses=("pending",), task="task2"), limit=50),
+            "jobs: task=task7, status=pending (matches none: reads every row)": lambda: console.jobs(
+                ConsoleFilter(statuses=("pending",), task="task7"), limit=50),
+            "job page errors (by job_id)": lambda: console.errors(jobs // 2),
+            "throughput (runs table, newest 2,000 jobs sampled)": console.throughput,
+            "metrics counters (queue x task x outcome: a full scan)": console.counters,
+        }
+        found = {}
+        for name, work in measures.items():
+            found[name] = _median(work) * 1000
+            say(f"  {found[name]:8.1f} ms  {name}")
+        counts = sa.select(J.c.queue, J.c.status, sa.func.count()).group_by(J.c.status, J.c.queue)
+        page = (sa.select(*JOB_COLUMNS).where(*console._where(failed_q1)).order_by(J.c.id.desc()).limit(51))
+        say(f"  EXPLAIN overview counts:\n{_explain(engine, counts)}")
+        say(f"  EXPLAIN jobs status=failed, queue=q1:\n{_explain(engine, page)}")
+        engine.dispose()
+        return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.console", description=__doc__)
+    p.add_argument("--jobs", type=int, default=1_000_000)
+    p.add_argument("--backends", default="mysql,postgresql")
+    args = p.parse_args(argv)
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        problem = reachable(backend)
+        if problem:
+            print(f"{LABELS[backend]}: skipped ({problem})")
+            continue
+        measure(backend, args.jobs, lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
