@@ -41,7 +41,8 @@ FILL = {
           CASE WHEN seq % 100 < 4 THEN 'pending' WHEN seq % 100 = 4 THEN 'cancelled'
                WHEN seq % 100 < 10 THEN 'failed' ELSE 'succeeded' END, 0,
           t, 1, 5, CASE WHEN seq % 100 BETWEEN 5 AND 9 THEN CONCAT('RuntimeError: failed ', seq) END, t, t,
-          CASE WHEN seq % 100 >= 4 THEN t + INTERVAL 1 SECOND END, CASE WHEN seq % 100 >= 4 THEN t + INTERVAL 2 SECOND END
+          CASE WHEN seq % 100 >= 4 THEN t + INTERVAL 1 SECOND END,
+          CASE WHEN seq % 100 >= 4 THEN t + INTERVAL 2 SECOND END
         FROM (SELECT seq, UTC_TIMESTAMP(6) - INTERVAL ((:n - seq) * 2592000) MICROSECOND AS t
               FROM seq_1_to_{{n}}) AS s""",
 }

@@ -308,14 +308,10 @@ def _named_tables(kind: str, value: Any, path: str | None) -> dict[str, dict[str
     return {str(name): dict(table) for name, table in value.items()}
 
 
-def env_help(name: str) -> str:
-    """The `--help` text of a setting, naming its environment variable, default and range."""
-    return env_help_of(SETTINGS, name)
-
-
-def env_help_of(settings: tuple[Setting, ...], name: str) -> str:
-    """`env_help` of a setting in another tuple (the `[web]` settings)."""
-    setting = next(s for s in settings if s.name == name)
+def env_help(name: str, among: tuple[Setting, ...] | None = None) -> str:
+    """The `--help` text of a setting (of SETTINGS, or of `among`: WEB_SETTINGS), naming its environment
+    variable, default and range."""
+    setting = BY_NAME[name] if among is None else next(s for s in among if s.name == name)
     default = setting.default
     shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, list) \
         else default

@@ -17,10 +17,10 @@ EXTRA = ("starlette", "uvicorn", "jinja2", "multipart")
 def register(commands: Commands) -> None:
     p = commands.add_parser("web", help="serve the operator console (pip install 'pending-jobs[web]')")
     common.add_common(p)
-    p.add_argument("--host", help=config.env_help_of(config.WEB_SETTINGS, "web_host"))
-    p.add_argument("--port", type=common.INTEGER, help=config.env_help_of(config.WEB_SETTINGS, "web_port"))
+    p.add_argument("--host", help=config.env_help("web_host", config.WEB_SETTINGS))
+    p.add_argument("--port", type=common.INTEGER, help=config.env_help("web_port", config.WEB_SETTINGS))
     p.add_argument("--read-only", action="store_const", const=True, default=None,
-                   help=config.env_help_of(config.WEB_SETTINGS, "web_read_only"))
+                   help=config.env_help("web_read_only", config.WEB_SETTINGS))
     p.set_defaults(func=cmd_web)
 
 
