@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 from typing import TypeAlias
 
 from .. import config, migrate
@@ -11,7 +10,6 @@ from ..errors import EXIT_CONFIG, EXIT_OK, ConfigError
 from . import common
 
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
-EXTRA = ("starlette", "uvicorn", "jinja2", "multipart")
 
 
 def register(commands: Commands) -> None:
@@ -25,27 +23,26 @@ def register(commands: Commands) -> None:
 
 
 def cmd_web(args: argparse.Namespace) -> int:
-    missing = [name for name in EXTRA if importlib.util.find_spec(name) is None]
-    if missing:
-        common.eprint(f"the console needs the web extra ({', '.join(missing)} missing): "
+    try:  # the web extra, imported only by this command
+        import uvicorn
+
+        from ..web.app import create_app
+        from ..web.security import refusal
+    except ImportError as error:
+        missing = (error.name or str(error)).split(".")[0]
+        common.eprint(f"the console needs the web extra ({missing} is missing): "
                       "pip install 'pending-jobs[web]'")
         return EXIT_CONFIG
     settings = common.settings_from(args)
     web = config.load_web({"host": args.host, "port": args.port, "read_only": args.read_only},
                           config_file=getattr(args, "config", None))
-    from ..web.security import refusal  # the web extra: imported only now that it is known present
-
     problem = refusal(web)
     if problem:
         raise ConfigError(problem)
     engine, store = common.open_database(settings, pool_size=8)
     migrate.require_head(engine)
-    import uvicorn
-
-    from ..web.app import create_app
-
-    common.log.warning("console on http://%s:%d/%s", web.host if ":" not in web.host else f"[{web.host}]",
-                       web.port, " (read-only)" if web.read_only else "")
+    shown = f"[{web.host}]" if ":" in web.host else web.host
+    common.log.warning("console on http://%s:%d/%s", shown, web.port, " (read-only)" if web.read_only else "")
     uvicorn.run(create_app(web, store), host=web.host, port=web.port, log_level="warning",
                 timeout_graceful_shutdown=3)
     return EXIT_OK

@@ -2,7 +2,7 @@
 
 Nothing shown holds a secret: the Job model carries neither the lease token nor the callback token,
 callback URLs are redacted (no user info, query or fragment) and attempts show the webhook id only.
-A job's JSON is `pending-jobs list --json`'s shape (times as ISO 8601 text).
+A job's JSON is exactly what `pending-jobs list --json` prints for it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class BadRequest(ValueError):
 
 
 def plain(value: Any) -> Any:
-    """Dataclasses, dicts and lists with times as ISO text: JSON-able."""
+    """Dataclasses, dicts and lists with times as ISO 8601 text (a space before the time): JSON-able."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, dict):
@@ -37,7 +37,7 @@ def plain(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
     if isinstance(value, dt.datetime):
-        return value.isoformat()
+        return str(value)  # as `--json` prints it: 2026-12-01 17:04:53.123456+00:00
     return value
 
 

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 import pending_jobs
 from pending_jobs.store import OpsStore, Store
-from tests.conftest import scalar
+from tests.conftest import cli, scalar
 
 from .conftest import csrf_of
 
@@ -71,7 +71,7 @@ def test_every_action_changes_the_jobs_and_is_audited(console: Any, store: Store
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_api_shapes_and_keyset_pages(console: Any, engine: sa.Engine, run: Any) -> None:
+def test_api_shapes_and_keyset_pages(console: Any, engine: sa.Engine, run: Any, db_url: str) -> None:
     with engine.begin() as conn:
         ids = [pending_jobs.enqueue(conn, "echo", {"n": n}) for n in range(5)]
         flaky = pending_jobs.enqueue(conn, "boom", {"n": 9}, max_attempts=2)
@@ -89,6 +89,8 @@ def test_api_shapes_and_keyset_pages(console: Any, engine: sa.Engine, run: Any) 
     assert client.get("/api/jobs", params={"status": "nope"}).status_code == 400
     assert client.get("/api/jobs", params={"since": "soon"}).json()["error"].startswith("since:")
 
+    listed = cli("list", "--json", env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert json.loads(listed.stdout) == client.get("/api/jobs").json()["jobs"]  # the CLI's shape, to the byte
     job = client.get(f"/api/jobs/{flaky}").json()
     assert job["status"] == "failed" and [e["attempt"] for e in job["errors"]] == [1, 2]
     assert all("boom" in e["error"] for e in job["errors"]) and job["callback_attempts_log"] == []

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -152,3 +155,13 @@ def _failed_job(engine: sa.Engine, **fields: Any) -> int:
         conn.execute(sa.text("UPDATE pending_jobs SET status = 'failed', attempts = 5, last_error = 'boom', "
                              "finished_at = created_at WHERE id = :id"), {"id": job})
     return job
+
+
+def test_without_the_web_extra_the_command_says_what_to_install(db_url: str) -> None:
+    hidden = ("import sys; sys.modules['starlette'] = None; from pending_jobs.cli import main; "
+              "sys.exit(main(['web']))")
+    result = subprocess.run([sys.executable, "-c", hidden], capture_output=True, text=True, timeout=60,
+                            env={"PATH": os.environ.get("PATH", ""), "PENDING_JOBS_DATABASE_URL": db_url})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pending-jobs: the console needs the web extra (starlette is missing): pip install 'pending-jobs[web]'"]
