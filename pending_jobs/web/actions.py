@@ -59,6 +59,7 @@ def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) ->
         if action == "pause":
             reason = str(params.get("reason") or "")[:255] or None
             done = ops.pause(queue, actor, reason)
+            detail = {"reason": reason} if reason else {}
             message = f"queue {queue} paused" if done else f"queue {queue} was paused already"
         else:
             done = ops.resume(queue)

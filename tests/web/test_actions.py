@@ -65,6 +65,7 @@ def test_every_action_changes_the_jobs_and_is_audited(console: Any, store: Store
                                               "callback-retry", "cancel", "retry", "retry"]
     assert {e["actor"] for e in entries} == {"local@127.0.0.1"}
     assert entries[4]["queue"] == "mail" and entries[-1]["job_id"] == failed[0]
+    assert json.loads(entries[4]["detail"]) == {"reason": "incident 42", "outcome": "queue mail paused"}
     assert json.loads(entries[2]["detail"])["changed"] == "2"
     page = client.get("/audit").text
     assert "bulk-retry" in page and "local@127.0.0.1" in page
