@@ -252,9 +252,8 @@ class ConsoleStore:
     def bulk_cancel(self, f: ConsoleFilter) -> int:
         """Every pending job matching the filter cancelled, and every running one marked (as `cancel`)."""
         by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
-        values = self.store.terminal_values(JobStatus.CANCELLED)
-        values["last_error"] = "cancelled by an operator"
-        to_cancelled = sa.update(J).where(J.c.id.in_(by_id), J.c.status == JOB_PENDING).values(values)
+        to_cancelled = sa.update(J).where(J.c.id.in_(by_id), J.c.status == JOB_PENDING).values(
+            self.ops.cancel_values())
         mark = sa.update(J).where(J.c.id.in_(by_id), J.c.status == JOB_RUNNING).values(cancel_requested=True)
 
         def work(conn: sa.Connection) -> int:

@@ -118,10 +118,15 @@ class OpsStore:
             self.sql.notify(conn)
         return reopened
 
-    def cancel(self, job_id: int) -> str:
-        """Cancel a pending job (`done`), or mark a running one (`requested`); else its status or `missing`."""
+    def cancel_values(self) -> dict[str, Any]:
+        """The SET of an operator's cancel of a pending job (`cancel`, and the console's bulk cancel)."""
         values = self.store.terminal_values(JobStatus.CANCELLED)
         values["last_error"] = "cancelled by an operator"
+        return values
+
+    def cancel(self, job_id: int) -> str:
+        """Cancel a pending job (`done`), or mark a running one (`requested`); else its status or `missing`."""
+        values = self.cancel_values()
         to_cancelled = sa.update(J).where(J.c.id == job_id, J.c.status == JOB_PENDING).values(values)
         mark = sa.update(J).where(J.c.id == job_id, J.c.status == JOB_RUNNING).values(cancel_requested=True)
         status = sa.select(J.c.status).where(J.c.id == job_id)
