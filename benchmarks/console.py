@@ -9,13 +9,18 @@ index-served: the overview's counts and a filtered page of the job list.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
+from pending_jobs import enqueue_many
 from pending_jobs.schema import pending_jobs as J
 from pending_jobs.store import create_engine, open_store
 from pending_jobs.store.columns import JOB_COLUMNS
@@ -105,11 +110,41 @@ def measure(backend: str, jobs: int, say: Callable[[str], None]) -> dict[str, fl
         return found
 
 
+def trigger_cost(jobs: int, rounds: int, say: Callable[[str], None]) -> dict[str, float]:
+    """Drain `jobs` no-op jobs with `pending-jobs run` on PostgreSQL with the NOTIFY-on-finish trigger of
+    migration 0006 enabled and disabled, alternating; the median rate of each, in jobs/s."""
+    root = Path(__file__).resolve().parent.parent
+    rates: dict[str, list[float]] = {"enabled": [], "disabled": []}
+    with throwaway("postgresql", "trigger") as url:
+        engine = create_engine(url)
+        env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(root), "PENDING_JOBS_DATABASE_URL": url,
+               "PENDING_JOBS_TASKS": "benchmarks.noop", "PENDING_JOBS_POLL": "0", "PENDING_JOBS_LOCK_FILE": "none"}
+        for _ in range(rounds):
+            for mode in rates:
+                with engine.begin() as conn:
+                    conn.exec_driver_sql("DELETE FROM pending_jobs")
+                    conn.exec_driver_sql(f"ALTER TABLE pending_jobs {mode[:-1].upper()} TRIGGER "
+                                         "pending_jobs_notify_finished")
+                enqueue_many(engine, [{"task": "bench.noop", "payload": {}} for _ in range(jobs)])
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-m", "pending_jobs", "run"], env=env, cwd=root, check=True)
+                rates[mode].append(jobs / (time.perf_counter() - started))
+                say(f"  trigger {mode}: {rates[mode][-1]:,.0f} jobs/s")
+        engine.dispose()
+    return {mode: statistics.median(found) for mode, found in rates.items()}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.console", description=__doc__)
     p.add_argument("--jobs", type=int, default=1_000_000)
     p.add_argument("--backends", default="mysql,postgresql")
+    p.add_argument("--trigger-cost", action="store_true",
+                   help="instead: what the NOTIFY-on-finish trigger costs a drain on PostgreSQL")
     args = p.parse_args(argv)
+    if args.trigger_cost:
+        medians = trigger_cost(20_000, 3, lambda line: print(line, flush=True))
+        print("median: " + ", ".join(f"trigger {mode} {rate:,.0f} jobs/s" for mode, rate in medians.items()))
+        return 0
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         problem = reachable(backend)
         if problem:
