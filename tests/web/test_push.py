@@ -204,7 +204,7 @@ def test_refused_tokens_and_origins(serve: Callable[..., Server], engine: sa.Eng
         "expired": tokens.mint(SECRET, job_id, ttl=1, now=time.time() - 10),
         "tampered": tampered,
         "other secret": tokens.mint("another secret of 32 bytes......", job_id),
-        "malformed": "v1.%d.abc" % job_id,
+        "malformed": f"v1.{job_id}.abc",
         "missing": None,
     }
     for token in refused.values():
