@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import pending_jobs
+from benchmarks.push import add_notify_trigger  # TEMPORARY: the trigger until migration 0006 adds it
 from pending_jobs.errors import ConfigError
 from pending_jobs.models import Completion
 from pending_jobs.store import Store
@@ -31,29 +32,6 @@ SECRET = "push secret for the tests, 32 b."
 APP = "https://app.example.com"
 EVIL = "https://evil.example.net"
 KEYS = {"id", "status", "result", "error", "finished_at"}
-
-# TEMPORARY (remove once the console's migration 0006 adds it): the statement-level trigger that notifies
-# `pending_jobs_finished` when an UPDATE ends a job, exactly as the migration will create it.
-NOTIFY_TRIGGER_DDL = [
-    """CREATE OR REPLACE FUNCTION pending_jobs_notify_finished() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  IF EXISTS (SELECT 1 FROM n WHERE status IN ('succeeded','failed','cancelled')) THEN
-    PERFORM pg_notify('pending_jobs_finished', '');
-  END IF;
-  RETURN NULL;
-END $$""",
-    "DROP TRIGGER IF EXISTS pending_jobs_notify_finished ON pending_jobs",
-    """CREATE TRIGGER pending_jobs_notify_finished AFTER UPDATE ON pending_jobs
-REFERENCING NEW TABLE AS n FOR EACH STATEMENT EXECUTE FUNCTION pending_jobs_notify_finished()""",
-]
-
-
-def add_notify_trigger(engine: sa.Engine) -> None:
-    if engine.dialect.name == "postgresql":
-        with engine.begin() as conn:
-            for statement in NOTIFY_TRIGGER_DDL:
-                conn.exec_driver_sql(statement)
-
 
 class Server:
     """uvicorn serving an app in a thread of this process, on a free loopback port."""
