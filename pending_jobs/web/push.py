@@ -27,7 +27,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import ConfigError
 from ..store import Store
@@ -132,7 +132,10 @@ class _WebSocketEndpoint:
         try:
             await self._follow(websocket, sub)
         except Stopped:
-            await websocket.close(CLOSE_RESTART)
+            with contextlib.suppress(WebSocketDisconnect, RuntimeError):  # the server may have closed it already
+                await websocket.close(CLOSE_RESTART)
+        except (WebSocketDisconnect, OSError):
+            pass  # the client left while we were sending: nothing to tell anyone
         finally:
             self.hub.unsubscribe(sub)
 
