@@ -87,9 +87,16 @@ class PushStore:
         """Where each existing job among `ids` stands, whatever its status (what a new subscriber is sent)."""
         return self._read(ids, finished_only=False)
 
+    @property
+    def can_push(self) -> bool:
+        """Whether the database can push notifications at all (the dialect has a listener: PostgreSQL)."""
+        return self.sql.listener(self.store.engine) is not None
+
     def can_notify(self) -> bool:
-        """Whether the database notifies FINISHED_CHANNEL when a job ends: PostgreSQL with the trigger."""
-        if self.store.dialect != "postgresql":
+        """Whether the database notifies FINISHED_CHANNEL when a job ends: it can push, and the trigger of
+        migration 0006 is there. (The catalog query is PostgreSQL's, the only database that can push; it
+        belongs in postgres.py as a dialect verb once the push lands there.)"""
+        if not self.can_push:
             return False
         sql = sa.text("SELECT 1 FROM pg_trigger WHERE tgname = :name AND tgrelid = 'pending_jobs'::regclass")
         return self.store.transaction(lambda conn: conn.execute(sql, {"name": FINISHED_TRIGGER}).first()) is not None

@@ -191,7 +191,7 @@ class _EventsEndpoint:
         elif scope["method"] == "OPTIONS":
             await self._plain(send, 204, "", [*cors, (b"access-control-allow-methods", b"GET"),
                                               (b"access-control-max-age", b"600")])
-        elif scope["method"] not in ("GET", "HEAD"):
+        elif scope["method"] != "GET":
             await self._plain(send, 405, "method not allowed\n", [*cors, (b"allow", b"GET, OPTIONS")])
         elif not self.hub.grants(_query_param(scope, "token"), job_id):
             await self._plain(send, 401, "invalid token\n", cors)

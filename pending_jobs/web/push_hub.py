@@ -61,7 +61,13 @@ class PushHub:
 
     @property
     def subscribers(self) -> int:
+        """Open streams."""
         return self._count
+
+    @property
+    def waiting(self) -> int:
+        """Open streams that were sent their job's state and wait for its end."""
+        return sum(len(subs) for subs in self._waiting.values())
 
     def allowed_origin(self, origin: str | None) -> bool:
         """A request without Origin is not a browser's cross-origin request (nor a WebSocket a page opened):
@@ -83,7 +89,7 @@ class PushHub:
                 loop.call_soon_threadsafe(self._notified)
 
             self._listener = self.reads.listen_finished(woken)
-        elif self.reads.store.dialect == "postgresql":
+        elif self.reads.can_push:
             log.warning("push: trigger pending_jobs_notify_finished is missing (migrate); polling every %ss",
                         self.settings.poll_interval)
         self._task = asyncio.create_task(self._serve(), name="push-hub")

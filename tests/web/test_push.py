@@ -142,7 +142,7 @@ def test_state_at_once_then_the_end_after_a_real_run(serve: Callable[..., Server
 
     async def scenario() -> tuple[list[dict[str, Any]], int]:
         following = asyncio.create_task(follow(server.ws(job_id, tokens.mint(SECRET, job_id))))
-        while server.hub.subscribers == 0 or server.hub._new:  # the first state was read
+        while server.hub.waiting == 0:  # the first state was read
             await asyncio.sleep(0.02)
         done = await asyncio.to_thread(cli, "run", env={"PENDING_JOBS_DATABASE_URL": db_url})
         assert done.returncode == 0, done.stderr
@@ -205,7 +205,7 @@ def test_sse_follows_a_job_to_its_end_with_cors_for_allowed_origins_only(
     reader = threading.Thread(target=lambda: got.update(answer=sse(server, job_id, token)))
     reader.start()
     deadline = time.monotonic() + 10
-    while server.hub.subscribers == 0 or server.hub._new:
+    while server.hub.waiting == 0:
         assert time.monotonic() < deadline
         time.sleep(0.02)
     claim = store.claim_job(job_id, "test", 60)
@@ -238,7 +238,7 @@ def test_many_subscribers_cost_a_bounded_number_of_queries(serve: Callable[..., 
     async def scenario() -> list[tuple[list[dict[str, Any]], int]]:
         counting.set()
         followers = [asyncio.create_task(follow(server.ws(i, tokens.mint(SECRET, i)))) for i in ids]
-        while server.hub.subscribers < len(ids) or server.hub._new:
+        while server.hub.waiting < len(ids):
             await asyncio.sleep(0.02)
         connected = len(statements)
         await asyncio.sleep(2.0)  # eight intervals of waiting
@@ -285,7 +285,7 @@ def test_notify_delivers_the_end_without_waiting_for_a_poll(backend: str, serve:
 
     async def scenario() -> tuple[list[dict[str, Any]], float]:
         following = asyncio.create_task(follow(server.ws(job_id, tokens.mint(SECRET, job_id))))
-        while server.hub.subscribers == 0 or server.hub._new:
+        while server.hub.waiting == 0:
             await asyncio.sleep(0.02)
         claim = await asyncio.to_thread(store.claim_job, job_id, "test", 60)
         await asyncio.to_thread(store.finish_many, [Completion(claim.token, failed=[(job_id, "no")])])
