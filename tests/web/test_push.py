@@ -4,6 +4,7 @@ the state at once, the end after a real run, refusals, the SSE fallback and its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import re
@@ -326,3 +327,30 @@ def test_settings_are_checked(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match="^" + re.escape(message)):
         PushSettings(**{"secret": SECRET, **overrides})
 
+
+
+def test_a_failed_attempt_that_will_be_retried_is_no_end_and_a_cancel_is(
+        serve: Callable[..., Server], engine: sa.Engine, store: Store, run: Any) -> None:
+    from pending_jobs.store import OpsStore
+
+    server = serve(poll_interval=0.05)
+    job_id = add_job(engine, "flaky", {"succeed_on": 2})
+
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]], int]:
+        async with connect(server.ws(job_id, tokens.mint(SECRET, job_id)), origin=APP) as ws:  # type: ignore[arg-type]
+            first = [json.loads(await ws.recv())]
+            await asyncio.to_thread(run)  # attempt 1 fails: back to pending, with a backoff
+            looked = []
+            with contextlib.suppress(TimeoutError):  # ten intervals, each with a look at the job
+                looked.append(json.loads(await asyncio.wait_for(ws.recv(), 0.5)))
+            assert await asyncio.to_thread(OpsStore(store).cancel, job_id) == "done"
+            messages = [*looked, json.loads(await asyncio.wait_for(ws.recv(), 30))]
+            with contextlib.suppress(ConnectionClosed):
+                await ws.recv()
+            assert ws.close_code is not None
+            return first, messages, ws.close_code
+
+    first, messages, code = asyncio.run(scenario())
+    assert [m["status"] for m in first] == ["pending"]
+    assert [m["status"] for m in messages] == ["cancelled"] and messages[0]["error"] == "cancelled by an operator"
+    assert code == 1000
