@@ -150,9 +150,9 @@ class FinishedListener:
                         self.wake()
             except Exception as error:
                 log.warning("LISTEN %s lost its connection: %s", FINISHED_CHANNEL, error)
-                self._stop.wait(self.WAIT)
             finally:
                 self.listening.clear()
                 if conn is not None:
                     with contextlib.suppress(Exception):
                         conn.close()
+            self._stop.wait(self.WAIT)  # before connecting again (only ever reached after an error or a stop)

@@ -354,3 +354,32 @@ def test_a_failed_attempt_that_will_be_retried_is_no_end_and_a_cancel_is(
     assert [m["status"] for m in first] == ["pending"]
     assert [m["status"] for m in messages] == ["cancelled"] and messages[0]["error"] == "cancelled by an operator"
     assert code == 1000
+
+
+def test_a_lost_listen_connection_is_opened_again(backend: str, serve: Callable[..., Server],
+                                                  engine: sa.Engine, store: Store) -> None:
+    if backend != "postgresql":
+        pytest.skip("LISTEN is PostgreSQL's")
+    server = serve(poll_interval=60, notify_poll_interval=600)  # only a notification can deliver in time
+    with engine.begin() as conn:
+        killed = conn.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND query = 'LISTEN pending_jobs_finished'").scalar()
+    assert killed == 1
+    deadline = time.monotonic() + 10
+    while server.hub.listening():  # noticed the cut (within the listener's one-second wait)
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    server.wait_listening()
+    job_id = add_job(engine)
+
+    async def scenario() -> tuple[list[dict[str, Any]], int]:
+        following = asyncio.create_task(follow(server.ws(job_id, tokens.mint(SECRET, job_id))))
+        while server.hub.waiting == 0:
+            await asyncio.sleep(0.02)
+        claim = await asyncio.to_thread(store.claim_job, job_id, "test", 60)
+        await asyncio.to_thread(store.finish_many, [Completion(claim.token, succeeded=[(job_id, 1)])])
+        return await asyncio.wait_for(following, 10)  # the poll would take 600 s
+
+    messages, code = asyncio.run(scenario())
+    assert code == 1000 and [m["status"] for m in messages] == ["pending", "succeeded"]
