@@ -383,3 +383,36 @@ def test_a_lost_listen_connection_is_opened_again(backend: str, serve: Callable[
 
     messages, code = asyncio.run(scenario())
     assert code == 1000 and [m["status"] for m in messages] == ["pending", "succeeded"]
+
+
+def test_a_server_shutting_down_closes_open_streams(store: Store, engine: sa.Engine) -> None:
+    server = Server(create_push_app(PushSettings(SECRET, [APP]), store)).start()
+    job_id = add_job(engine)
+    token = tokens.mint(SECRET, job_id)
+    cut: list[BaseException] = []
+
+    def read_sse() -> None:
+        try:
+            sse(server, job_id, token)
+        except http.client.IncompleteRead as error:  # uvicorn ends open HTTP responses after its grace time
+            cut.append(error)
+
+    sse_reader = threading.Thread(target=read_sse, daemon=True)
+
+    async def scenario() -> int:
+        async with connect(server.ws(job_id, token), origin=APP) as ws:  # type: ignore[arg-type]
+            assert json.loads(await ws.recv())["status"] == "pending"
+            sse_reader.start()
+            while server.hub.waiting < 2:
+                await asyncio.sleep(0.02)
+            started = time.monotonic()
+            await asyncio.to_thread(server.stop)  # with uvicorn's timeout_graceful_shutdown of 5 s
+            assert time.monotonic() - started < 15
+            with contextlib.suppress(ConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 5)
+            assert ws.close_code is not None
+            return ws.close_code
+
+    assert asyncio.run(scenario()) == 1012  # "service restart": the page may reconnect later
+    sse_reader.join(timeout=10)
+    assert not sse_reader.is_alive() and len(cut) == 1
