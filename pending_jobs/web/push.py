@@ -52,7 +52,7 @@ CLOSE_FULL, CLOSE_RESTART = 1013, 1012  # try again later; the server is restart
 class PushSettings:
     """The push endpoints' settings (the console's configuration builds them; every value is checked here)."""
 
-    secret: bytes | str
+    secret: bytes | str = dataclasses.field(repr=False)  # never in a log line or a traceback's locals
     """The key of the tokens' HMAC, shared with the application that mints them (text is taken as UTF-8)."""
     allowed_origins: tuple[str, ...] | list[str] = ()
     """Exact origins (`https://app.example.com`, port included when not the default) whose pages may follow

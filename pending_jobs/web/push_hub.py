@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..store import Store
-from ..store.push import JobEnd, PushStore
+from ..store.push import FinishedListener, JobEnd, PushStore
 from . import tokens
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ class PushHub:
         self._look = False
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._listener: Any = None
+        self._listener: FinishedListener | None = None
 
     @property
     def subscribers(self) -> int:
@@ -114,7 +114,7 @@ class PushHub:
 
     def listening(self) -> bool:
         """Whether NOTIFY is in place (or not used): a test finishes a job only once it is."""
-        return self._listener is None or bool(self._listener.listening.is_set())
+        return self._listener is None or self._listener.listening.is_set()
 
     def subscribe(self, job_id: int) -> Subscription:
         if self._task is None:

@@ -416,3 +416,8 @@ def test_a_server_shutting_down_closes_open_streams(store: Store, engine: sa.Eng
     assert asyncio.run(scenario()) == 1012  # "service restart": the page may reconnect later
     sse_reader.join(timeout=10)
     assert not sse_reader.is_alive() and len(cut) == 1
+
+
+def test_the_secret_is_never_in_the_settings_repr() -> None:
+    settings = PushSettings(SECRET, [APP])
+    assert SECRET not in repr(settings) and settings.allowed_origins == (APP,)
