@@ -421,3 +421,18 @@ def test_a_server_shutting_down_closes_open_streams(store: Store, engine: sa.Eng
 def test_the_secret_is_never_in_the_settings_repr() -> None:
     settings = PushSettings(SECRET, [APP])
     assert SECRET not in repr(settings) and settings.allowed_origins == (APP,)
+
+
+def test_no_query_while_nobody_waits(serve: Callable[..., Server], engine: sa.Engine) -> None:
+    serve(poll_interval=0.05)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", count)
+    try:
+        time.sleep(1.0)  # twenty intervals
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", count)
+    assert statements == []
