@@ -35,3 +35,25 @@ def test_finished_among_reads_2500_ids_in_three_statements(store: Store, engine:
     states = {s.id: s for s in PushStore(store).states_of([done[0], done[2], 10**12])}
     assert set(states) == {done[0], done[2]} and states[done[2]].status == "running" and not states[done[2]].ended
     assert set(states[done[0]].message()) == {"id", "status", "result", "error", "finished_at"}
+
+
+def test_the_read_is_served_by_the_primary_key(backend: str, store: Store, engine: sa.Engine) -> None:
+    # As in production: most rows have ended (a status index alone would then read them all).
+    pending_jobs.enqueue_many(engine, [{"task": "echo"} for _ in range(20_000)])
+    with engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE pending_jobs SET status = 'succeeded' WHERE id > 1000")
+    reads = PushStore(store)
+    reads.finished_among([1])  # builds the statement, cached on the dialect
+    stmt = reads.sql.cached(("push_read", True), lambda: None).params(ids=list(range(100, 5100, 50)))
+    with engine.begin() as conn:
+        if backend == "postgresql":
+            conn.exec_driver_sql("ANALYZE pending_jobs")
+        elif backend == "mysql":
+            conn.exec_driver_sql("ANALYZE TABLE pending_jobs")
+        else:
+            conn.exec_driver_sql("ANALYZE")
+        compiled = stmt.compile(conn, compile_kwargs={"literal_binds": True})
+        plan = " ".join(str(row) for row in conn.exec_driver_sql(
+            ("EXPLAIN QUERY PLAN " if backend == "sqlite" else "EXPLAIN ") + str(compiled)))
+    key = {"sqlite": "INTEGER PRIMARY KEY", "mysql": "PRIMARY", "postgresql": "pending_jobs_pkey"}[backend]
+    assert key in plan, plan
