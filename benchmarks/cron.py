@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import random
 import resource
@@ -245,7 +246,9 @@ def idle_cost(backend: str, seconds: float = 60.0) -> str:
     runner_cpu = (usage.ru_utime + usage.ru_stime) / (elapsed + 3.0) * 60
     server = f", server CPU {(server_after - server_before) / elapsed * 60:.2f} s/min" \
         if server_before is not None and server_after is not None else ""
-    return (f"{(after - before) / elapsed:.1f} statements/s, runner CPU {runner_cpu:.2f} s/min{server}"
+    # SQLite runs in the runner's process: no server counts its statements.
+    statements = "statements n/a (no server)" if math.isnan(after) else f"{(after - before) / elapsed:.1f} statements/s"
+    return (f"{statements}, runner CPU {runner_cpu:.2f} s/min{server}"
             f" (exit {os.waitstatus_to_exitcode(status)})")
 
 

@@ -338,7 +338,7 @@ WEB_SETTINGS: tuple[Setting, ...] = (
     Setting("web_read_only", False, _flag, "serve pages and the read API only: no action"),
     Setting("web_push_secret", "", text, "secret the application signs job-scoped push tokens with"),
     Setting("web_allowed_origins", [], str_list, "origins whose pages may open the push endpoint"),
-    Setting("web_push_poll_interval", 0.5, number, "seconds between looks for finished jobs (no NOTIFY)", 0.05, 10),
+    Setting("web_push_poll_interval", 0.25, number, "seconds between looks for finished jobs (no NOTIFY)", 0.05, 10),
 )
 
 

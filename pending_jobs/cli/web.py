@@ -27,6 +27,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         import uvicorn
 
         from ..web.app import create_app
+        from ..web.push import PushSettings, push_mount
         from ..web.security import refusal
     except ImportError as error:
         missing = (error.name or str(error)).split(".")[0]
@@ -43,6 +44,12 @@ def cmd_web(args: argparse.Namespace) -> int:
     migrate.require_head(engine)
     shown = f"[{web.host}]" if ":" in web.host else web.host
     common.log.warning("console on http://%s:%d/%s", shown, web.port, " (read-only)" if web.read_only else "")
-    uvicorn.run(create_app(web, store), host=web.host, port=web.port, log_level="warning",
+    if web.push_secret:  # the push endpoints are served only when the application can mint tokens
+        push = PushSettings(web.push_secret, web.allowed_origins, poll_interval=web.push_poll_interval)
+        routes, lifespan, _hub = push_mount(push, store)
+        app = create_app(web, store, extra_routes=routes, lifespan=lifespan)
+    else:
+        app = create_app(web, store)
+    uvicorn.run(app, host=web.host, port=web.port, log_level="warning",
                 timeout_graceful_shutdown=3)
     return EXIT_OK

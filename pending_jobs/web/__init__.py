@@ -1,1 +1,1 @@
-"""The operator console (`pending-jobs web`): a Starlette app over the store; needs the `web` extra."""
+"""The optional web side (`pip install 'pending-jobs[web]'`): the operator console and the push endpoints."""

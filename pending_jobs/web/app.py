@@ -32,8 +32,8 @@ def create_app(settings: WebSettings, store: Store, extra_routes: Sequence[BaseR
     """The console for `store`. Read-only settings register no action route at all (and Guard answers
     any POST with 403).
 
-    MOUNT POINT for the push endpoint (issue 14, item 6): pass `extra_routes=push_routes(push_settings,
-    store)` and its lifespan hook as `lifespan`; nothing else here needs to change.
+    `pending-jobs web` mounts the push endpoints here when `web.push_secret` is set: the routes and the
+    lifespan of `push.push_mount` (docs/push.md).
     """
     csrf = csrf or Csrf()
     console = Starlette(routes=[

@@ -90,3 +90,16 @@ def test_driver_level_write_after_a_commit_is_rolled_back(db_url: str) -> None:
         _assert_next_user_does_not_see(engine, "t.after")
     finally:
         engine.dispose()
+
+
+def test_a_database_error_never_shows_its_parameters(db_url: str) -> None:
+    """Tracebacks reach cron mail and logs; the parameters of a failed statement hold payloads, error
+    texts and lease tokens, so the error's text names the statement only (issue 11, item 13)."""
+    engine = create_engine(db_url)
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as raised, engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO no_such_table (token) VALUES (:token)"), {"token": "LEASE-TOKEN-SECRET"})
+        assert "LEASE-TOKEN-SECRET" not in str(raised.value)
+        assert "parameters hidden" in str(raised.value)
+    finally:
+        engine.dispose()

@@ -121,6 +121,10 @@ def test_restart_between_claim_and_finish_exits_75_then_completes(
 
     assert code == 75, runner.stderr()
     assert "database unavailable" in runner.stderr()
+    # This inspecting engine's pooled connection died with the server; a restart can take less than
+    # the idle second after which a checkout pings (db.PING_AFTER), and these helpers do not retry as
+    # the store's transactions do.
+    engine.dispose()
     assert statuses(engine) == {"running": 4}  # marked nothing
     drain(fresh, engine)
     rows = check_invariant(engine)

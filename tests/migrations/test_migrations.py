@@ -117,3 +117,28 @@ def test_installed_package_migrates_from_any_directory(tmp_path: Path) -> None:
     engine = create_engine(url)
     assert migrate.current(engine) == migrate.head()
     engine.dispose()
+
+
+def test_0003_ends_rows_with_a_status_no_run_would_pick_up_as_failed_with_the_reason(empty_url: str) -> None:
+    """Rows a producer wrote before the CHECK existed ('RUNNING', '', 'done') would block the constraint
+    and never run: the migration ends them `failed`, saying why, and leaves known statuses alone."""
+    engine = create_engine(empty_url)
+    try:
+        migrate.upgrade(engine, "0002")
+        with engine.begin() as conn:
+            for status in ("RUNNING", "", "done", "pending"):
+                conn.execute(sa.text("INSERT INTO pending_jobs (task, payload, status) VALUES ('t', '{}', :s)"),
+                             {"s": status})
+            conn.execute(sa.text("INSERT INTO pending_jobs (task, payload, callback_url, callback_status) "
+                                 "VALUES ('t', '{}', 'http://x/', 'sometime')"))
+        migrate.upgrade(engine, "0003")
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT status, last_error, callback_status FROM pending_jobs ORDER BY id")).all()
+    finally:
+        engine.dispose()
+    assert [r[0] for r in rows] == ["failed", "failed", "failed", "pending", "pending"]
+    for row, old in zip(rows[:3], ("RUNNING", "", "done"), strict=True):
+        assert row[1] == f"status {old} is not a status pending-jobs knows; ended as failed by migration 0003"
+    assert rows[3][1] is None
+    assert rows[4][2] == "failed"

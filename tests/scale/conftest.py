@@ -194,6 +194,9 @@ def runner_command(args: list[str], netns: str | None) -> list[str]:
 def runner_env(url: str, runlog: Path | None) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
            "PENDING_JOBS_POLL": "0",
+           # Each runner plays a host of its own, but they share this machine's temp directory, where
+           # the per-host serving lock lives: only one would serve. Real hosts each have their own.
+           "PENDING_JOBS_LOCK_FILE": "none",
            "PENDING_JOBS_DATABASE_URL": url}
     if runlog is not None:
         env[jobs.RUNLOG_ENV] = str(runlog)

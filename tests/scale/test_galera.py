@@ -21,6 +21,7 @@ from sqlalchemy import event
 
 from pending_jobs import enqueue
 from pending_jobs.errors import DatabaseUnavailable
+from pending_jobs.models import Completion, Rescued
 from pending_jobs.store import Store, create_engine, open_store, ours
 from tests.faults.conftest import _free_port, wait_for
 
@@ -185,7 +186,7 @@ def _taken_over(store: Store, engine: sa.Engine, job_id: int) -> Callable[[], An
     """Another node's runner rescues the job (its lease was made to expire) and claims it."""
     def take() -> Any:
         _expire(engine, job_id)
-        assert store.rescue_expired() == (1, 0)
+        assert store.rescue_expired() == Rescued(pending=1)
         return store.claim("default", 10, "runner-on-node1", 30)
     return take
 
@@ -199,7 +200,7 @@ def test_completion_that_loses_the_race_records_nothing(
     other = _once_after(engines(2), MARK, _taken_over(node1, engines(1), job_id))
 
     with caplog.at_level(logging.WARNING):
-        finished = node2.finish(held.token, succeeded=[(job_id, None)])
+        [finished] = node2.finish_many([Completion(held.token, succeeded=[(job_id, None)])])
 
     [rival] = other
     assert finished.succeeded == 0  # the retry found the row under another token: dropped
@@ -218,8 +219,8 @@ def test_handler_transaction_that_loses_the_race_never_commits(
     node1, node2 = open_store(engines(1)), open_store(engines(2))
     [job_id] = insert_jobs(engines(1), 1)
     [job] = node2.claim("default", 10, "runner-on-node2", 30).jobs
-    conn = engines(2).connect()
-    conn.begin()
+    session = node2.handler_transaction(job)
+    conn = session.connection
     conn.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'loser')"), {"id": job_id})
     take = _taken_over(node1, engines(1), job_id)
     if when == "before its update":
@@ -228,7 +229,7 @@ def test_handler_transaction_that_loses_the_race_never_commits(
         other = _once_after(engines(2), MARK, take, on=lambda c: c.connection.dbapi_connection
                             is conn.connection.dbapi_connection)
 
-    verdict, _error = node2.commit_success(conn, job, None)
+    verdict, _error = session.commit_success(None)
 
     if when != "before its update":
         [rival] = other
@@ -236,10 +237,9 @@ def test_handler_transaction_that_loses_the_race_never_commits(
     assert tuple(_token(engines(1), job_id)) == ("running", 2, rival.token)
     # The winner's transaction commits; the ledger holds its row only.
     [won] = rival.jobs
-    winner = engines(1).connect()
-    winner.begin()
-    winner.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'winner')"), {"id": job_id})
-    assert node1.commit_success(winner, won, None) == ("recorded", "")
+    winner = node1.handler_transaction(won)
+    winner.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'winner')"), {"id": job_id})
+    assert winner.commit_success(None) == ("recorded", "")
     with engines(2).connect() as check:
         assert check.execute(sa.text("SELECT note FROM ledger WHERE job_id = :id"), {"id": job_id}).all() == [
             ("winner",)]

@@ -342,15 +342,16 @@ def test_push_token_format_and_hmac_match_what_python_computes(tmp_path: Path) -
     """)
     after = int(time.time())
 
-    def expected_sig(job_id: int, expires: int) -> str:
-        mac = hmac.new("push sécret".encode(), f"{job_id}.{expires}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+    def expected_mac(job_id: int, expires: int) -> str:
+        claims = f"v1.{job_id}.{expires}"
+        return hmac.new("push sécret".encode(), claims.encode(), hashlib.sha256).hexdigest()
 
-    assert minted["fixed"] == f"42.1700000600.{expected_sig(42, 1_700_000_600)}"
-    assert minted["readme"] == "42.1700000600.jNNLnIGyCiNCNrqH1ANJr4g71u3N6zLqgu9mfTbbIsQ"  # clients/php/README.md
-    job_id, expires, sig = minted["now"].split(".")
-    assert job_id == "7" and before + 3600 <= int(expires) <= after + 3600
-    assert sig == expected_sig(7, int(expires)) and "=" not in sig and len(sig) == 43
+    assert minted["fixed"] == f"v1.42.1700000600.{expected_mac(42, 1_700_000_600)}"
+    assert minted["readme"] == (  # clients/php/README.md
+        "v1.42.1700000600.1256bfb21c672f1d7ee89dc4dc2272c3d7605f3565937cb605d79a3a27f10450")
+    version, job_id, expires, mac = minted["now"].split(".")
+    assert version == "v1" and job_id == "7" and before + 3600 <= int(expires) <= after + 3600
+    assert mac == expected_mac(7, int(expires)) and len(mac) == 64
     assert minted["refused"] == ["InvalidArgumentException: jobId must be a positive job id",
                                  "InvalidArgumentException: the push token secret is empty",
                                  "InvalidArgumentException: ttlSeconds must be at least 1"]

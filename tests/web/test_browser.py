@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,41 +25,10 @@ SCREENSHOTS = os.environ.get("PENDING_JOBS_SCREENSHOTS") == "1"
 
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
-def server(db_url: str) -> Iterator[str]:
+def server(web_command: Any, db_url: str) -> str:
     """`pending-jobs web` on a free loopback port; its base URL."""
-    port = _free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_DATABASE_URL": db_url}
-    process = subprocess.Popen([sys.executable, "-m", "pending_jobs", "web", "--port", str(port)], env=env,
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                with urllib.request.urlopen(f"{base}/healthz", timeout=1) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None:
-                    said = process.stdout.read() if process.stdout else ""
-                    raise AssertionError(f"the console exited: {said}") from None
-                time.sleep(0.1)
-        else:
-            raise AssertionError("the console did not answer /healthz within 15 s")
-        yield base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    return str(web_command(db_url))
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ namespace PendingJobs;
 /**
  * A token that lets a browser follow one job over the console's push endpoint (WebSocket or SSE).
  *
- * Format: "{jobId}.{expires}.{sig}", where expires is a Unix time in seconds and sig is the
- * base64url encoding, without padding, of HMAC-SHA256(key = the secret's UTF-8 bytes as given,
- * message = "{jobId}.{expires}"). The Python server verifies exactly this format.
+ * Format: "v1.{jobId}.{expires}.{mac}", where expires is a Unix time in seconds and mac is the
+ * lowercase hex HMAC-SHA256(key = the secret's bytes as given, message = "v1.{jobId}.{expires}").
+ * The Python server (pending_jobs/web/tokens.py) verifies exactly this format; docs/push.md.
  */
 final class PushToken
 {
@@ -25,8 +25,7 @@ final class PushToken
         if ($ttlSeconds < 1) {
             throw new \InvalidArgumentException('ttlSeconds must be at least 1');
         }
-        $claims = sprintf('%d.%d', $jobId, ($now ?? time()) + $ttlSeconds);
-        $mac = hash_hmac('sha256', $claims, $secret, true);
-        return $claims . '.' . rtrim(strtr(base64_encode($mac), '+/', '-_'), '=');
+        $claims = sprintf('v1.%d.%d', $jobId, ($now ?? time()) + $ttlSeconds);
+        return $claims . '.' . hash_hmac('sha256', $claims, $secret);
     }
 }
