@@ -96,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m benchmarks " + shlex.join(a for a in (argv if argv is not None else sys.argv[1:])
                                                       if a != "--write-docs")
         DOCS.parent.mkdir(exist_ok=True)
-        # The Console section is measured by `python -m benchmarks.console` and kept as it is.
+        # The sections from "Console" on are measured by other benchmarks (console, cron, push) and kept.
         previous = DOCS.read_text() if DOCS.exists() else ""
         console = previous[previous.find("\n## Console"):] if "\n## Console" in previous else ""
         DOCS.write_text(document(results, sizes.jobs, sizes.rounds, command.strip()) + console)
