@@ -13,7 +13,7 @@ from pending_jobs.errors import ConfigError
 def test_defaults_listen_on_loopback_without_auth() -> None:
     web = config.load_web({}, environ={})
     assert (web.host, web.port, web.read_only, web.auth_configured) == ("127.0.0.1", 8080, False, False)
-    assert web.push_poll_interval == 0.5 and web.allowed_origins == []
+    assert web.push_poll_interval == 0.25 and web.allowed_origins == []
 
 
 def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
