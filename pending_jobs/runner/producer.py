@@ -96,7 +96,7 @@ class Producer:
     def _serve(self, deadline: float) -> str:
         while True:
             if self.completer.saturated:
-                self.completer.settle(block=True)  # back-pressure: claims run at most a batch or two ahead
+                self.completer.settle(block=True)  # back-pressure: claims run at most WRITES_AHEAD writes ahead
             self.completer.flush_if_due(idle=not self.pool.busy)
             now = time.monotonic()
             self._maintain(now)

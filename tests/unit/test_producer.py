@@ -139,7 +139,7 @@ def test_a_timed_out_handler_is_abandoned_and_the_pool_keeps_working() -> None:
     assert report.succeeded == 5
 
 
-def test_claims_run_at_most_two_writes_ahead_of_slow_completions() -> None:
+def test_claims_run_a_few_writes_ahead_of_slow_completions_and_batch_them() -> None:
     store = MemoryStore(write_delay=0.05)
     for _ in range(400):
         store.add("noop")
