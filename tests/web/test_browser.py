@@ -99,7 +99,7 @@ def _jobs(store: Store, engine: sa.Engine) -> int:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
+@pytest.mark.parametrize("backend", ["sqlite", "mysql", "postgresql"], indirect=True)
 def test_operator_follows_a_failed_job_retries_it_and_pauses_a_queue(server: str, browser: Any, store: Store,
                                                                     engine: sa.Engine, db_url: str) -> None:
     from selenium.webdriver.common.by import By
