@@ -64,3 +64,12 @@ def test_a_table_file_and_a_top_level_file_both_work(tmp_path: Path) -> None:
 
 def test_the_help_names_the_range() -> None:
     assert "1 s to 1 d" in config.env_help("lease")
+
+
+@pytest.mark.parametrize("kind", ["queue", "schedules"])
+def test_a_named_table_key_that_is_not_tables_names_the_file_and_the_key(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "pj.toml"
+    path.write_text(f'database_url = "sqlite://"\n{kind} = 5\n')
+    with pytest.raises(ConfigError) as raised:
+        config.load({}, environ={}, config_file=str(path))
+    assert str(raised.value) == f"{path}: {kind} must hold one table per name, [{kind}.NAME]"
