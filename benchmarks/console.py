@@ -24,7 +24,8 @@ from pending_jobs import enqueue_many
 from pending_jobs.schema import pending_jobs as J
 from pending_jobs.store import create_engine, open_store
 from pending_jobs.store.columns import JOB_COLUMNS
-from pending_jobs.store.console import ConsoleFilter, ConsoleStore
+from pending_jobs.store.console import ConsoleStore
+from pending_jobs.store.ops import JobFilter
 
 from .databases import LABELS, reachable, server_version, throwaway
 
@@ -81,19 +82,19 @@ def measure(backend: str, jobs: int, say: Callable[[str], None]) -> dict[str, fl
         say(f"{LABELS[backend]} ({server_version(backend)}): {jobs:,} jobs filled in "
             f"{time.perf_counter() - started:.1f} s")
         console = ConsoleStore(open_store(engine))
-        failed_q1 = ConsoleFilter(statuses=("failed",), queue="q1")
+        failed_q1 = JobFilter(statuses=("failed",), queue="q1")
         _, cursor = console.jobs(failed_q1, limit=50)
-        deep = console.jobs(ConsoleFilter(), before=jobs // 2, limit=50)
+        deep = console.jobs(JobFilter(), before=jobs // 2, limit=50)
         assert deep[0], "the middle of the table has jobs"
         measures = {
             "overview (counts, oldest due, expired leases, paused per queue)": console.overview,
             "jobs: status=failed, queue=q1, first page of 50": lambda: console.jobs(failed_q1, limit=50),
             "jobs: same filter, next page (keyset cursor)": lambda: console.jobs(failed_q1, cursor, 50),
-            "jobs: no filter, page at the middle of the table": lambda: console.jobs(ConsoleFilter(), jobs // 2, 50),
+            "jobs: no filter, page at the middle of the table": lambda: console.jobs(JobFilter(), jobs // 2, 50),
             "jobs: task=task2, status=pending, first page": lambda: console.jobs(
-                ConsoleFilter(statuses=("pending",), task="task2"), limit=50),
+                JobFilter(statuses=("pending",), task="task2"), limit=50),
             "jobs: task=task7, status=pending (matches none: reads every row)": lambda: console.jobs(
-                ConsoleFilter(statuses=("pending",), task="task7"), limit=50),
+                JobFilter(statuses=("pending",), task="task7"), limit=50),
             "job page errors (by job_id)": lambda: console.errors(jobs // 2),
             "throughput (runs table, newest 2,000 jobs sampled)": console.throughput,
             "metrics counters (queue x task x outcome: a full scan)": console.counters,
@@ -103,7 +104,7 @@ def measure(backend: str, jobs: int, say: Callable[[str], None]) -> dict[str, fl
             found[name] = _median(work) * 1000
             say(f"  {found[name]:8.1f} ms  {name}")
         counts = sa.select(J.c.queue, J.c.status, sa.func.count()).group_by(J.c.status, J.c.queue)
-        page = (sa.select(*JOB_COLUMNS).where(*console._where(failed_q1)).order_by(J.c.id.desc()).limit(51))
+        page = (sa.select(*JOB_COLUMNS).where(*console.ops.where(failed_q1)).order_by(J.c.id.desc()).limit(51))
         say(f"  EXPLAIN overview counts:\n{_explain(engine, counts)}")
         say(f"  EXPLAIN jobs status=failed, queue=q1:\n{_explain(engine, page)}")
         engine.dispose()

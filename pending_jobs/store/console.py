@@ -23,25 +23,12 @@ from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
 from .base import Store
 from .columns import JOB_COLUMNS
-from .ops import OpsStore
+from .ops import JobFilter, OpsStore
 
 BULK_LIMIT = 10_000
 """Jobs one bulk action changes at most (the confirmation step says so when the filter matches more)."""
 SAMPLE = 2000
 """Newest jobs read to compute wait and run time percentiles (a bounded sample, by primary key)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ConsoleFilter:
-    """The job list's filter; empty fields select everything. Times are seconds ago, by the database clock."""
-
-    statuses: tuple[str, ...] = ()
-    queue: str | None = None
-    task: str | None = None
-    since: float | None = None
-    until: float | None = None
-    text: str | None = None
-    """Substring of the payload (as JSON text) or the last error."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,9 +88,6 @@ class ConsoleStore:
         self.sql = store.sql
         self.ops = OpsStore(store)
 
-    def _ago(self, seconds: float) -> sa.ColumnElement[Any]:
-        return self.sql.after(self.sql.seconds(-float(seconds)))
-
     def _age(self, now: Any, then: Any) -> float | None:
         a, b = self.sql.clock_value(now), self.sql.clock_value(then)
         return None if a is None or b is None else max(0.0, (a - b).total_seconds())
@@ -143,7 +127,7 @@ class ConsoleStore:
         runs table: each run's counts land in the bucket of its end), and p50/p95 wait (run_at to start)
         and run time (start to end) of the newest SAMPLE jobs that ended in each window."""
         run_rows = (sa.select(runs.c.finished_at, runs.c.succeeded, runs.c.failed, runs.c.retried,
-                              runs.c.cancelled).where(runs.c.started_at >= self._ago(86400 + 3600)))
+                              runs.c.cancelled).where(runs.c.started_at >= self.ops.ago(86400 + 3600)))
         sample = (sa.select(J.c.status, J.c.run_at, J.c.started_at, J.c.finished_at)
                   .order_by(J.c.id.desc()).limit(SAMPLE))
         now_stmt = sa.select(db_now())
@@ -189,37 +173,19 @@ class ConsoleStore:
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    def _where(self, f: ConsoleFilter) -> list[sa.ColumnElement[bool]]:
-        where: list[sa.ColumnElement[bool]] = []
-        if f.statuses:
-            where.append(J.c.status.in_(f.statuses))
-        if f.queue:
-            where.append(J.c.queue == f.queue)
-        if f.task:
-            where.append(J.c.task == f.task)
-        if f.since is not None:
-            where.append(J.c.created_at >= self._ago(f.since))
-        if f.until is not None:
-            where.append(J.c.created_at <= self._ago(f.until))
-        if f.text:
-            pattern = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append(sa.or_(sa.cast(J.c.payload, sa.Text).like(pattern, escape="\\"),
-                                J.c.last_error.like(pattern, escape="\\")))
-        return where
-
-    def jobs(self, f: ConsoleFilter, before: int | None = None, limit: int = 50) -> tuple[list[Job], int | None]:
+    def jobs(self, f: JobFilter, before: int | None = None, limit: int = 50) -> tuple[list[Job], int | None]:
         """A page of jobs matching the filter, newest first, with ids below `before`; and the cursor of the
         next page (None on the last). Keyset: the primary key serves the order whatever the page."""
-        where = self._where(f)
+        where = self.ops.where(f)
         if before is not None:
             where.append(J.c.id < before)
         limit = max(1, min(limit, 500))
         page = self.store.jobs(sa.select(*JOB_COLUMNS).where(*where).order_by(J.c.id.desc()).limit(limit + 1))
         return page[:limit], (page[limit - 1].id if len(page) > limit else None)
 
-    def count(self, f: ConsoleFilter) -> int:
+    def count(self, f: JobFilter) -> int:
         """How many jobs match the filter (what a bulk action would change at most)."""
-        stmt = sa.select(sa.func.count()).select_from(J).where(*self._where(f))
+        stmt = sa.select(sa.func.count()).select_from(J).where(*self.ops.where(f))
         return self.store.read(lambda conn: int(conn.execute(stmt).scalar_one()))
 
     def errors(self, job_id: int) -> list[ErrorRow]:
@@ -231,12 +197,12 @@ class ConsoleStore:
 
     # -- bulk actions -----------------------------------------------------------------------------
 
-    def _ids(self, conn: sa.Connection, f: ConsoleFilter, statuses: Sequence[str]) -> list[int]:
-        where = [*self._where(f), J.c.status.in_(statuses)]
+    def _ids(self, conn: sa.Connection, f: JobFilter, statuses: Sequence[str]) -> list[int]:
+        where = [*self.ops.where(f), J.c.status.in_(statuses)]
         stmt = sa.select(J.c.id).where(*where).order_by(J.c.id.desc()).limit(BULK_LIMIT)
         return [int(row[0]) for row in conn.execute(stmt)]
 
-    def bulk_retry(self, f: ConsoleFilter) -> int:
+    def bulk_retry(self, f: JobFilter) -> int:
         """Every finished job matching the filter (at most BULK_LIMIT) back to pending, attempts reset."""
         by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
         stmt = sa.update(J).where(J.c.id.in_(by_id), J.c.status.in_(TERMINAL_VALUES)).values(
@@ -249,7 +215,7 @@ class ConsoleStore:
 
         return self.store.transaction(work)
 
-    def bulk_cancel(self, f: ConsoleFilter) -> int:
+    def bulk_cancel(self, f: JobFilter) -> int:
         """Every pending job matching the filter cancelled, and every running one marked (as `cancel`)."""
         by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
         to_cancelled = sa.update(J).where(J.c.id.in_(by_id), J.c.status == JOB_PENDING).values(

@@ -36,6 +36,10 @@ class JobFilter:
     task: str | None = None
     since: float | None = None
     """Only jobs created at most this many seconds ago (by the database clock)."""
+    until: float | None = None
+    """Only jobs created at least this many seconds ago."""
+    text: str | None = None
+    """Substring of the payload (as JSON text) or the last error (the console's search)."""
     callback_status: str | None = None
     limit: int = 50
 
@@ -57,12 +61,12 @@ class OpsStore:
         self.store = store
         self.sql = store.sql
 
-    def _ago(self, seconds: float) -> sa.ColumnElement[Any]:
+    def ago(self, seconds: float) -> sa.ColumnElement[Any]:
         return self.sql.after(self.sql.seconds(-float(seconds)))
 
     # -- list -------------------------------------------------------------------------------------
 
-    def _where(self, f: JobFilter) -> list[sa.ColumnElement[bool]]:
+    def where(self, f: JobFilter) -> list[sa.ColumnElement[bool]]:
         where: list[sa.ColumnElement[bool]] = []
         if f.statuses:
             where.append(J.c.status.in_(f.statuses))
@@ -71,7 +75,13 @@ class OpsStore:
         if f.task is not None:
             where.append(J.c.task == f.task)
         if f.since is not None:
-            where.append(J.c.created_at >= self._ago(f.since))
+            where.append(J.c.created_at >= self.ago(f.since))
+        if f.until is not None:
+            where.append(J.c.created_at <= self.ago(f.until))
+        if f.text:
+            pattern = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            where.append(sa.or_(sa.cast(J.c.payload, sa.Text).like(pattern, escape="\\"),
+                                J.c.last_error.like(pattern, escape="\\")))
         if f.callback_status == "none":
             where.append(J.c.callback_status.is_(None))
         elif f.callback_status is not None:
@@ -80,7 +90,7 @@ class OpsStore:
 
     def list_jobs(self, f: JobFilter) -> list[Job]:
         """Jobs matching the filter, newest first."""
-        return self.store.jobs(sa.select(*JOB_COLUMNS).where(*self._where(f)).order_by(J.c.id.desc())
+        return self.store.jobs(sa.select(*JOB_COLUMNS).where(*self.where(f)).order_by(J.c.id.desc())
                                .limit(max(1, f.limit)))
 
     def pending_tasks(self) -> list[str]:
@@ -108,7 +118,7 @@ class OpsStore:
 
     def retry_failed(self, f: JobFilter) -> int:
         """Every failed job matching the filter (its status is forced to failed) back to pending."""
-        where = self._where(dataclasses.replace(f, statuses=(JobStatus.FAILED.value,)))
+        where = self.where(dataclasses.replace(f, statuses=(JobStatus.FAILED.value,)))
         stmt = sa.update(J).where(*where).values(self._reopen_values())
         return self.store.transaction(lambda conn: self._woken(conn, int(conn.execute(stmt).rowcount)))
 
@@ -181,7 +191,7 @@ class OpsStore:
             return 0
         ids = (
             sa.select(J.c.id)
-            .where(J.c.status.in_(wanted), J.c.finished_at < self._ago(older_than),
+            .where(J.c.status.in_(wanted), J.c.finished_at < self.ago(older_than),
                    sa.or_(J.c.callback_status.is_(None), J.c.callback_status != CALLBACK_PENDING))
             .order_by(J.c.id)
             .limit(PURGE_BATCH)
@@ -212,6 +222,6 @@ class OpsStore:
                                  RETENTION_BATCHES)
         if failed > 0:
             purged += self.purge(failed, [JobStatus.FAILED.value], RETENTION_BATCHES)
-            old_runs = sa.delete(runs).where(runs.c.finished_at < self._ago(failed))
+            old_runs = sa.delete(runs).where(runs.c.finished_at < self.ago(failed))
             self.store.transaction(lambda conn: conn.execute(old_runs))
         return purged

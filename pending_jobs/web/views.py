@@ -18,7 +18,8 @@ from ..callbacks import redact
 from ..models import Job
 from ..states import JobStatus
 from ..store import CallbackStore, RunStore, Store
-from ..store.console import ConsoleFilter, ConsoleStore
+from ..store.console import ConsoleStore
+from ..store.ops import JobFilter
 
 STATUSES = [s.value for s in JobStatus]
 PAGE = 50
@@ -69,19 +70,19 @@ def _integer(name: str, value: str | None, low: int, high: int) -> int | None:
     return number
 
 
-def filter_from(params: Mapping[str, str]) -> ConsoleFilter:
+def filter_from(params: Mapping[str, str]) -> JobFilter:
     """The job filter of a query string or form: status (comma-separated), queue, task, since and until
     (durations ago: 15m, 2h, 7d), q (text in the payload or the last error)."""
     statuses = tuple(s for s in (params.get("status") or "").split(",") if s)
     unknown = [s for s in statuses if s not in STATUSES]
     if unknown:
         raise BadRequest(f"status: unknown {', '.join(unknown)} (use {', '.join(STATUSES)})")
-    return ConsoleFilter(statuses=statuses, queue=params.get("queue") or None, task=params.get("task") or None,
+    return JobFilter(statuses=statuses, queue=params.get("queue") or None, task=params.get("task") or None,
                          since=_duration("since", params.get("since")), until=_duration("until", params.get("until")),
                          text=(params.get("q") or "")[:200] or None)
 
 
-def filter_params(f: ConsoleFilter) -> dict[str, str]:
+def filter_params(f: JobFilter) -> dict[str, str]:
     """The query string of a filter (links to the next page, the bulk confirmation, the live stream)."""
     values = {"status": ",".join(f.statuses), "queue": f.queue or "", "task": f.task or "",
               "since": f"{f.since:g}" if f.since is not None else "", "until": f"{f.until:g}" if f.until is not None
@@ -107,7 +108,7 @@ def run_data(run: Any) -> dict[str, Any]:
     return data
 
 
-def jobs(store: Store, f: ConsoleFilter, before: int | None, limit: int) -> dict[str, Any]:
+def jobs(store: Store, f: JobFilter, before: int | None, limit: int) -> dict[str, Any]:
     page, cursor = ConsoleStore(store).jobs(f, before, limit)
     return {"jobs": [job_data(j) for j in page], "next": cursor}
 

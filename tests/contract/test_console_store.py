@@ -12,8 +12,9 @@ import sqlalchemy as sa
 import pending_jobs
 from pending_jobs.store import OpsStore, Store
 from pending_jobs.store.columns import LEASE_EXPIRED
-from pending_jobs.store.console import ConsoleFilter, ConsoleStore
+from pending_jobs.store.console import ConsoleStore
 from pending_jobs.store.history import ERRORS_KEPT
+from pending_jobs.store.ops import JobFilter
 from tests.conftest import finish, scalar
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "mysql", "postgresql"], indirect=True)
@@ -104,18 +105,18 @@ def test_job_list_filters_and_keyset_pages(store: Store, engine: sa.Engine) -> N
         conn.execute(sa.text("UPDATE pending_jobs SET status = 'failed', last_error = 'the Needle broke' "
                              "WHERE id = :id"), {"id": ids[6]})
     console = ConsoleStore(store)
-    page, cursor = console.jobs(ConsoleFilter(), limit=3)
+    page, cursor = console.jobs(JobFilter(), limit=3)
     assert [j.id for j in page] == ids[6:3:-1] and cursor == ids[4]
-    page, cursor = console.jobs(ConsoleFilter(), before=cursor, limit=3)
+    page, cursor = console.jobs(JobFilter(), before=cursor, limit=3)
     assert [j.id for j in page] == ids[3:0:-1] and cursor == ids[1]
-    page, cursor = console.jobs(ConsoleFilter(), before=cursor, limit=3)
+    page, cursor = console.jobs(JobFilter(), before=cursor, limit=3)
     assert [j.id for j in page] == [ids[0]] and cursor is None
-    assert [j.id for j in console.jobs(ConsoleFilter(queue="a"))[0]] == [ids[5], ids[3], ids[1]]
-    assert [j.id for j in console.jobs(ConsoleFilter(text="needle_%"))[0]] == [ids[3]]  # % is literal
-    assert [j.id for j in console.jobs(ConsoleFilter(text="Needle broke"))[0]] == [ids[6]]
-    assert [j.id for j in console.jobs(ConsoleFilter(statuses=("failed",), task="echo"))[0]] == [ids[6]]
-    assert console.jobs(ConsoleFilter(since=3600))[0] and not console.jobs(ConsoleFilter(until=3600))[0]
-    assert console.count(ConsoleFilter(queue="b")) == 4
+    assert [j.id for j in console.jobs(JobFilter(queue="a"))[0]] == [ids[5], ids[3], ids[1]]
+    assert [j.id for j in console.jobs(JobFilter(text="needle_%"))[0]] == [ids[3]]  # % is literal
+    assert [j.id for j in console.jobs(JobFilter(text="Needle broke"))[0]] == [ids[6]]
+    assert [j.id for j in console.jobs(JobFilter(statuses=("failed",), task="echo"))[0]] == [ids[6]]
+    assert console.jobs(JobFilter(since=3600))[0] and not console.jobs(JobFilter(until=3600))[0]
+    assert console.count(JobFilter(queue="b")) == 4
 
 
 def test_bulk_retry_and_cancel_over_a_filter(store: Store, engine: sa.Engine) -> None:
@@ -126,11 +127,11 @@ def test_bulk_retry_and_cancel_over_a_filter(store: Store, engine: sa.Engine) ->
         conn.execute(sa.text("UPDATE pending_jobs SET status = 'failed', attempts = 5 WHERE id IN (:a, :c)"),
                      {"a": a, "c": c})
     console = ConsoleStore(store)
-    assert console.bulk_retry(ConsoleFilter(queue="x")) == 1
-    assert {j.id: (j.status, j.attempts) for j in console.jobs(ConsoleFilter())[0]} == {
+    assert console.bulk_retry(JobFilter(queue="x")) == 1
+    assert {j.id: (j.status, j.attempts) for j in console.jobs(JobFilter())[0]} == {
         a: ("pending", 0), b: ("pending", 0), c: ("failed", 5)}
-    assert console.bulk_cancel(ConsoleFilter(queue="x")) == 2
-    assert {j.status for j in console.jobs(ConsoleFilter(queue="x"))[0]} == {"cancelled"}
+    assert console.bulk_cancel(JobFilter(queue="x")) == 2
+    assert {j.status for j in console.jobs(JobFilter(queue="x"))[0]} == {"cancelled"}
 
 
 def test_audit_and_counters(store: Store, engine: sa.Engine, run: Any) -> None:
