@@ -74,7 +74,10 @@ def test_four_runners_keep_two_per_key_over_2000_jobs(database: tuple[str, sa.En
     path = tmp_path / "ledger.jsonl"
     enqueue_many(engine, [{"task": "span", "payload": {"ledger": str(path), "key": f"k{n % 20}", "seconds": 0.005},
                            "concurrency_key": f"k{n % 20}"} for n in range(2000)])
-    finish_all([runner(url, config, "--concurrency", "4", "--batch-size", "20") for _ in range(4)])
+    # A small batch keeps each runner's claimed jobs (at most about two batches) well under the 40 slots of
+    # the 20 keys: with batches of 20 the first runner to start could hold every slot, and a draining runner
+    # that finds only held keys has nothing to do and ends, so the work was not shared.
+    finish_all([runner(url, config, "--concurrency", "4", "--batch-size", "5") for _ in range(4)])
 
     spans = ledger(path)
     assert len(spans) == 2000 and len({s["id"] for s in spans}) == 2000  # each job ran once
