@@ -81,6 +81,7 @@ def measure(backend: str, jobs: int, say: Callable[[str], None]) -> dict[str, fl
             conn.exec_driver_sql("ANALYZE" if backend == "postgresql" else "ANALYZE TABLE pending_jobs")
         say(f"{LABELS[backend]} ({server_version(backend)}): {jobs:,} jobs filled in "
             f"{time.perf_counter() - started:.1f} s")
+        enqueue_many(engine, [{"task": "report.nightly", "payload": {"n": n}} for n in range(10)])
         console = ConsoleStore(open_store(engine))
         failed_q1 = JobFilter(statuses=("failed",), queue="q1")
         _, cursor = console.jobs(failed_q1, limit=50)
@@ -93,7 +94,11 @@ def measure(backend: str, jobs: int, say: Callable[[str], None]) -> dict[str, fl
             "jobs: no filter, page at the middle of the table": lambda: console.jobs(JobFilter(), jobs // 2, 50),
             "jobs: task=task2, status=pending, first page": lambda: console.jobs(
                 JobFilter(statuses=("pending",), task="task2"), limit=50),
-            "jobs: task=task7, status=pending (matches none: reads every row)": lambda: console.jobs(
+            "jobs: task=report.nightly (10 rows among 1,000,000), first page": lambda: console.jobs(
+                JobFilter(task="report.nightly"), limit=50),
+            "jobs: task=report.nightly, status=failed (matches none)": lambda: console.jobs(
+                JobFilter(statuses=("failed",), task="report.nightly"), limit=50),
+            "jobs: task=task7, status=pending (50,000 rows of task7, none pending)": lambda: console.jobs(
                 JobFilter(statuses=("pending",), task="task7"), limit=50),
             "job page errors (by job_id)": lambda: console.errors(jobs // 2),
             "throughput (runs table, newest 2,000 jobs sampled)": console.throughput,
@@ -107,6 +112,9 @@ def measure(backend: str, jobs: int, say: Callable[[str], None]) -> dict[str, fl
         page = (sa.select(*JOB_COLUMNS).where(*console.ops.where(failed_q1)).order_by(J.c.id.desc()).limit(51))
         say(f"  EXPLAIN overview counts:\n{_explain(engine, counts)}")
         say(f"  EXPLAIN jobs status=failed, queue=q1:\n{_explain(engine, page)}")
+        nightly = (sa.select(*JOB_COLUMNS).where(*console.ops.where(JobFilter(task="report.nightly")))
+                   .order_by(J.c.id.desc()).limit(51))
+        say(f"  EXPLAIN jobs task=report.nightly:\n{_explain(engine, nightly)}")
         engine.dispose()
         return found
 

@@ -136,6 +136,8 @@ pending_jobs = sa.Table(
         "id",
     ),
     sa.Index("ix_pending_jobs_callback", "callback_status", "callback_next_at"),
+    # Serves a job list filtered by task, newest first (console, `list --task`); written only at INSERT.
+    sa.Index("ix_pending_jobs_task", "task", "id"),
     # Serves the limited claim's per-key reads (running count, first due jobs of a key) in claim order.
     # Partial where the database can: rows without a key (most) cost no index write on PostgreSQL/SQLite.
     sa.Index(

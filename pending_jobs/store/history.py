@@ -37,6 +37,11 @@ def record(conn: sa.Connection, where: Sequence[sa.ColumnElement[bool]], params:
         error = error_of(row)
         if error is not None:
             entries.append((int(row.id), count(row.attempts), error))
+    return add(conn, entries)
+
+
+def add(conn: sa.Connection, entries: Sequence[tuple[int, int, str]]) -> int:
+    """Insert these (job id, attempt, error) entries, dropping each job's entries older than ERRORS_KEPT."""
     if not entries:
         return 0
     conn.execute(_INSERT, [{"e_job": job, "e_attempt": attempt, "e_error": error} for job, attempt, error in entries])

@@ -15,9 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import sqlite
 
+from ..models import count
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from .dialect import Dialect
+from .history import add as add_errors
 
 # SQLite's primary result codes (the low byte of an extended code).
 BUSY, LOCKED = 5, 6  # another connection holds the write lock: retry
@@ -106,18 +108,23 @@ class SQLite(Dialect):
                    params: dict[str, Any]) -> int:
         """Read the candidate rows' text as bytes, and fail each whose text is not UTF-8 (its callback too:
         it could not be built). A slow path, taken only after a claim met such a row."""
-        columns = [J.c.task, J.c.queue, J.c.payload, J.c.callback_url, J.c.idempotency_key, J.c.status, J.c.result,
-                   J.c.last_error]
-        found = conn.execute(select([J.c.id, *(sa.cast(c, sa.LargeBinary) for c in columns)]), params).all()
+        columns = QUARANTINE_COLUMNS
+        # attempts as INTEGER: SQLite casts whatever a producer stored there without decoding it as text.
+        found = conn.execute(select([J.c.id, sa.cast(J.c.attempts, sa.Integer),
+                                     *(sa.cast(c, sa.LargeBinary) for c in columns)]), params).all()
         bad: dict[int, str] = {}
-        for job_id, *values in found:
+        history: list[tuple[int, int, str]] = []  # the reason in the job's error history, as for any failure
+        for job_id, attempts, *values in found:
             for column, value in zip(columns, values, strict=True):
                 try:
                     (value or b"").decode("utf-8")
                 except UnicodeDecodeError as error:
                     bad[int(job_id)] = (f"{column.name} holds bytes that are not valid UTF-8 (at byte {error.start}): "
                                         "the row cannot be read, so it was failed without running")
+                    if values[STATUS_AT] in (b"pending", b"running"):
+                        history.append((int(job_id), count(attempts), bad[int(job_id)]))
                     break
+        add_errors(conn, history)
         for job_id, reason in bad.items():
             has_callback = sa.and_(J.c.callback_url.is_not(None), sa.cast(J.c.callback_url, sa.LargeBinary) != b"")
             conn.execute(sa.update(J).where(J.c.id == job_id).values(
@@ -159,6 +166,11 @@ class SQLite(Dialect):
         # SQLite returns an expression of the clock as the text strftime made, not a datetime.
         return super().clock_value(dt.datetime.fromisoformat(value) if isinstance(value, str) else value)
 
+
+QUARANTINE_COLUMNS = (J.c.task, J.c.queue, J.c.payload, J.c.callback_url, J.c.idempotency_key, J.c.status,
+                      J.c.result, J.c.last_error)
+"""The text columns a producer writes, read as bytes by the quarantine."""
+STATUS_AT = 5  # status's place in QUARANTINE_COLUMNS
 
 _QMARK = sqlite.pysqlite.dialect(paramstyle="qmark")  # how EXPLAIN numbers placeholders
 

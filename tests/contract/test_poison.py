@@ -103,6 +103,10 @@ def test_poison_rows_beside_a_thousand_good_ones(backend: str, db_url: str, engi
         for job_id, status, error in poison:
             if status == "failed":
                 assert error.strip(), f"job {job_id} failed without a reason"
+        history = {int(job): int(n) for job, n in rows(engine, "SELECT job_id, COUNT(*) FROM pending_job_errors "
+                                                                "GROUP BY job_id")}
+        unrecorded = [job_id for job_id, status, _ in poison if status == "failed" and not history.get(job_id)]
+        assert unrecorded == [], "a failed job's reason is in its error history (the console's job page)"
         assert statuses.count("failed") == len(HANDLER_POISON) + len(_raw_poison(backend)) - 1
 
         secret_free = cli("callbacks", "list", "--json", env=env)

@@ -1,0 +1,28 @@
+"""An index leading with task, for the console's and `list --task`'s job filter.
+
+A filter on a task (with or without a status) walked the whole primary key when few rows matched: 1.1 s on
+MariaDB with 1,000,000 jobs. `(task, id)` serves `WHERE task = ? ORDER BY id DESC` in the list's order. The
+runner pays nothing for it after the INSERT: neither column changes while a job lives (a claim or an
+outcome writes status, lease and times, none of which this index holds).
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-01
+"""
+
+from __future__ import annotations
+
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_index("ix_pending_jobs_task", "pending_jobs", ["task", "id"])
+
+
+def downgrade() -> None:
+    op.drop_index("ix_pending_jobs_task", table_name="pending_jobs")
