@@ -99,6 +99,14 @@ class Limits:
         """Whether claims from `queue` must go through the limits (a task limit may bind in any queue)."""
         return queue in self.queues or bool(self.tasks)
 
+    def cap_only(self, queue: str) -> Scope | None:
+        """The queue's max_running scope when it is the only limit a claim from `queue` keeps (no task limit
+        anywhere, no per-key or rate limit on the queue): such a claim needs only the room the cap leaves."""
+        q = self.queues.get(queue)
+        if self.tasks or q is None or q.max_running is None or q.concurrency_limit is not None or q.rate is not None:
+            return None
+        return self.queue_scopes(queue)[0]
+
     def queue_scopes(self, queue: str) -> list[Scope]:
         """The scopes every job of `queue` falls under, whatever its task and key (max_running, rate)."""
         return [scope for scope in self.scopes(queue, "", None) if scope.task is None and scope.key is None]

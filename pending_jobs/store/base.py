@@ -118,8 +118,14 @@ class Store:
 
     def claim(self, queue: str, limit: int, owner: str, lease: float) -> Claim:
         """Lock up to `limit` due jobs of `queue`, mark them running under a new lease, commit."""
+        return self.claim_queue(queue, limit, owner, lease)
+
+    def claim_queue(self, queue: str, limit: int, owner: str, lease: float,
+                    room: Callable[[sa.Connection], int] | None = None) -> Claim:
+        """The plain claim; with `room`, at most as many jobs as it returns, asked first in the claim's
+        transaction (a queue cap: it locks the cap's row and counts what runs)."""
         where = due_in(sa.bindparam("claim_queue", type_=sa.String))
-        return self._claim(("claim", limit), where, {"claim_queue": queue}, limit, owner, lease)
+        return self._claim(("claim",), where, {"claim_queue": queue}, limit, owner, lease, room)
 
     def claim_select(self, queue: str, limit: int) -> sa.Select[Any]:
         """The claim's locking read of `queue` (what the EXPLAIN test checks is served by the claim index)."""
@@ -132,16 +138,19 @@ class Store:
         return self._claim(("claim_job",), where, {"claim_id": job_id}, 1, owner, lease)
 
     def _claim(self, key: tuple[Any, ...], where: Sequence[sa.ColumnElement[bool]], params: dict[str, Any],
-               limit: int, owner: str, lease: float) -> Claim:
+               limit: int, owner: str, lease: float, room: Callable[[sa.Connection], int] | None = None) -> Claim:
         token = secrets.token_hex(16)
         params = {**params, "claim_owner": owner[:128], "claim_token": token, "claim_lease": float(lease)}
 
-        def select(columns: Sequence[sa.ColumnElement[Any]]) -> sa.Select[Any]:
-            return sa.select(*columns).where(*where).order_by(*claim_order()).limit(limit)
+        def select_of(size: int) -> Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]]:
+            return lambda columns: sa.select(*columns).where(*where).order_by(*claim_order()).limit(size)
 
         def work(conn: sa.Connection) -> list[ClaimedJob]:
-            locked = self.sql.lock_mark_return(conn, key, select, self._claim_values, CLAIM_COLUMNS, params,
-                                               still=lambda: (J.c.status == JOB_PENDING,))
+            size = limit if room is None else min(limit, room(conn))
+            if size < 1:
+                return []
+            locked = self.sql.lock_mark_return(conn, (*key, size), select_of(size), self._claim_values, CLAIM_COLUMNS,
+                                               params, still=lambda: (J.c.status == JOB_PENDING,))
             if locked.marked != len(locked.rows):
                 # The locking read returned a row that was no longer pending: hand out only what this
                 # token marked, never a job another runner holds.
@@ -158,7 +167,7 @@ class Store:
         except exc.DBAPIError as error:
             if not self.sql.undecodable(error):
                 raise
-            failed = self.transaction(lambda conn: self.sql.quarantine(conn, select, params))
+            failed = self.transaction(lambda conn: self.sql.quarantine(conn, select_of(limit), params))
             log.warning("claim: failed %d job(s) whose rows hold text that is not valid UTF-8", failed)
             jobs = self.transaction(work, settle=settle)
         jobs.sort(key=lambda job: (-job.priority, job.id))

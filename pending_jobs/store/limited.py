@@ -57,6 +57,9 @@ class LimitedStore(Store):
         """The plain claim where no limit applies; else the limited claim (see the module)."""
         if not self.limits.applies(queue):
             return super().claim(queue, limit, owner, lease)
+        cap = self.limits.cap_only(queue)
+        if cap is not None:
+            return self._capped(queue, cap, limit, owner, lease)
         claim, missing = self._limited(queue, limit, owner, lease)
         for _ in range(FIRST_SIGHT_TRIES):
             if not missing:
@@ -67,6 +70,20 @@ class LimitedStore(Store):
                 break
             claim, missing = self._limited(queue, limit, owner, lease)
         return claim
+
+    def _capped(self, queue: str, cap: Scope, limit: int, owner: str, lease: float) -> Claim:
+        """A queue whose only limit is its max_running: the plain claim, at most the room the cap leaves,
+        counted in the claim's transaction with the cap's row locked (no candidates read for admission)."""
+        self.ensure_scopes([cap.name])
+        busy = False
+
+        def room(conn: sa.Connection) -> int:
+            nonlocal busy
+            busy = not self._lock(conn, {cap.name})  # another runner is claiming from this queue right now
+            return 0 if busy else cap.limit - self._running(conn, [cap])[cap.name]
+
+        claim = super().claim_queue(queue, limit, owner, lease, room)
+        return dataclasses.replace(claim, retry_in=BUSY_RETRY) if busy and not claim.jobs else claim
 
     def ensure_scopes(self, names: Iterable[str]) -> None:
         """Create the rows of these scopes (whichever host comes first; the others' inserts change nothing)."""
