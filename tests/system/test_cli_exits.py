@@ -37,9 +37,19 @@ def test_run_job_of_a_job_that_is_not_pending_is_one_line_and_exit_1(db_url: str
     assert done.stderr.strip() == "pending-jobs: job 12345 is missing, not pending: nothing to run"
 
 
-@pytest.mark.parametrize("command", [["list", "--json", "--limit", "2000"], ["list", "--limit", "2000"]])
+@pytest.mark.parametrize("command", [["list", "--json", "--limit", "2000"], ["list", "--limit", "2000"],
+                                     ["show", "1"], ["show", "--json", "1"],
+                                     ["callbacks", "list", "--limit", "2000"],
+                                     ["callbacks", "list", "--json", "--limit", "2000"]])
 def test_a_closed_pipe_ends_the_command_quietly(db_url: str, engine: sa.Engine, command: list[str]) -> None:
-    enqueue_many(engine, [{"task": "echo", "payload": {"text": "x" * 200}} for _ in range(2000)])
+    # Job 1's payload and 2,000 rows of a listing are far larger than a pipe's buffer (64 KiB), so each
+    # command is still writing when the reader goes away.
+    enqueue_many(engine, [{"task": "echo", "payload": {"text": "x" * 200_000}}])
+    enqueue_many(engine, [{"task": "echo", "payload": {"text": "x" * 200}} for _ in range(1999)])
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET status = 'failed', callback_url = 'http://example.com/hook', "
+                             "callback_status = 'failed', callback_attempts = 1, callback_last_error = :e"),
+                     {"e": "refused " * 20})
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_DATABASE_URL": db_url}
     proc = subprocess.Popen([sys.executable, "-m", "pending_jobs", *command], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=ROOT)

@@ -34,3 +34,21 @@ def test_only_the_dialect_files_ask_which_database_it_is() -> None:
             if BRANCHING.search(line):
                 found.append(f"{name}:{number}: {line.strip()}")
     assert found == []
+
+
+def test_the_architecture_lists_every_module_and_the_readme_layout_names_only_what_exists() -> None:
+    root = PACKAGE.parent
+    modules = {str(path.relative_to(root)) for path in PACKAGE.rglob("*.py")}
+    architecture = (root / "docs" / "architecture.md").read_text()
+    listed = set(re.findall(r"^\| `(pending_jobs/[\w/]+\.py)` \|", architecture, re.MULTILINE))
+    assert sorted(modules - listed) == [], "modules missing from docs/architecture.md's Modules table"
+    assert sorted(listed - modules) == [], "docs/architecture.md lists modules that do not exist"
+
+    readme = (root / "README.md").read_text()
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    named = set(re.findall(r"\b([\w]+\.py)\b", layout))
+    existing = {path.name for folder in ("pending_jobs", "migrations", "benchmarks", "tests", "examples")
+                for path in (root / folder).rglob("*.py")}
+    assert sorted(named - existing) == [], "README's Layout names files that do not exist"
+    for folder in re.findall(r"^(\w[\w/]*/)\s", layout, re.MULTILINE):
+        assert (root / folder).is_dir() or (PACKAGE / folder).is_dir(), folder
