@@ -55,6 +55,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def test_a_failed_jobs_callback_says_the_short_reason_and_keeps_the_rest_on_the_row(store: Store,
+                                                                                   db_url: str) -> None:
+    # What a driver's error looks like: the first line says what went wrong, the next ones carry the SQL
+    # and the values bound to it (a user's e-mail address), and a traceback follows.
+    message = ("IntegrityError: (1062, \"Duplicate entry 'alice@example.com' for key 'uq_users_email'\")\n"
+               "[SQL: INSERT INTO users (email) VALUES (%(email)s)]\n[parameters: {'email': 'alice@example.com'}]")
+    with receiver(answer(200)) as server:
+        failed = enqueue(store.engine, "boom", {"message": message}, callback_url=server.url(), max_attempts=1)
+        deliver(store, db_url)
+        [received] = server.received
+    sent = json.loads(received.body)["data"]["error"]
+    assert sent.startswith("RuntimeError: IntegrityError: (1062") and "\n" not in sent
+    assert "[SQL:" not in sent and "parameters" not in sent and "Traceback" not in sent
+    kept = job(store, failed).last_error or ""
+    assert "[parameters: {'email': 'alice@example.com'}]" in kept and "Traceback" in kept  # for operators
+
+
 # -- acceptance 1: signatures ----------------------------------------------------------------------
 
 

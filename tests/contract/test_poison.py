@@ -51,6 +51,9 @@ def _raw_poison(backend: str) -> list[str]:
         found += [
             "(CAST(X'6563686fff' AS TEXT), '{}', 'default', 0, 5, 'pending', NULL)",  # task not UTF-8
             "('echo', CAST(X'7b2261223a2280ff227d' AS TEXT), 'default', 0, 5, 'pending', NULL)",  # payload
+            # the same, with words an exit code was once chosen by ("connection lost": exit 75)
+            "('echo', CAST(X'7b2261223a22636f6e6e656374696f6e206c6f737420ff227d' AS TEXT), 'default', 0, 5, "
+            "'pending', NULL)",
             "('echo', '{}', CAST(X'6d61696cff' AS TEXT), 0, 5, 'pending', NULL)",  # queue not UTF-8
             "('echo', '{}', 'default', 0, 5, 'pending', CAST(X'687474703a2f2fff' AS TEXT))",  # callback_url
             "('echo', '{}', 'default', 'high', 5, 'pending', NULL)",  # text in priority
