@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo console test lint typecheck unit property-long bench mutation clean
+.PHONY: install demo console test lint typecheck unit property-long bench bench-core mutation clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,7 +42,19 @@ property-long: install
 	PENDING_JOBS_PROPERTY_EXAMPLES=300 $(BIN)/python -m pytest -q tests/contract/test_properties.py \
 		tests/unit/test_config_properties.py --hypothesis-show-statistics
 
-bench: install
+# Every benchmark, each printing its figures beside the raw-SQL floor or target measured in the same
+# invocation; cron and soak run in real time (5 and 10 minutes per database by default). bench-core is the
+# throughput table of docs/performance.md alone (a few minutes).
+bench: bench-core
+	$(BIN)/python -m benchmarks.declared
+	$(BIN)/python -m benchmarks.flow
+	$(BIN)/python -m benchmarks.console
+	$(BIN)/python -m benchmarks.push
+	$(BIN)/python -m benchmarks.scaling
+	$(BIN)/python -m benchmarks.cron
+	$(BIN)/python -m benchmarks.soak
+
+bench-core: install
 	$(BIN)/python -m benchmarks
 
 # Mutation testing (not part of `make test`): mutmut over `only_mutate` in pyproject.toml's [tool.mutmut],
