@@ -106,7 +106,6 @@ def test_each_tick_takes_over_without_a_gap_and_without_overlap(db_url: str, eng
     assert serving  # and the runs table tells the story of each tick's run
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
 def test_a_kill_at_any_moment_of_a_hand_off_loses_nothing_and_runs_nothing_twice(
     db_url: str, engine: sa.Engine, tmp_path: Path
 ) -> None:
