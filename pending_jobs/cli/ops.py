@@ -324,4 +324,10 @@ def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine) -> tup
     if unbounded:  # the heartbeat keeps a hung handler's lease for ever: only a timeout ends it
         notes.append(f"no timeout: {', '.join(unbounded)} (a handler that hangs keeps its worker, and through the "
                      "heartbeat its lease, until the run ends; give it timeout=)")
+    outlive = sorted(f"{name} ({task.timeout:g} s)" for name, task in tasks.items()
+                     if task.timeout is not None and task.timeout > settings.lease)
+    if outlive:  # past its lease only the heartbeat keeps the job: a run that stops renewing loses it mid-run
+        notes.append(f"timeout longer than the lease ({settings.lease:g} s): {', '.join(outlive)} (such a job "
+                     "keeps its lease only through the run's heartbeat; if that stops, another run may start it "
+                     "again while it still runs: raise lease or lower timeout)")
     return "handlers", True, "; ".join([f"{len(tasks)} task(s) from {', '.join(sources)}", *where, *notes])

@@ -39,6 +39,13 @@ def test_a_task_module_in_the_apps_folder_is_found_through_python_path(db_url: s
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"save_user → {app / 'myapp' / 'jobs.py'}" in check.stdout  # which file each task resolves to
     assert "no timeout: slow_report" in check.stdout
+    assert "longer than the lease" not in check.stdout  # 30 s against the default 300 s
+
+    config.write_text(config.read_text() + 'lease = "20s"\n')  # now save_user's timeout outlives its lease
+    short = subprocess.run([sys.executable, "-m", "pending_jobs", "check", "--no-callbacks"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert short.returncode == 0, short.stdout + short.stderr
+    assert "timeout longer than the lease (20 s): save_user (30 s)" in short.stdout
 
     config.write_text(f'database_url = "{db_url}"\ntasks = ["myapp.jobs"]\n')
     missing = subprocess.run([sys.executable, "-m", "pending_jobs", "run", "--drain"], env=env, cwd=tmp_path,
