@@ -107,6 +107,17 @@ class Outcome:
 
 
 @dataclasses.dataclass(frozen=True)
+class Together:
+    """What became of jobs run in one shared transaction (`JobStore.run_together`): all recorded
+    `succeeded` in one commit, or nothing written at all. `culprit` is the index of the job whose
+    handler raised (the others may share a transaction again without it); `reason` is for the log."""
+
+    recorded: bool
+    culprit: int | None = None
+    reason: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
 class Finished:
     """How many rows each outcome kind changed; fewer than asked means a stale lease. A retried or
     failed job whose cancellation an operator asked for ends `cancelled` instead."""

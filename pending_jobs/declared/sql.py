@@ -9,12 +9,14 @@ outcome is recorded: a runner killed in between runs them again (at least once).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime as dt
 import decimal
 import json
 import math
 import re
 import threading
+import types
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +27,7 @@ from sqlalchemy import exc
 from ..errors import Fail
 from ..registry import Backoff, Task
 from ..store import Dialect, create_engine, dialect_for
+from ..store.direct import DirectStatements, direct
 from .base import backoff_of, effective_limit, retry, task_of
 from .spec import SqlSpec
 from .sqlerrors import classify
@@ -33,6 +36,9 @@ BACKSTOP_MARGIN = 5.0  # seconds past the task's timeout before the runner aband
 RESULT_OVERHEAD = 64  # bytes of a result's keys and brackets, beside its rows
 READS = ("select", "with", "values", "show", "explain", "table", "pragma")
 """First words of statements whose rows are the result (no `rowcount`)."""
+SHARED = types.SimpleNamespace(attempt=1)
+"""The context of a job in a shared transaction: only a verdict's backoff reads it, and a job that errs
+there is run again alone, where its own context gives the verdict that is recorded."""
 _VERB = re.compile(r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.DOTALL)
 
 
@@ -40,7 +46,12 @@ def build(spec: SqlSpec, payload_limit: int, pool_size: int) -> Task:
     """The registry entry of a declared SQL task."""
     runner = SqlTask(spec, payload_limit, pool_size)
     backstop = None if spec.policy.timeout is None else spec.policy.timeout + BACKSTOP_MARGIN
-    return task_of(spec.name, runner, spec.policy, backstop)
+    task = task_of(spec.name, runner, spec.policy, backstop)
+    if spec.database_url is None and spec.policy.timeout is None:
+        # On the job database, jobs of one claim may share a transaction (one COMMIT for all of them).
+        # Not with a timeout: the runner's watchdog gives up on one job, not on a shared transaction.
+        task = dataclasses.replace(task, shared=runner.shared)
+    return task
 
 
 def parameters(statement: str) -> tuple[str, ...]:
@@ -69,6 +80,9 @@ class SqlTask:
         self._engine: sa.Engine | None = None
         self._lock = threading.Lock()
         self._bounded_clauses: list[sa.TextClause] | None = None
+        writes = all(direct(statement, first) for statement, first in zip(spec.statements, self.verbs, strict=True))
+        self.direct = DirectStatements(self.clauses) if writes else None
+        """For a shared transaction, when every statement only writes (no rows to read back)."""
 
     def __call__(self, payload: dict[str, Any], ctx: Any) -> Any:
         params = self.bind(payload)
@@ -79,6 +93,22 @@ class SqlTask:
                 return self.run(conn, params, ctx)
         except exc.DBAPIError as error:  # connecting or committing
             raise self._verdict(error, ctx, "", dialect_for(self.engine())) from None
+
+    def shared(self, payload: dict[str, Any], conn: sa.Connection) -> Any:
+        """The statements on `conn`, in a transaction other jobs share; any error is raised as it is (the
+        runner then runs this job alone, through `__call__`, which gives it its verdict). Statements that
+        only write run on the driver's cursor (store/direct.py), with the same result."""
+        params = self.bind(payload)
+        if self.direct is None:
+            return self.run(conn, params, SHARED)
+        written = self.direct.run(conn, [{key: params[key] for key in names} for names in self.names])
+        results = []
+        for done, first in zip(written, self.verbs, strict=True):
+            out: dict[str, Any] = {"rowcount": done.rowcount}
+            if done.inserted_id is not None and first in ("insert", "replace"):
+                out["inserted_id"] = done.inserted_id
+            results.append(out)
+        return results[0] if len(results) == 1 else {"statements": results}
 
     def bind(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The payload as parameters; Fail when one is missing, unused, or not a scalar."""

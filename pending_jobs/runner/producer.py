@@ -20,6 +20,7 @@ from ..models import ClaimedJob, Outcome, RunReport
 from ..workers import WorkerPool
 from .completer import Completer
 from .executor import Executor
+from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
 
 log = logging.getLogger(__name__)
@@ -46,8 +47,11 @@ class Producer:
         self.owner = owner
         self.hand_off = hand_off
         """Asked now and then while serving: True when another run is ready to take over."""
-        self.pool: WorkerPool[ClaimedJob, Outcome] = WorkerPool(
-            settings.concurrency, executor, executor.on_error, "pending-jobs", executor.timeout_of, executor.timed_out)
+        self.worker = Worker(executor, settings.concurrency)
+        self.pool: WorkerPool[Work, list[Outcome]] = WorkerPool(
+            settings.concurrency, self.worker, self.worker.on_error, "pending-jobs", self.worker.timeout_of,
+            self.worker.timed_out)
+        self._held = 0  # jobs handed to the pool whose outcome has not come back (a pool item may hold several)
         self.completer = Completer(store, report, settings.batch_size, on_progress, on_callbacks_due)
         self._signalled = False
         self._queues: list[str] = []
@@ -136,14 +140,14 @@ class Producer:
 
     def _may_claim(self, now: float) -> bool:
         # Claim ahead: the next batch is claimed as soon as the first job of the last one is done.
-        return (self._room() > 0 and self.pool.busy < self.settings.batch_size and now >= self._next_claim
+        return (self._room() > 0 and self._held < self.settings.batch_size and now >= self._next_claim
                 and not self.completer.saturated)
 
     def _wait_time(self, now: float, deadline: float) -> float:
         waits = [LONGEST_WAIT, deadline - now, self._last_beat + self.settings.lease / 3 - now]
         if self.hand_off is not None:
             waits.append(self._next_handoff_check - now)
-        if self._room() > 0 and self.pool.busy < self.settings.batch_size:
+        if self._room() > 0 and self._held < self.settings.batch_size:
             waits.append(self._next_claim - now)
         flush = self.completer.wait_for()
         if flush is not None:
@@ -177,13 +181,16 @@ class Producer:
 
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
         self.report.claimed += len(jobs)
-        for job in jobs:
-            self.pool.submit(job)
+        self._held += len(jobs)
+        for item in self.worker.split(jobs):
+            self.pool.submit(item)
 
     def _collect(self, timeout: float) -> None:
         finished = self.pool.take(timeout)
         if finished:
-            self.completer.add(outcome for _, outcome in finished)
+            outcomes = [outcome for _, item_outcomes in finished for outcome in item_outcomes]
+            self._held -= len(outcomes)
+            self.completer.add(outcomes)
             self._next_claim = 0.0  # room for more, and a retry among them may be due at once
 
     # -- leases -----------------------------------------------------------------------------------
@@ -191,7 +198,7 @@ class Producer:
     def _maintain(self, now: float) -> None:
         """Renew the leases of every job this run holds (timeouts are the pool's watchdog's)."""
         if now - self._last_beat >= self.settings.lease / 3:
-            held = [(slot.item.id, slot.item.token) for slot in self.pool.in_flight()]
+            held = [(job.id, job.token) for slot in self.pool.in_flight() for job in jobs_of(slot.item)]
             self.store.heartbeat(held, self.settings.lease)
             self._last_beat = now
 
@@ -209,7 +216,7 @@ class Producer:
                 grace_end = now + self.settings.grace
             if grace_end is not None and now >= grace_end:
                 log.warning("%d job(s) still running after the grace period; their leases will expire",
-                            self.pool.busy)
+                            self._held)
                 break
             self._collect(min(LONGEST_WAIT, grace_end - now if grace_end is not None else LONGEST_WAIT))
             self.completer.flush_if_due(idle=not self.pool.busy)
@@ -218,9 +225,10 @@ class Producer:
 
     def _release_unstarted(self) -> None:
         by_token: dict[str, list[int]] = {}
-        unstarted = self.pool.withdraw_unstarted()
-        for slot in unstarted:
-            by_token.setdefault(slot.item.token, []).append(slot.item.id)
+        unstarted = [job for slot in self.pool.withdraw_unstarted() for job in jobs_of(slot.item)]
+        for job in unstarted:
+            by_token.setdefault(job.token, []).append(job.id)
         for token, ids in by_token.items():
             self.report.released += self.store.release(token, ids)
         self.report.claimed -= len(unstarted)
+        self._held -= len(unstarted)

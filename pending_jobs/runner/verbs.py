@@ -3,11 +3,11 @@ store both implement. Nothing here knows SQL; the runner never touches an engine
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from ..context import HandlerTransaction
-from ..models import Claim, ClaimedJob, Completion, Finished, Job
+from ..models import Claim, ClaimedJob, Completion, Finished, Job, Together
 
 
 class HandlerSession(HandlerTransaction, Protocol):
@@ -61,3 +61,7 @@ class JobStore(Protocol):
 
     def handler_transaction(self, job: ClaimedJob) -> HandlerSession:
         """The handler's own transaction for `job` (opened on first use)."""
+
+    def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[Any, ClaimedJob], Any]) -> Together:
+        """`work(connection, job)` for jobs of one claim in one transaction, then all of them succeeded
+        (their lease guarding) in one commit; or nothing written, saying which job raised, if one did."""

@@ -128,7 +128,11 @@ class Dialect:
 
     def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
         """The id an INSERT without RETURNING added (the driver's last insert id), or None."""
-        return int(result.lastrowid) if result.rowcount > 0 and result.lastrowid else None
+        return self.last_id(result.rowcount, result.lastrowid)
+
+    def last_id(self, rowcount: int, lastrowid: Any) -> int | None:
+        """`inserted_id` from a driver cursor's rowcount and lastrowid."""
+        return int(lastrowid) if rowcount > 0 and lastrowid else None
 
     def integrity(self, error: BaseException) -> bool:
         """A constraint refused the data (duplicate key, foreign key, NOT NULL, CHECK)."""

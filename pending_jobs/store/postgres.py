@@ -86,6 +86,9 @@ class Postgres(Dialect):
     def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
         return None  # PostgreSQL has no last insert id: `INSERT … RETURNING id` returns it as a row
 
+    def last_id(self, rowcount: int, lastrowid: Any) -> int | None:
+        return None
+
     def timed_out(self, error: BaseException) -> bool:
         return db.sqlstate(error) in TIMEOUTS
 

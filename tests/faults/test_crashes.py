@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -128,3 +129,40 @@ def test_sigterm_during_a_batch_releases_unstarted_jobs(
     drain(fresh, engine)
     rows = check_invariant(engine)
     assert all(row["attempts"] == 1 for row in rows)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_shared_sql_transaction_leaves_nothing_half_written(
+    fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners, tmp_path: Path
+) -> None:
+    """A declared sql task's jobs of one claim share a transaction (runner/shared.py). The runner is
+    killed while its third job sleeps in it: the two INSERTs before it were never committed, so
+    nothing is written and no job is recorded; after the leases expire each job writes exactly once."""
+    engine = engine_on(fresh)
+    config = tmp_path / "pending-jobs.toml"
+    config.write_text('[task.sql_ledger]\nsql = ["INSERT INTO ledger (job_id, note) VALUES (:id, \'sql\')",'
+                      ' "SELECT SLEEP(:pause)"]\n')
+    ids = insert_jobs(engine, "sql_ledger", [{} for _ in range(5)])
+    with engine.begin() as conn:  # each payload names its own job, so the ledger row is the job's
+        conn.execute(sa.text("UPDATE pending_jobs SET payload = JSON_OBJECT('id', id, 'pause', IF(id = :slow, 60, 0))"),
+                     {"slow": ids[2]})
+    runner = runners(fresh, "--config", str(config), "--lease", "10", "--concurrency", "1")
+
+    def sleeping() -> bool:
+        with engine.connect() as conn:
+            return bool(conn.execute(sa.text("SELECT COUNT(*) FROM information_schema.processlist"
+                                             " WHERE info LIKE 'SELECT SLEEP(%'")).scalar())
+
+    wait_for(sleeping, 30, "the third job to sleep in the shared transaction")
+    runner.kill()
+
+    assert statuses(engine) == {"running": 5}
+    with engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM ledger")).scalar() == 0  # jobs 1 and 2 not half-written
+        conn.execute(sa.text("UPDATE pending_jobs SET payload = JSON_OBJECT('id', id, 'pause', 0)"))
+        conn.commit()
+    drain(fresh, engine, "--config", str(config))
+    with engine.connect() as conn:
+        ledger = dict(conn.execute(sa.text("SELECT job_id, COUNT(*) FROM ledger GROUP BY job_id")).all())
+    assert ledger == {job_id: 1 for job_id in ids}
+    assert all(job(engine, job_id)["status"] == "succeeded" and job(engine, job_id)["attempts"] == 2 for job_id in ids)

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pending_jobs.models import Claim, ClaimedJob, Completion, Finished, Job
+from pending_jobs.models import Claim, ClaimedJob, Completion, Finished, Job, Together
 
 
 @dataclasses.dataclass
@@ -227,6 +227,10 @@ class MemoryStore:
         return Job(row.id, row.queue, row.task, None, row.status, row.priority, None, row.attempts,
                    row.max_attempts, row.result, row.last_error, row.callback_url, None, 0, None, None, None, None,
                    None, row.cancel_requested, None, None, None, None)
+
+    def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[Any, ClaimedJob], Any]) -> Together:
+        """No connection to share: every job runs alone."""
+        return Together(False, reason="the memory store has no connection")
 
     def handler_transaction(self, job: ClaimedJob) -> MemorySession:
         return MemorySession(self, job)

@@ -1,0 +1,130 @@
+"""What the worker pool runs: one job, or several jobs of a claim sharing one transaction.
+
+A job whose task can share a transaction (`Task.shared`: a declared sql task on the job database)
+would otherwise pay a COMMIT, a log flush, for its one INSERT. The producer hands such jobs of a
+claim to the pool as `Shared` groups instead (`split`), one per worker so they still run side by side;
+a group runs in one transaction that ends with one guarded UPDATE to `succeeded` and one COMMIT
+(`JobStore.run_together`). What does not fit runs alone through the executor, as before: a job whose
+row or payload has a problem, whose handler raised in the group (its error becomes its verdict there,
+retry or failure, with its own reason), and every job of a group whose lease was taken over or whose
+commit failed (each job's own guarded transaction then decides). Retries, backoff and cancellation
+are the executor's, unchanged; tasks with a timeout never share (see declared/sql.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from .. import validation
+from ..models import ClaimedJob, Outcome
+from .executor import Executor
+
+log = logging.getLogger(__name__)
+
+GROUP_MIN = 8
+"""Fewest jobs worth a shared transaction of their own: a claim is split into one group per worker,
+but not into groups smaller than this (each group pays a COMMIT)."""
+ROUNDS = 3
+"""Shared transactions tried per group: each failing one takes its culprit out; then the rest run alone."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Shared:
+    """Jobs of one claim to run in one transaction."""
+
+    jobs: list[ClaimedJob]
+
+
+Work = ClaimedJob | Shared
+
+
+def jobs_of(item: Work) -> Sequence[ClaimedJob]:
+    """The jobs a pool item holds."""
+    return item.jobs if isinstance(item, Shared) else (item,)
+
+
+class Worker:
+    """The pool's work: a job through the executor, or a `Shared` group in one transaction."""
+
+    def __init__(self, executor: Executor, workers: int) -> None:
+        self.executor = executor
+        self.store = executor.store
+        self.workers = max(1, workers)
+
+    def split(self, jobs: list[ClaimedJob]) -> list[Work]:
+        """The claim as pool items: jobs that can share a transaction in up to one group per worker, the
+        rest one by one (in claim order, groups first)."""
+        tasks = self.executor.tasks
+        shareable = [job for job in jobs if job.problem is None
+                     and (task := tasks.get(job.task)) is not None and task.shared is not None]
+        if len(shareable) < 2:
+            return list(jobs)
+        groups = max(1, min(self.workers, len(shareable) // GROUP_MIN))
+        size, extra = divmod(len(shareable), groups)
+        items: list[Work] = []
+        start = 0
+        for number in range(groups):
+            end = start + size + (1 if number < extra else 0)
+            items.append(Shared(shareable[start:end]))
+            start = end
+        alone = set(map(id, shareable))
+        items.extend(job for job in jobs if id(job) not in alone)
+        return items
+
+    def __call__(self, item: Work) -> list[Outcome]:
+        if isinstance(item, Shared):
+            return self._together(item.jobs)
+        return [self.executor(item)]
+
+    def on_error(self, item: Work, error: BaseException) -> list[Outcome]:
+        """Every job of an item whose run raised (the pool's last line of defence)."""
+        return [self.executor.on_error(job, error) for job in jobs_of(item)]
+
+    def timeout_of(self, item: Work) -> float | None:
+        """A job's task timeout; a group has none (only tasks without a timeout share)."""
+        return None if isinstance(item, Shared) else self.executor.timeout_of(item)
+
+    def timed_out(self, item: Work) -> list[Outcome]:
+        """The outcomes of an item given up on after its timeout."""
+        return [self.executor.timed_out(job) for job in jobs_of(item)]
+
+    def _together(self, jobs: list[ClaimedJob]) -> list[Outcome]:
+        limit = self.executor.settings.payload_limit
+        payloads: dict[int, Any] = {}
+        ready: list[ClaimedJob] = []
+        alone: list[ClaimedJob] = []
+        for job in jobs:
+            payload, problem = validation.parse_payload(job.payload_text, limit)
+            problem = problem or validation.row_problem(job.task, job.max_attempts, job.priority, job.callback_url)
+            if problem is None:
+                payloads[job.id] = payload
+                ready.append(job)
+            else:
+                alone.append(job)  # the executor fails it with its reason
+
+        def work(conn: Any, job: ClaimedJob) -> Any:
+            shared = self.executor.tasks[job.task].shared
+            assert shared is not None
+            result = shared(payloads[job.id], conn)
+            # A result that cannot be stored fails its job: alone, where the executor says so.
+            validation.dump_json(result, "result", limit, self.store.json_accepts_nul)
+            return result
+
+        outcomes: list[Outcome] = []
+        for _ in range(ROUNDS):
+            if not ready:
+                break
+            done = self.store.run_together(ready, work)
+            if done.recorded:
+                outcomes.extend(Outcome(job, "recorded") for job in ready)
+                ready = []
+                break
+            if done.culprit is None:
+                log.info("%d job(s) of a shared transaction run alone: %s", len(ready), done.reason)
+                break
+            alone.append(ready.pop(done.culprit))
+        outcomes.extend(self.executor(job) for job in [*alone, *ready])
+        return outcomes

@@ -1,0 +1,92 @@
+"""Several jobs' handlers in one transaction, committed with all their `succeeded` at once.
+
+A declared sql task's handler on the job database commits its writes with its job's `succeeded`
+(handler.py): one COMMIT, a log flush, per job. Jobs of one claim can share that transaction instead:
+each job's work runs on one connection, then one UPDATE guarded by the claim's lease token marks them
+all succeeded with their results, and one COMMIT makes the writes and the outcomes durable together.
+Exactly once still: the guard must match every job, or nothing is kept.
+
+All or nothing. When a job's work raises, everything is rolled back and the caller learns which job
+(`culprit`), so the others can share a transaction again without it and it can run alone, where its
+error becomes its own verdict. When the guard matches fewer jobs than were run (a lease was taken
+over) or the UPDATE or the COMMIT fails, everything is rolled back too and each job runs alone, its
+own guarded transaction deciding. No savepoints: a SAVEPOINT and its RELEASE per job cost two round
+trips each, more than the job's own statement, and a failing job is rare.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from .. import db
+from ..errors import DatabaseUnavailable
+from ..models import ClaimedJob, Together
+from ..states import JobStatus
+from ..validation import describe_exception
+
+if TYPE_CHECKING:
+    from .base import Store
+
+log = logging.getLogger(__name__)
+
+
+def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Callable[[sa.Connection, ClaimedJob], Any]
+                 ) -> Together:
+    """`work(conn, job)` for each job in one transaction, then all of them `succeeded` with what `work`
+    returned, guarded by their lease token, and one COMMIT. Never raises for a database error."""
+    if not jobs:
+        return Together(True)
+    token = jobs[0].token
+    if any(job.token != token for job in jobs):
+        raise ValueError("jobs run together must come from one claim (one lease token)")
+    try:
+        conn = store.engine.connect()
+    except exc.DBAPIError as error:
+        return Together(False, reason=db.describe(error))
+    with conn:
+        conn.begin()
+        done: list[tuple[int, Any]] = []
+        for index, job in enumerate(jobs):
+            try:
+                done.append((job.id, work(conn, job)))
+            except Exception as error:  # the handler's or the database's: that job runs alone
+                _rollback(conn)
+                return Together(False, index, describe_exception(error, 300).splitlines()[0])
+        try:
+            marked = store.succeed_all(conn, token, done)
+            if marked != len(jobs):
+                conn.rollback()
+                return Together(False, reason=f"{len(jobs) - marked} of {len(jobs)} leases were taken over")
+            conn.commit()
+        except exc.DBAPIError as error:
+            _rollback(conn)
+            return _settle(store, jobs[0], db.describe(error))
+    return Together(True)
+
+
+def _settle(store: Store, job: ClaimedJob, reason: str) -> Together:
+    """A COMMIT that failed midway may still have happened; one job's row, read back by its token, says
+    for all of them (one transaction). Unsettled, each job runs alone: its guard then finds its row
+    already succeeded, and its writes are rolled back with that."""
+    try:
+        recorded = store.outcome_of(job) == JobStatus.SUCCEEDED.value
+    except (DatabaseUnavailable, exc.DBAPIError):
+        recorded = False
+    return Together(recorded, reason=reason)
+
+
+def _rollback(conn: sa.Connection) -> None:
+    """Roll back; a connection that is gone has nothing left to roll back (the server does it)."""
+    try:
+        conn.rollback()
+    except Exception as error:
+        log.debug("rolling back a shared transaction failed: %s", error)
+        try:
+            conn.invalidate()
+        except Exception:
+            log.debug("invalidating its connection failed too", exc_info=True)

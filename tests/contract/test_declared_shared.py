@@ -1,0 +1,227 @@
+"""Declared `sql` jobs of one claim sharing one transaction (runner/shared.py, store/shared.py).
+
+On SQLite, MariaDB and PostgreSQL: the jobs' writes and their `succeeded` commit together, a few
+COMMITs for a whole claim instead of one per job; a job that errs fails alone with its own reason;
+a job whose lease was taken over writes nothing; results are those of the job run alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from pending_jobs import enqueue
+from pending_jobs.models import RunReport
+from pending_jobs.store import Store, dialect_for
+from tests.conftest import rows, scalar
+
+from .conftest import outcome
+from .test_declared_tasks import AUDIT, SAVE_USER, USERS
+
+ALONE = {"timeout": 60}
+"""A task with a timeout never shares a transaction: its jobs run one by one, as before."""
+
+
+@pytest.fixture
+def users(engine: sa.Engine) -> sa.Engine:
+    """The engine, with an application's `users` and `audit` tables (as in test_declared_tasks.py)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(USERS[dialect_for(engine).name])
+        conn.exec_driver_sql(AUDIT)
+    return engine
+
+
+class Commits:
+    """COMMITs made through the store's engine by a run, beyond those of the same run with nothing to do
+    (rescue, the runs row, …): the claims' and the jobs' own."""
+
+    def __init__(self, store: Store, run_declared: Any) -> None:
+        self.store = store
+        self.run_declared = run_declared
+        self.made = 0
+        self.idle = 0
+
+    def count(self, conn: sa.Connection) -> None:
+        self.made += 1
+
+    def run(self, tables: dict[str, Any], **settings: Any) -> tuple[RunReport, int]:
+        """Run, and count its COMMITs beyond those of an idle run (measured first: call before enqueueing)."""
+        self.made = 0
+        report = self.run_declared(tables, **settings)
+        return report, self.made - self.idle
+
+    def measure_idle(self, tables: dict[str, Any], **settings: Any) -> None:
+        self.made = 0
+        self.run_declared(tables, **settings)
+        self.idle = self.made
+
+
+@pytest.fixture
+def commits(store: Store, run_declared: Any) -> Iterator[Commits]:
+    counter = Commits(store, run_declared)
+    event.listen(store.engine, "commit", counter.count)
+    yield counter
+    event.remove(store.engine, "commit", counter.count)
+
+
+def save_users(engine: sa.Engine, count: int) -> list[int]:
+    return [enqueue(engine, "save_user", {"name": f"user{n}", "email": f"user{n}@example.com"}) for n in range(count)]
+
+
+def test_a_claim_of_sql_jobs_commits_together_not_once_per_job(users: sa.Engine, store: Store,
+                                                               commits: Commits) -> None:
+    commits.measure_idle({"save_user": SAVE_USER})
+    ids = save_users(users, 40)
+
+    report, committed = commits.run({"save_user": SAVE_USER})
+
+    assert report.succeeded == 40
+    assert scalar(users, "SELECT COUNT(*) FROM users") == 40
+    assert all(outcome(store, job_id).status == "succeeded" for job_id in ids)
+    assert committed <= 15, committed  # claims, one shared transaction per worker's group, the recorder's
+
+
+def test_the_same_jobs_alone_commit_once_each(users: sa.Engine, commits: Commits) -> None:
+    commits.measure_idle({"save_user": {**SAVE_USER, **ALONE}})
+    save_users(users, 40)
+
+    report, committed = commits.run({"save_user": {**SAVE_USER, **ALONE}})
+
+    assert report.succeeded == 40
+    assert committed >= 40  # the comparison the test above relies on
+
+
+def test_a_duplicate_key_fails_its_job_alone_and_the_others_commit(users: sa.Engine, store: Store,
+                                                                   commits: Commits) -> None:
+    commits.measure_idle({"save_user": SAVE_USER})
+    with users.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO users (name, email) VALUES ('Old', 'taken@example.com')")
+    before = save_users(users, 10)
+    duplicate = enqueue(users, "save_user", {"name": "New", "email": "taken@example.com"})
+    after = [enqueue(users, "save_user", {"name": f"late{n}", "email": f"late{n}@example.com"}) for n in range(10)]
+
+    report, committed = commits.run({"save_user": SAVE_USER})
+
+    assert (report.succeeded, report.failed, report.retried, report.stale) == (20, 1, 0, 0)
+    failed = outcome(store, duplicate)
+    assert failed.status == "failed" and failed.attempts == 1
+    expected = {"mysql": "constraint users_email_key", "postgresql": "constraint users_email_key",
+                "sqlite": "UNIQUE constraint on users.email"}[dialect_for(users).name]
+    assert failed.last_error.startswith(f"Fail: integrity error on {expected}: ")
+    assert all(outcome(store, job_id).status == "succeeded" for job_id in before + after)
+    assert scalar(users, "SELECT COUNT(*) FROM users") == 21  # 'Old' and the 20 others, not 'New'
+    assert scalar(users, "SELECT COUNT(*) FROM users WHERE name = 'New'") == 0
+    assert committed <= 15, committed  # the others still shared transactions; the duplicate's alone
+
+
+def test_a_bad_payload_fails_alone_with_its_reason(users: sa.Engine, store: Store, commits: Commits) -> None:
+    tables = {"save_user": SAVE_USER, "set_age": {"sql": "INSERT INTO users (name, age) VALUES (:name, :age)"}}
+    commits.measure_idle(tables)
+    good = save_users(users, 10)
+    missing = enqueue(users, "save_user", {"name": "Ann"})
+    wrong_type = enqueue(users, "set_age", {"name": "Bob", "age": "forty"})
+    fine_age = enqueue(users, "set_age", {"name": "Cat", "age": 40})
+
+    report, committed = commits.run(tables)
+
+    assert outcome(store, missing).last_error == "Fail: payload has no parameter 'email' (needed by task save_user)"
+    assert all(outcome(store, job_id).status == "succeeded" for job_id in [*good, fine_age])
+    sqlite = dialect_for(users).name == "sqlite"
+    if sqlite:  # SQLite's columns take any type
+        assert report.failed == 1
+    else:
+        job = outcome(store, wrong_type)
+        assert job.status == "failed" and job.last_error.startswith("Fail: data error: ")
+        assert report.failed == 2
+    assert scalar(users, "SELECT COUNT(*) FROM users WHERE name IN ('Ann', 'Bob')") == (1 if sqlite else 0)
+    assert committed <= 10, committed  # 11 succeeded: most in shared transactions
+
+
+def test_a_job_whose_lease_was_taken_over_writes_nothing_and_the_others_commit(
+        users: sa.Engine, store: Store, commits: Commits, caplog: pytest.LogCaptureFixture) -> None:
+    # The thief plays another runner rescuing the victim's job while the claim runs: the victim's
+    # lease token is no longer ours. Run together, the guard then matches one job fewer than ran, so
+    # nothing of the shared transaction is kept and each job runs alone: the victim's `succeeded`
+    # cannot be written, and its insert goes with it; every other job commits once.
+    tables = {"note": {"sql": "INSERT INTO audit (note) VALUES (:note)"},
+              "thief": {"sql": ["INSERT INTO audit (note) VALUES (:note)",
+                                "UPDATE pending_jobs SET lease_token = 'another-runner'"
+                                " WHERE id = :victim AND status = 'running'"]}}
+    victim = enqueue(users, "note", {"note": "victim"}, priority=-1)  # claimed after the thief
+    thief = enqueue(users, "thief", {"note": "thief", "victim": victim})
+    others = [enqueue(users, "note", {"note": f"other{n}"}) for n in range(8)]
+
+    with caplog.at_level(logging.INFO, logger="pending_jobs.runner.shared"):
+        report, _ = commits.run(tables, concurrency=1)
+
+    assert "10 job(s) of a shared transaction run alone: 1 of 10 leases were taken over" in caplog.text
+    assert (report.succeeded, report.stale) == (9, 1)
+    notes = sorted(r[0] for r in rows(users, "SELECT note FROM audit"))
+    assert notes == sorted(["thief", *(f"other{n}" for n in range(8))])  # each once; the victim's none
+    victim_row = outcome(store, victim)
+    assert victim_row.status == "running" and victim_row.result is None  # left to the lease's owner
+    assert all(outcome(store, job_id).status == "succeeded" for job_id in [thief, *others])
+
+
+def test_a_whole_claim_whose_leases_were_taken_over_changes_nothing(
+        users: sa.Engine, store: Store, commits: Commits, caplog: pytest.LogCaptureFixture) -> None:
+    tables = {"stolen": {"sql": ["INSERT INTO audit (note) VALUES (:note)",
+                                 "UPDATE pending_jobs SET lease_token = 'another-runner' WHERE status = 'running'"]}}
+    ids = [enqueue(users, "stolen", {"note": f"n{n}"}) for n in range(6)]
+
+    with caplog.at_level(logging.INFO, logger="pending_jobs.runner.shared"):
+        report, _ = commits.run(tables, concurrency=1)
+
+    assert "6 job(s) of a shared transaction run alone: 6 of 6 leases were taken over" in caplog.text
+    assert report.stale == 6 and report.succeeded == 0
+    assert scalar(users, "SELECT COUNT(*) FROM audit") == 0
+    assert all(outcome(store, job_id).status == "running" for job_id in ids)
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared", "alone"])
+def test_results_are_those_of_a_job_run_alone(users: sa.Engine, store: Store, commits: Commits,
+                                              shared: bool) -> None:
+    extra = {} if shared else ALONE
+    tables = {
+        "save_user": {**SAVE_USER, **extra},
+        "signup": {"sql": ["INSERT INTO audit (note) VALUES (:note)",
+                           "INSERT INTO users (name, email) VALUES (:name, :email)"], **extra},
+        "returning": {"sql": "INSERT INTO users (name) VALUES (:name) RETURNING name", **extra},
+        "older": {"sql": "UPDATE users SET age = age + 1 WHERE age >= :age", **extra},
+        "nobody": {"sql": "DELETE FROM users WHERE name = :name", **extra},
+    }
+    commits.measure_idle(tables)
+    with users.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO users (name, age) VALUES ('Old1', 70), ('Old2', 80)")
+    saved = [enqueue(users, "save_user", {"name": f"s{n}", "email": f"s{n}@example.com"}) for n in range(3)]
+    signed = [enqueue(users, "signup", {"note": f"a{n}", "name": f"g{n}", "email": f"g{n}@example.com"})
+              for n in range(3)]
+    returned = enqueue(users, "returning", {"name": "r0"})
+    older = enqueue(users, "older", {"age": 70}, priority=-1)  # after the inserts (they have no age)
+    nobody = enqueue(users, "nobody", {"name": "no such user"})
+
+    report, committed = commits.run(tables)
+
+    assert report.succeeded == 9
+    assert (committed < 9) if shared else (committed >= 9), committed  # shared: one group of 9 jobs
+    postgres = dialect_for(users).name == "postgresql"
+
+    def inserted(name: str) -> dict[str, Any]:
+        user_id = scalar(users, "SELECT id FROM users WHERE name = :name", name=name)
+        return {"rowcount": 1} if postgres else {"rowcount": 1, "inserted_id": user_id}
+
+    for n, job_id in enumerate(saved):
+        assert outcome(store, job_id).result == inserted(f"s{n}")
+    for n, job_id in enumerate(signed):
+        audit, user = outcome(store, job_id).result["statements"]
+        assert audit["rowcount"] == 1 and ("inserted_id" not in audit or isinstance(audit["inserted_id"], int))
+        assert user == inserted(f"g{n}")
+    assert outcome(store, returned).result == {"rowcount": 1, "rows": [{"name": "r0"}]}
+    assert outcome(store, older).result == {"rowcount": 2}
+    assert outcome(store, nobody).result == {"rowcount": 0}
+    assert [r[0] for r in rows(users, "SELECT age FROM users WHERE age IS NOT NULL ORDER BY age")] == [71, 81]

@@ -1,0 +1,91 @@
+"""How the producer hands jobs that can share a transaction to the pool (runner/shared.py), without a
+database: the grouping, and that every job of a group still ends with one outcome."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pending_jobs import config
+from pending_jobs.context import Context
+from pending_jobs.models import ClaimedJob, Outcome, RunReport, Together
+from pending_jobs.registry import Task
+from pending_jobs.runner import Executor, Producer
+from pending_jobs.runner.shared import Shared, Worker
+
+from .memory_store import MemoryStore
+
+
+def noop(payload: dict[str, Any], ctx: Context) -> None:
+    return None
+
+
+def shared_noop(payload: Any, connection: Any) -> dict[str, int]:
+    return {"rowcount": 1}
+
+
+TASKS = {"plain": Task("plain", noop, backoff=lambda attempt: 0.0),
+         "sql": Task("sql", noop, backoff=lambda attempt: 0.0, shared=shared_noop)}
+
+
+def job(job_id: int, task: str = "sql", problem: str | None = None) -> ClaimedJob:
+    return ClaimedJob(job_id, task, "default", "{}", 1, 5, 0, None, "token", problem)
+
+
+def worker(workers: int, store: MemoryStore | None = None) -> Worker:
+    settings = config.load({}, environ={})
+    return Worker(Executor(store or MemoryStore(), TASKS, settings), workers)
+
+
+def test_a_claim_is_split_into_one_group_per_worker_and_the_rest_alone() -> None:
+    jobs = [job(n) for n in range(1, 41)] + [job(41, "plain"), job(42, problem="attempts is 'x'"), job(43, "gone")]
+
+    items = worker(4).split(jobs)
+
+    groups = [item for item in items if isinstance(item, Shared)]
+    assert [len(group.jobs) for group in groups] == [10, 10, 10, 10]
+    assert [j.id for group in groups for j in group.jobs] == list(range(1, 41))  # claim order kept
+    assert [item.id for item in items if isinstance(item, ClaimedJob)] == [41, 42, 43]
+
+
+def test_small_claims_make_fewer_groups_and_a_lone_job_no_group() -> None:
+    assert [len(i.jobs) for i in worker(4).split([job(n) for n in range(1, 18)]) if isinstance(i, Shared)] == [9, 8]
+    assert [len(i.jobs) for i in worker(4).split([job(n) for n in range(1, 4)]) if isinstance(i, Shared)] == [3]
+    assert worker(4).split([job(1)]) == [job(1)]
+
+
+class CulpritStore(MemoryStore):
+    """A store whose shared transactions fail at the job with id 3 until it is taken out, then commit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries: list[list[int]] = []
+
+    def run_together(self, jobs: Any, work: Any) -> Together:
+        ids = [j.id for j in jobs]
+        self.tries.append(ids)
+        return Together(False, ids.index(3), "boom") if 3 in ids else Together(True)
+
+
+def test_a_culprit_is_taken_out_and_runs_alone_while_the_others_share_again() -> None:
+    store = CulpritStore()
+    for _ in range(1, 6):
+        store.add("sql")
+    outcomes: list[Outcome] = worker(1, store)(Shared([job(n) for n in range(1, 6)]))
+
+    assert store.tries == [[1, 2, 3, 4, 5], [1, 2, 4, 5]]
+    kinds = {o.job.id: o.kind for o in outcomes}
+    assert kinds == {1: "recorded", 2: "recorded", 4: "recorded", 5: "recorded", 3: "succeeded"}  # 3 by the executor
+
+
+def test_every_job_of_a_group_gets_its_outcome_when_sharing_is_refused() -> None:
+    store = MemoryStore()  # refuses: no connection, so every job runs alone through the executor
+    for _ in range(60):
+        store.add("sql")
+    for _ in range(5):
+        store.add("plain")
+    settings = config.load({}, environ={}).replace(poll=0.0, batch_size=25, concurrency=3)
+    report = RunReport()
+    Producer(store, Executor(store, TASKS, settings), settings, report, "unit-test").run()
+
+    assert store.statuses() == {"succeeded": 65}
+    assert (report.claimed, report.succeeded, report.stopped_by) == (65, 65, "empty")
