@@ -177,8 +177,7 @@ class Producer:
 
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
         self.report.claimed += len(jobs)
-        for job in jobs:
-            self.pool.submit(job)
+        self.pool.submit_all(jobs)
 
     def _collect(self, timeout: float) -> None:
         finished = self.pool.take(timeout)

