@@ -7,7 +7,9 @@ import dataclasses
 import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypeVar
+
+F = TypeVar("F")
 
 
 def utc(value: dt.datetime | None) -> dt.datetime | None:
@@ -17,6 +19,16 @@ def utc(value: dt.datetime | None) -> dt.datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
     return value.astimezone(dt.UTC)
+
+
+def _frozen(cls: type[F], **fields: Any) -> F:
+    """An instance of the frozen dataclass `cls` from all of its fields, made without its generated
+    `__init__`, which sets each field through `object.__setattr__`: ≈ 0.2 µs a field, more than the rest
+    of a no-op job's bookkeeping, for the two made once per job (ClaimedJob.from_row, Outcome.success).
+    Equality, hashing, repr, pickling and `dataclasses.replace` read the fields, so nothing else changes."""
+    instance = object.__new__(cls)
+    instance.__dict__.update(fields)
+    return instance
 
 
 COUNT_MAX = 2**31 - 1
@@ -62,8 +74,9 @@ class ClaimedJob:
         """
         job_id, task, queue, payload_text, attempts, max_attempts, priority, callback_url = row
         try:
-            return cls(int(job_id), task, queue, payload_text, int(attempts) + attempted, int(max_attempts),
-                       int(priority), callback_url, token)
+            return _frozen(cls, id=int(job_id), task=task, queue=queue, payload_text=payload_text,
+                           attempt=int(attempts) + attempted, max_attempts=int(max_attempts), priority=int(priority),
+                           callback_url=callback_url, token=token, problem=None)
         except (TypeError, ValueError):
             return cls._unusable(row, token, attempted)
 
@@ -104,6 +117,11 @@ class Outcome:
     delay: float = 0.0
     cancelling: bool = False
     """A retry or failure of a job an operator asked to cancel: the store ends it `cancelled` instead."""
+
+    @classmethod
+    def success(cls, job: ClaimedJob, result: Any = None) -> Outcome:
+        """`Outcome(job, "succeeded", result=result)`, made the fast way (see _frozen): once per job."""
+        return _frozen(cls, job=job, kind="succeeded", result=result, error="", delay=0.0, cancelling=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,7 +12,7 @@ import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -76,11 +76,17 @@ class WorkerPool(Generic[T, R]):
 
     def submit(self, item: T) -> Slot[T]:
         """Queue `item` for the next free worker."""
-        slot = Slot(item)
-        with self._lock:
-            self._in_flight.add(slot)
-        self._inbox.put(slot)
+        [slot] = self.submit_all([item])
         return slot
+
+    def submit_all(self, items: Iterable[T]) -> list[Slot[T]]:
+        """Queue every item, in order, taking the pool's lock once (a claim's batch at a time)."""
+        slots = [Slot(item) for item in items]
+        with self._lock:
+            self._in_flight.update(slots)
+        for slot in slots:
+            self._inbox.put(slot)
+        return slots
 
     def take(self, timeout: float) -> list[tuple[Slot[T], R]]:
         """Results finished so far, waiting up to `timeout` seconds for the first (or a `wake`)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from ..batcher import Batcher
 from ..errors import DatabaseUnavailable
@@ -100,39 +101,55 @@ class Completer:
         by_token: dict[str, list[Outcome]] = defaultdict(list)
         for outcome in outcomes:
             by_token[outcome.job.token].append(outcome)
-        completions = [
-            Completion(
-                token,
-                succeeded=[(o.job.id, o.result) for o in group if o.kind == "succeeded"],
-                retried=[(o.job.id, o.delay, o.error) for o in group if o.kind == "retry"],
-                failed=[(o.job.id, o.error) for o in group if o.kind == "failed"],
-            )
-            for token, group in by_token.items()
-        ]
+        completions = [_completion(token, group) for token, group in by_token.items()]
         return list(zip(by_token.values(), self.store.finish_many(completions), strict=True))
 
     def _count(self, written: Iterable[Written]) -> None:
         counted = announce = False
         for batch in written:
             for group, done in batch:
-                self._count_claim(group, done)
+                announce = self._count_claim(group, done) or announce
                 counted = True
-                announce = announce or any(o.job.callback_url and o.kind != "retry" for o in group)
         if counted and self.on_progress is not None:
             self.on_progress(self.report)
         if announce and self.on_callbacks_due is not None:
             self.on_callbacks_due()
 
-    def _count_claim(self, group: list[Outcome], done: Finished) -> None:
+    def _count_claim(self, group: list[Outcome], done: Finished) -> bool:
+        """Count one claim's written outcomes; True when one of them ended a job that has a callback."""
+        asked = recorded = dropped = 0
+        announce = False
+        for o in group:  # one pass: this runs for every job
+            if o.kind == "recorded":
+                recorded += 1
+            elif o.kind == "dropped":
+                dropped += 1
+            else:
+                asked += 1
+            if o.kind != "retry" and o.job.callback_url:
+                announce = True
         report = self.report
-        asked = sum(1 for o in group if o.kind in ("succeeded", "retry", "failed"))
-        recorded = sum(1 for o in group if o.kind == "recorded")
         report.succeeded += done.succeeded + recorded
         report.retried += done.retried
         report.failed += done.failed
         report.cancelled += done.cancelled
-        stale = asked - (done.succeeded + done.retried + done.failed + done.cancelled)
-        stale += sum(1 for o in group if o.kind == "dropped")
+        stale = asked - (done.succeeded + done.retried + done.failed + done.cancelled) + dropped
         if stale:
             report.stale += stale
             log.warning("%d outcome(s) not recorded: their lease had been taken over", stale)
+        return announce
+
+
+def _completion(token: str, group: list[Outcome]) -> Completion:
+    """One claim's outcomes as `finish_many` takes them, sorted by kind in one pass."""
+    succeeded: list[tuple[int, Any]] = []
+    retried: list[tuple[int, float, str]] = []
+    failed: list[tuple[int, str]] = []
+    for o in group:
+        if o.kind == "succeeded":
+            succeeded.append((o.job.id, o.result))
+        elif o.kind == "retry":
+            retried.append((o.job.id, o.delay, o.error))
+        elif o.kind == "failed":
+            failed.append((o.job.id, o.error))
+    return Completion(token, succeeded=succeeded, retried=retried, failed=failed)

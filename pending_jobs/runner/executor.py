@@ -110,7 +110,7 @@ class Executor:
             session.rollback()  # deterministic: another attempt would return the same value
             return Outcome(job, "failed", error=validation.clean_text(problem))
         if not session.opened:
-            return Outcome(job, "succeeded", result=result)
+            return Outcome.success(job, result)
         verdict, error_text = session.commit_success(result)
         if verdict == "recorded":
             return Outcome(job, "recorded")

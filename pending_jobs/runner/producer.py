@@ -182,8 +182,7 @@ class Producer:
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
         self.report.claimed += len(jobs)
         self._held += len(jobs)
-        for item in self.worker.split(jobs):
-            self.pool.submit(item)
+        self.pool.submit_all(self.worker.split(jobs))
 
     def _collect(self, timeout: float) -> None:
         finished = self.pool.take(timeout)

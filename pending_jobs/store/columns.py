@@ -56,6 +56,16 @@ def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], 
     return (J.c.status == JOB_PENDING, J.c.queue == queue, J.c.run_at <= db_now(), ~paused.exists())
 
 
+def due_in_queue() -> tuple[sa.ColumnElement[bool], ...]:
+    """The plain claim's WHERE, the queue a bindparam (one cached statement serves every queue)."""
+    return due_in(sa.bindparam("claim_queue", type_=sa.String))
+
+
+def pending_by_id() -> tuple[sa.ColumnElement[bool], ...]:
+    """`run --job`'s claim: this one pending job, whatever its run_at and queue."""
+    return J.c.status == JOB_PENDING, J.c.id == sa.bindparam("claim_id", type_=sa.Integer)
+
+
 def claim_order() -> tuple[sa.ColumnElement[Any], ...]:
     """Higher priority first, then the longest due, then insertion order: served by the claim index."""
     return (J.c.priority.desc(), J.c.run_at, J.c.id)

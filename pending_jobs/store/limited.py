@@ -36,7 +36,7 @@ from ..schema import limits as L
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING
 from .base import Store
-from .columns import CLAIM_COLUMNS, claim_order, due_in
+from .columns import CLAIM_COLUMNS, claim_order, due_in, due_in_queue
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class LimitedStore(Store):
             busy = not self._lock(conn, {cap.name})  # another runner is claiming from this queue right now
             return 0 if busy else cap.limit - self._running(conn, [cap])[cap.name]
 
-        claim = super().claim_queue(queue, limit, owner, lease, room)
+        claim = self._claim(("claim",), due_in_queue, {"claim_queue": queue}, limit, owner, lease, room)
         return dataclasses.replace(claim, retry_in=BUSY_RETRY) if busy and not claim.jobs else claim
 
     def ensure_scopes(self, names: Iterable[str]) -> None:
