@@ -132,8 +132,8 @@ class OpsStore:
         by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
         stmt = sa.update(J).where(J.c.id.in_(by_id), J.c.status.in_(TERMINAL_VALUES)).values(self._reopen_values())
         reopened = 0
-        for start in range(0, len(rows), PURGE_BATCH):  # a bounded IN list (SQLite caps parameters)
-            reopened += int(conn.execute(stmt, {"ids": [row.id for row in rows[start:start + PURGE_BATCH]]}).rowcount)
+        for start in range(0, len(rows), totals.CHUNK):
+            reopened += int(conn.execute(stmt, {"ids": [row.id for row in rows[start:start + totals.CHUNK]]}).rowcount)
         totals.keep(conn, self.sql, rows)
         return self._woken(conn, reopened)
 

@@ -29,6 +29,7 @@ JOB, CALLBACK = "job", "callback"
 """The kinds of total: a job's outcome by queue and task; a callback's outcome (queue and task '')."""
 CALLBACK_OUTCOMES = (CallbackStatus.DELIVERED.value, CallbackStatus.FAILED.value)
 LEAVING = (J.c.id, J.c.queue, J.c.task, J.c.status, J.c.callback_status)
+CHUNK = 1000  # ids per locking read: a bounded IN list (SQLite caps a statement's parameters)
 
 Key = tuple[str, str, str, str]
 """(kind, queue, task, outcome)"""
@@ -39,13 +40,20 @@ def lock(conn: sa.Connection, where: Sequence[sa.ColumnElement[bool]],
     """Lock the rows `where` selects (in `order`, at most `limit`) and read what `keep` needs of them.
 
     The verb then deletes or reopens exactly these rows by id: locked, none of them can change outcome
-    meanwhile, so what `keep` adds is what the rows stop counting. (SQLite has no row locks and needs none:
-    every transaction there is BEGIN IMMEDIATE.)
+    meanwhile, so what `keep` adds is what the rows stop counting. The search is a plain read; only its
+    finds are locked, by primary key in id order, and `where` is checked again on what each holds then
+    (a row another verb changed meanwhile drops out). So a search over a big table locks no row it passes,
+    and every verb locks in the same order. (SQLite has no row locks and needs none: every transaction
+    there is BEGIN IMMEDIATE.)
     """
-    stmt = sa.select(*LEAVING).where(*where).order_by(order).with_for_update()
+    search = sa.select(J.c.id).where(*where).order_by(order)
     if limit is not None:
-        stmt = stmt.limit(limit)
-    return list(conn.execute(stmt))
+        search = search.limit(limit)
+    found = sorted(int(row[0]) for row in conn.execute(search))
+    by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
+    stmt: sa.Select[Any] = sa.select(*LEAVING).where(J.c.id.in_(by_id), *where).order_by(J.c.id).with_for_update()
+    return [row for start in range(0, len(found), CHUNK)
+            for row in conn.execute(stmt, {"ids": found[start:start + CHUNK]})]
 
 
 def keep(conn: sa.Connection, sql: Dialect, rows: Sequence[Row[Any]], jobs: bool = True) -> None:
