@@ -273,6 +273,23 @@ audit = sa.Table(
 )
 """What an operator did from the console (retry, cancel, pause, purge...), who and when."""
 
+totals = sa.Table(
+    "pending_job_totals",
+    metadata,
+    sa.Column("kind", sa.String(16), primary_key=True),
+    sa.Column("queue", sa.String(64), primary_key=True),
+    sa.Column("task", sa.String(191), primary_key=True),
+    sa.Column("outcome", sa.String(16), primary_key=True),
+    sa.Column("total", sa.BigInteger, nullable=False, server_default="0"),
+    mysql_engine="InnoDB",
+    mysql_charset="utf8mb4",
+    mysql_collate="utf8mb4_bin",
+)
+"""Ended jobs (kind `job`: outcome succeeded, failed, cancelled) and callback outcomes (kind `callback`:
+delivered, failed) no longer counted from the rows: a purge that deleted them, or a retry that moved
+them out of that outcome, added them here in its own transaction (store/totals.py). /metrics exports
+these totals plus the rows' counts, so its counters never go down."""
+
 FINISHED_CHANNEL = "pending_jobs_finished"
 """PostgreSQL NOTIFY channel of migration 0006's trigger: one notification per UPDATE statement that ended a
 job (succeeded, failed or cancelled); the push endpoint listens on it."""

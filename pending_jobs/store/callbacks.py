@@ -23,6 +23,7 @@ from ..schema import callback_attempts as A
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, TERMINAL_VALUES, CallbackStatus
+from . import totals
 from .base import Store
 from .columns import lenient_time, one_more
 
@@ -197,16 +198,22 @@ class CallbackStore:
     def retry(self, job_id: int) -> bool:
         """Make a finished job's callback due now with a fresh schedule (also when it had failed).
 
-        Attempt numbers start again at 1; `attempted_at` tells the rounds apart in the attempts table.
+        Attempt numbers start again at 1; `attempted_at` tells the rounds apart in the attempts table. The
+        outcome it leaves (delivered or failed) goes to the totals, so /metrics' counter keeps it.
         """
-        stmt = (
-            sa.update(J)
-            .where(J.c.id == job_id, J.c.status.in_(TERMINAL_VALUES),
-                   J.c.callback_url.is_not(None), J.c.callback_url != "")
-            .values(callback_status=CALLBACK_PENDING, callback_next_at=db_now(), callback_attempts=0,
-                    callback_token=None)
-        )
-        return self.store.transaction(lambda conn: conn.execute(stmt).rowcount == 1)
+        where = (J.c.id == job_id, J.c.status.in_(TERMINAL_VALUES), J.c.callback_url.is_not(None),
+                 J.c.callback_url != "")
+        stmt = sa.update(J).where(*where).values(callback_status=CALLBACK_PENDING, callback_next_at=db_now(),
+                                                 callback_attempts=0, callback_token=None)
+
+        def work(conn: sa.Connection) -> bool:
+            rows = totals.lock(conn, where)
+            if not rows or conn.execute(stmt).rowcount != 1:
+                return False
+            totals.keep(conn, self.sql, rows, jobs=False)
+            return True
+
+        return self.store.transaction(work)
 
     def attempts(self, job_id: int) -> list[AttemptRow]:
         """Every recorded attempt of one job's callback, oldest first."""

@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from ..models import Job, count
 from ..schema import audit, db_now, job_errors, paused_queues, runs
 from ..schema import pending_jobs as J
-from ..states import JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
+from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
+from . import totals
 from .base import Store
 from .columns import JOB_COLUMNS
 from .ops import JobFilter, OpsStore
@@ -64,8 +65,11 @@ class Counters:
     """What /metrics exports, read from the tables (so it sums every runner host and survives restarts)."""
 
     finished: list[tuple[str, str, str, int]]
-    """(queue, task, outcome, jobs) of jobs that ended (and are not purged yet)."""
+    """(queue, task, outcome, n): how many times a job ended so, purged and retried ones included."""
     callbacks: dict[str, int]
+    """Callbacks by outcome (delivered, failed), likewise."""
+    callbacks_pending: int
+    """Jobs whose callback waits to be sent (a gauge: it goes down as they are sent)."""
     depth: dict[str, int]
     """Pending jobs per queue."""
     oldest_due_age: dict[str, float]
@@ -203,17 +207,10 @@ class ConsoleStore:
         return [int(row[0]) for row in conn.execute(stmt)]
 
     def bulk_retry(self, f: JobFilter) -> int:
-        """Every finished job matching the filter (at most BULK_LIMIT) back to pending, attempts reset."""
-        by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
-        stmt = sa.update(J).where(J.c.id.in_(by_id), J.c.status.in_(TERMINAL_VALUES)).values(
-            self.ops._reopen_values())
-
-        def work(conn: sa.Connection) -> int:
-            ids = self._ids(conn, f, TERMINAL_VALUES)
-            changed = int(conn.execute(stmt, {"ids": ids}).rowcount) if ids else 0
-            return self.ops._woken(conn, changed)
-
-        return self.store.transaction(work)
+        """Every finished job matching the filter (at most BULK_LIMIT, newest first) back to pending, attempts
+        reset; their outcomes go to the totals (OpsStore.reopen)."""
+        return self.store.transaction(lambda conn: self.ops.reopen(conn, self.ops.where(f), J.c.id.desc(),
+                                                                   BULK_LIMIT))
 
     def bulk_cancel(self, f: JobFilter) -> int:
         """Every pending job matching the filter cancelled, and every running one marked (as `cancel`)."""
@@ -252,15 +249,15 @@ class ConsoleStore:
     # -- metrics ----------------------------------------------------------------------------------
 
     def counters(self) -> Counters:
-        """Finished jobs by queue, task and outcome; callbacks by outcome; depth and oldest due age per queue."""
-        finished = (sa.select(J.c.queue, J.c.task, J.c.status, sa.func.count())
-                    .where(J.c.status.in_(TERMINAL_VALUES)).group_by(J.c.queue, J.c.task, J.c.status))
-        callbacks = (sa.select(J.c.callback_status, sa.func.count()).where(J.c.callback_status.is_not(None))
-                     .group_by(J.c.callback_status))
+        """Ended jobs by queue, task and outcome and callbacks by outcome (the totals plus the rows, so they
+        never go down: totals.py); pending callbacks; depth and oldest due age per queue."""
+        waiting = sa.select(sa.func.count()).where(J.c.callback_status == CALLBACK_PENDING)
 
         def work(conn: sa.Connection) -> Counters:
-            return Counters([(str(q), str(t), str(s), int(n)) for q, t, s, n in conn.execute(finished)],
-                            {str(s): int(n) for s, n in conn.execute(callbacks)}, {}, {})
+            counted = totals.read(conn)
+            return Counters(sorted((q, t, o, n) for (kind, q, t, o), n in counted.items() if kind == totals.JOB),
+                            {o: n for (kind, _, _, o), n in sorted(counted.items()) if kind == totals.CALLBACK},
+                            int(conn.execute(waiting).scalar_one()), {}, {})
 
         found = self.store.read(work)
         for queue in self.overview():

@@ -13,6 +13,7 @@ of this API:
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
 - `insert_ignore(table)`: an INSERT that skips rows whose key exists (limit scopes, schedules);
+- `upsert_add(table, column)`: an INSERT that adds to the existing row's `column` instead (the totals);
 - `engine(url)`: an engine set up for job work (driver, session settings, pool hooks);
 - `retryable`, `connection_lost`, `unavailable`: what a driver error means, by its code;
 - `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
@@ -308,6 +309,11 @@ class Dialect:
     def insert_ignore(self, table: sa.Table) -> sa.Insert:
         """An INSERT into `table` that skips rows whose primary key exists, without raising (limit scopes
         and schedules are created by whichever host sees them first)."""
+        raise NotImplementedError
+
+    def upsert_add(self, table: sa.Table, column: str) -> sa.Insert:
+        """An INSERT into `table` that, where a row with the same primary key exists, adds the new row's
+        `column` to the stored one instead (pending_job_totals, which every host adds to)."""
         raise NotImplementedError
 
     def _insert_keyed(self, conn: sa.Connection, values: dict[str, Any]) -> int:

@@ -178,6 +178,10 @@ class MySQL(Dialect):
         first = next(iter(table.primary_key.columns))
         return mysql.insert(table).on_duplicate_key_update({first.name: first})
 
+    def upsert_add(self, table: sa.Table, column: str) -> sa.Insert:
+        insert = mysql.insert(table)
+        return insert.on_duplicate_key_update({column: table.c[column] + insert.inserted[column]})
+
     def _insert_keyed(self, conn: sa.Connection, values: dict[str, Any]) -> int:
         # LAST_INSERT_ID(id) makes lastrowid the existing row's id when the key already exists.
         stmt = mysql.insert(J).values(values).on_duplicate_key_update(id=sa.func.last_insert_id(J.c.id))

@@ -1,7 +1,9 @@
 """Operator SQL: list, retry, cancel, purge and retention.
 
 Every change of a job's status is a guarded UPDATE (`WHERE id = … AND status IN …`), so an operator
-racing a runner can never overwrite an outcome the runner recorded first.
+racing a runner can never overwrite an outcome the runner recorded first. A verb that deletes ended jobs
+or reopens them first locks those rows and adds their outcomes to the totals (totals.py), in the same
+transaction, so /metrics' counters never go down.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from ..schema import callback_attempts as A
 from ..schema import db_now, paused_queues, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
+from . import totals
 from .base import Store
 from .columns import JOB_COLUMNS
 from .history import forget
@@ -113,14 +116,26 @@ class OpsStore:
 
     def retry(self, job_id: int) -> bool:
         """A finished job (succeeded, failed or cancelled) back to pending with attempts reset."""
-        stmt = sa.update(J).where(J.c.id == job_id, J.c.status.in_(TERMINAL_VALUES)).values(self._reopen_values())
-        return self.store.transaction(lambda conn: self._woken(conn, conn.execute(stmt).rowcount) == 1)
+        where = (J.c.id == job_id, J.c.status.in_(TERMINAL_VALUES))
+        return self.store.transaction(lambda conn: self.reopen(conn, where) == 1)
 
     def retry_failed(self, f: JobFilter) -> int:
         """Every failed job matching the filter (its status is forced to failed) back to pending."""
         where = self.where(dataclasses.replace(f, statuses=(JobStatus.FAILED.value,)))
-        stmt = sa.update(J).where(*where).values(self._reopen_values())
-        return self.store.transaction(lambda conn: self._woken(conn, int(conn.execute(stmt).rowcount)))
+        return self.store.transaction(lambda conn: self.reopen(conn, where))
+
+    def reopen(self, conn: sa.Connection, where: Sequence[sa.ColumnElement[bool]],
+               order: sa.ColumnElement[Any] = J.c.id, limit: int | None = None) -> int:
+        """Reopen the finished jobs `where` selects (in `order`, at most `limit`); how many. Their outcomes,
+        and their callbacks', leave the rows: the totals keep them (same transaction)."""
+        rows = totals.lock(conn, [*where, J.c.status.in_(TERMINAL_VALUES)], order, limit)
+        by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
+        stmt = sa.update(J).where(J.c.id.in_(by_id), J.c.status.in_(TERMINAL_VALUES)).values(self._reopen_values())
+        reopened = 0
+        for start in range(0, len(rows), totals.CHUNK):
+            reopened += int(conn.execute(stmt, {"ids": [row.id for row in rows[start:start + totals.CHUNK]]}).rowcount)
+        totals.keep(conn, self.sql, rows)
+        return self._woken(conn, reopened)
 
     def _woken(self, conn: sa.Connection, reopened: int) -> int:
         """Reopened jobs are due now: runners that listen hear it at once (with the commit)."""
@@ -189,21 +204,18 @@ class OpsStore:
         wanted = [s for s in statuses if s in PURGEABLE]
         if not wanted:
             return 0
-        ids = (
-            sa.select(J.c.id)
-            .where(J.c.status.in_(wanted), J.c.finished_at < self.ago(older_than),
-                   sa.or_(J.c.callback_status.is_(None), J.c.callback_status != CALLBACK_PENDING))
-            .order_by(J.c.id)
-            .limit(PURGE_BATCH)
-        )
+        where = (J.c.status.in_(wanted), J.c.finished_at < self.ago(older_than),
+                 sa.or_(J.c.callback_status.is_(None), J.c.callback_status != CALLBACK_PENDING))
         by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
 
         def batch(conn: sa.Connection) -> int:
-            found = [row[0] for row in conn.execute(ids)]
+            rows = totals.lock(conn, where, limit=PURGE_BATCH)
+            found = [row.id for row in rows]
             if found:
                 conn.execute(sa.delete(A).where(A.c.job_id.in_(by_id)), {"ids": found})
                 forget(conn, found)
                 conn.execute(sa.delete(J).where(J.c.id.in_(by_id), J.c.status.in_(wanted)), {"ids": found})
+                totals.keep(conn, self.sql, rows)
             return len(found)
 
         total, batches = 0, 0

@@ -120,6 +120,11 @@ class Postgres(Dialect):
     def insert_ignore(self, table: sa.Table) -> sa.Insert:
         return postgresql.insert(table).on_conflict_do_nothing()
 
+    def upsert_add(self, table: sa.Table, column: str) -> sa.Insert:
+        insert = postgresql.insert(table)
+        return insert.on_conflict_do_update(index_elements=list(table.primary_key.columns),
+                                           set_={column: table.c[column] + insert.excluded[column]})
+
     def lock_mark_split(
         self,
         conn: sa.Connection,

@@ -71,6 +71,11 @@ class SQLite(Dialect):
     def insert_ignore(self, table: sa.Table) -> sa.Insert:
         return sqlite.insert(table).on_conflict_do_nothing()
 
+    def upsert_add(self, table: sa.Table, column: str) -> sa.Insert:
+        insert = sqlite.insert(table)
+        return insert.on_conflict_do_update(index_elements=list(table.primary_key.columns),
+                                           set_={column: table.c[column] + insert.excluded[column]})
+
     @contextlib.contextmanager
     def tolerant_text(self, conn: sa.Connection) -> Iterator[None]:
         raw: Any = conn.connection.dbapi_connection

@@ -32,7 +32,8 @@ STREAM_FOR = 300.0
 
 class _DatabaseCollector(Collector):
     """Counters and gauges read from the tables at scrape time: they sum every runner host and survive
-    restarts (purged jobs leave the counters, which Prometheus's rate() reads as a reset)."""
+    restarts. The counters never go down: what a purge deletes or a retry reopens stays counted in
+    pending_job_totals (store/totals.py), so rate() sees no false reset."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -40,19 +41,22 @@ class _DatabaseCollector(Collector):
     def collect(self) -> Any:
         found = ConsoleStore(self.store).counters()
         finished = CounterMetricFamily("pending_jobs_finished", "Jobs that ended, by queue, task and outcome "
-                                       "(kept rows: purge lowers it)", labels=["queue", "task", "outcome"])
+                                       "(purged and retried ones included)", labels=["queue", "task", "outcome"])
         for queue, task, outcome, n in found.finished:
             finished.add_metric([queue, task, outcome], n)
-        callbacks = CounterMetricFamily("pending_jobs_callbacks", "Jobs by callback outcome", labels=["outcome"])
+        callbacks = CounterMetricFamily("pending_jobs_callbacks", "Callbacks that ended, by outcome (purged and "
+                                        "retried ones included)", labels=["outcome"])
         for outcome, n in sorted(found.callbacks.items()):
             callbacks.add_metric([outcome], n)
+        waiting = GaugeMetricFamily("pending_jobs_callbacks_pending", "Jobs whose callback waits to be sent")
+        waiting.add_metric([], found.callbacks_pending)
         depth = GaugeMetricFamily("pending_jobs_queue_depth", "Pending jobs per queue", labels=["queue"])
         age = GaugeMetricFamily("pending_jobs_oldest_due_age_seconds", "Seconds the oldest due job has waited",
                                 labels=["queue"])
         for queue, n in sorted(found.depth.items()):
             depth.add_metric([queue], n)
             age.add_metric([queue], found.oldest_due_age.get(queue, 0.0))
-        yield from (finished, callbacks, depth, age)
+        yield from (finished, callbacks, waiting, depth, age)
 
 
 def live_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
