@@ -6,12 +6,16 @@
 2. With a per-key limit of 2 binding on 20 keys: jobs/s of one run, and the limited claim's time.
 3. At 1,000,000 rows: EXPLAIN of the limited claim's statements (candidates, running count, first due
    jobs of a key) shows them index-served, without a filesort (MariaDB) or a Sort node (PostgreSQL).
+4. A rate limit of 50/s shared by 4 runners for 30 s: the rate achieved, printed beside the limit (the
+   target: within 10 % of it), and the busiest 1-second window (the ceiling: the limit plus the burst).
+   `--only rate` runs this part alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,12 +26,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from pending_jobs import enqueue_many
-from pending_jobs.limits import parse
+from pending_jobs.limits import parse, parse_rate
+from pending_jobs.models import utc
 from pending_jobs.store import LimitedStore, create_engine, open_store
 from pending_jobs.store.limited import _candidates
 
 from .databases import LABELS, fill, reachable, throwaway
-from .measures import _finish, _scalar, _seconds_between, _start_run
+from .measures import ROOT, _env, _finish, _runner_command, _scalar, _seconds_between, _start_run
 
 CONFIGS = {
     "no limits": "",
@@ -88,6 +93,42 @@ def claim_times(backend: str, rounds: int = 40) -> dict[str, float]:
             engine.dispose()
 
 
+def rate_across_runners(backend: str, limit: str, runners: int, seconds: int) -> tuple[int, float, float, int]:
+    """Jobs started, over how many seconds, the rate achieved and the busiest 1-second window, of `runners`
+    runs (2 threads each, as the flow test's) sharing the queue's `rate_limit = limit` for `seconds`."""
+    rate = parse_rate(limit)
+    with throwaway(backend, "flowrate") as url, tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "limits.toml"
+        path.write_text(f'[queue.default]\nrate_limit = "{limit}"\n')
+        engine = create_engine(url)
+        try:  # more jobs than the runs may start, so the rate, not the supply, is what binds
+            enqueue_many(engine, ({"task": "bench.noop"} for _ in range(int(rate.per_second * seconds * 1.5) + 100)))
+            env = _env(url) | {"PENDING_JOBS_POLL": "0.2"}  # serving, as cron's runs do (not draining)
+            runs = [subprocess.Popen([*_runner_command(), "run", "--config", str(path), "--concurrency", "2",
+                                      "--max-runtime", str(seconds)], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True) for _ in range(runners)]
+            for run in runs:
+                _finish(run)
+            with engine.connect() as conn:  # every start, by the database clock
+                starts = sorted(_epoch(value) for value in conn.execute(sa.text(
+                    "SELECT started_at FROM pending_jobs WHERE started_at IS NOT NULL")).scalars())
+        finally:
+            engine.dispose()
+    busiest, right = 0, 0
+    for left, start in enumerate(starts):
+        while right < len(starts) and starts[right] < start + 1.0:
+            right += 1
+        busiest = max(busiest, right - left)
+    span = starts[-1] - starts[0] if len(starts) > 1 else 0.0
+    return len(starts), span, (len(starts) - 1) / span if span else 0.0, busiest
+
+
+def _epoch(value: Any) -> float:
+    moment = utc(value)
+    assert moment is not None
+    return moment.timestamp()
+
+
 def _succeeded(claim: Any) -> Any:
     from pending_jobs.models import Completion
 
@@ -143,6 +184,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=20_000, help="jobs per drain (default 20,000)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds, best of each (default 3)")
     p.add_argument("--explain-rows", type=int, default=1_000_000, help="pending rows for EXPLAIN (default 1M)")
+    p.add_argument("--only", choices=("all", "rate"), default="all", help="rate: part 4 alone")
+    p.add_argument("--rate", default="50/s", help="the rate limit of part 4 (default 50/s)")
+    p.add_argument("--rate-runners", type=int, default=4, help="runners sharing it (default 4)")
+    p.add_argument("--rate-seconds", type=int, default=30, help="for how long (default 30)")
     args = p.parse_args(argv)
     failed = False
     for backend in args.backends.split(","):
@@ -150,6 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             print(f"{LABELS[backend]}: not reachable ({problem})")
             failed = True
+            continue
+        if args.only == "rate":
+            failed = not _print_rate(backend, args) or failed
             continue
         best = dict.fromkeys(CONFIGS, 0.0)
         for _ in range(args.rounds):
@@ -173,7 +221,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             verdict = "index-served, no sort" if served else "SORT/SCAN"
             print(f"  EXPLAIN at {args.explain_rows:,} rows, {name}: {verdict}"
                   f"\n      {plan}")
+        failed = not _print_rate(backend, args) or failed
     return 1 if failed else 0
+
+
+def _print_rate(backend: str, args: argparse.Namespace) -> bool:
+    """Part 4 on one backend; whether the rate achieved is within 10 % of the limit and under the ceiling."""
+    rate = parse_rate(args.rate)
+    jobs, span, achieved, busiest = rate_across_runners(backend, args.rate, args.rate_runners, args.rate_seconds)
+    ok = achieved >= 0.9 * rate.per_second and busiest <= rate.per_second + rate.burst
+    print(f"  {LABELS[backend]}: rate limit {args.rate} across {args.rate_runners} runners (--concurrency 2) for "
+          f"{args.rate_seconds} s: {jobs:,} jobs started over {span:.1f} s = {achieved:.1f}/s, "
+          f"{achieved / rate.per_second:.1%} of the limit {rate.per_second:g}/s (target: within 10 %); busiest "
+          f"1-second window {busiest} (ceiling {rate.per_second + rate.burst:g}){'' if ok else '  OFF TARGET'}")
+    return ok
 
 
 if __name__ == "__main__":
