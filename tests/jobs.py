@@ -259,6 +259,15 @@ def leaves_a_thread(payload: dict[str, Any], ctx: Context) -> str:
     return "left a thread"
 
 
+@task("leaves_an_executor_job")
+def leaves_an_executor_job(payload: dict[str, Any], ctx: Context) -> str:
+    """Leaves a job running on a ThreadPoolExecutor (its workers are daemon threads that exit joins)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ThreadPoolExecutor(max_workers=1, thread_name_prefix="left-executor").submit(time.sleep, 3600)
+    return "left an executor job"
+
+
 @task("isolated_ignores_sigterm", isolation="process")
 def isolated_ignores_sigterm(payload: dict[str, Any], ctx: Context) -> str:
     """Returns, but its process would not end: it ignores SIGTERM and keeps a non-daemon thread."""

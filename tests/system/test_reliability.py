@@ -21,16 +21,28 @@ def env_for(url: str, **extra: str) -> dict[str, str]:
 def test_a_run_ends_when_its_work_is_done_whatever_handlers_leave_behind(db_url: str, engine: sa.Engine) -> None:
     left = enqueue(engine, "leaves_a_thread", {})
     isolated = enqueue(engine, "isolated_ignores_sigterm", {})
+    executor = enqueue(engine, "leaves_an_executor_job", {})
     started = time.monotonic()
-    done = cli("run", "-v", env=env_for(db_url), timeout=60)
+    done = cli("run", "-v", "--drain", env=env_for(db_url), timeout=60)
     assert time.monotonic() - started < 30
     assert done.returncode == 0, done.stderr
-    assert rows(engine, f"SELECT status FROM pending_jobs WHERE id IN ({left}, {isolated}) ORDER BY id") == \
-        [("succeeded",), ("succeeded",)]
-    assert "left-behind" in done.stderr  # named on the way out
+    assert rows(engine, f"SELECT status FROM pending_jobs WHERE id IN ({left}, {isolated}, {executor}) "
+                        "ORDER BY id") == [("succeeded",)] * 3
+    assert "left-behind" in done.stderr and "left-executor" in done.stderr  # named on the way out
     # The isolated child's print went to the job's log, not to the runner's stdout (which cron mails).
     assert "a line on stdout" not in done.stdout.replace(done.stdout.splitlines()[-1], "")
     assert "output: a line on stdout, for the job's log" in done.stderr
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_run_ends_though_a_handler_left_a_thread_pool_job_running(db_url: str, engine: sa.Engine) -> None:
+    # Alone: with no other thread left, nothing else made the run leave without exit hooks, and
+    # ThreadPoolExecutor's hook joined its worker for an hour.
+    job = enqueue(engine, "leaves_an_executor_job", {})
+    started = time.monotonic()
+    done = cli("run", "--drain", env=env_for(db_url), timeout=60)
+    assert time.monotonic() - started < 30 and done.returncode == 0, done.stderr
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {job}") == "succeeded"
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
