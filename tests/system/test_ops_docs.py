@@ -40,7 +40,7 @@ def _default(setting: config.Setting) -> str:
     if value in ("", None):
         return "unset"
     if setting.parse is config.duration:
-        return f"`{value:.0f}` s" if value < 86400 else f"`{value:.0f}` s ({value / 86400:g} days)"
+        return f"`{value:g}` s" if value < 86400 else f"`{value:.0f}` s ({value / 86400:g} days)"
     return f"`{value}`"
 
 
@@ -104,3 +104,7 @@ def test_the_running_table_shows_each_flags_real_default() -> None:
         assert default.strip() == expected_text, f"--{flag}: README shows {default!r}, the default is {expected_text}"
         checked += 1
     assert checked >= 8
+
+
+def test_a_fractional_default_is_shown_as_it_is() -> None:
+    assert "| `PENDING_JOBS_POLL` | `0.2` s |" in render_table()  # once shown rounded to `0`: "stop at once"
