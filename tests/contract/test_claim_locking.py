@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from pending_jobs import migrate
 from pending_jobs.store import create_engine, open_store
+from pending_jobs.store.columns import claim_select
 from tests.conftest import create_database
 
 ROWS = 100_000
@@ -43,7 +44,7 @@ def big(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
 def test_explain_uses_claim_index_without_filesort(big: sa.Engine) -> None:
     with big.connect() as conn:
         if big.dialect.name in ("mysql", "mariadb"):
-            stmt = open_store(big).claim_select("default", 100)
+            stmt = claim_select("default", 100)
             sql = str(stmt.compile(dialect=big.dialect, compile_kwargs={"literal_binds": True}))
             plan = conn.execute(sa.text("EXPLAIN " + sql)).mappings().all()
             jobs = [row for row in plan if row["table"] == "pending_jobs"]
@@ -66,7 +67,7 @@ def test_second_session_claims_other_rows_while_first_holds_its_claim(big: sa.En
     holder = big.connect()
     try:
         holder.begin()
-        locked = holder.execute(store.claim_select("default", 50)).all()  # the claim's locking read, held open
+        locked = holder.execute(claim_select("default", 50)).all()  # the claim's locking read, held open
         locked_ids = [row[0] for row in locked]
         assert len(locked_ids) == 50
 
