@@ -51,8 +51,9 @@ def server_version(backend: str) -> str:
 
 
 @contextlib.contextmanager
-def throwaway(backend: str, name: str) -> Iterator[str]:
-    """A new database (a temp file on SQLite) migrated to head; yields its URL, then drops it."""
+def throwaway(backend: str, name: str, migrated: bool = True) -> Iterator[str]:
+    """A new database (a temp file on SQLite), migrated to head unless `migrated` is False; yields its URL,
+    then drops it."""
     if backend == "sqlite":
         folder = tempfile.mkdtemp(prefix=f"pj_bench_{name}_")
         url = f"sqlite:///{Path(folder) / 'jobs.sqlite3'}"
@@ -74,9 +75,10 @@ def throwaway(backend: str, name: str) -> Iterator[str]:
             admin.dispose()
 
     try:
-        engine = create_engine(url)
-        migrate.upgrade(engine)
-        engine.dispose()
+        if migrated:
+            engine = create_engine(url)
+            migrate.upgrade(engine)
+            engine.dispose()
         yield url
     finally:
         drop()

@@ -1,0 +1,104 @@
+"""`python -m benchmarks.versus OTHER_CHECKOUT`: this checkout's drain against another checkout's, with the
+raw-SQL floor, in one invocation.
+
+How "no slower than before" is measured: per round and database, for each checkout a fresh database
+migrated by that checkout's own `pending-jobs migrate`, N no-op jobs inserted server-side (the same SQL
+for both), then one `pending-jobs run` (poll 0) from that checkout's own virtualenv (`.venv` inside it:
+run `make install` there first); its rate by the database clock (first started_at to last
+finished_at) and its CPU per job (wait4). Then the floor (benchmarks/floor.py, batch 100, one process)
+in a fresh database. Rounds alternate; the best of each is reported. Both checkouts need
+`benchmarks/noop.py` (the no-op task, `bench.noop`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from pending_jobs.store import create_engine
+
+from .databases import LABELS, fill, reachable, throwaway
+from .measures import raw_floor
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(checkout: Path, url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PENDING_JOBS_")}
+    env.update(PYTHONPATH=str(checkout), PENDING_JOBS_DATABASE_URL=url, PENDING_JOBS_TASKS="benchmarks.noop",
+               PENDING_JOBS_MAX_RUNTIME="900", PENDING_JOBS_POLL="0", PENDING_JOBS_LOCK_FILE="none")
+    return env
+
+
+def drain(backend: str, checkout: Path, jobs: int) -> tuple[float, float]:
+    """(jobs/s by the database clock, CPU µs per job) of one `pending-jobs run` of `checkout`."""
+    command = str(checkout / ".venv" / "bin" / "pending-jobs")
+    with throwaway(backend, "versus", migrated=False) as url:  # the checkout's own migrations make it
+        env = _env(checkout, url)
+        subprocess.run([command, "migrate"], env=env, cwd=checkout, check=True, capture_output=True)
+        engine = create_engine(url)
+        try:
+            fill(engine, jobs)
+            proc = subprocess.Popen([command, "run"], env=env, cwd=checkout, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(proc.pid, 0)
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            if os.waitstatus_to_exitcode(status) != 0:
+                raise RuntimeError(f"{checkout}: pending-jobs run failed: {err[-800:]}")
+            with engine.connect() as conn:
+                done, first, last = conn.execute(sa.text(
+                    "SELECT COUNT(*), MIN(started_at), MAX(finished_at) FROM pending_jobs "
+                    "WHERE status = 'succeeded'")).one()
+        finally:
+            engine.dispose()
+    if done != jobs:
+        raise RuntimeError(f"{checkout}: {done} of {jobs} jobs succeeded")
+    return jobs / max(1e-6, (last - first).total_seconds()), (usage.ru_utime + usage.ru_stime) / jobs * 1e6
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.versus", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("other", type=Path, help="the other checkout (with its own .venv)")
+    p.add_argument("--backends", default="mysql,postgresql")
+    p.add_argument("--jobs", type=int, default=20_000)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args(argv)
+    checkouts = {"other": args.other.resolve(), "this": ROOT}
+    failed = False
+    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        problem = reachable(backend)
+        if problem:
+            print(f"{LABELS[backend]}: not reachable ({problem})")
+            failed = True
+            continue
+        best = {"other": 0.0, "this": 0.0, "floor": 0.0}
+        cpu: dict[str, list[float]] = {"other": [], "this": []}
+        for number in range(1, args.rounds + 1):
+            for name, checkout in checkouts.items():
+                started = time.perf_counter()
+                rate, micros = drain(backend, checkout, args.jobs)
+                best[name] = max(best[name], rate)
+                cpu[name].append(micros)
+                print(f"{LABELS[backend]} round {number} {name}: {rate:,.0f} jobs/s (database clock), "
+                      f"CPU {micros:.1f} µs/job, {time.perf_counter() - started:.1f} s in all", flush=True)
+            floor = raw_floor(backend, args.jobs, 1) or 0.0
+            best["floor"] = max(best["floor"], floor)
+            print(f"{LABELS[backend]} round {number} floor: {floor:,.0f} jobs/s", flush=True)
+        share = {name: best[name] / best["floor"] if best["floor"] else 0.0 for name in checkouts}
+        print(f"{LABELS[backend]}: best of {args.rounds}: other {best['other']:,.0f}/s = {share['other']:.0%} of "
+              f"the floor, this {best['this']:,.0f}/s = {share['this']:.0%}, floor {best['floor']:,.0f}/s; "
+              f"this / other = {best['this'] / best['other']:.2f}; CPU µs/job other "
+              f"{', '.join(f'{c:.1f}' for c in sorted(cpu['other']))}, this "
+              f"{', '.join(f'{c:.1f}' for c in sorted(cpu['this']))}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
