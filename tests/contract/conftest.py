@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from pending_jobs import declared, registry
 from pending_jobs.models import Job, RunReport
 from pending_jobs.run import run_once
-from pending_jobs.store import Store
+from pending_jobs.store import Store, dialect_for
 from tests.conftest import settings_for
 
 
@@ -30,3 +31,24 @@ def outcome(store: Store, job_id: int) -> Job:
     job = store.get(job_id)
     assert job is not None
     return job
+
+
+USERS = {
+    "mysql": "CREATE TABLE users (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(64) NOT NULL,"
+             " email VARCHAR(191), age INT, balance DECIMAL(10, 2), CONSTRAINT users_email_key UNIQUE (email))",
+    "postgresql": "CREATE TABLE users (id BIGSERIAL PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(191),"
+                  " age INT, balance DECIMAL(10, 2), CONSTRAINT users_email_key UNIQUE (email))",
+    "sqlite": "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(191),"
+              " age INT, balance DECIMAL(10, 2), CONSTRAINT users_email_key UNIQUE (email))",
+}
+AUDIT = "CREATE TABLE audit (note VARCHAR(64) NOT NULL)"
+SAVE_USER = {"sql": "INSERT INTO users (name, email) VALUES (:name, :email)"}
+
+
+@pytest.fixture
+def users(engine: sa.Engine) -> sa.Engine:
+    """The engine, with an application's `users` and `audit` tables (the declared sql task tests)."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql(USERS[dialect_for(engine).name])
+        conn.exec_driver_sql(AUDIT)
+    return engine

@@ -20,20 +20,10 @@ from pending_jobs.models import RunReport
 from pending_jobs.store import Store, dialect_for
 from tests.conftest import rows, scalar
 
-from .conftest import outcome
-from .test_declared_tasks import AUDIT, SAVE_USER, USERS
+from .conftest import SAVE_USER, outcome
 
 ALONE = {"timeout": 60}
 """A task with a timeout never shares a transaction: its jobs run one by one, as before."""
-
-
-@pytest.fixture
-def users(engine: sa.Engine) -> sa.Engine:
-    """The engine, with an application's `users` and `audit` tables (as in test_declared_tasks.py)."""
-    with engine.begin() as conn:
-        conn.exec_driver_sql(USERS[dialect_for(engine).name])
-        conn.exec_driver_sql(AUDIT)
-    return engine
 
 
 class Commits:

@@ -18,27 +18,7 @@ from pending_jobs import enqueue
 from pending_jobs.store import Store, dialect_for
 from tests.conftest import rows, scalar
 
-from .conftest import outcome
-
-USERS = {
-    "mysql": "CREATE TABLE users (id BIGINT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(64) NOT NULL,"
-             " email VARCHAR(191), age INT, balance DECIMAL(10, 2), CONSTRAINT users_email_key UNIQUE (email))",
-    "postgresql": "CREATE TABLE users (id BIGSERIAL PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(191),"
-                  " age INT, balance DECIMAL(10, 2), CONSTRAINT users_email_key UNIQUE (email))",
-    "sqlite": "CREATE TABLE users (id INTEGER PRIMARY KEY, name VARCHAR(64) NOT NULL, email VARCHAR(191),"
-              " age INT, balance DECIMAL(10, 2), CONSTRAINT users_email_key UNIQUE (email))",
-}
-AUDIT = "CREATE TABLE audit (note VARCHAR(64) NOT NULL)"
-SAVE_USER = {"sql": "INSERT INTO users (name, email) VALUES (:name, :email)"}
-
-
-@pytest.fixture
-def users(engine: sa.Engine) -> sa.Engine:
-    """The engine, with an application's `users` and `audit` tables."""
-    with engine.begin() as conn:
-        conn.exec_driver_sql(USERS[dialect_for(engine).name])
-        conn.exec_driver_sql(AUDIT)
-    return engine
+from .conftest import SAVE_USER, outcome
 
 
 def test_an_insert_commits_with_succeeded_and_reports_rows_and_id(users: sa.Engine, store: Store,
