@@ -66,12 +66,6 @@ def pending_by_id() -> tuple[sa.ColumnElement[bool], ...]:
     return J.c.status == JOB_PENDING, J.c.id == sa.bindparam("claim_id", type_=sa.Integer)
 
 
-def claim_select(queue: str, limit: int) -> sa.Select[Any]:
-    """The claim's locking read of `queue`, written out (what the EXPLAIN and locking tests check)."""
-    return (sa.select(*CLAIM_COLUMNS).where(*due_in(queue)).order_by(*claim_order()).limit(limit)
-            .with_for_update(skip_locked=True))
-
-
 def claim_order() -> tuple[sa.ColumnElement[Any], ...]:
     """Higher priority first, then the longest due, then insertion order: served by the claim index."""
     return (J.c.priority.desc(), J.c.run_at, J.c.id)

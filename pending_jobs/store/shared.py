@@ -9,9 +9,10 @@ Exactly once still: the guard must match every job, or nothing is kept.
 All or nothing. When a job's work raises, everything is rolled back and the caller learns which job
 (`culprit`), so the others can share a transaction again without it and it can run alone, where its
 error becomes its own verdict. When the guard matches fewer jobs than were run (a lease was taken
-over) or the UPDATE or the COMMIT fails, everything is rolled back too and each job runs alone, its
-own guarded transaction deciding. No savepoints: a SAVEPOINT and its RELEASE per job cost two round
-trips each, more than the job's own statement, and a failing job is rare.
+over) or the UPDATE or the COMMIT fails (in the database, or on a result the driver cannot bind),
+everything is rolled back too and each job runs alone, its own guarded transaction deciding.
+No savepoints: a SAVEPOINT and its RELEASE per job cost two round trips each, more than the job's own
+statement, and a failing job is rare.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Callable[[sa.Co
                 conn.rollback()
                 return Together(False, reason=f"{len(jobs) - marked} of {len(jobs)} leases were taken over")
             conn.commit()
-        except exc.DBAPIError as error:
+        except Exception as error:  # the database's, or a result its driver cannot bind: each job runs alone
             _rollback(conn)
             return _settle(store, jobs[0], db.describe(error))
     return Together(True)

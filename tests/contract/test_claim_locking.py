@@ -10,10 +10,16 @@ import sqlalchemy as sa
 
 from pending_jobs import migrate
 from pending_jobs.store import create_engine, open_store
-from pending_jobs.store.columns import claim_select
+from pending_jobs.store.columns import CLAIM_COLUMNS, claim_order, due_in
 from tests.conftest import create_database
 
 ROWS = 100_000
+
+
+def claim_select(queue: str, limit: int) -> sa.Select[Any]:
+    """The claim's locking read of `queue`, written out from the parts the store's claim is built of."""
+    return (sa.select(*CLAIM_COLUMNS).where(*due_in(queue)).order_by(*claim_order()).limit(limit)
+            .with_for_update(skip_locked=True))
 
 
 @pytest.fixture(params=["mysql", "postgresql"])

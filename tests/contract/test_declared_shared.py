@@ -215,3 +215,22 @@ def test_results_are_those_of_a_job_run_alone(users: sa.Engine, store: Store, co
     assert outcome(store, older).result == {"rowcount": 2}
     assert outcome(store, nobody).result == {"rowcount": 0}
     assert [r[0] for r in rows(users, "SELECT age FROM users WHERE age IS NOT NULL ORDER BY age")] == [71, 81]
+
+
+def test_a_result_the_driver_cannot_bind_rolls_the_group_back_and_does_not_raise(users: sa.Engine,
+                                                                                  store: Store) -> None:
+    # Not a database error: SQLAlchemy raises StatementError while binding the results for the UPDATE to
+    # succeeded. It must end like a failed COMMIT (nothing kept, each job to run alone), not escape.
+    ids = [enqueue(users, "note", {"note": f"n{n}"}) for n in range(3)]
+    claim = store.claim("default", 10, "test-owner", 60)
+
+    def work(conn: sa.Connection, job: Any) -> Any:
+        conn.exec_driver_sql(f"INSERT INTO audit (note) VALUES ('written by {job.id}')")
+        return object()  # no JSON for it
+
+    together = store.run_together(claim.jobs, work)
+
+    assert (together.recorded, together.culprit) == (False, None)
+    assert "is not JSON serializable" in together.reason
+    assert scalar(users, "SELECT COUNT(*) FROM audit") == 0
+    assert all(outcome(store, job_id).status == "running" for job_id in ids)

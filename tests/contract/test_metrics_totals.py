@@ -4,6 +4,7 @@ retention or a retry takes out of the rows stay counted in pending_job_totals, a
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -64,17 +65,26 @@ class Scrapes:
         return now
 
 
-def test_purge_and_retention_keep_what_they_delete(store: Store, engine: sa.Engine) -> None:
-    ops, scrape = OpsStore(store), Scrapes(store)
-    _enqueue(engine, "mail", "echo", 3)
+def _finished_mail(store: Store, engine: sa.Engine, succeeded: int, failed: int) -> tuple[list[int], Scrapes,
+                                                                                     dict[Any, int]]:
+    """`succeeded` echo jobs, `failed` boom jobs and one cancelled echo job ended in queue mail; the ids of
+    the failed ones, a scraper that has seen them, and what it saw."""
+    scrape = Scrapes(store)
+    _enqueue(engine, "mail", "echo", succeeded)
     _end(store, "mail", "succeeded")
-    _enqueue(engine, "mail", "boom", 2)
+    failed_ids = _enqueue(engine, "mail", "boom", failed)
     _end(store, "mail", "failed")
     (cancelled,) = _enqueue(engine, "mail", "echo", 1)
-    assert ops.cancel(cancelled) == "done"
-    expected = {("finished", "mail", "echo", "succeeded"): 3, ("finished", "mail", "boom", "failed"): 2,
+    assert OpsStore(store).cancel(cancelled) == "done"
+    expected = {("finished", "mail", "echo", "succeeded"): succeeded, ("finished", "mail", "boom", "failed"): failed,
                 ("finished", "mail", "echo", "cancelled"): 1}
     assert scrape() == expected
+    return failed_ids, scrape, expected
+
+
+def test_purge_and_retention_keep_what_they_delete(store: Store, engine: sa.Engine) -> None:
+    ops = OpsStore(store)
+    _, scrape, expected = _finished_mail(store, engine, succeeded=3, failed=2)
 
     _old(engine)
     assert ops.purge(3600, ["succeeded"]) == 3
@@ -99,16 +109,8 @@ def test_purge_and_retention_keep_what_they_delete(store: Store, engine: sa.Engi
 
 
 def test_every_retry_keeps_the_outcome_it_reopens(store: Store, engine: sa.Engine) -> None:
-    ops, console, scrape = OpsStore(store), ConsoleStore(store), Scrapes(store)
-    failed = _enqueue(engine, "mail", "boom", 2)
-    _end(store, "mail", "failed")
-    _enqueue(engine, "mail", "echo", 2)
-    _end(store, "mail", "succeeded")
-    (cancelled,) = _enqueue(engine, "mail", "echo", 1)
-    assert ops.cancel(cancelled) == "done"
-    expected = {("finished", "mail", "boom", "failed"): 2, ("finished", "mail", "echo", "succeeded"): 2,
-                ("finished", "mail", "echo", "cancelled"): 1}
-    assert scrape() == expected
+    ops, console = OpsStore(store), ConsoleStore(store)
+    failed, scrape, expected = _finished_mail(store, engine, succeeded=2, failed=2)
 
     assert ops.retry(failed[0])  # `retry ID` and the console's retry
     assert scrape() == expected
