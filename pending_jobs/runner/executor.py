@@ -66,13 +66,16 @@ class Executor:
             problem = f"unknown task {job.task!r}: no handler registered (known: {known})"
         if problem is not None or task is None:
             return Outcome(job, "failed", error=validation.clean_text(problem or "unknown task"))
-        deadline = time.monotonic() + task.timeout if task.timeout else None
         session = self.store.handler_transaction(job)
-        self._sessions[(job.id, job.token)] = session
+        if not task.timeout:
+            return self._run(task, job, payload, session, None)
+        # Only a job that can time out may have its session closed under it (`timed_out`).
+        key = (job.id, job.token)
+        self._sessions[key] = session
         try:
-            return self._run(task, job, payload, session, deadline)
+            return self._run(task, job, payload, session, time.monotonic() + task.timeout)
         finally:
-            self._sessions.pop((job.id, job.token), None)
+            self._sessions.pop(key, None)
 
     def timed_out(self, job: ClaimedJob) -> Outcome:
         """The outcome of a job whose handler ran past its timeout (it is left running, abandoned); its
@@ -105,7 +108,7 @@ class Executor:
         except BaseException as error:  # a handler must never take the run down
             session.rollback()
             return _cancelling(self.failure(job, validation.describe_exception(error), self._delay(task, job)), session)
-        problem = self._unstorable(result)
+        problem = None if result is None else self._unstorable(result)
         if problem is not None:
             session.rollback()  # deterministic: another attempt would return the same value
             return Outcome(job, "failed", error=validation.clean_text(problem))
@@ -148,8 +151,7 @@ class Executor:
         return min(max(0.0, seconds), MAX_DELAY)
 
     def _unstorable(self, result: Any) -> str | None:
-        if result is None:  # stored as NULL: nothing to check
-            return None
+        """Why a (non-None: stored as NULL) result cannot be stored, or None."""
         try:
             validation.dump_json(result, "result", self.settings.payload_limit, self.store.json_accepts_nul)
         except ValueError as error:

@@ -48,9 +48,10 @@ class Producer:
         self.hand_off = hand_off
         """Asked now and then while serving: True when another run is ready to take over."""
         self.worker = Worker(executor, settings.concurrency)
+        # No task with a timeout: no watchdog, and no timeout looked up per job.
+        timed = self.worker.timeout_of if self.worker.timeouts else None
         self.pool: WorkerPool[Work, list[Outcome]] = WorkerPool(
-            settings.concurrency, self.worker, self.worker.on_error, "pending-jobs", self.worker.timeout_of,
-            self.worker.timed_out)
+            settings.concurrency, self.worker, self.worker.on_error, "pending-jobs", timed, self.worker.timed_out)
         self._held = 0  # jobs handed to the pool whose outcome has not come back (a pool item may hold several)
         self.completer = Completer(store, report, settings.batch_size, on_progress, on_callbacks_due)
         self._signalled = False

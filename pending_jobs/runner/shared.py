@@ -53,10 +53,15 @@ class Worker:
         self.executor = executor
         self.store = executor.store
         self.workers = max(1, workers)
+        # Read per job by the pool (a task's timeout), per claim by `split`: looked up once here.
+        self.timeouts = {name: task.timeout for name, task in executor.tasks.items() if task.timeout}
+        self._sharing = any(task.shared is not None for task in executor.tasks.values())
 
     def split(self, jobs: list[ClaimedJob]) -> list[Work]:
         """The claim as pool items: jobs that can share a transaction in up to one group per worker, the
         rest one by one (in claim order, groups first)."""
+        if not self._sharing:
+            return list(jobs)
         tasks = self.executor.tasks
         shareable = [job for job in jobs if job.problem is None
                      and (task := tasks.get(job.task)) is not None and task.shared is not None]
@@ -85,7 +90,7 @@ class Worker:
 
     def timeout_of(self, item: Work) -> float | None:
         """A job's task timeout; a group has none (only tasks without a timeout share)."""
-        return None if isinstance(item, Shared) else self.executor.timeout_of(item)
+        return None if isinstance(item, Shared) else self.timeouts.get(item.task)
 
     def timed_out(self, item: Work) -> list[Outcome]:
         """The outcomes of an item given up on after its timeout."""
