@@ -1,9 +1,9 @@
 """The console's SQL: the overview, throughput, the job list with keyset pagination, a job's history,
 bulk actions over a filter, the audit table and the counters /metrics exports.
 
-Every read is served by an existing index: counts and the oldest due job by the claim index (status,
-queue, ...), the job list by the primary key (`id < cursor ORDER BY id DESC`), expired leases by the
-claim index's `running` range, throughput by the runs table's `started_at` index, error history by
+Every read is served by an existing index: counts (bounded: overview.py) and the oldest due job by
+the claim index (status, queue, ...), the job list by the primary key (`id < cursor ORDER BY id DESC`),
+expired leases by the claim index's `running` range, throughput by the runs table's `started_at` index, error history by
 (job_id, attempt). The single-job verbs (retry, cancel, pause, resume, purge, callback retry) are
 OpsStore's and CallbackStore's; this module adds only what works over many jobs at once.
 """
@@ -25,6 +25,7 @@ from . import totals
 from .base import Store
 from .columns import JOB_COLUMNS
 from .ops import JobFilter, OpsStore
+from .overview import BOUND, Tally, by_pair, oldest_due
 
 BULK_LIMIT = 10_000
 """Jobs one bulk action changes at most (the confirmation step says so when the filter matches more)."""
@@ -40,6 +41,8 @@ class QueueOverview:
     oldest_due_age: float | None
     expired_leases: int
     paused: bool
+    inexact: dict[str, str] = dataclasses.field(default_factory=dict)
+    """The statuses whose count is not exact, and how: ESTIMATE or MORE_THAN (overview.py)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,31 +101,30 @@ class ConsoleStore:
 
     # -- overview ---------------------------------------------------------------------------------
 
-    def overview(self) -> list[QueueOverview]:
-        """Per queue: counts by status, the oldest due job and its age, expired leases, paused or not."""
-        counts = sa.select(J.c.queue, J.c.status, sa.func.count()).group_by(J.c.status, J.c.queue)
+    def overview(self, bound: int | None = BOUND) -> list[QueueOverview]:
+        """Per queue: counts by status (exact up to `bound`, see overview.py), the oldest due job and its
+        age, expired leases, paused or not. Every queue that has jobs or is paused is listed."""
         expired = (sa.select(J.c.queue, sa.func.count()).where(
             J.c.status == JOB_RUNNING, sa.or_(J.c.lease_expires_at < db_now(), J.c.lease_expires_at.is_(None)))
             .group_by(J.c.queue))
         paused = sa.select(paused_queues.c.queue)
-        oldest = (sa.select(J.c.id, J.c.run_at, db_now().label("now"))
-                  .where(J.c.status == JOB_PENDING, J.c.queue == sa.bindparam("q"), J.c.run_at <= db_now())
-                  .order_by(J.c.run_at, J.c.id).limit(1))
 
         def work(conn: sa.Connection) -> list[QueueOverview]:
-            by_queue: dict[str, dict[str, int]] = {}
-            for queue, status, n in conn.execute(counts):
-                by_queue.setdefault(str(queue), {s.value: 0 for s in JobStatus})[str(status)] = int(n)
+            by_queue: dict[str, dict[str, Tally]] = {}
+            for (status, queue), found in by_pair(conn, self.sql, bound).items():
+                by_queue.setdefault(queue, {})[status] = found
             leases = {str(q): int(n) for q, n in conn.execute(expired)}
             stopped = {str(q) for (q,) in conn.execute(paused)}
-            found = []
+            overviews = []
             for queue in sorted(set(by_queue) | stopped):
-                row = conn.execute(oldest, {"q": queue}).first() if by_queue.get(queue, {}).get(JOB_PENDING) else None
-                found.append(QueueOverview(
-                    queue, by_queue.get(queue, {s.value: 0 for s in JobStatus}),
+                tallies = by_queue.get(queue, {})
+                row = oldest_due(conn, self.sql, queue) if JOB_PENDING in tallies else None
+                overviews.append(QueueOverview(
+                    queue, {s.value: tallies[s.value].n if s.value in tallies else 0 for s in JobStatus},
                     int(row.id) if row else None, self._age(row.now, row.run_at) if row else None,
-                    leases.get(queue, 0), queue in stopped))
-            return found
+                    leases.get(queue, 0), queue in stopped,
+                    {status: found.inexact for status, found in tallies.items() if found.inexact}))
+            return overviews
 
         return self.store.read(work)
 
@@ -260,7 +262,7 @@ class ConsoleStore:
                             int(conn.execute(waiting).scalar_one()), {}, {})
 
         found = self.store.read(work)
-        for queue in self.overview():
+        for queue in self.overview(bound=None):
             found.depth[queue.queue] = queue.counts.get(JOB_PENDING, 0)
             found.oldest_due_age[queue.queue] = queue.oldest_due_age or 0.0
         return found

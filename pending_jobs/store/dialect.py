@@ -11,6 +11,8 @@ of this API:
 - `lock_mark_return(...)`: lock due rows skipping locked ones, mark them, return their columns —
   the job claim and the callback claim both use it;
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
+- `estimate(conn, stmt, params)`: the planner's row estimate of a query (the overview's counts above
+  their bound);
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
 - `insert_ignore(table)`: an INSERT that skips rows whose key exists (limit scopes, schedules);
 - `upsert_add(table, column)`: an INSERT that adds to the existing row's `column` instead (the totals);
@@ -39,6 +41,12 @@ from ..schema import pending_jobs as J
 
 S = TypeVar("S")
 BULK_CHUNK = 1000  # rows per multi-row INSERT
+
+
+def explain(conn: sa.Connection, how: str, stmt: sa.Select[Any], params: dict[str, Any]) -> sa.CursorResult[Any]:
+    """`how` (EXPLAIN and its options) of `stmt` with `params`, as the driver runs it."""
+    compiled = stmt.compile(dialect=conn.dialect)
+    return conn.exec_driver_sql(f"{how} {compiled}", compiled.construct_params(params))
 
 
 def ids_param() -> sa.BindParameter[Any]:
@@ -253,6 +261,11 @@ class Dialect:
         return [row[0] for row in conn.execute(sql)]
 
     # -- introspection ---------------------------------------------------------------------------
+
+    def estimate(self, conn: sa.Connection, stmt: sa.Select[Any], params: dict[str, Any]) -> int | None:
+        """How many rows the planner expects `stmt` to return (nothing is run), or None where the database
+        does not say (SQLite's EXPLAIN QUERY PLAN has no row counts)."""
+        return None
 
     def listener(self, engine: sa.Engine) -> Callable[[float], bool] | None:
         """`wait(seconds) -> bool`: True as soon as a job was inserted (a push from the database), or None

@@ -18,7 +18,7 @@ from sqlalchemy.dialects import mysql
 from .. import db
 from ..schema import callback_attempts, db_now
 from ..schema import pending_jobs as J
-from .dialect import Dialect, Locked
+from .dialect import Dialect, Locked, explain
 from .mysql_hosts import NOT_READY, galera_aware, split_hosts
 
 DEADLOCK = 1213  # the whole transaction was rolled back: run it again
@@ -162,6 +162,12 @@ class MySQL(Dialect):
         # DISTINCT over the claim index prefix is a loose index scan on MySQL/MariaDB.
         stmt = self.cached(("due_queues",), lambda: sa.select(J.c.queue).where(J.c.status == "pending").distinct())
         return [row[0] for row in conn.execute(stmt)]
+
+    def estimate(self, conn: sa.Connection, stmt: sa.Select[Any], params: dict[str, Any]) -> int | None:
+        # InnoDB dives into the index at both ends of the range: live, not from stored statistics, but
+        # extrapolated over a long range (1.8 times too high at 180,000 rows in benchmarks.console).
+        row = explain(conn, "EXPLAIN", stmt, params).mappings().first()
+        return int(row["rows"]) if row is not None and row["rows"] is not None else None
 
     def read_only(self, conn: sa.Connection) -> str | None:
         if conn.execute(sa.text("SELECT @@global.read_only")).scalar():

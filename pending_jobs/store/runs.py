@@ -15,6 +15,7 @@ from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, CallbackStatus
 from .base import Store
 from .columns import JOB_COLUMNS
+from .overview import Tally, tally
 
 R = runs
 
@@ -118,17 +119,20 @@ class RunStore:
         return self.store.read(work)
 
     def callback_counts(self) -> dict[str, int]:
-        """Jobs per callback status (pending, delivered, failed), plus `due`."""
-        by_status = (sa.select(J.c.callback_status, sa.func.count()).where(J.c.callback_status.is_not(None))
-                     .group_by(J.c.callback_status))
-        due = sa.select(sa.func.count()).where(J.c.callback_status == CALLBACK_PENDING,
-                                               J.c.callback_next_at <= db_now(), J.c.status.in_(TERMINAL_VALUES))
+        """Jobs per callback status (pending, delivered, failed), plus `due`, counted exactly."""
+        return {key: found.n for key, found in self.callback_tallies(None).items()}
 
-        def work(conn: sa.Connection) -> dict[str, int]:
-            counts = {s.value: 0 for s in CallbackStatus}
-            counts.update({str(status): int(n) for status, n in conn.execute(by_status)})
-            counts["due"] = int(conn.execute(due).scalar_one())
-            return counts
+    def callback_tallies(self, bound: int | None) -> dict[str, Tally]:
+        """Jobs per callback status plus `due`, each read from the callback index (callback_status,
+        callback_next_at) and exact up to `bound` (overview.py: estimated or a lower bound above it)."""
+        order = (J.c.callback_next_at,)
+        due = (J.c.callback_status == CALLBACK_PENDING, J.c.callback_next_at <= db_now(),
+               J.c.status.in_(TERMINAL_VALUES))
+
+        def work(conn: sa.Connection) -> dict[str, Tally]:
+            counts = {s.value: tally(conn, self.sql, (J.c.callback_status == s.value,), order, {}, bound)
+                      for s in CallbackStatus}
+            return counts | {"due": tally(conn, self.sql, due, order, {}, bound)}
 
         return self.store.read(work)
 

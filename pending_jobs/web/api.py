@@ -105,7 +105,9 @@ def document(read_only: bool) -> dict[str, Any]:
     """The OpenAPI 3.1 description of this API (written by hand: a dozen endpoints)."""
     paths: dict[str, Any] = {
         "/api/overview": {"get": {"summary": "Per queue counts, oldest due job, expired leases, paused; throughput "
-                                             "per minute and hour; p50/p95 wait and run time; callbacks; runs",
+                                             "per minute and hour; p50/p95 wait and run time; callbacks; runs. A count "
+                                             "above `count_bound` is named in `inexact` (per queue) or "
+                                             "`callbacks_inexact`: `estimate` or `more_than`",
                                   "responses": OK}},
         "/api/jobs": {"get": {"summary": "Jobs, newest first; `next` is the `before` of the next page",
                               "parameters": [*FILTERS, _query("before", "ids below this (keyset cursor)", "integer"),

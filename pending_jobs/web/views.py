@@ -18,6 +18,7 @@ from ..callbacks import redact
 from ..models import Job
 from ..states import JobStatus
 from ..store import CallbackStore, RunStore, Store
+from ..store import overview as overview_counts
 from ..store.console import ConsoleStore
 from ..store.ops import JobFilter
 
@@ -96,9 +97,14 @@ def page_args(params: Mapping[str, str]) -> tuple[int | None, int]:
 
 
 def overview(store: Store) -> dict[str, Any]:
+    """Counts above `count_bound` are estimates: a queue's `inexact` and `callbacks_inexact` name them, as
+    `estimate` (the planner's, shown ≈) or `more_than` (more than the bound, shown >); store/overview.py."""
     console, runs = ConsoleStore(store), RunStore(store)
-    queues = console.overview()
-    return {"queues": plain(queues), "throughput": console.throughput(), "callbacks": runs.callback_counts(),
+    queues = console.overview(overview_counts.BOUND)
+    callbacks = runs.callback_tallies(overview_counts.BOUND)
+    return {"queues": plain(queues), "count_bound": overview_counts.BOUND, "throughput": console.throughput(),
+            "callbacks": {key: found.n for key, found in callbacks.items()},
+            "callbacks_inexact": {key: found.inexact for key, found in callbacks.items() if found.inexact},
             "runs": [run_data(r) for r in runs.runs(10)]}
 
 
