@@ -35,7 +35,7 @@ from .dialect import Dialect
 BOUND = 10_000
 """Counts up to this are exact; above it they are estimates. Oban Met's default is 50,000; here reading
 10,001 index entries costs about 3 ms on MariaDB, and the overview of benchmarks.console's 1,000,000 jobs
-(14 queue x status pairs at or above the bound) took 96 ms on MariaDB and 33 ms on PostgreSQL on a loaded
+(15 queue x status pairs at or above the bound) took 96 ms on MariaDB and 33 ms on PostgreSQL on a loaded
 2-core machine. "≈ 180,000 succeeded" serves an operator as well as the exact figure."""
 ESTIMATE, MORE_THAN = "estimate", "more_than"
 CLAIM_ORDER = (J.c.priority.desc(), J.c.run_at, J.c.id)
