@@ -161,6 +161,24 @@ def rows(engine: sa.Engine, sql: str, **params: Any) -> list[Any]:
         return list(conn.execute(sa.text(sql), params))
 
 
+def fill_needles(engine: sa.Engine, count: int, needles: tuple[int, ...]) -> None:
+    """`count` echo jobs in one server-side statement, n = 1..count in id order, each with the payload
+    {"n": n, "note": "needle"} when n is one of `needles`, else {"n": n, "note": "hay"}."""
+    listed = ", ".join(map(str, needles))
+    statement = {
+        "mysql": f"""INSERT INTO pending_jobs (task, payload) SELECT 'echo', JSON_OBJECT('n', seq, 'note',
+                     IF(seq IN ({listed}), 'needle', 'hay')) FROM seq_1_to_{count}""",
+        "postgresql": f"""INSERT INTO pending_jobs (task, payload) SELECT 'echo', jsonb_build_object('n', n,
+                          'note', CASE WHEN n IN ({listed}) THEN 'needle' ELSE 'hay' END)
+                          FROM generate_series(1, {count}) AS n""",
+        "sqlite": f"""WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < {count})
+                      INSERT INTO pending_jobs (task, payload) SELECT 'echo', json_object('n', n, 'note',
+                      CASE WHEN n IN ({listed}) THEN 'needle' ELSE 'hay' END) FROM s""",
+    }[engine.dialect.name if engine.dialect.name != "mariadb" else "mysql"]
+    with engine.begin() as conn:
+        conn.exec_driver_sql(statement)
+
+
 def scalar(engine: sa.Engine, sql: str, **params: Any) -> Any:
     with engine.connect() as conn:
         return conn.execute(sa.text(sql), params).scalar()

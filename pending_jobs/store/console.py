@@ -17,13 +17,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import Job, count
+from ..models import count
 from ..schema import audit, db_now, job_errors, paused_queues, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
-from . import totals
+from . import joblist, totals
 from .base import Store
-from .columns import JOB_COLUMNS
+from .joblist import JobPage
 from .ops import JobFilter, OpsStore
 from .overview import BOUND, Tally, by_pair, oldest_due
 
@@ -179,15 +179,10 @@ class ConsoleStore:
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    def jobs(self, f: JobFilter, before: int | None = None, limit: int = 50) -> tuple[list[Job], int | None]:
-        """A page of jobs matching the filter, newest first, with ids below `before`; and the cursor of the
-        next page (None on the last). Keyset: the primary key serves the order whatever the page."""
-        where = self.ops.where(f)
-        if before is not None:
-            where.append(J.c.id < before)
-        limit = max(1, min(limit, 500))
-        page = self.store.jobs(sa.select(*JOB_COLUMNS).where(*where).order_by(J.c.id.desc()).limit(limit + 1))
-        return page[:limit], (page[limit - 1].id if len(page) > limit else None)
+    def jobs(self, f: JobFilter, before: int | None = None, limit: int = 50) -> JobPage:
+        """A page of jobs matching the filter, newest first, with ids below `before`, and the cursor of the
+        next page. Keyset: the primary key serves the order whatever the page; bounded in time (joblist.py)."""
+        return joblist.page(self.store, self.ops.where(f), before, max(1, min(limit, 500)))
 
     def count(self, f: JobFilter) -> int:
         """How many jobs match the filter (what a bulk action would change at most)."""

@@ -13,6 +13,8 @@ of this API:
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
 - `estimate(conn, stmt, params)`: the planner's row estimate of a query (the overview's counts above
   their bound);
+- `time_limit(conn, seconds)`: the database cancels the reads made within it that run longer (the
+  console's job list, joblist.py); `timed_out(error)` says it did;
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
 - `insert_ignore(table)`: an INSERT that skips rows whose key exists (limit scopes, schedules);
 - `upsert_add(table, column)`: an INSERT that adds to the existing row's `column` instead (the totals);
@@ -266,6 +268,11 @@ class Dialect:
         """How many rows the planner expects `stmt` to return (nothing is run), or None where the database
         does not say (SQLite's EXPLAIN QUERY PLAN has no row counts)."""
         return None
+
+    def time_limit(self, conn: sa.Connection, seconds: float) -> contextlib.AbstractContextManager[None]:
+        """Within it, a statement of this transaction that runs longer than `seconds` is cancelled, raising
+        an error `timed_out` recognises; where the database cannot, statements run to their end."""
+        return contextlib.nullcontext()
 
     def listener(self, engine: sa.Engine) -> Callable[[float], bool] | None:
         """`wait(seconds) -> bool`: True as soon as a job was inserted (a push from the database), or None

@@ -7,8 +7,9 @@ READ COMMITTED (set on the engine, db.py) so no gap locks block producers' INSER
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -108,6 +109,18 @@ class MySQL(Dialect):
         if not getattr(conn.dialect, "is_mariadb", False):
             return None  # MySQL's max_execution_time bounds SELECTs only: the runner's timeout does the rest
         return [f"SET STATEMENT max_statement_time = {timeout:.3f} FOR {statement}" for statement in statements]
+
+    @contextlib.contextmanager
+    def time_limit(self, conn: sa.Connection, seconds: float) -> Iterator[None]:
+        # A session variable, so it is put back even when the statement was cancelled (an error there
+        # ends only that statement, not the transaction); MySQL's counts milliseconds and bounds SELECTs.
+        name, value = (("max_statement_time", f"{seconds:.3f}") if getattr(conn.dialect, "is_mariadb", False)
+                       else ("max_execution_time", str(max(1, round(seconds * 1000)))))
+        conn.exec_driver_sql(f"SET SESSION {name} = {value}")
+        try:
+            yield
+        finally:
+            conn.exec_driver_sql(f"SET SESSION {name} = DEFAULT")
 
     def integrity(self, error: BaseException) -> bool:
         return super().integrity(error) or _errno(error) in INTEGRITY

@@ -83,6 +83,11 @@ class Postgres(Dialect):
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, int(timeout * 1000))}")  # this transaction
         return None
 
+    def time_limit(self, conn: sa.Connection, seconds: float) -> contextlib.AbstractContextManager[None]:
+        # LOCAL: until this transaction ends, even when the statement was cancelled.
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}")
+        return contextlib.nullcontext()
+
     def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
         return None  # PostgreSQL has no last insert id: `INSERT … RETURNING id` returns it as a row
 

@@ -109,7 +109,9 @@ def document(read_only: bool) -> dict[str, Any]:
                                              "above `count_bound` is named in `inexact` (per queue) or "
                                              "`callbacks_inexact`: `estimate` or `more_than`",
                                   "responses": OK}},
-        "/api/jobs": {"get": {"summary": "Jobs, newest first; `next` is the `before` of the next page",
+        "/api/jobs": {"get": {"summary": "Jobs, newest first; `next` is the `before` of the next page. "
+                                         "`searched_from`, when set: a slow filter was searched only among ids "
+                                         "from it up to the cursor (the next page searches further)",
                               "parameters": [*FILTERS, _query("before", "ids below this (keyset cursor)", "integer"),
                                              _query("limit", "1 to 500 (default 50)", "integer"),
                                              _query("count", "1: also count every matching job", "integer")],

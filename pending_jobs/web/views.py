@@ -115,8 +115,8 @@ def run_data(run: Any) -> dict[str, Any]:
 
 
 def jobs(store: Store, f: JobFilter, before: int | None, limit: int) -> dict[str, Any]:
-    page, cursor = ConsoleStore(store).jobs(f, before, limit)
-    return {"jobs": [job_data(j) for j in page], "next": cursor}
+    page = ConsoleStore(store).jobs(f, before, limit)
+    return {"jobs": [job_data(j) for j in page.jobs], "next": page.next, "searched_from": page.searched_from}
 
 
 def job(store: Store, job_id: int) -> dict[str, Any] | None:

@@ -105,17 +105,21 @@ def test_job_list_filters_and_keyset_pages(store: Store, engine: sa.Engine) -> N
         conn.execute(sa.text("UPDATE pending_jobs SET status = 'failed', last_error = 'the Needle broke' "
                              "WHERE id = :id"), {"id": ids[6]})
     console = ConsoleStore(store)
-    page, cursor = console.jobs(JobFilter(), limit=3)
-    assert [j.id for j in page] == ids[6:3:-1] and cursor == ids[4]
-    page, cursor = console.jobs(JobFilter(), before=cursor, limit=3)
-    assert [j.id for j in page] == ids[3:0:-1] and cursor == ids[1]
-    page, cursor = console.jobs(JobFilter(), before=cursor, limit=3)
-    assert [j.id for j in page] == [ids[0]] and cursor is None
-    assert [j.id for j in console.jobs(JobFilter(queue="a"))[0]] == [ids[5], ids[3], ids[1]]
-    assert [j.id for j in console.jobs(JobFilter(text="needle_%"))[0]] == [ids[3]]  # % is literal
-    assert [j.id for j in console.jobs(JobFilter(text="Needle broke"))[0]] == [ids[6]]
-    assert [j.id for j in console.jobs(JobFilter(statuses=("failed",), task="echo"))[0]] == [ids[6]]
-    assert console.jobs(JobFilter(since=3600))[0] and not console.jobs(JobFilter(until=3600))[0]
+
+    def ids_of(f: JobFilter) -> list[int]:
+        return [j.id for j in console.jobs(f).jobs]
+
+    page = console.jobs(JobFilter(), limit=3)
+    assert [j.id for j in page.jobs] == ids[6:3:-1] and page.next == ids[4] and page.searched_from is None
+    page = console.jobs(JobFilter(), before=page.next, limit=3)
+    assert [j.id for j in page.jobs] == ids[3:0:-1] and page.next == ids[1]
+    page = console.jobs(JobFilter(), before=page.next, limit=3)
+    assert [j.id for j in page.jobs] == [ids[0]] and page.next is None
+    assert ids_of(JobFilter(queue="a")) == [ids[5], ids[3], ids[1]]
+    assert ids_of(JobFilter(text="needle_%")) == [ids[3]]  # % is literal
+    assert ids_of(JobFilter(text="Needle broke")) == [ids[6]]
+    assert ids_of(JobFilter(statuses=("failed",), task="echo")) == [ids[6]]
+    assert ids_of(JobFilter(since=3600)) and not ids_of(JobFilter(until=3600))
     assert console.count(JobFilter(queue="b")) == 4
 
 
@@ -128,10 +132,10 @@ def test_bulk_retry_and_cancel_over_a_filter(store: Store, engine: sa.Engine) ->
                      {"a": a, "c": c})
     console = ConsoleStore(store)
     assert console.bulk_retry(JobFilter(queue="x")) == 1
-    assert {j.id: (j.status, j.attempts) for j in console.jobs(JobFilter())[0]} == {
+    assert {j.id: (j.status, j.attempts) for j in console.jobs(JobFilter()).jobs} == {
         a: ("pending", 0), b: ("pending", 0), c: ("failed", 5)}
     assert console.bulk_cancel(JobFilter(queue="x")) == 2
-    assert {j.status for j in console.jobs(JobFilter(queue="x"))[0]} == {"cancelled"}
+    assert {j.status for j in console.jobs(JobFilter(queue="x")).jobs} == {"cancelled"}
 
 
 def test_audit_and_counters(store: Store, engine: sa.Engine, run: Any) -> None:
