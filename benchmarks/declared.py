@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -60,6 +61,9 @@ class Rate:
     jobs: int
     rate: float
     wall_rate: float
+    cpu_us: float
+    """The runner process's CPU (user + system, start-up included) per job, in µs: less sensitive than
+    the rates to other work on the machine."""
 
 
 def _toml(value: Any) -> str:
@@ -84,9 +88,12 @@ def drain(url: str, tables: dict[str, dict[str, Any]], jobs: list[dict[str, Any]
             env.update(PENDING_JOBS_MAX_RUNTIME="900", PENDING_JOBS_POLL="0", PENDING_JOBS_CONCURRENCY=str(concurrency),
                        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
             started = time.perf_counter()
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             out = subprocess.run([*_runner_command(), "run", "--config", str(config)], env=env, cwd=ROOT,
                                  capture_output=True, text=True, timeout=1800)
             wall = time.perf_counter() - started
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
             if out.returncode != 0:
                 raise RuntimeError(f"pending-jobs run exited {out.returncode}: {out.stderr.strip()[-600:]}")
             with engine.connect() as conn:
@@ -99,7 +106,7 @@ def drain(url: str, tables: dict[str, dict[str, Any]], jobs: list[dict[str, Any]
             engine.dispose()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    return Rate(len(jobs), len(jobs) / span, len(jobs) / wall)
+    return Rate(len(jobs), len(jobs) / span, len(jobs) / wall, cpu / len(jobs) * 1e6)
 
 
 # -- sql -----------------------------------------------------------------------------------------
@@ -319,15 +326,19 @@ def report(backend: str, args: argparse.Namespace) -> None:
             rate = _step("raw floor", lambda: sql_floor(backend, args.sql_jobs), problems)
             floors += [rate] if rate else []
     bounds = _step("sql bounds", lambda: sql_bounds(backend, args.sql_jobs), problems) \
-        if backend != "sqlite" else None
-    http = _step("http drain", lambda: http_drain(backend, args.http_jobs), problems)
-    reference = _step("callbacks", lambda: measures.callbacks(backend, args.http_jobs), problems)
-    spawned = _step("command drains", lambda: commands(backend, args.command_jobs), problems) or []
+        if backend != "sqlite" and not args.sql_only else None
+    http = reference = None
+    spawned: list[Command] = []
+    if not args.sql_only:
+        http = _step("http drain", lambda: http_drain(backend, args.http_jobs), problems)
+        reference = _step("callbacks", lambda: measures.callbacks(backend, args.http_jobs), problems)
+        spawned = _step("command drains", lambda: commands(backend, args.command_jobs), problems) or []
     if sql:
         best = max(sql, key=lambda r: r.rate)
         ratio = f" = {best.rate / max(floors):.0%} of the raw floor {max(floors):,.0f}/s" if floors else ""
+        cpu = ", ".join(f"{rate.cpu_us:.0f}" for rate in sql)
         print(f"  sql task drain ({best.jobs:,} one-row INSERTs): {best.rate:,.0f} jobs/s{ratio} "
-              f"(wall with start-up {best.wall_rate:,.0f}/s)")
+              f"(wall with start-up {best.wall_rate:,.0f}/s; runner CPU per job {cpu} µs)")
     if bounds and floors:
         shown = "; ".join(f"{name} {rate:,.0f}/s = {rate / max(floors):.0%}" for name, rate in zip(BOUNDS, bounds,
                                                                                                    strict=True))
@@ -353,6 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--http-jobs", type=int, default=10_000, help="jobs of the http drain (10,000)")
     p.add_argument("--command-jobs", type=int, default=1_000, help="jobs of each command drain (1,000)")
     p.add_argument("--rounds", type=int, default=2, help="sql drain and floor alternate; the best of each (2)")
+    p.add_argument("--sql-only", action="store_true", help="the sql drain against the floor alone (no bounds, "
+                                                           "http or command drains)")
     args = p.parse_args(argv)
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         report(backend, args)

@@ -36,9 +36,10 @@ class Task:
     memory_limit: int | None = None
     """Bytes of address space a process-isolated handler may use (RLIMIT_AS); None: no limit."""
     shared: Callable[[Any, Any], Any] | None = None
-    """`shared(payload, connection) -> result`: the handler's work on a job-database connection whose
-    transaction other jobs of the claim share, committed with all their `succeeded` at once (runner/
-    shared.py). Set by declared sql tasks on the job database; None: the job runs alone, as `fn`."""
+    """`shared(payloads, connection) -> results`: the handler's work for several jobs, in order, on a
+    job-database connection whose transaction other jobs of the claim share, committed with all their
+    `succeeded` at once (runner/shared.py). Set by declared sql tasks on the job database; None: the
+    job runs alone, as `fn`."""
 
 
 _TASKS: dict[str, Task] = {}

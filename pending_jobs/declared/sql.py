@@ -27,7 +27,7 @@ from sqlalchemy import exc
 from ..errors import Fail
 from ..registry import Backoff, Task
 from ..store import Dialect, create_engine, dialect_for
-from ..store.direct import DirectStatements, direct
+from ..store.direct import DirectStatements, Written, direct
 from .base import backoff_of, effective_limit, retry, task_of
 from .spec import SqlSpec
 from .sqlerrors import classify
@@ -94,14 +94,19 @@ class SqlTask:
         except exc.DBAPIError as error:  # connecting or committing
             raise self._verdict(error, ctx, "", dialect_for(self.engine())) from None
 
-    def shared(self, payload: dict[str, Any], conn: sa.Connection) -> Any:
-        """The statements on `conn`, in a transaction other jobs share; any error is raised as it is (the
-        runner then runs this job alone, through `__call__`, which gives it its verdict). Statements that
-        only write run on the driver's cursor (store/direct.py), with the same result."""
-        params = self.bind(payload)
+    def shared(self, payloads: Sequence[dict[str, Any]], conn: sa.Connection) -> list[Any]:
+        """The statements of several jobs on `conn`, in a transaction other jobs share; any error is raised
+        as it is (the runner then runs them one at a time, and the one that errs alone, through `__call__`,
+        which gives it its verdict). Statements that only write run on the driver's cursor, all of these
+        jobs' together (store/direct.py), with the same result."""
+        bound = [self.bind(payload) for payload in payloads]
         if self.direct is None:
-            return self.run(conn, params, SHARED)
-        written = self.direct.run(conn, [{key: params[key] for key in names} for names in self.names])
+            return [self.run(conn, params, SHARED) for params in bound]
+        written = self.direct.run(conn, [[{key: params[key] for key in names} for names in self.names]
+                                         for params in bound])
+        return [self._written(done) for done in written]
+
+    def _written(self, written: Sequence[Written]) -> Any:
         results = []
         for done, first in zip(written, self.verbs, strict=True):
             out: dict[str, Any] = {"rowcount": done.rowcount}

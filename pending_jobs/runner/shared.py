@@ -14,6 +14,7 @@ are the executor's, unchanged; tasks with a timeout never share (see declared/sq
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -110,13 +111,16 @@ class Worker:
             else:
                 alone.append(job)  # the executor fails it with its reason
 
-        def work(conn: Any, job: ClaimedJob) -> Any:
-            shared = self.executor.tasks[job.task].shared
-            assert shared is not None
-            result = shared(payloads[job.id], conn)
-            # A result that cannot be stored fails its job: alone, where the executor says so.
-            validation.dump_json(result, "result", limit, self.store.json_accepts_nul)
-            return result
+        def work(conn: Any, jobs: Sequence[ClaimedJob]) -> list[Any]:
+            results: list[Any] = []
+            for name, run in itertools.groupby(jobs, key=lambda job: job.task):  # a task's jobs sent together
+                shared = self.executor.tasks[name].shared
+                assert shared is not None
+                results.extend(shared([payloads[job.id] for job in run], conn))
+            for result in results:
+                # A result that cannot be stored fails its job: alone, where the executor says so.
+                validation.dump_json(result, "result", limit, self.store.json_accepts_nul)
+            return results
 
         outcomes: list[Outcome] = []
         for _ in range(ROUNDS):

@@ -62,6 +62,7 @@ class JobStore(Protocol):
     def handler_transaction(self, job: ClaimedJob) -> HandlerSession:
         """The handler's own transaction for `job` (opened on first use)."""
 
-    def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[Any, ClaimedJob], Any]) -> Together:
-        """`work(connection, job)` for jobs of one claim in one transaction, then all of them succeeded
-        (their lease guarding) in one commit; or nothing written, saying which job raised, if one did."""
+    def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[Any, Sequence[ClaimedJob]], Sequence[Any]]
+                     ) -> Together:
+        """`work(connection, jobs) -> results` for jobs of one claim in one transaction, then all of them
+        succeeded (their lease guarding) in one commit; or nothing written, saying which job raised, if one did."""

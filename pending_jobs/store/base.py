@@ -286,8 +286,8 @@ class Store:
         """Mark (job id, result) pairs succeeded in the caller's transaction; how many the lease still held."""
         return self._succeed(conn, token, jobs)
 
-    def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[sa.Connection, ClaimedJob], Any]
-                     ) -> Together:
+    def run_together(self, jobs: Sequence[ClaimedJob],
+                     work: Callable[[sa.Connection, Sequence[ClaimedJob]], Sequence[Any]]) -> Together:
         """Jobs of one claim in one transaction, committed with all their `succeeded`; see shared.py."""
         return run_together(self, jobs, work)
 

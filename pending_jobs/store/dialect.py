@@ -137,6 +137,11 @@ class Dialect:
         to run instead (or None to run them as they are, after any session setting made here)."""
         return None
 
+    def pipeline(self, driver_connection: Any) -> contextlib.AbstractContextManager[Any] | None:
+        """A block in which the driver sends statements without waiting for each one's answer (their
+        results are read when it ends), or None when it sends one at a time."""
+        return None
+
     def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
         """The id an INSERT without RETURNING added (the driver's last insert id), or None."""
         return self.last_id(result.rowcount, result.lastrowid)

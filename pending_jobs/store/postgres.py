@@ -88,6 +88,11 @@ class Postgres(Dialect):
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}")
         return contextlib.nullcontext()
 
+    def pipeline(self, driver_connection: Any) -> contextlib.AbstractContextManager[Any] | None:
+        # psycopg 3's pipeline mode (libpq 14+): a shared transaction's statements in one round trip.
+        pipeline = getattr(driver_connection, "pipeline", None)  # none on psycopg2
+        return pipeline() if pipeline is not None and _pipelines() else None
+
     def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
         return None  # PostgreSQL has no last insert id: `INSERT … RETURNING id` returns it as a row
 
@@ -268,3 +273,11 @@ def _unnest_attempts() -> sa.TextClause:
     arrays = ", ".join(f"CAST(:{column} AS {kind}[])" for column, kind in ATTEMPT_TYPES.items())
     return sa.text(f"INSERT INTO {callback_attempts.name} ({', '.join(ATTEMPT_TYPES)}, attempted_at) "
                    f"SELECT *, now() FROM unnest({arrays})")
+
+
+@functools.cache
+def _pipelines() -> bool:
+    """Whether psycopg's libpq has pipeline mode."""
+    import psycopg
+
+    return bool(psycopg.Pipeline.is_supported())

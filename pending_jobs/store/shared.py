@@ -6,13 +6,15 @@ each job's work runs on one connection, then one UPDATE guarded by the claim's l
 all succeeded with their results, and one COMMIT makes the writes and the outcomes durable together.
 Exactly once still: the guard must match every job, or nothing is kept.
 
-All or nothing. When a job's work raises, everything is rolled back and the caller learns which job
-(`culprit`), so the others can share a transaction again without it and it can run alone, where its
-error becomes its own verdict. When the guard matches fewer jobs than were run (a lease was taken
-over) or the UPDATE or the COMMIT fails (in the database, or on a result the driver cannot bind),
-everything is rolled back too and each job runs alone, its own guarded transaction deciding.
-No savepoints: a SAVEPOINT and its RELEASE per job cost two round trips each, more than the job's own
-statement, and a failing job is rare.
+All or nothing. The jobs' work is asked for all of them at once first (a task may send their
+statements together: store/direct.py); when that raises, everything is rolled back and they are worked
+one at a time in a new transaction. When a job's work raises there, everything is rolled back again and
+the caller learns which job (`culprit`), so the others can share a transaction again without it and
+it can run alone, where its error becomes its own verdict. When the guard matches fewer jobs than were
+run (a lease was taken over) or the UPDATE or the COMMIT fails (in the database, or on a result the
+driver cannot bind), everything is rolled back too and each job runs alone, its own guarded
+transaction deciding. No savepoints: a SAVEPOINT and its RELEASE per job cost two round trips each,
+more than the job's own statement, and a failing job is rare.
 """
 
 from __future__ import annotations
@@ -35,11 +37,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+Work = Callable[[sa.Connection, Sequence[ClaimedJob]], Sequence[Any]]
+"""`work(conn, jobs) -> results`: the jobs' handlers on `conn`, one result per job, in order."""
 
-def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Callable[[sa.Connection, ClaimedJob], Any]
-                 ) -> Together:
-    """`work(conn, job)` for each job in one transaction, then all of them `succeeded` with what `work`
-    returned, guarded by their lease token, and one COMMIT. Never raises for a database error."""
+
+def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Work) -> Together:
+    """`work(conn, jobs)` in one transaction (its results, one per job, in order), then all of them
+    `succeeded` with those results, guarded by their lease token, and one COMMIT. When `work` raises for
+    several jobs, everything is rolled back and they are worked again one at a time, to find the one that
+    raises. Never raises for a database error."""
     if not jobs:
         return Together(True)
     token = jobs[0].token
@@ -50,14 +56,14 @@ def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Callable[[sa.Co
     except exc.DBAPIError as error:
         return Together(False, reason=db.describe(error))
     with conn:
-        conn.begin()
-        done: list[tuple[int, Any]] = []
-        for index, job in enumerate(jobs):
-            try:
-                done.append((job.id, work(conn, job)))
-            except Exception as error:  # the handler's or the database's: that job runs alone
-                _rollback(conn)
-                return Together(False, index, describe_exception(error, 300).splitlines()[0])
+        done = _all_at_once(conn, jobs, work) if len(jobs) > 1 else None
+        if done is None:
+            if conn.invalidated:
+                return Together(False, reason="the connection was lost")
+            one_by_one = _one_at_a_time(conn, jobs, work)
+            if isinstance(one_by_one, Together):
+                return one_by_one
+            done = one_by_one
         try:
             marked = store.succeed_all(conn, token, done)
             if marked != len(jobs):
@@ -68,6 +74,33 @@ def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Callable[[sa.Co
             _rollback(conn)
             return _settle(store, jobs[0], db.describe(error))
     return Together(True)
+
+
+def _all_at_once(conn: sa.Connection, jobs: Sequence[ClaimedJob], work: Work) -> list[tuple[int, Any]] | None:
+    """(job id, result) of every job from one call of `work`, in a new transaction; None when it raised
+    (rolled back: which job it was is unknown)."""
+    conn.begin()
+    try:
+        return list(zip((job.id for job in jobs), work(conn, jobs), strict=True))
+    except Exception as error:  # the handler's or the database's
+        _rollback(conn)
+        log.debug("a shared transaction's jobs run one at a time: %s", error)
+        return None
+
+
+def _one_at_a_time(conn: sa.Connection, jobs: Sequence[ClaimedJob], work: Work) -> list[tuple[int, Any]] | Together:
+    """(job id, result) of each job from its own call of `work`, in a new transaction; else rolled back and
+    the job that raised, as the culprit."""
+    conn.begin()
+    done: list[tuple[int, Any]] = []
+    for index, job in enumerate(jobs):
+        try:
+            (result,) = work(conn, [job])
+        except Exception as error:  # the handler's or the database's: that job runs alone
+            _rollback(conn)
+            return Together(False, index, describe_exception(error, 300).splitlines()[0])
+        done.append((job.id, result))
+    return done
 
 
 def _settle(store: Store, job: ClaimedJob, reason: str) -> Together:

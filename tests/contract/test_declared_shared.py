@@ -224,9 +224,10 @@ def test_a_result_the_driver_cannot_bind_rolls_the_group_back_and_does_not_raise
     ids = [enqueue(users, "note", {"note": f"n{n}"}) for n in range(3)]
     claim = store.claim("default", 10, "test-owner", 60)
 
-    def work(conn: sa.Connection, job: Any) -> Any:
-        conn.exec_driver_sql(f"INSERT INTO audit (note) VALUES ('written by {job.id}')")
-        return object()  # no JSON for it
+    def work(conn: sa.Connection, jobs: Any) -> list[Any]:
+        for job in jobs:
+            conn.exec_driver_sql(f"INSERT INTO audit (note) VALUES ('written by {job.id}')")
+        return [object() for _ in jobs]  # no JSON for them
 
     together = store.run_together(claim.jobs, work)
 

@@ -228,7 +228,8 @@ class MemoryStore:
                    row.max_attempts, row.result, row.last_error, row.callback_url, None, 0, None, None, None, None,
                    None, row.cancel_requested, None, None, None, None)
 
-    def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[Any, ClaimedJob], Any]) -> Together:
+    def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[Any, Sequence[ClaimedJob]], Sequence[Any]]
+                     ) -> Together:
         """No connection to share: every job runs alone."""
         return Together(False, reason="the memory store has no connection")
 

@@ -19,8 +19,8 @@ def noop(payload: dict[str, Any], ctx: Context) -> None:
     return None
 
 
-def shared_noop(payload: Any, connection: Any) -> dict[str, int]:
-    return {"rowcount": 1}
+def shared_noop(payloads: Any, connection: Any) -> list[dict[str, int]]:
+    return [{"rowcount": 1} for _ in payloads]
 
 
 TASKS = {"plain": Task("plain", noop, backoff=lambda attempt: 0.0),
