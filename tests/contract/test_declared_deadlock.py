@@ -54,8 +54,9 @@ def test_the_victim_of_a_deadlock_is_retried_and_both_jobs_succeed_once(engine: 
     # so the claim's two jobs run side by side on the two workers.
     tables = accounts(engine, timeout=30)
     name = dialect_for(engine).name
-    ids = [enqueue(engine, "one_then_two", {"job": "a", "pause": 0.5}),
-           enqueue(engine, "two_then_one", {"job": "b", "pause": 0.5})]
+    # Each holds its first row for a second: the other has started by then, even on a loaded machine.
+    ids = [enqueue(engine, "one_then_two", {"job": "a", "pause": 1}),
+           enqueue(engine, "two_then_one", {"job": "b", "pause": 1})]
 
     report = run_declared(tables, concurrency=2, batch_size=2)
 
@@ -78,10 +79,11 @@ def test_the_victim_of_a_deadlock_is_retried_and_both_jobs_succeed_once(engine: 
 def test_a_deadlock_between_shared_transactions_loses_no_job_and_doubles_none(
         engine: sa.Engine, store: Store, run_declared: Any, caplog: pytest.LogCaptureFixture) -> None:
     # 16 jobs of one claim make two groups (runner/shared.py: at least 8 jobs each), one per worker: the
-    # first 8 jobs cross the last 8.
+    # first 8 jobs cross the last 8. Each group's first job holds its first row for a second, so the two
+    # groups meet even if one worker starts late; the others need no pause.
     tables = accounts(engine)
-    ids = [enqueue(engine, "one_then_two", {"job": f"a{n}", "pause": 0.2}) for n in range(8)]
-    ids += [enqueue(engine, "two_then_one", {"job": f"b{n}", "pause": 0.2}) for n in range(8)]
+    ids = [enqueue(engine, "one_then_two", {"job": f"a{n}", "pause": 0 if n else 1}) for n in range(8)]
+    ids += [enqueue(engine, "two_then_one", {"job": f"b{n}", "pause": 0 if n else 1}) for n in range(8)]
 
     with caplog.at_level(logging.DEBUG, logger="pending_jobs.store.shared"):
         report = run_declared(tables, concurrency=2, batch_size=16)
