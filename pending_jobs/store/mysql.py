@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Row
 
 from .. import db
 from ..schema import callback_attempts, db_now
@@ -149,14 +150,23 @@ class MySQL(Dialect):
         columns: Sequence[sa.ColumnElement[Any]],
         params: dict[str, Any],
         still: Callable[[], Sequence[sa.ColumnElement[bool]]] = tuple,
+        room: Callable[[], sa.ColumnElement[int]] | None = None,
     ) -> Locked:
-        locked = self.cached((*key, "lock"), lambda: select(columns).with_for_update(skip_locked=True))
+        # LIMIT takes only a number here: the locking read returns a queue cap's room with every row (a
+        # subquery evaluated once, a plain read: it locks no running row), and only that many are marked.
+        # The others stay locked, unmarked, until the commit; claims from a capped queue take turns anyway.
+        extra = () if room is None else (room().label("room"),)
+        locked = self.cached((*key, "lock"), lambda: select([*columns, *extra]).with_for_update(skip_locked=True))
         update = self.cached((*key, "mark"), lambda: sa.update(J).where(self.id_in(), *still()).values(mark()))
-        rows = conn.execute(locked, params).all()
+        result = conn.execute(locked, params)
+        rows = result.all() if room is None else _within_room(result, len(columns))
         if not rows:
             return Locked(rows, 0, after_mark=False)
         marked = conn.execute(update, {**params, "ids": [row[0] for row in rows]}).rowcount
         return Locked(rows, int(marked), after_mark=False)
+
+    def room_limit(self, size: int, room: sa.ColumnElement[int]) -> int | sa.ColumnElement[int]:
+        return size  # LIMIT takes only a number: lock_mark_return reads the room instead
 
     def due_queues(self, conn: sa.Connection) -> list[str]:
         # DISTINCT over the claim index prefix is a loose index scan on MySQL/MariaDB.
@@ -208,6 +218,13 @@ _QMARK = mysql.pymysql.dialect(paramstyle="qmark")  # how PREPARE numbers placeh
 
 
 _QMARK = mysql.pymysql.dialect(paramstyle="qmark")  # how PREPARE numbers placeholders
+
+
+def _within_room(result: sa.CursorResult[Any], width: int) -> Sequence[Row[Any]]:
+    """The first rows of a capped claim's locking read, as many as the room its last column holds, without it."""
+    found = result.freeze()
+    rows = found().all()
+    return found().columns(*range(width)).all()[: max(0, int(rows[0][-1]))] if rows else rows
 
 
 def version_problem(version: tuple[int, ...], mariadb: bool) -> str | None:
