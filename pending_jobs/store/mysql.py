@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 import sqlalchemy as sa
 from sqlalchemy import exc
 from sqlalchemy.dialects import mysql
-from sqlalchemy.engine import Row
 
 from .. import db
 from ..schema import callback_attempts, db_now
@@ -158,8 +157,9 @@ class MySQL(Dialect):
         extra = () if room is None else (room().label("room"),)
         locked = self.cached((*key, "lock"), lambda: select([*columns, *extra]).with_for_update(skip_locked=True))
         update = self.cached((*key, "mark"), lambda: sa.update(J).where(self.id_in(), *still()).values(mark()))
-        result = conn.execute(locked, params)
-        rows = result.all() if room is None else _within_room(result, len(columns))
+        rows: Sequence[Any] = conn.execute(locked, params).all()
+        if rows and room is not None:  # the first rows, as many as the room (their last column), without it
+            rows = [row[: len(columns)] for row in rows[: max(0, int(rows[0][-1]))]]
         if not rows:
             return Locked(rows, 0, after_mark=False)
         marked = conn.execute(update, {**params, "ids": [row[0] for row in rows]}).rowcount
@@ -218,13 +218,6 @@ _QMARK = mysql.pymysql.dialect(paramstyle="qmark")  # how PREPARE numbers placeh
 
 
 _QMARK = mysql.pymysql.dialect(paramstyle="qmark")  # how PREPARE numbers placeholders
-
-
-def _within_room(result: sa.CursorResult[Any], width: int) -> Sequence[Row[Any]]:
-    """The first rows of a capped claim's locking read, as many as the room its last column holds, without it."""
-    found = result.freeze()
-    rows = found().all()
-    return found().columns(*range(width)).all()[: max(0, int(rows[0][-1]))] if rows else rows
 
 
 def version_problem(version: tuple[int, ...], mariadb: bool) -> str | None:
