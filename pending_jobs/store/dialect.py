@@ -49,11 +49,10 @@ def ids_param() -> sa.BindParameter[Any]:
 
 @dataclasses.dataclass(frozen=True)
 class Locked:
-    """What `lock_mark_return` found: the rows (of `columns`: Rows, or tuples where a capped claim's
-    MySQL read cut its room column off), how many the mark changed, and whether the rows were read after
-    the mark (RETURNING) or before it (MySQL's select-then-update)."""
+    """What `lock_mark_return` found: the rows, how many the mark changed, and whether the rows were
+    read after the mark (RETURNING) or before it (MySQL's select-then-update)."""
 
-    rows: Sequence[Any]
+    rows: Sequence[Row[Any]]
     marked: int
     after_mark: bool
 
