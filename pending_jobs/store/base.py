@@ -130,23 +130,23 @@ class Store:
 
     def _claim(self, key: tuple[Any, ...], where: Callable[[], Sequence[sa.ColumnElement[bool]]],
                params: dict[str, Any], limit: int, owner: str, lease: float,
-               room: Callable[[sa.Connection], int] | None = None) -> Claim:
+               cap: Callable[[sa.Connection], bool] | None = None) -> Claim:
         """Claim with the statements cached under `key` + the batch size; `where()` builds their WHERE
         (bindparams only), called only when a statement is built: building SQL expressions costs more than
-        the rest of a claim's Python (≈ 1-3 µs per claimed job at a batch of 100). With `room`, at most as
-        many jobs as it returns, asked first in the claim's transaction (a queue cap: LimitedStore)."""
+        the rest of a claim's Python (≈ 1-3 µs per claimed job at a batch of 100). With `cap` (a queue cap:
+        LimitedStore), which locks its row first (False: claim nothing), at most the room it leaves."""
         token = secrets.token_hex(16)
         params = {**params, "claim_owner": owner[:128], "claim_token": token, "claim_lease": float(lease)}
 
         def select_of(size: int) -> Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]]:
-            return lambda columns: sa.select(*columns).where(*where()).order_by(*claim_order()).limit(size)
+            return lambda cols: sa.select(*cols).where(*where()).order_by(*claim_order()).limit(
+                size if cap is None else self.sql.room_limit(size, columns.cap_room()))
 
         def work(conn: sa.Connection) -> list[ClaimedJob]:
-            size = limit if room is None else min(limit, room(conn))
-            if size < 1:
+            if cap is not None and not cap(conn):
                 return []
-            locked = self.sql.lock_mark_return(conn, (*key, size), select_of(size), self._claim_values, CLAIM_COLUMNS,
-                                               params, still=lambda: (J.c.status == JOB_PENDING,))
+            locked = self.sql.lock_mark_return(conn, (*key, limit), select_of(limit), self._claim_values, CLAIM_COLUMNS,
+                                               params, lambda: (J.c.status == JOB_PENDING,), cap and columns.cap_room)
             if locked.marked != len(locked.rows):
                 # The locking read returned a row that was no longer pending: hand out only what this
                 # token marked, never a job another runner holds.

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from ..models import COUNT_MAX
 from ..schema import db_now, paused_queues
 from ..schema import pending_jobs as J
-from ..states import JOB_PENDING
+from ..states import JOB_PENDING, JOB_RUNNING
 
 LEASE_EXPIRED = "lease expired while running: the runner was killed or lost the database"
 
@@ -59,6 +59,16 @@ def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], 
 def due_in_queue() -> tuple[sa.ColumnElement[bool], ...]:
     """The plain claim's WHERE, the queue a bindparam (one cached statement serves every queue)."""
     return due_in(sa.bindparam("claim_queue", type_=sa.String))
+
+
+def cap_room() -> sa.ColumnElement[int]:
+    """How many more jobs of the `claim_queue` parameter's queue may run: the `cap_limit` parameter less
+    the queue's running rows (the rows are the slots; a count served by the claim index). Read by the
+    claim statement itself, after the cap's row is locked (LimitedStore): its read starts after the lock
+    is had, so it sees every job the lock's last holder started, at no round trip of its own."""
+    running = sa.select(sa.func.count()).where(J.c.status == JOB_RUNNING,
+                                               J.c.queue == sa.bindparam("claim_queue", type_=sa.String))
+    return sa.bindparam("cap_limit", type_=sa.Integer) - running.scalar_subquery()
 
 
 def pending_by_id() -> tuple[sa.ColumnElement[bool], ...]:

@@ -9,7 +9,8 @@ of this API:
 - `after(seconds)`: the database clock plus a number of seconds (an SQL expression);
 - `id_in()`: `id` is one of the `ids` parameter's values;
 - `lock_mark_return(...)`: lock due rows skipping locked ones, mark them, return their columns —
-  the job claim and the callback claim both use it;
+  the job claim and the callback claim both use it; `room_limit` and `capped_ids` bound it by a queue
+  cap's room;
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
 - `estimate(conn, stmt, params)`: the planner's row estimate of a query (the overview's counts above
   their bound);
@@ -210,17 +211,28 @@ class Dialect:
         columns: Sequence[sa.ColumnElement[Any]],
         params: dict[str, Any],
         still: Callable[[], Sequence[sa.ColumnElement[bool]]] = tuple,
+        room: Callable[[], sa.ColumnElement[int]] | None = None,
     ) -> Locked:
         """Lock the rows `select(columns)` finds (ordered and limited; locked rows are skipped), set
         `mark()` on them and return `columns` (the first is the id). `still()` is what the rows must
-        still satisfy when marked by id (MySQL); here one UPDATE … RETURNING does all of it."""
+        still satisfy when marked by id (MySQL); here one UPDATE … RETURNING does all of it. `room()`,
+        a queue cap's room, bounds how many are marked: here `select` holds it in its LIMIT (room_limit)."""
 
         def build() -> sa.Update:
             locked = select([J.c.id]).with_for_update(skip_locked=True).scalar_subquery()
-            return sa.update(J).where(J.c.id.in_(locked)).values(mark()).returning(*columns)
+            among = J.c.id.in_(locked) if room is None else self.capped_ids(locked)
+            return sa.update(J).where(among).values(mark()).returning(*columns)
 
         rows = conn.execute(self.cached(key, build), params).all()
         return Locked(rows, len(rows), after_mark=True)
+
+    def room_limit(self, size: int, room: sa.ColumnElement[int]) -> int | sa.ColumnElement[int]:
+        """A claim's LIMIT: `size`, and no more than `room` (an SQL expression read by the claim itself)."""
+        return sa.func.least(size, sa.func.greatest(room, 0))
+
+    def capped_ids(self, locked: sa.ScalarSelect[Any]) -> sa.ColumnElement[bool]:
+        """`id` is one of a capped claim's locked ids (`locked`'s LIMIT an expression, unknown when planned)."""
+        return J.c.id.in_(locked)
 
     def lock_mark_split(
         self,
@@ -230,9 +242,9 @@ class Dialect:
         mark: Callable[[], dict[str, Any]],
         columns: Sequence[sa.ColumnElement[Any]],
         params: dict[str, Any],
-        free: sa.ColumnElement[bool],
+        free: Callable[[], sa.ColumnElement[bool]],
     ) -> tuple[Sequence[Row[Any]], Sequence[Row[Any]]] | None:
-        """Lock what `select` finds, mark at once the rows `free` holds for, and return (marked rows,
+        """Lock what `select` finds, mark at once the rows `free()` holds for, and return (marked rows,
         rows left locked but unmarked), each with `columns`, in one statement; None where the database
         cannot (then the caller reads and marks in steps). The limited claim's shortcut on PostgreSQL."""
         return None

@@ -72,17 +72,17 @@ class LimitedStore(Store):
         return claim
 
     def _capped(self, queue: str, cap: Scope, limit: int, owner: str, lease: float) -> Claim:
-        """A queue whose only limit is its max_running: the plain claim, at most the room the cap leaves,
-        counted in the claim's transaction with the cap's row locked (no candidates read for admission)."""
+        """A queue whose only limit is its max_running: the plain claim, the cap's row locked first, at most
+        the room the cap leaves (counted by the claim statement itself: columns.cap_room)."""
         self.ensure_scopes([cap.name])
-        busy = False
+        busy: list[bool] = []  # whether another runner was claiming from this queue right then
 
-        def room(conn: sa.Connection) -> int:
-            nonlocal busy
-            busy = not self._lock(conn, {cap.name})  # another runner is claiming from this queue right now
-            return 0 if busy else cap.limit - self._running(conn, [cap])[cap.name]
+        def locked(conn: sa.Connection) -> bool:
+            busy[:] = [] if self._lock(conn, {cap.name}) else [True]
+            return not busy
 
-        claim = self._claim(("claim",), due_in_queue, {"claim_queue": queue}, limit, owner, lease, room)
+        claim = self._claim(("capped",), due_in_queue, {"claim_queue": queue, "cap_limit": cap.limit}, limit,
+                            owner, lease, locked)
         return dataclasses.replace(claim, retry_in=BUSY_RETRY) if busy and not claim.jobs else claim
 
     def ensure_scopes(self, names: Iterable[str]) -> None:
@@ -181,13 +181,12 @@ class LimitedStore(Store):
         (PostgreSQL), the rest returned locked, in claim order, for admission; None where the database
         cannot."""
         limited = tuple(sorted(self.limits.tasks))
-        free = J.c.task.not_in(limited)
         params = {"claim_queue": queue, "claim_owner": owner[:128], "claim_token": token, "claim_lease": float(lease)}
         found = self.sql.lock_mark_split(  # built once per batch size and set of limited tasks (the key says so)
             conn, ("limits_split", size, limited),
-            lambda columns: sa.select(*columns).where(*due_in(sa.bindparam("claim_queue", type_=sa.String)))
-            .order_by(*claim_order()).limit(size),
-            self._claim_values, (*CLAIM_COLUMNS, J.c.concurrency_key, J.c.run_at), params, free)
+            lambda columns: sa.select(*columns).where(*due_in_queue()).order_by(*claim_order()).limit(size),
+            self._claim_values, (*CLAIM_COLUMNS, J.c.concurrency_key, J.c.run_at), params,
+            lambda: J.c.task.not_in(limited))
         if found is None:
             return None
         done, rest = found

@@ -162,14 +162,27 @@ class MySQL(Dialect):
         columns: Sequence[sa.ColumnElement[Any]],
         params: dict[str, Any],
         still: Callable[[], Sequence[sa.ColumnElement[bool]]] = tuple,
+        room: Callable[[], sa.ColumnElement[int]] | None = None,
     ) -> Locked:
+        left = None
+        if room is not None:
+            # LIMIT takes only a number: a queue cap's room is counted in a statement of its own, before the
+            # locking read, and only that many of its rows are marked (near the cap the others stay locked,
+            # unmarked, until the commit). Read as a column of the locking read instead, it cost more than
+            # this round trip (measured: a claim of 100 +0.5 ms on MariaDB).
+            left = max(0, int(conn.execute(self.cached(("cap_room",), lambda: sa.select(room())), params).scalar_one()))
+            if not left:
+                return Locked([], 0, after_mark=False)
         locked = self.cached((*key, "lock"), lambda: select(columns).with_for_update(skip_locked=True))
         update = self.cached((*key, "mark"), lambda: sa.update(J).where(self.id_in(), *still()).values(mark()))
-        rows = conn.execute(locked, params).all()
+        rows = conn.execute(locked, params).all()[:left]
         if not rows:
             return Locked(rows, 0, after_mark=False)
         marked = conn.execute(update, {**params, "ids": [row[0] for row in rows]}).rowcount
         return Locked(rows, int(marked), after_mark=False)
+
+    def room_limit(self, size: int, room: sa.ColumnElement[int]) -> int | sa.ColumnElement[int]:
+        return size  # LIMIT takes only a number: lock_mark_return counts the room first
 
     def due_queues(self, conn: sa.Connection) -> list[str]:
         # DISTINCT over the claim index prefix is a loose index scan on MySQL/MariaDB.

@@ -163,6 +163,9 @@ class SQLite(Dialect):
             return f"{found.group(1)} constraint on {found.group(2).strip()}"
         return "a FOREIGN KEY constraint" if "FOREIGN KEY constraint failed" in text else None
 
+    def room_limit(self, size: int, room: sa.ColumnElement[int]) -> int | sa.ColumnElement[int]:
+        return sa.func.min(size, sa.func.max(room, 0))  # SQLite's scalar min and max: no LEAST, GREATEST
+
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         modifier = sa.func.printf("%+.6f seconds", seconds)
         return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", modifier)

@@ -90,6 +90,23 @@ def test_four_runners_keep_two_per_key_over_2000_jobs(database: tuple[str, sa.En
     assert scalar(engine, "SELECT MAX(attempts) FROM pending_jobs") == 1  # waiting never cost an attempt
 
 
+def test_four_runners_keep_a_queue_to_its_max_running(database: tuple[str, sa.Engine], tmp_path: Path) -> None:
+    url, engine = database
+    config = tmp_path / "jobs.toml"
+    config.write_text("[queue.default]\nmax_running = 3\n")  # the cap alone: the plain claim, room counted in it
+    path = tmp_path / "ledger.jsonl"
+    enqueue_many(engine, [{"task": "span", "payload": {"ledger": str(path), "seconds": 0.05}} for _ in range(160)])
+    # Two threads and a batch of one: no runner alone can fill the 3 slots, so the cap binds across runners.
+    finish_all([runner(url, config, "--concurrency", "2", "--batch-size", "1") for _ in range(4)])
+
+    spans = ledger(path)
+    assert len(spans) == 160 and len({s["id"] for s in spans}) == 160  # each job ran once
+    assert most_at_once(spans) <= 3
+    assert len({s["pid"] for s in spans}) >= 2  # the runners shared the work
+    assert dict(rows(engine, "SELECT status, COUNT(*) FROM pending_jobs GROUP BY status")) == {"succeeded": 160}
+    assert scalar(engine, "SELECT MAX(attempts) FROM pending_jobs") == 1  # waiting never cost an attempt
+
+
 def test_a_limit_of_one_per_key_runs_each_keys_jobs_in_order(database: tuple[str, sa.Engine], tmp_path: Path) -> None:
     url, engine = database
     config = tmp_path / "jobs.toml"
