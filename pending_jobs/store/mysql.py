@@ -239,9 +239,6 @@ class MySQL(Dialect):
 _QMARK = mysql.pymysql.dialect(paramstyle="qmark")  # how PREPARE numbers placeholders
 
 
-_QMARK = mysql.pymysql.dialect(paramstyle="qmark")  # how PREPARE numbers placeholders
-
-
 def version_problem(version: tuple[int, ...], mariadb: bool) -> str | None:
     """Why this server is too old for FOR UPDATE SKIP LOCKED, or None."""
     minimum = (10, 6) if mariadb else (8, 0, 1)
