@@ -7,7 +7,8 @@ for both), then one `pending-jobs run` (poll 0) from that checkout's own virtual
 run `make install` there first); its rate by the database clock (first started_at to last
 finished_at) and its CPU per job (wait4). Then the floor (benchmarks/floor.py, batch 100, one process)
 in a fresh database. Rounds alternate; the best of each is reported. Both checkouts need
-`benchmarks/noop.py` (the no-op task, `bench.noop`).
+`benchmarks/noop.py` (the no-op task, `bench.noop`). `--without ix_a,ix_b` adds a third drain of this
+checkout on its schema less those indexes, to tell what a newer index costs the drain.
 """
 
 from __future__ import annotations
@@ -36,14 +37,18 @@ def _env(checkout: Path, url: str) -> dict[str, str]:
     return env
 
 
-def drain(backend: str, checkout: Path, jobs: int) -> tuple[float, float]:
-    """(jobs/s by the database clock, CPU µs per job) of one `pending-jobs run` of `checkout`."""
+def drain(backend: str, checkout: Path, jobs: int, without: Sequence[str] = ()) -> tuple[float, float]:
+    """(jobs/s by the database clock, CPU µs per job) of one `pending-jobs run` of `checkout`, on its
+    schema less the indexes named in `without` (what each one costs the drain)."""
     command = str(checkout / ".venv" / "bin" / "pending-jobs")
     with throwaway(backend, "versus", migrated=False) as url:  # the checkout's own migrations make it
         env = _env(checkout, url)
         subprocess.run([command, "migrate"], env=env, cwd=checkout, check=True, capture_output=True)
         engine = create_engine(url)
         try:
+            with engine.begin() as conn:
+                for index in without:
+                    conn.exec_driver_sql(f"DROP INDEX {index}" + (" ON pending_jobs" if backend == "mysql" else ""))
             fill(engine, jobs)
             proc = subprocess.Popen([command, "run"], env=env, cwd=checkout, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE)
@@ -69,8 +74,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--backends", default="mysql,postgresql")
     p.add_argument("--jobs", type=int, default=20_000)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--without", default="", metavar="INDEX,…",
+                   help="also drain this checkout with these indexes of pending_jobs dropped (what they cost)")
     args = p.parse_args(argv)
     checkouts = {"other": args.other.resolve(), "this": ROOT}
+    without = [name.strip() for name in args.without.split(",") if name.strip()]
+    variants = [(name, checkout, ()) for name, checkout in checkouts.items()]
+    if without:
+        variants.append(("this-without", ROOT, tuple(without)))
     failed = False
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
         problem = reachable(backend)
@@ -78,12 +89,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{LABELS[backend]}: not reachable ({problem})")
             failed = True
             continue
-        best = {"other": 0.0, "this": 0.0, "floor": 0.0}
-        cpu: dict[str, list[float]] = {"other": [], "this": []}
+        best = {name: 0.0 for name, _, _ in variants} | {"floor": 0.0}
+        cpu: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         for number in range(1, args.rounds + 1):
-            for name, checkout in checkouts.items():
+            for name, checkout, dropped in variants:
                 started = time.perf_counter()
-                rate, micros = drain(backend, checkout, args.jobs)
+                rate, micros = drain(backend, checkout, args.jobs, dropped)
                 best[name] = max(best[name], rate)
                 cpu[name].append(micros)
                 print(f"{LABELS[backend]} round {number} {name}: {rate:,.0f} jobs/s (database clock), "
@@ -97,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"this / other = {best['this'] / best['other']:.2f}; CPU µs/job other "
               f"{', '.join(f'{c:.1f}' for c in sorted(cpu['other']))}, this "
               f"{', '.join(f'{c:.1f}' for c in sorted(cpu['this']))}", flush=True)
+        if without:
+            print(f"{LABELS[backend]}: without {', '.join(without)}: {best['this-without']:,.0f}/s = "
+                  f"{best['this-without'] / best['floor']:.0%} of the floor; this-without / other = "
+                  f"{best['this-without'] / best['other']:.2f}", flush=True)
     return 1 if failed else 0
 
 
