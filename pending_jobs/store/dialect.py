@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -312,12 +313,16 @@ class Dialect:
     def insert_jobs(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
         """Insert rows (column -> value; `run_at_delay` seconds become database-clock times); ids in order."""
         ids: list[int] = []
-        for start in range(0, len(rows), BULK_CHUNK):
-            chunk = rows[start: start + BULK_CHUNK]
-            if len(chunk) == 1 or any(row.get("idempotency_key") or "run_at_delay" in row for row in chunk):
-                ids.extend(self._insert_one(conn, self._delayed(row)) for row in chunk)
-            else:
-                ids.extend(self._insert_many(conn, chunk))
+        # A multi-row INSERT takes one column list: rows that name different columns (one with a callback
+        # URL, the next without) go in runs of the same columns, in order, so the ids stay in row order.
+        for _, same in itertools.groupby(rows, key=lambda row: sorted(row)):
+            run = list(same)
+            for start in range(0, len(run), BULK_CHUNK):
+                chunk = run[start: start + BULK_CHUNK]
+                if len(chunk) == 1 or any(row.get("idempotency_key") or "run_at_delay" in row for row in chunk):
+                    ids.extend(self._insert_one(conn, self._delayed(row)) for row in chunk)
+                else:
+                    ids.extend(self._insert_many(conn, chunk))
         return ids
 
     def _delayed(self, row: dict[str, Any]) -> dict[str, Any]:

@@ -98,6 +98,20 @@ def test_enqueue_many_returns_ids_in_order(engine: sa.Engine, run: Any) -> None:
     assert run(batch_size=500).succeeded == 2500
 
 
+def test_enqueue_many_takes_rows_that_name_different_fields(engine: sa.Engine) -> None:
+    # Each row names only what it sets: before, a row without the callback_url the first one had failed the
+    # whole call with "A value is required for bind parameter 'callback_url'", on every database.
+    given = [{"task": "echo", "callback_url": "http://127.0.0.1:9/done"}, {"task": "echo"},
+             {"task": "echo", "priority": 5}, *({"task": "echo", "queue": "mail"} for _ in range(3)), {"task": "echo"}]
+    ids = enqueue_many(engine, given)
+    assert ids == sorted(ids) and len(set(ids)) == len(given)
+    found = rows(engine, "SELECT id, queue, priority, callback_url FROM pending_jobs")
+    stored = {row[0]: tuple(row[1:]) for row in found}
+    assert [stored[job_id] for job_id in ids] == [
+        ("default", 0, "http://127.0.0.1:9/done"), ("default", 0, None), ("default", 5, None),
+        *([("mail", 0, None)] * 3), ("default", 0, None)]
+
+
 def test_priority_then_run_at_order(engine: sa.Engine, store: Store) -> None:
     low = enqueue(engine, "noop", {}, priority=-5)
     high = enqueue(engine, "noop", {}, priority=10)
