@@ -135,8 +135,12 @@ pending_jobs = sa.Table(
         "run_at",
         "id",
     ),
-    sa.Index("ix_pending_jobs_callback", "callback_status", "callback_next_at"),
-    # Serves a job list filtered by task, newest first (console, `list --task`); written only at INSERT.
+    # Partial on PostgreSQL (migration 0009): there every status change writes an entry in each index whose
+    # condition the new row version meets, and callback_status is NULL until a job with a callback ends.
+    sa.Index("ix_pending_jobs_callback", "callback_status", "callback_next_at",
+             postgresql_where=sa.text("callback_status IS NOT NULL")),
+    # Serves a job list filtered by task, newest first (console, `list --task`). MariaDB and SQLite write it
+    # at INSERT only; PostgreSQL with every status change too (a new row version: see docs/performance.md).
     sa.Index("ix_pending_jobs_task", "task", "id"),
     # Serves the limited claim's per-key reads (running count, first due jobs of a key) in claim order.
     # Partial where the database can: rows without a key (most) cost no index write on PostgreSQL/SQLite.

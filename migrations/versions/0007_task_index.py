@@ -1,9 +1,10 @@
 """An index leading with task, for the console's and `list --task`'s job filter.
 
 A filter on a task (with or without a status) walked the whole primary key when few rows matched: 1.1 s on
-MariaDB with 1,000,000 jobs. `(task, id)` serves `WHERE task = ? ORDER BY id DESC` in the list's order. The
-runner pays nothing for it after the INSERT: neither column changes while a job lives (a claim or an
-outcome writes status, lease and times, none of which this index holds).
+MariaDB with 1,000,000 jobs. `(task, id)` serves `WHERE task = ? ORDER BY id DESC` in the list's order.
+On MariaDB the runner pays nothing for it after the INSERT: neither column changes while a job lives. On
+PostgreSQL it does: every status change writes a new row version and an entry in each index
+(docs/performance.md).
 
 Revision ID: 0007
 Revises: 0006
