@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JobStatus
+from .columns import claim_order
 from .dialect import Dialect
 
 BOUND = 10_000
@@ -38,7 +39,7 @@ BOUND = 10_000
 (15 queue x status pairs at or above the bound) took 96 ms on MariaDB and 33 ms on PostgreSQL on a loaded
 2-core machine. "≈ 180,000 succeeded" serves an operator as well as the exact figure."""
 ESTIMATE, MORE_THAN = "estimate", "more_than"
-CLAIM_ORDER = (J.c.priority.desc(), J.c.run_at, J.c.id)
+CLAIM_ORDER = claim_order()
 """The claim index's order after (status, queue): a bounded read in this order stays on the index."""
 
 _FIRST_QUEUE = sa.select(sa.func.min(J.c.queue)).where(J.c.status == sa.bindparam("status"))
