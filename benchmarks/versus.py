@@ -6,7 +6,8 @@ migrated by that checkout's own `pending-jobs migrate`, N no-op jobs inserted se
 for both), then one `pending-jobs run` (poll 0) from that checkout's own virtualenv (`.venv` inside it:
 run `make install` there first); its rate by the database clock (first started_at to last
 finished_at) and its CPU per job (wait4). Then the floor (benchmarks/floor.py, batch 100, one process)
-in a fresh database. Rounds alternate; the best of each is reported. Both checkouts need
+in a fresh database. Rounds alternate; the best of each is reported, and the median of the per-round ratios
+(each round's two drains ran back to back, on the same machine state). Both checkouts need
 `benchmarks/noop.py` (the no-op task, `bench.noop`). `--without ix_a,ix_b` adds a third drain of this
 checkout on its schema less those indexes, to tell what a newer index costs the drain.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import time
 from collections.abc import Sequence
@@ -91,11 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         best = {name: 0.0 for name, _, _ in variants} | {"floor": 0.0}
         cpu: dict[str, list[float]] = {name: [] for name, _, _ in variants}
+        rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         for number in range(1, args.rounds + 1):
             for name, checkout, dropped in variants:
                 started = time.perf_counter()
                 rate, micros = drain(backend, checkout, args.jobs, dropped)
                 best[name] = max(best[name], rate)
+                rates[name].append(rate)
                 cpu[name].append(micros)
                 print(f"{LABELS[backend]} round {number} {name}: {rate:,.0f} jobs/s (database clock), "
                       f"CPU {micros:.1f} µs/job, {time.perf_counter() - started:.1f} s in all", flush=True)
@@ -108,6 +112,11 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"this / other = {best['this'] / best['other']:.2f}; CPU µs/job other "
               f"{', '.join(f'{c:.1f}' for c in sorted(cpu['other']))}, this "
               f"{', '.join(f'{c:.1f}' for c in sorted(cpu['this']))}", flush=True)
+        # Rounds run the checkouts back to back, so one round's ratio shares that moment's machine: the
+        # median of the per-round ratios is steadier than a ratio of two best-ofs picked from different rounds.
+        paired = [this / other for this, other in zip(rates["this"], rates["other"], strict=True)]
+        print(f"{LABELS[backend]}: this / other per round {', '.join(f'{r:.2f}' for r in paired)}; "
+              f"median {statistics.median(paired):.2f}", flush=True)
         if without:
             print(f"{LABELS[backend]}: without {', '.join(without)}: {best['this-without']:,.0f}/s = "
                   f"{best['this-without'] / best['floor']:.0%} of the floor; this-without / other = "

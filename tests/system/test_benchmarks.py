@@ -40,3 +40,19 @@ def test_tiny_benchmark_produces_numbers_and_drains_everything(backend: str) -> 
 
 def _cells(result: Results) -> str:
     return table([result]).split("\n", 2)[2]
+
+
+@pytest.mark.parametrize("backend", [b for b in ALL if b != "sqlite"])
+def test_versus_compares_two_checkouts_round_by_round(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`benchmarks.versus` against this checkout itself (its own .venv): both drains finish every job, and
+    the per-round ratios are printed beside the best-of figures."""
+    _require(backend)
+    from benchmarks import versus
+
+    assert versus.main([str(versus.ROOT), "--backends", backend, "--jobs", "300", "--rounds", "2",
+                        "--without", "ix_pending_jobs_task"]) == 0
+    out = capsys.readouterr().out
+    assert out.count(" other: ") == 2 and out.count(" this: ") == 2 and out.count(" this-without: ") == 2
+    assert "best of 2: other" in out and "without ix_pending_jobs_task:" in out
+    ratios = out.split("this / other per round ")[1].split(";")[0].split(", ")
+    assert len(ratios) == 2 and all(float(r) > 0 for r in ratios)
