@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from pending_jobs.schema import metadata
-
-VERSION_TABLE = "pending_jobs_alembic_version"
+from pending_jobs.schema import VERSION_TABLE, metadata
 
 
 def include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:

@@ -294,6 +294,11 @@ delivered, failed) no longer counted from the rows: a purge that deleted them, o
 them out of that outcome, added them here in its own transaction (store/totals.py). /metrics exports
 these totals plus the rows' counts, so its counters never go down."""
 
+VERSION_TABLE = "pending_jobs_alembic_version"
+"""Alembic's version table under a name of our own, so a host application's alembic_version is untouched."""
+schema_version = sa.table(VERSION_TABLE, sa.column("version_num"))
+"""Read by `store.schema_revision` (not part of `metadata`: Alembic makes and writes it)."""
+
 FINISHED_CHANNEL = "pending_jobs_finished"
 """PostgreSQL NOTIFY channel of migration 0006's trigger: one notification per UPDATE statement that ended a
 job (succeeded, failed or cancelled); the push endpoint listens on it."""

@@ -6,7 +6,6 @@ import argparse
 import contextlib
 import faulthandler
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -73,7 +72,8 @@ def entry() -> None:
     tick. So children still alive are killed, and with foreign threads left the process exits at once.
     """
     code = main()
-    for child in multiprocessing.active_children():
+    started = sys.modules.get("multiprocessing")  # imported only by a run that isolated a task in a process
+    for child in started.active_children() if started is not None else ():
         child.kill()
     others = [t for t in threading.enumerate() if t is not threading.current_thread()]
     if not others:

@@ -13,7 +13,7 @@ import math
 import time
 from typing import Any
 
-from .. import isolation, validation
+from .. import validation
 from ..config import Settings
 from ..context import JobContext
 from ..errors import Fail, Retry
@@ -94,6 +94,8 @@ class Executor:
         ctx = JobContext(job, session, deadline, _task_logger(job.task))
         try:
             if task.isolation == "process":
+                from .. import isolation  # multiprocessing's import (≈ 20 ms) only for runs that need it
+
                 result = isolation.call(task, payload, ctx, self.settings.tasks, self.settings.python_path)
             else:
                 result = task.fn(payload, ctx)

@@ -9,6 +9,7 @@ from sqlalchemy import exc
 
 from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
+from ..schema import VERSION_TABLE, schema_version
 from .base import Store
 from .callbacks import CallbackStore
 from .dialect import Dialect
@@ -22,7 +23,7 @@ from .sqlite import SQLite
 
 __all__ = ["CallbackStore", "Dialect", "Fired", "Health", "JobFilter", "LimitedStore", "OpsStore", "PausedQueue",
            "RunStore", "ScheduleRow", "ScheduleStore", "Store",
-           "create_engine", "dialect_for", "dialect_of_error", "insert_jobs", "open_store", "ours"]
+           "create_engine", "dialect_for", "dialect_of_error", "insert_jobs", "open_store", "ours", "schema_revision"]
 
 _DIALECTS: dict[str, Dialect] = {dialect.name: dialect for dialect in (MySQL(), Postgres(), SQLite())}
 _DRIVERS = {"pymysql": _DIALECTS["mysql"], "psycopg": _DIALECTS["postgresql"], "sqlite3": _DIALECTS["sqlite"]}
@@ -37,6 +38,15 @@ def dialect_for(bind: sa.Engine | sa.Connection) -> Dialect:
 def open_store(engine: sa.Engine) -> Store:
     """The store for this engine."""
     return Store(engine, dialect_for(engine))
+
+
+def schema_revision(engine: sa.Engine) -> str | None:
+    """The schema revision the database is at (Alembic's version table), or None when it was never migrated."""
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table(VERSION_TABLE):
+            return None
+        revision = conn.execute(sa.select(schema_version.c.version_num)).scalar()
+        return None if revision is None else str(revision)
 
 
 def insert_jobs(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[int]:
