@@ -39,6 +39,20 @@ def reachable(backend: str) -> str | None:
     return None
 
 
+def usable(backends: str) -> tuple[list[str], bool]:
+    """The backends of a comma-separated list that can be reached, and whether any could not (each one
+    that cannot is printed with the reason)."""
+    found, missing = [], False
+    for backend in [b.strip() for b in backends.split(",") if b.strip()]:
+        problem = reachable(backend)
+        if problem:
+            print(f"{LABELS[backend]}: not reachable ({problem})")
+            missing = True
+        else:
+            found.append(backend)
+    return found, missing
+
+
 def server_version(backend: str) -> str:
     """The server's own version string (SQLite: the library's)."""
     if backend == "sqlite":

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from pending_jobs.store import create_engine
 
-from .databases import LABELS, fill, reachable, throwaway
+from .databases import LABELS, fill, throwaway, usable
 from .measures import raw_floor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,13 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = [(name, checkout, ()) for name, checkout in checkouts.items()]
     if without:
         variants.append(("this-without", ROOT, tuple(without)))
-    failed = False
-    for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-        problem = reachable(backend)
-        if problem:
-            print(f"{LABELS[backend]}: not reachable ({problem})")
-            failed = True
-            continue
+    backends, failed = usable(args.backends)
+    for backend in backends:
         best = {name: 0.0 for name, _, _ in variants} | {"floor": 0.0}
         cpu: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}

@@ -56,3 +56,16 @@ def test_versus_compares_two_checkouts_round_by_round(backend: str, capsys: pyte
     assert "best of 2: other" in out and "without ix_pending_jobs_task:" in out
     ratios = out.split("this / other per round ")[1].split(";")[0].split(", ")
     assert len(ratios) == 2 and all(float(r) > 0 for r in ratios)
+
+
+@pytest.mark.parametrize("backend", [b for b in ALL if b != "sqlite"])
+def test_statements_loop_finishes_every_job_and_times_its_statements(backend: str) -> None:
+    """`benchmarks.statements`: the store's claim and completion in a loop, with and without an index."""
+    _require(backend)
+    from benchmarks import statements
+
+    rate, spent = statements.loop(backend, 500, 100)
+    assert rate > 0 and spent["UPDATE"] > 0
+    dropped = ("ix_pending_jobs_task", "uq_pending_jobs_idempotency_key")
+    rate, spent = statements.loop(backend, 500, 100, without=dropped)
+    assert rate > 0 and spent["UPDATE"] > 0
