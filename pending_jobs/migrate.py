@@ -83,14 +83,25 @@ def current(engine: sa.Engine) -> str | None:
     return schema_revision(engine)
 
 
+def known() -> list[str]:
+    """Every revision this code ships, oldest first (the revision is its file's number: 0001_initial.py)."""
+    return sorted(path.name[:4] for path in (Path(_script_location()) / "versions").glob("[0-9][0-9][0-9][0-9]_*.py"))
+
+
 def require_head(engine: sa.Engine) -> None:
     """Raise SchemaNotCurrent unless the database is at the newest revision."""
     at, wanted = current(engine), head()
-    if at != wanted:
-        shown = at or "not migrated"
+    if at == wanted:
+        return
+    if at is not None and at not in known():
+        # A host upgraded before this one and migrated: `migrate` here would not know that revision either.
         raise SchemaNotCurrent(
-            f"database schema is at {shown}, this pending-jobs needs {wanted}: run `pending-jobs migrate`"
+            f"database schema is at {at}, newer than this pending-jobs knows (it needs {wanted}): another host "
+            f"upgraded pending-jobs and migrated; upgrade pending-jobs here too"
         )
+    raise SchemaNotCurrent(
+        f"database schema is at {at or 'not migrated'}, this pending-jobs needs {wanted}: run `pending-jobs migrate`"
+    )
 
 
-__all__ = ["VERSION_TABLE", "current", "downgrade", "head", "require_head", "upgrade", "upgrade_sql"]
+__all__ = ["VERSION_TABLE", "current", "downgrade", "head", "known", "require_head", "upgrade", "upgrade_sql"]

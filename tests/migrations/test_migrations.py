@@ -96,7 +96,23 @@ def test_head_is_the_newest_migration_script() -> None:
     """`migrate.HEAD` (what `run` checks the database against without Alembic) is the scripts' head."""
     from alembic.script import ScriptDirectory
 
-    assert migrate.head() == ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    assert migrate.head() == scripts.get_current_head()
+    assert migrate.known() == sorted(script.revision for script in scripts.walk_revisions())
+    assert migrate.known()[-1] == migrate.head()
+
+
+def test_run_against_a_schema_a_newer_pending_jobs_migrated_says_to_upgrade_here(db_url: str) -> None:
+    """Hosts upgraded one at a time: the first migrates, and a tick of an older one must not advise a
+    `migrate` that would not know the revision either."""
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '0999'"))
+    engine.dispose()
+    result = cli("run", env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert result.returncode == 2
+    assert "0999, newer than this pending-jobs knows" in result.stderr and "upgrade pending-jobs here" in result.stderr
+    assert "run `pending-jobs migrate`" not in result.stderr
 
 
 def test_a_run_imports_neither_alembic_nor_multiprocessing(empty_url: str) -> None:
