@@ -46,6 +46,7 @@ property-long: install
 # invocation; cron and soak run in real time (5 and 10 minutes per database by default). bench-core is the
 # throughput table of docs/performance.md alone (a few minutes).
 bench: bench-core
+	$(BIN)/python -m benchmarks.statements
 	$(BIN)/python -m benchmarks.declared
 	$(BIN)/python -m benchmarks.flow
 	$(BIN)/python -m benchmarks.console
