@@ -8,7 +8,7 @@ import shutil
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -96,6 +96,20 @@ def throwaway(backend: str, name: str, migrated: bool = True) -> Iterator[str]:
         yield url
     finally:
         drop()
+
+
+def drop_indexes(engine: sa.Engine, backend: str, names: Sequence[str]) -> None:
+    """Drop these indexes of pending_jobs (to measure what they cost); on PostgreSQL a UNIQUE constraint's
+    index goes with its constraint."""
+    with engine.begin() as conn:
+        constraints = {c["name"] for c in sa.inspect(conn).get_unique_constraints("pending_jobs")}
+        for name in names:
+            if backend == "mysql":
+                conn.exec_driver_sql(f"DROP INDEX {name} ON pending_jobs")
+            elif name in constraints:
+                conn.exec_driver_sql(f"ALTER TABLE pending_jobs DROP CONSTRAINT {name}")
+            else:
+                conn.exec_driver_sql(f"DROP INDEX {name}")
 
 
 def fill(engine: sa.Engine, count: int, task: str = "bench.noop") -> None:

@@ -25,7 +25,7 @@ from pending_jobs.models import Completion
 from pending_jobs.store import create_engine, open_store
 
 from . import floor
-from .databases import LABELS, fill, throwaway, usable
+from .databases import LABELS, drop_indexes, fill, throwaway, usable
 
 
 def loop(backend: str, jobs: int, batch: int, without: Sequence[str] = ()) -> tuple[float, dict[str, float]]:
@@ -34,15 +34,7 @@ def loop(backend: str, jobs: int, batch: int, without: Sequence[str] = ()) -> tu
     with throwaway(backend, "statements") as url:
         engine = create_engine(url)
         try:
-            with engine.begin() as conn:
-                constraints = {c["name"] for c in sa.inspect(conn).get_unique_constraints("pending_jobs")}
-                for index in without:
-                    if backend == "mysql":
-                        conn.exec_driver_sql(f"DROP INDEX {index} ON pending_jobs")
-                    elif index in constraints:  # PostgreSQL: a UNIQUE constraint's index goes with it
-                        conn.exec_driver_sql(f"ALTER TABLE pending_jobs DROP CONSTRAINT {index}")
-                    else:
-                        conn.exec_driver_sql(f"DROP INDEX {index}")
+            drop_indexes(engine, backend, without)
             fill(engine, jobs)
 
             @sa.event.listens_for(engine, "before_cursor_execute")

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from pending_jobs.store import create_engine
 
-from .databases import LABELS, fill, throwaway, usable
+from .databases import LABELS, drop_indexes, fill, throwaway, usable
 from .measures import raw_floor
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,9 +48,7 @@ def drain(backend: str, checkout: Path, jobs: int, without: Sequence[str] = ()) 
         subprocess.run([command, "migrate"], env=env, cwd=checkout, check=True, capture_output=True)
         engine = create_engine(url)
         try:
-            with engine.begin() as conn:
-                for index in without:
-                    conn.exec_driver_sql(f"DROP INDEX {index}" + (" ON pending_jobs" if backend == "mysql" else ""))
+            drop_indexes(engine, backend, without)
             fill(engine, jobs)
             proc = subprocess.Popen([command, "run"], env=env, cwd=checkout, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.PIPE)

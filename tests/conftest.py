@@ -7,6 +7,7 @@ cannot be reached is skipped locally and fails the run when CI=true.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -30,6 +31,13 @@ PG_ADMIN = os.environ.get("PENDING_JOBS_TEST_POSTGRESQL", "postgresql+psycopg://
 BACKENDS = [b.strip() for b in os.environ.get("PENDING_JOBS_TEST_BACKENDS", "sqlite,mysql,postgresql").split(",")]
 ALL = ["sqlite", "mysql", "postgresql"]
 SERVERS = ["mysql", "postgresql"]
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _admin(backend: str) -> sa.Engine:

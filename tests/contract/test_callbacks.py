@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import socket
 import threading
 import time
 from typing import Any
@@ -20,7 +19,7 @@ from pending_jobs.callbacks.guard import Resolver
 from pending_jobs.models import AttemptRow, Job, RunReport
 from pending_jobs.run import run_once
 from pending_jobs.store import CallbackStore, Store
-from tests.conftest import cli, scalar, settings_for
+from tests.conftest import cli, free_port, scalar, settings_for
 from tests.receivers import answer, hang, huge, receiver, sequence, trickle, verified
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -47,12 +46,6 @@ def job(store: Store, job_id: int) -> Job:
 
 def attempts(store: Store, job_id: int) -> list[AttemptRow]:
     return CallbackStore(store).attempts(job_id)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_a_failed_jobs_callback_says_the_short_reason_and_keeps_the_rest_on_the_row(store: Store,
@@ -310,7 +303,7 @@ def test_job_row_can_be_locked_nowait_while_receiver_hangs(store: Store, db_url:
 
 
 def test_callback_of_a_job_finished_while_receiver_was_down_is_delivered_later(store: Store, db_url: str) -> None:
-    port = _free_port()
+    port = free_port()
     job_id = enqueue(store.engine, "noop", callback_url=f"http://127.0.0.1:{port}/hook")
     deliver(store, db_url)
     row = job(store, job_id)

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import sqlalchemy as sa
 from pending_jobs import migrate
 from pending_jobs.store import create_engine
 from tests import jobs
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 MARIADBD = "/usr/sbin/mariadbd"
 INSTALL_DB = shutil.which("mariadb-install-db") or "/usr/bin/mariadb-install-db"
@@ -46,12 +45,6 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30, what: str = "con
         time.sleep(interval)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class MariaServer:
     """A MariaDB server of the suite's own, started as root on a free port."""
 
@@ -59,7 +52,7 @@ class MariaServer:
         self.base = base
         self.datadir = base / "data"
         self.socket = base / "mysqld.sock"
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def install(self) -> None:

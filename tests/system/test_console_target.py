@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,13 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.conftest import ROOT, free_port
 
 
 def _overview(base: str, make: subprocess.Popen[str], within: float) -> dict[str, Any]:
@@ -44,7 +37,7 @@ def test_make_console_fills_the_demo_database_and_serves_it(tmp_path: Path) -> N
     shutil.copy(ROOT / "Makefile", copy / "Makefile")
     shutil.copytree(ROOT / "examples", copy / "examples")
     shutil.copytree(ROOT / "clients", copy / "clients")
-    port = _free_port()
+    port = free_port()
     # The test's own virtualenv stands in for the copy's (`-o` keeps make from installing one there).
     command = ["make", "console", f"BIN={Path(sys.executable).parent}", "-o", ".venv/.installed"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PENDING_JOBS_WEB_PORT": str(port)}

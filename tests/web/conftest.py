@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ from starlette.testclient import TestClient
 from pending_jobs import config
 from pending_jobs.store import Store
 from pending_jobs.web.app import create_app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 LOCAL = ("127.0.0.1", 40000)
 
@@ -47,12 +46,6 @@ def csrf_of(page: str) -> str:
     return found.group(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def web_command() -> Iterator[Any]:
     """`web_command(db_url, **env)`: `pending-jobs web` started as a process on a free loopback port, once
@@ -60,7 +53,7 @@ def web_command() -> Iterator[Any]:
     started: list[subprocess.Popen[str]] = []
 
     def start(db_url: str, **env: str) -> str:
-        port = _free_port()
+        port = free_port()
         environ = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
                    "PENDING_JOBS_DATABASE_URL": db_url, **env}
         process = subprocess.Popen([sys.executable, "-m", "pending_jobs", "web", "--port", str(port)],
