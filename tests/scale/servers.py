@@ -21,7 +21,8 @@ import pymysql
 import pytest
 import sqlalchemy as sa
 
-from tests.faults.conftest import INSTALL_DB, MARIADBD, _free_port, wait_for
+from tests.conftest import free_port
+from tests.faults.conftest import INSTALL_DB, MARIADBD, wait_for
 
 GALERA = "/usr/lib/galera/libgalera_smm.so"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -59,10 +60,10 @@ class GaleraNode:
         self.index = index
         self.base = base / f"node{index}"
         self.datadir = self.base / "data"
-        self.port = _free_port()
-        self.group_port = _free_port()
-        self.ist_port = _free_port()
-        self.sst_port = _free_port()
+        self.port = free_port()
+        self.group_port = free_port()
+        self.ist_port = free_port()
+        self.sst_port = free_port()
         self.cluster = cluster
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -217,7 +218,7 @@ class PgServer:
         self.name = name
         self.datadir = base / name
         self.log = base / f"{name}.log"
-        self.port = _free_port()
+        self.port = free_port()
         self.socket_dir = base
 
     def start(self, *options: str) -> None:
@@ -318,7 +319,7 @@ class NetMaria:
     def __init__(self, address: str) -> None:
         self.base = Path(tempfile.mkdtemp(prefix="pj-netdb-"))
         self.address = address
-        self.port = _free_port()
+        self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:

@@ -23,7 +23,8 @@ from pending_jobs import enqueue
 from pending_jobs.errors import DatabaseUnavailable
 from pending_jobs.models import Completion, Rescued
 from pending_jobs.store import Store, create_engine, open_store, ours
-from tests.faults.conftest import _free_port, wait_for
+from tests.conftest import free_port
+from tests.faults.conftest import wait_for
 
 from .conftest import (
     RunnerProcess,
@@ -251,7 +252,7 @@ def test_hosts_url_connects_to_the_first_usable_node(
     """`?host=...&host=...`: a host that refuses the connection and a read-only node are passed over, in
     the URL's order; with no usable host the connection fails as "cannot connect" (2003: exit 75)."""
     node1, node2 = galera.nodes[0], galera.nodes[1]
-    dead = _free_port()
+    dead = free_port()
     node2.sql("SET GLOBAL read_only = 1")
     try:
         engine = create_engine(f"mysql+pymysql://runner@/{galera_db}?host=127.0.0.1:{dead}"

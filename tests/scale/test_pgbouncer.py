@@ -23,8 +23,8 @@ import sqlalchemy as sa
 from pending_jobs import migrate
 from pending_jobs.store import create_engine
 from tests import jobs
-from tests.conftest import create_database
-from tests.faults.conftest import _free_port, wait_for
+from tests.conftest import create_database, free_port
+from tests.faults.conftest import wait_for
 
 from .conftest import check_exactly_once, cron_until_done, insert_jobs, report, require_tools, run_once, scaled
 from .servers import private_dir
@@ -38,7 +38,7 @@ class PgBouncer:
 
     def __init__(self) -> None:
         self.base = private_dir("pj-pgbouncer-", "postgres")
-        self.port = _free_port()
+        self.port = free_port()
         self.ini = self.base / "pgbouncer.ini"
         self.proc: subprocess.Popen[bytes] | None = None
 
