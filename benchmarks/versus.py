@@ -6,10 +6,11 @@ migrated by that checkout's own `pending-jobs migrate`, N no-op jobs inserted se
 for both), then one `pending-jobs run` (poll 0) from that checkout's own virtualenv (`.venv` inside it:
 run `make install` there first); its rate by the database clock (first started_at to last
 finished_at) and its CPU per job (wait4). Then the floor (benchmarks/floor.py, batch 100, one process)
-in a fresh database. Rounds alternate; the best of each is reported, and the median of the per-round ratios
-(each round's two drains ran back to back, on the same machine state). Both checkouts need
-`benchmarks/noop.py` (the no-op task, `bench.noop`). `--without ix_a,ix_b` adds a third drain of this
-checkout on its schema less those indexes, to tell what a newer index costs the drain.
+in a fresh database. Every other round runs the drains in reverse order; the best of each is reported,
+and the median of the per-round ratios (each round's drains ran back to back, on the same machine
+state). Both checkouts need `benchmarks/noop.py` (the no-op task, `bench.noop`). `--without ix_a,ix_b`
+adds a third drain of this checkout on its schema less those indexes, to tell what a newer index costs
+the drain (with its per-round ratios too).
 """
 
 from __future__ import annotations
@@ -67,6 +68,11 @@ def drain(backend: str, checkout: Path, jobs: int, without: Sequence[str] = ()) 
     return jobs / max(1e-6, (last - first).total_seconds()), (usage.ru_utime + usage.ru_stime) / jobs * 1e6
 
 
+def _paired(these: Sequence[float], others: Sequence[float]) -> list[float]:
+    """Each round's ratio: its two drains ran back to back, on the same machine state."""
+    return [this / other for this, other in zip(these, others, strict=True)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.versus", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,7 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cpu: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         rates: dict[str, list[float]] = {name: [] for name, _, _ in variants}
         for number in range(1, args.rounds + 1):
-            for name, checkout, dropped in variants:
+            # Every other round runs the drains in reverse order: whatever the drain before leaves behind
+            # (the server's purge, a warm or a cold cache) falls on each checkout alike.
+            for name, checkout, dropped in variants if number % 2 else variants[::-1]:
                 started = time.perf_counter()
                 rate, micros = drain(backend, checkout, args.jobs, dropped)
                 best[name] = max(best[name], rate)
@@ -107,13 +115,15 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{', '.join(f'{c:.1f}' for c in sorted(cpu['this']))}", flush=True)
         # Rounds run the checkouts back to back, so one round's ratio shares that moment's machine: the
         # median of the per-round ratios is steadier than a ratio of two best-ofs picked from different rounds.
-        paired = [this / other for this, other in zip(rates["this"], rates["other"], strict=True)]
+        paired = _paired(rates["this"], rates["other"])
         print(f"{LABELS[backend]}: this / other per round {', '.join(f'{r:.2f}' for r in paired)}; "
               f"median {statistics.median(paired):.2f}", flush=True)
         if without:
+            paired = _paired(rates["this-without"], rates["other"])
             print(f"{LABELS[backend]}: without {', '.join(without)}: {best['this-without']:,.0f}/s = "
                   f"{best['this-without'] / best['floor']:.0%} of the floor; this-without / other = "
-                  f"{best['this-without'] / best['other']:.2f}", flush=True)
+                  f"{best['this-without'] / best['other']:.2f}; per round {', '.join(f'{r:.2f}' for r in paired)}, "
+                  f"median {statistics.median(paired):.2f}", flush=True)
     return 1 if failed else 0
 
 

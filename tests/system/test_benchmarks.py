@@ -56,6 +56,11 @@ def test_versus_compares_two_checkouts_round_by_round(backend: str, capsys: pyte
     assert "best of 2: other" in out and "without ix_pending_jobs_task:" in out
     ratios = out.split("this / other per round ")[1].split(";")[0].split(", ")
     assert len(ratios) == 2 and all(float(r) > 0 for r in ratios)
+    without = out.split("this-without / other = ")[1].split("per round ")[1].split(",")[:2]
+    assert len(without) == 2 and all(float(r) > 0 for r in without)
+    # The second round runs the drains in reverse order, so neither checkout always goes first.
+    second = [line.split(" round 2 ")[1].split(":")[0] for line in out.splitlines() if " round 2 " in line]
+    assert second[:3] == ["this-without", "this", "other"]
 
 
 @pytest.mark.parametrize("backend", [b for b in ALL if b != "sqlite"])
