@@ -1,8 +1,10 @@
 """`python -m benchmarks.flow`: what limits cost.
 
-1. Where no limit binds, a drain stays within 5 % of the same drain without limits: alternating rounds of
+1. Where no limit binds, a drain stays within 5 % of the same drain without limits: rounds of
    `pending-jobs run` on N no-op jobs with no limit, with a task limit on another task (every claim takes
-   the limited path, nothing binds) and with a queue cap far above what runs.
+   the limited path, nothing binds) and with a queue cap far above what runs, every other round in
+   reverse order; the best of each, and the median of each round's ratio to that round's drain without
+   limits (its drains ran back to back, on the same machine state). `--only drain` runs this part alone.
 2. With a per-key limit of 2 binding on 20 keys: jobs/s of one run, and the limited claim's time.
 3. At 1,000,000 rows: EXPLAIN of the limited claim's statements (candidates, running count, first due
    jobs of a key) shows them index-served, without a filesort (MariaDB) or a Sort node (PostgreSQL).
@@ -184,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=20_000, help="jobs per drain (default 20,000)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds, best of each (default 3)")
     p.add_argument("--explain-rows", type=int, default=1_000_000, help="pending rows for EXPLAIN (default 1M)")
-    p.add_argument("--only", choices=("all", "rate"), default="all", help="rate: part 4 alone")
+    p.add_argument("--only", choices=("all", "drain", "rate"), default="all",
+                   help="drain: part 1 alone; rate: part 4 alone")
     p.add_argument("--rate", default="50/s", help="the rate limit of part 4 (default 50/s)")
     p.add_argument("--rate-runners", type=int, default=4, help="runners sharing it (default 4)")
     p.add_argument("--rate-seconds", type=int, default=30, help="for how long (default 30)")
@@ -199,13 +202,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only == "rate":
             failed = not _print_rate(backend, args) or failed
             continue
-        best = dict.fromkeys(CONFIGS, 0.0)
-        for _ in range(args.rounds):
-            for name, config in CONFIGS.items():
-                best[name] = max(best[name], drain(backend, args.jobs, config))
-        print(f"\n{LABELS[backend]}: drain of {args.jobs} no-op jobs, best of {args.rounds} alternating rounds")
-        for name, rate in best.items():
-            print(f"  {name:24} {rate:9,.0f} jobs/s  {rate / best['no limits']:6.1%} of no limits")
+        _print_drains(backend, args)
+        if args.only == "drain":
+            continue
         binding = max(drain(backend, args.jobs // 4, f'[task."bench.noop"]\nconcurrency_limit = {KEY_LIMIT}\n',
                             keyed=True, concurrency=KEY_LIMIT * KEYS) for _ in range(args.rounds))
         claims = claim_times(backend)
@@ -223,6 +222,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"\n      {plan}")
         failed = not _print_rate(backend, args) or failed
     return 1 if failed else 0
+
+
+def _print_drains(backend: str, args: argparse.Namespace) -> None:
+    """Part 1 on one backend: each configuration's best drain, and its per-round ratios to no limits."""
+    rates: dict[str, list[float]] = {name: [] for name in CONFIGS}
+    configs = list(CONFIGS.items())
+    for number in range(args.rounds):
+        # Reversed every other round: what a drain leaves behind falls on each configuration alike.
+        for name, config in configs if number % 2 == 0 else configs[::-1]:
+            rates[name].append(drain(backend, args.jobs, config))
+    best = {name: max(found) for name, found in rates.items()}
+    print(f"\n{LABELS[backend]}: drain of {args.jobs} no-op jobs, best of {args.rounds} alternating rounds")
+    for name, rate in best.items():
+        paired = [this / base for this, base in zip(rates[name], rates["no limits"], strict=True)]
+        rounds = "" if name == "no limits" else (
+            f"; per round {', '.join(f'{r:.1%}' for r in paired)}, median {statistics.median(paired):.1%}")
+        print(f"  {name:24} {rate:9,.0f} jobs/s  {rate / best['no limits']:6.1%} of no limits{rounds}")
 
 
 def _print_rate(backend: str, args: argparse.Namespace) -> bool:

@@ -74,3 +74,21 @@ def test_statements_loop_finishes_every_job_and_times_its_statements(backend: st
     dropped = ("ix_pending_jobs_task", "uq_pending_jobs_idempotency_key")
     rate, spent = statements.loop(backend, 500, 100, without=dropped)
     assert rate > 0 and spent["UPDATE"] > 0
+
+
+@pytest.mark.parametrize("backend", [b for b in ALL if b != "sqlite"])
+def test_flow_drains_print_each_rounds_ratio_to_no_limits(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`benchmarks.flow --only drain`: the three configurations drain every job in each round, and each
+    limited one is printed with its per-round ratios to that round's drain without limits, and their median."""
+    _require(backend)
+    from benchmarks import flow
+
+    assert flow.main(["--backends", backend, "--jobs", "200", "--rounds", "2", "--only", "drain"]) == 0
+    out = capsys.readouterr().out
+    assert "best of 2 alternating rounds" in out
+    for name in ("task limit elsewhere", "queue cap not reached"):
+        [line] = [line for line in out.splitlines() if line.strip().startswith(name)]
+        ratios = line.split("per round ")[1].split(", median ")[0].split(", ")
+        assert len(ratios) == 2 and all(float(r.rstrip("%")) > 0 for r in ratios)
+        assert float(line.split(", median ")[1].rstrip("%")) > 0
+    assert "EXPLAIN" not in out and "rate limit" not in out  # part 1 alone
