@@ -53,6 +53,9 @@ class Producer:
         self.pool: WorkerPool[Work, list[Outcome]] = WorkerPool(
             settings.concurrency, self.worker, self.worker.on_error, "pending-jobs", timed, self.worker.timed_out)
         self._held = 0  # jobs handed to the pool whose outcome has not come back (a pool item may hold several)
+        # Jobs held at most: a batch ahead of the workers, and never fewer than the workers (with --batch-size 1
+        # and --concurrency 2, one long job must not leave the second worker idle).
+        self._hold = max(settings.batch_size, settings.concurrency)
         self.completer = Completer(store, report, settings.batch_size, on_progress, on_callbacks_due)
         self._signalled = False
         self._queues: list[str] = []
@@ -141,14 +144,14 @@ class Producer:
 
     def _may_claim(self, now: float) -> bool:
         # Claim ahead: the next batch is claimed as soon as the first job of the last one is done.
-        return (self._room() > 0 and self._held < self.settings.batch_size and now >= self._next_claim
+        return (self._room() > 0 and self._held < self._hold and now >= self._next_claim
                 and not self.completer.saturated)
 
     def _wait_time(self, now: float, deadline: float) -> float:
         waits = [LONGEST_WAIT, deadline - now, self._last_beat + self.settings.lease / 3 - now]
         if self.hand_off is not None:
             waits.append(self._next_handoff_check - now)
-        if self._room() > 0 and self._held < self.settings.batch_size:
+        if self._room() > 0 and self._held < self._hold:
             waits.append(self._next_claim - now)
         flush = self.completer.wait_for()
         if flush is not None:

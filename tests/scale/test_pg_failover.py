@@ -120,7 +120,9 @@ def test_promote_a_lagging_asynchronous_standby(
     made on the new primary stands."""
     fast = scaled(40)
     old = engine_of(pg_pair.primary.url(DB, "runner"))
-    [slow] = insert_jobs(old, 1, priority=10, stall=6)
+    # Long enough to outlast the promotion on a loaded machine: finished before the old primary stopped,
+    # its outcome would be committed there (and lost with it), not refused late.
+    [slow] = insert_jobs(old, 1, priority=10, stall=12)
     insert_jobs(old, fast, sleep=0.05)
     wait_for(pg_pair.caught_up, 30, "the standby to replay every INSERT")
     pg_pair.detach_standby()
@@ -131,6 +133,8 @@ def test_promote_a_lagging_asynchronous_standby(
     wait_for(lambda: statuses(old).get("succeeded", 0) >= 5, 60, "runner A to finish 5 jobs on the old primary")
     new = engine_of(pg_pair.standby.url(DB, "runner"))
     done_at_promotion = _ids(new, "succeeded")  # read on the standby: what the new primary will start from
+    assert slow in _ids(old, "running"), ("the slow job must still run on the old primary when it is cut off",
+                                          statuses(old))
     pg_pair.standby.promote()  # for a moment two primaries: A still writes to the old one
     pg_pair.primary.stop("immediate")
     old.dispose()

@@ -230,3 +230,19 @@ def test_a_timed_out_handlers_transaction_is_closed() -> None:
     handlers = {"hang": Task("hang", lambda payload, ctx: time.sleep(3), backoff=lambda attempt: 0.0, timeout=0.1)}
     run(store, handlers, concurrency=1, max_jobs=1)
     assert store.abandoned == [job]
+
+
+def test_a_batch_smaller_than_the_workers_still_keeps_every_worker_busy() -> None:
+    """`--batch-size 1 --concurrency 2`: while one long job runs, the second worker takes the next job
+    (it once waited: a run held no more jobs than one batch, so the long job ran alone)."""
+    store = MemoryStore()
+    both = threading.Barrier(2, timeout=5)
+
+    def meet(payload: dict[str, Any], ctx: Context) -> None:
+        both.wait()  # returns only when the other job runs at the same time
+
+    store.add("meet")
+    store.add("meet")
+    report = run(store, tasks(meet=meet), batch_size=1, concurrency=2)
+    assert store.statuses() == {"succeeded": 2}
+    assert report.succeeded == 2
