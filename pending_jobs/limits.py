@@ -27,6 +27,7 @@ QUEUE_KEYS = ("max_running", "concurrency_limit", "rate_limit")
 TASK_KEYS = ("concurrency_limit", "rate_limit")
 PERIODS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 LIMIT_HIGH = 100_000
+PERIOD_HIGH = 86_400.0  # seconds: the longest rate period ("1/24h")
 NAME_LIMIT = 255  # pending_job_limits.name
 BURST_SHARE = 0.1
 """A rate limit's bucket holds a tenth of one period's allowance (at least one token): jobs start evenly
@@ -133,9 +134,11 @@ class Limits:
 
 
 def _name(*parts: str) -> str:
-    """A scope's row name; a long one (task and key of up to 191 characters each) is hashed to fit."""
+    """A scope's row name; a long one (task and key of up to 191 characters each) is hashed to fit, and so
+    is one ending in a space: MariaDB's collation compares 'user:1 ' equal to 'user:1' (PAD SPACE), and
+    the second key's row would never be found under its own name (its jobs waited for ever)."""
     name = ":".join(parts)
-    if len(name) <= NAME_LIMIT:
+    if len(name) <= NAME_LIMIT and not name.endswith(" "):
         return name
     return f"{parts[0]}:sha256:{hashlib.sha256(name.encode()).hexdigest()}"
 
@@ -196,6 +199,8 @@ def parse_rate(value: Any) -> Rate:
         raise ValueError(f'must be a string like "50/s", "100/m" or "1000/h", not {value!r}') from None
     if unit not in PERIODS or not math.isfinite(size) or size <= 0:
         raise ValueError(f'the period must be s, m or h (e.g. "50/s", "10/5m"), not {period_text!r}')
+    if size * PERIODS[unit] > PERIOD_HIGH:  # "1/1e300h" gave a bucket that never refills: a drain never ended
+        raise ValueError(f"the period must be at most a day (24h), not {period_text!r}")
     if not 1 <= count <= LIMIT_HIGH * 10:
         raise ValueError(f"the count must be from 1 to {LIMIT_HIGH * 10}, not {count_text}")
     return Rate(count, size * PERIODS[unit], value.strip())

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import math
 import zoneinfo
 from collections.abc import Iterator, Mapping
@@ -173,6 +174,10 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
         raise error("payload", f"must be a table (a JSON object), not {type(payload).__name__}")
     if "_schedule" in payload:
         raise error("payload", "_schedule is reserved: the job receives its schedule and slot there")
+    try:  # TOML has dates and times, JSON has not: the job's INSERT failed at every run's start
+        json.dumps(payload, allow_nan=False)
+    except (TypeError, ValueError) as problem:
+        raise error("payload", f"must hold JSON values only (write dates and times as strings): {problem}") from None
     catch_up = table.get("catch_up", "skip")
     if catch_up not in ("skip", "latest", "all"):
         raise error("catch_up", f"must be skip, latest or all, not {catch_up!r}")

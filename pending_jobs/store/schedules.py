@@ -18,11 +18,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from ..errors import DatabaseUnavailable
 from ..models import utc
 from ..schedules import Schedule
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..schema import schedules as S
+from ..validation import describe_exception
 from .base import Store
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,14 @@ class ScheduleStore:
         fired = []
         for name in sorted(schedules):
             schedule = schedules[name]
-            done = self.store.transaction(functools.partial(self._fire, schedule=schedule, now=clock))
+            try:
+                done = self.store.transaction(functools.partial(self._fire, schedule=schedule, now=clock))
+            except DatabaseUnavailable:
+                raise
+            except Exception as error:  # a value its job cannot hold: this schedule's problem, the others fire
+                log.warning("schedule %s: could not enqueue its due slots: %s", name,
+                            describe_exception(error, 500).splitlines()[0])
+                continue
             if done is not None and (done.slots or done.skipped):
                 fired.append(done)
                 if done.skipped:

@@ -190,3 +190,18 @@ def test_stores_with_different_limits_on_one_database_keep_their_own(store: Stor
     mine = limited(store, tasks={"noop": {"concurrency_limit": 1}})
     claimed = [*mine.claim("default", 10, "b", 60).jobs, *mine.claim("default", 10, "b", 60).jobs]
     assert len(claimed) == 1
+
+
+def test_keys_and_queues_that_differ_only_by_trailing_spaces_each_get_a_slot(store: Store, engine: sa.Engine) -> None:
+    # MariaDB's utf8mb4_bin compares 'user:1' and 'user:1 ' as equal (PAD SPACE): the second key's scope row
+    # was never created under its own name, and its jobs waited for ever while a drain run kept looking.
+    first = keyed(engine, ["user:1"])
+    jobs = limited(store, queues={"k ": {"concurrency_limit": 1}, "k": {"concurrency_limit": 1}},
+                   tasks={"noop": {"concurrency_limit": 1}})
+    claim = jobs.claim("default", 10, "runner", 60)
+    assert [job.id for job in claim.jobs] == first
+    finish(store, claim.token, succeeded=[(first[0], None)])
+    spaced = keyed(engine, ["user:1 "])
+    queued = keyed(engine, ["x"], queue="k ")
+    assert [job.id for job in jobs.claim("default", 10, "runner", 60).jobs] == spaced
+    assert [job.id for job in jobs.claim("k ", 10, "runner", 60).jobs] == queued

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from collections import Counter
 
+import pytest
 import sqlalchemy as sa
 
 from pending_jobs.schedules import parse
@@ -89,3 +91,16 @@ def test_a_schedule_removed_from_the_config_stops(store: Store, engine: sa.Engin
     schedules.enqueue_due(parse({"a": {"every": "1m", "task": "tick"}}), now=T0 + dt.timedelta(minutes=1))
     assert keys(engine) == ["schedule:a:2026-03-29T00:51:00Z"]
     assert set(schedules.rows()) == {"a", "b"}  # b's row stays, to be shown as no longer configured
+
+
+def test_a_schedule_whose_job_cannot_be_inserted_fails_alone(store: Store, engine: sa.Engine,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # A payload the config check would refuse (a TOML date), given as parsed: every run's first step raised.
+    plan = parse({"bad": {"every": "1m", "task": "tick"}, "good": {"every": "1m", "task": "tick"}})
+    plan["bad"] = dataclasses.replace(plan["bad"], payload={"at": dt.date(2026, 1, 1)})
+    schedules = ScheduleStore(store)
+    schedules.enqueue_due(plan, now=T0)
+    fired = schedules.enqueue_due(plan, now=T0 + dt.timedelta(minutes=1))
+    assert [f.name for f in fired] == ["good"]
+    assert keys(engine) == ["schedule:good:2026-03-29T00:51:00Z"]
+    assert "schedule bad: could not enqueue its due slots: " in caplog.text

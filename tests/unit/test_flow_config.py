@@ -32,6 +32,8 @@ def test_queue_and_task_limits_become_scopes() -> None:
     ({"mail": {"max_running": True}}, {}, r"\[queue.mail\] max_running"),
     ({"mail": {"rate_limit": "fast"}}, {}, r"\[queue.mail\] rate_limit: must be a string like"),
     ({"mail": {"rate_limit": "5/d"}}, {}, r"\[queue.mail\] rate_limit: the period must be s, m or h"),
+    ({"mail": {"rate_limit": "1/1e300h"}}, {}, r"\[queue.mail\] rate_limit: the period must be at most a day"),
+    ({"mail": {"rate_limit": "1/25h"}}, {}, r"the period must be at most a day \(24h\), not '25h'"),
     ({"mail": {"max_runing": 3}}, {}, r"\[queue.mail\]: unknown key 'max_runing'"),
     ({}, {"t": {"concurrency_limit": 2.5}}, r"\[task.t\] concurrency_limit"),
 ])
@@ -75,6 +77,9 @@ def test_the_config_file_holds_queue_and_schedule_tables(tmp_path: Path) -> None
     ({"cron": "* * * * *", "task": "t", "timezone": "Mars/Olympus"}, r"timezone: 'Mars/Olympus' is not in"),
     ({"every": "1m", "task": "t", "catch_up": "some"}, r"catch_up: must be skip, latest or all"),
     ({"every": "1m", "task": "t", "payload": {"_schedule": 1}}, r"payload: _schedule is reserved"),
+    ({"every": "1m", "task": "t", "payload": {"at": dt.datetime(2026, 1, 1, tzinfo=dt.UTC)}},
+     r"\[schedules.s\] payload: must hold JSON values only \(write dates and times as strings\)"),
+    ({"every": "1m", "task": "t", "payload": {"day": {"d": dt.date(2026, 1, 1)}}}, r"payload: must hold JSON"),
     ({"every": "1m", "task": "t", "run_at": 1}, r"unknown key 'run_at'"),
 ])
 def test_bad_schedules_name_the_table_and_key(table: dict, error: str) -> None:
