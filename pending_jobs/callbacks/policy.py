@@ -12,16 +12,18 @@ from .transport import Response
 
 Kind = Literal["delivered", "retry", "failed"]
 MAX_RETRY_AFTER = 86400.0  # a receiver may not park a callback for longer than a day per attempt
+MIN_RETRY_AFTER = 1.0  # nor ask for less than a second: "0" or a past date used up every attempt in 10 ms
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """Seconds asked for by a Retry-After header (delta-seconds or an HTTP date), or None."""
+    """Seconds asked for by a Retry-After header (delta-seconds or an HTTP date), within MIN_RETRY_AFTER and
+    MAX_RETRY_AFTER, or None."""
     value = next((v for k, v in headers.items() if k.lower() == "retry-after"), None)
     if value is None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # str.isdigit() also passes '²', which float() refuses
-        return min(float(value), MAX_RETRY_AFTER)
+        return min(max(MIN_RETRY_AFTER, float(value)), MAX_RETRY_AFTER)
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
@@ -29,7 +31,7 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     if when.tzinfo is None:  # "-0000": UTC with no zone said (RFC 5322), not the runner's local time
         when = when.replace(tzinfo=dt.UTC)
     seconds = when.timestamp() - (time.time() if now is None else now)
-    return min(max(0.0, seconds), MAX_RETRY_AFTER)
+    return min(max(MIN_RETRY_AFTER, seconds), MAX_RETRY_AFTER)
 
 
 def next_delay(attempt: int, schedule: Sequence[float]) -> float | None:

@@ -198,7 +198,10 @@ def test_429_and_503_honour_retry_after(store: Store, db_url: str) -> None:
     with receiver(sequence(answer(429, headers={"Retry-After": "0"}), answer(503, headers={"Retry-After": "120"}),
                            answer(200))) as server:
         job_id = enqueue(store.engine, "noop", callback_url=server.url())
-        deliver(store, db_url, callback_schedule=[3600.0, 3600.0])  # Retry-After 0: due again at once
+        deliver(store, db_url, callback_schedule=[3600.0, 3600.0])  # Retry-After 0: due again in a second
+        soon = job(store, job_id).callback_next_at - attempts(store, job_id)[-1].attempted_at  # type: ignore[operator]
+        assert dt.timedelta(seconds=0.9) < soon < dt.timedelta(seconds=5)  # not at once: 5 attempts in 10 ms
+        time.sleep(1.2)
         deliver(store, db_url, callback_schedule=[3600.0, 3600.0])
         assert len(server.received) == 2
     row = job(store, job_id)

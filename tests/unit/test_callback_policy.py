@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from pending_jobs.callbacks.policy import MAX_RETRY_AFTER, classify, next_delay, retry_after
+from pending_jobs.callbacks.policy import MAX_RETRY_AFTER, MIN_RETRY_AFTER, classify, next_delay, retry_after
 from pending_jobs.callbacks.transport import Response
 
 SCHEDULE = [5.0, 300.0]
@@ -64,8 +64,8 @@ def test_the_count_in_giving_up_is_the_schedule_plus_the_first_attempt() -> None
 def test_429_and_503_honour_retry_after(code: int) -> None:
     assert classify(response(code, {"Retry-After": "42"}), 1, SCHEDULE) == (
         "retry", 42.0, f"HTTP {code} (Retry-After 42s)")
-    assert classify(response(code, {"retry-after": "0"}), 2, SCHEDULE) == (
-        "retry", 0.0, f"HTTP {code} (Retry-After 0s)")
+    assert classify(response(code, {"retry-after": "0"}), 2, SCHEDULE) == (  # at least a second: not 5 in 10 ms
+        "retry", 1.0, f"HTTP {code} (Retry-After 1s)")
     assert classify(response(code, {"Retry-After": "soon"}), 1, SCHEDULE) == ("retry", 5.0, f"HTTP {code}")
     assert classify(response(code), 1, SCHEDULE) == ("retry", 5.0, f"HTTP {code}")
     # The schedule's end wins over Retry-After.
@@ -86,7 +86,7 @@ def test_next_delay_walks_the_schedule_then_stops() -> None:
 def test_retry_after_seconds() -> None:
     assert retry_after({"Retry-After": "120"}) == 120.0
     assert retry_after({"RETRY-AFTER": " 120 "}) == 120.0
-    assert retry_after({"Retry-After": "0"}) == 0.0
+    assert retry_after({"Retry-After": "0"}) == MIN_RETRY_AFTER == 1.0
     assert retry_after({"Retry-After": "86400"}) == 86400.0
     assert retry_after({"Retry-After": "86401"}) == MAX_RETRY_AFTER == 86400.0
     assert retry_after({"Retry-After": "99999999999999999999"}) == 86400.0
@@ -102,12 +102,12 @@ def test_retry_after_that_is_neither_seconds_nor_a_date_is_ignored(value: str) -
 def test_retry_after_dates() -> None:
     date = "Wed, 21 Oct 2015 07:28:00 GMT"  # 1445412480
     assert retry_after({"Retry-After": date}, now=1445412470.0) == 10.0
-    assert retry_after({"Retry-After": date}, now=1445412480.0) == 0.0
-    assert retry_after({"Retry-After": date}, now=1445412490.0) == 0.0  # in the past: now
+    assert retry_after({"Retry-After": date}, now=1445412480.0) == 1.0  # now: a second from now, at least
+    assert retry_after({"Retry-After": date}, now=1445412490.0) == 1.0  # in the past: a second from now
     assert retry_after({"Retry-After": date}, now=1445412480.0 - 86400 - 1) == 86400.0  # capped
     assert retry_after({"Retry-After": date}, now=1445412480.0 - 86400 + 1) == 86399.0
     assert 0.0 < retry_after({"Retry-After": "Fri, 01 Jan 2100 00:00:00 GMT"}) == 86400.0  # type: ignore[operator]
-    assert retry_after({"Retry-After": "Thu, 01 Jan 1970 00:00:00 GMT"}) == 0.0  # now is the clock's
+    assert retry_after({"Retry-After": "Thu, 01 Jan 1970 00:00:00 GMT"}) == 1.0  # long past: a second from now
 
 
 def test_a_retry_after_date_without_a_zone_is_utc_whatever_the_local_zone(monkeypatch: pytest.MonkeyPatch) -> None:
