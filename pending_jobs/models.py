@@ -12,13 +12,18 @@ from typing import Any, ClassVar, Literal, TypeVar
 F = TypeVar("F")
 
 
-def utc(value: dt.datetime | None) -> dt.datetime | None:
-    """Every time the store returns is timezone-aware UTC, whatever the dialect gave back."""
-    if value is None:
+def utc(value: Any) -> dt.datetime | None:
+    """Every time the store returns is timezone-aware UTC, whatever the dialect gave back. A value that is not
+    a time reads as None: a producer may write anything in a time column, and the driver then hands it over as
+    it is (SQLite's text, MariaDB's zero date as PyMySQL returns it, PostgreSQL's infinity: store/postgres.py)."""
+    if isinstance(value, dt.datetime):
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+    if not isinstance(value, str):
         return None
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
+    try:  # text as SQLite holds it ('2024-05-01 12:00:00.123'), parsed as SQLAlchemy's DateTime would
+        return utc(dt.datetime.fromisoformat(value))
+    except (ValueError, OverflowError):  # not ISO, or an offset that takes it beyond year 1..9999
+        return None
 
 
 def _frozen(cls: type[F], **fields: Any) -> F:
@@ -187,17 +192,27 @@ class Job:
     updated_at: dt.datetime | None
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
+    unreadable: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Time columns holding something that is not a time, as stored ('tomorrow', '0000-00-00 00:00:00',
+    'infinity'): their field above reads None, and this says what a person should be shown instead."""
+
+    TIMES: ClassVar[tuple[str, ...]] = ("run_at", "callback_next_at", "lease_expires_at", "created_at",
+                                        "updated_at", "started_at", "finished_at")
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> Job:
-        """From a row of the store's JOB_COLUMNS (payload and result as text, parsed here)."""
-        values = {field.name: row[field.name] for field in dataclasses.fields(cls)}
-        for name, value in values.items():
-            if isinstance(value, dt.datetime):
-                values[name] = utc(value)
+        """From a row of the store's JOB_COLUMNS (payload and result as text, times as the driver gives them:
+        all parsed here, so that no value a producer wrote can break a listing)."""
+        values = {field.name: row[field.name] for field in dataclasses.fields(cls) if field.name != "unreadable"}
+        unreadable = {}
+        for name in cls.TIMES:
+            raw = values[name]
+            values[name] = utc(raw)
+            if values[name] is None and raw is not None:  # as stored: text, or SQLite's number or blob
+                unreadable[name] = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
         values["payload"], values["result"] = lenient_json(values["payload"]), lenient_json(values["result"])
         values["cancel_requested"] = bool(values["cancel_requested"])
-        return cls(**values)
+        return cls(**values, unreadable=unreadable)
 
 
 def lenient_json(text: Any) -> Any:

@@ -390,7 +390,7 @@ class Store:
         with replacement characters instead of failing the command."""
 
         def tolerant(conn: sa.Connection) -> T:
-            with self.sql.tolerant_text(conn):
+            with self.sql.tolerant_reads(conn):
                 return work(conn)
 
         return self.transaction(tolerant)

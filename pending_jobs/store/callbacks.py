@@ -188,7 +188,7 @@ class CallbackStore:
         wanted = J.c.callback_status == FAILED if failed_only else J.c.callback_status.is_not(None)
         stmt = (
             sa.select(J.c.id, J.c.task, J.c.status, J.c.callback_url, J.c.callback_status, J.c.callback_attempts,
-                      J.c.callback_next_at, J.c.callback_last_error, J.c.finished_at)
+                      lenient_time(J.c.callback_next_at), J.c.callback_last_error, lenient_time(J.c.finished_at))
             .where(wanted)
             .order_by(J.c.id.desc())
             .limit(limit)

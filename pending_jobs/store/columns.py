@@ -3,7 +3,6 @@ and the conditions and arithmetic that must hold whatever a producer's row conta
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
@@ -14,6 +13,21 @@ from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING
 
 LEASE_EXPIRED = "lease expired while running: the runner was killed or lost the database"
+
+
+class LenientTime(sa.TypeDecorator[Any]):
+    """A time column read as the driver gives it, for models.utc to read: SQLAlchemy's DateTime fails the
+    whole read on a value that is not a time, and a producer may have written one (any text on SQLite, a
+    zero date on MariaDB, ±infinity on PostgreSQL: Dialect.tolerant_reads). Same SQL, no processing."""
+
+    impl = sa.Text
+    cache_ok = True
+
+
+def lenient_time(column: sa.ColumnElement[Any], name: str | None = None) -> sa.ColumnElement[Any]:
+    """The column (or an expression of it), read as LenientTime, labelled with its name."""
+    return sa.type_coerce(column, LenientTime()).label(name or column.name)
+
 
 CLAIM_COLUMNS = (
     J.c.id,
@@ -30,11 +44,13 @@ parsed per row, per claim)."""
 
 
 JOB_COLUMNS = tuple(
-    sa.cast(column, sa.Text).label(column.name) if column.name in ("payload", "result") else column
+    sa.cast(column, sa.Text).label(column.name) if column.name in ("payload", "result")
+    else lenient_time(column) if isinstance(column.type, sa.DateTime) else column
     for column in J.c
 )
-"""A whole row for people (list, show, status): JSON read as text and parsed leniently (Job.from_row), so
-a payload that is not JSON (SQLite stores what it is given) is shown as text, never breaks the listing."""
+"""A whole row for people (list, show, status): JSON read as text and times as the driver gives them, each
+parsed leniently (Job.from_row), so a payload that is not JSON or a time that is not a time (SQLite stores
+what it is given) is shown as it is stored, never breaks the listing."""
 
 
 NO_LEASE_BEYOND = 2 * 86400.0
@@ -79,24 +95,3 @@ def pending_by_id() -> tuple[sa.ColumnElement[bool], ...]:
 def claim_order() -> tuple[sa.ColumnElement[Any], ...]:
     """Higher priority first, then the longest due, then insertion order: served by the claim index."""
     return (J.c.priority.desc(), J.c.run_at, J.c.id)
-
-
-class LenientTime(sa.TypeDecorator[Any]):
-    """A time column read without failing on what a producer wrote: SQLite stores any text in a time
-    column, and a value that is not a time reads as None (the servers only ever hold real times)."""
-
-    impl = sa.Text
-    cache_ok = True
-
-    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
-        if isinstance(value, str):
-            try:
-                return dt.datetime.fromisoformat(value)
-            except ValueError:
-                return None
-        return value if isinstance(value, dt.datetime) else None
-
-
-def lenient_time(column: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-    """The column, read as LenientTime (same SQL, same name)."""
-    return sa.type_coerce(column, LenientTime()).label(column.name)

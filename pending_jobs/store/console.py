@@ -23,6 +23,7 @@ from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
 from . import joblist, totals
 from .base import Store
+from .columns import lenient_time
 from .joblist import JobPage
 from .ops import JobFilter, OpsStore
 from .overview import BOUND, Tally, by_pair, oldest_due
@@ -134,7 +135,7 @@ class ConsoleStore:
         and run time (start to end) of the newest SAMPLE jobs that ended in each window."""
         run_rows = (sa.select(runs.c.finished_at, runs.c.succeeded, runs.c.failed, runs.c.retried,
                               runs.c.cancelled).where(runs.c.started_at >= self.ops.ago(86400 + 3600)))
-        sample = (sa.select(J.c.status, J.c.run_at, J.c.started_at, J.c.finished_at)
+        sample = (sa.select(J.c.status, *(lenient_time(c) for c in (J.c.run_at, J.c.started_at, J.c.finished_at)))
                   .order_by(J.c.id.desc()).limit(SAMPLE))
         now_stmt = sa.select(db_now())
 

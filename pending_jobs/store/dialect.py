@@ -194,7 +194,8 @@ class Dialect:
         return sa.literal(float(value), sa.Float)
 
     def clock_value(self, value: Any) -> dt.datetime | None:
-        """A time read from an SQL expression of the clock (not a typed column), as aware UTC."""
+        """A time read from an SQL expression of the clock (not a typed column) or a LenientTime column, as
+        aware UTC; None for what is not a time (SQLite's text is parsed)."""
         return utc(value)
 
     def id_in(self, column: sa.ColumnElement[Any] = J.c.id) -> sa.ColumnElement[bool]:
@@ -251,12 +252,14 @@ class Dialect:
         return None
 
     def unreadable_time(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
-        """A condition true where a time column holds something that is not a time (no claim would ever
-        find such a row due), or None where the column's type makes that impossible."""
+        """A condition true where a time column holds something that is not a time Python can hold (it reads
+        as None, models.utc), or None where the column's type makes that impossible. Such a run_at may still
+        be due by the database's own comparison: `never_due` asks that too."""
         return None
 
-    def tolerant_text(self, conn: sa.Connection) -> contextlib.AbstractContextManager[None]:
-        """While open, text that cannot be decoded is read with replacement characters (people's reads)."""
+    def tolerant_reads(self, conn: sa.Connection) -> contextlib.AbstractContextManager[None]:
+        """While open, what a producer wrote that the driver cannot read is read anyway (people's reads): text
+        that cannot be decoded with replacement characters, a time the driver cannot hold as its text."""
         return contextlib.nullcontext()
 
     def undecodable(self, error: BaseException) -> bool:

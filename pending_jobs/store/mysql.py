@@ -181,6 +181,12 @@ class MySQL(Dialect):
         marked = conn.execute(update, {**params, "ids": [row[0] for row in rows]}).rowcount
         return Locked(rows, int(marked), after_mark=False)
 
+    def unreadable_time(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+        # Without NO_ZERO_DATE / NO_ZERO_IN_DATE in sql_mode (MariaDB's default) a producer may store
+        # '0000-00-00 00:00:00' or '2024-00-10 …'; PyMySQL hands them over as text. A zero date compares
+        # before every time, so such a run_at is due at once and the job runs.
+        return sa.or_(sa.func.year(column) == 0, sa.func.month(column) == 0, sa.func.dayofmonth(column) == 0)
+
     def room_limit(self, size: int, room: sa.ColumnElement[int]) -> int | sa.ColumnElement[int]:
         return size  # LIMIT takes only a number: lock_mark_return counts the room first
 

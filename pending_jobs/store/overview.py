@@ -22,6 +22,7 @@ no counter is kept on write: claims and outcomes pay nothing for it. `bound=None
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +31,7 @@ import sqlalchemy as sa
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JobStatus
-from .columns import claim_order
+from .columns import claim_order, lenient_time
 from .dialect import Dialect
 
 BOUND = 10_000
@@ -46,7 +47,7 @@ _FIRST_QUEUE = sa.select(sa.func.min(J.c.queue)).where(J.c.status == sa.bindpara
 _NEXT_QUEUE = _FIRST_QUEUE.where(J.c.queue > sa.bindparam("after"))
 _PAIR = (J.c.status == sa.bindparam("status"), J.c.queue == sa.bindparam("queue"))
 # The first entry of each priority level of a queue's pending jobs is that level's earliest run_at.
-_LEVEL = (sa.select(J.c.priority, J.c.run_at, J.c.id, db_now().label("now"),
+_LEVEL = (sa.select(J.c.priority, lenient_time(J.c.run_at), J.c.id, db_now().label("now"),
                     sa.case((J.c.run_at <= db_now(), 1), else_=0).label("due"))
           .where(J.c.status == JOB_PENDING, J.c.queue == sa.bindparam("queue")).order_by(*CLAIM_ORDER).limit(1))
 _LOWER_LEVEL = _LEVEL.where(J.c.priority < sa.bindparam("below"))
@@ -107,8 +108,13 @@ def oldest_due(conn: sa.Connection, sql: Dialect, queue: str) -> sa.Row[Any] | N
     best: sa.Row[Any] | None = None
     row = conn.execute(_LEVEL, {"queue": queue}).first()
     while row is not None:
-        if row.due and (best is None or (sql.clock_value(row.run_at), row.id) < (sql.clock_value(best.run_at),
-                                                                                  best.id)):
+        if row.due and (best is None or _waited(sql, row) < _waited(sql, best)):
             best = row
         row = conn.execute(_LOWER_LEVEL, {"queue": queue, "below": row.priority}).first()
     return best
+
+
+def _waited(sql: Dialect, row: sa.Row[Any]) -> tuple[dt.datetime, int]:
+    """A due row's place in waiting order. A run_at that is not a time yet due by the database's comparison
+    (a zero date on MariaDB, -infinity on PostgreSQL) has waited longest: the claim takes it first too."""
+    return sql.clock_value(row.run_at) or dt.datetime.min.replace(tzinfo=dt.UTC), int(row.id)

@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -87,6 +87,28 @@ class Postgres(Dialect):
         # LOCAL: until this transaction ends, even when the statement was cancelled.
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}")
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def tolerant_reads(self, conn: sa.Connection) -> Iterator[None]:
+        # psycopg fails the whole read on a time Python cannot hold (±infinity, BC, after year 9999): a person
+        # reading is handed it as its text instead (models.utc reads that as no time). The driver's own
+        # loaders are put back after, so the runner's reads keep their cost.
+        driver: Any = conn.connection.driver_connection
+        adapters = driver.adapters
+        kept = {name: adapters.get_loader(adapters.types[name].oid, TEXT) for name in _lenient_loaders()}
+        for name, loader in _lenient_loaders().items():
+            adapters.register_loader(name, loader)
+        try:
+            yield
+        finally:
+            for name, before in kept.items():
+                if before is not None:
+                    adapters.register_loader(name, before)
+
+    def unreadable_time(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+        # What PostgreSQL holds and Python cannot: ±infinity, and years before 1 or after 9999.
+        return sa.or_(column < sa.literal_column("'0001-01-01 00:00:00+00'::timestamptz"),
+                      column >= sa.literal_column("'10000-01-01 00:00:00+00'::timestamptz"))
 
     def pipeline(self, driver_connection: Any) -> contextlib.AbstractContextManager[Any] | None:
         # psycopg 3's pipeline mode (libpq 14+): a shared transaction's statements in one round trip.
@@ -279,6 +301,28 @@ def _unnest_attempts() -> sa.TextClause:
     arrays = ", ".join(f"CAST(:{column} AS {kind}[])" for column, kind in ATTEMPT_TYPES.items())
     return sa.text(f"INSERT INTO {callback_attempts.name} ({', '.join(ATTEMPT_TYPES)}, attempted_at) "
                    f"SELECT *, now() FROM unnest({arrays})")
+
+
+TEXT = 0  # psycopg's pq.Format.TEXT: the format SQLAlchemy's psycopg dialect reads results in
+
+
+@functools.cache
+def _lenient_loaders() -> dict[str, type[Any]]:
+    """The timestamp types' text loaders, handing a value Python cannot hold over as its text."""
+    import psycopg
+    from psycopg.types.datetime import TimestampLoader, TimestamptzLoader
+
+    def lenient(base: type[Any]) -> type[Any]:
+        class Lenient(base):  # type: ignore[misc]
+            def load(self, data: Any) -> Any:
+                try:
+                    return super().load(data)
+                except psycopg.DataError:
+                    return bytes(data).decode("utf-8", "replace")
+
+        return Lenient
+
+    return {"timestamptz": lenient(TimestamptzLoader), "timestamp": lenient(TimestampLoader)}
 
 
 @functools.cache

@@ -23,6 +23,7 @@ from ..models import lenient_json
 from ..schema import pending_jobs as J
 from ..states import TERMINAL_VALUES
 from .base import Store
+from .columns import lenient_time
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,8 @@ FINISHED_CHANNEL = "pending_jobs_finished"
 """NOTIFY channel of the statement-level trigger `pending_jobs_notify_finished` (migration 0006)."""
 FINISHED_TRIGGER = "pending_jobs_notify_finished"
 
-_COLUMNS = (J.c.id, J.c.status, sa.cast(J.c.result, sa.Text).label("result"), J.c.last_error, J.c.finished_at)
+_COLUMNS = (J.c.id, J.c.status, sa.cast(J.c.result, sa.Text).label("result"), J.c.last_error,
+            lenient_time(J.c.finished_at))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ from ..schema import SUMMARY_VIEW, db_now, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, CallbackStatus
 from .base import Store
-from .columns import JOB_COLUMNS
+from .columns import JOB_COLUMNS, lenient_time
 from .overview import Tally, tally
 
 R = runs
@@ -84,9 +84,13 @@ class RunStore:
 
     def oldest_due_age(self) -> float | None:
         """Seconds the oldest due pending job has waited, by the database clock; None when none is due."""
-        oldest = (sa.select(sa.func.min(J.c.run_at)).where(J.c.status == JOB_PENDING, J.c.run_at <= db_now())
-                  .scalar_subquery())
-        stmt = sa.select(db_now().label("now"), oldest.label("oldest"))
+        # A due run_at that is not a time (it reads as None) is left out: it has no age to show, and it must
+        # not hide the wait of the readable ones.
+        unreadable = self.sql.unreadable_time(J.c.run_at)
+        readable = () if unreadable is None else (sa.not_(unreadable),)
+        oldest = (sa.select(sa.func.min(J.c.run_at)).where(J.c.status == JOB_PENDING, J.c.run_at <= db_now(),
+                                                           *readable).scalar_subquery())
+        stmt = sa.select(db_now().label("now"), lenient_time(oldest, "oldest"))
 
         def work(conn: sa.Connection) -> float | None:
             row = conn.execute(stmt).one()
@@ -104,12 +108,14 @@ class RunStore:
             .order_by(J.c.id))
 
     def never_due(self, limit: int = 5) -> tuple[int, list[tuple[int, str]]]:
-        """Pending jobs no claim will ever find due (their run_at is not a time): how many, and a few
-        (id, run_at as stored)."""
+        """Pending jobs no claim will ever find due (their run_at is not a time, and the database compares
+        it after every time: SQLite's 'tomorrow', PostgreSQL's infinity): how many, and a few (id, run_at as
+        stored). One the database finds due (MariaDB's zero date, -infinity) is claimed and runs."""
         unreadable = self.sql.unreadable_time(J.c.run_at)
         if unreadable is None:
             return 0, []
-        where = (J.c.status == JOB_PENDING, unreadable)
+        # and not due by the claim's own test (`run_at <= now`), as the database compares the stored value.
+        where = (J.c.status == JOB_PENDING, unreadable, sa.not_(J.c.run_at <= db_now()))
         count = sa.select(sa.func.count()).where(*where)
         some = sa.select(J.c.id, sa.cast(J.c.run_at, sa.Text)).where(*where).order_by(J.c.id).limit(limit)
 

@@ -5,7 +5,6 @@ the database file's write lock and SKIP LOCKED is not needed; the shared UPDATE 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -77,7 +76,7 @@ class SQLite(Dialect):
                                            set_={column: table.c[column] + insert.excluded[column]})
 
     @contextlib.contextmanager
-    def tolerant_text(self, conn: sa.Connection) -> Iterator[None]:
+    def tolerant_reads(self, conn: sa.Connection) -> Iterator[None]:
         raw: Any = conn.connection.dbapi_connection
         before = raw.text_factory
         raw.text_factory = _tolerant
@@ -169,10 +168,6 @@ class SQLite(Dialect):
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         modifier = sa.func.printf("%+.6f seconds", seconds)
         return sa.func.strftime("%Y-%m-%d %H:%M:%f", "now", modifier)
-
-    def clock_value(self, value: Any) -> dt.datetime | None:
-        # SQLite returns an expression of the clock as the text strftime made, not a datetime.
-        return super().clock_value(dt.datetime.fromisoformat(value) if isinstance(value, str) else value)
 
 
 QUARANTINE_COLUMNS = (J.c.task, J.c.queue, J.c.payload, J.c.callback_url, J.c.idempotency_key, J.c.status,
