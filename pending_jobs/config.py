@@ -146,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
             "starts the runner without your PYTHONPATH)"),
     Setting("max_runtime", 3600.0, duration, "seconds a run serves at most before it stops claiming (under cron "
             "the next tick's run takes over long before)", 0.1, 365 * DAY),
-    Setting("max_jobs", None, optional_integer, "stop after this many jobs (unset: no limit)", 1, None),
+    Setting("max_jobs", None, optional_integer, "stop after this many jobs (unset or 0: no limit)", 1, None),
     Setting("batch_size", 100, integer, "jobs claimed per claim transaction", 1, 10_000),
     Setting("concurrency", 4, integer, "handler threads", 1, 1000),
     Setting("lease", 300.0, duration, "seconds a claim is held before another run may rescue it", 1, DAY),
@@ -242,11 +242,7 @@ def load(
         else:
             values[setting.name] = setting.default
             continue
-        try:
-            values[setting.name] = setting.parse(raw)
-            setting.check(values[setting.name])
-        except ValueError as error:
-            raise ConfigError(f"{source}: {error}") from None
+        values[setting.name] = parse_setting(setting, raw, source)
     settings = Settings(**values, declared_tasks=declared_tasks, queue_tables=queue_tables,
                         schedule_tables=schedule_tables)
     if settings.log_format not in ("text", "json"):
@@ -254,6 +250,17 @@ def load(
     if settings.callbacks not in ("on", "off", "only"):
         raise ConfigError(f"callbacks must be on, off or only, not {settings.callbacks!r}")
     return settings
+
+
+def parse_setting(setting: Setting, raw: Any, source: str) -> Any:
+    """A setting's value given as `raw` (a flag, variable, file entry, or JobTester argument): parsed and
+    within its range, or a ConfigError naming `source`."""
+    try:
+        value = setting.parse(raw)
+        setting.check(value)
+    except ValueError as error:
+        raise ConfigError(f"{source}: {error}") from None
+    return value
 
 
 def read_file(path: str) -> dict[str, Any]:
@@ -384,11 +391,7 @@ def load_web(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         else:
             values[key] = setting.default
             continue
-        try:
-            values[key] = setting.parse(raw)
-            setting.check(values[key])
-        except ValueError as error:
-            raise ConfigError(f"{source}: {error}") from None
+        values[key] = parse_setting(setting, raw, source)
     if bool(values["basic_user"]) != bool(values["basic_password"]):
         raise ConfigError("web basic auth needs both basic_user and basic_password")
     return WebSettings(**values)

@@ -10,6 +10,25 @@ import sys
 _STANDARD = set(vars(logging.makeLogRecord({})))
 
 
+def printable(text: str, newlines: bool = True) -> str:
+    """Text a producer wrote, safe to show in a terminal: control characters (an escape sequence in a task
+    name could retitle the window or clear the screen) are shown as escapes; newlines kept when asked."""
+    return "".join(ch if ch.isprintable() or (newlines and ch in "\n\t") else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger: message`, the message's control characters escaped: a log line names tasks, queues
+    and errors a producer wrote, and the cron log is read in a terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line, with any `extra` fields (job_id, task) kept."""
 
@@ -33,7 +52,7 @@ def configure(verbosity: int, log_format: str = "text", log_file: str = "") -> N
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

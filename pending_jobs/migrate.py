@@ -100,7 +100,8 @@ def require_head(engine: sa.Engine) -> None:
             f"upgraded pending-jobs and migrated; upgrade pending-jobs here too"
         )
     raise SchemaNotCurrent(
-        f"database schema is at {at or 'not migrated'}, this pending-jobs needs {wanted}: run `pending-jobs migrate`"
+        f"database schema is {f'at {at}' if at else 'not migrated'}, this pending-jobs needs {wanted}: "
+        "run `pending-jobs migrate`"
     )
 
 

@@ -91,6 +91,6 @@ def load(modules: Sequence[str], python_path: Sequence[str] = ()) -> dict[str, T
 def source_of(task: Task) -> str:
     """The file a task's handler is defined in (what `check` shows), or how it was declared."""
     try:
-        return inspect.getsourcefile(task.fn) or "?"
+        return inspect.getsourcefile(inspect.unwrap(task.fn)) or "?"
     except TypeError:  # a callable object (a declared task) or a builtin
-        return f"declared ({type(task.fn).__name__})"
+        return f"declared ({type(inspect.unwrap(task.fn)).__name__})"

@@ -236,12 +236,12 @@ class _Callbacks:
 
     def deliver_due(self, deadline: float) -> None:
         """A drain run's last pass: what is due now, until none is left or the deadline passes."""
-        delivered, undelivered = self.deliverer(deadline, self.queues)
-        self._count(delivered, undelivered)
+        delivered, failed = self.deliverer(deadline, self.queues)
+        self._count(delivered, failed)
 
-    def _count(self, delivered: int, undelivered: int) -> None:
+    def _count(self, delivered: int, failed: int) -> None:
         self.report.callbacks_delivered += delivered
-        self.report.callbacks_failed += undelivered
+        self.report.callbacks_failed += failed
 
 
 def _listen(listener: Callable[[float], bool], stop: threading.Event, wake: Callable[[], None]) -> None:

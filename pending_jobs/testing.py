@@ -27,6 +27,7 @@ import sqlalchemy as sa
 
 from . import config, migrate, registry
 from .enqueue import enqueue
+from .errors import ConfigError
 from .models import Job, RunReport
 from .registry import Task
 from .run import run_once
@@ -34,6 +35,16 @@ from .store import create_engine, open_store
 from .store.testing import TestingStore
 
 MAX_ROUNDS = 100  # runs of `run(delayed=True)` at most: a handler that always retries still ends
+INLINE = {"concurrency": 1, "max_runtime": 300.0}
+"""What an inline run changes from the runner's defaults, unless the test gives its own value: one handler
+thread, so jobs run one at a time in claim order; and a time box, so a run that never drains still ends."""
+NOT_INLINE = {
+    "poll": "run() drains, stopping when nothing is due; a poll would keep it waiting for new jobs",
+    "callbacks": "use run(send_callbacks=True) to send them",
+    "max_jobs": "use run(max_jobs=...)",
+}
+"""Settings a JobTester refuses, and why: `run()` decides them on every call."""
+TABLES = ("declared_tasks", "queue_tables", "schedule_tables")  # as the config file's tables, parsed by the run
 
 
 class JobTester:
@@ -45,14 +56,19 @@ class JobTester:
                  migrate_schema: bool = True, **settings: Any) -> None:
         """`database_url`: the test's own database (migrated here unless `migrate_schema=False`); None: a
         new SQLite file in a temporary folder. `tasks`: handlers by name, or modules to import (None: every
-        `@task` imported so far). `settings`: any setting (`payload_limit=…`, `callback_allow=[…]`)."""
+        `@task` imported so far). `settings`: any setting of the config file by its name (`batch_size=10`,
+        `payload_limit=…`, `callback_allow=[…]`), checked as the file's are (ConfigError naming it), or its
+        tables as `queue_tables={…}`. `concurrency` and `max_runtime` replace INLINE's values (`concurrency=2`
+        runs two handlers at once, as the runner would: no longer one at a time in claim order); `poll`,
+        `callbacks` and `max_jobs` are refused, as `run()` decides them (NOT_INLINE says how)."""
+        checked = _checked(settings)  # before the temporary folder: a refused setting leaves nothing behind
         self._folder: str | None = None
         if database_url is None:
             self._folder = tempfile.mkdtemp(prefix="pending-jobs-test-")
             database_url = f"sqlite:///{Path(self._folder) / 'jobs.sqlite3'}"
         self.database_url = database_url
-        self.settings = config.load(environ={}).replace(
-            database_url=database_url, poll=0.0, concurrency=1, max_runtime=300.0, **settings)
+        self.settings = config.load(environ={}).replace(database_url=database_url, poll=0.0,
+                                                        **{**INLINE, **checked})
         self.engine: sa.Engine = create_engine(database_url)
         """The job database's engine: give it (or `database_url`) to the code under test."""
         if migrate_schema:
@@ -72,6 +88,7 @@ class JobTester:
         """Run every due job, and the jobs those enqueue, one at a time in claim order (priority, run_at, id),
         until none is due. `delayed`: jobs scheduled for later and retries waiting for their backoff are
         made due and run too, until none is pending. The report says what happened."""
+        max_jobs = config.parse_setting(config.BY_NAME["max_jobs"], max_jobs, "run() max_jobs")
         settings = self.settings.replace(callbacks="on" if send_callbacks else "off", max_jobs=max_jobs)
         total = RunReport()
         for _ in range(MAX_ROUNDS):
@@ -95,7 +112,9 @@ class JobTester:
 
     def enqueued(self, task: str | None = None, payload: Mapping[str, Any] | None = None,
                  status: str | None = None, queue: str | None = None) -> list[Job]:
-        """Jobs of `task` whose payload holds every key of `payload` with that value (others may be there)."""
+        """Jobs of `task` whose payload holds every key of `payload` with that value (others may be there),
+        compared as JSON values: a boolean equals only a boolean (True is not 1), and numbers by value (1
+        equals 1.0: JSON has one number type); nested objects and arrays must match whole."""
         return [job for job in self.jobs(task, status, queue) if _holds(job.payload, payload)]
 
     def assert_enqueued(self, task: str | None = None, payload: Mapping[str, Any] | None = None, *,
@@ -136,7 +155,38 @@ class JobTester:
         self.close()
 
 
+def _checked(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's settings, parsed and range-checked by config's own check, so `batch_size=0` is refused
+    here rather than making every run() claim nothing."""
+    values: dict[str, Any] = {}
+    for name, raw in settings.items():
+        if name in NOT_INLINE:
+            raise ConfigError(f"JobTester {name}: not a setting of an inline run: {NOT_INLINE[name]}")
+        if name in TABLES:
+            values[name] = raw
+        elif name in config.BY_NAME:
+            values[name] = config.parse_setting(config.BY_NAME[name], raw, f"JobTester {name}")
+        else:
+            raise TypeError(f"JobTester() got an unknown setting {name!r}")
+    return values
+
+
 def _holds(payload: Any, wanted: Mapping[str, Any] | None) -> bool:
     if wanted is None:
         return True
-    return isinstance(payload, dict) and all(key in payload and payload[key] == value for key, value in wanted.items())
+    return isinstance(payload, dict) and all(key in payload and _json_equal(payload[key], value)
+                                             for key, value in wanted.items())
+
+
+def _json_equal(value: Any, wanted: Any) -> bool:
+    # Python's == says True == 1 == 1.0; JSON keeps booleans apart from its one number type.
+    if isinstance(value, bool) or isinstance(wanted, bool):
+        return isinstance(value, bool) and isinstance(wanted, bool) and value == wanted
+    if isinstance(value, int | float) or isinstance(wanted, int | float):
+        return isinstance(value, int | float) and isinstance(wanted, int | float) and value == wanted
+    if isinstance(wanted, Mapping):
+        return isinstance(value, dict) and set(value) == set(wanted) and all(
+            _json_equal(value[key], wanted[key]) for key in wanted)
+    if isinstance(wanted, list | tuple):
+        return isinstance(value, list) and len(value) == len(wanted) and all(map(_json_equal, value, wanted))
+    return bool(value == wanted)

@@ -5,15 +5,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sysconfig
 import traceback
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import config
+
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 MAX_ATTEMPTS_LIMIT = 1000
 ERROR_LIMIT = 4000
 NAME_LIMIT = 191
+QUEUE_LIMIT = 64  # the queue columns are VARCHAR(64)
+JOB_ID_MAX = 2**63 - 1  # BIGINT: a larger id can exist on no database
+AGE = config.Setting("age", None, config.duration, "how long ago", 0, 3650 * config.DAY)
+"""The range of an age an operator filters or purges by (`list --since`, `purge --older-than`, the console's
+since, until and older_than): `now - age` must stay a time every database can compute (PostgreSQL's
+interval overflows long before a float does). Ten years, as the longest retention setting."""
+# A NUL as json.dumps writes it: `\u0000` at the end of an odd run of backslashes. In an even run the last
+# backslash is itself escaped, and the string holds the six characters `\u0000` (a Windows path, a regex).
+_NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def payload_problem(payload: Any) -> str | None:
@@ -48,7 +60,7 @@ def dump_json(value: Any, what: str, limit: int, allow_nul: bool = True) -> str:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limit:
         raise ValueError(f"{what} is {size} bytes, over the {limit}-byte limit")
-    if not allow_nul and "\\u0000" in text:
+    if not allow_nul and _NUL_ESCAPE.search(text):
         raise ValueError(f"{what} contains a NUL character, which PostgreSQL jsonb cannot store")
     try:
         text.encode("utf-8")
@@ -68,6 +80,26 @@ def row_problem(task: str, max_attempts: int, priority: int, callback_url: str |
         if problem:
             return problem
     return None
+
+
+def queue_problem(name: object) -> str | None:
+    """Why an operator's queue name (pause, resume) can be no queue, or None. MariaDB and PostgreSQL
+    refuse a longer name (SQLite would store it), PostgreSQL refuses NUL in any text."""
+    if not isinstance(name, str) or not 1 <= len(name) <= QUEUE_LIMIT:
+        return f"a queue name of 1 to {QUEUE_LIMIT} characters"
+    if "\x00" in name:
+        return "a queue name cannot contain NUL"
+    return None
+
+
+def age(value: Any) -> float:
+    """An age in AGE's range (a duration: seconds or 30s, 15m, 2h, 7d), else ValueError naming the range."""
+    seconds = config.duration(value)
+    try:
+        AGE.check(seconds)
+    except ValueError:  # said with the operator's own text: 1e308d, not `inf s`
+        raise ValueError(f"{value} is outside {AGE.range_text()}") from None
+    return seconds
 
 
 def callback_url_problem(url: str) -> str | None:

@@ -106,14 +106,14 @@ class Deliverer:
 
     def __call__(self, deadline: float, queues: Sequence[str] = ()) -> tuple[int, int]:
         """Deliver what is due (of jobs in `queues`; empty: all) until nothing is left or the deadline
-        passes; returns (delivered, not delivered)."""
+        passes; returns (delivered, failed for good)."""
         return self._deliver(deadline, queues, None, None)
 
     def serve(self, stop: threading.Event, wake: threading.Event, queues: Sequence[str] = (),
               on_counts: Callable[[int, int], None] | None = None) -> None:
         """Deliver callbacks as they come due until `stop` is set: at once when `wake` is set (a job with a
         callback ended), else every CALLBACK_POLL seconds (a retry's time came); then finish the attempts
-        under way and record them. `on_counts(delivered, not delivered)` as outcomes come in."""
+        under way and record them. `on_counts(delivered, failed for good)` as outcomes come in."""
         self._deliver(math.inf, queues, stop, wake, on_counts)
 
     def _deliver(self, deadline: float, queues: Sequence[str], stop: threading.Event | None,
@@ -124,7 +124,7 @@ class Deliverer:
         # A callback queued behind QUEUED_ROUNDS rounds of requests starts at most that many timeouts late.
         lease = self.settings.callback_timeout * (1 + QUEUED_ROUNDS) + LEASE_MARGIN
         capacity = self.concurrency * (1 + QUEUED_ROUNDS)
-        delivered = undelivered = 0
+        delivered = failed = 0
         inflight = 0
         batch: Batcher[CallbackResult, int] = Batcher(self.store.record, self.store.concurrent_writers, BATCH_SIZE,
                                                      writes_ahead=1, name="pending-jobs-callback-recorder")
@@ -167,9 +167,11 @@ class Deliverer:
                 inflight -= len(done)
                 results = [result for _, result in done]
                 batch.add(results)
+                # Failed for good only, as `callbacks list` and `status` use the word: an attempt to be
+                # retried is neither (the run's summary said "failed 3" while 2 of them were retrying).
                 counts = (sum(1 for r in results if r.kind == "delivered"),
-                          sum(1 for r in results if r.kind in ("retry", "failed")))
-                delivered, undelivered = delivered + counts[0], undelivered + counts[1]
+                          sum(1 for r in results if r.kind == "failed"))
+                delivered, failed = delivered + counts[0], failed + counts[1]
                 if on_counts is not None and results:
                     on_counts(*counts)
             batch.drain()
@@ -182,7 +184,7 @@ class Deliverer:
         finally:
             batch.close()
             workers.close(wait=self.settings.callback_timeout + 1)
-        return delivered, undelivered
+        return delivered, failed
 
     def _open(self, url: str) -> bool:
         """Whether the host's circuit is open: BREAKER_THRESHOLD failures in a row, less than BREAKER_PAUSE

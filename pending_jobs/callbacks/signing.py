@@ -20,7 +20,8 @@ def secret_key(secret: str) -> bytes:
         key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
     except (binascii.Error, ValueError):
         # Never echo the secret itself: it may be a real key with one typo.
-        raise ConfigError("callback_secret: a secret is not valid base64 after 'whsec_'") from None
+        where = "after 'whsec_'" if secret.startswith(PREFIX) else "(and has no 'whsec_' prefix)"
+        raise ConfigError(f"callback_secret: a secret is not valid base64 {where}") from None
     if not key:
         raise ConfigError("callback_secret: a secret is empty")
     return key

@@ -11,15 +11,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from .. import config, logs
+from .. import config, logs, validation
 from ..config import Settings
 from ..errors import ConfigError
+from ..logs import printable
 from ..store import Store, create_engine, open_store
 
 log = logging.getLogger("pending_jobs.cli")
 
 
-MAX_ID = 2**63 - 1  # BIGINT: a larger id can exist on no database
+MAX_ID = validation.JOB_ID_MAX
 
 
 def argument(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
@@ -42,8 +43,17 @@ def _job_id(value: str) -> int:
     return number
 
 
+def _queue(value: str) -> str:
+    problem = validation.queue_problem(value)  # the console's check, so both refuse the same names alike
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 DURATION = argument(config.duration)
+AGE = argument(validation.age)  # how long ago, for a filter or a purge: bounded, see validation.AGE
 JOB_ID = argument(_job_id)
+QUEUE = argument(_queue)
 INTEGER = argument(config.integer)
 
 
@@ -89,17 +99,6 @@ def open_database(settings: Settings, pool_size: int = 5) -> tuple[sa.Engine, St
 def print_json(value: Any) -> None:
     """Machine-readable output: one JSON document."""
     print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
-
-
-def printable(text: str, newlines: bool = True) -> str:
-    """Text a producer wrote, safe to show in a terminal: control characters (an escape sequence in a task
-    name could retitle the window or clear the screen) are shown as escapes; newlines kept when asked."""
-    return "".join(ch if ch.isprintable() or (newlines and ch in "\n\t") else _escape(ch) for ch in text)
-
-
-def _escape(ch: str) -> str:
-    code = ord(ch)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def out(text: str) -> None:

@@ -109,9 +109,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     for job in expired:
         common.out(f"  job {job['id']} ({job['task']}) held by {job['lease_owner']} since {job['started_at']}")
     for queue in status["paused_queues"]:
-        why = f": {queue['reason']}" if queue["reason"] else ""
+        # One line each, its names escaped as the counts table escapes them (_cell): a newline or an escape
+        # sequence in a queue name would otherwise forge or hide lines of this report.
+        why = f": {common._cell(queue['reason'])}" if queue["reason"] else ""
         since = common._cell(queue["paused_at"])
-        common.out(f"queue {queue['queue']} is PAUSED since {since} by {queue['paused_by']}{why}")
+        common.out(f"queue {common._cell(queue['queue'])} is PAUSED since {since} by {common._cell(queue['paused_by'])}"
+                   f"{why}")
     cb = status["callbacks"]
     common.out(f"callbacks: {cb['pending']} pending ({cb['due']} due now), {cb['failed']} failed, "
                f"{cb['delivered']} delivered")
@@ -120,10 +123,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         common.out("last run: none recorded")
     else:
         seconds = run["duration_seconds"]
-        took = "still running or killed" if seconds is None else f"took {seconds:.1f}s"
+        took = "still running (or killed)" if seconds is None else f"took {seconds:.1f}s, exit {run['exit_code']}"
         started = common._cell(run["started_at"])
         common.out(f"last run: #{run['id']} on {run['host']} pid {run['pid']} started {started}, "
-                   f"{took}, exit {run['exit_code']}: claimed {run['claimed']}, succeeded {run['succeeded']}, "
+                   f"{took}: claimed {run['claimed']}, succeeded {run['succeeded']}, "
                    f"failed {run['failed']}, retried {run['retried']}, cancelled {run['cancelled']}")
     for warning in status["warnings"]:
         common.eprint(f"warning: {warning}")
@@ -138,7 +141,8 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER, late: list[st
     warnings = []
     since = health.since_last_finished
     if since is None:
-        warnings.append("no run has finished yet: is cron (or the systemd timer) running `pending-jobs run`?")
+        warnings.append("no run has finished yet: is cron running `pending-jobs run` "
+                        "(or systemd `pending-jobs serve`)?")
     elif since > stale_after:
         warnings.append(f"no run finished in the last {since / 60:.0f} minutes: has cron stopped?")
     never, examples = runs.never_due()

@@ -6,12 +6,13 @@ import argparse
 import dataclasses
 import getpass
 import json
+import os
 import socket
 from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 
-from .. import callbacks, config, declared, limits, migrate, registry, schedules
+from .. import callbacks, config, declared, limits, logs, migrate, registry, schedules, validation
 from ..callbacks import redact
 from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, DatabaseUnavailable
@@ -29,6 +30,7 @@ CHECK_CODES = {"configuration": 2, "database": 3, "schema": 4, "handlers": 5, "c
                "schedules": 8}
 OPTIONAL_CHECKS = {"schedules"}  # listed only when the config has some
 STATUSES = [s.value for s in JobStatus]
+AGE_RANGE = validation.AGE.range_text()
 
 
 def register(commands: Commands) -> None:
@@ -64,19 +66,19 @@ def register(commands: Commands) -> None:
 
     p = commands.add_parser("pause", help="stop every runner claiming a queue's jobs (running ones finish)")
     common.add_common(p)
-    p.add_argument("queue", metavar="QUEUE")
+    p.add_argument("queue", type=common.QUEUE, metavar="QUEUE")
     p.add_argument("--reason", help="why, shown by `status`")
     p.set_defaults(func=cmd_pause)
 
     p = commands.add_parser("resume", help="let runners claim a paused queue's jobs again")
     common.add_common(p)
-    p.add_argument("queue", metavar="QUEUE")
+    p.add_argument("queue", type=common.QUEUE, metavar="QUEUE")
     p.set_defaults(func=cmd_resume)
 
     p = commands.add_parser("purge", help="delete finished jobs older than an age")
     common.add_common(p)
-    p.add_argument("--older-than", type=common.DURATION, required=True, metavar="AGE",
-                   help="finished more than this long ago (seconds or 30m, 12h, 7d)")
+    p.add_argument("--older-than", type=common.AGE, required=True, metavar="AGE",
+                   help=f"finished more than this long ago (seconds or 30m, 12h, 7d; {AGE_RANGE})")
     p.add_argument("--status", type=_statuses, default=["succeeded", "cancelled"],
                    help="comma-separated: succeeded, failed, cancelled (default succeeded,cancelled)")
     p.set_defaults(func=cmd_purge)
@@ -96,7 +98,8 @@ def add_filters(p: argparse.ArgumentParser) -> None:
     """The filters `list` and `retry --failed` share."""
     p.add_argument("--queue", dest="job_queue", metavar="NAME", help="only this queue")
     p.add_argument("--task", dest="job_task", metavar="NAME", help="only this task")
-    p.add_argument("--since", type=common.DURATION, metavar="AGE", help="only jobs created within this age (2h, 7d)")
+    p.add_argument("--since", type=common.AGE, metavar="AGE",
+                   help=f"only jobs created within this age (2h, 7d; {AGE_RANGE})")
 
 
 def _statuses(value: str) -> list[str]:
@@ -141,8 +144,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         return EXIT_OK
     common.print_table(
         ["id", "queue", "task", "status", "attempts", "run at", "finished at", "callback", "last error"],
-        [(j.id, j.queue, j.task, j.status, f"{j.attempts}/{j.max_attempts}", j.run_at, j.finished_at,
-          j.callback_status, _first_line(j.last_error)) for j in jobs],
+        [(j.id, j.queue, j.task, j.status, f"{j.attempts}/{j.max_attempts}", j.unreadable.get("run_at", j.run_at),
+          j.unreadable.get("finished_at", j.finished_at), j.callback_status, _first_line(j.last_error)) for j in jobs],
     )
     return EXIT_OK
 
@@ -211,20 +214,21 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_pause(args: argparse.Namespace) -> int:
     _, store = _open(args)
+    queue = logs.printable(args.queue, newlines=False)  # as the tables show it: a newline would split the line
     if OpsStore(store).pause(args.queue, f"{getpass.getuser()}@{socket.gethostname()}", args.reason):
-        common.out(f"queue {args.queue} paused: no runner claims its jobs until "
-                   f"`pending-jobs resume {args.queue}`")
+        common.out(f"queue {queue} paused: no runner claims its jobs until `pending-jobs resume {queue}`")
     else:
-        common.out(f"queue {args.queue} was already paused")
+        common.out(f"queue {queue} was already paused")
     return EXIT_OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     _, store = _open(args)
+    queue = logs.printable(args.queue, newlines=False)
     if OpsStore(store).resume(args.queue):
-        common.out(f"queue {args.queue} resumed")
+        common.out(f"queue {queue} resumed")
         return EXIT_OK
-    common.eprint(f"queue {args.queue} is not paused")
+    common.eprint(f"queue {queue} is not paused")
     return EXIT_FAILURE
 
 
@@ -270,7 +274,7 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
     except ConfigError as error:
         results.append(("configuration", False, str(error)))
         return skip_rest()
-    source = getattr(args, "config", None) or "defaults and environment"
+    source = getattr(args, "config", None) or os.environ.get("PENDING_JOBS_CONFIG") or "defaults and environment"
     results.append(("configuration", True, f"settings from {source}"))
 
     engine, store = common.open_database(settings)

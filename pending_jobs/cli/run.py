@@ -101,7 +101,8 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
         progress.close()
         if lock is not None:
             lock.release()
-    common.log.info("run finished: %s", report.summary())
+    # DEBUG: -v prints the summary on stdout, and the crontab's `2>&1` showed it twice at INFO.
+    common.log.debug("run finished: %s", report.summary())
     if args.verbose:
         common.out(report.summary())
     return EXIT_OK

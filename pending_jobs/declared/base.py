@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -57,7 +58,8 @@ def limit_attempts(fn: Handler, max_attempts: int) -> Handler:
                 raise
         raise Fail(f"{reason}\n(attempt {ctx.attempt} of the task's max_attempts {max_attempts}: giving up)")
 
-    return limited
+    # Only __wrapped__: `check` names the declared kind behind the wrapper, not this file (registry.source_of).
+    return functools.update_wrapper(limited, fn, assigned=(), updated=())
 
 
 def retry(backoff: Backoff, ctx: Any, reason: str, delay: float | None = None) -> Retry:

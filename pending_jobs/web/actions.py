@@ -7,11 +7,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .. import config
+from .. import config, validation
 from ..store import CallbackStore, OpsStore, Store
 from ..store.console import BULK_LIMIT, ConsoleStore
 from ..store.ops import PURGEABLE
-from .views import BadRequest, filter_from, filter_params
+from .views import BadRequest, age, filter_from, filter_params, text
 
 NAMES = ("retry", "cancel", "callback-retry", "pause", "resume", "bulk-retry", "bulk-cancel", "purge")
 
@@ -21,15 +21,16 @@ def _job_id(value: Any) -> int:
         number = config.integer(value)
     except ValueError as error:
         raise BadRequest(f"job id: {error}") from None
-    if not 1 <= number <= 2**63 - 1:
+    if not 1 <= number <= validation.JOB_ID_MAX:
         raise BadRequest(f"job id: {number} is not a job id")
     return number
 
 
 def _queue(value: Any) -> str:
-    if not isinstance(value, str) or not value or len(value) > 64:
-        raise BadRequest("queue: a queue name of 1 to 64 characters")
-    return value
+    problem = validation.queue_problem(value)
+    if problem:
+        raise BadRequest(f"queue: {problem}")
+    return str(value)
 
 
 def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) -> tuple[bool, str]:
@@ -57,7 +58,7 @@ def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) ->
     elif action in ("pause", "resume"):
         queue = _queue(params.get("queue"))
         if action == "pause":
-            reason = str(params.get("reason") or "")[:255] or None
+            reason = text("reason", str(params.get("reason") or "")[:255])
             done = ops.pause(queue, actor, reason)
             detail = {"reason": reason} if reason else {}
             message = f"queue {queue} paused" if done else f"queue {queue} was paused already"
@@ -73,10 +74,9 @@ def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) ->
         message = f"{changed} job(s) {verb}" + (f" (at most {BULK_LIMIT} at once)" if changed >= BULK_LIMIT else "")
         detail["changed"] = str(changed)
     elif action == "purge":
-        try:
-            older = config.duration(params.get("older_than") or "")
-        except ValueError as error:
-            raise BadRequest(f"older_than: {error}") from None
+        older = age("older_than", params.get("older_than"))
+        if older is None:
+            raise BadRequest("older_than: required, a duration such as 30d")
         wanted = [s for s in str(params.get("statuses") or "succeeded,cancelled").split(",") if s]
         if not wanted or any(s not in PURGEABLE for s in wanted):
             raise BadRequest(f"statuses: finished statuses only ({', '.join(sorted(PURGEABLE))})")

@@ -69,6 +69,8 @@ def live_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
 
         def snapshot() -> str:
             name, data = fragment(view, store, params, context)
+            if view == "job" and data["job"] is None:  # the page says 404; its fragment has nothing to show
+                raise BadRequest(f"id: job {params.get('id')} does not exist")
             return json.dumps({"view": view, "html": ENV.get_template(name).render(data)})
 
         try:

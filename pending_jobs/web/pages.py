@@ -57,8 +57,7 @@ def fragment(view: str, store: Store, params: dict[str, str], context: dict[str,
         return "_jobs.html", {**context, **views.jobs(store, f, before, limit), "filter": views.filter_params(f),
                               "before": before}
     if view == "job":
-        job_id = int(params.get("id") or 0)
-        return "_job.html", {**context, "job": views.job(store, job_id)}
+        return "_job.html", {**context, "job": views.job(store, views.job_id(params.get("id")))}
     if view == "runs":
         return "_runs.html", {**context, "runs": [views.run_data(r) for r in RunStore(store).runs(100)]}
     if view == "audit":

@@ -13,7 +13,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .. import config
+from .. import config, validation
 from ..callbacks import redact
 from ..models import Job
 from ..states import JobStatus
@@ -50,13 +50,29 @@ def job_data(job: Job) -> dict[str, Any]:
     return data
 
 
-def _duration(name: str, value: str | None) -> float | None:
+def age(name: str, value: Any) -> float | None:
+    """An age field (since, until, older_than), bounded so that `now - age` is a time on every database."""
     if not value:
         return None
     try:
-        return config.duration(value)
+        return validation.age(value)
     except ValueError as error:
         raise BadRequest(f"{name}: {error}") from None
+
+
+def text(name: str, value: str | None) -> str | None:
+    """A text field, or None when empty; NUL is refused here because PostgreSQL refuses it in any text."""
+    if value and "\x00" in value:
+        raise BadRequest(f"{name}: cannot contain NUL")
+    return value or None
+
+
+def job_id(value: Any) -> int:
+    """A job id from a URL: any whole number (one outside BIGINT is simply no job, see `job`)."""
+    try:
+        return config.integer(value)
+    except ValueError as error:
+        raise BadRequest(f"id: {error}") from None
 
 
 def _integer(name: str, value: str | None, low: int, high: int) -> int | None:
@@ -78,9 +94,9 @@ def filter_from(params: Mapping[str, str]) -> JobFilter:
     unknown = [s for s in statuses if s not in STATUSES]
     if unknown:
         raise BadRequest(f"status: unknown {', '.join(unknown)} (use {', '.join(STATUSES)})")
-    return JobFilter(statuses=statuses, queue=params.get("queue") or None, task=params.get("task") or None,
-                         since=_duration("since", params.get("since")), until=_duration("until", params.get("until")),
-                         text=(params.get("q") or "")[:200] or None)
+    return JobFilter(statuses=statuses, queue=text("queue", params.get("queue")), task=text("task", params.get("task")),
+                     since=age("since", params.get("since")), until=age("until", params.get("until")),
+                     text=text("q", (params.get("q") or "")[:200]))
 
 
 def filter_params(f: JobFilter) -> dict[str, str]:
@@ -92,7 +108,7 @@ def filter_params(f: JobFilter) -> dict[str, str]:
 
 
 def page_args(params: Mapping[str, str]) -> tuple[int | None, int]:
-    return (_integer("before", params.get("before"), 1, 2**63 - 1),
+    return (_integer("before", params.get("before"), 1, validation.JOB_ID_MAX),
             _integer("limit", params.get("limit"), 1, 500) or PAGE)
 
 
@@ -120,6 +136,8 @@ def jobs(store: Store, f: JobFilter, before: int | None, limit: int) -> dict[str
 
 
 def job(store: Store, job_id: int) -> dict[str, Any] | None:
+    if not 1 <= job_id <= validation.JOB_ID_MAX:  # no such row, and the database would refuse the number
+        return None
     found = store.get(job_id)
     if found is None:
         return None

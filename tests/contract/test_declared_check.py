@@ -90,3 +90,14 @@ def test_a_run_refuses_a_name_declared_both_ways(db_url: str, tmp_path: Path) ->
 
     assert both.returncode == 2
     assert "task 'echo' is both declared in the config ([task.echo]) and registered by a Python" in both.stderr
+
+
+def test_a_minimal_config_checks_clean_and_names_each_declared_kind(db_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "pending-jobs.toml"  # defaults only: the command's timeout is within the lease
+    config.write_text(f'database_url = "{db_url}"\ncallback_secret = ["whsec_dGVzdHNlY3JldA=="]\n'
+                      '[task.report]\ncommand = ["true"]\n[task.again]\ncommand = ["true"]\nmax_attempts = 2\n')
+    checked = cli("check", "--config", str(config), "--json", env={"PENDING_JOBS_TASKS": ""})
+    detail = {c["name"]: c for c in json.loads(checked.stdout)["checks"]}["handlers"]["detail"]
+    assert checked.returncode == 0, checked.stdout
+    assert "report → declared (CommandTask)" in detail and "again → declared (CommandTask)" in detail, detail
+    assert "longer than the lease" not in detail, detail

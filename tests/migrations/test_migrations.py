@@ -90,6 +90,7 @@ def test_run_refuses_a_database_not_at_head(empty_url: str) -> None:
     result = cli("run", env={"PENDING_JOBS_DATABASE_URL": empty_url})
     assert result.returncode == 2
     assert "pending-jobs migrate" in result.stderr and result.stdout == ""
+    assert f"database schema is not migrated, this pending-jobs needs {migrate.HEAD}" in result.stderr
 
 
 def test_head_is_the_newest_migration_script() -> None:

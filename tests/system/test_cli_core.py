@@ -30,6 +30,7 @@ def test_enqueue_then_run_via_the_command(db_url: str, engine: sa.Engine) -> Non
 
     verbose = cli("run", "--job", str(later), "-v", env=env)
     assert verbose.returncode == 0 and "claimed 1, succeeded 1" in verbose.stdout
+    assert "claimed 1" not in verbose.stderr  # one summary line, also when the crontab sends 2>&1 to one log
 
 
 def test_enqueue_rejects_bad_input_with_exit_2(db_url: str, engine: sa.Engine) -> None:

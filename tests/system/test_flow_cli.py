@@ -38,6 +38,8 @@ def test_schedules_lists_enqueues_and_names_late_ones(db_url: str, engine: sa.En
     assert rows(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'")[0][0] >= len(jobs)
     checked = json.loads(cli("check", "--json", env=env).stdout)
     assert {c["name"]: c["ok"] for c in checked["checks"]}["schedules"] is True
+    said = {c["name"]: c["detail"] for c in checked["checks"]}["configuration"]
+    assert said == f"settings from {config}"  # PENDING_JOBS_CONFIG, not "defaults and environment"
 
     an_hour_ago = dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0) - dt.timedelta(hours=1)
     with engine.begin() as conn:  # nothing ran for an hour

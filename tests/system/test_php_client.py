@@ -146,7 +146,8 @@ def test_enqueue_refuses_bad_arguments_before_touching_the_transaction(
         "empty task": "task must be a non-empty string of at most 191 characters",
         "long task": "task must be a non-empty string of at most 191 characters",
         "long queue": "queue must be a non-empty string of at most 64 characters",
-        "list payload": "payload must be a JSON object (an associative array with string keys), got a list",
+        "list payload": "payload must be a JSON object (an associative array with string keys), got a list; "
+                        "for keys such as '0', pass an object: (object) ['0' => ...]",
         "NaN payload": "payload is not JSON-encodable: Inf and NaN cannot be JSON encoded",
         "binary payload": "payload is not JSON-encodable: Malformed UTF-8 characters, possibly incorrectly encoded",
         "NUL payload": "payload contains a NUL character, which PostgreSQL jsonb cannot store",
@@ -162,7 +163,7 @@ def test_enqueue_refuses_bad_arguments_before_touching_the_transaction(
         "delay and run_at": "give delay or run_at, not both",
         "run_at text": "run_at must be a DateTimeInterface",
         "unknown option": "unknown enqueue option 'retries'; the options are queue, priority, delay, run_at, "
-                          "max_attempts, callback_url, idempotency_key",
+                          "max_attempts, callback_url, idempotency_key, concurrency_key",
     }
     assert refused.pop("191 characters") == "accepted"  # characters, not bytes, as VARCHAR(191) counts
     assert {case: message.split(": ", 1) for case, message in refused.items()} == \

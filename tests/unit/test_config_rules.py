@@ -405,7 +405,7 @@ def test_task_tables_are_copied_with_string_names() -> None:
 @pytest.mark.parametrize(("name", "help_text"), [
     ("callback_schedule", "seconds between callback attempts; exhausted: failed (env PENDING_JOBS_CALLBACK_SCHEDULE; "
                           "default 5,300,1800,7200,18000,36000,36000; 0 s to 30 d)"),
-    ("max_jobs", "stop after this many jobs (unset: no limit) (env PENDING_JOBS_MAX_JOBS; default unset; 1 to ∞)"),
+    ("max_jobs", "stop after this many jobs (unset or 0: no limit) (env PENDING_JOBS_MAX_JOBS; default unset; 1 to ∞)"),
     ("tasks", "comma-separated modules that define handlers (env PENDING_JOBS_TASKS; default unset)"),
     ("database_url", "SQLAlchemy URL of the database (env PENDING_JOBS_DATABASE_URL; default "
                      "sqlite:///pending_jobs.sqlite3)"),

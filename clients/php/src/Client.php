@@ -37,13 +37,14 @@ final class Client
      * Insert one job and return its id; with an idempotency_key that is taken, the first job's id.
      *
      * Options: queue, priority, delay (seconds, on the database clock), run_at (DateTimeInterface),
-     * max_attempts, callback_url, idempotency_key. Throws \InvalidArgumentException saying what is
-     * wrong, before any SQL runs.
+     * max_attempts, callback_url, idempotency_key, concurrency_key. Throws \InvalidArgumentException
+     * saying what is wrong, before any SQL runs.
      *
-     * @param array<mixed> $payload a JSON object: an associative array, or [] for {}
+     * @param array<mixed>|object $payload a JSON object: an associative array, [] for {}, or an object
+     *                                     (stdClass, ArrayObject) for keys PHP would make integers ('0')
      * @param array<string, mixed> $options
      */
-    public function enqueue(string $task, array $payload = [], array $options = []): int
+    public function enqueue(string $task, array|object $payload = [], array $options = []): int
     {
         $row = JobRow::fromArguments($task, $payload, $options);
         [$sql, $params] = $this->insertSql($row);
@@ -128,7 +129,7 @@ final class Client
             $params[] = $this->driver === 'pgsql' ? $row->runAt . '+00' : $row->runAt;
         }
         $optional = ['max_attempts' => $row->maxAttempts, 'callback_url' => $row->callbackUrl,
-            'idempotency_key' => $row->idempotencyKey];
+            'idempotency_key' => $row->idempotencyKey, 'concurrency_key' => $row->concurrencyKey];
         foreach ($optional as $column => $value) {
             if ($value !== null) {  // an omitted column takes the table's default
                 $columns[$column] = '?';

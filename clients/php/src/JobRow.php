@@ -23,7 +23,14 @@ final class JobRow
     public const MAX_ATTEMPTS_LIMIT = 1000;
     public const PAYLOAD_LIMIT = 1_000_000;
 
-    private const OPTIONS = ['queue', 'priority', 'delay', 'run_at', 'max_attempts', 'callback_url', 'idempotency_key'];
+    private const OPTIONS = [
+        'queue', 'priority', 'delay', 'run_at', 'max_attempts', 'callback_url', 'idempotency_key', 'concurrency_key',
+    ];
+    // What Python's str.strip() removes: Unicode white space, and the separators \x1c..\x1f it counts too.
+    private const EDGE_SPACE = '/^[\s\x1c-\x1f]|[\s\x1c-\x1f]\z/u';
+    // A NUL as json_encode writes it: \u0000 at the end of an odd run of backslashes. In an even run the last
+    // backslash is itself escaped, and the string holds the six characters \u0000 (a Windows path, a regex).
+    private const NUL_ESCAPE = '/(?<!\\\\)(?:\\\\\\\\)*\\\\u0000/';
     private const JSON_FLAGS = JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES | JSON_THROW_ON_ERROR;
 
     private function __construct(
@@ -36,16 +43,17 @@ final class JobRow
         public readonly ?int $maxAttempts,
         public readonly ?string $callbackUrl,
         public readonly ?string $idempotencyKey,
+        public readonly ?string $concurrencyKey,
     ) {
     }
 
     /**
      * Validate enqueue()'s arguments; throws \InvalidArgumentException saying what is wrong.
      *
-     * @param array<mixed> $payload
+     * @param array<mixed>|object $payload
      * @param array<string, mixed> $options
      */
-    public static function fromArguments(string $task, array $payload, array $options): self
+    public static function fromArguments(string $task, array|object $payload, array $options): self
     {
         $unknown = array_diff(array_keys($options), self::OPTIONS);
         if ($unknown !== []) {
@@ -56,11 +64,15 @@ final class JobRow
             ));
         }
         self::checkName('task', $task, self::NAME_LIMIT);
+        if (preg_match(self::EDGE_SPACE, $task) === 1) {  // ' ' or 'mail ' names no handler, and is hard to see
+            throw new \InvalidArgumentException('task must not be blank or start or end with whitespace');
+        }
         $queue = self::textOption($options, 'queue', self::QUEUE_LIMIT) ?? 'default';
         $priority = self::intOption($options, 'priority', self::PRIORITY_MIN, self::PRIORITY_MAX) ?? 0;
         $maxAttempts = self::intOption($options, 'max_attempts', 1, self::MAX_ATTEMPTS_LIMIT);
         $callbackUrl = self::callbackUrl($options['callback_url'] ?? null);
         $key = self::textOption($options, 'idempotency_key', self::NAME_LIMIT);
+        $concurrencyKey = self::textOption($options, 'concurrency_key', self::NAME_LIMIT);
         [$delay, $runAt] = self::when($options['delay'] ?? null, $options['run_at'] ?? null);
         return new self(
             task: $task,
@@ -72,22 +84,26 @@ final class JobRow
             maxAttempts: $maxAttempts,
             callbackUrl: $callbackUrl,
             idempotencyKey: $key,
+            concurrencyKey: $concurrencyKey,
         );
     }
 
     /**
-     * The payload as a JSON object: an empty array becomes {} (never []), a list is refused.
+     * The payload as a JSON object: an empty array becomes {} (never []), a list is refused. PHP turns
+     * the array key '0' into the integer 0, so ['0' => 'x'] is the list ['x']: an object (stdClass,
+     * ArrayObject) keeps such keys, and is accepted when it encodes to a JSON object.
      *
-     * @param array<mixed> $payload
+     * @param array<mixed>|object $payload
      */
-    private static function payloadJson(array $payload): string
+    private static function payloadJson(array|object $payload): string
     {
         if ($payload === []) {
             return '{}';
         }
-        if (array_is_list($payload)) {
+        if (is_array($payload) && array_is_list($payload)) {
             throw new \InvalidArgumentException(
-                'payload must be a JSON object (an associative array with string keys), got a list'
+                'payload must be a JSON object (an associative array with string keys), got a list; '
+                . "for keys such as '0', pass an object: (object) ['0' => ...]"
             );
         }
         try {
@@ -95,13 +111,18 @@ final class JobRow
         } catch (\JsonException $error) {
             throw new \InvalidArgumentException('payload is not JSON-encodable: ' . $error->getMessage(), 0, $error);
         }
+        if (!str_starts_with($json, '{')) {  // a JsonSerializable object may encode to anything
+            throw new \InvalidArgumentException(
+                'payload must be a JSON object, but the object given encodes to ' . substr($json, 0, 40)
+            );
+        }
         if (strlen($json) > self::PAYLOAD_LIMIT) {
             throw new \InvalidArgumentException(
                 sprintf('payload is %d bytes, over the %d-byte limit', strlen($json), self::PAYLOAD_LIMIT)
             );
         }
         // JSON_UNESCAPED_UNICODE still escapes control characters, so a NUL shows up as \u0000.
-        if (str_contains($json, '\u0000')) {
+        if (preg_match(self::NUL_ESCAPE, $json) === 1) {
             throw new \InvalidArgumentException(
                 'payload contains a NUL character, which PostgreSQL jsonb cannot store'
             );

@@ -1,0 +1,78 @@
+"""JobTester's settings are checked as the config file's are, and assert_enqueued compares payloads as JSON
+values (on the tester's default database, a fresh SQLite file)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pending_jobs import config
+from pending_jobs.errors import ConfigError
+from pending_jobs.testing import JobTester
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("batch_size", 0), ("lease", -5), ("concurrency", 0), ("batch_size", True), ("max_runtime", "soon"),
+    ("payload_limit", 2.5), ("callback_schedule", [5, -1]),
+])
+def test_a_bad_setting_is_refused_with_the_config_files_reason(name: str, value: object) -> None:
+    with pytest.raises(ConfigError) as file_error:
+        config.load(environ={}, flags={name: value})  # the CLI's check of the same value
+    with pytest.raises(ConfigError) as refused:
+        JobTester(tasks={}, **{name: value})
+    reason = str(file_error.value).split(": ", 1)[1]
+    assert str(refused.value) == f"JobTester {name}: {reason}"
+
+
+def test_a_batch_size_of_zero_names_its_range() -> None:
+    with pytest.raises(ConfigError, match=r"^JobTester batch_size: 0 is outside 1 to 10000$"):
+        JobTester(tasks={}, batch_size=0)
+
+
+@pytest.mark.parametrize("name", ["poll", "callbacks", "max_jobs"])
+def test_a_setting_run_decides_is_refused_by_name(name: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^JobTester {name}: not a setting of an inline run: "):
+        JobTester(tasks={}, **{name: 1})
+
+
+def test_an_unknown_setting_is_refused() -> None:
+    with pytest.raises(TypeError, match="unknown setting 'bach_size'"):
+        JobTester(tasks={}, bach_size=5)
+
+
+def test_run_checks_max_jobs_as_the_cli_does() -> None:
+    with JobTester(tasks=["tests.jobs"]) as tester, pytest.raises(ConfigError, match="max_jobs: -1 is outside"):
+        tester.run(max_jobs=-1)
+
+
+def test_the_callers_concurrency_and_max_runtime_win_and_settings_are_parsed() -> None:
+    with JobTester(tasks=["tests.jobs"], concurrency=2, max_runtime="2m", batch_size="10", lease=30) as tester:
+        assert (tester.settings.concurrency, tester.settings.max_runtime) == (2, 120.0)
+        assert (tester.settings.batch_size, tester.settings.lease, tester.settings.poll) == (10, 30.0, 0.0)
+        for n in range(4):
+            tester.enqueue("echo", {"n": n})
+        assert tester.run().succeeded == 4
+    with JobTester(tasks=["tests.jobs"]) as tester:
+        assert (tester.settings.concurrency, tester.settings.max_runtime) == (1, 300.0)  # INLINE's defaults
+
+
+def test_assert_enqueued_never_takes_a_boolean_for_a_number() -> None:
+    with JobTester(tasks={}) as tester:
+        tester.enqueue("flags", {"flag": 1, "n": 1.0, "nested": {"on": 0}, "list": [1, True]})
+
+        tester.assert_not_enqueued(payload={"flag": True})
+        tester.assert_not_enqueued(payload={"nested": {"on": False}})
+        tester.assert_not_enqueued(payload={"list": [True, 1]})
+        with pytest.raises(AssertionError, match="no job with"):
+            tester.assert_enqueued(payload={"flag": True, "n": 1})
+        # Numbers compare by value: JSON has one number type, so 1 and 1.0 are the same payload value.
+        tester.assert_enqueued(payload={"flag": 1, "n": 1, "nested": {"on": 0}, "list": [1.0, True]}, count=1)
+
+
+def test_assert_enqueued_matches_booleans_only_with_booleans() -> None:
+    with JobTester(tasks={}) as tester:
+        tester.enqueue("flags", {"flag": True, "off": False})
+
+        tester.assert_enqueued(payload={"flag": True, "off": False}, count=1)
+        tester.assert_not_enqueued(payload={"flag": 1})
+        tester.assert_not_enqueued(payload={"off": 0})
+        tester.assert_not_enqueued(payload={"off": None})

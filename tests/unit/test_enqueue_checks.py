@@ -1,0 +1,30 @@
+"""Task names with whitespace at either end, and the NUL check that looks for a real NUL, not its text."""
+
+from __future__ import annotations
+
+import pytest
+
+from pending_jobs.enqueue import job_row
+from pending_jobs.validation import dump_json
+
+
+@pytest.mark.parametrize("task", [" ", "\t", " mail", "mail ", "mail\n", "\u3000mail", "mail\x1f"])
+def test_a_task_name_with_whitespace_at_either_end_is_refused(task: str) -> None:
+    with pytest.raises(ValueError, match=r"^task must not be blank or start or end with whitespace$"):
+        job_row(task)
+
+
+def test_a_task_name_may_hold_whitespace_inside() -> None:
+    assert job_row("send mail")["task"] == "send mail"
+
+
+@pytest.mark.parametrize("text", ["\\u0000", "C:\\\\u0000", "a\\u0000b\\\\", "\\\\\\\\u0000", "u0000"])
+def test_the_text_of_a_nul_escape_is_not_a_nul(text: str) -> None:
+    assert dump_json({"re": text, text: 1}, "payload", 100, allow_nul=False)
+
+
+@pytest.mark.parametrize("text", ["\x00", "a\x00b", "\\\x00", "\\\\\x00", "\\u0000\x00"])
+def test_a_real_nul_is_refused_whatever_backslashes_precede_it(text: str) -> None:
+    for payload in ({"x": text}, {text: 1}, {"x": [{"y": text}]}):
+        with pytest.raises(ValueError, match="contains a NUL character"):
+            dump_json(payload, "payload", 100, allow_nul=False)
