@@ -13,6 +13,7 @@ from . import validation
 from .store import insert_jobs
 
 DEFAULT_PAYLOAD_LIMIT = 1_000_000
+DELAY_MAX = 100 * 365 * 86_400.0  # seconds: as far ahead as a producer may schedule a job
 
 
 def enqueue(
@@ -88,8 +89,8 @@ def job_row(
         raise ValueError(f"concurrency_key must be 1..{validation.NAME_LIMIT} characters")
     if delay is not None and run_at is not None:
         raise ValueError("give delay or run_at, not both")
-    if delay is not None and delay < 0:
-        raise ValueError("delay must not be negative")
+    if delay is not None and not 0 <= delay <= DELAY_MAX:  # also NaN; inf overflowed PostgreSQL's interval
+        raise ValueError("delay must be from 0 seconds to 100 years (as the PHP client's)")
     row: dict[str, Any] = {"task": task, "payload": dict(payload), "queue": queue, "priority": priority}
     if max_attempts is not None:
         row["max_attempts"] = max_attempts

@@ -8,12 +8,14 @@ import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 from sqlalchemy.dialects import sqlite
 
+from ..errors import ConfigError
 from ..models import count
 from ..schema import db_now
 from ..schema import pending_jobs as J
@@ -37,6 +39,11 @@ class SQLite(Dialect):
     concurrent_writers: ClassVar[bool] = False  # one writer: completions are not overlapped with claims
 
     def engine(self, url: sa.URL, pool_size: int, **options: Any) -> sa.Engine:
+        path = url.database or ":memory:"
+        folder = None if path == ":memory:" or path.startswith("file:") else Path(path).parent
+        if folder is not None and not folder.is_dir():
+            # "unable to open database file" read as an outage (exit 75, cron tries again for ever).
+            raise ConfigError(f"database_url: the SQLite file's folder {folder} does not exist")
         options = {"pool_size": pool_size, "max_overflow": pool_size, "hide_parameters": True, **options}
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 

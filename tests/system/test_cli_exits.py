@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import sqlalchemy as sa
 from pending_jobs import cli, enqueue_many
 from pending_jobs.cli import core
 from tests.conftest import ROOT
+from tests.conftest import cli as command_line
 
 
 def test_a_lookup_error_from_a_bug_is_reported_as_a_bug(monkeypatch: pytest.MonkeyPatch,
@@ -59,3 +61,13 @@ def test_a_closed_pipe_ends_the_command_quietly(db_url: str, engine: sa.Engine, 
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 141  # 128 + SIGPIPE, as a Unix tool the pipe killed
     assert err == ""
+
+
+@pytest.mark.parametrize("command", [["run"], ["check"], ["status"]])
+def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_a_configuration_error(tmp_path: Path,
+                                                                                command: list[str]) -> None:
+    # Exit 75 said "unreachable, try again": cron would have tried again every minute, for ever.
+    url = f"sqlite:///{tmp_path / 'missing' / 'jobs.sqlite3'}"
+    done = command_line(*command, env={"PENDING_JOBS_DATABASE_URL": url})
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert f"the SQLite file's folder {tmp_path / 'missing'} does not exist" in done.stdout + done.stderr

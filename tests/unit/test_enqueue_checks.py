@@ -28,3 +28,11 @@ def test_a_real_nul_is_refused_whatever_backslashes_precede_it(text: str) -> Non
     for payload in ({"x": text}, {text: 1}, {"x": [{"y": text}]}):
         with pytest.raises(ValueError, match="contains a NUL character"):
             dump_json(payload, "payload", 100, allow_nul=False)
+
+
+@pytest.mark.parametrize("delay", [-1.0, float("inf"), float("nan"), 1e308 * 86_400, 100 * 365 * 86_400.0 + 1])
+def test_a_delay_beyond_a_hundred_years_or_not_a_number_is_refused(delay: float) -> None:
+    # `enqueue --delay 1e308d` overflowed PostgreSQL's interval: a traceback, not a usage error.
+    with pytest.raises(ValueError, match=r"^delay must be from 0 seconds to 100 years"):
+        job_row("mail", delay=delay)
+    assert job_row("mail", delay=100 * 365 * 86_400.0)["run_at_delay"] == 100 * 365 * 86_400.0
