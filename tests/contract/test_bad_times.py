@@ -9,7 +9,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from markupsafe import escape
+from starlette.testclient import TestClient
 
+from pending_jobs import config
 from pending_jobs.models import Job
 from pending_jobs.store import Store
 from pending_jobs.store.callbacks import CallbackStore
@@ -17,6 +20,7 @@ from pending_jobs.store.console import ConsoleStore
 from pending_jobs.store.ops import JobFilter, OpsStore
 from pending_jobs.store.runs import RunStore
 from pending_jobs.web import views
+from pending_jobs.web.app import create_app
 from tests.conftest import cli
 
 # Per database: (column, value stored, whether a run picks the job up) for each bad row, beside a good one.
@@ -93,6 +97,21 @@ def test_the_console_reads_a_bad_time(store: Store, bad_rows: Any) -> None:
         one = views.job(store, job_id)  # /api/jobs/ID
         assert one is not None and one[column] is None and column in one["unreadable"]
     assert CallbackStore(store).recent() == []
+
+
+def test_the_console_pages_show_the_text_stored(store: Store, bad_rows: Any) -> None:
+    _, bad = bad_rows
+    app = TestClient(create_app(config.load_web({}, environ={}), store), client=("127.0.0.1", 40000))
+    listed = app.get("/jobs")
+    assert listed.status_code == 200
+    for job_id, (column, value, _) in bad.items():
+        page = app.get(f"/jobs/{job_id}")
+        assert page.status_code == 200
+        if column != "updated_at":  # the page shows created, run at, started and finished
+            assert str(escape(value[:10])) in page.text, (column, value)
+        if column == "run_at":
+            assert str(escape(value[:10])) in listed.text
+    app.close()
 
 
 def test_a_run_runs_what_is_due_and_the_rows_stay_readable(store: Store, run: Any, bad_rows: Any) -> None:
