@@ -63,10 +63,9 @@ def job_row(
     concurrency_key: str | None = None,
 ) -> dict[str, Any]:
     """Validate one job's arguments and return its column values; raise ValueError saying what is wrong."""
-    if not isinstance(task, str) or not task or len(task) > validation.NAME_LIMIT:
-        raise ValueError(f"task must be a non-empty string of at most {validation.NAME_LIMIT} characters")
-    if task != task.strip():  # ' ' or 'mail ' names no handler, and is hard to see in a list of failures
-        raise ValueError("task must not be blank or start or end with whitespace")
+    problem = validation.task_name_problem(task)
+    if problem:
+        raise ValueError(f"task {problem}")
     if not isinstance(queue, str) or not queue or len(queue) > 64:
         raise ValueError("queue must be a non-empty string of at most 64 characters")
     payload = {} if payload is None else payload

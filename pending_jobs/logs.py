@@ -22,11 +22,12 @@ def _escape(ch: str) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`time LEVEL logger: message`, the message's control characters escaped: a log line names tasks, queues
-    and errors a producer wrote, and the cron log is read in a terminal."""
+    """`time LEVEL logger: message`, the message's control characters escaped, newlines too: a log line names
+    tasks, queues and errors a producer wrote, the cron log is read in a terminal, and a task name holding a
+    newline must not forge a line of its own. (A traceback, formatted apart, keeps its lines.)"""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
-        return printable(super().formatMessage(record))
+        return printable(super().formatMessage(record), newlines=False)
 
 
 class JsonFormatter(logging.Formatter):

@@ -28,7 +28,7 @@ def render(report: RunReport, finished_at: float, health: Health | None) -> byte
     jobs = gauge("run_jobs", "Jobs the last run handled, by outcome", ("outcome",))
     for outcome in ("claimed", "succeeded", "failed", "retried", "cancelled", "rescued"):
         jobs.labels(outcome).set(getattr(report, outcome))
-    callbacks = gauge("run_callbacks", "Callbacks the last run attempted, by outcome", ("outcome",))
+    callbacks = gauge("run_callbacks", "Callbacks the last run delivered or failed for good", ("outcome",))
     callbacks.labels("delivered").set(report.callbacks_delivered)
     callbacks.labels("failed").set(report.callbacks_failed)
     gauge("run_duration_seconds", "How long the last run took").set(report.duration)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from .context import Handler
 from .errors import ConfigError
+from .validation import task_name_problem
 
 Backoff = Callable[[int], float]
 Isolation = Literal["thread", "process"]
@@ -54,6 +55,9 @@ def task(
     memory_limit: int | None = None,
 ) -> Callable[[Handler], Handler]:
     """Register `fn(payload, ctx)` as the handler of rows whose `task` column is `name`."""
+    problem = task_name_problem(name)
+    if problem:  # enqueue refuses such a name: the handler would never get a job
+        raise ValueError(f"task name {problem}, not {name!r}")
     if isolation not in ("thread", "process"):
         raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
     if memory_limit is not None and isolation != "process":

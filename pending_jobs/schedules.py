@@ -29,7 +29,7 @@ from cronsim import CronSim, CronSimError
 
 from .config import duration
 from .errors import ConfigError
-from .validation import MAX_ATTEMPTS_LIMIT, NAME_LIMIT, PRIORITY_MAX, PRIORITY_MIN
+from .validation import MAX_ATTEMPTS_LIMIT, NAME_LIMIT, PRIORITY_MAX, PRIORITY_MIN, task_name_problem
 
 CatchUp = Literal["skip", "latest", "all"]
 KEYS = ("cron", "every", "timezone", "task", "payload", "queue", "priority", "max_attempts", "concurrency_key",
@@ -150,6 +150,8 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
     if ("cron" in table) == ("every" in table):
         raise ConfigError(f"{where}: needs cron = \"…\" or every = \"15m\" (one of them)")
     task = _text(table, "task", error, required=True, limit=NAME_LIMIT)
+    if task_name_problem(task):  # the rule enqueue keeps: its jobs would name no handler
+        raise error("task", f"{task_name_problem(task)}, not {task!r}")
     timezone = _text(table, "timezone", error, limit=64) or "UTC"
     if timezone != "UTC":
         try:

@@ -82,6 +82,16 @@ def row_problem(task: str, max_attempts: int, priority: int, callback_url: str |
     return None
 
 
+def task_name_problem(name: object) -> str | None:
+    """Why a task name can name no handler, or None: the same rule at enqueue, in a schedule, a `[task.NAME]`
+    table and `@task` (a name one of them took that another refused would fail every job of it)."""
+    if not isinstance(name, str) or not name or len(name) > NAME_LIMIT:
+        return f"must be a non-empty string of at most {NAME_LIMIT} characters"
+    if name != name.strip():  # ' ' or 'mail ' names no handler, and is hard to see in a list of failures
+        return "must not be blank or start or end with whitespace"
+    return None
+
+
 def queue_problem(name: object) -> str | None:
     """Why an operator's queue name (pause, resume) can be no queue, or None. MariaDB and PostgreSQL
     refuse a longer name (SQLite would store it), PostgreSQL refuses NUL in any text."""

@@ -271,13 +271,13 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
         declared.specs(settings)  # [task.NAME] tables are configuration too
         limits.parse(settings.queue_tables, settings.declared_tasks)  # and the limits and schedules
         plan = schedules.parse(settings.schedule_tables)
+        engine, store = common.open_database(settings)  # a URL no engine can be made of (a missing folder)
     except ConfigError as error:
         results.append(("configuration", False, str(error)))
         return skip_rest()
     source = getattr(args, "config", None) or os.environ.get("PENDING_JOBS_CONFIG") or "defaults and environment"
     results.append(("configuration", True, f"settings from {source}"))
 
-    engine, store = common.open_database(settings)
     try:
         store.ping()
         store.check_version()

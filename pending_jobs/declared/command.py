@@ -19,7 +19,7 @@ from ..registry import Backoff, Task
 from ..validation import clean_text
 from . import process
 from .base import backoff_of, effective_limit, excerpt, json_or_text, retry, task_of
-from .spec import DEFAULT_TIMEOUT, CommandSpec
+from .spec import COMMAND_TIMEOUT, CommandSpec
 
 EXIT_TEMPFAIL = 75
 TAIL = 2000  # characters of stderr in `last_error`
@@ -45,7 +45,7 @@ class CommandTask:
         self.spec = spec
         self.limit = effective_limit(spec.policy, payload_limit)
         self.backoff: Backoff = backoff_of(spec.policy)
-        self.timeout = spec.policy.timeout or float(DEFAULT_TIMEOUT["command"] or 300.0)
+        self.timeout = spec.policy.timeout or COMMAND_TIMEOUT
         self.env = {**inherited_environment(), **spec.env}
 
     def __call__(self, payload: dict[str, Any], ctx: Any) -> Any:

@@ -21,7 +21,7 @@ from ..errors import ConfigError, Fail
 from ..registry import Backoff, Task
 from ..version import __version__
 from .base import backoff_of, effective_limit, excerpt, json_or_text, retry, task_of
-from .spec import DEFAULT_TIMEOUT, HttpSpec
+from .spec import HTTP_TIMEOUT, HttpSpec
 
 BACKSTOP_MARGIN = 5.0  # seconds past the request's deadline before the runner abandons the worker thread
 RETRIED = frozenset({408, 429})  # besides 5xx: the endpoint asks for another try
@@ -59,7 +59,7 @@ class HttpTask:
         self.transport = Transport(pool_size, read_limit=self.limit + 1)  # one byte more tells "too big"
         self.shown = redact(spec.url)  # never the query: it may hold a token
         self.backoff: Backoff = backoff_of(spec.policy)
-        self.timeout = spec.policy.timeout or float(DEFAULT_TIMEOUT["http"] or 30.0)
+        self.timeout = spec.policy.timeout or HTTP_TIMEOUT
 
     def __call__(self, payload: dict[str, Any], ctx: Any) -> Any:
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()

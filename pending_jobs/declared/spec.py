@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from ..callbacks.guard import Refused, parse
 from ..config import duration
 from ..errors import ConfigError
-from ..validation import MAX_ATTEMPTS_LIMIT, NAME_LIMIT
+from ..validation import MAX_ATTEMPTS_LIMIT, task_name_problem
 
 T = TypeVar("T")
 KINDS = {"sql": "sql", "url": "http", "command": "command"}
@@ -24,7 +24,8 @@ KIND_KEYS = {
     "http": ("url", "secret", "connect_timeout"),
     "command": ("command", "cwd", "env", "kill_after"),
 }
-DEFAULT_TIMEOUT = {"sql": None, "http": 30.0, "command": 240.0}
+HTTP_TIMEOUT, COMMAND_TIMEOUT = 30.0, 240.0
+DEFAULT_TIMEOUT = {"sql": None, "http": HTTP_TIMEOUT, "command": COMMAND_TIMEOUT}
 """Seconds: an HTTP request or a process that never ends must not hold a worker for the whole run. A
 command's, with its kill_after and the runner's margin, stays within the default 300 s lease (at 300 s,
 `check` warned about every command task of a config that set neither)."""
@@ -99,8 +100,9 @@ def limits_only(table: Mapping[str, Any]) -> bool:
 def parse_one(name: str, table: Mapping[str, Any]) -> Spec:
     """One `[task.NAME]` table as a spec."""
     where = f"[task.{name}]"
-    if not name.strip() or len(name) > NAME_LIMIT:
-        raise ConfigError(f"{where}: a task name must be 1 to {NAME_LIMIT} characters")
+    problem = task_name_problem(name)
+    if problem:
+        raise ConfigError(f"{where}: the task name {problem}")
     kinds = [key for key in KINDS if key in table]
     if not kinds:
         raise ConfigError(f"{where}: needs one of sql, url or command (a table holding only "

@@ -93,15 +93,15 @@ class Postgres(Dialect):
         # psycopg fails the whole read on a time Python cannot hold (±infinity, BC, after year 9999): a person
         # reading is handed it as its text instead (models.utc reads that as no time). The driver's own
         # loaders are put back after, so the runner's reads keep their cost.
-        driver: Any = conn.connection.driver_connection
-        adapters = driver.adapters
-        kept = {name: adapters.get_loader(adapters.types[name].oid, TEXT) for name in _lenient_loaders()}
-        for name, loader in _lenient_loaders().items():
-            adapters.register_loader(name, loader)
+        adapters: Any = getattr(conn.connection.driver_connection, "adapters", None)  # psycopg 3's, not psycopg2's
+        kept = {} if adapters is None else {name: adapters.get_loader(adapters.types[name].oid, TEXT)
+                                           for name in _lenient_loaders()}
         try:
+            for name in kept:
+                adapters.register_loader(name, _lenient_loaders()[name])
             yield
         finally:
-            for name, before in kept.items():
+            for name, before in kept.items():  # the built-in loaders: psycopg always has one for these types
                 if before is not None:
                     adapters.register_loader(name, before)
 

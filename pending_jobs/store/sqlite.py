@@ -32,6 +32,9 @@ STATEMENT_WRONG = ("no such table", "no such column", "syntax error", "has no co
                    "values for", "incomplete input", "unrecognized token", 'near "')
 
 
+ISO_DATE = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"  # how every time SQLAlchemy stores begins
+
+
 class SQLite(Dialect):
     """SQLite 3.35+."""
 
@@ -94,7 +97,10 @@ class SQLite(Dialect):
 
     def unreadable_time(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
         # SQLite stores what it is given: 'tomorrow' in run_at compares after every real time, for ever.
-        return sa.func.julianday(column).is_(None)
+        # julianday() also reads 'now' and '12' (a day number), which Python does not: a time starts with
+        # its date, as models.utc reads it.
+        text = sa.type_coerce(column, sa.String)  # as stored, not as a time
+        return sa.or_(sa.func.julianday(column).is_(None), text.op("NOT GLOB", is_comparison=True)(ISO_DATE))
 
     def due_queues(self, conn: sa.Connection) -> list[str]:
         try:

@@ -88,7 +88,10 @@ def live_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
                 await asyncio.sleep(INTERVAL)
                 if await request.is_disconnected():
                     return
-                yield f"data: {await run_in_threadpool(snapshot)}\n\n"
+                try:
+                    yield f"data: {await run_in_threadpool(snapshot)}\n\n"
+                except BadRequest:  # the job was purged meanwhile: nothing more to show (the page says so)
+                    return
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})

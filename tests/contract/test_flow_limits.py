@@ -205,3 +205,19 @@ def test_keys_and_queues_that_differ_only_by_trailing_spaces_each_get_a_slot(sto
     queued = keyed(engine, ["x"], queue="k ")
     assert [job.id for job in jobs.claim("default", 10, "runner", 60).jobs] == spaced
     assert [job.id for job in jobs.claim("k ", 10, "runner", 60).jobs] == queued
+
+
+def test_keys_differing_only_by_trailing_spaces_pending_together_all_run(store: Store, engine: sa.Engine) -> None:
+    # On MariaDB the two compare equal in SQL: they count each other's running job, so they take turns there
+    # (elsewhere both start at once); neither may wait for ever, nor run two of one key at once.
+    both = keyed(engine, ["user:1", "user:1 ", "user:1", "user:1 "])
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 1}})
+    ran: list[int] = []
+    for _ in range(8):
+        claim = jobs.claim("default", 10, "runner", 60)
+        keys = [key for job in claim.jobs for key in rows(engine, "SELECT concurrency_key FROM pending_jobs "
+                                                                  "WHERE id = :id", id=job.id)[0]]
+        assert len(keys) == len(set(keys)), keys  # at most one running per key
+        ran += [job.id for job in claim.jobs]
+        finish(store, claim.token, succeeded=[(job.id, None) for job in claim.jobs])
+    assert sorted(ran) == both

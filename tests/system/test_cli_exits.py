@@ -3,6 +3,7 @@ closed pipe ends the command quietly."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -71,3 +72,11 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_a_configuration_error(
     done = command_line(*command, env={"PENDING_JOBS_DATABASE_URL": url})
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert f"the SQLite file's folder {tmp_path / 'missing'} does not exist" in done.stdout + done.stderr
+
+
+def test_check_json_names_a_missing_sqlite_folder_in_its_table(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing' / 'jobs.sqlite3'}"
+    done = command_line("check", "--json", env={"PENDING_JOBS_DATABASE_URL": url})
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert done.returncode == 2 and checks["configuration"]["ok"] is False
+    assert "the SQLite file's folder" in checks["configuration"]["detail"]

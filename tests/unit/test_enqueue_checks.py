@@ -36,3 +36,16 @@ def test_a_delay_beyond_a_hundred_years_or_not_a_number_is_refused(delay: float)
     with pytest.raises(ValueError, match=r"^delay must be from 0 seconds to 100 years"):
         job_row("mail", delay=delay)
     assert job_row("mail", delay=100 * 365 * 86_400.0)["run_at_delay"] == 100 * 365 * 86_400.0
+
+
+def test_every_place_a_task_is_named_keeps_the_enqueue_rule() -> None:
+    # A schedule, a [task.NAME] table or @task taking a name enqueue refuses: check passed, every job failed.
+    from pending_jobs import declared, registry, schedules
+    from pending_jobs.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"\[schedules.s\] task: must not be blank or start or end with whitespace"):
+        schedules.parse({"s": {"every": "1m", "task": "report "}})
+    with pytest.raises(ConfigError, match=r"\[task. report\]: the task name must not be blank"):
+        declared.spec.parse_one(" report", {"command": ["true"]})
+    with pytest.raises(ValueError, match=r"task name must not be blank or start or end with whitespace"):
+        registry.task("report\n")

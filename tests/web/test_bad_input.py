@@ -6,8 +6,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
+from pending_jobs import enqueue
 from pending_jobs.store import OpsStore, Store
+from pending_jobs.web import live
 
 HUGE = "99999999999999999999999"  # above 2**63 - 1: no BIGINT column holds it
 BEARER = {"Authorization": "Bearer tok"}
@@ -60,3 +63,17 @@ def test_the_largest_age_is_still_accepted(console: Any) -> None:
     answer = client.post("/api/actions/purge", json={"older_than": "3650d"}, headers=BEARER)
     assert answer.status_code == 200, answer.text
     assert client.get("/api/jobs?since=3650d&until=1d", headers=BEARER).status_code == 200
+
+
+def test_a_job_purged_while_its_page_streams_ends_the_stream_quietly(console: Any, store: Store,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(live, "INTERVAL", 0.05)
+    job_id = enqueue(store.engine, "noop")
+    with console().stream("GET", f"/events?view=job&id={job_id}") as answer:
+        assert answer.status_code == 200
+        lines = answer.iter_lines()
+        assert next(line for line in lines if line.startswith("data: "))
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM pending_jobs WHERE id = :id"), {"id": job_id})
+        rest = list(lines)  # raised the snapshot's BadRequest into the server's log before; now the end
+    assert all("Traceback" not in line for line in rest)
