@@ -82,7 +82,7 @@ class ClaimedJob:
             return _frozen(cls, id=int(job_id), task=task, queue=queue, payload_text=payload_text,
                            attempt=int(attempts) + attempted, max_attempts=int(max_attempts), priority=int(priority),
                            callback_url=callback_url, token=token, problem=None)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: SQLite keeps a REAL inf in any column
             return cls._unusable(row, token, attempted)
 
     @classmethod

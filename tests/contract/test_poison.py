@@ -58,6 +58,9 @@ def _raw_poison(backend: str) -> list[str]:
             "('echo', '{}', 'default', 0, 5, 'pending', CAST(X'687474703a2f2fff' AS TEXT))",  # callback_url
             "('echo', '{}', 'default', 'high', 5, 'pending', NULL)",  # text in priority
             "('echo', '{}', 'default', 0, X'00', 'pending', NULL)",  # a blob in max_attempts
+            # REAL infinities (int() raises OverflowError, not ValueError: the claim raised, every run exited 1)
+            "('echo', '{}', 'default', 0, 9e999, 'pending', NULL)",
+            "('echo', '{}', 'default', -9e999, 5, 'pending', NULL)",
             "('echo', 'not json at all', 'default', 0, 5, 'pending', NULL)",
         ]
     return found
