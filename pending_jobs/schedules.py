@@ -150,8 +150,9 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
     if ("cron" in table) == ("every" in table):
         raise ConfigError(f"{where}: needs cron = \"…\" or every = \"15m\" (one of them)")
     task = _text(table, "task", error, required=True, limit=NAME_LIMIT)
-    if task_name_problem(task):  # the rule enqueue keeps: its jobs would name no handler
-        raise error("task", f"{task_name_problem(task)}, not {task!r}")
+    problem = task_name_problem(task)  # the rule enqueue keeps: its jobs would name no handler
+    if problem:
+        raise error("task", f"{problem}, not {task!r}")
     timezone = _text(table, "timezone", error, limit=64) or "UTC"
     if timezone != "UTC":
         try:

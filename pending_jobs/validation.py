@@ -102,6 +102,14 @@ def queue_problem(name: object) -> str | None:
     return None
 
 
+def job_id(value: Any) -> int:
+    """A job id an operator gave (CLI, console action), or ValueError saying what one is."""
+    number = config.integer(value)
+    if not 1 <= number <= JOB_ID_MAX:
+        raise ValueError(f"a job id is a whole number from 1 to {JOB_ID_MAX}, not {value}")
+    return number
+
+
 def age(value: Any) -> float:
     """An age in AGE's range (a duration: seconds or 30s, 15m, 2h, 7d), else ValueError naming the range."""
     seconds = config.duration(value)

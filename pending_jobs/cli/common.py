@@ -20,7 +20,6 @@ from ..store import Store, create_engine, open_store
 log = logging.getLogger("pending_jobs.cli")
 
 
-MAX_ID = validation.JOB_ID_MAX
 
 
 def argument(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
@@ -36,13 +35,6 @@ def argument(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _job_id(value: str) -> int:
-    number = config.integer(value)
-    if not 1 <= number <= MAX_ID:
-        raise ValueError(f"a job id is a whole number from 1 to {MAX_ID}, not {value}")
-    return number
-
-
 def _queue(value: str) -> str:
     problem = validation.queue_problem(value)  # the console's check, so both refuse the same names alike
     if problem:
@@ -52,7 +44,7 @@ def _queue(value: str) -> str:
 
 DURATION = argument(config.duration)
 AGE = argument(validation.age)  # how long ago, for a filter or a purge: bounded, see validation.AGE
-JOB_ID = argument(_job_id)
+JOB_ID = argument(validation.job_id)
 QUEUE = argument(_queue)
 INTEGER = argument(config.integer)
 
@@ -108,14 +100,15 @@ def out(text: str) -> None:
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """A plain, aligned text table."""
-    cells = [[_cell(value) for value in row] for row in rows]
+    cells = [[cell(value) for value in row] for row in rows]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
     print("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
     for row in cells:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """One value as a table cell or a line shows it: a time to the second, control characters escaped."""
     if value is None:
         return "-"
     if hasattr(value, "isoformat"):

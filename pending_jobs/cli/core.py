@@ -109,11 +109,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     for job in expired:
         common.out(f"  job {job['id']} ({job['task']}) held by {job['lease_owner']} since {job['started_at']}")
     for queue in status["paused_queues"]:
-        # One line each, its names escaped as the counts table escapes them (_cell): a newline or an escape
+        # One line each, its names escaped as the counts table escapes them (cell): a newline or an escape
         # sequence in a queue name would otherwise forge or hide lines of this report.
-        why = f": {common._cell(queue['reason'])}" if queue["reason"] else ""
-        since = common._cell(queue["paused_at"])
-        common.out(f"queue {common._cell(queue['queue'])} is PAUSED since {since} by {common._cell(queue['paused_by'])}"
+        why = f": {common.cell(queue['reason'])}" if queue["reason"] else ""
+        since = common.cell(queue["paused_at"])
+        common.out(f"queue {common.cell(queue['queue'])} is PAUSED since {since} by {common.cell(queue['paused_by'])}"
                    f"{why}")
     cb = status["callbacks"]
     common.out(f"callbacks: {cb['pending']} pending ({cb['due']} due now), {cb['failed']} failed, "
@@ -124,7 +124,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         seconds = run["duration_seconds"]
         took = "still running (or killed)" if seconds is None else f"took {seconds:.1f}s, exit {run['exit_code']}"
-        started = common._cell(run["started_at"])
+        started = common.cell(run["started_at"])
         common.out(f"last run: #{run['id']} on {run['host']} pid {run['pid']} started {started}, "
                    f"{took}: claimed {run['claimed']}, succeeded {run['succeeded']}, "
                    f"failed {run['failed']}, retried {run['retried']}, cancelled {run['cancelled']}")

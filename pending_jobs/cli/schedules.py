@@ -96,6 +96,6 @@ def late_by(schedule: Schedule, last_slot: dt.datetime, now: dt.datetime) -> flo
 
 def late_warnings(store: Store, plan: Mapping[str, Schedule]) -> list[str]:
     """One line per late schedule (status and check show them)."""
-    return [f"schedule {s['name']} is late: its slot {common._cell(s['next_slot'])} is {s['late_seconds']:.0f}s "
+    return [f"schedule {s['name']} is late: its slot {common.cell(s['next_slot'])} is {s['late_seconds']:.0f}s "
             "overdue and not enqueued (is a run serving, or cron running `pending-jobs run`?)"
             for s in schedule_states(store, plan) if s["late_seconds"]]

@@ -7,7 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .. import config, validation
+from .. import validation
 from ..store import CallbackStore, OpsStore, Store
 from ..store.console import BULK_LIMIT, ConsoleStore
 from ..store.ops import PURGEABLE
@@ -18,12 +18,9 @@ NAMES = ("retry", "cancel", "callback-retry", "pause", "resume", "bulk-retry", "
 
 def _job_id(value: Any) -> int:
     try:
-        number = config.integer(value)
+        return validation.job_id(value)
     except ValueError as error:
         raise BadRequest(f"job id: {error}") from None
-    if not 1 <= number <= validation.JOB_ID_MAX:
-        raise BadRequest(f"job id: {number} is not a job id")
-    return number
 
 
 def _queue(value: Any) -> str:

@@ -22,6 +22,15 @@ def test_pause_refuses_a_queue_name_no_queue_column_holds(db_url: str, store: St
     assert cli("pause", "q" * 64, env=env).returncode == 0
 
 
+@pytest.mark.parametrize("value", ["0", "99999999999999999999999"])
+@pytest.mark.parametrize("command", ["show", "retry", "cancel"])
+def test_a_job_id_no_bigint_holds_is_a_usage_error(db_url: str, engine: sa.Engine, command: str, value: str) -> None:
+    done = cli(command, value, env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert done.returncode == 2, done.stderr
+    assert f"a job id is a whole number from 1 to {2**63 - 1}, not {value}" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize(("command", "flag"), [(["purge", "--older-than"], "--older-than"),
                                                (["list", "--since"], "--since"),
                                                (["retry", "--failed", "--since"], "--since")])

@@ -58,6 +58,18 @@ def test_an_action_with_nul_or_a_huge_age_is_a_400_naming_the_field(console: Any
     assert OpsStore(store).paused() == []
 
 
+@pytest.mark.parametrize("value", [HUGE, "0", "-3", "abc"])
+@pytest.mark.parametrize("action", ["retry", "cancel", "callback-retry"])
+def test_an_action_on_a_job_id_that_is_no_job_id_is_a_400_in_the_cli_s_words(console: Any, action: str,
+                                                                                value: str) -> None:
+    answer = console(token="tok").post(f"/api/actions/{action}", json={"job_id": value}, headers=BEARER)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error.startswith("job id: "), error
+    if value != "abc":
+        assert error == f"job id: a job id is a whole number from 1 to {2**63 - 1}, not {value}"
+
+
 def test_the_largest_age_is_still_accepted(console: Any) -> None:
     client = console(token="tok")
     answer = client.post("/api/actions/purge", json={"older_than": "3650d"}, headers=BEARER)
