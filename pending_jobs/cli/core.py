@@ -148,7 +148,7 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER, late: list[st
     never, examples = runs.never_due()
     if never:
         shown = ", ".join(f"job {job_id}: {run_at!r}" for job_id, run_at in examples)
-        warnings.append(f"{never} pending job(s) will never run: run_at is not a time ({shown}); "
+        warnings.append(f"{never} pending job(s) will never run: run_at is not a time that will come ({shown}); "
                         "fix run_at or cancel them")
     warnings.extend(late or [])
     run = health.last_run

@@ -257,6 +257,13 @@ class Dialect:
         be due by the database's own comparison: `never_due` asks that too."""
         return None
 
+    def never_due(self, run_at: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+        """A condition true where a pending job's run_at will never pass the claim's test (`run_at <= now`) as the
+        database compares what it holds (SQLite: text such as 'tomorrow' sorts after every time), or None where
+        every value the column can hold comes due."""
+        unreadable = self.unreadable_time(run_at)
+        return None if unreadable is None else sa.and_(unreadable, sa.not_(run_at <= db_now()))
+
     def tolerant_reads(self, conn: sa.Connection) -> contextlib.AbstractContextManager[None]:
         """While open, what a producer wrote that the driver cannot read is read anyway (people's reads): text
         that cannot be decoded with replacement characters, a time the driver cannot hold as its text."""

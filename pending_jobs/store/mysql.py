@@ -187,13 +187,30 @@ class MySQL(Dialect):
         # before every time, so such a run_at is due at once and the job runs.
         return sa.or_(sa.func.year(column) == 0, sa.func.month(column) == 0, sa.func.dayofmonth(column) == 0)
 
+    def never_due(self, run_at: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
+        # A DATETIME holds no time after 9999, and a zero month or day compares by its digits ('2030-05-00'
+        # just before May 2030): every run_at comes due, so nothing is read (the unreadable test is not
+        # index-served: 1.1 s at 1,000,000 pending jobs).
+        return None
+
     def room_limit(self, size: int, room: sa.ColumnElement[int]) -> int | sa.ColumnElement[int]:
         return size  # LIMIT takes only a number: lock_mark_return counts the room first
 
     def due_queues(self, conn: sa.Connection) -> list[str]:
-        # DISTINCT over the claim index prefix is a loose index scan on MySQL/MariaDB.
-        stmt = self.cached(("due_queues",), lambda: sa.select(J.c.queue).where(J.c.status == "pending").distinct())
-        return [row[0] for row in conn.execute(stmt)]
+        # A skip scan driven from here: one index dive per queue, each the first pending queue after the last.
+        # MariaDB 10.11 answers DISTINCT, and the recursive CTE's MIN(queue), by reading every pending row of
+        # the claim index (no loose scan over it): 150-195 ms at 1,000,000 pending jobs, every poll of an idle
+        # run while they wait for their run_at; the dives take ≈ 1 ms.
+        first = self.cached(("due_queues",), lambda: sa.select(J.c.queue).where(J.c.status == "pending")
+                            .order_by(J.c.queue).limit(1))
+        after = self.cached(("due_queues", "after"), lambda: sa.select(J.c.queue).where(
+            J.c.status == "pending", J.c.queue > sa.bindparam("after")).order_by(J.c.queue).limit(1))
+        queues: list[str] = []
+        row = conn.execute(first).first()
+        while row is not None:
+            queues.append(row[0])
+            row = conn.execute(after, {"after": row[0]}).first()
+        return queues
 
     def estimate(self, conn: sa.Connection, stmt: sa.Select[Any], params: dict[str, Any]) -> int | None:
         # InnoDB dives into the index at both ends of the range: live, not from stored statistics, but

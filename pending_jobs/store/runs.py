@@ -111,11 +111,10 @@ class RunStore:
         """Pending jobs no claim will ever find due (their run_at is not a time, and the database compares
         it after every time: SQLite's 'tomorrow', PostgreSQL's infinity): how many, and a few (id, run_at as
         stored). One the database finds due (MariaDB's zero date, -infinity) is claimed and runs."""
-        unreadable = self.sql.unreadable_time(J.c.run_at)
-        if unreadable is None:
+        never = self.sql.never_due(J.c.run_at)
+        if never is None:
             return 0, []
-        # and not due by the claim's own test (`run_at <= now`), as the database compares the stored value.
-        where = (J.c.status == JOB_PENDING, unreadable, sa.not_(J.c.run_at <= db_now()))
+        where = (J.c.status == JOB_PENDING, never)
         count = sa.select(sa.func.count()).where(*where)
         some = sa.select(J.c.id, sa.cast(J.c.run_at, sa.Text)).where(*where).order_by(J.c.id).limit(limit)
 
