@@ -8,10 +8,10 @@ Two lock files, by `flock`, so the kernel releases them when a process dies howe
 
 A new run that finds the first taken takes the second and waits for the first; a third finds both
 taken and leaves at once (exit 0). The serving run looks now and then whether `.next` is taken: then it
-stops claiming (as soon as no job of its own has run long), finishes what it started, and exits, and
-the waiting run, already started, connected and checked, takes over within a few milliseconds. A run
-busy with a long job keeps serving meanwhile, so the host never waits for it: the hand-off happens when
-the long job ends.
+stops claiming (as soon as no job of its own has run long, or none of its workers is free), lets go of
+`.lock`, finishes what it started, and exits; the waiting run, already started, connected and checked,
+takes over within a few milliseconds. A run busy with a long job and a free worker keeps serving short
+jobs beside it, so the host never waits for it: the hand-off happens when the long job ends.
 """
 
 from __future__ import annotations
@@ -25,14 +25,56 @@ import time
 from collections.abc import Callable, Sequence
 from typing import IO
 
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
 WAIT_STEP = 0.02  # seconds between looks at the serving run's lock while waiting to take over
 
 
 def lock_path(database_url: str, queues: Sequence[str], callbacks: str) -> str:
-    """A lock file per database and set of queues (two cron lines serving different queues don't
-    exclude each other), in the system's temporary directory."""
-    key = "\n".join([database_url, ",".join(sorted(queues)), callbacks]).encode()
-    return os.path.join(tempfile.gettempdir(), f"pending-jobs-{hashlib.sha256(key).hexdigest()[:16]}.lock")
+    """A lock file per user, database and set of queues (two cron lines serving different queues don't
+    exclude each other), in the system's temporary directory.
+
+    The user id is in the name because /tmp is shared: a file another user created (mode 0644, or any
+    mode under fs.protected_regular) cannot be opened for writing, so one root run would otherwise stop
+    every later www-data run. Two users' runs on one database then may both serve: harmless, as claims
+    are SKIP LOCKED; the lock only saves a host from starting a second run that would add nothing."""
+    key = "\n".join([database_key(database_url), ",".join(sorted(queues)), callbacks]).encode()
+    name = f"pending-jobs-{os.getuid()}-{hashlib.sha256(key).hexdigest()[:16]}.lock"
+    return os.path.join(tempfile.gettempdir(), name)
+
+
+def database_key(database_url: str) -> str:
+    """What identifies the database a URL reaches, however the URL is spelled.
+
+    SQLite: the file's absolute, resolved path (a relative URL means a different file in each working
+    directory; `:memory:` or an empty database stays as is). Others: backend (`mysql` for
+    `mysql+pymysql`, MariaDB counting as MySQL), user, lower-cased host, port (its default filled in),
+    the socket a query names instead of a host, and database; not the driver, password or other query
+    options, which change how one connects, not where to. A URL that does not parse is its own key.
+    """
+    try:
+        url = make_url(database_url)
+    except ArgumentError:
+        return database_url
+    backend = _SAME_SERVER.get(url.get_backend_name(), url.get_backend_name())
+    database = url.database or ""
+    if backend in _FILE_BACKENDS:
+        if database not in ("", ":memory:") and not database.startswith("file:"):
+            database = os.path.realpath(database)  # absolute, symbolic links resolved
+        return f"sqlite:{database}"
+    port = url.port or _DEFAULT_PORTS.get(backend)
+    # A unix socket stands for the host: two local servers on two sockets are two databases.
+    socket = next((str(url.query[k]) for k in _SOCKET_QUERY_KEYS if k in url.query), "")
+    return "\n".join([backend, url.username or "", (url.host or "").lower(), str(port or ""), socket, database])
+
+
+# What database_key needs to know of each backend, as data rather than branches: how the backends
+# differ in behaviour belongs to the store's dialect files, and these are only facts about their URLs.
+_SAME_SERVER = {"mariadb": "mysql"}  # one server, two URL schemes
+_FILE_BACKENDS = frozenset({"sqlite"})  # the database is a file path, relative to the working directory
+_DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
+_SOCKET_QUERY_KEYS = ("unix_socket", "host")
 
 
 class HostLock:
@@ -46,10 +88,21 @@ class HostLock:
 
     def acquire(self, wait: Callable[[], bool]) -> bool:
         """Serve: take the lock now, or wait to take over from the run holding it while `wait()` says
-        so. False when another run already waits to take over (or waiting was given up)."""
+        so. False when another run already waits to take over (or waiting was given up). An OSError
+        when a lock file cannot be opened (a folder that is missing, a file of another user)."""
         self._serving = _take(self.path)
-        if self._serving is not None:
-            return True
+        if self._serving is None and not self._wait_to_take_over(wait):
+            return False
+        # Opened now, so a `.next` that cannot be opened stops the run before it serves (the CLI says
+        # which file and why), not in the middle of serving when successor_waiting first looks.
+        try:
+            self._probe = open(_next_path(self.path), "ab")
+        except OSError:
+            self.release()
+            raise
+        return True
+
+    def _wait_to_take_over(self, wait: Callable[[], bool]) -> bool:
         self._next = _take(_next_path(self.path))
         if self._next is None:
             return False

@@ -24,7 +24,7 @@ from .errors import DatabaseUnavailable, exit_code_of
 from .metrics import render, write_textfile
 from .models import RunReport
 from .registry import Task
-from .runner import Executor, Producer, stop_on_signals
+from .runner import Executor, Producer, rescue, stop_on_signals
 from .store import CallbackStore, Health, LimitedStore, OpsStore, RunStore, ScheduleStore, Store
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,9 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     written, over and over. Raises DatabaseUnavailable when the database goes away or turns
     read-only, ConfigError on a bad callback setting, CommandFailed when `job_id` is not pending.
     The runs row and the metrics file record the run however it ends. `deliverer` replaces the
-    callback sender the settings describe. `on_served()` is called once no more jobs will be claimed or
-    run (the host lock is released there: the next run may serve while this one's last callbacks go out).
+    callback sender the settings describe. `on_served()` is called once no more jobs will be claimed (the
+    host lock is released there: the next run serves while this one's last jobs and callbacks end); it must
+    bear a second call.
     """
     started = time.monotonic()
     report = RunReport()
@@ -65,18 +66,14 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     deliver = deliverer or Deliverer(CallbackStore(store), settings)
     callbacks = _Callbacks(deliver, settings, report) if settings.callbacks != "off" else None
     producer = Producer(store, Executor(store, tasks, settings), settings, report, owner_name(), on_progress,
-                        hand_off, on_callbacks_due=callbacks.wake if callbacks else None)
+                        hand_off, on_callbacks_due=callbacks.wake if callbacks else None, on_stop_claiming=on_served)
     run_id: int | None = None
     threads: list[_Thread] = []
     keeper: _Segments | None = None
     try:
         run_id = runs.start_run(socket.gethostname(), os.getpid())
         store.check_writable()
-        rescued = store.rescue_expired()
-        report.rescued, report.failed, report.cancelled = rescued.total, rescued.failed, rescued.cancelled
-        if rescued.total:
-            log.warning("rescued %d job(s) with expired leases (%d failed, out of attempts; %d cancelled)",
-                        rescued.total, rescued.failed, rescued.cancelled)
+        rescue(store, report)
         if recurring:
             enqueue_schedules(ScheduleStore(store), recurring)
             if settings.poll > 0:
@@ -117,6 +114,16 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
         else:  # the last interval's row: what was done since the previous one
             _record(runs, keeper.run_id, keeper.last(report), settings.metrics_file)
     return report
+
+
+def check_settings(settings: Settings, job_id: int | None = None) -> None:
+    """Raise ConfigError for a setting `run_once` would refuse, before the database is asked anything: the CLI
+    asks before it takes the host lock, so a run with a typo never makes the serving run hand over to it."""
+    limits.parse(settings.queue_tables, settings.declared_tasks)
+    if job_id is None and settings.callbacks != "only":
+        schedules.parse(settings.schedule_tables)
+    if settings.callbacks != "off":
+        Deliverer.check(settings)
 
 
 def enqueue_schedules(store: ScheduleStore, recurring: dict[str, schedules.Schedule]) -> int:

@@ -89,12 +89,9 @@ class Deliverer:
 
     def __init__(self, store: CallbackVerbs, settings: Settings, resolver: Resolver | None = None,
                  clock: Callable[[], float] = time.time) -> None:
-        if settings.callback_timeout <= 0 or settings.callback_connect_timeout <= 0:
-            raise ConfigError("callback_timeout and callback_connect_timeout must be positive")
+        self.signer, self.guard = _checked(settings, resolver)
         self.store = store
         self.settings = settings
-        self.signer = Signer(settings.callback_secret)  # raises ConfigError on a malformed secret
-        self.guard = Guard(settings.callback_allow, resolver)
         self.concurrency = max(1, settings.callback_concurrency)
         self.transport = Transport(self.concurrency)
         self.clock = clock
@@ -103,6 +100,11 @@ class Deliverer:
         self._lock = threading.Lock()
         self._deadline = 0.0
         self._start_by: dict[tuple[int, str], float] = {}
+
+    @staticmethod
+    def check(settings: Settings) -> None:
+        """Raise ConfigError for a callback setting a Deliverer would refuse (before a run takes the host lock)."""
+        _checked(settings, None)
 
     def __call__(self, deadline: float, queues: Sequence[str] = ()) -> tuple[int, int]:
         """Deliver what is due (of jobs in `queues`; empty: all) until nothing is left or the deadline
@@ -271,3 +273,10 @@ class Deliverer:
             log.warning("callback for job %d to %s failed for good: %s", callback.job_id, safe_url, error)
         return CallbackResult(callback, kind, delay=delay, error=note, status_code=response.status_code,
                               duration_ms=response.duration_ms, excerpt=excerpt, **base)
+
+
+def _checked(settings: Settings, resolver: Resolver | None) -> tuple[Signer, Guard]:
+    """The signer and the SSRF guard of these settings; ConfigError when one is malformed."""
+    if settings.callback_timeout <= 0 or settings.callback_connect_timeout <= 0:
+        raise ConfigError("callback_timeout and callback_connect_timeout must be positive")
+    return Signer(settings.callback_secret), Guard(settings.callback_allow, resolver)

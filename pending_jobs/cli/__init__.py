@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from .. import __version__
+from ..declared import process
 from ..errors import EXIT_CONFIG, CommandFailed, ConfigError, DatabaseUnavailable, exit_code_of
 from ..store import ours
 from . import callbacks, common, core, ops, run, schedules, web
@@ -69,9 +70,14 @@ def entry() -> None:
     A run ends when its work is recorded. A thread a handler started and never ended (a non-daemon
     thread, a ThreadPoolExecutor) would keep the interpreter alive at exit, and a process-isolated child
     that ignores SIGTERM would hang multiprocessing's exit hook; under `flock` that would stop every later
-    tick. So children still alive are killed, and with foreign threads left the process exits at once.
+    tick. So children and commands' process groups still alive are killed, and with foreign threads left
+    the process exits at once.
     """
     code = main()
+    # Commands still running (a worker waits on one after the grace was spent) are killed here, not
+    # only by process.kill_leftovers's atexit hook: when threads remain we leave by os._exit below,
+    # which runs no atexit hook, and an orphaned command would run on beside its rescued job.
+    process.kill_leftovers()
     started = sys.modules.get("multiprocessing")  # imported only by a run that isolated a task in a process
     for child in started.active_children() if started is not None else ():
         child.kill()

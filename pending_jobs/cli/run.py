@@ -9,9 +9,9 @@ from typing import TypeAlias
 from .. import config, declared, migrate, registry
 from ..callbacks import config_warnings
 from ..config import Settings
-from ..errors import EXIT_OK
+from ..errors import EXIT_OK, ConfigError
 from ..handoff import HostLock, lock_path
-from ..run import run_once
+from ..run import check_settings, run_once
 from ..runner import stop_on_signals
 from . import common
 from .progress import Progress
@@ -19,6 +19,10 @@ from .progress import Progress
 Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 log = logging.getLogger(__name__)
 SEGMENT = 60.0  # seconds of a `serve` process a runs row covers: as a cron line's run, one a minute
+RUN_SEGMENT = 120.0
+"""Seconds a cron run's runs row covers at most: one that serves longer (a long job, or long jobs one after
+another up to max_runtime) closes a row and opens the next this often, so `status` (stale after 5 min) and
+the last-success metric see a live run, not a stopped cron. A run of one tick ends long before."""
 
 
 def register(commands: Commands) -> None:
@@ -80,6 +84,7 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
             settings = settings.replace(max_runtime=float(config.BY_NAME["max_runtime"].high or 0))
     # Configuration errors first, before the database is touched.
     tasks = declared.merge(registry.load(settings.tasks, settings.python_path), declared.load(settings))
+    check_settings(settings, args.job)
     # A handler thread each, the claims, the completions' writer, callbacks, the listener and spares.
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 3)
     store.check_version()
@@ -95,7 +100,7 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
     try:
         report = run_once(store, tasks, settings, job_id=args.job, on_progress=progress,
                           hand_off=lock.successor_waiting if lock is not None and not service else None,
-                          segment=SEGMENT if service else None,
+                          segment=SEGMENT if service else RUN_SEGMENT,
                           on_served=lock.release if lock is not None else None)
     finally:
         progress.close()
@@ -118,5 +123,13 @@ def _lock(settings: Settings, job_id: int | None) -> HostLock | None:
 def _take_over(lock: HostLock) -> bool:
     """Serve now, or wait for the serving run to hand over (a signal ends the wait)."""
     stopped: list[bool] = []
-    with stop_on_signals(lambda: stopped.append(True), 0.0):
-        return lock.acquire(wait=lambda: not stopped)
+    try:
+        with stop_on_signals(lambda: stopped.append(True), 0.0):
+            return lock.acquire(wait=lambda: not stopped)
+    except OSError as error:
+        # A setting to fix (exit 2, one line), not a bug: cron would mail a traceback every minute.
+        setting = config.BY_NAME["lock_file"]
+        which = lock.path if error.filename in (None, lock.path) else f"{lock.path} (its {error.filename})"
+        raise ConfigError(f"cannot open the lock file {which}: {error.strerror or error}; "
+                          f"set {setting.env} (--lock-file) to a path this user can write, or to none for "
+                          f"no lock") from None

@@ -248,8 +248,12 @@ def _signal_group(pgid: int, signum: int) -> None:
 
 
 @atexit.register
-def _kill_leftovers() -> None:
-    """A runner that exits while commands run (grace spent, a second signal) takes their groups along."""
+def kill_leftovers() -> None:
+    """A runner that exits while commands run (grace spent, a second signal) takes their groups along.
+
+    Registered with atexit for embedders; the CLI also calls it itself, since it may leave with
+    os._exit (cli.entry), which skips atexit hooks. Idempotent: a group killed twice is harmless.
+    """
     with _live_lock:
         groups = list(_live)
     for pgid in groups:

@@ -3,9 +3,10 @@ completer writes their outcomes in batches. None of it knows SQL: it speaks to t
 
 from __future__ import annotations
 
+from .completer import rescue
 from .executor import Executor
 from .producer import Producer
 from .signals import stop_on_signals
 from .verbs import JobStore
 
-__all__ = ["Executor", "JobStore", "Producer", "stop_on_signals"]
+__all__ = ["Executor", "JobStore", "Producer", "rescue", "stop_on_signals"]

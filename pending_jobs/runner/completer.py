@@ -153,3 +153,14 @@ def _completion(token: str, group: list[Outcome]) -> Completion:
         elif o.kind == "failed":
             failed.append((o.job.id, o.error))
     return Completion(token, succeeded=succeeded, retried=retried, failed=failed)
+
+
+def rescue(store: JobStore, report: RunReport) -> None:
+    """Rescue expired leases, counted in the report: the jobs it fails or cancels are outcomes of this run."""
+    rescued = store.rescue_expired()
+    report.rescued += rescued.total
+    report.failed += rescued.failed
+    report.cancelled += rescued.cancelled
+    if rescued.total:
+        log.warning("rescued %d job(s) with expired leases (%d failed, out of attempts; %d cancelled)",
+                    rescued.total, rescued.failed, rescued.cancelled)

@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import CommandFailed
 from ..models import ClaimedJob, Outcome, RunReport
 from ..workers import WorkerPool
-from .completer import Completer
+from .completer import Completer, rescue
 from .executor import Executor
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
@@ -29,8 +29,9 @@ IDLE_RECHECK = 0.5  # seconds between claims while jobs run but none is due (dra
 LONGEST_WAIT = 1.0  # seconds the loop sleeps at most, so stop conditions are looked at regularly
 HANDOFF_CHECK = 0.1  # seconds between looks whether another run waits to take over (one flock each)
 LONG_JOB = 2.0
-"""Seconds after which a running job counts as long: while one runs, a run asked to hand over keeps
-serving (claiming short jobs) instead of leaving the host without pickup until the long job ends."""
+"""Seconds after which a running job counts as long: while one runs and a worker is free, a run asked to
+hand over keeps serving (claiming short jobs) beside it; with every worker busy it hands over at once."""
+RESCUE_EVERY = 60.0  # seconds between rescues while serving: `serve` has no next run to do it
 
 
 class Producer:
@@ -39,7 +40,8 @@ class Producer:
     def __init__(self, store: JobStore, executor: Executor, settings: Settings, report: RunReport, owner: str,
                  on_progress: Callable[[RunReport], None] | None = None,
                  hand_off: Callable[[], bool] | None = None,
-                 on_callbacks_due: Callable[[], None] | None = None) -> None:
+                 on_callbacks_due: Callable[[], None] | None = None,
+                 on_stop_claiming: Callable[[], None] | None = None) -> None:
         self.store = store
         self.executor = executor
         self.settings = settings
@@ -47,6 +49,7 @@ class Producer:
         self.owner = owner
         self.hand_off = hand_off
         """Asked now and then while serving: True when another run is ready to take over."""
+        self.on_stop_claiming = on_stop_claiming  # the host lock: the next run serves while our last jobs end
         self.worker = Worker(executor, settings.concurrency)
         # No task with a timeout: no watchdog, and no timeout looked up per job.
         timed = self.worker.timeout_of if self.worker.timeouts else None
@@ -62,6 +65,7 @@ class Producer:
         self._next_queue = 0
         self._next_claim = 0.0
         self._last_beat = time.monotonic()
+        self._next_rescue = self._last_beat + RESCUE_EVERY
         self._next_handoff_check = 0.0
         self._held_back: float | None = None  # seconds until jobs a limit held back may start (rate limits)
 
@@ -132,8 +136,11 @@ class Producer:
             return "max-jobs"
         if self.hand_off is not None and now >= self._next_handoff_check:
             self._next_handoff_check = now + HANDOFF_CHECK
-            long_job = any(slot.started is not None and now - slot.started > LONG_JOB for slot in self.pool.running())
-            if not long_job and self.hand_off():
+            running = self.pool.running()
+            long_job = any(slot.started is not None and now - slot.started > LONG_JOB for slot in running)
+            # With a worker free a run busy with a long job serves short ones beside it; with none free it
+            # serves nobody, so the next run (all its workers free) takes over while these jobs end.
+            if (not long_job or len(running) >= self.settings.concurrency) and self.hand_off():
                 return "handoff"
         return None
 
@@ -199,11 +206,14 @@ class Producer:
     # -- leases -----------------------------------------------------------------------------------
 
     def _maintain(self, now: float) -> None:
-        """Renew the leases of every job this run holds (timeouts are the pool's watchdog's)."""
+        """Renew the leases of this run's jobs (timeouts are the pool's watchdog's); rescue dead runners' jobs."""
         if now - self._last_beat >= self.settings.lease / 3:
             held = [(job.id, job.token) for slot in self.pool.in_flight() for job in jobs_of(slot.item)]
             self.store.heartbeat(held, self.settings.lease)
             self._last_beat = now
+        if now >= self._next_rescue:
+            self._next_rescue = now + RESCUE_EVERY
+            rescue(self.store, self.report)
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -212,6 +222,8 @@ class Producer:
         grace_end: float | None = None
         if self.report.stopped_by in ("signal", "max-runtime", "handoff"):
             self._release_unstarted()
+        if self.on_stop_claiming is not None:
+            self.on_stop_claiming()
         while self.pool.busy:
             now = time.monotonic()
             if self._signalled and grace_end is None:  # a signal now, too, leaves running jobs the grace period

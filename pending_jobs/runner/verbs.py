@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Literal, Protocol
 
 from ..context import HandlerTransaction
-from ..models import Claim, ClaimedJob, Completion, Finished, Job, Together
+from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Together
 
 
 class HandlerSession(HandlerTransaction, Protocol):
@@ -55,6 +55,9 @@ class JobStore(Protocol):
 
     def heartbeat(self, held: Sequence[tuple[int, str]], lease: float) -> int:
         """Extend the leases of these (job id, token) pairs."""
+
+    def rescue_expired(self) -> Rescued:
+        """Running jobs whose lease expired (their runner died): back to pending, failed or cancelled."""
 
     def get(self, job_id: int) -> Job | None:
         """One whole row (to say why `run --job` found nothing to run)."""

@@ -139,3 +139,48 @@ def _claims_by_run(engine: sa.Engine) -> dict[str, tuple[Any, Any]]:
     """lease owner (host:pid of a run) -> (its first claim, its last claim), by the database clock."""
     found = rows(engine, "SELECT lease_owner, MIN(started_at), MAX(started_at) FROM pending_jobs GROUP BY lease_owner")
     return {owner: (first, last) for owner, first, last in found}
+
+
+def _wait_for(check: Any, seconds: float = 20.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
+def test_the_next_tick_serves_while_the_last_one_s_job_still_runs(db_url: str, engine: sa.Engine,
+                                                                  tmp_path: Path) -> None:
+    # The serving run's job is still short (under LONG_JOB) when the next tick's run is ready, so it stops
+    # claiming; it then runs 4 s. The next run serves a job enqueued meanwhile before that one ends.
+    lock = tmp_path / "host.lock"
+    first = tick(db_url, lock)
+    _wait_for(lock.exists)
+    time.sleep(0.5)
+    long_one = enqueue(engine, "sleep", {"seconds": 4})
+    _wait_for(lambda: rows(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == [("running",)])
+    second = tick(db_url, lock)
+    quick = enqueue(engine, "noop", {})
+    _wait_for(lambda: rows(engine, f"SELECT status FROM pending_jobs WHERE id = {quick}") == [("succeeded",)])
+    assert rows(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == [("running",)]
+    assert first.wait(30) == 0  # the long job ended, then the first run
+    stop_all([second])
+    assert rows(engine, f"SELECT status, attempts FROM pending_jobs WHERE id = {long_one}") == [("succeeded", 1)]
+
+
+def test_a_run_with_a_bad_setting_leaves_the_serving_run_serving(db_url: str, engine: sa.Engine,
+                                                                 tmp_path: Path) -> None:
+    lock = tmp_path / "host.lock"
+    serving = tick(db_url, lock)
+    _wait_for(lock.exists)
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_LOCK_FILE": str(lock),
+           "PENDING_JOBS_CALLBACK_SECRET": "whsec_!!!"}
+    bad = subprocess.run([sys.executable, "-m", "pending_jobs", "run"], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and "callback_secret" in bad.stderr, bad.stderr
+    time.sleep(0.5)
+    assert serving.poll() is None  # it was never asked to hand over
+    job = enqueue(engine, "noop", {})
+    _wait_for(lambda: rows(engine, f"SELECT status FROM pending_jobs WHERE id = {job}") == [("succeeded",)])
+    stop_all([serving])

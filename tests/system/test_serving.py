@@ -125,3 +125,27 @@ def test_a_service_writes_a_runs_row_per_interval(db_url: str, store: Store, eng
     assert len(found) >= 3  # one per interval, and the last one
     assert sum(run.report.succeeded for run in found) == 40  # each interval counts its own jobs
     assert all(run.finished_at is not None for run in found)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
+def test_a_cron_run_busy_with_a_long_job_reports_that_it_is_alive(db_url: str, engine: sa.Engine,
+                                                                 tmp_path: Path) -> None:
+    # The cron run's row interval, shortened from 2 minutes for the test: a run living past it writes finished
+    # runs rows while its long job runs, so `status` does not ask whether cron stopped.
+    code = ("import sys; import pending_jobs.cli.run as r; r.RUN_SEGMENT = 0.5; "
+            "from pending_jobs.cli import main; sys.exit(main(['run']))")
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_LOCK_FILE": str(tmp_path / "serve.lock"),
+           "PENDING_JOBS_POLL": "0.05", "PENDING_JOBS_MAX_RUNTIME": "1"}
+    long_one = enqueue(engine, "sleep", {"seconds": 3})
+    run = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        until(lambda: scalar(engine, "SELECT COUNT(*) FROM pending_job_runs WHERE finished_at IS NOT NULL") >= 2,
+              seconds=2.8)
+        assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == "running"
+    finally:
+        _, err = run.communicate(timeout=30)
+    assert run.returncode == 0, err
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == "succeeded"
+    assert scalar(engine, "SELECT SUM(succeeded) FROM pending_job_runs") == 1  # counted once, in its interval

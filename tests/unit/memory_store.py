@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from pending_jobs.models import Claim, ClaimedJob, Completion, Finished, Job, Together
+from pending_jobs.models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Together
 
 
 @dataclasses.dataclass
@@ -219,6 +219,19 @@ class MemoryStore:
                     row.lease_expires_at = self.clock() + lease
                     renewed += 1
             return renewed
+
+    def rescue_expired(self) -> Rescued:
+        with self.lock:
+            counts = {"pending": 0, "failed": 0, "cancelled": 0}
+            for row in self.rows.values():
+                if row.status != "running" or (row.lease_expires_at or 0.0) >= self.clock():
+                    continue
+                status = ("cancelled" if row.cancel_requested
+                          else "failed" if row.attempts >= row.max_attempts else "pending")
+                self._set(row, status)
+                row.lease_token = row.lease_expires_at = None
+                counts[status] += 1
+            return Rescued(**counts)
 
     def get(self, job_id: int) -> Job | None:
         row = self.rows.get(job_id)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pending_jobs.context import Context
-from pending_jobs.handoff import HostLock, lock_path
+from pending_jobs.handoff import HostLock, database_key, lock_path
 from pending_jobs.registry import Task
 from pending_jobs.runner import producer as producer_module
+from tests.conftest import cli
 
 from .memory_store import MemoryStore
 from .test_producer import noop, producer, tasks
@@ -98,3 +102,51 @@ def test_a_run_busy_with_a_long_job_keeps_serving_short_ones_until_it_ends(monke
     assert report.stopped_by == "handoff"
     assert [store.status(job) for job in short] == ["succeeded"] * 5  # served while the long job ran
     assert store.status(1) == "succeeded"
+
+
+def test_the_default_lock_path_is_the_users_own() -> None:
+    # Another user's file in the shared temp directory cannot be opened: each user has a pair.
+    name = os.path.basename(lock_path("mysql://a/x", ["q"], "on"))
+    assert name.startswith(f"pending-jobs-{os.getuid()}-") and name.endswith(".lock")
+
+
+def test_a_relative_sqlite_url_locks_the_file_it_reaches(tmp_path: Path, monkeypatch: Any) -> None:
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    in_a = lock_path("sqlite:///jobs.sqlite3", [], "on")
+    assert in_a == lock_path(f"sqlite:///{tmp_path}/a/jobs.sqlite3", [], "on")  # one file, two spellings
+    assert in_a == lock_path("sqlite+pysqlite:///./jobs.sqlite3", [], "on")
+    monkeypatch.chdir(tmp_path / "b")
+    assert lock_path("sqlite:///jobs.sqlite3", [], "on") != in_a  # two apps, two databases
+    assert database_key("sqlite:///:memory:") == "sqlite::memory:"
+    assert database_key("sqlite://") == "sqlite:"
+
+
+def test_spellings_of_one_server_database_share_a_lock() -> None:
+    one = lock_path("mysql://root@127.0.0.1/db", [], "on")
+    assert one == lock_path("mysql+pymysql://root:secret@127.0.0.1:3306/db", [], "on")
+    assert one == lock_path("mariadb+pymysql://root@127.0.0.1/db?charset=utf8mb4", [], "on")
+    assert one != lock_path("mysql://root@127.0.0.1/other", [], "on")
+    assert one != lock_path("mysql://root@127.0.0.1:3307/db", [], "on")
+    assert one != lock_path("postgresql://root@127.0.0.1/db", [], "on")
+    assert database_key("postgresql+psycopg://u@DB.example/x") == database_key("postgresql://u@db.example:5432/x")
+    assert database_key("mysql://u@/x?unix_socket=/a.sock") != database_key("mysql://u@/x?unix_socket=/b.sock")
+
+
+@pytest.mark.parametrize("where", ["missing/folder/serve.lock", "/proc/pending-jobs.lock"])
+def test_a_lock_file_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path, where: str) -> None:
+    path = where if where.startswith("/") else str(tmp_path / where)
+    env = {"PENDING_JOBS_DATABASE_URL": f"sqlite:///{tmp_path}/j.sqlite3"}
+    assert cli("migrate", env=env).returncode == 0
+    done = cli("run", env={**env, "PENDING_JOBS_POLL": "1", "PENDING_JOBS_LOCK_FILE": path,
+                           "PENDING_JOBS_MAX_RUNTIME": "5"})
+    assert done.returncode == 2, done.stderr
+    assert f"cannot open the lock file {path}" in done.stderr and "PENDING_JOBS_LOCK_FILE" in done.stderr
+    assert "Traceback" not in done.stderr and "unexpected error" not in done.stderr
+
+
+def test_acquire_opens_both_lock_files_before_serving(tmp_path: Path) -> None:
+    (tmp_path / "serve.next").mkdir()  # the `.next` file cannot be opened: known before serving, not later
+    with pytest.raises(IsADirectoryError):
+        HostLock(str(tmp_path / "serve.lock")).acquire(wait=lambda: True)
