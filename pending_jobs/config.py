@@ -235,7 +235,7 @@ def load(
     for setting in SETTINGS:
         if flags.get(setting.name) is not None:
             raw, source = flags[setting.name], "--" + setting.name.replace("_", "-")
-        elif setting.env in environ:
+        elif environ.get(setting.env):  # set and empty counts as unset (compose's `${UNSET}`, systemd)
             raw, source = environ[setting.env], setting.env
         elif setting.name in file_values:
             raw, source = file_values[setting.name], f"{path}: {setting.name}"
@@ -384,7 +384,7 @@ def load_web(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
         key = setting.name[4:]
         if flags.get(key) is not None:
             raw, source = flags[key], "--" + key.replace("_", "-")
-        elif setting.env in environ:
+        elif environ.get(setting.env):  # set and empty counts as unset (compose's `${UNSET}`, systemd)
             raw, source = environ[setting.env], setting.env
         elif key in table:
             raw, source = table[key], f"{path}: [web] {key}"

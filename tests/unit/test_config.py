@@ -73,3 +73,13 @@ def test_a_named_table_key_that_is_not_tables_names_the_file_and_the_key(tmp_pat
     with pytest.raises(ConfigError) as raised:
         config.load({}, environ={}, config_file=str(path))
     assert str(raised.value) == f"{path}: {kind} must hold one table per name, [{kind}.NAME]"
+
+
+def test_an_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
+    path = tmp_path / "pending-jobs.toml"
+    path.write_text('callback_secret = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]\nbatch_size = 7\n')
+    loaded = config.load({}, environ={"PENDING_JOBS_CALLBACK_SECRET": "", "PENDING_JOBS_BATCH_SIZE": ""},
+                         config_file=str(path))
+    assert loaded.callback_secret and loaded.batch_size == 7  # the file's, not an empty secret turning signing off
+    web = config.load_web({}, environ={"PENDING_JOBS_WEB_PORT": ""})
+    assert web.port == config.load_web({}, environ={}).port
