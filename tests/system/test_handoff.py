@@ -24,11 +24,11 @@ from tests.conftest import ROOT, rows
 pytestmark = pytest.mark.slow
 
 
-def tick(db_url: str, lock: Path, lease: str = "30") -> subprocess.Popen[bytes]:
+def tick(db_url: str, lock: Path, lease: str = "30", **extra: str) -> subprocess.Popen[bytes]:
     """What cron starts every minute (here every couple of seconds): `pending-jobs run`, serving."""
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
            "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_LOCK_FILE": str(lock), "PENDING_JOBS_POLL": "0.05",
-           "PENDING_JOBS_LEASE": lease, "PENDING_JOBS_MAX_RUNTIME": "60"}
+           "PENDING_JOBS_LEASE": lease, "PENDING_JOBS_MAX_RUNTIME": "60", **extra}
     return subprocess.Popen([sys.executable, "-m", "pending_jobs", "run"], env=env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -151,13 +151,14 @@ def _wait_for(check: Any, seconds: float = 20.0) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
 def test_the_next_tick_serves_while_the_last_one_s_job_still_runs(db_url: str, engine: sa.Engine,
                                                                   tmp_path: Path) -> None:
-    # The serving run's job is still short (under LONG_JOB) when the next tick's run is ready, so it stops
-    # claiming; it then runs 4 s. The next run serves a job enqueued meanwhile before that one ends.
+    # The serving run's one worker runs a 6 s job when the next tick's run is ready: it serves nobody, so it
+    # hands over and lets go of the lock at once (before, it kept the lock until its job ended, and the
+    # quick job below waited for it). The next run serves the quick job while the long one still runs.
     lock = tmp_path / "host.lock"
-    first = tick(db_url, lock)
+    first = tick(db_url, lock, PENDING_JOBS_CONCURRENCY="1")
     _wait_for(lock.exists)
     time.sleep(0.5)
-    long_one = enqueue(engine, "sleep", {"seconds": 4})
+    long_one = enqueue(engine, "sleep", {"seconds": 6})
     _wait_for(lambda: rows(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == [("running",)])
     second = tick(db_url, lock)
     quick = enqueue(engine, "noop", {})
