@@ -11,7 +11,7 @@ what idle serving costs, and whether serving costs drain speed.
 - **Long job**: one 5-minute handler inserted at the start: it must succeed on attempt 1 while the
   other jobs keep their pickup figures and none runs twice.
 - **Idle**: one serving run with nothing to do for a minute: statements a second, the runner's and the
-  server's CPU.
+  server's CPU. `--later N`: with N jobs in the queue due in two days (`--only idle --later 1000000`).
 - **Drain is not the price**: `run --drain` of 100,000 no-op jobs, whole-process wall time (start-up
   included) against the raw-SQL floor of the same jobs in the same invocation.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import math
 import os
 import random
@@ -40,7 +41,7 @@ from pending_jobs import enqueue, enqueue_many
 from pending_jobs.store import create_engine, dialect_for
 
 from . import floor
-from .databases import LABELS, reachable, throwaway
+from .databases import LABELS, fill, reachable, throwaway
 from .measures import ROOT, _runner_command
 
 CRON_FILE = Path("/etc/cron.d/pending-jobs-bench")
@@ -227,10 +228,13 @@ def _scalar(engine: sa.Engine, sql: str) -> Any:
         return conn.execute(sa.text(sql)).scalar()
 
 
-def idle_cost(backend: str, seconds: float = 60.0) -> str:
-    """One serving run with nothing due for `seconds`: statements/s, the runner's and the server's CPU."""
+def idle_cost(backend: str, seconds: float = 60.0, later: int = 0) -> str:
+    """One serving run with nothing due for `seconds`: statements/s, the runner's and the server's CPU.
+    With `later`, that many jobs wait in the queue, due in two days (a claim must not read through them)."""
     with throwaway(backend, "idle") as url:
         engine = create_engine(url)
+        if later:
+            fill(engine, later, run_at=dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=2))
         env = {**os.environ, "PENDING_JOBS_DATABASE_URL": url, "PENDING_JOBS_TASKS": "benchmarks.noop",
                "PENDING_JOBS_LOCK_FILE": "none", "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([*_runner_command(), "run"], env=env, cwd=ROOT)
@@ -311,6 +315,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--simulate", action="store_true", help="tick simulator instead of the cron daemon")
     p.add_argument("--skip-long", action="store_true", help="no 5-minute job")
     p.add_argument("--only", choices=("cron", "idle", "drain"), help="one measure only")
+    p.add_argument("--later", type=int, default=0, metavar="N",
+                   help="the idle run's queue holds N jobs due in two days (default 0: an empty table)")
     args = p.parse_args(argv)
     resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096))
     for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
@@ -321,7 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only in (None, "drain") and backend != "sqlite":
             print(f"{LABELS[backend]}: drain of 100,000: {drain_price(backend)}", flush=True)
         if args.only in (None, "idle"):
-            print(f"{LABELS[backend]}: idle serving run: {idle_cost(backend)}", flush=True)
+            ahead = f" beside {args.later:,} jobs due later" if args.later else ""
+            print(f"{LABELS[backend]}: idle serving run{ahead}: {idle_cost(backend, later=args.later)}", flush=True)
         if args.only in (None, "cron"):
             found = under_cron(backend, args.minutes, args.rate, args.simulate, not args.skip_long)
             print(f"{LABELS[backend]} under {found.driver}, {args.minutes:g} min at {args.rate:g} jobs/s, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import os
 import shutil
 import sqlite3
@@ -112,24 +113,26 @@ def drop_indexes(engine: sa.Engine, backend: str, names: Sequence[str]) -> None:
                 conn.exec_driver_sql(f"DROP INDEX {name}")
 
 
-def fill(engine: sa.Engine, count: int, task: str = "bench.noop") -> None:
-    """Insert `count` pending jobs server-side (INSERT ... SELECT over a generated series): fast at 1M rows."""
+def fill(engine: sa.Engine, count: int, task: str = "bench.noop", run_at: dt.datetime | None = None) -> None:
+    """Insert `count` pending jobs server-side (INSERT ... SELECT over a generated series): fast at 1M rows.
+    With `run_at`, every job is due then (jobs scheduled ahead); else at once."""
     backend = dialect_for(engine).name
-    columns = "(task, payload)"
+    columns = "(task, payload, run_at)" if run_at else "(task, payload)"
+    when = ", :run_at" if run_at else ""
     if backend == "postgresql":
-        source = f"SELECT '{task}', '{{}}'::jsonb FROM generate_series(1, :n)"
+        source = f"SELECT '{task}', '{{}}'::jsonb{when} FROM generate_series(1, :n)"
     elif backend == "mysql" and not getattr(engine.dialect, "is_mariadb", False):
         for start in range(0, count, 50_000):  # MySQL has no SEQUENCE engine
-            enqueue_many(engine, ({"task": task} for _ in range(min(50_000, count - start))))
+            enqueue_many(engine, ({"task": task, "run_at": run_at} for _ in range(min(50_000, count - start))))
         source = ""
     elif backend == "mysql":
-        source = f"SELECT '{task}', '{{}}' FROM seq_1_to_{count}"  # MariaDB's SEQUENCE engine
+        source = f"SELECT '{task}', '{{}}'{when} FROM seq_1_to_{count}"  # MariaDB's SEQUENCE engine
     else:
         source = (f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < :n) "
-                  f"SELECT '{task}', '{{}}' FROM s")
+                  f"SELECT '{task}', '{{}}'{when} FROM s")
     if source:
         with engine.begin() as conn:
-            conn.execute(sa.text(f"INSERT INTO pending_jobs {columns} {source}"), {"n": count})
+            conn.execute(sa.text(f"INSERT INTO pending_jobs {columns} {source}"), {"n": count, "run_at": run_at})
     if backend == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE pending_jobs")

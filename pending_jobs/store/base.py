@@ -20,15 +20,17 @@ from sqlalchemy import exc
 
 from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
-from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Together, count
+from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Together
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING, JobStatus
 from . import columns
-from .columns import CLAIM_COLUMNS, JOB_COLUMNS, LEASE_EXPIRED, NO_LEASE_BEYOND, claim_order, one_more
+from .columns import CLAIM_COLUMNS, JOB_COLUMNS, claim_order, one_more
 from .dialect import Dialect
+from .due import due_priorities
 from .handler import HandlerSession
 from .history import record
+from .rescue import rescue_expired
 from .shared import run_together
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class Store:
         self.engine = engine
         self.sql = sql
         """The dialect: every SQL difference between databases (callbacks.py and ops.py use it too)."""
+        self._caught_up: set[str] = set()  # queues whose last claim came back short (a hint: see due.py)
 
     @property
     def dialect(self) -> str:
@@ -121,8 +124,25 @@ class Store:
         return self.transaction(self.sql.due_queues)
 
     def claim(self, queue: str, limit: int, owner: str, lease: float) -> Claim:
-        """Lock up to `limit` due jobs of `queue`, mark them running under a new lease, commit."""
-        return self._claim(("claim",), columns.due_in_queue, {"claim_queue": queue}, limit, owner, lease)
+        """Lock up to `limit` due jobs of `queue`, mark them running under a new lease, commit. After a claim
+        of the queue came back short, index dives first say whether, and at which priority, to (due.py)."""
+        params: dict[str, Any] = {"claim_queue": queue}
+        key: tuple[str, ...] = ("claim",)
+        where = columns.due_in_queue
+        if queue in self._caught_up:
+            due = self.transaction(lambda conn: due_priorities(conn, self.sql, queue))
+            if due == []:
+                return Claim(secrets.token_hex(16), [])
+            if due is not None and len(due) == 1:
+                key, where, params["claim_priority"] = ("claim", "at"), columns.due_at_priority, due[0]
+        claim = self._claim(key, where, params, limit, owner, lease)
+        # Caught up while claims come back short, and while the dives bound them: a burst at one priority
+        # then costs a few dives a claim, and its end no read through the jobs scheduled for later.
+        if len(claim.jobs) < limit or "claim_priority" in params:
+            self._caught_up.add(queue)
+        else:
+            self._caught_up.discard(queue)
+        return claim
 
     def claim_job(self, job_id: int, owner: str, lease: float) -> Claim:
         """Claim one pending job now, whatever its run_at and queue (`run --job`)."""
@@ -339,42 +359,8 @@ class Store:
 
     def rescue_expired(self) -> Rescued:
         """Running jobs whose lease expired (or that have none): back to pending, failed when attempts
-        are spent, or cancelled when an operator asked for that."""
-        lease = J.c.lease_expires_at
-        # No lease, an expired one, or one no runner could have taken (unreadable, or further ahead than
-        # the longest lease): a producer may insert any of these, and such a row must not stay running.
-        spent = [lease < db_now(), lease.is_(None), lease > self.sql.after(self.sql.seconds(NO_LEASE_BEYOND))]
-        unreadable = self.sql.unreadable_time(lease)
-        expired = (J.c.status == JOB_RUNNING, sa.or_(*spent, *([unreadable] if unreadable is not None else [])))
-        # A plain (non-locking) read first: an UPDATE that scanned the `running` range would lock
-        # the index entries of other runners' in-flight jobs and deadlock with their handlers.
-        find = sa.select(J.c.id).where(*expired)
-        ids = self.transaction(lambda conn: [int(row[0]) for row in conn.execute(find)])
-        if not ids:
-            return Rescued()
-        mine = (self.sql.id_in(), *expired)
-        cancel_values = self.terminal_values(JobStatus.CANCELLED)
-        cancel_values["last_error"] = LEASE_EXPIRED + "; cancelled by an operator"
-        to_cancelled = sa.update(J).where(*mine, J.c.cancel_requested == sa.true()).values(cancel_values)
-        fail_values = self.terminal_values(JobStatus.FAILED)
-        fail_values["last_error"] = LEASE_EXPIRED + "; no attempts left"
-        to_failed = sa.update(J).where(*mine, J.c.attempts >= J.c.max_attempts).values(fail_values)
-        # run_at is kept: a rescued job keeps its place in claim order (a limit of 1 per key keeps order).
-        to_pending = sa.update(J).where(*mine).values(
-            status=JOB_PENDING, last_error=LEASE_EXPIRED, lease_expires_at=None, updated_at=db_now())
-
-        def error_of(row: Any) -> str:
-            if row.cancel_requested:
-                return str(cancel_values["last_error"])
-            return str(fail_values["last_error"]) if count(row.attempts) >= count(row.max_attempts) else LEASE_EXPIRED
-
-        def work(conn: sa.Connection) -> Rescued:
-            record(conn, mine, {"ids": ids}, error_of)
-            cancelled = conn.execute(to_cancelled, {"ids": ids}).rowcount
-            failed = conn.execute(to_failed, {"ids": ids}).rowcount
-            return Rescued(int(conn.execute(to_pending, {"ids": ids}).rowcount), int(failed), int(cancelled))
-
-        return self.transaction(work)
+        are spent, or cancelled when an operator asked for that; see rescue.py."""
+        return rescue_expired(self)
 
     def get(self, job_id: int) -> Job | None:
         """One whole row, or None."""

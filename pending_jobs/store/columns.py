@@ -77,6 +77,12 @@ def due_in_queue() -> tuple[sa.ColumnElement[bool], ...]:
     return due_in(sa.bindparam("claim_queue", type_=sa.String))
 
 
+def due_at_priority() -> tuple[sa.ColumnElement[bool], ...]:
+    """The plain claim's WHERE bounded to one priority (`claim_priority`, see due.py): its index range ends
+    at the priority's first entry that is not due yet instead of reading on through the queue."""
+    return (*due_in_queue(), J.c.priority == sa.bindparam("claim_priority", type_=sa.Integer))
+
+
 def cap_room() -> sa.ColumnElement[int]:
     """How many more jobs of the `claim_queue` parameter's queue may run: the `cap_limit` parameter less
     the queue's running rows (the rows are the slots; a count served by the claim index). Read by the

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs import migrate
+from pending_jobs.schema import pending_jobs as J
 from pending_jobs.store import create_engine, open_store
 from pending_jobs.store.columns import CLAIM_COLUMNS, claim_order, due_in
 from tests.conftest import create_database
@@ -16,9 +17,11 @@ from tests.conftest import create_database
 ROWS = 100_000
 
 
-def claim_select(queue: str, limit: int) -> sa.Select[Any]:
-    """The claim's locking read of `queue`, written out from the parts the store's claim is built of."""
-    return (sa.select(*CLAIM_COLUMNS).where(*due_in(queue)).order_by(*claim_order()).limit(limit)
+def claim_select(queue: str, limit: int, priority: int | None = None) -> sa.Select[Any]:
+    """The claim's locking read of `queue`, written out from the parts the store's claim is built of; with
+    `priority`, bounded to it as a caught-up run's claim is (store/due.py)."""
+    bound = () if priority is None else (J.c.priority == priority,)
+    return (sa.select(*CLAIM_COLUMNS).where(*due_in(queue), *bound).order_by(*claim_order()).limit(limit)
             .with_for_update(skip_locked=True))
 
 
@@ -47,10 +50,11 @@ def big(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     drop()
 
 
-def test_explain_uses_claim_index_without_filesort(big: sa.Engine) -> None:
+@pytest.mark.parametrize("priority", [None, 1], ids=["plain", "bounded to one priority"])
+def test_explain_uses_claim_index_without_filesort(big: sa.Engine, priority: int | None) -> None:
     with big.connect() as conn:
         if big.dialect.name in ("mysql", "mariadb"):
-            stmt = claim_select("default", 100)
+            stmt = claim_select("default", 100, priority)
             sql = str(stmt.compile(dialect=big.dialect, compile_kwargs={"literal_binds": True}))
             plan = conn.execute(sa.text("EXPLAIN " + sql)).mappings().all()
             jobs = [row for row in plan if row["table"] == "pending_jobs"]
@@ -62,7 +66,8 @@ def test_explain_uses_claim_index_without_filesort(big: sa.Engine) -> None:
         else:
             plan_text = "\n".join(conn.execute(sa.text(
                 "EXPLAIN SELECT id FROM pending_jobs WHERE status = 'pending' AND queue = 'default' "
-                "AND run_at <= now() ORDER BY priority DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED")).scalars())
+                f"AND run_at <= now() {'' if priority is None else f'AND priority = {priority} '}"
+                "ORDER BY priority DESC, run_at, id LIMIT 100 FOR UPDATE SKIP LOCKED")).scalars())
             assert "ix_pending_jobs_claim" in plan_text
             assert "Sort" not in plan_text
 

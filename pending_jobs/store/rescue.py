@@ -1,0 +1,59 @@
+"""Rescue: running jobs whose lease expired, or that have none, put back (pending, or failed when their
+attempts are spent, or cancelled when an operator asked for that). Run at a run's start and every
+RESCUE_EVERY while it serves (runner/producer.py); each rescued job's attempt is recorded with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from ..models import Rescued, count
+from ..schema import db_now
+from ..schema import pending_jobs as J
+from ..states import JOB_PENDING, JOB_RUNNING, JobStatus
+from .columns import LEASE_EXPIRED, NO_LEASE_BEYOND
+from .history import record
+
+if TYPE_CHECKING:
+    from .base import Store
+
+
+def rescue_expired(store: Store) -> Rescued:
+    """Rescue every expired lease in one transaction; what became of the jobs."""
+    lease = J.c.lease_expires_at
+    # No lease, an expired one, or one no runner could have taken (unreadable, or further ahead than
+    # the longest lease): a producer may insert any of these, and such a row must not stay running.
+    spent = [lease < db_now(), lease.is_(None), lease > store.sql.after(store.sql.seconds(NO_LEASE_BEYOND))]
+    unreadable = store.sql.unreadable_time(lease)
+    expired = (J.c.status == JOB_RUNNING, sa.or_(*spent, *([unreadable] if unreadable is not None else [])))
+    # A plain (non-locking) read first: an UPDATE that scanned the `running` range would lock
+    # the index entries of other runners' in-flight jobs and deadlock with their handlers.
+    find = sa.select(J.c.id).where(*expired)
+    ids = store.transaction(lambda conn: [int(row[0]) for row in conn.execute(find)])
+    if not ids:
+        return Rescued()
+    mine = (store.sql.id_in(), *expired)
+    cancel_values = store.terminal_values(JobStatus.CANCELLED)
+    cancel_values["last_error"] = LEASE_EXPIRED + "; cancelled by an operator"
+    to_cancelled = sa.update(J).where(*mine, J.c.cancel_requested == sa.true()).values(cancel_values)
+    fail_values = store.terminal_values(JobStatus.FAILED)
+    fail_values["last_error"] = LEASE_EXPIRED + "; no attempts left"
+    to_failed = sa.update(J).where(*mine, J.c.attempts >= J.c.max_attempts).values(fail_values)
+    # run_at is kept: a rescued job keeps its place in claim order (a limit of 1 per key keeps order).
+    to_pending = sa.update(J).where(*mine).values(
+        status=JOB_PENDING, last_error=LEASE_EXPIRED, lease_expires_at=None, updated_at=db_now())
+
+    def error_of(row: Any) -> str:
+        if row.cancel_requested:
+            return str(cancel_values["last_error"])
+        return str(fail_values["last_error"]) if count(row.attempts) >= count(row.max_attempts) else LEASE_EXPIRED
+
+    def work(conn: sa.Connection) -> Rescued:
+        record(conn, mine, {"ids": ids}, error_of)
+        cancelled = conn.execute(to_cancelled, {"ids": ids}).rowcount
+        failed = conn.execute(to_failed, {"ids": ids}).rowcount
+        return Rescued(int(conn.execute(to_pending, {"ids": ids}).rowcount), int(failed), int(cancelled))
+
+    return store.transaction(work)
