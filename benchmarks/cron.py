@@ -234,7 +234,7 @@ def idle_cost(backend: str, seconds: float = 60.0, later: int = 0) -> str:
     with throwaway(backend, "idle") as url:
         engine = create_engine(url)
         if later:
-            fill(engine, later, run_at=dt.datetime.now(dt.UTC).replace(tzinfo=None) + dt.timedelta(days=2))
+            fill(engine, later, run_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=2))
         env = {**os.environ, "PENDING_JOBS_DATABASE_URL": url, "PENDING_JOBS_TASKS": "benchmarks.noop",
                "PENDING_JOBS_LOCK_FILE": "none", "PYTHONPATH": str(ROOT)}
         proc = subprocess.Popen([*_runner_command(), "run"], env=env, cwd=ROOT)

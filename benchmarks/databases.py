@@ -115,13 +115,16 @@ def drop_indexes(engine: sa.Engine, backend: str, names: Sequence[str]) -> None:
 
 def fill(engine: sa.Engine, count: int, task: str = "bench.noop", run_at: dt.datetime | None = None) -> None:
     """Insert `count` pending jobs server-side (INSERT ... SELECT over a generated series): fast at 1M rows.
-    With `run_at`, every job is due then (jobs scheduled ahead); else at once."""
+    With `run_at` (timezone-aware), every job is due then (jobs scheduled ahead); else at once."""
     backend = dialect_for(engine).name
+    with engine.connect() as conn:  # the dialect knows MariaDB from MySQL once it has connected
+        mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
+    stored = run_at.astimezone(dt.UTC).replace(tzinfo=None) if run_at else None  # the columns hold UTC
     columns = "(task, payload, run_at)" if run_at else "(task, payload)"
     when = ", :run_at" if run_at else ""
     if backend == "postgresql":
         source = f"SELECT '{task}', '{{}}'::jsonb{when} FROM generate_series(1, :n)"
-    elif backend == "mysql" and not getattr(engine.dialect, "is_mariadb", False):
+    elif backend == "mysql" and not mariadb:
         for start in range(0, count, 50_000):  # MySQL has no SEQUENCE engine
             enqueue_many(engine, ({"task": task, "run_at": run_at} for _ in range(min(50_000, count - start))))
         source = ""
@@ -132,7 +135,7 @@ def fill(engine: sa.Engine, count: int, task: str = "bench.noop", run_at: dt.dat
                   f"SELECT '{task}', '{{}}'{when} FROM s")
     if source:
         with engine.begin() as conn:
-            conn.execute(sa.text(f"INSERT INTO pending_jobs {columns} {source}"), {"n": count, "run_at": run_at})
+            conn.execute(sa.text(f"INSERT INTO pending_jobs {columns} {source}"), {"n": count, "run_at": stored})
     if backend == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE pending_jobs")
