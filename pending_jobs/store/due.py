@@ -13,9 +13,10 @@ queue the store first asks this module, a few dives into the same index (each re
   column's range (SQLite stores what a producer gives it: text, a real, a number too large to bind):
   the plain claim, which orders and reads such rows as it always has.
 
-Nothing is remembered between polls, so a job that becomes due without a new row (a retry's backoff
-ends, an operator's retry, another host's released job) is found by the next poll's dives. A job of
-another priority that comes due between the dives and the bounded claim waits for the next claim.
+The dives run again before every claim (their answers are not kept), so a job that becomes due without
+a new row (a retry's backoff ends, an operator's retry, another host's released job) is found by the
+next poll's dives. A job of another priority that comes due between the dives and the bounded claim
+waits for the next claim.
 """
 
 from __future__ import annotations

@@ -96,8 +96,18 @@ def test_four_runners_keep_a_queue_to_its_max_running(database: tuple[str, sa.En
     config.write_text("[queue.default]\nmax_running = 3\n")  # the cap alone: the plain claim, room counted in it
     path = tmp_path / "ledger.jsonl"
     enqueue_many(engine, [{"task": "span", "payload": {"ledger": str(path), "seconds": 0.05}} for _ in range(160)])
-    # Two threads and a batch of one: no runner alone can fill the 3 slots, so the cap binds across runners.
-    finish_all([runner(url, config, "--concurrency", "2", "--batch-size", "1") for _ in range(4)])
+    # Two threads and a batch of one: no runner alone runs 3 jobs at once, so the cap binds across runners.
+    # They serve (a poll, not `--poll 0`) until every job is done: a draining run that finds the cap full,
+    # its slots held by another runner's jobs and unwritten outcomes, ends at once, so under load the first
+    # runner to start could drain the queue alone and the test would prove nothing about sharing the cap.
+    runners = [runner(url, config, "--concurrency", "2", "--batch-size", "1", poll="0.05") for _ in range(4)]
+    deadline = time.monotonic() + 180
+    while scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status <> 'succeeded'") > 0:
+        assert time.monotonic() < deadline and all(process.poll() is None for process in runners)
+        time.sleep(0.1)
+    for process in runners:
+        process.send_signal(signal.SIGTERM)
+    finish_all(runners)
 
     spans = ledger(path)
     assert len(spans) == 160 and len({s["id"] for s in spans}) == 160  # each job ran once
