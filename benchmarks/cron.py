@@ -12,6 +12,9 @@ what idle serving costs, and whether serving costs drain speed.
   other jobs keep their pickup figures and none runs twice.
 - **Idle**: one serving run with nothing to do for a minute: statements a second, the runner's and the
   server's CPU. `--later N`: with N jobs in the queue due in two days (`--only idle --later 1000000`).
+- **Burst**: `--only burst`: 100,000 jobs committed at once into a serving run that has caught up (it
+  dives before each claim: store/due.py), against `run --drain` of the same jobs, start-up of an empty
+  drain subtracted, in the same invocation: what the dives cost a burst.
 - **Drain is not the price**: `run --drain` of 100,000 no-op jobs, whole-process wall time (start-up
   included) against the raw-SQL floor of the same jobs in the same invocation.
 """
@@ -307,6 +310,34 @@ def drain_price(backend: str, jobs: int = 100_000) -> str:
     return f"{rate:,.0f}/s whole process = {rate / floor_rate:.2f} x the floor's {floor_rate:,.0f}/s"
 
 
+def burst_cost(backend: str, jobs: int = 100_000) -> str:
+    """Jobs/s of a caught-up serving run taking a burst of `jobs`, beside `run --drain` of as many."""
+    with throwaway(backend, "burst") as url:
+        engine = create_engine(url)
+        env = {**os.environ, "PENDING_JOBS_DATABASE_URL": url, "PENDING_JOBS_TASKS": "benchmarks.noop",
+               "PENDING_JOBS_LOCK_FILE": "none", "PYTHONPATH": str(ROOT)}
+
+        def timed(*args: str) -> float:
+            started = time.perf_counter()
+            subprocess.run([*_runner_command(), "run", *args], env=env, cwd=ROOT, check=True)
+            return time.perf_counter() - started
+
+        serving = subprocess.Popen([*_runner_command(), "run", "--poll", "0.2", "--max-jobs", str(jobs)],
+                                   env=env, cwd=ROOT)
+        time.sleep(3.0)  # started; its first claims came back empty: caught up
+        fill(engine, jobs, analyze=False)
+        committed = time.perf_counter()
+        if serving.wait() != 0:
+            raise RuntimeError(f"the serving run exited {serving.returncode}")
+        burst = jobs / (time.perf_counter() - committed)
+        fill(engine, jobs, analyze=False)
+        drain_wall, empty_wall = timed("--drain"), timed("--drain")
+        engine.dispose()
+    drain = jobs / (drain_wall - empty_wall)
+    return (f"burst into a caught-up serving run {burst:,.0f}/s; run --drain {drain:,.0f}/s "
+            f"({drain_wall:.2f} s less an empty drain's {empty_wall:.2f} s); ratio {burst / drain:.2f}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.cron", description=__doc__)
     p.add_argument("--backends", default="sqlite,mysql,postgresql")
@@ -314,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=3.0, help="jobs a second the producer inserts (default 3)")
     p.add_argument("--simulate", action="store_true", help="tick simulator instead of the cron daemon")
     p.add_argument("--skip-long", action="store_true", help="no 5-minute job")
-    p.add_argument("--only", choices=("cron", "idle", "drain"), help="one measure only")
+    p.add_argument("--only", choices=("cron", "idle", "drain", "burst"), help="one measure only")
     p.add_argument("--later", type=int, default=0, metavar="N",
                    help="the idle run's queue holds N jobs due in two days (default 0: an empty table)")
     args = p.parse_args(argv)
@@ -326,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         if args.only in (None, "drain") and backend != "sqlite":
             print(f"{LABELS[backend]}: drain of 100,000: {drain_price(backend)}", flush=True)
+        if args.only in (None, "burst") and backend != "sqlite":
+            print(f"{LABELS[backend]}: {burst_cost(backend)}", flush=True)
         if args.only in (None, "idle"):
             ahead = f" beside {args.later:,} jobs due later" if args.later else ""
             print(f"{LABELS[backend]}: idle serving run{ahead}: {idle_cost(backend, later=args.later)}", flush=True)

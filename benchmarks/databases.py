@@ -113,9 +113,11 @@ def drop_indexes(engine: sa.Engine, backend: str, names: Sequence[str]) -> None:
                 conn.exec_driver_sql(f"DROP INDEX {name}")
 
 
-def fill(engine: sa.Engine, count: int, task: str = "bench.noop", run_at: dt.datetime | None = None) -> None:
-    """Insert `count` pending jobs server-side (INSERT ... SELECT over a generated series): fast at 1M rows.
-    With `run_at` (timezone-aware), every job is due then (jobs scheduled ahead); else at once."""
+def fill(engine: sa.Engine, count: int, task: str = "bench.noop", run_at: dt.datetime | None = None,
+         analyze: bool = True) -> None:
+    """Insert `count` pending jobs server-side (INSERT ... SELECT over a generated series): fast at 1M rows,
+    visible at one commit. With `run_at` (timezone-aware), every job is due then (jobs scheduled ahead);
+    else at once. `analyze=False`: no VACUUM ANALYZE after it on PostgreSQL (a runner is already serving)."""
     backend = dialect_for(engine).name
     with engine.connect() as conn:  # the dialect knows MariaDB from MySQL once it has connected
         mariadb = bool(getattr(conn.dialect, "is_mariadb", False))
@@ -136,7 +138,7 @@ def fill(engine: sa.Engine, count: int, task: str = "bench.noop", run_at: dt.dat
     if source:
         with engine.begin() as conn:
             conn.execute(sa.text(f"INSERT INTO pending_jobs {columns} {source}"), {"n": count, "run_at": stored})
-    if backend == "postgresql":
+    if backend == "postgresql" and analyze:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE pending_jobs")
     elif backend == "mysql":

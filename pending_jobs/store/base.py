@@ -35,6 +35,7 @@ from .shared import run_together
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+Where = Callable[[], Sequence[sa.ColumnElement[bool]]]  # a claim's WHERE, built only with its statement
 
 
 class Store:
@@ -44,7 +45,7 @@ class Store:
         self.engine = engine
         self.sql = sql
         """The dialect: every SQL difference between databases (callbacks.py and ops.py use it too)."""
-        self._caught_up: set[str] = set()  # queues whose last claim came back short (a hint: see due.py)
+        self._caught_up: set[str] = set()  # queues whose last claim was short or bounded: dive first (due.py)
 
     @property
     def dialect(self) -> str:
@@ -127,15 +128,26 @@ class Store:
         """Lock up to `limit` due jobs of `queue`, mark them running under a new lease, commit. After a claim
         of the queue came back short, index dives first say whether, and at which priority, to (due.py)."""
         params: dict[str, Any] = {"claim_queue": queue}
-        key: tuple[str, ...] = ("claim",)
-        where = columns.due_in_queue
-        if queue in self._caught_up:
-            due = self.transaction(lambda conn: due_priorities(conn, self.sql, queue))
-            if due == []:
-                return Claim(secrets.token_hex(16), [])
-            if due is not None and len(due) == 1:
-                key, where, params["claim_priority"] = ("claim", "at"), columns.due_at_priority, due[0]
-        claim = self._claim(key, where, params, limit, owner, lease)
+        if (where := self.due_where(queue, params)) is None:
+            return Claim(secrets.token_hex(16), [])
+        return self.caught_up(queue, self._claim(("claim", *where[0]), where[1], params, limit, owner, lease), limit,
+                              params)
+
+    def due_where(self, queue: str, params: dict[str, Any]) -> tuple[tuple[str, ...], Where] | None:
+        """(cache key suffix, WHERE) of the next claim of `queue`, adding what it binds to `params`; None when
+        the queue has caught up and the dives find no due job (no claim to make)."""
+        if queue not in self._caught_up:
+            return (), columns.due_in_queue
+        due = self.transaction(lambda conn: due_priorities(conn, self.sql, queue))
+        if due == []:
+            return None
+        if due is not None and len(due) == 1:
+            params["claim_priority"] = due[0]
+            return ("at",), columns.due_at_priority
+        return (), columns.due_in_queue
+
+    def caught_up(self, queue: str, claim: Claim, limit: int, params: dict[str, Any]) -> Claim:
+        """Note whether `queue` has caught up after `claim`; returns it."""
         # Caught up while claims come back short, and while the dives bound them: a burst at one priority
         # then costs a few dives a claim, and its end no read through the jobs scheduled for later.
         if len(claim.jobs) < limit or "claim_priority" in params:
@@ -148,7 +160,7 @@ class Store:
         """Claim one pending job now, whatever its run_at and queue (`run --job`)."""
         return self._claim(("claim_job",), columns.pending_by_id, {"claim_id": job_id}, 1, owner, lease)
 
-    def _claim(self, key: tuple[Any, ...], where: Callable[[], Sequence[sa.ColumnElement[bool]]],
+    def _claim(self, key: tuple[Any, ...], where: Where,
                params: dict[str, Any], limit: int, owner: str, lease: float,
                cap: Callable[[sa.Connection], bool] | None = None) -> Claim:
         """Claim with the statements cached under `key` + the batch size; `where()` builds their WHERE

@@ -4,7 +4,8 @@ The claim index orders priority before run_at (claim order), so a claim that fin
 it asks for reads on through every not-yet-due entry of the queue: 250,000 index entries read for none
 due with 1,000,000 jobs scheduled ahead (docs/performance.md). A drain's claims come back full and stop
 early; a run that has caught up (idle, or jobs trickling in) claims short at every poll. For such a
-queue the store first asks this module, a few dives into the same index (each reads one entry):
+queue the plain claim, and the capped claim of a queue whose one limit is its max_running (limited.py),
+first ask this module, a few dives into the same index (each reads one entry):
 
 - no priority has a due job: no claim is made;
 - one has: the claim is bounded to it (equality on priority, so its range ends at the first entry
@@ -34,13 +35,12 @@ BOUND = 2**31  # a priority a dive may bind: the column is a 32-bit INTEGER on M
 
 def due_priorities(conn: sa.Connection, sql: Dialect, queue: str) -> list[int] | None:
     """The priorities of `queue` with a due pending job, highest first; None past MOST priorities."""
-    pending = (J.c.status == JOB_PENDING, J.c.queue == sa.bindparam("due_queue", type_=sa.String))
-    top = sql.cached(("due_priorities", "top"), lambda: sa.select(J.c.priority).where(*pending)
+    top = sql.cached(("due_priorities", "top"), lambda: sa.select(J.c.priority).where(*_pending())
                      .order_by(J.c.priority.desc()).limit(1))
     below = sql.cached(("due_priorities", "below"), lambda: sa.select(J.c.priority).where(
-        *pending, J.c.priority < sa.bindparam("below", type_=sa.Integer)).order_by(J.c.priority.desc()).limit(1))
+        *_pending(), J.c.priority < sa.bindparam("below", type_=sa.Integer)).order_by(J.c.priority.desc()).limit(1))
     due = sql.cached(("due_priorities", "due"), lambda: sa.select(J.c.id).where(
-        *pending, J.c.priority == sa.bindparam("priority", type_=sa.Integer), J.c.run_at <= db_now()).limit(1))
+        *_pending(), J.c.priority == sa.bindparam("priority", type_=sa.Integer), J.c.run_at <= db_now()).limit(1))
     found: list[int] = []
     row = conn.execute(top, {"due_queue": queue}).first()
     for _ in range(MOST):
@@ -53,3 +53,8 @@ def due_priorities(conn: sa.Connection, sql: Dialect, queue: str) -> list[int] |
             found.append(priority)
         row = conn.execute(below, {"due_queue": queue, "below": priority}).first()
     return found if row is None else None
+
+
+def _pending() -> tuple[sa.ColumnElement[bool], ...]:
+    """The dives' shared WHERE; built only when a dive's statement is (they are cached per dialect)."""
+    return (J.c.status == JOB_PENDING, J.c.queue == sa.bindparam("due_queue", type_=sa.String))

@@ -7,8 +7,7 @@ Otherwise one claim transaction:
 1. locks the due jobs of the queue as the plain claim does (SKIP LOCKED), leaving out keys found full
    at the last claim (so a burst of one key cannot hide the other keys' jobs behind it);
 2. locks the row of every limit scope those jobs fall under (`pending_job_limits`, SKIP LOCKED: a scope
-   another runner is admitting jobs under right now is skipped, never waited for, so unrelated keys
-   and queues never wait on each other);
+   another runner is admitting jobs under is skipped, never waited for: unrelated scopes never wait);
 3. counts what runs under each scope (the running rows themselves are the slots: a job that ends, is
    released or is rescued gives its slot back in that same statement, and nothing can drift);
 4. admits jobs in claim order while every scope has room, a per-key scope only to its first due jobs
@@ -72,23 +71,25 @@ class LimitedStore(Store):
         return claim
 
     def _capped(self, queue: str, cap: Scope, limit: int, owner: str, lease: float) -> Claim:
-        """A queue whose only limit is its max_running: the plain claim, the cap's row locked first, at most
-        the room the cap leaves (counted by the claim statement itself: columns.cap_room)."""
+        """A queue whose only limit is its max_running: the plain claim (dives first once caught up), the cap's
+        row locked first, at most the room the cap leaves (counted by the claim statement: columns.cap_room)."""
         self.ensure_scopes([cap.name])
+        params: dict[str, Any] = {"claim_queue": queue, "cap_limit": cap.limit}
+        if (where := self.due_where(queue, params)) is None:
+            return Claim(secrets.token_hex(16), [])
         busy: list[bool] = []  # whether another runner was claiming from this queue right then
 
         def locked(conn: sa.Connection) -> bool:
             busy[:] = [] if self._lock(conn, {cap.name}) else [True]
             return not busy
 
-        claim = self._claim(("capped",), due_in_queue, {"claim_queue": queue, "cap_limit": cap.limit}, limit,
-                            owner, lease, locked)
+        claim = self.caught_up(queue, self._claim(("capped", *where[0]), where[1], params, limit, owner, lease,
+                                                  locked), limit, params)
         return dataclasses.replace(claim, retry_in=BUSY_RETRY) if busy and not claim.jobs else claim
 
     def ensure_scopes(self, names: Iterable[str]) -> None:
         """Create the rows of these scopes (whichever host comes first; the others' inserts change nothing)."""
-        wanted = sorted(set(names) - self._known)
-        if wanted:
+        if wanted := sorted(set(names) - self._known):
             stmt = self.sql.insert_ignore(L)
             self.transaction(lambda conn: conn.execute(stmt, [{"name": name} for name in wanted]))
             self._known.update(wanted)

@@ -11,7 +11,8 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs import enqueue_many, migrate
-from pending_jobs.store import Store, create_engine, open_store
+from pending_jobs.limits import parse
+from pending_jobs.store import LimitedStore, Store, create_engine, open_store
 from pending_jobs.store.due import MOST
 from tests.conftest import create_database
 
@@ -23,6 +24,11 @@ def due_now(engine: sa.Engine, *ids: int) -> None:
     with engine.begin() as conn:
         conn.execute(sa.text("UPDATE pending_jobs SET run_at = :t WHERE id IN :ids")
                      .bindparams(sa.bindparam("ids", expanding=True)), {"t": dt.datetime(2000, 1, 1), "ids": list(ids)})
+
+
+def capped(store: Store, max_running: int) -> LimitedStore:
+    """The store of a run whose queue's one limit is its max_running (the capped claim of store/limited.py)."""
+    return LimitedStore(store, parse({"default": {"max_running": max_running}}, {}))
 
 
 def claimed(store: Store, limit: int = 10) -> list[int]:
@@ -72,6 +78,20 @@ def test_a_paused_queue_s_due_jobs_are_left_while_caught_up(store: Store, engine
     assert claimed(store) == [ids[1]]
 
 
+def test_a_caught_up_capped_queue_gets_jobs_that_come_due_within_its_cap(store: Store, engine: sa.Engine) -> None:
+    ids = enqueue_many(engine, [{"task": "noop", "payload": {}, "delay": LATER} for _ in range(20)])
+    jobs = capped(store, 2)
+    assert claimed(jobs) == []  # short: caught up
+    assert claimed(jobs) == []  # the dives find nothing due
+    due_now(engine, ids[4], ids[5], ids[6])
+    first = jobs.claim("default", 10, "test", 60)
+    assert [job.id for job in first.jobs] == [ids[4], ids[5]]  # bounded to priority 0, and to the cap's room
+    assert claimed(jobs) == []  # the cap is full: ids[6] waits
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET status = 'succeeded' WHERE id = :id"), {"id": ids[4]})
+    assert claimed(jobs) == [ids[6]]
+
+
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # MariaDB and PostgreSQL refuse these at the INSERT
 @pytest.mark.parametrize("priority", ["", "high", 0.5, 9.223372036854776e18, 2**40])
 def test_a_caught_up_claim_takes_rows_whose_priority_is_not_a_column_value(
@@ -96,13 +116,15 @@ def one_connection(tmp_path: Path) -> Any:
     drop()
 
 
-def test_a_caught_up_claim_does_not_read_the_entries_of_jobs_scheduled_later(one_connection: sa.Engine) -> None:
+@pytest.mark.parametrize("cap", [None, 100], ids=["plain", "capped"])
+def test_a_caught_up_claim_does_not_read_the_entries_of_jobs_scheduled_later(one_connection: sa.Engine,
+                                                                              cap: int | None) -> None:
     engine = one_connection
     with engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO pending_jobs (task, payload, run_at) SELECT 'noop', '{}', "
                              "UTC_TIMESTAMP(6) + INTERVAL 1 DAY FROM seq_1_to_3000"))
     [due] = enqueue_many(engine, [{"task": "noop", "payload": {}}])
-    store = open_store(engine)
+    store = open_store(engine) if cap is None else capped(open_store(engine), cap)
 
     def entries_read() -> int:  # index entries read after the first, forwards or backwards, this session
         with engine.connect() as conn:
