@@ -5,7 +5,9 @@
    the limited path, nothing binds) and with a queue cap far above what runs, every other round in
    reverse order; the best of each, and the median of each round's ratio to that round's drain without
    limits (its drains ran back to back, on the same machine state). `--only drain` runs this part alone.
-2. With a per-key limit of 2 binding on 20 keys: jobs/s of one run, and the limited claim's time.
+2. With a per-key limit of 2 binding on 20 keys: jobs/s of one run. Claims of 100 alternating in one
+   process (plain, each CONFIGS entry, the keys binding): their time, and this process's CPU per claim,
+   the steadier measure of what a limit that does not bind adds to the runner. `--only claims` alone.
 3. At 1,000,000 rows: EXPLAIN of the limited claim's statements (candidates, running count, first due
    jobs of a key) shows them index-served, without a filesort (MariaDB) or a Sort node (PostgreSQL).
 4. A rate limit of 50/s shared by 4 runners for 30 s: the rate achieved, printed beside the limit (the
@@ -63,8 +65,9 @@ def drain(backend: str, jobs: int, config: str, keyed: bool = False, concurrency
             engine.dispose()
 
 
-def claim_times(backend: str, rounds: int = 40) -> dict[str, float]:
-    """Median seconds of a claim of 100 (outcomes recorded between claims) by the plain claim and by the
+def claim_times(backend: str, rounds: int = 40) -> dict[str, tuple[float, float]]:
+    """Median seconds of a claim of 100 (outcomes recorded between claims), on the clock and of this process's
+    CPU (the runner's side of a claim: driver and Python, not the server's), by the plain claim and by the
     limited claim under each CONFIGS entry (nothing binds), and with 20 keys binding at 2 (admits 40)."""
     with throwaway(backend, "flowclaim") as url:
         engine = create_engine(url)
@@ -81,16 +84,19 @@ def claim_times(backend: str, rounds: int = 40) -> dict[str, float]:
             }
             binding = LimitedStore(open_store(engine), parse({}, {"bench.keyed": {"concurrency_limit": KEY_LIMIT}}))
             times: dict[str, list[float]] = {name: [] for name in [*stores, "keys binding"]}
+            cpu: dict[str, list[float]] = {name: [] for name in times}
             for _ in range(rounds):  # alternating, so a moment of load costs each the same
                 for name, store in [*stores.items(), ("keys binding", binding)]:
                     queue = "keyed" if name == "keys binding" else "default"
-                    started = time.perf_counter()
+                    started, used = time.perf_counter(), time.process_time()
                     claim = store.claim(queue, 100, "bench", 300)
+                    cpu[name].append(time.process_time() - used)
                     if name == "keys binding" and len(claim.jobs) != KEY_LIMIT * KEYS:
                         raise RuntimeError(f"the binding claim admitted {len(claim.jobs)} jobs")
                     times[name].append(time.perf_counter() - started)
                     store.finish_many([_succeeded(claim)])
-            return {name: statistics.median(values[3:]) for name, values in times.items()}
+            return {name: (statistics.median(values[3:]), statistics.median(cpu[name][3:]))
+                    for name, values in times.items()}
         finally:
             engine.dispose()
 
@@ -186,8 +192,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=20_000, help="jobs per drain (default 20,000)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds, best of each (default 3)")
     p.add_argument("--explain-rows", type=int, default=1_000_000, help="pending rows for EXPLAIN (default 1M)")
-    p.add_argument("--only", choices=("all", "drain", "rate"), default="all",
-                   help="drain: part 1 alone; rate: part 4 alone")
+    p.add_argument("--only", choices=("all", "drain", "claims", "rate"), default="all",
+                   help="drain: part 1 alone; claims: the claim times of part 2 alone; rate: part 4 alone")
+    p.add_argument("--claim-rounds", type=int, default=40, help="claims of each kind, alternating (default 40)")
     p.add_argument("--rate", default="50/s", help="the rate limit of part 4 (default 50/s)")
     p.add_argument("--rate-runners", type=int, default=4, help="runners sharing it (default 4)")
     p.add_argument("--rate-seconds", type=int, default=30, help="for how long (default 30)")
@@ -202,19 +209,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.only == "rate":
             failed = not _print_rate(backend, args) or failed
             continue
+        if args.only == "claims":
+            print(f"\n{LABELS[backend]}:")
+            _print_claims(claim_times(backend, args.claim_rounds), args.claim_rounds)
+            continue
         _print_drains(backend, args)
         if args.only == "drain":
             continue
         binding = max(drain(backend, args.jobs // 4, f'[task."bench.noop"]\nconcurrency_limit = {KEY_LIMIT}\n',
                             keyed=True, concurrency=KEY_LIMIT * KEYS) for _ in range(args.rounds))
-        claims = claim_times(backend)
+        claims = claim_times(backend, args.claim_rounds)
         print(f"  per-key limit {KEY_LIMIT} binding on {KEYS} keys ({args.jobs // 4} jobs, --concurrency "
               f"{KEY_LIMIT * KEYS}): {binding:,.0f} jobs/s")
-        print("  claim time, a claim of 100 (median of 37, alternating; the keys binding one in its own queue):")
-        for name, seconds in claims.items():
-            print(f"    {name:24} {seconds * 1000:7.2f} ms  {seconds / claims['no limits']:6.1%}"
-                  + (f"  (admits {KEY_LIMIT * KEYS} of 100)"
-                     if name == "keys binding" else ""))
+        _print_claims(claims, args.claim_rounds)
         for name, plan, served in explain(backend, args.explain_rows):
             failed = failed or not served
             verdict = "index-served, no sort" if served else "SORT/SCAN"
@@ -222,6 +229,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"\n      {plan}")
         failed = not _print_rate(backend, args) or failed
     return 1 if failed else 0
+
+
+def _print_claims(claims: dict[str, tuple[float, float]], rounds: int) -> None:
+    print(f"  claim of 100, median of {rounds - 3} alternating (the keys binding one in its own queue): time, and the "
+          "runner's CPU (this process: driver and Python)")
+    base_wall, base_cpu = claims["no limits"]
+    for name, (wall, cpu) in claims.items():
+        print(f"    {name:24} {wall * 1000:7.2f} ms {wall / base_wall:7.1%}   CPU {cpu * 1000:5.2f} ms "
+              f"({(cpu - base_cpu) * 1000:+.2f})" + (f"  (admits {KEY_LIMIT * KEYS} of 100)"
+                                                    if name == "keys binding" else ""))
 
 
 def _print_drains(backend: str, args: argparse.Namespace) -> None:

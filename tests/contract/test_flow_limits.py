@@ -10,7 +10,9 @@ import sqlalchemy as sa
 
 from pending_jobs import enqueue, enqueue_many
 from pending_jobs.limits import parse
+from pending_jobs.schema import pending_jobs as J
 from pending_jobs.store import LimitedStore, Store
+from pending_jobs.store.columns import CLAIM_COLUMNS
 from pending_jobs.store.limited import BUSY_RETRY
 from tests.conftest import finish, rows, scalar
 
@@ -221,3 +223,21 @@ def test_keys_differing_only_by_trailing_spaces_pending_together_all_run(store: 
         ran += [job.id for job in claim.jobs]
         finish(store, claim.token, succeeded=[(job.id, None) for job in claim.jobs])
     assert sorted(ran) == both
+
+
+def test_a_mark_that_misses_a_locked_row_hands_out_only_the_jobs_it_marked(store: Store, engine: sa.Engine) -> None:
+    # When the mark changes fewer rows than it was given, the jobs are read back by the claim's token. On
+    # PostgreSQL the same claim has marked the jobs without a limit under that token already, and returned
+    # them: read back again they were handed out twice (one job, two workers).
+    ids = enqueue_many(engine, [{"task": "noop", "payload": {"n": n}} for n in range(3)])
+    jobs = limited(store, tasks={"noop": {"concurrency_limit": 5}})
+    read = sa.select(*CLAIM_COLUMNS).where(J.c.id.in_(ids)).order_by(J.c.id)
+    token = "t" * 32
+
+    def mark(conn: sa.Connection) -> list[int]:
+        first, second, third = conn.execute(read).all()
+        jobs._mark(conn, [first], token, "runner", 60)  # an earlier statement of the same claim
+        conn.execute(sa.delete(J).where(J.c.id == third.id))  # gone before the mark (a guard: the claim holds its rows)
+        return [job.id for job in jobs._mark(conn, [second, third], token, "runner", 60)]
+
+    assert store.transaction(mark) == [ids[1]]

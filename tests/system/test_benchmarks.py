@@ -92,3 +92,22 @@ def test_flow_drains_print_each_rounds_ratio_to_no_limits(backend: str, capsys: 
         assert len(ratios) == 2 and all(float(r.rstrip("%")) > 0 for r in ratios)
         assert float(line.split(", median ")[1].rstrip("%")) > 0
     assert "EXPLAIN" not in out and "rate limit" not in out  # part 1 alone
+
+
+@pytest.mark.parametrize("backend", [b for b in ALL if b != "sqlite"])
+def test_flow_claims_print_each_claims_time_and_the_runners_cpu(backend: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """`benchmarks.flow --only claims`: each kind of claim with its time, its ratio to the plain claim's and
+    the runner's CPU per claim beside the plain claim's; nothing else of the benchmark runs."""
+    _require(backend)
+    from benchmarks import flow
+
+    assert flow.main(["--backends", backend, "--only", "claims", "--claim-rounds", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "median of 2 alternating" in out
+    for name in ("no limits", "task limit elsewhere", "queue cap not reached", "keys binding"):
+        [line] = [line for line in out.splitlines() if line.strip().startswith(name)]
+        wall, cpu = float(line.split(" ms")[0].split()[-1]), float(line.split("CPU ")[1].split(" ms")[0])
+        assert wall > 0 and cpu > 0
+    assert "(+0.00)" in next(line for line in out.splitlines() if line.strip().startswith("no limits"))
+    assert "drain of" not in out and "EXPLAIN" not in out and "rate limit" not in out
