@@ -288,6 +288,9 @@ class CallbackRow:
     callback_next_at: dt.datetime | None
     callback_last_error: str | None
     finished_at: dt.datetime | None
+    sending: bool = False
+    """A runner holds it under a lease that has not run out: `callback_next_at` is then that lease's end, not
+    when it is due (it is being sent)."""
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> CallbackRow:
@@ -295,7 +298,7 @@ class CallbackRow:
             job_id=int(row["id"]), task=row["task"], job_status=row["status"], url=str(row["callback_url"]),
             callback_status=row["callback_status"], callback_attempts=int(row["callback_attempts"]),
             callback_next_at=utc(row["callback_next_at"]), callback_last_error=row["callback_last_error"],
-            finished_at=utc(row["finished_at"]),
+            finished_at=utc(row["finished_at"]), sending=bool(row["sending"]),
         )
 
 

@@ -44,14 +44,16 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.json:
         common.print_json([
             {"job_id": r.job_id, "task": r.task, "job_status": r.job_status, "url": redact(r.url),
-             "callback_status": r.callback_status, "attempts": r.callback_attempts,
+             "callback_status": r.callback_status, "sending": r.sending, "attempts": r.callback_attempts,
              "next_at": r.callback_next_at, "last_error": r.callback_last_error}
             for r in rows
         ])
         return EXIT_OK
     common.print_table(
         ["job", "task", "job status", "callback", "attempts", "next at", "url", "last error"],
-        [(r.job_id, r.task, r.job_status, r.callback_status, r.callback_attempts, r.callback_next_at,
+        # While a runner sends it, callback_next_at is its lease's end: not a time the callback is due.
+        [(r.job_id, r.task, r.job_status, "sending" if r.sending else r.callback_status, r.callback_attempts,
+          None if r.sending else r.callback_next_at,
           redact(r.url), (r.callback_last_error or "").splitlines()[0][:80] if r.callback_last_error else None)
          for r in rows],
     )

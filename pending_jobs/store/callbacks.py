@@ -186,9 +186,14 @@ class CallbackStore:
     def recent(self, failed_only: bool = False, limit: int = 100) -> list[CallbackRow]:
         """Jobs that have a callback, newest first; only `failed` ones when asked."""
         wanted = J.c.callback_status == FAILED if failed_only else J.c.callback_status.is_not(None)
+        # Held by a runner: a claim sets the token and pushes callback_next_at to its lease's end; every
+        # outcome clears the token. A lease that ran out is due again, not being sent.
+        sending = sa.case((sa.and_(J.c.callback_status == CALLBACK_PENDING, J.c.callback_token.is_not(None),
+                                   J.c.callback_next_at > db_now()), 1), else_=0).label("sending")
         stmt = (
             sa.select(J.c.id, J.c.task, J.c.status, J.c.callback_url, J.c.callback_status, J.c.callback_attempts,
-                      lenient_time(J.c.callback_next_at), J.c.callback_last_error, lenient_time(J.c.finished_at))
+                      lenient_time(J.c.callback_next_at), J.c.callback_last_error, lenient_time(J.c.finished_at),
+                      sending)
             .where(wanted)
             .order_by(J.c.id.desc())
             .limit(limit)

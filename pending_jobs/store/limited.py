@@ -258,21 +258,17 @@ class LimitedStore(Store):
         may start (one UNION ALL of index-served reads)."""
         if not room:
             return {}
-        paused = sa.select(paused_queues.c.queue).where(paused_queues.c.queue == J.c.queue)
-        parts = []
-        for number, (scope, free) in enumerate(room.items()):
-            where = [J.c.concurrency_key == scope.key, J.c.status == JOB_PENDING, J.c.run_at <= db_now(),
-                     ~paused.exists()]
-            if scope.task is not None:
-                where.append(J.c.task == scope.task)
-            if scope.queue is not None:
-                where.append(J.c.queue == scope.queue)
-            first = sa.select(J.c.id).where(*where).order_by(*claim_order()).limit(free).subquery()
-            parts.append(sa.select(first.c.id, sa.literal(number).label("scope")))
-        names = [scope.name for scope in room]
-        heads: dict[str, set[int]] = {name: set() for name in names}
-        for job_id, number in conn.execute(sa.union_all(*parts)):
-            heads[names[int(number)]].add(int(job_id))
+        # Per-task scopes first, then per-queue ones: the statement is built once per such shape and its
+        # values bound (built afresh with 20 keys' values, it cost ≈ 10 ms of CPU a claim, measured).
+        scopes = sorted(room, key=lambda scope: scope.task is None)
+        shape = (sum(scope.task is not None for scope in scopes), len(scopes))
+        params: dict[str, Any] = {}
+        for number, scope in enumerate(scopes):
+            params |= {f"key_{number}": scope.key, f"free_{number}": room[scope],
+                       f"of_{number}": scope.task if scope.task is not None else scope.queue}
+        heads: dict[str, set[int]] = {scope.name: set() for scope in scopes}
+        for job_id, number in conn.execute(self.sql.cached(("limits_heads", shape), lambda: _heads(*shape)), params):
+            heads[scopes[int(number)].name].add(int(job_id))
         return heads
 
     def _spend(self, conn: sa.Connection, admission: Admission, started: list[ClaimedJob]) -> None:
@@ -321,6 +317,21 @@ def _candidates(queue: str | sa.BindParameter[str], full: set[Scope], limit: int
         where.append(sa.or_(J.c.concurrency_key.is_(None), sa.tuple_(J.c.task, J.c.concurrency_key).not_in(by_task)))
     return (sa.select(*CLAIM_COLUMNS, J.c.concurrency_key).where(*where).order_by(*claim_order()).limit(limit)
             .with_for_update(skip_locked=True))
+
+
+def _heads(by_task: int, scopes: int) -> sa.CompoundSelect[Any]:
+    """The first due jobs of `scopes` per-key scopes (the first `by_task` of a task, the rest of a queue), each
+    `free_N` of them, of key `key_N` and task or queue `of_N`, in claim order; a column says which scope."""
+    paused = sa.select(paused_queues.c.queue).where(paused_queues.c.queue == J.c.queue)
+    parts = []
+    for number in range(scopes):
+        of = J.c.task if number < by_task else J.c.queue
+        where = [J.c.concurrency_key == sa.bindparam(f"key_{number}", type_=sa.String), J.c.status == JOB_PENDING,
+                 J.c.run_at <= db_now(), ~paused.exists(), of == sa.bindparam(f"of_{number}", type_=sa.String)]
+        first = (sa.select(J.c.id).where(*where).order_by(*claim_order())
+                 .limit(sa.bindparam(f"free_{number}", type_=sa.Integer)).subquery())
+        parts.append(sa.select(first.c.id, sa.literal(number).label("scope")))
+    return sa.union_all(*parts)
 
 
 @dataclasses.dataclass(frozen=True)

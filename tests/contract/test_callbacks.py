@@ -332,6 +332,30 @@ def test_cli_run_delivers_and_warns_when_unsigned(store: Store, db_url: str) -> 
     assert scalar(store.engine, "SELECT callback_status FROM pending_jobs WHERE id = :id", id=job_id) == "delivered"
 
 
+def test_cli_callbacks_list_shows_a_callback_being_sent_as_sending_not_due_at_its_lease(store: Store,
+                                                                                       db_url: str) -> None:
+    # A runner's claim pushes callback_next_at to its lease's end (195 s by default): listed as "next at"
+    # that time, a callback on its way looked like one waiting three minutes for a retry.
+    env = {"PENDING_JOBS_DATABASE_URL": db_url}
+    held, expired, waiting = (enqueue(store.engine, "noop", callback_url=f"http://127.0.0.1:9/{n}") for n in range(3))
+    with store.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET status = 'succeeded', finished_at = created_at, "
+                             "callback_status = 'pending', callback_next_at = created_at"))
+    callbacks = CallbackStore(store)
+    assert {c.job_id for c in callbacks.claim(2, 600.0)} == {held, expired}
+    with store.engine.begin() as conn:  # the second runner died: its lease ran out a minute ago
+        conn.execute(sa.text("UPDATE pending_jobs SET callback_next_at = :then WHERE id = :id"),
+                     {"then": dt.datetime(2020, 1, 1), "id": expired})
+
+    document = {d["job_id"]: d for d in json.loads(cli("callbacks", "list", "--json", env=env).stdout)}
+    assert [document[i]["sending"] for i in (held, expired, waiting)] == [True, False, False]
+    assert {document[i]["callback_status"] for i in (held, expired, waiting)} == {"pending"}
+    table = {int(line.split()[0]): line.split() for line in cli("callbacks", "list", env=env).stdout.splitlines()
+             if line.split() and line.split()[0].isdigit()}
+    assert table[held][3] == "sending" and "sending" not in table[expired] + table[waiting]
+    assert table[expired][3] == table[waiting][3] == "pending"
+
+
 def test_cli_callbacks_list_and_retry(store: Store, db_url: str) -> None:
     env = {"PENDING_JOBS_DATABASE_URL": db_url}
     with receiver(sequence(answer(410), answer(200))) as server:
