@@ -117,10 +117,11 @@ class WorkerPool(Generic[T, R]):
         with self._lock:
             return list(self._in_flight)
 
-    def withdraw_unstarted(self) -> list[Slot[T]]:
-        """Take back every item no worker has started; they will not run."""
+    def withdraw_unstarted(self, among: Iterable[Slot[T]] | None = None) -> list[Slot[T]]:
+        """Take back every item (of `among`, when given) that no worker has started; they will not run."""
         with self._lock:
-            waiting = [slot for slot in self._in_flight if slot.started is None]
+            pool = self._in_flight if among is None else [slot for slot in among if slot in self._in_flight]
+            waiting = [slot for slot in pool if slot.started is None]
             for slot in waiting:
                 slot.abandoned = True
                 self._in_flight.discard(slot)

@@ -188,6 +188,21 @@ def cancelled_then_raise(payload: dict[str, Any], ctx: Context) -> None:
         raise RuntimeError("stopping: cancel requested")
 
 
+@task("cancel_a_waiting_job")
+def cancel_a_waiting_job(payload: dict[str, Any], ctx: Context) -> dict[str, str]:
+    """Cancels, as `pending-jobs cancel` does, another job of its claim that waits for the run's one worker,
+    then stays busy past the producer's next look; returns what the cancel said ('requested': running)."""
+    from pending_jobs.store import OpsStore, create_engine, open_store
+
+    engine = create_engine(payload["url"], pool_size=1)
+    try:
+        said = OpsStore(open_store(engine)).cancel(int(payload["job_id"]))
+    finally:
+        engine.dispose()
+    time.sleep(float(payload.get("seconds", 1.5)))
+    return {"cancel": said}
+
+
 @task("cancel_check_isolated", isolation="process")
 def cancel_check_isolated(payload: dict[str, Any], ctx: Context) -> dict[str, bool]:
     before = ctx.cancel_requested()

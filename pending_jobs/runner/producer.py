@@ -22,6 +22,7 @@ from .completer import Completer, rescue
 from .executor import Executor
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
+from .waiting import CANCEL_LOOK, cancel_waiting, release_unstarted
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class Producer:
         self._next_claim = 0.0
         self._last_beat = time.monotonic()
         self._next_rescue = self._last_beat + RESCUE_EVERY
+        self._next_cancel_look = self._last_beat + CANCEL_LOOK
         self._next_handoff_check = 0.0
         self._held_back: float | None = None  # seconds until jobs a limit held back may start (rate limits)
 
@@ -214,6 +216,11 @@ class Producer:
         if now >= self._next_rescue:
             self._next_rescue = now + RESCUE_EVERY
             rescue(self.store, self.report)
+        if now >= self._next_cancel_look:  # jobs claimed ahead an operator cancelled end before they start
+            self._next_cancel_look = now + CANCEL_LOOK
+            cancelled = cancel_waiting(self.pool, self.store, self.worker)
+            self._held -= len(cancelled)
+            self.completer.add(cancelled)
 
     # -- stopping -------------------------------------------------------------------------------
 
@@ -239,11 +246,4 @@ class Producer:
         self.completer.drain()
 
     def _release_unstarted(self) -> None:
-        by_token: dict[str, list[int]] = {}
-        unstarted = [job for slot in self.pool.withdraw_unstarted() for job in jobs_of(slot.item)]
-        for job in unstarted:
-            by_token.setdefault(job.token, []).append(job.id)
-        for token, ids in by_token.items():
-            self.report.released += self.store.release(token, ids)
-        self.report.claimed -= len(unstarted)
-        self._held -= len(unstarted)
+        self._held -= release_unstarted(self.pool, self.store, self.report)

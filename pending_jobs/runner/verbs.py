@@ -56,6 +56,9 @@ class JobStore(Protocol):
     def heartbeat(self, held: Sequence[tuple[int, str]], lease: float) -> int:
         """Extend the leases of these (job id, token) pairs."""
 
+    def cancels_asked(self, ids: Sequence[int]) -> set[int]:
+        """Those of these jobs an operator asked to cancel (`cancel` of a running job)."""
+
     def rescue_expired(self) -> Rescued:
         """Running jobs whose lease expired (their runner died): back to pending, failed or cancelled."""
 

@@ -347,6 +347,11 @@ class Store:
         with bind.connect() as conn:
             return bool(conn.execute(stmt).scalar_one_or_none())
 
+    def cancels_asked(self, ids: Sequence[int]) -> set[int]:
+        """Those of these jobs an operator asked to cancel: the producer's look at jobs waiting for a worker."""
+        stmt = sa.select(J.c.id).where(self.sql.id_in(), J.c.cancel_requested == sa.true())
+        return self.transaction(lambda conn: set(map(int, conn.execute(stmt, {"ids": list(ids)}).scalars())))
+
     def release(self, token: str, ids: Sequence[int]) -> int:
         """Put claimed jobs that never started back to pending, without counting the attempt."""
         if not ids:

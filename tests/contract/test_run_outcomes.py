@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from pending_jobs import enqueue
 from pending_jobs.metrics import render
+from pending_jobs.runner.waiting import CANCELLED_WAITING
 from pending_jobs.store import RunStore, Store
 from tests.conftest import cli, scalar
 
@@ -36,6 +37,27 @@ def test_a_cancelled_job_whose_handler_gives_up_is_logged_as_cancelled_not_retri
     assert not any("will be retried" in line for line in lines), lines
     assert any(line.startswith(f"job {job_id} (cancelled_then_raise) gave up on attempt 1 after an operator asked "
                                "to cancel it: cancelled") for line in lines), lines
+
+
+def test_a_job_cancelled_while_it_waits_for_a_worker_never_runs(engine: sa.Engine, db_url: str, run: Any,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    # One worker, one claim of three jobs: the second and third wait while the first cancels the second.
+    first = enqueue(engine, "cancel_a_waiting_job", {"url": db_url, "job_id": 0})
+    waiting = enqueue(engine, "ledger", {})
+    after = enqueue(engine, "ledger", {})
+    with engine.begin() as conn:  # the first job's payload names the second, whose id is known only now
+        conn.execute(sa.text("UPDATE pending_jobs SET payload = :p WHERE id = :id"),
+                     {"p": json.dumps({"url": db_url, "job_id": waiting}), "id": first})
+    with caplog.at_level(logging.INFO, logger="pending_jobs"):
+        report = run(concurrency=1)
+    said = scalar(engine, f"SELECT result FROM pending_jobs WHERE id = {first}")
+    assert (json.loads(said) if isinstance(said, str) else said) == {"cancel": "requested"}  # it was running
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {waiting}") == "cancelled"
+    assert scalar(engine, f"SELECT last_error FROM pending_jobs WHERE id = {waiting}") == CANCELLED_WAITING
+    assert scalar(engine, f"SELECT COUNT(*) FROM ledger WHERE job_id = {waiting}") == 0  # its handler never ran
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {after}") == "succeeded"
+    assert (report.succeeded, report.cancelled, report.failed, report.stale) == (2, 1, 0, 0)
+    assert f"job {waiting} (ledger) {CANCELLED_WAITING}" in caplog.messages
 
 
 def test_a_process_isolated_handler_can_ask_whether_it_was_cancelled(engine: sa.Engine, db_url: str,

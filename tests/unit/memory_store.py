@@ -210,6 +210,10 @@ class MemoryStore:
                     released += 1
             return released
 
+    def cancels_asked(self, ids: Sequence[int]) -> set[int]:
+        with self.lock:
+            return {job_id for job_id in ids if job_id in self.rows and self.rows[job_id].cancel_requested}
+
     def heartbeat(self, held: Sequence[tuple[int, str]], lease: float) -> int:
         with self.lock:
             self.heartbeats += 1

@@ -16,6 +16,7 @@ from pending_jobs.errors import CommandFailed, DatabaseUnavailable, Retry
 from pending_jobs.models import RunReport
 from pending_jobs.registry import Task
 from pending_jobs.runner import Executor, Producer
+from pending_jobs.runner.waiting import CANCELLED_WAITING
 
 from .memory_store import MemoryStore
 
@@ -246,3 +247,37 @@ def test_a_batch_smaller_than_the_workers_still_keeps_every_worker_busy() -> Non
     report = run(store, tasks(meet=meet), batch_size=1, concurrency=2)
     assert store.statuses() == {"succeeded": 2}
     assert report.succeeded == 2
+
+
+def test_a_job_cancelled_while_its_group_waits_ends_cancelled_and_the_rest_of_the_group_runs() -> None:
+    """A claim's shared-transaction group waits behind a running job; one of its jobs is cancelled: the
+    group is taken back, that job ends `cancelled` without running, the others go to the pool again."""
+    store = MemoryStore()
+    blocker = store.add("block")
+    group = [store.add("sql", run_at=store.clock() + 3600) for _ in range(10)]  # due once the blocker runs
+    ran: list[int] = []
+
+    def block(payload: dict[str, Any], ctx: Context) -> None:
+        for job_id in group:
+            store.rows[job_id].run_at = 0.0
+        until(lambda: all(store.status(job_id) == "running" for job_id in group))  # claimed ahead, waiting
+        store.rows[group[3]].cancel_requested = True  # `pending-jobs cancel` of a running (claimed) job
+        until(lambda: store.status(group[3]) == "cancelled")
+
+    def sql(payload: dict[str, Any], ctx: Context) -> None:
+        ran.append(ctx.job_id)
+
+    shared = lambda payloads, conn: [None] * len(payloads)  # noqa: E731 (the memory store runs each alone)
+    handlers = {"block": Task("block", block), "sql": Task("sql", sql, shared=shared)}
+    report = run(store, handlers, concurrency=1, poll=0.02, max_jobs=11)
+    assert store.status(blocker) == "succeeded"
+    assert store.status(group[3]) == "cancelled" and store.rows[group[3]].last_error == CANCELLED_WAITING
+    assert sorted(ran) == sorted(set(group) - {group[3]})  # each other job of the group ran, once
+    assert (report.succeeded, report.cancelled, report.stale, report.stopped_by) == (10, 1, 0, "max-jobs")
+
+
+def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)

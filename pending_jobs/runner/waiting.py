@@ -1,0 +1,60 @@
+"""Jobs a run has claimed ahead that no worker has started yet: put back when the run stops early, and
+ended `cancelled`, without running, when an operator cancels one while it waits.
+
+A job is claimed (`running`, under the run's lease) up to a batch before a worker is free for it. An
+operator's `cancel` of a running job only marks it, for its handler to see; a job that has not started
+has no handler to see it, so the producer looks for it (`CANCEL_LOOK`)."""
+
+from __future__ import annotations
+
+import logging
+
+from ..models import Outcome, RunReport
+from ..workers import WorkerPool
+from .shared import Work, Worker, jobs_of
+from .verbs import JobStore
+
+log = logging.getLogger(__name__)
+
+CANCEL_LOOK = 1.0
+"""Seconds between looks whether an operator cancelled a job waiting for a worker: one SELECT by primary
+key, and only while jobs wait (a run whose workers keep up never has any waiting)."""
+CANCELLED_WAITING = "cancelled before it started: an operator asked to cancel it while it waited for a worker"
+
+Pool = WorkerPool[Work, list[Outcome]]
+
+
+def release_unstarted(pool: Pool, store: JobStore, report: RunReport) -> int:
+    """Take back every job no worker has started and put it back to pending, its attempt uncounted (a run
+    stopping early); how many were taken back."""
+    by_token: dict[str, list[int]] = {}
+    unstarted = [job for slot in pool.withdraw_unstarted() for job in jobs_of(slot.item)]
+    for job in unstarted:
+        by_token.setdefault(job.token, []).append(job.id)
+    for token, ids in by_token.items():
+        report.released += store.release(token, ids)
+    report.claimed -= len(unstarted)
+    return len(unstarted)
+
+
+def cancel_waiting(pool: Pool, store: JobStore, worker: Worker) -> list[Outcome]:
+    """The outcomes (failures the store ends `cancelled`) of the waiting jobs an operator asked to cancel.
+
+    They are taken back from the pool before anything is recorded, so none of them starts meanwhile; a
+    job a worker did start runs on, and its handler sees `ctx.cancel_requested()`. The other jobs of a
+    shared-transaction group taken back go to the pool again."""
+    waiting = [slot for slot in pool.in_flight() if slot.started is None]
+    if not waiting:
+        return []
+    asked = store.cancels_asked([job.id for slot in waiting for job in jobs_of(slot.item)])
+    if not asked:
+        return []
+    hit = [slot for slot in waiting if any(job.id in asked for job in jobs_of(slot.item))]
+    jobs = [job for slot in pool.withdraw_unstarted(hit) for job in jobs_of(slot.item)]
+    rest = [job for job in jobs if job.id not in asked]
+    if rest:
+        pool.submit_all(worker.split(rest))
+    for job in jobs:
+        if job.id in asked:
+            log.info("job %d (%s) %s", job.id, job.task, CANCELLED_WAITING)
+    return [Outcome(job, "failed", error=CANCELLED_WAITING, cancelling=True) for job in jobs if job.id in asked]
