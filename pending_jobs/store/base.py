@@ -162,11 +162,11 @@ class Store:
 
     def _claim(self, key: tuple[Any, ...], where: Where,
                params: dict[str, Any], limit: int, owner: str, lease: float,
-               cap: Callable[[sa.Connection], bool] | None = None) -> Claim:
+               cap: Callable[[sa.Connection], dict[str, Any] | None] | None = None) -> Claim:
         """Claim with the statements cached under `key` + the batch size; `where()` builds their WHERE
         (bindparams only), called only when a statement is built: building SQL expressions costs more than
         the rest of a claim's Python (≈ 1-3 µs per claimed job at a batch of 100). With `cap` (a queue cap:
-        LimitedStore), which locks its row first (False: claim nothing), at most the room it leaves."""
+        LimitedStore), which locks its row first (None: claim nothing), at most the room it leaves."""
         token = secrets.token_hex(16)
         params = {**params, "claim_owner": owner[:128], "claim_token": token, "claim_lease": float(lease)}
 
@@ -175,10 +175,11 @@ class Store:
                 size if cap is None else self.sql.room_limit(size, columns.cap_room()))
 
         def work(conn: sa.Connection) -> list[ClaimedJob]:
-            if cap is not None and not cap(conn):
+            if (bound := {} if cap is None else cap(conn)) is None:
                 return []
             locked = self.sql.lock_mark_return(conn, (*key, limit), select_of(limit), self._claim_values, CLAIM_COLUMNS,
-                                               params, lambda: (J.c.status == JOB_PENDING,), cap and columns.cap_room)
+                                               {**params, **bound}, lambda: (J.c.status == JOB_PENDING,),
+                                               cap and columns.cap_room)
             if locked.marked != len(locked.rows):
                 # The locking read returned a row that was no longer pending: hand out only what this
                 # token marked, never a job another runner holds.

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from ..models import COUNT_MAX
 from ..schema import db_now, paused_queues
+from ..schema import limits as L
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING
 
@@ -83,13 +84,16 @@ def due_at_priority() -> tuple[sa.ColumnElement[bool], ...]:
     return (*due_in_queue(), J.c.priority == sa.bindparam("claim_priority", type_=sa.Integer))
 
 
-def cap_room() -> sa.ColumnElement[int]:
+def cap_room(of_locked_row: bool = False) -> sa.ColumnElement[int]:
     """How many more jobs of the `claim_queue` parameter's queue may run: the `cap_limit` parameter less
-    the queue's running rows (the rows are the slots; a count served by the claim index). Read by the
-    claim statement itself, after the cap's row is locked (LimitedStore): its read starts after the lock
-    is had, so it sees every job the lock's last holder started, at no round trip of its own."""
+    the queue's running rows (the rows are the slots; a count served by the claim index). Read after the
+    cap's row is locked (LimitedStore), so it sees every job the lock's last holder started: by the claim
+    statement itself, or `of_locked_row`, by the statement that locks the cap's row `cap_name` (MySQL)."""
     running = sa.select(sa.func.count()).where(J.c.status == JOB_RUNNING,
                                                J.c.queue == sa.bindparam("claim_queue", type_=sa.String))
+    if of_locked_row:
+        # A reference to the locked row: the count cannot be read before that row is read, and locked.
+        running = running.where(L.c.name == sa.bindparam("cap_name", type_=sa.String))
     return sa.bindparam("cap_limit", type_=sa.Integer) - running.scalar_subquery()
 
 

@@ -9,8 +9,8 @@ of this API:
 - `after(seconds)`: the database clock plus a number of seconds (an SQL expression);
 - `id_in()`: `id` is one of the `ids` parameter's values;
 - `lock_mark_return(...)`: lock due rows skipping locked ones, mark them, return their columns —
-  the job claim and the callback claim both use it; `room_limit` and `capped_ids` bound it by a queue
-  cap's room;
+  the job claim and the callback claim both use it; `lock_cap` locks a queue cap's row first (MySQL:
+  and counts its room), `room_limit` and `capped_ids` bound the claim by that room;
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
 - `estimate(conn, stmt, params)`: the planner's row estimate of a query (the overview's counts above
   their bound);
@@ -41,6 +41,7 @@ from sqlalchemy.engine import Row
 from .. import db
 from ..models import utc
 from ..schema import callback_attempts, db_now
+from ..schema import limits as L
 from ..schema import pending_jobs as J
 
 S = TypeVar("S")
@@ -227,6 +228,15 @@ class Dialect:
 
         rows = conn.execute(self.cached(key, build), params).all()
         return Locked(rows, len(rows), after_mark=True)
+
+    def lock_cap(self, conn: sa.Connection, params: dict[str, Any],
+                 room: Callable[[bool], sa.ColumnElement[int]]) -> dict[str, Any] | None:
+        """Lock the row of a queue cap (`cap_name`) for a capped claim; None when another claim holds it
+        (SKIP LOCKED: claim nothing now). Returns what the claim binds besides: nothing here, where the
+        claim counts the cap's room (`room()`) in its own LIMIT (room_limit)."""
+        stmt = self.cached(("cap_lock",), lambda: sa.select(L.c.name).where(
+            L.c.name == sa.bindparam("cap_name", type_=sa.String)).with_for_update(skip_locked=True))
+        return {} if conn.execute(stmt, params).first() else None
 
     def room_limit(self, size: int, room: sa.ColumnElement[int]) -> int | sa.ColumnElement[int]:
         """A claim's LIMIT: `size`, and no more than `room` (an SQL expression read by the claim itself)."""

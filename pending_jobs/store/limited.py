@@ -34,6 +34,7 @@ from ..schema import Time, db_now, paused_queues
 from ..schema import limits as L
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING
+from . import columns
 from .admission import Admission
 from .base import Store
 from .columns import CLAIM_COLUMNS, claim_order, due_in, due_in_queue
@@ -80,13 +81,12 @@ class LimitedStore(Store):
             return Claim(secrets.token_hex(16), [])
         busy: list[bool] = []  # whether another runner was claiming from this queue right then
 
-        def locked(conn: sa.Connection) -> bool:
+        def locked(conn: sa.Connection) -> dict[str, Any] | None:
             # The name alone, by `=`: _lock's list of names and three more columns (a bucket's tokens and refill
             # time, the clock) cost ≈ 250 µs more of the runner's CPU a claim, with PyMySQL and psycopg alike.
-            stmt = self.sql.cached(("limits_cap_lock",), lambda: sa.select(L.c.name).where(
-                L.c.name == sa.bindparam("cap_name", type_=sa.String)).with_for_update(skip_locked=True))
-            busy[:] = [] if conn.execute(stmt, {"cap_name": cap.name}).first() else [True]
-            return not busy
+            bound = self.sql.lock_cap(conn, {**params, "cap_name": cap.name}, columns.cap_room)
+            busy[:] = [] if bound is not None else [True]
+            return bound
 
         claim = self.caught_up(queue, self._claim(("capped", *where[0]), where[1], params, limit, owner, lease,
                                                   locked), limit, params)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 import pytest
@@ -88,6 +89,41 @@ def test_a_cap_another_runner_is_claiming_under_is_looked_at_again_shortly(
         assert busy.jobs == [] and busy.retry_in == BUSY_RETRY
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'pending' AND attempts = 0") == 2
     assert len(jobs.claim("mail", 100, "r", 60).jobs) == 1  # the cap's room: 2, one runs
+
+
+def test_a_caps_room_counted_with_its_lock_sees_the_jobs_its_last_holder_started(
+        backend: str, store: Store, engine: sa.Engine) -> None:
+    """MariaDB counts a cap's room in the statement that locks the cap's row (lock_cap): were its snapshot
+    taken before the lock was had, a claim right after another's commit would miss that claim's jobs and
+    pass the cap. The claim skips a held row; made to wait for it instead, the same statement sees them."""
+    if backend != "mysql":
+        pytest.skip("MariaDB/MySQL alone count the room with the lock; elsewhere the claim statement counts it")
+    enqueue_many(engine, [{"task": "noop", "queue": "mail"} for _ in range(5)])
+    jobs = limited(store, queues={"mail": {"max_running": 10}})
+    assert len(jobs.claim("mail", 1, "r", 60).jobs) == 1  # creates the cap's row and the statement
+    waiting = jobs.sql.cached(("cap_lock",), lambda: pytest.fail("no statement locks the cap")).with_for_update()
+    seen: list[int] = []
+    waiter: list[int] = []
+
+    def count() -> None:
+        with engine.connect() as conn, conn.begin():
+            waiter.append(conn.execute(sa.text("SELECT CONNECTION_ID()")).scalar_one())
+            seen.append(conn.execute(waiting, {"claim_queue": "mail", "cap_limit": 10,
+                                               "cap_name": "queue:mail"}).scalar_one())
+
+    with engine.connect() as holder, holder.begin():
+        holder.execute(sa.text("SELECT name FROM pending_job_limits WHERE name = 'queue:mail' FOR UPDATE"))
+        thread = threading.Thread(target=count)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (waiter and holder.execute(sa.text(
+                "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_mysql_thread_id = :id "
+                "AND trx_state = 'LOCK WAIT'"), {"id": waiter[0]}).scalar_one()):
+            time.sleep(0.01)
+        holder.execute(sa.text("UPDATE pending_jobs SET status = 'running', attempts = 1 "
+                               "WHERE queue = 'mail' AND status = 'pending' LIMIT 2"))
+    thread.join(30)
+    assert seen == [10 - 3]  # the job claimed first, and the two the holder started
 
 
 def test_a_queue_key_limit_counts_per_key_within_the_queue(store: Store, engine: sa.Engine) -> None:
