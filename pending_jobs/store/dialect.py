@@ -145,6 +145,10 @@ class Dialect:
         results are read when it ends), or None when it sends one at a time."""
         return None
 
+    def insert_rows_suffix(self, conn: sa.Connection, table: str) -> str | None:
+        """The end of a multi-row INSERT into `table` that gives each row's id ('' if none), or None (direct.py)."""
+        return None
+
     def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
         """The id an INSERT without RETURNING added (the driver's last insert id), or None."""
         return self.last_id(result.rowcount, result.lastrowid)
@@ -231,9 +235,7 @@ class Dialect:
 
     def lock_cap(self, conn: sa.Connection, params: dict[str, Any],
                  room: Callable[[bool], sa.ColumnElement[int]]) -> dict[str, Any] | None:
-        """Lock the row of a queue cap (`cap_name`) for a capped claim; None when another claim holds it
-        (SKIP LOCKED: claim nothing now). Returns what the claim binds besides: nothing here, where the
-        claim counts the cap's room (`room()`) in its own LIMIT (room_limit)."""
+        """Lock a queue cap's row (`cap_name`), None if another claim has it; returns the claim's other binds."""
         stmt = self.cached(("cap_lock",), lambda: sa.select(L.c.name).where(
             L.c.name == sa.bindparam("cap_name", type_=sa.String)).with_for_update(skip_locked=True))
         return {} if conn.execute(stmt, params).first() else None

@@ -14,6 +14,14 @@ given at once are sent without waiting for each answer: one round trip for a who
 one per statement, each statement still with its own cursor and so its own row count. An error aborts
 the pipeline and is raised for the whole call; the caller then runs the jobs one at a time to find
 whose statement it was.
+
+PyMySQL cannot pipeline. There a task whose one statement is a plain one-row `INSERT INTO t (…) VALUES
+(…)` goes as one multi-row INSERT for all the jobs given at once, ending `RETURNING` the table's
+generated id on MariaDB 10.5+ (its rows come back in the order of the VALUES, so each job still gets
+its own id; elsewhere the statements go one by one). Each job's row is its own statement's row,
+rendered by the driver as it would render it alone; an error raises for the whole call, as above.
+Only a shape that leaves no doubt goes together: a table named plainly, one row of values with no
+quote, comment or `;` in it, nothing after it (no ON DUPLICATE KEY, no IGNORE, which would drop rows).
 """
 
 from __future__ import annotations
@@ -29,6 +37,11 @@ from . import dialect_for
 
 WRITES = ("insert", "update", "delete", "replace")
 _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
+_INSERT_HEAD = re.compile(r"\s*insert\s+into\s+(`?)(\w+)\1\s*(?:\([^()'\"`;#-]*\)\s*)?values\s*", re.IGNORECASE)
+STATEMENT_CHARS = 1_000_000
+"""Rows rendered beyond this go in another INSERT: far below MariaDB's max_allowed_packet (16 MiB by
+default), whose breach would end the connection, whatever the payload limit allows a job."""
+_UNPARSED = ("'", '"', "`", "\\", ";", "#", "--", "/*")  # quotes, comments, a second statement: sent as written
 
 
 def direct(statement: str, verb: str) -> bool:
@@ -57,12 +70,45 @@ class _Compiled:
             cursor.execute(self.sql, tuple(params[name] for name in self.positional))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Rows:
+    """A one-row INSERT sent as one INSERT of many rows: `head` + each job's `row`, joined, + `suffix`."""
+
+    head: str
+    row: _Compiled
+    suffix: str  # RETURNING the generated id, or ''
+
+    def run(self, cursor: Any, jobs: Sequence[Sequence[Mapping[str, Any]]]) -> list[list[Written]]:
+        done: list[list[Written]] = []
+        rows: list[str] = []
+        size = 0
+        for number, values in enumerate(jobs, 1):
+            rows.append(cursor.mogrify(self.row.sql, dict(values[0])))
+            size += len(rows[-1])
+            if size > STATEMENT_CHARS or number == len(jobs):
+                done += self._insert(cursor, rows)
+                rows, size = [], 0
+        return done
+
+    def _insert(self, cursor: Any, rows: list[str]) -> list[list[Written]]:
+        cursor.execute(self.head + ", ".join(rows) + self.suffix)
+        if not self.suffix:
+            if cursor.rowcount != len(rows):
+                raise RuntimeError(f"an INSERT of {len(rows)} rows reported {cursor.rowcount}")
+            return [[Written(1, None)] for _ in rows]
+        ids = [row[0] for row in cursor.fetchall()]
+        if len(ids) != len(rows):
+            raise RuntimeError(f"an INSERT of {len(rows)} rows returned {len(ids)}")
+        return [[Written(1, int(new) if new else None)] for new in ids]
+
+
 class DirectStatements:
     """Statements compiled once per database dialect, run on a connection's driver cursor."""
 
     def __init__(self, clauses: Sequence[sa.TextClause]) -> None:
         self._clauses = list(clauses)
         self._compiled: dict[int, list[_Compiled]] = {}  # by id of the SQLAlchemy dialect (one engine each)
+        self._rows: dict[int, _Rows | None] = {}  # the same, where the statement goes as one INSERT of many rows
 
     def run(self, conn: sa.Connection, jobs: Sequence[Sequence[Mapping[str, Any]]]) -> list[list[Written]]:
         """For each job, each statement with that job's values, in order, in `conn`'s transaction."""
@@ -70,6 +116,12 @@ class DirectStatements:
         if compiled is None:
             compiled = self._compiled[id(conn.dialect)] = [self._compile(clause, conn) for clause in self._clauses]
         dialect = dialect_for(conn)
+        if len(jobs) > 1 and (rows := self._many_rows(conn, compiled)) is not None:
+            cursor = conn.connection.cursor()
+            try:
+                return rows.run(cursor, jobs)
+            finally:
+                cursor.close()
         pipeline = dialect.pipeline(conn.connection.dbapi_connection) if len(jobs) * len(compiled) > 1 else None
         if pipeline is None:
             cursor = conn.connection.cursor()
@@ -97,11 +149,41 @@ class DirectStatements:
                 for cursor in own:
                     cursor.close()
 
+    def _many_rows(self, conn: sa.Connection, compiled: Sequence[_Compiled]) -> _Rows | None:
+        """The statement as one INSERT of many rows, where its shape and the database allow (see the module)."""
+        if id(conn.dialect) in self._rows:
+            return self._rows[id(conn.dialect)]
+        shape = one_row_insert(compiled[0].sql) if len(compiled) == 1 and compiled[0].positional is None else None
+        if shape is None:
+            self._rows[id(conn.dialect)] = None
+            return None
+        head, table, row = shape
+        suffix = dialect_for(conn).insert_rows_suffix(conn, table)
+        if suffix is None:
+            return None  # not on this database, or not yet (a table that does not exist): asked again next time
+        rows = self._rows[id(conn.dialect)] = _Rows(head, _Compiled(row, None), suffix)
+        return rows
+
     @staticmethod
     def _compile(clause: sa.TextClause, conn: sa.Connection) -> _Compiled:
         compiled = clause.compile(dialect=conn.dialect)
         positional = tuple(compiled.positiontup or ()) if compiled.positional else None
         return _Compiled(compiled.string, positional)
+
+
+def one_row_insert(sql: str) -> tuple[str, str, str] | None:
+    """(`INSERT INTO t (…) VALUES `, t, the row) of a compiled one-row INSERT that may go with others as one
+    INSERT of many rows, or None (see the module for the shapes that may)."""
+    head = _INSERT_HEAD.match(sql)
+    row = sql[head.end():].rstrip() if head else ""
+    if not row.startswith("(") or any(mark in row for mark in _UNPARSED):
+        return None
+    depth = 0
+    for at, char in enumerate(row):
+        depth += (char == "(") - (char == ")")
+        if depth == 0:  # the row's closing parenthesis: nothing may follow it
+            return (head.group(0), head.group(2), row) if head and at == len(row) - 1 else None
+    return None
 
 
 def _written(cursor: Any, last_id: Callable[[int, Any], int | None]) -> Written:

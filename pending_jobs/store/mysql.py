@@ -191,6 +191,21 @@ class MySQL(Dialect):
         # index-served: 1.1 s at 1,000,000 pending jobs).
         return None
 
+    def insert_rows_suffix(self, conn: sa.Connection, table: str) -> str | None:
+        # MariaDB 10.5+ returns a multi-row INSERT's rows, in the order of its VALUES, each with its generated
+        # id; MySQL has no RETURNING, and the ids after its LAST_INSERT_ID() are consecutive only under some
+        # settings (innodb_autoinc_lock_mode ≤ 1, auto_increment_increment 1, which Galera changes).
+        version = tuple(part for part in conn.dialect.server_version_info or () if isinstance(part, int))
+        if not getattr(conn.dialect, "is_mariadb", False) or version < (10, 5):
+            return None
+        found = conn.exec_driver_sql(
+            "SELECT c.COLUMN_NAME FROM information_schema.TABLES t LEFT JOIN information_schema.COLUMNS c "
+            "ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME AND c.EXTRA LIKE %s "
+            "WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = %s", ("%auto_increment%", table)).first()
+        if found is None:
+            return None
+        return "" if found[0] is None else " RETURNING `" + str(found[0]).replace("`", "``") + "`"
+
     def lock_cap(self, conn: sa.Connection, params: dict[str, Any],
                  room: Callable[[bool], sa.ColumnElement[int]]) -> dict[str, Any] | None:
         # The room in the statement that locks the cap's row, one round trip less than a count of its own

@@ -17,7 +17,7 @@ from sqlalchemy import event
 
 from pending_jobs import enqueue
 from pending_jobs.models import RunReport
-from pending_jobs.store import Store, dialect_for
+from pending_jobs.store import Store, dialect_for, direct
 from tests.conftest import rows, scalar
 
 from .conftest import SAVE_USER, outcome
@@ -235,3 +235,41 @@ def test_a_result_the_driver_cannot_bind_rolls_the_group_back_and_does_not_raise
     assert "is not JSON serializable" in together.reason
     assert scalar(users, "SELECT COUNT(*) FROM audit") == 0
     assert all(outcome(store, job_id).status == "running" for job_id in ids)
+
+
+def inserts_sent(engine: sa.Engine) -> int:
+    """INSERT statements the MariaDB server has run so far (all sessions: the tests run one at a time)."""
+    return int(rows(engine, "SHOW GLOBAL STATUS LIKE 'Com_insert'")[0][1])
+
+
+@pytest.mark.parametrize("statement_chars", [direct.STATEMENT_CHARS, 1], ids=["one insert", "cut at every row"])
+def test_one_row_inserts_of_a_group_go_together_and_each_job_keeps_its_own_id(
+        users: sa.Engine, store: Store, commits: Commits, statement_chars: int,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On MariaDB a group's one-row INSERTs go as one INSERT of many rows, RETURNING the generated ids
+    (store/direct.py): each job's result is still its own row's id, as when it runs alone, and a table
+    that generates no id gives none. Elsewhere the same results, one statement (or pipeline) at a time."""
+    monkeypatch.setattr(direct, "STATEMENT_CHARS", statement_chars)  # 1: every row past it, an INSERT each
+    tables = {"save_user": SAVE_USER, "note": {"sql": "INSERT INTO audit (note) VALUES (:note)"}}
+    commits.measure_idle(tables)
+    saved = save_users(users, 40)
+    noted = [enqueue(users, "note", {"note": f"n{n}"}) for n in range(10)]
+    mariadb = bool(getattr(users.dialect, "is_mariadb", False))
+    before = inserts_sent(users) if mariadb else 0
+
+    report, _ = commits.run(tables)
+
+    assert report.succeeded == 50
+    postgres = dialect_for(users).name == "postgresql"
+    for n, job_id in enumerate(saved):
+        user_id = scalar(users, "SELECT id FROM users WHERE name = :name", name=f"user{n}")
+        assert outcome(store, job_id).result == ({"rowcount": 1} if postgres else
+                                                 {"rowcount": 1, "inserted_id": user_id})
+    sqlite = dialect_for(users).name == "sqlite"  # there every table has a rowid, the id SQLite reports
+    for job_id in noted:
+        result = outcome(store, job_id).result
+        assert result == ({"rowcount": 1, "inserted_id": result.get("inserted_id")} if sqlite else {"rowcount": 1})
+    assert sorted(r[0] for r in rows(users, "SELECT note FROM audit")) == sorted(f"n{n}" for n in range(10))
+    if mariadb:  # 50 one-row INSERTs, sent as a few: one per task and group (and the run's own row)
+        sent = inserts_sent(users) - before
+        assert sent < 20 if statement_chars > 1 else sent >= 50, sent
