@@ -15,13 +15,14 @@ one per statement, each statement still with its own cursor and so its own row c
 the pipeline and is raised for the whole call; the caller then runs the jobs one at a time to find
 whose statement it was.
 
-PyMySQL cannot pipeline. There a task whose one statement is a plain one-row `INSERT INTO t (…) VALUES
-(…)` goes as one multi-row INSERT for all the jobs given at once, ending `RETURNING` the table's
-generated id on MariaDB 10.5+ (its rows come back in the order of the VALUES, so each job still gets
-its own id; elsewhere the statements go one by one). Each job's row is its own statement's row,
-rendered by the driver as it would render it alone; an error raises for the whole call, as above.
-Only a shape that leaves no doubt goes together: a table named plainly, one row of values with no
-quote, comment or `;` in it, nothing after it (no ON DUPLICATE KEY, no IGNORE, which would drop rows).
+Fewer statements still: a task whose one statement is a plain one-row `INSERT INTO t (…) VALUES (…)`
+goes as one INSERT of many rows for all the jobs given at once: on MariaDB 10.5+ ending `RETURNING`
+the table's generated id (its rows come back in the order of the VALUES, so each job still gets its
+own id), on PostgreSQL as it is (a job's result there is its row count alone); on MySQL, which has no
+RETURNING, one by one. Each job's row binds that job's values; an error raises for the whole call, as
+above, and a row count other than one a job is an error too. Only a shape that leaves no doubt goes
+together: a table named plainly, one row of values with no quote, comment or `;` in it, nothing after
+it (no ON DUPLICATE KEY or ON CONFLICT, whose counts differ; no IGNORE, which would drop rows).
 """
 
 from __future__ import annotations
@@ -39,8 +40,10 @@ WRITES = ("insert", "update", "delete", "replace")
 _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
 _INSERT_HEAD = re.compile(r"\s*insert\s+into\s+(`?)(\w+)\1\s*(?:\([^()'\"`;#-]*\)\s*)?values\s*", re.IGNORECASE)
 STATEMENT_CHARS = 1_000_000
-"""Rows rendered beyond this go in another INSERT: far below MariaDB's max_allowed_packet (16 MiB by
-default), whose breach would end the connection, whatever the payload limit allows a job."""
+"""Characters of values beyond which rows go in another INSERT: far below MariaDB's max_allowed_packet
+(16 MiB by default), whose breach would end the connection, whatever the payload limit allows a job."""
+STATEMENT_ROWS = 1_000  # and rows: PostgreSQL binds at most 65,535 parameters a statement
+_PLACEHOLDER = re.compile(r"%%|%\((\w+)\)s")  # pyformat, as SQLAlchemy compiles a text() for PyMySQL and psycopg
 _UNPARSED = ("'", '"', "`", "\\", ";", "#", "--", "/*")  # quotes, comments, a second statement: sent as written
 
 
@@ -72,33 +75,50 @@ class _Compiled:
 
 @dataclasses.dataclass(frozen=True)
 class _Rows:
-    """A one-row INSERT sent as one INSERT of many rows: `head` + each job's `row`, joined, + `suffix`."""
+    """A one-row INSERT sent as one INSERT of many rows: `head`, each job's `row` (its values bound in the
+    order of `names`), then `suffix`; cut in several where the values grow long (STATEMENT_CHARS)."""
 
     head: str
-    row: _Compiled
+    row: str  # with positional placeholders (%s): each job's values bound in turn, no name can collide
+    names: tuple[str, ...]
     suffix: str  # RETURNING the generated id, or ''
+
+    @classmethod
+    def of(cls, head: str, row: str, suffix: str) -> _Rows:
+        names: list[str] = []
+
+        def positional(found: re.Match[str]) -> str:
+            if found.group(1) is None:
+                return found.group(0)  # %%: a literal percent sign, as the driver reads it
+            names.append(found.group(1))
+            return "%s"
+
+        return cls(head, _PLACEHOLDER.sub(positional, row), tuple(names), suffix)
 
     def run(self, cursor: Any, jobs: Sequence[Sequence[Mapping[str, Any]]]) -> list[list[Written]]:
         done: list[list[Written]] = []
-        rows: list[str] = []
-        size = 0
-        for number, values in enumerate(jobs, 1):
-            rows.append(cursor.mogrify(self.row.sql, dict(values[0])))
-            size += len(rows[-1])
-            if size > STATEMENT_CHARS or number == len(jobs):
-                done += self._insert(cursor, rows)
-                rows, size = [], 0
+        values: list[Any] = []
+        rows = size = 0
+        for number, job in enumerate(jobs, 1):
+            params = job[0]
+            for name in self.names:
+                values.append(params[name])
+                size += len(params[name]) if isinstance(params[name], str) else 8
+            rows += 1
+            if size > STATEMENT_CHARS or rows == STATEMENT_ROWS or number == len(jobs):
+                done += self._insert(cursor, rows, values)
+                values, rows, size = [], 0, 0
         return done
 
-    def _insert(self, cursor: Any, rows: list[str]) -> list[list[Written]]:
-        cursor.execute(self.head + ", ".join(rows) + self.suffix)
+    def _insert(self, cursor: Any, rows: int, values: list[Any]) -> list[list[Written]]:
+        cursor.execute(self.head + ", ".join([self.row] * rows) + self.suffix, values)
         if not self.suffix:
-            if cursor.rowcount != len(rows):
-                raise RuntimeError(f"an INSERT of {len(rows)} rows reported {cursor.rowcount}")
-            return [[Written(1, None)] for _ in rows]
+            if cursor.rowcount != rows:
+                raise RuntimeError(f"an INSERT of {rows} rows reported {cursor.rowcount}")
+            return [[Written(1, None)] for _ in range(rows)]
         ids = [row[0] for row in cursor.fetchall()]
-        if len(ids) != len(rows):
-            raise RuntimeError(f"an INSERT of {len(rows)} rows returned {len(ids)}")
+        if len(ids) != rows:
+            raise RuntimeError(f"an INSERT of {rows} rows returned {len(ids)}")
         return [[Written(1, int(new) if new else None)] for new in ids]
 
 
@@ -161,7 +181,7 @@ class DirectStatements:
         suffix = dialect_for(conn).insert_rows_suffix(conn, table)
         if suffix is None:
             return None  # not on this database, or not yet (a table that does not exist): asked again next time
-        rows = self._rows[id(conn.dialect)] = _Rows(head, _Compiled(row, None), suffix)
+        rows = self._rows[id(conn.dialect)] = _Rows.of(head, row, suffix)
         return rows
 
     @staticmethod

@@ -121,6 +121,9 @@ class Postgres(Dialect):
         pipeline = getattr(driver_connection, "pipeline", None)  # none on psycopg2
         return pipeline() if pipeline is not None and _pipelines() else None
 
+    def insert_rows_suffix(self, conn: sa.Connection, table: str) -> str | None:
+        return ""  # no job gets an inserted id here (see inserted_id): the row count is each job's result
+
     def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:
         return None  # PostgreSQL has no last insert id: `INSERT … RETURNING id` returns it as a row
 

@@ -200,6 +200,23 @@ def test_handler_write_through_ctx_commits_with_success(engine: sa.Engine, run: 
     assert job(engine, raised).status == "failed"
 
 
+@pytest.mark.parametrize("results", [
+    [{"rowcount": 1}] * 3,  # the same for every job (an sql task's row count): bound once
+    [{"n": 1}, {"n": True}, {"n": 1.0}],  # equal in Python, not in JSON: each job keeps its own
+    [{"n": 1}, None, {"n": 1}],  # one without a result keeps none
+], ids=["same", "equal-in-python", "one-none"])
+def test_each_job_of_a_batch_keeps_its_own_result(engine: sa.Engine, store: Store, results: list[Any]) -> None:
+    ids = [enqueue(engine, "noop", {}) for _ in results]
+    claim = store.claim("default", 10, "runner", 60)
+
+    assert finish(store, claim.token, succeeded=list(zip(ids, results, strict=True))).succeeded == 3
+
+    stored = {int(row.id): row.result for row in rows(engine, "SELECT id, result FROM pending_jobs")}
+    found = [stored[job_id] if isinstance(stored[job_id], dict | None) else json.loads(stored[job_id])
+             for job_id in ids]
+    assert [json.dumps(value) for value in found] == [json.dumps(value) for value in results]
+
+
 def test_stale_runner_cannot_overwrite_a_newer_outcome(engine: sa.Engine, store: Store) -> None:
     job_id = enqueue(engine, "noop", {})
     old = store.claim("default", 1, "old-runner", 60)

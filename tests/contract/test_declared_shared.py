@@ -250,6 +250,10 @@ def test_one_row_inserts_of_a_group_go_together_and_each_job_keeps_its_own_id(
     (store/direct.py): each job's result is still its own row's id, as when it runs alone, and a table
     that generates no id gives none. Elsewhere the same results, one statement (or pipeline) at a time."""
     monkeypatch.setattr(direct, "STATEMENT_CHARS", statement_chars)  # 1: every row past it, an INSERT each
+    together: list[int] = []  # rows of each INSERT of many rows sent
+    send = direct._Rows._insert
+    monkeypatch.setattr(direct._Rows, "_insert", lambda rows, cursor, n, values: (together.append(n),
+                                                                                 send(rows, cursor, n, values))[1])
     tables = {"save_user": SAVE_USER, "note": {"sql": "INSERT INTO audit (note) VALUES (:note)"}}
     commits.measure_idle(tables)
     saved = save_users(users, 40)
@@ -270,6 +274,11 @@ def test_one_row_inserts_of_a_group_go_together_and_each_job_keeps_its_own_id(
         result = outcome(store, job_id).result
         assert result == ({"rowcount": 1, "inserted_id": result.get("inserted_id")} if sqlite else {"rowcount": 1})
     assert sorted(r[0] for r in rows(users, "SELECT note FROM audit")) == sorted(f"n{n}" for n in range(10))
+    # Together on MariaDB and PostgreSQL (SQLite runs them one by one, in process: nothing to gain).
+    many = dialect_for(users).name != "sqlite"
+    assert sum(together) == (50 if many else 0), together
+    if many:
+        assert set(together) == {1} if statement_chars == 1 else max(together) > 1, together
     if mariadb:  # 50 one-row INSERTs, sent as a few: one per task and group (and the run's own row)
         sent = inserts_sent(users) - before
         assert sent < 20 if statement_chars > 1 else sent >= 50, sent
