@@ -146,7 +146,7 @@ class Dialect:
         return None
 
     def insert_rows_suffix(self, conn: sa.Connection, table: str) -> str | None:
-        """The end of a multi-row INSERT into `table` that gives each row's id ('' if none), or None (direct.py)."""
+        """The end of a multi-row INSERT into `table` giving each row's id ('' if none), or None: one by one."""
         return None
 
     def inserted_id(self, result: sa.CursorResult[Any]) -> int | None:

@@ -174,14 +174,10 @@ class DirectStatements:
         if id(conn.dialect) in self._rows:
             return self._rows[id(conn.dialect)]
         shape = one_row_insert(compiled[0].sql) if len(compiled) == 1 and compiled[0].positional is None else None
-        if shape is None:
-            self._rows[id(conn.dialect)] = None
-            return None
-        head, table, row = shape
-        suffix = dialect_for(conn).insert_rows_suffix(conn, table)
-        if suffix is None:
-            return None  # not on this database, or not yet (a table that does not exist): asked again next time
-        rows = self._rows[id(conn.dialect)] = _Rows.of(head, row, suffix)
+        # Decided once per process: a table created after the first group only goes together after a restart.
+        suffix = None if shape is None else dialect_for(conn).insert_rows_suffix(conn, shape[1])
+        rows = self._rows[id(conn.dialect)] = None if shape is None or suffix is None else _Rows.of(
+            shape[0], shape[2], suffix)
         return rows
 
     @staticmethod

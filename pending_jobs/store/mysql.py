@@ -201,8 +201,9 @@ class MySQL(Dialect):
         found = conn.exec_driver_sql(
             "SELECT c.COLUMN_NAME FROM information_schema.TABLES t LEFT JOIN information_schema.COLUMNS c "
             "ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME AND c.EXTRA LIKE %s "
-            "WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = %s", ("%auto_increment%", table)).first()
-        if found is None:
+            "WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = %s AND t.TABLE_TYPE = 'BASE TABLE'",
+            ("%auto_increment%", table)).first()
+        if found is None:  # not a table (a view shows no generated id, yet an INSERT through it has one)
             return None
         return "" if found[0] is None else " RETURNING `" + str(found[0]).replace("`", "``") + "`"
 
