@@ -35,6 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import dialect_for
+from .dialect import Dialect
 
 WRITES = ("insert", "update", "delete", "replace")
 _RETURNING = re.compile(r"\breturning\b", re.IGNORECASE)
@@ -136,7 +137,7 @@ class DirectStatements:
         if compiled is None:
             compiled = self._compiled[id(conn.dialect)] = [self._compile(clause, conn) for clause in self._clauses]
         dialect = dialect_for(conn)
-        if len(jobs) > 1 and (rows := self._many_rows(conn, compiled)) is not None:
+        if len(jobs) > 1 and (rows := self._many_rows(conn, dialect, compiled)) is not None:
             cursor = conn.connection.cursor()
             try:
                 return rows.run(cursor, jobs)
@@ -169,13 +170,13 @@ class DirectStatements:
                 for cursor in own:
                     cursor.close()
 
-    def _many_rows(self, conn: sa.Connection, compiled: Sequence[_Compiled]) -> _Rows | None:
+    def _many_rows(self, conn: sa.Connection, dialect: Dialect, compiled: Sequence[_Compiled]) -> _Rows | None:
         """The statement as one INSERT of many rows, where its shape and the database allow (see the module)."""
         if id(conn.dialect) in self._rows:
             return self._rows[id(conn.dialect)]
         shape = one_row_insert(compiled[0].sql) if len(compiled) == 1 and compiled[0].positional is None else None
         # Decided once per process: a table created after the first group only goes together after a restart.
-        suffix = None if shape is None else dialect_for(conn).insert_rows_suffix(conn, shape[1])
+        suffix = None if shape is None else dialect.insert_rows_suffix(conn, shape[1])
         rows = self._rows[id(conn.dialect)] = None if shape is None or suffix is None else _Rows.of(
             shape[0], shape[2], suffix)
         return rows

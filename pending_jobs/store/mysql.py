@@ -195,8 +195,8 @@ class MySQL(Dialect):
         # MariaDB 10.5+ returns a multi-row INSERT's rows, in the order of its VALUES, each with its generated
         # id; MySQL has no RETURNING, and the ids after its LAST_INSERT_ID() are consecutive only under some
         # settings (innodb_autoinc_lock_mode ≤ 1, auto_increment_increment 1, which Galera changes).
-        version = tuple(part for part in conn.dialect.server_version_info or () if isinstance(part, int))
-        if not getattr(conn.dialect, "is_mariadb", False) or version < (10, 5):
+        mariadb, version = _server(conn)
+        if not mariadb or version < (10, 5):
             return None
         found = conn.exec_driver_sql(
             "SELECT c.COLUMN_NAME FROM information_schema.TABLES t LEFT JOIN information_schema.COLUMNS c "
@@ -251,8 +251,8 @@ class MySQL(Dialect):
         return None
 
     def version_problem(self, conn: sa.Connection) -> str | None:
-        version = tuple(part for part in conn.dialect.server_version_info or () if isinstance(part, int))
-        return version_problem(version, bool(getattr(conn.dialect, "is_mariadb", False)))
+        mariadb, version = _server(conn)
+        return version_problem(version, mariadb)
 
     def insert_ignore(self, table: sa.Table) -> sa.Insert:
         # A duplicate key only: ON DUPLICATE KEY UPDATE of the key to itself (IGNORE would also turn
@@ -304,3 +304,9 @@ def _errno(error: BaseException) -> int | None:
     """MySQL's error number (PyMySQL's first argument; its `sqlstate` is often just HY000)."""
     args = db.driver_args(error)
     return args[0] if args and isinstance(args[0], int) else None
+
+
+def _server(conn: sa.Connection) -> tuple[bool, tuple[int, ...]]:
+    """Whether the server is MariaDB, and its version's numbers (as SQLAlchemy read them on connecting)."""
+    version = tuple(part for part in conn.dialect.server_version_info or () if isinstance(part, int))
+    return bool(getattr(conn.dialect, "is_mariadb", False)), version
