@@ -20,7 +20,7 @@ from collections.abc import Callable
 from . import limits, schedules
 from .callbacks import Deliverer
 from .config import Settings
-from .errors import DatabaseUnavailable, exit_code_of
+from .errors import ConfigError, DatabaseUnavailable, exit_code_of
 from .metrics import render, write_textfile
 from .models import RunReport
 from .registry import Task
@@ -143,7 +143,7 @@ def _keep_schedules(store: ScheduleStore, recurring: dict[str, schedules.Schedul
         try:
             if enqueue_schedules(store, recurring):
                 wake()
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, ConfigError):
             raise
         except Exception as error:  # the next look tries again; the serving goes on
             log.warning("could not enqueue due schedule slots: %s", error)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..batcher import Batcher
-from ..errors import DatabaseUnavailable
+from ..errors import ConfigError, DatabaseUnavailable
 from ..models import Completion, Finished, Outcome, RunReport
 from ..validation import describe_exception
 from .verbs import JobStore
@@ -83,7 +83,7 @@ class Completer:
         so one job's bad outcome never costs its batch-mates theirs."""
         try:
             return self._finish(outcomes)
-        except DatabaseUnavailable:
+        except (DatabaseUnavailable, ConfigError):  # the database or its setup is the problem, not a job
             raise
         except Exception as error:
             if len(outcomes) > 1:

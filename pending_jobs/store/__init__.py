@@ -79,8 +79,9 @@ def ours(error: BaseException) -> BaseException:
     dialect = dialect_of_error(error)
     if dialect is None:
         return error
-    if dialect.login_refused(error):
-        return ConfigError(f"cannot use the database: {db.describe(error)}")
+    problem = dialect.config_problem(error)
+    if problem is not None:
+        return ConfigError(problem)
     if dialect.unavailable(error):
         return DatabaseUnavailable(db.describe(error))
     return error

@@ -91,8 +91,8 @@ class Store:
                     reconnected = True
                     log.warning("connection lost (%s); retrying once on a fresh connection", db.describe(error))
                     continue
-                if self.sql.login_refused(error):
-                    raise ConfigError(f"cannot use the database: {db.describe(error)}") from error
+                if (problem := self.sql.config_problem(error)) is not None:
+                    raise ConfigError(problem) from error
                 if self.sql.unavailable(error):
                     raise DatabaseUnavailable(db.describe(error)) from error
                 if not self.sql.retryable(error) or attempt == tries:

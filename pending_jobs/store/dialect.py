@@ -124,10 +124,10 @@ class Dialect:
         """The database is unreachable, went away, or refuses writes: stop and exit 75."""
         return isinstance(error, exc.DBAPIError) and error.connection_invalidated
 
-    def login_refused(self, error: BaseException) -> bool:
-        """The server refused the credentials or knows no such database: a configuration error, not a
-        moment to wait out."""
-        return False
+    def config_problem(self, error: BaseException) -> str | None:
+        """Why `error` is a configuration error, not a moment to wait out (refused credentials, no such
+        database); None when it is not one."""
+        return None
 
     # -- declared SQL tasks ----------------------------------------------------------------------
 

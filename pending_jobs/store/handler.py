@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from .. import db
-from ..errors import DatabaseUnavailable
+from ..errors import ConfigError, DatabaseUnavailable
 from ..models import ClaimedJob
 from ..states import JobStatus
 
@@ -72,7 +72,7 @@ class HandlerSession:
         except exc.DBAPIError as error:
             try:
                 status = self._store.outcome_of(self._job)
-            except DatabaseUnavailable:
+            except (DatabaseUnavailable, ConfigError):
                 status = None
             if status == JobStatus.SUCCEEDED.value:
                 return "recorded", ""

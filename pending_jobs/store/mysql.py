@@ -141,8 +141,8 @@ class MySQL(Dialect):
                 return label.format(*found.groups())
         return None
 
-    def login_refused(self, error: BaseException) -> bool:
-        return _errno(error) in LOGIN_REFUSED
+    def config_problem(self, error: BaseException) -> str | None:
+        return f"cannot use the database: {db.describe(error)}" if _errno(error) in LOGIN_REFUSED else None
 
     def unavailable(self, error: BaseException) -> bool:
         code = _errno(error)

@@ -32,6 +32,7 @@ SERIALIZATION = ("40001", "40P01")  # serialization failure, deadlock: run the t
 READ_ONLY = "25006"
 SHUTDOWN = ("57P01", "57P02", "57P03")  # admin / crash shutdown, cannot connect now
 LOGIN_REFUSED = ("28000", "28P01", "3D000")  # invalid authorization / password, unknown database
+PREPARED_GONE = ("26000", "42P05")  # invalid_sql_statement_name, duplicate_prepared_statement
 PERMANENT_CLASSES = ("22", "23", "42")  # data exception, integrity constraint, syntax or access rule
 TIMEOUTS = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available (lock_timeout)
 INDETERMINATE = "42P18"  # `SELECT $1`-like: the type comes from the value bound at run time
@@ -141,13 +142,22 @@ class Postgres(Dialect):
         name, column = getattr(diag, "constraint_name", None), getattr(diag, "column_name", None)
         return f"constraint {name}" if name else f"NOT NULL on column {column}" if column else None
 
-    def login_refused(self, error: BaseException) -> bool:
+    def config_problem(self, error: BaseException) -> str | None:
+        code, text = db.sqlstate(error), str(getattr(error, "orig", ""))
         # libpq reports the server's refusal of a new connection as text only (no SQLSTATE); these are its
         # own fixed phrases, holding no data but the user's and database's names.
-        text = str(getattr(error, "orig", ""))
-        return db.sqlstate(error) in LOGIN_REFUSED or (_libpq_error(error) and any(
-            phrase in text for phrase in ("password authentication failed", "no pg_hba.conf entry",
-                                          "does not exist")))
+        if code in LOGIN_REFUSED or (_libpq_error(error) and any(
+                phrase in text for phrase in ("password authentication failed", "no pg_hba.conf entry",
+                                              "does not exist"))):
+            return f"cannot use the database: {db.describe(error)}"
+        # psycopg prepares a statement on the server after its 5th run and names it _pg3_N on that session.
+        # Missing, already there, or taking other parameters: the session changed under the client, which
+        # is a pooler in transaction mode. Waiting does not mend it, and a job must not fail for it.
+        if code in PREPARED_GONE or (code == "08P01" and "prepared statement" in text):
+            return (f"{db.describe(error)}: a connection pooler in transaction mode (PgBouncer) hands psycopg's "
+                    "prepared statements to other sessions; add ?prepare_threshold=none to database_url, or "
+                    "use PgBouncer 1.21+ with max_prepared_statements (docs/scaling.md)")
+        return None
 
     def unavailable(self, error: BaseException) -> bool:
         code = db.sqlstate(error)

@@ -18,7 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..errors import DatabaseUnavailable
+from ..errors import ConfigError, DatabaseUnavailable
 from ..models import utc
 from ..schedules import Schedule
 from ..schema import db_now
@@ -80,7 +80,7 @@ class ScheduleStore:
             schedule = schedules[name]
             try:
                 done = self.store.transaction(functools.partial(self._fire, schedule=schedule, now=clock))
-            except DatabaseUnavailable:
+            except (DatabaseUnavailable, ConfigError):  # the database's problem, not this schedule's
                 raise
             except Exception as error:  # a value its job cannot hold: this schedule's problem, the others fire
                 log.warning("schedule %s: could not enqueue its due slots: %s", name,

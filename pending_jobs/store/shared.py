@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc
 
 from .. import db
-from ..errors import DatabaseUnavailable
+from ..errors import ConfigError, DatabaseUnavailable
 from ..models import ClaimedJob, Together
 from ..states import JobStatus
 from ..validation import describe_exception
@@ -109,7 +109,7 @@ def _settle(store: Store, job: ClaimedJob, reason: str) -> Together:
     already succeeded, and its writes are rolled back with that."""
     try:
         recorded = store.outcome_of(job) == JobStatus.SUCCEEDED.value
-    except (DatabaseUnavailable, exc.DBAPIError):
+    except (DatabaseUnavailable, ConfigError, exc.DBAPIError):
         recorded = False
     return Together(recorded, reason=reason)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from pending_jobs.store import create_engine
+from pending_jobs.errors import ConfigError, exit_code_of
+from pending_jobs.store import Store, create_engine
 from tests.conftest import SERVERS, scalar
 
 
@@ -103,3 +104,21 @@ def test_a_database_error_never_shows_its_parameters(db_url: str) -> None:
         assert "parameters hidden" in str(raised.value)
     finally:
         engine.dispose()
+
+
+# A pooler in transaction mode gives the next transaction another server session: a statement psycopg
+# prepared on one is missing on the next, or already there under the same name. Waiting mends nothing and
+# no job is to blame: the store says what to set (docs/scaling.md), exit 2, and a run stops there.
+@pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("statements", [
+    ["PREPARE _pg3_0 AS SELECT 1", "PREPARE _pg3_0 AS SELECT 1"],  # duplicate_prepared_statement
+    ["EXECUTE _pg3_7"],  # invalid_sql_statement_name
+])
+def test_a_prepared_statement_lost_to_a_pooler_is_a_configuration_error(store: Store, statements: list[str]) -> None:
+    def work(conn: sa.Connection) -> None:
+        for statement in statements:
+            conn.exec_driver_sql(statement)
+
+    with pytest.raises(ConfigError, match=r"prepare_threshold=none") as raised:
+        store.transaction(work)
+    assert "PgBouncer" in str(raised.value) and exit_code_of(raised.value) == 2
