@@ -224,7 +224,7 @@ class Store:
 
     def held(self, token: sa.ColumnElement[Any] | str) -> tuple[sa.ColumnElement[bool], ...]:
         """Rows this lease still holds: the guard of every change a runner makes to its jobs."""
-        return (self.sql.id_in(), J.c.status == JOB_RUNNING, J.c.lease_token == token)
+        return (self.sql.id_in(), columns.running_by_id(), J.c.lease_token == token)
 
     def terminal_values(self, status: JobStatus) -> dict[str, Any]:
         """The SET of a change to a terminal status; the job's callback becomes due in the same statement."""
@@ -370,7 +370,7 @@ class Store:
         if not held:
             return 0
         stmt = sa.update(J).where(
-            self.sql.id_in(), J.c.lease_token.in_(sa.bindparam("tokens", expanding=True)), J.c.status == JOB_RUNNING,
+            self.sql.id_in(), J.c.lease_token.in_(sa.bindparam("tokens", expanding=True)), columns.running_by_id(),
         ).values(lease_expires_at=self.sql.after(self.sql.seconds(lease)))
         params = {"ids": [job_id for job_id, _ in held], "tokens": sorted({token for _, token in held})}
         return self.transaction(lambda conn: int(conn.execute(stmt, params).rowcount))

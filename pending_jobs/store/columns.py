@@ -105,3 +105,12 @@ def pending_by_id() -> tuple[sa.ColumnElement[bool], ...]:
 def claim_order() -> tuple[sa.ColumnElement[Any], ...]:
     """Higher priority first, then the longest due, then insertion order: served by the claim index."""
     return (J.c.priority.desc(), J.c.run_at, J.c.id)
+
+
+def running_by_id() -> sa.ColumnElement[bool]:
+    """`status = 'running'` in a guard that names its rows by id. Through coalesce (status is never NULL)
+    no index on status can serve it, so the rows are looked up by id. PostgreSQL took the claim index
+    for it otherwise (`running` was rare when the table was analyzed) and walked every dead `running`
+    entry a drain leaves behind: a batch's finishing UPDATE took 3.4 ms at the start of a 100,000-job
+    drain and 11.5 ms at its end, 2.3 ms throughout with this (docs/performance.md)."""
+    return sa.func.coalesce(J.c.status, "") == JOB_RUNNING

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs import migrate
+from pending_jobs.models import Completion
 from pending_jobs.schema import pending_jobs as J
 from pending_jobs.store import create_engine, open_store
 from pending_jobs.store.columns import CLAIM_COLUMNS, claim_order, due_in
@@ -92,3 +93,31 @@ def test_second_session_claims_other_rows_while_first_holds_its_claim(big: sa.En
     finally:
         holder.rollback()
         holder.close()
+
+
+def test_a_claims_outcomes_are_written_by_primary_key(big: sa.Engine) -> None:
+    """The finishing UPDATE names its rows by id: `running` being rare when the table was analyzed must not
+    lead the planner to the claim index, whose `running` range fills with dead entries as a drain goes on
+    (PostgreSQL: 3.4 ms a batch at the start of a 100,000-job drain, 11.5 ms at its end)."""
+    store = open_store(big)
+    claim = store.claim("default", 100, "test", 60)
+    seen: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool) -> None:
+        if statement.lstrip().upper().startswith("UPDATE PENDING_JOBS"):
+            seen.append((statement, parameters))
+
+    sa.event.listen(big, "before_cursor_execute", capture)
+    try:
+        store.finish_many([Completion(claim.token, succeeded=[(job.id, None) for job in claim.jobs])])
+    finally:
+        sa.event.remove(big, "before_cursor_execute", capture)
+    [(statement, parameters)] = seen
+    with big.connect() as conn:
+        plan = conn.exec_driver_sql("EXPLAIN " + statement, parameters).all()
+    if big.dialect.name in ("mysql", "mariadb"):
+        [row] = [row._mapping for row in plan]
+        assert row["key"] == "PRIMARY", row
+    else:
+        text = "\n".join(row[0] for row in plan)
+        assert "pending_jobs_pkey" in text and "ix_pending_jobs_claim" not in text, text
