@@ -4,6 +4,8 @@ databases in the three dialect files (import-linter checks the layers; this chec
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "pending_jobs"
@@ -52,3 +54,13 @@ def test_the_architecture_lists_every_module_and_the_readme_layout_names_only_wh
     assert sorted(named - existing) == [], "README's Layout names files that do not exist"
     for folder in re.findall(r"^(\w[\w/]*/)\s", layout, re.MULTILINE):
         assert (root / folder).is_dir() or (PACKAGE / folder).is_dir(), folder
+
+
+def test_a_run_starts_without_importing_what_only_some_runs_need() -> None:
+    """Every cron tick starts a process: what only callbacks and http tasks use (requests with urllib3,
+    ≈ 50-90 ms), what only migrations use (Alembic) and what only isolated tasks use (multiprocessing) is
+    imported when first needed, not at start."""
+    code = ("import sys, pending_jobs.cli, pending_jobs.cli.run, pending_jobs.run; "
+            "print(sorted(m for m in ('requests', 'urllib3', 'alembic', 'multiprocessing') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=PACKAGE.parent)
+    assert done.stdout.strip() == "[]", done.stdout
