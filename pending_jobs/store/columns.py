@@ -112,5 +112,5 @@ def running_by_id() -> sa.ColumnElement[bool]:
     no index on status can serve it, so the rows are looked up by id. PostgreSQL took the claim index
     for it otherwise (`running` was rare when the table was analyzed) and walked every dead `running`
     entry a drain leaves behind: a batch's finishing UPDATE took 3.4 ms at the start of a 100,000-job
-    drain and 11.5 ms at its end, 2.3 ms throughout with this (docs/performance.md)."""
+    drain and 11.5 ms at its end, 1.3-2.3 ms throughout with this (docs/performance.md)."""
     return sa.func.coalesce(J.c.status, "") == JOB_RUNNING
