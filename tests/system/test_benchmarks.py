@@ -77,6 +77,21 @@ def test_statements_loop_finishes_every_job_and_times_its_statements(backend: st
 
 
 @pytest.mark.parametrize("backend", [b for b in ALL if b != "sqlite"])
+def test_drain_price_splits_the_run_into_its_drain_and_its_start_up(backend: str) -> None:
+    """`benchmarks.cron --only drain`: the whole process against the floor, and beside it the rate from the
+    first claim to the last outcome and what start-up and exit took (whole = jobs / (drain + the rest))."""
+    _require(backend)
+    from benchmarks import cron
+
+    line = cron.drain_price(backend, jobs=500)
+    whole = float(line.split("/s whole process")[0].replace(",", ""))
+    drain = float(line.split("first claim to last outcome ")[1].split("/s")[0].replace(",", ""))
+    rest = float(line.split("start-up and exit ")[1].split(" s)")[0])
+    assert whole > 0 and drain > whole and rest > 0
+    assert 500 / (500 / drain + rest) == pytest.approx(whole, rel=0.1)  # the parts add up to the wall time
+
+
+@pytest.mark.parametrize("backend", [b for b in ALL if b != "sqlite"])
 def test_flow_drains_print_each_rounds_ratio_to_no_limits(backend: str, capsys: pytest.CaptureFixture[str]) -> None:
     """`benchmarks.flow --only drain`: the three configurations drain every job in each round, and each
     limited one is printed with its per-round ratios to that round's drain without limits, and their median."""
