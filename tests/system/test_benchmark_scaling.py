@@ -5,6 +5,8 @@ No timing is asserted: the figures depend on the machine and on whatever else ru
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from benchmarks import scaling
@@ -25,3 +27,10 @@ def test_tiny_scaling_run_drains_everything_and_accounts_cpu(backend: str) -> No
         assert 0 < point.machine_busy <= 1
     table = scaling.table(points)
     assert table.count("\n") == 3 and "| 2 |" in table
+
+
+def test_cpu_is_read_finer_than_a_clock_tick() -> None:
+    # A 60-job PostgreSQL run once spent less than one tick (10 ms) in the server and read 0.0.
+    seconds = scaling._cpu(os.getpid())
+    ticks = seconds * os.sysconf("SC_CLK_TCK")
+    assert seconds > 0 and abs(ticks - round(ticks)) > 1e-6
