@@ -12,6 +12,11 @@ from sqlalchemy.engine import Row
 
 from ..limits import Scope
 
+STAMP_AHEAD = 5.0
+"""Seconds a bucket's stamp may be ahead of a claim's clock and still count: a claim's transaction is that
+young when it locks the bucket. A stamp further ahead (the database clock stepped back, a row set by
+hand) starts the bucket afresh, full, instead of holding its tokens back until the clock gets there."""
+
 
 class Admission:
     """Which locked jobs may start: the arithmetic of one limited claim, without SQL."""
@@ -24,7 +29,11 @@ class Admission:
         self.held: set[str] = set()
         self.room: dict[str, int] = {}
         self.tokens: dict[str, float] = {}
-        self.counted_at: dict[str, dt.datetime] = {}  # per rate scope: the database clock its tokens are of
+        # Per rate scope: the instant its tokens are of, the later of the database clock and the bucket's own
+        # stamp. On PostgreSQL the clock is the claim's transaction start, which can be earlier than the stamp
+        # a claim that began later but locked the bucket first wrote: counted from the clock and written back,
+        # the stamp went backwards and the next claim was given that interval's tokens a second time.
+        self.counted_at: dict[str, dt.datetime] = {}
         self.taken: dict[str, int] = {}  # per rate scope: tokens the admitted jobs took
         self.heads: dict[str, set[int]] = {}
         self.blocked_by_others = False
@@ -44,20 +53,25 @@ class Admission:
                 tokens = scope.rate.burst if row.tokens is None else float(row.tokens)
                 now, refilled = clock(row.now), clock(row.refilled_at)
                 assert now is not None  # the locking statement reads the database clock
+                if refilled is not None and (refilled - now).total_seconds() > STAMP_AHEAD:
+                    tokens, refilled = scope.rate.burst, None  # a stamp no claim wrote: the bucket starts afresh
                 if refilled is not None:
                     elapsed = max(0.0, (now - refilled).total_seconds())
                     tokens = min(scope.rate.burst, tokens + elapsed * scope.rate.per_second)
                 self.tokens[scope.name] = tokens
-                self.counted_at[scope.name] = now
+                self.counted_at[scope.name] = now if refilled is None else max(now, refilled)
 
-    def left_at(self, now: dt.datetime) -> dict[str, float]:
-        """Each rate bucket's tokens as of `now` (after the count): refilled until then, less what was taken."""
+    def left_at(self, now: dt.datetime) -> dict[str, tuple[float, dt.datetime]]:
+        """Each rate bucket's tokens after the count, less what was taken, refilled until `now` or until the
+        instant they were counted at if that is later; and that instant, the bucket's new stamp (never earlier
+        than the one it had)."""
         left = {}
         for scope in self.scopes:
             if scope.rate is not None and scope.name in self.tokens:
-                taken, elapsed = self.taken.get(scope.name, 0), (now - self.counted_at[scope.name]).total_seconds()
-                left[scope.name] = min(scope.rate.burst, self.tokens[scope.name] + taken
-                                       + max(0.0, elapsed) * scope.rate.per_second) - taken
+                at = max(now, self.counted_at[scope.name])
+                taken, elapsed = self.taken.get(scope.name, 0), (at - self.counted_at[scope.name]).total_seconds()
+                tokens = min(scope.rate.burst, self.tokens[scope.name] + taken + elapsed * scope.rate.per_second)
+                left[scope.name] = (tokens - taken, at)
         return left
 
     def keyed_with_room(self) -> dict[Scope, int]:

@@ -284,8 +284,8 @@ class LimitedStore(Store):
         stmt = self.sql.cached(("limits_spend",), lambda: sa.update(L).where(
             L.c.name == sa.bindparam("scope", type_=sa.String),
         ).values(tokens=sa.bindparam("left", type_=sa.Float), refilled_at=sa.bindparam("now", type_=Time)))
-        conn.execute(stmt, [{"scope": name, "left": left, "now": now.replace(tzinfo=None)}  # naive UTC, as the
-                            for name, left in admission.left_at(now).items()])                 # store binds all
+        conn.execute(stmt, [{"scope": name, "left": left, "now": at.replace(tzinfo=None)}  # naive UTC, as the
+                            for name, (left, at) in admission.left_at(now).items()])          # store binds all
 
     def _mark(self, conn: sa.Connection, rows: Sequence[Row[Any]], token: str, owner: str,
               lease: float) -> list[ClaimedJob]:

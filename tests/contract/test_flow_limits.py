@@ -11,8 +11,11 @@ import sqlalchemy as sa
 
 from pending_jobs import enqueue, enqueue_many
 from pending_jobs.limits import parse
+from pending_jobs.models import utc
+from pending_jobs.schema import limits as L
 from pending_jobs.schema import pending_jobs as J
 from pending_jobs.store import LimitedStore, Store
+from pending_jobs.store.admission import STAMP_AHEAD
 from pending_jobs.store.columns import CLAIM_COLUMNS
 from pending_jobs.store.limited import BUSY_RETRY
 from tests.conftest import finish, rows, scalar
@@ -195,6 +198,49 @@ def test_the_tokens_that_come_while_a_claim_runs_stay_in_the_bucket(store: Store
     refilled = scalar(engine, "SELECT refilled_at FROM pending_job_limits WHERE name = 'rate:queue:default'")
     assert moment(refilled) == moment(started)  # the job took its token at the instant its start says
     assert len(LimitedStore(store, limits).claim("default", 1, "r", 60).jobs) == 1  # one came during the pause
+
+
+def _stamp_bucket(engine: sa.Engine, tokens: float, ahead: dt.timedelta) -> dt.datetime:
+    """The queue's rate bucket holding `tokens`, stamped `ahead` of this machine's clock (naive UTC, as the store
+    binds); the stamp, aware."""
+    stamp = dt.datetime.now(dt.UTC).replace(tzinfo=None) + ahead
+    with engine.begin() as conn:
+        conn.execute(sa.update(L).where(L.c.name == "rate:queue:default").values(tokens=tokens, refilled_at=stamp))
+    return stamp.replace(tzinfo=dt.UTC)
+
+
+def _bucket_stamp(engine: sa.Engine) -> dt.datetime | None:
+    with engine.connect() as conn:
+        return utc(conn.execute(sa.select(L.c.refilled_at).where(L.c.name == "rate:queue:default")).scalar_one())
+
+
+def test_a_bucket_stamped_after_the_claims_clock_is_not_set_back(store: Store, engine: sa.Engine) -> None:
+    """PostgreSQL's clock is the claim's transaction start: a claim that began before another but locked the
+    bucket after it wrote its stamp set that stamp back, and the next claim was given the tokens of the
+    interval between a second time (4 runners at 50/s: 54 starts in one second against 55 allowed)."""
+    enqueue_many(engine, [{"task": "noop"} for _ in range(4)])
+    limits = parse({"default": {"rate_limit": "20/5s"}}, {})  # 4 tokens a second, a bucket of 2
+    assert len(LimitedStore(store, limits).claim("default", 1, "r", 60).jobs) == 1  # the bucket's row now exists
+    stamp = _stamp_bucket(engine, 1, dt.timedelta(seconds=2))  # as if written by a claim 2 s younger
+
+    assert len(LimitedStore(store, limits).claim("default", 5, "r", 60).jobs) == 1  # its one token, no refill
+    after = _bucket_stamp(engine)
+    assert after is not None and after >= stamp
+    assert LimitedStore(store, limits).claim("default", 5, "r", 60).jobs == []  # nothing refilled meanwhile
+
+
+def test_a_bucket_stamped_far_ahead_starts_afresh_instead_of_holding_its_queue(store: Store,
+                                                                                engine: sa.Engine) -> None:
+    """A stamp no claim could have written (the database clock stepped back an hour, a row set by hand)
+    held every token back until the clock reached it."""
+    enqueue_many(engine, [{"task": "noop"} for _ in range(4)])
+    limits = parse({"default": {"rate_limit": "20/5s"}}, {})
+    assert len(LimitedStore(store, limits).claim("default", 1, "r", 60).jobs) == 1
+    _stamp_bucket(engine, 0, dt.timedelta(hours=1))
+
+    assert len(LimitedStore(store, limits).claim("default", 5, "r", 60).jobs) == 2  # a full bucket: its burst
+    after = _bucket_stamp(engine)
+    assert after is not None and after < dt.datetime.now(dt.UTC) + dt.timedelta(seconds=STAMP_AHEAD)
 
 
 def test_a_drain_run_keeps_to_the_limits_and_finishes_everything(run: object, engine: sa.Engine,

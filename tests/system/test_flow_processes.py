@@ -161,6 +161,9 @@ def test_slots_held_by_a_killed_runner_come_back_with_the_rescue(database: tuple
     assert sorted(r[0] for r in rows(engine, "SELECT attempts FROM pending_jobs")) == [1, 1, 1, 1, 2, 2]
 
 
+SLACK = 2
+
+
 def test_a_rate_limit_of_50_per_second_holds_across_four_runners(database: tuple[str, sa.Engine],
                                                                  tmp_path: Path) -> None:
     url, engine = database
@@ -174,15 +177,17 @@ def test_a_rate_limit_of_50_per_second_holds_across_four_runners(database: tuple
         starts = sorted(s.timestamp() for s in conn.execute(sa.text(
             "SELECT started_at FROM pending_jobs WHERE started_at IS NOT NULL")).scalars())
     assert starts, "nothing started"
-    # The limit itself: no 1-second window holds more than 50 plus the bucket's burst (5).
+    # The limit itself: no 1-second window holds more than 50 plus the bucket's burst (5). Four runners keep
+    # the bucket empty, so the starts reach that bound exactly; SLACK tokens allow for the stamps' microsecond
+    # rounding (a limiter that did not hold, per runner or not at all, overshoots by hundreds).
     right = 0
     busiest = 0
     for left, start in enumerate(starts):
         while right < len(starts) and starts[right] < start + 1.0:
             right += 1
         busiest = max(busiest, right - left)
-    assert busiest <= 55
-    assert len(starts) <= 50 * (starts[-1] - starts[0]) + 5
+    assert busiest <= 55 + SLACK
+    assert len(starts) <= 50 * (starts[-1] - starts[0]) + 5 + SLACK
     rate = (len(starts) - 1) / (starts[-1] - starts[0])
     print(f"\n{len(starts)} jobs started over {starts[-1] - starts[0]:.1f}s: {rate:.1f}/s (limit 50/s), "
           f"busiest second {busiest}")
