@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from pending_jobs import handoff
 from pending_jobs.context import Context
 from pending_jobs.handoff import HostLock, database_key, lock_path
 from pending_jobs.registry import Task
@@ -52,9 +54,36 @@ def test_giving_up_the_wait_frees_the_waiting_slot(tmp_path: Path) -> None:
     assert not serving.successor_waiting()
     done = threading.Event()
     threading.Thread(target=lambda: next_one.acquire(wait=lambda: not done.is_set())).start()
-    time.sleep(0.1)
-    assert serving.successor_waiting()
+    deadline = time.monotonic() + 5
+    while not serving.successor_waiting():
+        assert time.monotonic() < deadline, "the next run never started waiting"
+        time.sleep(0.01)
     done.set()
+
+
+def test_a_run_that_meets_the_serving_runs_probe_still_waits(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`successor_waiting` holds `.next` for a moment; a tick that tried to wait just then gave up."""
+    monkeypatch.setattr(handoff, "SLOT_RETRY", 0.5)  # the probe's moment, stretched to 0.05 s, fits in a retry
+    path = str(tmp_path / "serve.lock")
+    serving, next_one = HostLock(path), HostLock(path)
+    assert serving.acquire(wait=lambda: True)
+    probe = open(path[: -len(".lock")] + ".next", "ab")  # the probe, caught between its two flock calls
+    fcntl.flock(probe, fcntl.LOCK_EX)
+    took_over = threading.Event()
+    waiting = threading.Thread(target=lambda: next_one.acquire(wait=lambda: True) and took_over.set())
+    waiting.start()
+    time.sleep(0.05)
+    fcntl.flock(probe, fcntl.LOCK_UN)
+    deadline = time.monotonic() + 5
+    while not serving.successor_waiting():
+        assert time.monotonic() < deadline, "the next run gave up instead of waiting"
+        time.sleep(0.01)
+    serving.release()
+    waiting.join(5)
+    probe.close()
+    assert took_over.is_set()
+    next_one.release()
 
 
 def test_each_database_and_set_of_queues_has_its_own_lock() -> None:
