@@ -93,10 +93,13 @@ def stall_first(payload: dict[str, Any], ctx: Context) -> dict[str, Any]:
     return {"attempt": ctx.attempt, "pid": os.getpid()}
 
 
-@task("sleep_until")
-def sleep_until(payload: dict[str, Any], ctx: Context) -> None:
-    """Returns at the wall-clock time `until`, so several jobs finish together (one finish statement)."""
-    time.sleep(max(0.0, float(payload["until"]) - time.time()))
+@task("wait_for_go")
+def wait_for_go(payload: dict[str, Any], ctx: Context) -> None:
+    """Returns once the file `go` exists (60 s at most), so several jobs finish together when the test says
+    (a wall-clock time fixed in advance could pass before a loaded machine had the test ready)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(payload["go"]) and time.monotonic() < deadline:
+        time.sleep(0.01)
     if payload.get("raise"):
         raise RuntimeError("asked to fail")
 

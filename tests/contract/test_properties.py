@@ -316,7 +316,7 @@ def test_no_row_handler_or_setting_stops_a_run(backend: str, engine: sa.Engine, 
     run_with = settings_for(db_url, callback_allow=["127.0.0.1"], max_runtime=30.0, **chosen)
     started = time.monotonic()
     report = run_once(store, tasks, run_with)
-    assert report.stopped_by in ("empty", "max_runtime"), report
+    assert report.stopped_by in ("empty", "max-runtime"), report
     assert time.monotonic() - started < 60
 
     after = _state(engine, backend)

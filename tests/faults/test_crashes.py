@@ -88,15 +88,16 @@ def test_stale_runner_finishing_after_rescue_changes_nothing(
 def test_handler_longer_than_lease_is_kept_by_heartbeat(
     fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners
 ) -> None:
-    """Scenario 3: other runs keep trying to rescue while a 6 s handler holds a 2 s lease."""
+    """Scenario 3: other runs keep trying to rescue while a 9 s handler holds a 3 s lease (renewed every
+    second: a beat late by up to 2 s on a loaded machine still keeps it)."""
     engine = engine_on(fresh)
-    (job_id,) = insert_jobs(engine, "stall_first", [{"seconds": 6, "ledger": True}])
-    holder = runners(fresh, "--lease", "2")
+    (job_id,) = insert_jobs(engine, "stall_first", [{"seconds": 9, "ledger": True}])
+    holder = runners(fresh, "--lease", "3")
     wait_for(_running(engine, 1), 30, "the job to be running")
 
     rescuers = 0
     while holder.proc.poll() is None:
-        other = run_once(fresh, "--lease", "2", "-v")
+        other = run_once(fresh, "--lease", "3", "-v")
         assert other.returncode == 0, other.stderr
         assert "claimed 0," in other.stdout and "rescued 0," in other.stdout
         rescuers += 1

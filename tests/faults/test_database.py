@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,6 +165,7 @@ TRX_POLL = 0.25
 def test_lock_wait_timeout_in_finish_is_rolled_back_and_retried(
     fresh: str, maria: MariaServer, engine_on: Callable[[str], sa.Engine],
     server_setting: Callable[[str, Any], None], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     """Scenario 8 (1205): one finish transaction records a success, then a retry whose row someone
     else has locked: the second statement times out after the first one's UPDATE already ran."""
@@ -174,14 +175,15 @@ def test_lock_wait_timeout_in_finish_is_rolled_back_and_retried(
     monkeypatch.setattr(batcher, "FLUSH_AFTER", 10.0)
     server_setting("innodb_lock_wait_timeout", 1)  # before any connection: it is read at session start
     engine = engine_on(fresh)
-    until = time.time() + 2
-    ok, bad = insert_jobs(engine, "sleep_until", [{"until": until}, {"until": until, "raise": True}])
+    go = tmp_path / "go"  # the handlers return once the lock is held
+    ok, bad = insert_jobs(engine, "wait_for_go", [{"go": str(go)}, {"go": str(go), "raise": True}])
     seen: dict[str, Any] = {}
 
     def hold_lock() -> None:
         wait_for(lambda: statuses(engine).get("running") == 2, 30, "both jobs to be running")
         with maria.locker(_database(fresh)).connect() as conn, conn.begin():
             conn.execute(sa.text("SELECT id FROM pending_jobs WHERE id = :id FOR UPDATE"), {"id": bad})
+            go.touch()
             wait_for(lambda: "Lock wait timeout" in caplog.text, 30, "a lock wait timeout in the runner")
             seen["ok_status"] = job(engine, ok)["status"]
 
@@ -205,7 +207,7 @@ def _database(url: str) -> str:
 @pytest.mark.slow
 def test_deadlock_in_finish_is_retried(
     fresh: str, maria: MariaServer, engine_on: Callable[[str], sa.Engine], caplog: pytest.LogCaptureFixture,
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
     """Scenario 8 (1213): the finish UPDATE of two jobs locks the first, waits for the second, which a
     heavier transaction holds and which then asks for the first: InnoDB rolls the finish back."""
@@ -213,8 +215,8 @@ def test_deadlock_in_finish_is_retried(
     # may return more than the usual 50 ms batching window after the first.
     monkeypatch.setattr(batcher, "FLUSH_AFTER", 10.0)
     engine = engine_on(fresh)
-    until = time.time() + 2.5
-    first, second = insert_jobs(engine, "sleep_until", [{"until": until}, {"until": until}])
+    go = tmp_path / "go"  # the handlers return once the second job's row is locked
+    first, second = insert_jobs(engine, "wait_for_go", [{"go": str(go)}, {"go": str(go)}])
     seen: dict[str, Any] = {}
 
     def make_deadlock() -> None:
@@ -224,6 +226,7 @@ def test_deadlock_in_finish_is_retried(
             for n in range(1, 51):
                 conn.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'weight')"), {"id": -n})
             conn.execute(sa.text("SELECT id FROM pending_jobs WHERE id = :id FOR UPDATE"), {"id": second})
+            go.touch()
             wait_for(lambda: _lock_waiting(maria), 30, "the finish to wait for the locked row", interval=TRX_POLL)
             conn.execute(sa.text("SELECT id FROM pending_jobs WHERE id = :id FOR UPDATE"), {"id": first})
             seen["statuses"] = statuses(engine)

@@ -86,7 +86,10 @@ def test_promote_the_synchronous_standby_mid_drain(
     else:
         pg_pair.primary.stop("immediate")
     # Read on the standby before it is promoted (nothing can write there yet): the claims that reached it
-    # and no outcome did, i.e. the jobs in flight at the failover.
+    # and no outcome did, i.e. the jobs in flight at the failover. Once it has replayed all it received:
+    # synchronous commit waits for the standby's flush, not its replay.
+    wait_for(lambda: pg_pair.standby.sql("SELECT pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn()")[0][0],
+             30, "the standby to replay what it received")
     new = engine_of(pg_pair.standby.url(DB, "runner"))
     in_flight = _ids(new, "running")
     started = time.monotonic()

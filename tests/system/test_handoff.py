@@ -151,19 +151,21 @@ def _wait_for(check: Any, seconds: float = 20.0) -> None:
 @pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
 def test_the_next_tick_serves_while_the_last_one_s_job_still_runs(db_url: str, engine: sa.Engine,
                                                                   tmp_path: Path) -> None:
-    # The serving run's one worker runs a 6 s job when the next tick's run is ready: it serves nobody, so it
+    # The serving run's one worker runs a long job when the next tick's run is ready: it serves nobody, so it
     # hands over and lets go of the lock at once (before, it kept the lock until its job ended, and the
-    # quick job below waited for it). The next run serves the quick job while the long one still runs.
-    lock = tmp_path / "host.lock"
+    # quick job below waited for it). The next run serves the quick job while the long one still runs: the
+    # long one runs until the test creates `go`.
+    lock, go = tmp_path / "host.lock", tmp_path / "go"
     first = tick(db_url, lock, PENDING_JOBS_CONCURRENCY="1")
     _wait_for(lock.exists)
     time.sleep(0.5)
-    long_one = enqueue(engine, "sleep", {"seconds": 6})
+    long_one = enqueue(engine, "wait_for_go", {"go": str(go)})
     _wait_for(lambda: rows(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == [("running",)])
     second = tick(db_url, lock)
     quick = enqueue(engine, "noop", {})
     _wait_for(lambda: rows(engine, f"SELECT status FROM pending_jobs WHERE id = {quick}") == [("succeeded",)])
     assert rows(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == [("running",)]
+    go.touch()
     assert first.wait(30) == 0  # the long job ended, then the first run
     stop_all([second])
     assert rows(engine, f"SELECT status, attempts FROM pending_jobs WHERE id = {long_one}") == [("succeeded", 1)]

@@ -137,12 +137,14 @@ def test_a_cron_run_busy_with_a_long_job_reports_that_it_is_alive(db_url: str, e
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
            "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_LOCK_FILE": str(tmp_path / "serve.lock"),
            "PENDING_JOBS_POLL": "0.05", "PENDING_JOBS_MAX_RUNTIME": "1"}
-    long_one = enqueue(engine, "sleep", {"seconds": 3})
+    long_one = enqueue(engine, "sleep", {"seconds": 6})  # outlasts the two segments with room to spare
     run = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
+        # From the start of the process: two 0.5 s segments end at start-up + 1 s (1.5 s here, 2.4 s with
+        # both cores busy), long before the job does.
         until(lambda: scalar(engine, "SELECT COUNT(*) FROM pending_job_runs WHERE finished_at IS NOT NULL") >= 2,
-              seconds=2.8)
+              seconds=5.5)
         assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == "running"
     finally:
         _, err = run.communicate(timeout=30)

@@ -32,8 +32,7 @@ def test_the_host_is_handed_over_when_claiming_stops_not_when_the_last_job_ends(
     served: list[str] = []
     # The next tick's run is ready while the long job is still short (< LONG_JOB): the run stops claiming.
     p.hand_off = lambda: store.status(1) == "running"
-    p.on_stop_claiming = lambda: served.append(store.status(1))
-    threading.Timer(0.5, release.set).start()
+    p.on_stop_claiming = lambda: served.append(store.status(1)) or release.set()  # the long job ends after
     p.run()
     assert report.stopped_by == "handoff"
     assert served == ["running"]  # released while its job still ran: the next run served meanwhile
