@@ -19,7 +19,7 @@ from pending_jobs.runner import producer as producer_module
 from tests.conftest import cli
 
 from .memory_store import MemoryStore
-from .test_producer import noop, producer, tasks
+from .test_producer import noop, producer, tasks, until
 
 
 def test_one_serves_one_waits_a_third_leaves(tmp_path: Path) -> None:
@@ -31,10 +31,7 @@ def test_one_serves_one_waits_a_third_leaves(tmp_path: Path) -> None:
     took_over = threading.Event()
     waiting = threading.Thread(target=lambda: second.acquire(wait=lambda: True) and took_over.set())
     waiting.start()
-    deadline = time.monotonic() + 5
-    while not first.successor_waiting():
-        assert time.monotonic() < deadline, "the second run never started waiting"
-        time.sleep(0.01)
+    until(first.successor_waiting)  # the second run waits
     assert not third.acquire(wait=lambda: True)  # one serves, one waits: a third leaves at once
     assert not took_over.is_set()
 
@@ -54,10 +51,7 @@ def test_giving_up_the_wait_frees_the_waiting_slot(tmp_path: Path) -> None:
     assert not serving.successor_waiting()
     done = threading.Event()
     threading.Thread(target=lambda: next_one.acquire(wait=lambda: not done.is_set())).start()
-    deadline = time.monotonic() + 5
-    while not serving.successor_waiting():
-        assert time.monotonic() < deadline, "the next run never started waiting"
-        time.sleep(0.01)
+    until(serving.successor_waiting)  # the next run waits
     done.set()
 
 
@@ -68,17 +62,14 @@ def test_a_run_that_meets_the_serving_runs_probe_still_waits(tmp_path: Path,
     path = str(tmp_path / "serve.lock")
     serving, next_one = HostLock(path), HostLock(path)
     assert serving.acquire(wait=lambda: True)
-    probe = open(path[: -len(".lock")] + ".next", "ab")  # the probe, caught between its two flock calls
+    probe = open(handoff._next_path(path), "ab")  # the probe, caught between its two flock calls
     fcntl.flock(probe, fcntl.LOCK_EX)
     took_over = threading.Event()
     waiting = threading.Thread(target=lambda: next_one.acquire(wait=lambda: True) and took_over.set())
     waiting.start()
     time.sleep(0.05)
     fcntl.flock(probe, fcntl.LOCK_UN)
-    deadline = time.monotonic() + 5
-    while not serving.successor_waiting():
-        assert time.monotonic() < deadline, "the next run gave up instead of waiting"
-        time.sleep(0.01)
+    until(serving.successor_waiting)  # it did not give up: it waits
     serving.release()
     waiting.join(5)
     probe.close()
