@@ -7,6 +7,7 @@ cannot be reached is skipped locally and fails the run when CI=true.
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -33,11 +34,32 @@ ALL = ["sqlite", "mysql", "postgresql"]
 SERVERS = ["mysql", "postgresql"]
 
 
+FIRST_PORT = 20_000  # free_port() picks from here to the kernel's ephemeral range
+_GIVEN: set[int] = set()  # ports free_port() handed out: a test may take several before its servers bind them
+
+
 def free_port() -> int:
-    """A loopback TCP port nothing listens on now (for a server a test starts)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A loopback TCP port nothing listens on now, for a server a test starts (once the test has it).
+
+    Not a port the kernel hands out (bind to port 0, or any outgoing connection's own end): the suite opens
+    hundreds of database connections, and one of them could take such a port between this check and the
+    server's bind. Below the ephemeral range only a test's choice takes a port; tests run one at a time, and
+    none is handed out twice.
+    """
+    try:
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32_768  # Linux's default
+    ports = [port for port in range(FIRST_PORT, max(ephemeral, FIRST_PORT + 1_000)) if port not in _GIVEN]
+    for port in random.sample(ports, min(200, len(ports))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))  # no SO_REUSEADDR: a port in TIME_WAIT is passed over too
+            except OSError:
+                continue
+        _GIVEN.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port found between {FIRST_PORT} and {ephemeral}")
 
 
 def _admin(backend: str) -> sa.Engine:
