@@ -84,12 +84,16 @@ class HttpTask:
         return self.outcome(response, ctx)
 
     def outcome(self, response: Response, ctx: Any) -> Any:
-        """2xx: the body as the result; 408, 429, 5xx, no answer: retry; other 3xx/4xx: fail with an excerpt."""
+        """2xx: the body as the result; 408, 429, 5xx, no answer, an answer cut off: retry; other 3xx/4xx: fail
+        with an excerpt."""
         code = response.status_code
         where = f"POST {self.shown}"
         if code is not None and 200 <= code < 300:
-            complete = response.error is None and len(response.body) <= self.limit
-            return json_or_text(response.body, complete, self.limit)
+            if response.error is not None:
+                # The status line came, the rest of the answer did not (the deadline passed, the connection
+                # broke): its body is not the result. The endpoint sees the same Idempotency-Key again.
+                raise retry(self.backoff, ctx, f"{where}: HTTP {code}, but the answer was cut off: {response.error}")
+            return json_or_text(response.body, len(response.body) <= self.limit, self.limit)
         if code is None:
             raise retry(self.backoff, ctx, f"{where}: {response.error or 'no response'}")
         status = f"{where}: HTTP {code}"

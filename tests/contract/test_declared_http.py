@@ -17,7 +17,7 @@ import sqlalchemy as sa
 
 from pending_jobs import enqueue
 from pending_jobs.store import Store
-from tests.receivers import Handler, Received, answer, hang, huge, receiver, sequence, verified
+from tests.receivers import Handler, Received, answer, hang, huge, receiver, sequence, trickle, verified
 
 from .conftest import outcome
 
@@ -32,6 +32,7 @@ ROUTES = {
     "/request_timeout": answer(408, b""),
     "/slow_down": answer(429, b"too many", {"Retry-After": "120"}),
     "/hang": hang(30),
+    "/trickle": trickle(0.2),  # 200 and its headers at once, then a byte now and then: past the deadline
 }
 
 
@@ -54,7 +55,7 @@ def test_each_answer_ends_its_job_as_documented(engine: sa.Engine, store: Store,
         report = run_declared(tables, concurrency=len(tables))
 
     done = {name: outcome(store, job_id) for name, job_id in ids.items()}
-    assert (report.succeeded, report.retried, report.failed) == (4, 4, 2)
+    assert (report.succeeded, report.retried, report.failed) == (4, 5, 2)
     assert done["json"].result == {"width": 100, "ok": True}
     assert done["empty"].status == "succeeded" and done["empty"].result is None
     assert done["text"].result == "resized"
@@ -70,7 +71,10 @@ def test_each_answer_ends_its_job_as_documented(engine: sa.Engine, store: Store,
     assert done["request_timeout"].last_error == f"Retry: POST {base}/request_timeout: HTTP 408: "
     assert done["slow_down"].last_error == f"Retry: POST {base}/slow_down: HTTP 429 (Retry-After 120s): too many"
     assert done["hang"].last_error == f"Retry: POST {base}/hang: timed out after 1s (whole request)"
-    for name in ("busy", "request_timeout", "slow_down", "hang"):
+    # A 2xx whose answer did not all come is no result: retried (the endpoint sees the same Idempotency-Key).
+    assert done["trickle"].last_error == (f"Retry: POST {base}/trickle: HTTP 200, but the answer was cut off: "
+                                          "timed out after 1s (whole request)")
+    for name in ("busy", "request_timeout", "slow_down", "hang", "trickle"):
         job = done[name]
         assert job.status == "pending" and job.run_at is not None and job.updated_at is not None
         wanted = 120.0 if name == "slow_down" else 60.0  # Retry-After wins over the task's backoff
