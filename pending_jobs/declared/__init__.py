@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from ..config import Settings
 from ..errors import ConfigError
 from ..registry import Task
+from ..store import dialect_of_url
 from . import checks, command, http, sql
 from .spec import CommandSpec, HttpSpec, Spec, SqlSpec, parse_all
 
@@ -28,7 +29,9 @@ def specs(settings: Settings) -> dict[str, Spec]:
 def build(spec: Spec, settings: Settings) -> Task:
     """The registry entry (handler, backoff, timeout) of one declared task."""
     if isinstance(spec, SqlSpec):
-        return sql.build(spec, settings.payload_limit, settings.concurrency)
+        # None for a bad database_url: reported where the engine is made, in the same words as ever.
+        dialect = dialect_of_url(spec.database_url or settings.database_url)
+        return sql.build(spec, settings.payload_limit, settings.concurrency, dialect)
     if isinstance(spec, HttpSpec):
         return http.build(spec, settings.callback_secret, settings.payload_limit, settings.concurrency)
     return command.build(spec, settings.payload_limit)

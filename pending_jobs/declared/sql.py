@@ -24,7 +24,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from ..errors import Fail
+from ..errors import ConfigError, Fail
 from ..registry import Backoff, Task
 from ..store import Dialect, create_engine, dialect_for
 from ..store.direct import DirectStatements, Written, direct
@@ -40,18 +40,58 @@ SHARED = types.SimpleNamespace(attempt=1)
 """The context of a job in a shared transaction: only a verdict's backoff reads it, and a job that errs
 there is run again alone, where its own context gives the verdict that is recorded."""
 _VERB = re.compile(r"^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*(\w+)", re.DOTALL)
+ENDS_TRANSACTION = frozenset({"begin", "start", "commit", "rollback", "savepoint", "release", "end", "abort", "xa"})
+CHANGES_SESSION = frozenset({"use", "reset", "discard", "listen", "unlisten", "prepare", "deallocate", "attach",
+                             "detach", "handler"})
+_SAFE_SET = re.compile(r"\s*set\s+(?:local\b|constraints\b|@(?!@))", re.IGNORECASE)
+_SET_STATEMENT = re.compile(r"\s*set\s+statement\b.*?\bfor\b(.*)", re.IGNORECASE | re.DOTALL)
+_SET_MORE = re.compile(r",\s*(?:@@|(?:global|session|local|persist)\b|[a-z_]\w*\s*:?=)", re.IGNORECASE)
 
 
-def build(spec: SqlSpec, payload_limit: int, pool_size: int) -> Task:
-    """The registry entry of a declared SQL task."""
+def build(spec: SqlSpec, payload_limit: int, pool_size: int, dialect: Dialect | None) -> Task:
+    """The registry entry of a declared SQL task; ConfigError for a statement it may not run (`refused`)
+    on its database, of `dialect`."""
+    for number, statement in enumerate(spec.statements, 1):
+        problem = refused(statement, dialect.implicit_commits if dialect is not None else frozenset())
+        if problem is not None:
+            where = f"statement {number} of {len(spec.statements)}: " if len(spec.statements) > 1 else ""
+            raise ConfigError(f"[task.{spec.name}] sql: {where}{problem}")
     runner = SqlTask(spec, payload_limit, pool_size)
     backstop = None if spec.policy.timeout is None else spec.policy.timeout + BACKSTOP_MARGIN
     task = task_of(spec.name, runner, spec.policy, backstop)
-    if spec.database_url is None and spec.policy.timeout is None:
+    if spec.database_url is None and spec.policy.timeout is None and "call" not in runner.verbs:
         # On the job database, jobs of one claim may share a transaction (one COMMIT for all of them).
-        # Not with a timeout: the runner's watchdog gives up on one job, not on a shared transaction.
+        # Not with a timeout: the runner's watchdog gives up on one job, not on a shared transaction. Nor a
+        # CALL: a procedure may COMMIT where nothing here sees it, and then only its own job is at stake.
         task = dataclasses.replace(task, shared=runner.shared)
     return task
+
+
+def refused(statement: str, implicit_commits: frozenset[str]) -> str | None:
+    """Why `statement` may not be one of an sql task's (they run inside the job's transaction, on a pooled
+    connection), or None. `implicit_commits`: first words of statements that commit on the task's database."""
+    first = verb(statement)
+    shown = first.upper()
+    if first in ENDS_TRANSACTION:
+        return (f"{shown} would end the job's transaction: pending-jobs begins it and commits the statements "
+                "together with the job's outcome (exactly-once)")
+    if first in implicit_commits:
+        instead = "DELETE FROM" if first == "truncate" else 'a command task (["mariadb", "-e", "…"])'
+        return (f"{shown} commits the open transaction on MariaDB/MySQL (an implicit commit), so the job's "
+                f"writes would no longer commit with its outcome; use {instead} instead")
+    if first in CHANGES_SESSION:
+        return f"{shown} changes the session of a pooled connection that later jobs and the runner share"
+    if first == "set":
+        inner = _SET_STATEMENT.match(statement)
+        if inner is not None:  # MariaDB: SET STATEMENT var = … FOR <statement>, for that statement alone
+            return refused(inner.group(1), implicit_commits)
+        if _SAFE_SET.match(statement) is None or _SET_MORE.search(statement) is not None:
+            return ("SET changes the session of a pooled connection that later jobs and the runner share "
+                    "(allowed: SET @variable; SET LOCAL and SET CONSTRAINTS on PostgreSQL; SET STATEMENT … FOR "
+                    "on MariaDB)")
+    if first == "pragma" and "=" in statement:
+        return "PRAGMA … = changes the SQLite connection that later jobs and the runner share"
+    return None
 
 
 def parameters(statement: str) -> tuple[str, ...]:

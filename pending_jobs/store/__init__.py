@@ -23,7 +23,8 @@ from .sqlite import SQLite
 
 __all__ = ["CallbackStore", "Dialect", "Fired", "Health", "JobFilter", "LimitedStore", "OpsStore", "PausedQueue",
            "RunStore", "ScheduleRow", "ScheduleStore", "Store",
-           "create_engine", "dialect_for", "dialect_of_error", "insert_jobs", "open_store", "ours", "schema_revision"]
+           "create_engine", "dialect_for", "dialect_of_error", "dialect_of_url", "insert_jobs", "open_store", "ours",
+           "schema_revision"]
 
 _DIALECTS: dict[str, Dialect] = {dialect.name: dialect for dialect in (MySQL(), Postgres(), SQLite())}
 _DRIVERS = {"pymysql": _DIALECTS["mysql"], "psycopg": _DIALECTS["postgresql"], "sqlite3": _DIALECTS["sqlite"]}
@@ -33,6 +34,15 @@ def dialect_for(bind: sa.Engine | sa.Connection) -> Dialect:
     """The dialect of this engine or connection (one per database, shared: it holds built statements)."""
     name = bind.dialect.name
     return _DIALECTS["mysql" if name == "mariadb" else name]
+
+
+def dialect_of_url(url: str) -> Dialect | None:
+    """The dialect of a database URL (its engine need not exist), or None for one that is not valid."""
+    try:
+        name = sa.make_url(url).get_backend_name()
+    except (sa.exc.ArgumentError, ValueError):
+        return None
+    return _DIALECTS.get("mysql" if name == "mariadb" else name)
 
 
 def open_store(engine: sa.Engine) -> Store:

@@ -75,8 +75,8 @@ class Dialect:
     name: ClassVar[str] = "base"
     json_accepts_nul: ClassVar[bool] = True
     """Whether the JSON column stores `\\u0000` (PostgreSQL's jsonb does not)."""
-    concurrent_writers: ClassVar[bool] = True
-    """Whether a second transaction may write while another does (not on SQLite: one writer)."""
+    concurrent_writers: ClassVar[bool] = True  # a second transaction may write while another does (not SQLite)
+    implicit_commits: ClassVar[frozenset[str]] = frozenset()  # first words of statements that commit on their own
 
     def __init__(self) -> None:
         self._statements: dict[tuple[Any, ...], Any] = {}

@@ -68,6 +68,11 @@ class MySQL(Dialect):
     """MariaDB and MySQL."""
 
     name: ClassVar[str] = "mysql"
+    # DDL, table maintenance and LOCK TABLES commit the open transaction (PostgreSQL's and SQLite's DDL is
+    # transactional): a declared sql task's statements may not (declared/sql.py).
+    implicit_commits: ClassVar[frozenset[str]] = frozenset({
+        "alter", "create", "drop", "rename", "truncate", "grant", "revoke", "lock", "unlock", "analyze", "optimize",
+        "repair", "check", "flush", "cache", "load", "install", "uninstall", "change", "purge", "kill", "shutdown"})
 
     def driver_url(self, url: sa.URL) -> sa.URL:
         if "+" not in url.drivername:

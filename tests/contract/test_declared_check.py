@@ -7,7 +7,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from pending_jobs import declared
+from pending_jobs import declared, enqueue
 from pending_jobs.store import dialect_for
 from tests.conftest import cli, scalar, settings_for
 from tests.processes import script
@@ -101,3 +101,24 @@ def test_a_minimal_config_checks_clean_and_names_each_declared_kind(db_url: str,
     assert checked.returncode == 0, checked.stdout
     assert "report → declared (CommandTask)" in detail and "again → declared (CommandTask)" in detail, detail
     assert "longer than the lease" not in detail, detail
+
+
+def test_a_run_refuses_a_statement_that_would_commit_apart_from_the_job(engine: sa.Engine, db_url: str,
+                                                                         tmp_path: Path) -> None:
+    # COMMIT ends the job's transaction on every database; a TRUNCATE also does on MariaDB/MySQL (elsewhere
+    # it is transactional): both would let the job's writes commit apart from its outcome.
+    config = tmp_path / "pending-jobs.toml"
+    config.write_text(f'database_url = "{db_url}"\n[task.wipe]\n'
+                      'sql = ["INSERT INTO users (name) VALUES (:name)", "COMMIT"]\n')
+    with engine.begin() as conn:
+        conn.exec_driver_sql(SETUP)
+    job_id = enqueue(engine, "wipe", {"name": "ann"})
+
+    run = cli("run", "--config", str(config), env={"PENDING_JOBS_TASKS": ""})
+    check = cli("check", "--config", str(config), env={"PENDING_JOBS_TASKS": ""})
+
+    said = "[task.wipe] sql: statement 2 of 2: COMMIT would end the job's transaction"
+    assert run.returncode == 2 and said in run.stderr, run.stderr
+    assert check.returncode == 5 and said in check.stdout, check.stdout  # check: a task that cannot run
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {job_id}") == "pending"  # nothing ran
+    assert scalar(engine, "SELECT COUNT(*) FROM users") == 0

@@ -210,3 +210,68 @@ def test_output_over_the_limit_is_cut_text_that_fits_the_limit() -> None:
     assert len(cut.encode()) <= 1000
     controls = base.json_or_text(b"\x01" * 5000, False, 1000)  # 6 bytes of JSON each: halved until it fits
     assert isinstance(controls, str) and len(controls.encode()) <= 1000
+
+
+def _sql_settings(tmp_path: Path, database_url: str, *statements: str) -> config.Settings:
+    listed = ", ".join(repr(statement) for statement in statements)
+    return _load(tmp_path, f'database_url = "{database_url}"\n[task.job]\nsql = [{listed}]\n')
+
+
+MARIADB = "mysql+pymysql://app@db/app"
+POSTGRESQL = "postgresql+psycopg://app@db/app"
+
+
+@pytest.mark.parametrize(("url", "statement", "message"), [
+    # Each would break the job's transaction (its writes committing apart from its outcome) or leave a
+    # pooled connection changed for the jobs after it and the runner.
+    (MARIADB, "TRUNCATE TABLE t4", r"TRUNCATE commits the open transaction on MariaDB/MySQL .* use DELETE FROM"),
+    (MARIADB, "/* nightly */ CREATE TABLE t (a INT)", r"CREATE commits the open transaction on MariaDB/MySQL"),
+    (MARIADB, "LOCK TABLES t4 WRITE", r"LOCK commits the open transaction"),
+    (MARIADB, "SET STATEMENT max_statement_time = 5 FOR ALTER TABLE t ADD b INT", r"ALTER commits the open"),
+    (POSTGRESQL, "COMMIT", r"COMMIT would end the job's transaction"),
+    (MARIADB, "start transaction", r"START would end the job's transaction"),
+    (POSTGRESQL, "SAVEPOINT a", r"SAVEPOINT would end the job's transaction"),
+    (MARIADB, "USE other", r"USE changes the session of a pooled connection"),
+    (POSTGRESQL, "DISCARD ALL", r"DISCARD changes the session"),
+    (MARIADB, "SET SESSION TRANSACTION READ ONLY", r"SET changes the session .*\(allowed: SET @variable"),
+    (POSTGRESQL, "SET search_path TO other", r"SET changes the session"),
+    (MARIADB, "SET autocommit = 1", r"SET changes the session"),
+    (MARIADB, "SET @a = 1, sql_mode = ''", r"SET changes the session"),
+    (MARIADB, "SET @@session.sql_mode = ''", r"SET changes the session"),
+    ("sqlite:///jobs.sqlite3", "PRAGMA foreign_keys = OFF", r"PRAGMA … = changes the SQLite connection"),
+])
+def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_refused(
+        tmp_path: Path, url: str, statement: str, message: str) -> None:
+    settings = _sql_settings(tmp_path, url, "INSERT INTO t (a) VALUES (:a)", statement)
+    with pytest.raises(ConfigError, match=r"^\[task.job\] sql: statement 2 of 2: " + message):
+        declared.load(settings)
+
+
+@pytest.mark.parametrize(("url", "statement"), [
+    (MARIADB, "SET @uid = LAST_INSERT_ID()"),  # a user variable, read by the next statement
+    (MARIADB, "SET STATEMENT max_statement_time = 5 FOR UPDATE t SET a = :a"),
+    (POSTGRESQL, "SET LOCAL lock_timeout = '2s'"),
+    (POSTGRESQL, "SET CONSTRAINTS ALL DEFERRED"),
+    (POSTGRESQL, "TRUNCATE TABLE t4"),  # DDL is transactional on PostgreSQL and SQLite
+    (POSTGRESQL, "LOCK TABLE t4 IN EXCLUSIVE MODE"),  # held until the job's transaction ends
+    ("sqlite:///jobs.sqlite3", "CREATE TABLE IF NOT EXISTS t (a INT)"),
+    (MARIADB, "CALL refresh_totals(:a)"),
+    (MARIADB, "SELECT 'COMMIT' AS word"),
+])
+def test_statements_that_keep_the_transaction_are_accepted(tmp_path: Path, url: str, statement: str) -> None:
+    settings = _sql_settings(tmp_path, url, "INSERT INTO t (a) VALUES (:a)", statement)
+    assert set(declared.load(settings)) == {"job"}
+
+
+def test_another_database_is_judged_by_its_own_kind(tmp_path: Path) -> None:
+    text = (f'database_url = "{POSTGRESQL}"\n[task.job]\nsql = "TRUNCATE TABLE t4"\n'
+            f'database_url = "mariadb+pymysql://app@reports/app"\n')
+    with pytest.raises(ConfigError, match=r"TRUNCATE commits the open transaction on MariaDB/MySQL"):
+        declared.load(_load(tmp_path, text))
+
+
+def test_a_task_that_calls_a_procedure_runs_each_job_alone(tmp_path: Path) -> None:
+    # A procedure may COMMIT where pending-jobs cannot see it: then only its own job is at stake.
+    calls = declared.load(_sql_settings(tmp_path, MARIADB, "CALL refresh_totals(:a)"))["job"]
+    inserts = declared.load(_sql_settings(tmp_path, MARIADB, "INSERT INTO t (a) VALUES (:a)"))["job"]
+    assert calls.shared is None and inserts.shared is not None
