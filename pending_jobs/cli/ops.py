@@ -293,7 +293,7 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
         results.append(("schema", False, str(error)))
         return skip_rest()
 
-    results.append(_check_handlers(settings, OpsStore(store), engine))
+    results.append(_check_handlers(settings, OpsStore(store), engine, plan))
     if args.no_callbacks:
         results.append(("callbacks", None, "skipped (--no-callbacks)"))
     else:
@@ -309,7 +309,8 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
     return results
 
 
-def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine) -> tuple[str, bool, str]:
+def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine,
+                    plan: dict[str, schedules.Schedule]) -> tuple[str, bool, str]:
     if not settings.tasks and not settings.declared_tasks:
         return "handlers", False, "no task modules configured (PENDING_JOBS_TASKS) and no [task.NAME] declared"
     try:
@@ -322,6 +323,16 @@ def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine) -> tup
     missing = sorted(set(ops.pending_tasks()) - set(tasks))
     if missing:
         return "handlers", False, f"pending jobs name tasks without a handler: {', '.join(missing)}"
+    # A misspelt name would otherwise go unnoticed: limits that never apply, jobs that fail at every firing.
+    unlimited = sorted(name for name, table in settings.declared_tasks.items()
+                       if declared.limits_only(table) and name not in tasks)
+    if unlimited:
+        return "handlers", False, (f"[task.NAME] limits name tasks without a handler, so they limit nothing: "
+                                   f"{', '.join(unlimited)}")
+    unscheduled = sorted(f"[schedules.{name}] task {schedule.task!r}" for name, schedule in plan.items()
+                         if schedule.task not in tasks)
+    if unscheduled:
+        return "handlers", False, f"schedules name tasks without a handler: {', '.join(unscheduled)}"
     sources = [*settings.tasks, *(["the config's [task.NAME] tables"] if settings.declared_tasks else [])]
     where = [f"{name} → {registry.source_of(task)}" for name, task in sorted(tasks.items())]
     unbounded = sorted(name for name, task in tasks.items() if task.timeout is None)

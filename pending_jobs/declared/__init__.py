@@ -16,9 +16,9 @@ from ..errors import ConfigError
 from ..registry import Task
 from ..store import dialect_of_url
 from . import checks, command, http, sql
-from .spec import CommandSpec, HttpSpec, Spec, SqlSpec, parse_all
+from .spec import CommandSpec, HttpSpec, Spec, SqlSpec, limits_only, parse_all
 
-__all__ = ["CommandSpec", "HttpSpec", "Spec", "SqlSpec", "build", "check", "load", "merge", "specs"]
+__all__ = ["CommandSpec", "HttpSpec", "Spec", "SqlSpec", "build", "check", "limits_only", "load", "merge", "specs"]
 
 
 def specs(settings: Settings) -> dict[str, Spec]:

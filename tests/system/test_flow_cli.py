@@ -69,6 +69,25 @@ def test_a_bad_schedule_is_a_configuration_error(tmp_path: Path, db_url: str) ->
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_check_names_limits_and_schedules_of_tasks_without_a_handler(tmp_path: Path, db_url: str) -> None:
+    # A misspelt task name: limits that never apply, a schedule whose every job would fail at once.
+    config = tmp_path / "jobs.toml"
+    env = {"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_CONFIG": str(config), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_CALLBACK_SECRET": "whsec_" + "A" * 32}
+    limits = '[task.noop]\nconcurrency_limit = 1\n[task.nopo]\nconcurrency_limit = 1\n'
+    schedule = '[schedules.nightly]\ncron = "0 2 * * *"\ntask = "nightly_report"\n'
+    for text, said in ((limits, "[task.NAME] limits name tasks without a handler, so they limit nothing: nopo"),
+                       (schedule, "schedules name tasks without a handler: [schedules.nightly] task 'nightly_report'")):
+        config.write_text(text)
+        checked = json.loads(cli("check", "--json", env=env).stdout)
+        handlers = {c["name"]: c for c in checked["checks"]}["handlers"]
+        assert checked["exit_code"] == 5 and handlers["ok"] is False and handlers["detail"] == said, checked
+    config.write_text('[task.noop]\nconcurrency_limit = 1\n[schedules.nightly]\ncron = "0 2 * * *"\ntask = "noop"\n')
+    checked = json.loads(cli("check", "--json", env=env).stdout)
+    assert {c["name"]: c for c in checked["checks"]}["handlers"]["ok"] is True, checked
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_enqueue_sets_the_concurrency_key(db_url: str, engine: sa.Engine) -> None:
     result = cli("enqueue", "noop", "--concurrency-key", "user:42", env={"PENDING_JOBS_DATABASE_URL": db_url})
     assert result.returncode == 0, result.stderr
