@@ -77,6 +77,10 @@ def describe(error: BaseException, connecting: bool = False) -> str:
         return "TLS error: certificate or handshake failed"
     found = _ERRNO.search(str(error)) if isinstance(error, OSError) else None
     detail = f": {found.group(0).strip()}" if found else ""
+    if isinstance(error, http.client.HTTPException) and not isinstance(error, http.client.IncompleteRead):
+        # What the answer broke (a bad status line, too many headers): the server's words, never the request's.
+        said = (str(error).strip().splitlines() or [""])[0][:200]
+        detail = f": {said!r}" if type(error) is http.client.BadStatusLine else f": {said}" if said else ""
     return f"{type(error).__name__}{detail}"
 
 

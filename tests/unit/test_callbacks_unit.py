@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import http.client
 import ipaddress
 import json
 from pathlib import Path
@@ -152,6 +153,20 @@ def test_redact_and_host_header_drop_userinfo_and_query() -> None:
     assert redact(url) == "https://hooks.example.com:8443/in/x"
     assert host_header(url) == "hooks.example.com:8443"
     assert "SECRET" not in describe(ValueError("boom"))
+
+
+
+def test_a_broken_answer_is_described_in_the_servers_words() -> None:
+    # An operator reading last_error needs to know what was wrong, not only the exception's class.
+    assert describe(http.client.HTTPException("got more than 100 headers")) == \
+        "HTTPException: got more than 100 headers"
+    assert describe(http.client.BadStatusLine("HTTP/1.1 abc\r\n")) == "BadStatusLine: 'HTTP/1.1 abc'"
+    assert describe(http.client.LineTooLong("header line")) == \
+        "LineTooLong: got more than 65536 bytes when reading header line"
+    assert describe(http.client.RemoteDisconnected("Remote end closed connection without response")) == \
+        "RemoteDisconnected: Remote end closed connection without response"
+    assert describe(ConnectionResetError(104, "Connection reset by peer")) == \
+        "ConnectionResetError: [Errno 104] Connection reset by peer"
 
 
 # -- policy --------------------------------------------------------------------------------------
