@@ -45,6 +45,8 @@ CHANGES_SESSION = frozenset({"use", "reset", "discard", "listen", "unlisten", "p
                              "detach", "handler"})
 _SAFE_SET = re.compile(r"\s*set\s+(?:local\b|constraints\b|@(?!@))", re.IGNORECASE)
 _SET_STATEMENT = re.compile(r"\s*set\s+statement\b.*?\bfor\b(.*)", re.IGNORECASE | re.DOTALL)
+_QUOTED = re.compile(r"'(?:[^'\\]|''|\\.)*'", re.DOTALL)  # a string literal, '' or \' inside
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a :name as SQLAlchemy's text() finds it (not \:name or ::cast)
 _SET_MORE = re.compile(r",\s*(?:@@|(?:global|session|local|persist)\b|[a-z_]\w*\s*:?=)", re.IGNORECASE)
 
 
@@ -91,6 +93,10 @@ def refused(statement: str, implicit_commits: frozenset[str]) -> str | None:
                     "on MariaDB)")
     if first == "pragma" and "=" in statement:
         return "PRAGMA … = changes the SQLite connection that later jobs and the runner share"
+    for literal in _QUOTED.findall(statement):
+        if (inside := _BIND.search(literal)) is not None:
+            return (f"the string {literal[:60]!r} holds :{inside.group(1)}, which would be bound there too, "
+                    f"breaking the string; write \\:{inside.group(1)} for a literal colon")
     return None
 
 

@@ -239,6 +239,8 @@ POSTGRESQL = "postgresql+psycopg://app@db/app"
     (MARIADB, "SET @a = 1, sql_mode = ''", r"SET changes the session"),
     (MARIADB, "SET @@session.sql_mode = ''", r"SET changes the session"),
     ("sqlite:///jobs.sqlite3", "PRAGMA foreign_keys = OFF", r"PRAGMA … = changes the SQLite connection"),
+    # Not the transaction's: a :name inside a string is bound too (check's PREPARE would not see it).
+    (MARIADB, "SELECT ':a' AS label, :a AS a", r"the string \"':a'\" holds :a, .* write \\:a for a literal colon"),
 ])
 def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_refused(
         tmp_path: Path, url: str, statement: str, message: str) -> None:
@@ -257,6 +259,7 @@ def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_ref
     ("sqlite:///jobs.sqlite3", "CREATE TABLE IF NOT EXISTS t (a INT)"),
     (MARIADB, "CALL refresh_totals(:a)"),
     (MARIADB, "SELECT 'COMMIT' AS word"),
+    (MARIADB, "SELECT '12:30' AS at, '\\:a' AS label, 'it''s' AS s"),
 ])
 def test_statements_that_keep_the_transaction_are_accepted(tmp_path: Path, url: str, statement: str) -> None:
     settings = _sql_settings(tmp_path, url, "INSERT INTO t (a) VALUES (:a)", statement)
