@@ -74,7 +74,9 @@ def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) ->
         older = age("older_than", params.get("older_than"))
         if older is None:
             raise BadRequest("older_than: required, a duration such as 30d")
-        wanted = [s for s in str(params.get("statuses") or "succeeded,cancelled").split(",") if s]
+        given = params.get("statuses") or "succeeded,cancelled"  # a form's "a,b", or a JSON body's ["a", "b"]
+        items = given if isinstance(given, list) else str(given).split(",")
+        wanted = [str(s).strip() for s in items if str(s).strip()]
         if not wanted or any(s not in PURGEABLE for s in wanted):
             raise BadRequest(f"statuses: finished statuses only ({', '.join(sorted(PURGEABLE))})")
         purged = ops.purge(older, wanted)

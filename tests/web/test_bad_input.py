@@ -70,6 +70,14 @@ def test_an_action_on_a_job_id_that_is_no_job_id_is_a_400_in_the_cli_s_words(con
         assert error == f"job id: a job id is a whole number from 1 to {2**63 - 1}, not {value}"
 
 
+@pytest.mark.parametrize("statuses", [["succeeded", "cancelled"], "succeeded,cancelled", "succeeded, cancelled"])
+def test_purge_takes_its_statuses_as_a_list_or_as_text(console: Any, statuses: Any) -> None:
+    answer = console(token="tok").post("/api/actions/purge", json={"older_than": "30d", "statuses": statuses},
+                                       headers=BEARER)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["message"] == "0 finished job(s) purged"
+
+
 def test_the_largest_age_is_still_accepted(console: Any) -> None:
     client = console(token="tok")
     answer = client.post("/api/actions/purge", json={"older_than": "3650d"}, headers=BEARER)
