@@ -34,30 +34,32 @@ from .databases import LABELS, reachable, throwaway
 SECRET = "push benchmark secret, 32 bytes."
 ORIGIN = "http://127.0.0.1"
 
-def serve(url: str, port: int, poll_interval: float) -> None:
-    """The server process: the push app alone on 127.0.0.1:port."""
+def serve(url: str, poll_interval: float) -> None:
+    """The server process: the push app alone on a loopback port it binds itself (port 0: no other process
+    can take it between a check and the bind), printed on its first line of stdout."""
     import uvicorn
 
     from pending_jobs.web.push import PushSettings, create_push_app
 
     settings = PushSettings(SECRET, [ORIGIN], poll_interval=poll_interval)
     app = create_push_app(settings, open_store(create_engine(url, pool_size=4)))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", timeout_graceful_shutdown=5)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5)).run(sockets=[sock])
 
 
 @contextlib.contextmanager
 def server(url: str, poll_interval: float) -> Iterator[int]:
-    """A push server subprocess on a free port, ready; yields the port."""
-    port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.push", "--serve", url, "--port", str(port),
-                                "--poll-interval", str(poll_interval)], env=dict(os.environ))
+    """A push server subprocess, ready; yields its port."""
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.push", "--serve", url,
+                                "--poll-interval", str(poll_interval)], env=dict(os.environ), stdout=subprocess.PIPE,
+                               text=True)
     try:
+        line = process.stdout.readline() if process.stdout else ""
+        if not line.strip().isdigit():
+            raise RuntimeError("the push server did not start")
+        port = int(line)
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
@@ -141,10 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--poll-interval", type=float, default=0.25, help="the hub's poll interval, default 0.25 s")
     p.add_argument("--backends", default="sqlite,mysql,postgresql")
     p.add_argument("--serve", metavar="URL", help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.port, args.poll_interval)
+        serve(args.serve, args.poll_interval)
         return 0
     print(f"{'database':<14} {'mode':<24} {'held':>6} {'connect':>8} {'p50':>8} {'p99':>8} {'max':>8}")
     for backend in args.backends.split(","):
