@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from .errors import ConfigError
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DAY = 86400.0
+_WHOLE = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() also takes "1_0" and other scripts' digits
 TABLES = ("pending_jobs", "task", "queue", "schedules", "web")
 """Top-level TOML tables that are not settings themselves: `[pending_jobs]` (every setting, when the
 file keeps them in one table), `[task.NAME]` (declared tasks, see pending_jobs.declared, and a task's
@@ -55,11 +57,11 @@ def duration(value: Any) -> float:
 
 
 def integer(value: Any) -> int:
-    """A whole number: an integer, or a string of one (TOML `true` and `2.9` are refused)."""
-    if isinstance(value, bool) or isinstance(value, float):
+    """A whole number: an integer, or a string of ASCII digits (TOML `true`, `2.9` and `"1_0"` are refused)."""
+    if isinstance(value, bool | float) or (isinstance(value, str) and not _WHOLE.fullmatch(value.strip())):
         raise ValueError(f"must be a whole number, not {value!r}")
     try:
-        return int(str(value).strip()) if isinstance(value, str) else int(value)
+        return int(value)
     except (TypeError, ValueError):
         raise ValueError(f"must be a whole number, not {value!r}") from None
 

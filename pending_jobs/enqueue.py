@@ -66,8 +66,10 @@ def job_row(
     problem = validation.task_name_problem(task)
     if problem:
         raise ValueError(f"task {problem}")
-    if not isinstance(queue, str) or not queue or len(queue) > 64:
-        raise ValueError("queue must be a non-empty string of at most 64 characters")
+    if not isinstance(queue, str) or not queue or len(queue) > validation.QUEUE_LIMIT:
+        raise ValueError(f"queue must be a non-empty string of at most {validation.QUEUE_LIMIT} characters")
+    if "\x00" in queue:
+        raise ValueError("queue must not contain NUL")
     payload = {} if payload is None else payload
     problem = validation.payload_problem(payload)
     if problem:
@@ -81,11 +83,10 @@ def job_row(
         problem = validation.callback_url_problem(callback_url)
         if problem:
             raise ValueError(problem)
-    if idempotency_key is not None and (not idempotency_key or len(idempotency_key) > validation.NAME_LIMIT):
-        raise ValueError(f"idempotency_key must be 1..{validation.NAME_LIMIT} characters")
-    if concurrency_key is not None and (not isinstance(concurrency_key, str) or not concurrency_key
-                                        or len(concurrency_key) > validation.NAME_LIMIT):
-        raise ValueError(f"concurrency_key must be 1..{validation.NAME_LIMIT} characters")
+    for name, key in (("idempotency_key", idempotency_key), ("concurrency_key", concurrency_key)):
+        problem = None if key is None else validation.key_problem(key)
+        if problem:
+            raise ValueError(f"{name} {problem}")
     if delay is not None and run_at is not None:
         raise ValueError("give delay or run_at, not both")
     if delay is not None and not 0 <= delay <= DELAY_MAX:  # also NaN; inf overflowed PostgreSQL's interval

@@ -22,6 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .validation import queue_problem
 
 QUEUE_KEYS = ("max_running", "concurrency_limit", "rate_limit")
 TASK_KEYS = ("concurrency_limit", "rate_limit")
@@ -151,8 +152,9 @@ def parse(queue_tables: Mapping[str, Any], task_tables: Mapping[str, Mapping[str
         where = f"[queue.{name}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table of {', '.join(QUEUE_KEYS)}")
-        if not name or len(name) > 64:
-            raise ConfigError(f"{where}: a queue name must be 1 to 64 characters")
+        problem = queue_problem(name)
+        if problem:
+            raise ConfigError(f"{where}: {problem}")
         unknown = sorted(set(table) - set(QUEUE_KEYS))
         if unknown:
             raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(QUEUE_KEYS)})")

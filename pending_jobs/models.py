@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
+
+from .validation import lenient_json
 
 F = TypeVar("F")
 
@@ -213,16 +214,6 @@ class Job:
         values["payload"], values["result"] = lenient_json(values["payload"]), lenient_json(values["result"])
         values["cancel_requested"] = bool(values["cancel_requested"])
         return cls(**values, unreadable=unreadable)
-
-
-def lenient_json(text: Any) -> Any:
-    """JSON text parsed; text that is not JSON is returned as it is (shown, not an error)."""
-    if not isinstance(text, str):
-        return text
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        return text
 
 
 # -- callbacks -----------------------------------------------------------------------------------

@@ -29,7 +29,17 @@ from cronsim import CronSim, CronSimError
 
 from .config import duration
 from .errors import ConfigError
-from .validation import MAX_ATTEMPTS_LIMIT, NAME_LIMIT, PRIORITY_MAX, PRIORITY_MIN, task_name_problem
+from .validation import (
+    JSON_DEPTH_MAX,
+    MAX_ATTEMPTS_LIMIT,
+    NAME_LIMIT,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    depth,
+    key_problem,
+    queue_problem,
+    task_name_problem,
+)
 
 CatchUp = Literal["skip", "latest", "all"]
 KEYS = ("cron", "every", "timezone", "task", "payload", "queue", "priority", "max_attempts", "concurrency_key",
@@ -181,15 +191,25 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
         json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError) as problem:
         raise error("payload", f"must hold JSON values only (write dates and times as strings): {problem}") from None
+    if depth(payload) > JSON_DEPTH_MAX:  # MariaDB's JSON check would refuse every job's INSERT
+        raise error("payload", f"nests {depth(payload)} levels deep; at most {JSON_DEPTH_MAX} can be stored")
+    queue = table.get("queue", "default")
+    wrong = queue_problem(queue)
+    if wrong:
+        raise error("queue", f"{wrong}, not {queue!r}")
+    key = table.get("concurrency_key")
+    wrong = None if key is None else key_problem(key)
+    if wrong:
+        raise error("concurrency_key", f"{wrong}, not {key!r}")
     catch_up = table.get("catch_up", "skip")
     if catch_up not in ("skip", "latest", "all"):
         raise error("catch_up", f"must be skip, latest or all, not {catch_up!r}")
     return Schedule(
         name=name, task=task or "", payload=dict(payload), cron=cron, every=every, timezone=timezone,
-        queue=_text(table, "queue", error, limit=64) or "default",
+        queue=queue,
         priority=_integer(table, "priority", error, PRIORITY_MIN, PRIORITY_MAX) or 0,
         max_attempts=_integer(table, "max_attempts", error, 1, MAX_ATTEMPTS_LIMIT),
-        concurrency_key=_text(table, "concurrency_key", error, limit=191),
+        concurrency_key=key,
         catch_up=catch_up,
         catch_up_limit=_integer(table, "catch_up_limit", error, 1, COUNT_LIMIT) or CATCH_UP_LIMIT,
         grace=_duration(table, "grace", error, 0.0, 366 * 86400.0) if "grace" in table else GRACE,

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from . import config
+from .states import TERMINAL_VALUES
 
 PRIORITY_MIN, PRIORITY_MAX = -1000, 1000
 MAX_ATTEMPTS_LIMIT = 1000
@@ -19,6 +20,7 @@ ERROR_LIMIT = 4000
 NAME_LIMIT = 191
 QUEUE_LIMIT = 64  # the queue columns are VARCHAR(64)
 JOB_ID_MAX = 2**63 - 1  # BIGINT: a larger id can exist on no database
+JSON_DEPTH_MAX = 31  # levels of nesting a payload or result may have: MariaDB's JSON check refuses a deeper one
 AGE = config.Setting("age", None, config.duration, "how long ago", 0, 3650 * config.DAY)
 """The range of an age an operator filters or purges by (`list --since`, `purge --older-than`, the console's
 since, until and older_than): `now - age` must stay a time every database can compute (PostgreSQL's
@@ -51,6 +53,19 @@ def parse_payload(text: str | None, limit: int) -> tuple[Any, str | None]:
     return payload, payload_problem(payload)
 
 
+def lenient_json(text: Any) -> Any:
+    """JSON text parsed; text that is not JSON, or nests deeper than a value written through this package
+    may (PostgreSQL and SQLite store any depth written by hand), is returned as it is: shown, not an error
+    (pages, `show --json` and the PHP client failed on it, past their recursion limits)."""
+    if not isinstance(text, str):
+        return text
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        return text
+    return text if too_deep(text, value) else value
+
+
 def dump_json(value: Any, what: str, limit: int, allow_nul: bool = True) -> str:
     """Serialise a payload or result, or raise ValueError saying why it cannot be stored."""
     try:
@@ -60,6 +75,9 @@ def dump_json(value: Any, what: str, limit: int, allow_nul: bool = True) -> str:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limit:
         raise ValueError(f"{what} is {size} bytes, over the {limit}-byte limit")
+    if too_deep(text, value):
+        raise ValueError(f"{what} nests {depth(value)} levels deep; at most {JSON_DEPTH_MAX} can be stored "
+                         "on every database (MariaDB's limit)")
     if not allow_nul and _NUL_ESCAPE.search(text):
         raise ValueError(f"{what} contains a NUL character, which PostgreSQL jsonb cannot store")
     try:
@@ -67,6 +85,26 @@ def dump_json(value: Any, what: str, limit: int, allow_nul: bool = True) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"{what} contains a lone surrogate, which is not valid UTF-8") from None
     return text
+
+
+def too_deep(text: str, value: Any) -> bool:
+    """Whether `value` (parsed from, or dumped to, `text`) nests past JSON_DEPTH_MAX. The brackets are
+    counted first, in C: most values have too few to be that deep."""
+    return text.count("[") + text.count("{") > JSON_DEPTH_MAX and depth(value) > JSON_DEPTH_MAX
+
+
+def depth(value: Any) -> int:
+    """How deep arrays and objects nest in `value` (0 for a scalar), without recursion."""
+    deepest, level = 0, [(value, 1)]
+    while level:
+        item, at = level.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list | tuple) else ()
+        for child in children:
+            if isinstance(child, dict | list | tuple):
+                level.append((child, at + 1))
+        if isinstance(item, dict | list | tuple):
+            deepest = max(deepest, at)
+    return deepest
 
 
 def row_problem(task: str, max_attempts: int, priority: int, callback_url: str | None) -> str | None:
@@ -89,6 +127,20 @@ def task_name_problem(name: object) -> str | None:
         return f"must be a non-empty string of at most {NAME_LIMIT} characters"
     if name != name.strip():  # ' ' or 'mail ' names no handler, and is hard to see in a list of failures
         return "must not be blank or start or end with whitespace"
+    if "\x00" in name:  # PostgreSQL refuses NUL in text; PHP's pdo_pgsql cut the name there instead
+        return "must not contain NUL"
+    return None
+
+
+def key_problem(key: object) -> str | None:
+    """Why an idempotency or concurrency key cannot be used, or None. Edge whitespace is refused because
+    MariaDB compares 'k' and 'k ' as one key (PAD SPACE) where PostgreSQL and SQLite see two."""
+    if not isinstance(key, str) or not key or len(key) > NAME_LIMIT:
+        return f"must be a non-empty string of at most {NAME_LIMIT} characters"
+    if key != key.strip():
+        return "must not start or end with whitespace (MariaDB takes 'k ' for 'k')"
+    if "\x00" in key:
+        return "must not contain NUL"
     return None
 
 
@@ -100,6 +152,18 @@ def queue_problem(name: object) -> str | None:
     if "\x00" in name:
         return "a queue name cannot contain NUL"
     return None
+
+
+def finished_statuses(value: Any) -> list[str]:
+    """The statuses a purge deletes, from a comma-separated string or a list (the CLI's --status, the
+    console's form and JSON body), else ValueError naming the allowed ones."""
+    try:
+        wanted = config.str_list(value)
+    except ValueError:
+        wanted = []
+    if not wanted or any(status not in TERMINAL_VALUES for status in wanted):
+        raise ValueError(f"finished statuses only ({', '.join(TERMINAL_VALUES)}), not {value!r}")
+    return wanted
 
 
 def job_id(value: Any) -> int:

@@ -8,7 +8,7 @@ import getpass
 import json
 import os
 import socket
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import sqlalchemy as sa
 
@@ -16,10 +16,9 @@ from .. import callbacks, config, declared, limits, logs, migrate, registry, sch
 from ..callbacks import redact
 from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, DatabaseUnavailable
-from ..models import Job
 from ..states import CallbackStatus, JobStatus
 from ..store import CallbackStore, JobFilter, OpsStore, RunStore, Store
-from ..store.ops import PURGEABLE
+from ..web.views import job_data
 from . import common
 from .schedules import late_warnings
 
@@ -79,7 +78,7 @@ def register(commands: Commands) -> None:
     common.add_common(p)
     p.add_argument("--older-than", type=common.AGE, required=True, metavar="AGE",
                    help=f"finished more than this long ago (seconds or 30m, 12h, 7d; {AGE_RANGE})")
-    p.add_argument("--status", type=_statuses, default=["succeeded", "cancelled"],
+    p.add_argument("--status", type=common.argument(validation.finished_statuses), default=["succeeded", "cancelled"],
                    help="comma-separated: succeeded, failed, cancelled (default succeeded,cancelled)")
     p.set_defaults(func=cmd_purge)
 
@@ -123,13 +122,6 @@ def _filter(args: argparse.Namespace) -> JobFilter:
         since=args.since, callback_status=getattr(args, "callback_status", None),
         limit=getattr(args, "limit", 50),
     )
-
-
-def job_data(job: Job) -> dict[str, Any]:
-    """A job as JSON-able data, the callback URL redacted (its query may hold a token)."""
-    data = dataclasses.asdict(job)
-    data["callback_url"] = redact(job.callback_url) if job.callback_url else None
-    return data
 
 
 def _first_line(text: str | None, width: int = 60) -> str | None:
@@ -233,9 +225,6 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    refused = sorted(set(args.status) - PURGEABLE)
-    if refused:
-        raise ConfigError(f"purge deletes finished jobs only, not {', '.join(refused)}")
     _, store = _open(args)
     common.out(f"{OpsStore(store).purge(args.older_than, args.status)} job(s) deleted")
     return EXIT_OK

@@ -14,7 +14,6 @@ from .spec import Policy
 
 TEXT_LIMIT = 64 * 1024  # characters of output kept when it is stored as text, not parsed as JSON
 EXCERPT = 1024  # characters of a response body or stderr in an error message
-JSON_DEPTH_MAX = 31  # levels of nesting a parsed result may have: MariaDB's JSON check refuses a deeper one
 
 
 def backoff_of(policy: Policy) -> Backoff:
@@ -77,26 +76,13 @@ def json_or_text(data: bytes, complete: bool, limit: int) -> Any:
     if complete and len(data) <= limit:
         try:
             value = json.loads(data)
-            dump_json(value, "result", limit, allow_nul=False)  # storable on every database, within the limit
-            if depth(value) <= JSON_DEPTH_MAX:
-                return value
+            dump_json(value, "result", limit, allow_nul=False)  # storable on every database: size, depth, NUL
+            return value
         except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: nested past Python's limit
             pass
     return text_of(data, complete, limit)
 
 
-def depth(value: Any) -> int:
-    """How deep arrays and objects nest in `value` (0 for a scalar), without recursion."""
-    deepest, level = 0, [(value, 1)]
-    while level:
-        item, at = level.pop()
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        for child in children:
-            if isinstance(child, dict | list):
-                level.append((child, at + 1))
-        if isinstance(item, dict | list):
-            deepest = max(deepest, at)
-    return deepest
 
 
 def text_of(data: bytes, complete: bool, limit: int) -> str:

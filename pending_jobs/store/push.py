@@ -19,9 +19,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from ..models import lenient_json
 from ..schema import pending_jobs as J
 from ..states import TERMINAL_VALUES
+from ..validation import lenient_json
 from .base import Store
 from .columns import lenient_time
 

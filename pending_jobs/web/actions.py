@@ -10,10 +10,14 @@ from typing import Any
 from .. import validation
 from ..store import CallbackStore, OpsStore, Store
 from ..store.console import BULK_LIMIT, ConsoleStore
-from ..store.ops import PURGEABLE
-from .views import BadRequest, age, filter_from, filter_params, text
+from .views import FILTER_FIELDS, BadRequest, age, filter_from, filter_params, text
 
-NAMES = ("retry", "cancel", "callback-retry", "pause", "resume", "bulk-retry", "bulk-cancel", "purge")
+FIELDS: dict[str, tuple[str, ...]] = {
+    "retry": ("job_id",), "cancel": ("job_id",), "callback-retry": ("job_id",),
+    "pause": ("queue", "reason"), "resume": ("queue",),
+    "bulk-retry": FILTER_FIELDS, "bulk-cancel": FILTER_FIELDS, "purge": ("older_than", "statuses"),
+}
+NAMES = tuple(FIELDS)
 
 
 def _job_id(value: Any) -> int:
@@ -30,8 +34,27 @@ def _queue(value: Any) -> str:
     return str(value)
 
 
-def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) -> tuple[bool, str]:
+def _fields(action: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """The action's fields as text. A field it does not take, or a value that is not text or a number (a
+    list, null, an object), is refused: dropping it would widen a bulk action to every job."""
+    if action not in FIELDS:
+        raise BadRequest(f"unknown action {action!r} (use {', '.join(NAMES)})")
+    unknown = sorted(set(params) - set(FIELDS[action]))
+    if unknown:
+        raise BadRequest(f"{unknown[0]}: not a field of {action} (it takes {', '.join(FIELDS[action])})")
+    fields: dict[str, str] = {}
+    for name, value in params.items():
+        if name == "statuses" and isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ",".join(value)  # a JSON body's ["succeeded", "failed"], as a form's "succeeded,failed"
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise BadRequest(f"{name}: must be text or a number, not {json.dumps(value)[:40]}")
+        fields[name] = str(value)
+    return fields
+
+
+def perform(store: Store, actor: str, action: str, given: Mapping[str, Any]) -> tuple[bool, str]:
     """Do one action; (whether it changed something, a sentence saying what happened). Audited either way."""
+    params = _fields(action, given)
     console = ConsoleStore(store)
     ops = OpsStore(store)
     job_id: int | None = None
@@ -55,7 +78,7 @@ def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) ->
     elif action in ("pause", "resume"):
         queue = _queue(params.get("queue"))
         if action == "pause":
-            reason = text("reason", str(params.get("reason") or "")[:255])
+            reason = text("reason", params.get("reason", "")[:255])
             done = ops.pause(queue, actor, reason)
             detail = {"reason": reason} if reason else {}
             message = f"queue {queue} paused" if done else f"queue {queue} was paused already"
@@ -63,27 +86,24 @@ def perform(store: Store, actor: str, action: str, params: Mapping[str, Any]) ->
             done = ops.resume(queue)
             message = f"queue {queue} resumed" if done else f"queue {queue} was not paused"
     elif action in ("bulk-retry", "bulk-cancel"):
-        f = filter_from({k: str(v) for k, v in params.items() if isinstance(v, str | int | float)})
+        f = filter_from(params)
         detail = filter_params(f)
         changed = console.bulk_retry(f) if action == "bulk-retry" else console.bulk_cancel(f)
         done = changed > 0
         verb = "retried" if action == "bulk-retry" else "cancelled (or asked to stop)"
         message = f"{changed} job(s) {verb}" + (f" (at most {BULK_LIMIT} at once)" if changed >= BULK_LIMIT else "")
         detail["changed"] = str(changed)
-    elif action == "purge":
+    else:  # purge
         older = age("older_than", params.get("older_than"))
         if older is None:
             raise BadRequest("older_than: required, a duration such as 30d")
-        given = params.get("statuses") or "succeeded,cancelled"  # a form's "a,b", or a JSON body's ["a", "b"]
-        items = given if isinstance(given, list) else str(given).split(",")
-        wanted = [str(s).strip() for s in items if str(s).strip()]
-        if not wanted or any(s not in PURGEABLE for s in wanted):
-            raise BadRequest(f"statuses: finished statuses only ({', '.join(sorted(PURGEABLE))})")
+        try:
+            wanted = validation.finished_statuses(params.get("statuses") or "succeeded,cancelled")
+        except ValueError as error:
+            raise BadRequest(f"statuses: {error}") from None
         purged = ops.purge(older, wanted)
         done, message = purged > 0, f"{purged} finished job(s) purged"
         detail = {"older_than": f"{older:g}s", "statuses": ",".join(wanted), "purged": str(purged)}
-    else:
-        raise BadRequest(f"unknown action {action!r} (use {', '.join(NAMES)})")
     console.audit(actor, action, queue=queue, job_id=job_id,
                   detail=json.dumps({**detail, "outcome": message}, ensure_ascii=False))
     return done, message

@@ -7,6 +7,7 @@ authenticated by the bearer token needs no CSRF token, any other sends `X-CSRF-T
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -66,15 +67,16 @@ def api_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
                                                        request.headers.get("x-csrf-token")):
             return _error(403, "refused: send the X-CSRF-Token header (or authenticate with the bearer token)")
         try:
-            body = await request.json()
-        except ValueError:
-            return _error(400, "the body must be a JSON object")
+            body = json.loads(await request.body())
+            json.dumps(body, ensure_ascii=False).encode()  # a lone surrogate ("\ud800") is no text to store
+        except (ValueError, RecursionError):  # RecursionError: nested past Python's limit
+            return _error(400, "the body must be a JSON object in valid UTF-8 (no lone surrogate such as "
+                               "\\ud800, not nested past Python's limit)")
         if not isinstance(body, dict):
             return _error(400, "the body must be a JSON object")
-        params: dict[str, Any] = {**body, **request.path_params}
         try:
             done, message = await run_in_threadpool(perform, store, request.state.actor,
-                                                     request.path_params["action"], params)
+                                                     request.path_params["action"], body)
         except BadRequest as error:
             return _error(400, str(error))
         return JSONResponse({"changed": done, "message": message})

@@ -87,6 +87,9 @@ def _integer(name: str, value: str | None, low: int, high: int) -> int | None:
     return number
 
 
+FILTER_FIELDS = ("status", "queue", "task", "since", "until", "q")
+
+
 def filter_from(params: Mapping[str, str]) -> JobFilter:
     """The job filter of a query string or form: status (comma-separated), queue, task, since and until
     (durations ago: 15m, 2h, 7d), q (text in the payload or the last error)."""

@@ -158,7 +158,7 @@ def test_purge_older_than_by_status(db_url: str, engine: sa.Engine) -> None:
     assert "1 job(s) deleted" in with_failed.stdout
     assert sorted(r[0] for r in rows(engine, "SELECT id FROM pending_jobs")) == [recent, waiting]
     refused = cli("purge", "--older-than", "1d", "--status", "pending", env=env_for(db_url))
-    assert refused.returncode == 2 and "finished jobs only" in refused.stderr
+    assert refused.returncode == 2 and "finished statuses only (cancelled, failed, succeeded)" in refused.stderr
 
 
 def test_run_records_its_row_and_applies_retention(db_url: str, engine: sa.Engine) -> None:

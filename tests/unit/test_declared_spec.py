@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pending_jobs import config, declared
+from pending_jobs import config, declared, validation
 from pending_jobs.declared import base
 from pending_jobs.declared.spec import (
     DEFAULT_TIMEOUT,
@@ -193,7 +193,7 @@ def test_output_is_json_when_whole_and_valid_else_text() -> None:
     assert base.json_or_text(deep, True, 1_000_000).startswith("[[[[")
     assert isinstance(base.json_or_text(b"[" * 31 + b"]" * 31, True, 1000), list)
     assert base.json_or_text(b"[" * 32 + b"]" * 32, True, 1000) == "[" * 32 + "]" * 32  # MariaDB refuses it
-    assert base.depth({"a": [1, {"b": []}], "c": 2}) == 4 and base.depth(5) == 0
+    assert validation.depth({"a": [1, {"b": []}], "c": 2}) == 4 and validation.depth(5) == 0
     assert base.json_or_text(b"done\n", True, 1000) == "done\n"
     assert base.json_or_text(b'{"a": 1', True, 1000) == '{"a": 1'
     bad_utf8 = base.json_or_text(b"caf\xe9 \xff ok", True, 1000)

@@ -322,6 +322,8 @@ def nested(depth: int) -> list[Any]:
     ("x\x00", 100, False, "result contains a NUL character, which PostgreSQL jsonb cannot store"),
     ("\udc80", 100, True, "result contains a lone surrogate, which is not valid UTF-8"),
     (nested(100_000), 10**9, True, "it is nested too deeply"),
+    (nested(600), 10**9, True, "result nests 601 levels deep; at most 31 can be stored on every database "
+                               "(MariaDB's limit)"),
 ])
 def test_a_result_that_cannot_be_stored_fails_at_once_and_rolls_back(result: Any, limit: int, accepts_nul: bool,
                                                                        why: str) -> None:

@@ -36,6 +36,8 @@ def test_queue_and_task_limits_become_scopes() -> None:
     ({"mail": {"rate_limit": "1/25h"}}, {}, r"the period must be at most a day \(24h\), not '25h'"),
     ({"mail": {"max_runing": 3}}, {}, r"\[queue.mail\]: unknown key 'max_runing'"),
     ({}, {"t": {"concurrency_limit": 2.5}}, r"\[task.t\] concurrency_limit"),
+    ({"q\x00": {"max_running": 1}}, {}, r"\[queue.q\x00\]: a queue name cannot contain NUL"),
+    ({"q" * 65: {"max_running": 1}}, {}, r"a queue name of 1 to 64 characters"),
 ])
 def test_bad_limits_name_the_table_and_key(queues: dict, tasks: dict, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
@@ -81,6 +83,13 @@ def test_the_config_file_holds_queue_and_schedule_tables(tmp_path: Path) -> None
      r"\[schedules.s\] payload: must hold JSON values only \(write dates and times as strings\)"),
     ({"every": "1m", "task": "t", "payload": {"day": {"d": dt.date(2026, 1, 1)}}}, r"payload: must hold JSON"),
     ({"every": "1m", "task": "t", "run_at": 1}, r"unknown key 'run_at'"),
+    ({"every": "1m", "task": "t", "queue": "q\x00"}, r"queue: a queue name cannot contain NUL"),
+    ({"every": "1m", "task": "t", "queue": ""}, r"queue: a queue name of 1 to 64 characters, not ''"),
+    ({"every": "1m", "task": "t", "concurrency_key": "k\x00"}, r"concurrency_key: must not contain NUL"),
+    ({"every": "1m", "task": "t", "concurrency_key": "k "}, r"concurrency_key: must not start or end with white"),
+    ({"every": "1m", "task": "t\x00"}, r"task: must not contain NUL"),
+    ({"every": "1m", "task": "t", "payload": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}},
+     r"payload: nests 32 levels deep; at most 31"),
 ])
 def test_bad_schedules_name_the_table_and_key(table: dict, error: str) -> None:
     with pytest.raises(ConfigError, match=error):

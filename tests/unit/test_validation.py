@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import traceback
+from typing import Any
 
 import pytest
 
@@ -212,8 +214,34 @@ def test_a_task_name_of_191_characters_is_taken_192_is_refused() -> None:
 
 def test_an_idempotency_key_of_191_characters_is_taken_192_is_refused() -> None:
     assert job_row("t", idempotency_key="k" * 191)["idempotency_key"] == "k" * 191
-    with pytest.raises(ValueError, match=r"idempotency_key must be 1\.\.191 characters"):
+    with pytest.raises(ValueError, match="idempotency_key must be a non-empty string of at most 191 characters"):
         job_row("t", idempotency_key="k" * 192)
+
+
+@pytest.mark.parametrize(("arguments", "why"), [
+    ({"task": "t\x00x"}, "task must not contain NUL"),
+    ({"queue": "q\x00"}, "queue must not contain NUL"),
+    ({"idempotency_key": "k\x00"}, "idempotency_key must not contain NUL"),
+    ({"concurrency_key": "\x00"}, "concurrency_key must not contain NUL"),
+    ({"idempotency_key": "order-1 "}, "idempotency_key must not start or end with whitespace"),
+    ({"concurrency_key": " user-7"}, "concurrency_key must not start or end with whitespace"),
+    ({"payload": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}},
+     "payload nests 32 levels deep; at most 31 can be stored on every database"),
+])
+def test_enqueue_refuses_what_a_database_would_cut_or_take_for_another_value(arguments: dict[str, Any],
+                                                                             why: str) -> None:
+    """NUL (PostgreSQL refuses it, PHP's pdo_pgsql cut the text there), a key's edge whitespace (MariaDB
+    takes 'k ' for 'k'), a payload deeper than MariaDB's JSON check takes: refused alike everywhere."""
+    arguments = {"task": "t", **arguments}
+    with pytest.raises(ValueError, match=re.escape(why)):
+        job_row(arguments.pop("task"), **arguments)
+
+
+def test_a_payload_31_levels_deep_is_taken() -> None:
+    payload: dict[str, Any] = {"a": []}
+    for _ in range(29):
+        payload = {"a": payload}
+    assert validation.depth(payload) == 31 and job_row("t", payload)["payload"] == payload
 
 
 @pytest.mark.parametrize("priority", [-1000, 1000])
