@@ -105,3 +105,124 @@ def test_the_text_of_a_nul_escape_is_stored_and_a_real_nul_refused(backend: str,
     refused = "InvalidArgumentException: payload contains a NUL character, which PostgreSQL jsonb cannot store"
     assert (result["nul"], result["nul after a backslash"], result["nul key"]) == (refused, refused, refused)
     assert payload(engine, result["text"]) == {"re": "\\u0000", "even": "\\\\u0000", "path": "C:\\u0000dir"}
+
+
+def test_a_nul_in_task_queue_or_a_key_is_refused_on_every_database(backend: str, db_url: str, engine: sa.Engine,
+                                                                    tmp_path: Path) -> None:
+    # pdo_pgsql ends a string at its NUL: PostgreSQL stored 'a\0b' as 'a', and 'k\0x' and 'k\0y' were one key.
+    result = run_php(tmp_path, r"""
+        $jobs = new Client(connect());
+        out([
+            'task' => outcome(fn () => $jobs->enqueue("echo\0x")),
+            'queue' => outcome(fn () => $jobs->enqueue('echo', [], ['queue' => "mail\0"])),
+            'idempotency_key' => outcome(fn () => $jobs->enqueue('echo', [], ['idempotency_key' => "k\0x"])),
+            'another idempotency_key' => outcome(fn () => $jobs->enqueue('echo', [], ['idempotency_key' => "k\0y"])),
+            'concurrency_key' => outcome(fn () => $jobs->enqueue('echo', [], ['concurrency_key' => "\0"])),
+        ]);
+    """, db_url, backend=backend)
+
+    assert result == {
+        "task": "InvalidArgumentException: task must not contain NUL",
+        "queue": "InvalidArgumentException: queue must not contain NUL",
+        "idempotency_key": "InvalidArgumentException: idempotency_key must not contain NUL",
+        "another idempotency_key": "InvalidArgumentException: idempotency_key must not contain NUL",
+        "concurrency_key": "InvalidArgumentException: concurrency_key must not contain NUL",
+    }
+    assert rows(engine, "SELECT id FROM pending_jobs") == []
+
+
+KEYS = [" k", "k ", "k\t", "k\n", "\u3000k", "k\x1f", "\u00a0k", "k k", "k"]
+
+
+def test_keys_with_whitespace_at_either_end_are_refused_as_python_refuses_them(
+        backend: str, db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    # MariaDB's PAD SPACE collation made 'k' and 'k ' one idempotency key, PostgreSQL and SQLite two.
+    result = run_php(tmp_path, """
+        $jobs = new Client(connect());
+        $keys = json_decode(file_get_contents('php://stdin'), true);
+        out(array_map(fn (string $name) => array_map(
+            fn (string $key) => outcome(fn () => $jobs->enqueue('echo', [], [$name => $key])), $keys),
+            ['idempotency_key' => 'idempotency_key', 'concurrency_key' => 'concurrency_key']));
+    """, db_url, stdin=json.dumps(KEYS), backend=backend)
+
+    for name in ("idempotency_key", "concurrency_key"):
+        # The rule of pending_jobs/validation.py: Python's str.strip() would change the key.
+        expected = [f"InvalidArgumentException: {name} must not start or end with whitespace" if key != key.strip()
+                    else "accepted" for key in KEYS]
+        assert result[name] == expected, name
+        assert expected.count("accepted") == 2
+    assert sorted(rows(engine, "SELECT idempotency_key FROM pending_jobs WHERE idempotency_key IS NOT NULL")) == \
+        [("k",), ("k k",)]
+
+
+def test_a_payload_nested_deeper_than_31_levels_is_refused_before_any_sql(
+        backend: str, db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    # MariaDB's JSON CHECK refuses deeper documents; the refusal came from the database, on MariaDB alone.
+    result = run_php(tmp_path, r"""
+        function nested(int $levels): array  // {"a": {"a": ... []}}: $levels arrays and objects
+        {
+            $value = [];
+            for ($level = 1; $level < $levels; $level++) {
+                $value = ['a' => $value];
+            }
+            return $value;
+        }
+        $jobs = new Client(connect());
+        $objects = new stdClass();
+        for ($level = 1; $level < 32; $level++) {
+            $objects = (object) ['o' => $objects];
+        }
+        out([
+            '31' => $jobs->enqueue('echo', nested(31)),
+            'brackets in strings' => $jobs->enqueue('echo', ['a' => str_repeat('[{', 100), 'b' => '"\\' . "\"[[[["]),
+            '32' => outcome(fn () => $jobs->enqueue('echo', nested(32))),
+            '40' => outcome(fn () => $jobs->enqueue('echo', nested(40))),
+            '32 objects' => outcome(fn () => $jobs->enqueue('echo', $objects)),
+            '600' => outcome(fn () => $jobs->enqueue('echo', nested(600))),
+        ]);
+    """, db_url, backend=backend)
+
+    deep: Any = []
+    for _ in range(30):
+        deep = {"a": deep}
+    assert payload(engine, result.pop("31")) == deep
+    assert payload(engine, result.pop("brackets in strings")) == {"a": "[{" * 100, "b": '"\\"[[[['}
+    refused = "InvalidArgumentException: payload nests {} levels deep, over the 31 every supported database can store"
+    assert result == {"32": refused.format(32), "40": refused.format(40), "32 objects": refused.format(32),
+                      "600": refused.format("more than 512")}
+    assert len(rows(engine, "SELECT id FROM pending_jobs")) == 2
+
+
+def test_run_at_outside_the_years_1_to_9999_is_refused_before_any_sql(
+        backend: str, db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    # Python's datetime and the three databases hold years 1..9999: year 0 was stored on SQLite and MariaDB
+    # (which Python cannot read back) and refused by PostgreSQL's SQL; year 10000 and BC failed in SQL.
+    result = run_php(tmp_path, """
+        $jobs = new Client(connect());
+        $utc = new DateTimeZone('UTC');
+        $at = fn (string $time, ?DateTimeZone $zone = null) => outcome(
+            fn () => $jobs->enqueue('echo', [], ['run_at' => new DateTimeImmutable($time, $zone ?? $utc)]));
+        out([
+            'first' => $at('0001-01-01 00:00:00'),
+            'last' => $at('9999-12-31 23:59:59.999999'),
+            'year 0' => $at('0000-06-01 00:00:00'),
+            'BC' => $at('-0005-01-01 00:00:00'),
+            'year 10000' => outcome(fn () => $jobs->enqueue('echo', [], ['run_at' => (new DateTimeImmutable(
+                '9999-12-31 23:00:00', $utc))->modify('+1 day')])),
+            'year 1 at +01:00, year 0 in UTC' => $at('0001-01-01 00:30:00', new DateTimeZone('+01:00')),
+            'year 10000 at +01:00, 9999 in UTC' => outcome(fn () => $jobs->enqueue('echo', [], ['run_at' =>
+                (new DateTimeImmutable('9999-12-31 23:30:00', $utc))->setTimezone(new DateTimeZone('+01:00'))])),
+        ]);
+    """, db_url, backend=backend)
+
+    refused = "InvalidArgumentException: run_at must be in the years 1..9999 in UTC, not {}"
+    assert result == {
+        "first": "accepted",
+        "last": "accepted",
+        "year 0": refused.format("0000-06-01 00:00:00 +00:00"),
+        "BC": refused.format("-0005-01-01 00:00:00 +00:00"),
+        "year 10000": refused.format("10000-01-01 23:00:00 +00:00"),
+        "year 1 at +01:00, year 0 in UTC": refused.format("0000-12-31 23:30:00 +00:00"),
+        "year 10000 at +01:00, 9999 in UTC": "accepted",
+    }
+    assert len(rows(engine, "SELECT id FROM pending_jobs")) == 3

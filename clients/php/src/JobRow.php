@@ -22,6 +22,13 @@ final class JobRow
     public const PRIORITY_MAX = 1000;
     public const MAX_ATTEMPTS_LIMIT = 1000;
     public const PAYLOAD_LIMIT = 1_000_000;
+    // MariaDB's JSON_VALID (the payload column's CHECK) refuses a document nested deeper, so such a job
+    // failed in SQL on MariaDB alone. The rule of pending_jobs/validation.py: a scalar is 0, {} or [] is 1.
+    public const PAYLOAD_DEPTH_LIMIT = 31;
+    // Python's datetime holds years 1..9999: outside them a run_at was stored where Python cannot read it
+    // (year 0 on MariaDB and SQLite) or refused in SQL (PostgreSQL has no year 0, MariaDB no BC).
+    public const YEAR_MIN = 1;
+    public const YEAR_MAX = 9999;
 
     private const OPTIONS = [
         'queue', 'priority', 'delay', 'run_at', 'max_attempts', 'callback_url', 'idempotency_key', 'concurrency_key',
@@ -71,8 +78,8 @@ final class JobRow
         $priority = self::intOption($options, 'priority', self::PRIORITY_MIN, self::PRIORITY_MAX) ?? 0;
         $maxAttempts = self::intOption($options, 'max_attempts', 1, self::MAX_ATTEMPTS_LIMIT);
         $callbackUrl = self::callbackUrl($options['callback_url'] ?? null);
-        $key = self::textOption($options, 'idempotency_key', self::NAME_LIMIT);
-        $concurrencyKey = self::textOption($options, 'concurrency_key', self::NAME_LIMIT);
+        $key = self::keyOption($options, 'idempotency_key');
+        $concurrencyKey = self::keyOption($options, 'concurrency_key');
         [$delay, $runAt] = self::when($options['delay'] ?? null, $options['run_at'] ?? null);
         return new self(
             task: $task,
@@ -107,8 +114,15 @@ final class JobRow
             );
         }
         try {
+            // json_encode's default depth (512) stays: it bounds the C recursion of the encoder.
             $json = json_encode($payload, self::JSON_FLAGS);
         } catch (\JsonException $error) {
+            if ($error->getCode() === JSON_ERROR_DEPTH) {
+                throw new \InvalidArgumentException(sprintf(
+                    'payload nests more than 512 levels deep, over the %d every supported database can store',
+                    self::PAYLOAD_DEPTH_LIMIT,
+                ), 0, $error);
+            }
             throw new \InvalidArgumentException('payload is not JSON-encodable: ' . $error->getMessage(), 0, $error);
         }
         if (!str_starts_with($json, '{')) {  // a JsonSerializable object may encode to anything
@@ -127,7 +141,46 @@ final class JobRow
                 'payload contains a NUL character, which PostgreSQL jsonb cannot store'
             );
         }
+        $depth = self::depth($json);
+        if ($depth > self::PAYLOAD_DEPTH_LIMIT) {
+            throw new \InvalidArgumentException(sprintf(
+                'payload nests %d levels deep, over the %d every supported database can store',
+                $depth,
+                self::PAYLOAD_DEPTH_LIMIT,
+            ));
+        }
         return $json;
+    }
+
+    /**
+     * How deep a JSON text nests: a scalar is 0, {} or [] is 1. The text json_encode wrote is measured, not
+     * the PHP value, so an object's own encoding (JsonSerializable, ArrayObject) counts as stored; a loop,
+     * not recursion, so no input is too deep to measure.
+     */
+    private static function depth(string $json): int
+    {
+        if (substr_count($json, '{') + substr_count($json, '[') <= self::PAYLOAD_DEPTH_LIMIT) {
+            return 0;  // too few brackets to go over the limit, even inside strings: nothing to measure
+        }
+        $depth = $deepest = 0;
+        $length = strlen($json);
+        for ($at = strcspn($json, '"[]{}'); $at < $length; $at += 1 + strcspn($json, '"[]{}', $at + 1)) {
+            $char = $json[$at];
+            if ($char === '"') {  // skip the string: its end is a quote after an even run of backslashes
+                do {
+                    $at = (int) strpos($json, '"', $at + 1);  // json_encode's output: always closed
+                    $before = $at - 1;
+                    while ($json[$before] === '\\') {
+                        $before--;
+                    }
+                } while (($at - 1 - $before) % 2 === 1);
+            } elseif ($char === '[' || $char === '{') {
+                $deepest = max($deepest, ++$depth);
+            } else {
+                $depth--;
+            }
+        }
+        return $deepest;
     }
 
     /** @return array{0: ?int, 1: ?string} the delay in microseconds, or run_at as UTC text */
@@ -141,6 +194,16 @@ final class JobRow
                 throw new \InvalidArgumentException('run_at must be a DateTimeInterface');
             }
             $utc = \DateTimeImmutable::createFromInterface($runAt)->setTimezone(new \DateTimeZone('UTC'));
+            // PHP has years 0, 10000 and BC; the databases store them wrongly or refuse them in SQL.
+            $year = (int) $utc->format('Y');
+            if ($year < self::YEAR_MIN || $year > self::YEAR_MAX) {
+                throw new \InvalidArgumentException(sprintf(
+                    'run_at must be in the years %d..%d in UTC, not %s',
+                    self::YEAR_MIN,
+                    self::YEAR_MAX,
+                    $utc->format('Y-m-d H:i:s P'),
+                ));
+            }
             return [null, $utc->format('Y-m-d H:i:s.u')];
         }
         if ($delay === null) {
@@ -204,6 +267,22 @@ final class JobRow
         return $value;
     }
 
+    /**
+     * An idempotency_key or concurrency_key: text that must compare the same on every database. MariaDB's
+     * PAD SPACE collation makes 'k' and 'k ' one key, PostgreSQL and SQLite two, so edge whitespace is
+     * refused (the rule of pending_jobs/validation.py, Python's str.strip()).
+     *
+     * @param array<string, mixed> $options
+     */
+    private static function keyOption(array $options, string $name): ?string
+    {
+        $value = self::textOption($options, $name, self::NAME_LIMIT);
+        if ($value !== null && preg_match(self::EDGE_SPACE, $value) === 1) {
+            throw new \InvalidArgumentException(sprintf('%s must not start or end with whitespace', $name));
+        }
+        return $value;
+    }
+
     private static function checkName(string $what, mixed $value, int $limit): void
     {
         $length = is_string($value) ? self::length($what, $value) : 0;
@@ -211,6 +290,11 @@ final class JobRow
             throw new \InvalidArgumentException(
                 sprintf('%s must be a non-empty string of at most %d characters', $what, $limit)
             );
+        }
+        // pdo_pgsql ends a string at its first NUL: 'a\0b' would be stored as 'a', and two keys that differ
+        // after a NUL would be one. Refused everywhere, so a job is refused or stored alike on every database.
+        if (str_contains($value, "\0")) {
+            throw new \InvalidArgumentException(sprintf('%s must not contain NUL', $what));
         }
     }
 
