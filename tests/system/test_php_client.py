@@ -241,6 +241,54 @@ def test_status_of_pending_and_finished_jobs(backend: str, db_url: str, engine: 
         assert dt.datetime.fromisoformat(echo[column]) == utc(getattr(row, column)), column
 
 
+# What each database lets SQL store that is no time in years 1..9999, or no JSON PHP decodes with its default
+# depth of 512 (MariaDB's JSON CHECK refuses a result nested over 32 levels, and any text that is not JSON).
+HAND_WRITTEN = {
+    "sqlite": {"created_at": "2030-01-02 03:04:05.5", "started_at": "2030-02-31 00:00:00",
+               "finished_at": "tomorrow", "run_at": "soon", "result": "[" * 600 + "]" * 600},
+    "mysql": {"created_at": "2030-01-02 03:04:05.5", "started_at": "0000-00-00 00:00:00",
+              "finished_at": None, "run_at": "0000-06-01 00:00:00", "result": "[" * 31 + "]" * 31},
+    "postgresql": {"created_at": "2030-01-02 03:04:05.5+00", "started_at": "-infinity",
+                   "finished_at": "0005-01-01 00:00:00+00 BC", "run_at": "infinity", "result": "[" * 600 + "]" * 600},
+}
+
+
+def test_status_of_a_row_written_by_hand_invents_nothing_and_throws_nothing(
+        backend: str, db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    values = HAND_WRITTEN[backend]
+    result = "CAST(:result AS jsonb)" if backend == "postgresql" else ":result"
+    with engine.begin() as conn:
+        if backend == "mysql":  # strict mode refuses the zero date
+            conn.exec_driver_sql("SET SESSION sql_mode = ''")
+        conn.execute(sa.text(
+            "INSERT INTO pending_jobs (task, payload, status, created_at, started_at, finished_at, run_at, result) "
+            f"VALUES ('echo', '{{}}', 'succeeded', :created_at, :started_at, :finished_at, :run_at, {result})"),
+            values)
+        job_id = conn.execute(sa.text("SELECT MAX(id) FROM pending_jobs")).scalar_one()
+    status = run_php(tmp_path, """
+        $row = (new Client(connect()))->status((int) file_get_contents('php://stdin'));
+        $depth = 0;
+        for ($value = $row['result']; is_array($value) && $value !== []; $value = $value[0]) {
+            $depth++;
+        }
+        out(['result' => is_array($row['result']) ? ['depth' => $depth + 1] : $row['result']] + array_map(
+            fn (mixed $time) => $time instanceof DateTimeInterface ? ['time' => iso($time)] : $time,
+            array_intersect_key($row, array_flip(['created_at', 'started_at', 'finished_at', 'run_at']))));
+    """, db_url, stdin=str(job_id), backend=backend)
+
+    depth = 600 if backend != "mysql" else 31
+    assert status.pop("result") == {"depth": depth}  # json_decode's default depth threw JsonException at 513
+    assert status.pop("created_at") == {"time": "2030-01-02T03:04:05.500000+00:00"}
+    if backend == "postgresql":  # to_char made infinity NULL, and BC a year AD
+        assert (status["started_at"], status["run_at"]) == ("-infinity", "infinity")
+        assert status["finished_at"].startswith("0005-01-01 ") and status["finished_at"].endswith(" BC")
+    elif backend == "mysql":  # year 0 was a DateTimeImmutable no other reader has, the zero date one in 1 BC
+        assert status == {"started_at": "0000-00-00 00:00:00.000000", "finished_at": None,
+                          "run_at": "0000-06-01 00:00:00.000000"}
+    else:  # 'soon' threw; 'tomorrow' was a time, and 31 February was 3 March
+        assert status == {"started_at": "2030-02-31 00:00:00", "finished_at": "tomorrow", "run_at": "soon"}
+
+
 # -- verifying callbacks ------------------------------------------------------------------------------
 
 VERIFY = """
@@ -325,6 +373,59 @@ def test_verify_callback_accepts_genuine_and_refuses_forged_callbacks(tmp_path: 
     for message in errors.values():  # no message carries a secret, whole or its key part
         assert not any(secret.removeprefix("whsec_")[:12] in message
                        for secret in (SECRET, other, VECTOR["secret"], "whsec_not*base64!"))
+
+
+def test_verify_callback_takes_an_integer_timestamp_and_a_deeply_nested_body(tmp_path: Path) -> None:
+    body = '{"type":"job.succeeded","data":{"id":7,"status":"succeeded"}}'
+    # A result PostgreSQL stored 600 levels deep, in a body the runner signed: json_decode's default depth
+    # (512) made verify() say "the signed body is not JSON: Maximum stack depth exceeded".
+    deep = '{"type":"job.succeeded","data":{"id":7,"result":' + "[" * 598 + "]" * 598 + "}}"
+    deeper = '{"data":' + "[" * 20_000 + "]" * 20_000 + "}"  # past PHP's parser, past what PostgreSQL stores
+    now = 1_700_000_000
+    good = signed(SECRET, body)
+
+    def case(headers: dict[str, Any], body: str = body) -> dict[str, Any]:
+        return {"secrets": SECRET, "headers": headers, "body": body, "now": now}
+
+    cases = {
+        "int timestamp": case({**good, "webhook-timestamp": now}),
+        "int timestamp, PSR-7": case({name: [value] for name, value in good.items()} | {"webhook-timestamp": [now]}),
+        "int timestamp, another time": case({**good, "webhook-timestamp": now + 1}),
+        "float timestamp": case({**good, "webhook-timestamp": now + 0.5}),
+        "bool timestamp": case({**good, "webhook-timestamp": True}),
+        "null timestamp": case({**good, "webhook-timestamp": None}),
+        "600 levels": case(signed(SECRET, deep), deep),
+        "20000 levels": case(signed(SECRET, deeper), deeper),
+    }
+    results = run_php(tmp_path, """
+        out(array_map(function (array $case) {
+            try {
+                $body = Callback::verify($case['secrets'], $case['headers'], $case['body'], $case['now']);
+            } catch (Throwable $error) {
+                return get_class($error) . ': ' . $error->getMessage();
+            }
+            $depth = 0;  // the non-empty levels, counted without json_encode's depth limit
+            for ($value = $body; is_array($value) && $value !== []; $value = $value['data'] ?? $value['result']
+                ?? $value[0]) {
+                $depth++;
+            }
+            return $depth;
+        }, json_decode(stream_get_contents(STDIN), true)));
+    """, stdin=json.dumps(list(cases.values())))
+
+    forged = "PendingJobs\\InvalidSignature: no matching signature: the body or headers were altered, " \
+             "or the secret is not the sender's"
+    assert dict(zip(cases, results, strict=True)) == {
+        "int timestamp": 2,
+        "int timestamp, PSR-7": 2,
+        "int timestamp, another time": forged,  # the integer's decimal text is what is signed
+        "float timestamp": "PendingJobs\\InvalidSignature: header webhook-timestamp is float, not a string",
+        "bool timestamp": "PendingJobs\\InvalidSignature: header webhook-timestamp is bool, not a string",
+        "null timestamp": "PendingJobs\\InvalidSignature: missing header webhook-timestamp",
+        "600 levels": 599,  # the body, its data and 598 lists: 600 levels, of which the last is empty
+        "20000 levels": "UnexpectedValueException: the signed body is not JSON: Syntax error, or nests deeper "
+                        "than PHP's JSON parser reads (near 10,000 levels)",
+    }
 
 
 # -- push tokens -------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ final class Callback
     public const SECRET_PREFIX = 'whsec_';
     public const DEFAULT_TOLERANCE = 300;
     private const REQUIRED = ['webhook-id', 'webhook-timestamp', 'webhook-signature'];
+    private const READ_DEPTH = 100_000;  // PHP's parser itself gives up near 10,000 levels (see decode())
 
     /**
      * Check a callback and return its decoded JSON body; throws InvalidSignature saying why not.
@@ -46,6 +47,9 @@ final class Callback
         }
         $found = self::normalise($headers);
         foreach (self::REQUIRED as $name) {
+            if (is_array($found[$name] ?? null)) {
+                throw new InvalidSignature(sprintf('header %s is %s, not a string', $name, $found[$name][0]));
+            }
             if (($found[$name] ?? '') === '') {
                 throw new InvalidSignature("missing header $name");
             }
@@ -100,10 +104,12 @@ final class Callback
     }
 
     /**
-     * Header names in lower case with dashes; `HTTP_WEBHOOK_ID` ($_SERVER) becomes `webhook-id`.
+     * Header names in lower case with dashes; `HTTP_WEBHOOK_ID` ($_SERVER) becomes `webhook-id`. An integer
+     * value is its decimal text (a framework or test may give the timestamp as an int); a value of another
+     * type is kept as [its type], so verify() can say so rather than call the header missing.
      *
      * @param array<mixed> $headers
-     * @return array<string, string>
+     * @return array<string, string|array{0: string}>
      */
     private static function normalise(array $headers): array
     {
@@ -113,12 +119,18 @@ final class Callback
             if (str_starts_with($name, 'http-')) {
                 $name = substr($name, strlen('http-'));
             }
+            if ($value === null || !in_array($name, self::REQUIRED, true)) {
+                continue;  // null: as good as missing
+            }
             if (is_array($value)) {  // PSR-7: a list of values per header
+                $value = array_map(fn (mixed $one) => is_int($one) ? (string) $one : $one, $value);
                 $value = implode(' ', array_filter($value, 'is_string'));
             }
-            if (is_string($value) && in_array($name, self::REQUIRED, true)) {
-                $found[$name] = trim($value);
-            }
+            $found[$name] = match (true) {
+                is_string($value) => trim($value),
+                is_int($value) => (string) $value,
+                default => [get_debug_type($value)],
+            };
         }
         return $found;
     }
@@ -139,13 +151,27 @@ final class Callback
         return $given;
     }
 
-    /** @return array<mixed> */
+    /**
+     * The signed body, decoded. The sender signed it, so a body that is not a JSON object is not an
+     * InvalidSignature but an \UnexpectedValueException. json_decode's default depth (512) would refuse a
+     * real callback: PostgreSQL stores a job's result nested thousands of levels deep, and the body holds it.
+     *
+     * @return array<mixed>
+     */
     private static function decode(string $body): array
     {
         try {
-            $document = json_decode($body, true, 512, JSON_THROW_ON_ERROR);
+            $document = json_decode($body, true, self::READ_DEPTH, JSON_THROW_ON_ERROR);
         } catch (\JsonException $error) {
-            throw new \UnexpectedValueException('the signed body is not JSON: ' . $error->getMessage(), 0, $error);
+            // PHP's parser says 'Syntax error' where its own stack ends, near 10,000 levels.
+            $deep = substr_count($body, '[') + substr_count($body, '{') >= 9_000
+                ? ', or nests deeper than PHP\'s JSON parser reads (near 10,000 levels)'
+                : '';
+            throw new \UnexpectedValueException(
+                'the signed body is not JSON: ' . $error->getMessage() . $deep,
+                0,
+                $error,
+            );
         }
         if (!is_array($document)) {
             throw new \UnexpectedValueException('the signed body is not a JSON object');

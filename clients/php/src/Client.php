@@ -15,9 +15,20 @@ final class Client
     private const DRIVERS = ['mysql', 'pgsql', 'sqlite'];
 
     // Times as UTC text with microseconds. PostgreSQL formats them itself, so the session's TimeZone
-    // and DateStyle do not matter; MariaDB/MySQL and SQLite store UTC text already.
-    private const PG_TIME = "to_char(%s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') AS %s";
+    // and DateStyle do not matter; MariaDB/MySQL and SQLite store UTC text already. A time outside years
+    // 1..9999 (infinity, BC, year 10000, written with SQL) comes as PostgreSQL's own text: to_char would
+    // make infinity NULL and drop the BC.
+    private const PG_TIME = "CASE WHEN %1\$s >= '0001-01-01 00:00:00+00' AND %1\$s < '10000-01-01 00:00:00+00' "
+        . "THEN to_char(%1\$s AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') "
+        . "ELSE CAST(%1\$s AS text) END AS %1\$s";
     private const TIME_COLUMNS = ['created_at', 'started_at', 'finished_at', 'run_at'];
+    // A stored time status() turns into a \DateTimeImmutable: UTC, years 0001..9999, as the runner and the
+    // client write it (SQLite's own clock gives milliseconds). Anything else is returned as its text.
+    private const STORED_TIME =
+        '/^([0-9]{4})-([0-9]{2})-([0-9]{2})[ T]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,6}))?\z/';
+    // json_decode's default depth is 512; PostgreSQL stores a result nested thousands of levels deep.
+    // PHP's parser itself gives up near 10,000 levels, where status() returns the text.
+    private const READ_DEPTH = 100_000;
 
     private readonly string $driver;
 
@@ -84,6 +95,12 @@ final class Client
      * callback_status, and created_at, started_at, finished_at, run_at as \DateTimeImmutable in UTC
      * (null when not set).
      *
+     * A row written by hand with SQL may hold what the client cannot read: status() does not throw for it
+     * and invents nothing. A time that is not `YYYY-MM-DD HH:MM:SS[.ffffff]` in years 0001..9999 (on SQLite
+     * any text, 'soon'; on PostgreSQL 'infinity' or a BC date; on MariaDB year 0) comes back as the stored
+     * text, a string; a result that json_decode cannot read (not JSON, or nested deeper than PHP's parser
+     * goes, near 10,000 levels) comes back as its JSON text, a string.
+     *
      * @return array<string, mixed>|null
      */
     public function status(int $id): ?array
@@ -91,7 +108,7 @@ final class Client
         $columns = ['id', 'task', 'queue', 'status', 'attempts', 'max_attempts', 'result', 'last_error',
             'callback_status'];
         foreach (self::TIME_COLUMNS as $column) {
-            $columns[] = $this->driver === 'pgsql' ? sprintf(self::PG_TIME, $column, $column) : $column;
+            $columns[] = $this->driver === 'pgsql' ? sprintf(self::PG_TIME, $column) : $column;
         }
         $row = $this->execute('SELECT ' . implode(', ', $columns) . ' FROM pending_jobs WHERE id = ?', [$id])
             ->fetch(\PDO::FETCH_ASSOC);
@@ -101,15 +118,34 @@ final class Client
         foreach (['id', 'attempts', 'max_attempts'] as $column) {
             $row[$column] = (int) $row[$column];
         }
-        $row['result'] = $row['result'] === null
-            ? null
-            : json_decode((string) $row['result'], true, 512, JSON_THROW_ON_ERROR);
+        $row['result'] = $row['result'] === null ? null : self::result((string) $row['result']);
         foreach (self::TIME_COLUMNS as $column) {
-            $row[$column] = $row[$column] === null
-                ? null
-                : new \DateTimeImmutable((string) $row[$column], new \DateTimeZone('UTC'));
+            $row[$column] = $row[$column] === null ? null : self::time((string) $row[$column]);
         }
         return $row;
+    }
+
+    /** The decoded result, or its text when json_decode cannot read it (see status()). */
+    private static function result(string $json): mixed
+    {
+        $result = json_decode($json, true, self::READ_DEPTH);
+        return json_last_error() === JSON_ERROR_NONE ? $result : $json;
+    }
+
+    /**
+     * A stored time as UTC, or the text itself when it is not one (see status()). Neither the
+     * DateTimeImmutable constructor ('soon' throws, 'tomorrow' is a time) nor createFromFormat alone
+     * ('2030-02-31' becomes March 3) is strict: the text must be a time that formats back to itself.
+     */
+    private static function time(string $text): \DateTimeImmutable|string
+    {
+        if (preg_match(self::STORED_TIME, $text, $part) !== 1 || $part[1] === '0000') {
+            return $text;
+        }
+        $normal = sprintf('%s-%s-%s %s:%s:%s.%s', $part[1], $part[2], $part[3], $part[4], $part[5], $part[6],
+            str_pad($part[7] ?? '', 6, '0'));
+        $time = \DateTimeImmutable::createFromFormat('!Y-m-d H:i:s.u', $normal, new \DateTimeZone('UTC'));
+        return $time !== false && $time->format('Y-m-d H:i:s.u') === $normal ? $time : $text;
     }
 
     /** @return array{0: string, 1: list<int|string|null>} the INSERT (without its tail) and its parameters */
