@@ -187,7 +187,8 @@ def test_a_payload_nested_deeper_than_31_levels_is_refused_before_any_sql(
         deep = {"a": deep}
     assert payload(engine, result.pop("31")) == deep
     assert payload(engine, result.pop("brackets in strings")) == {"a": "[{" * 100, "b": '"\\"[[[['}
-    refused = "InvalidArgumentException: payload nests {} levels deep, over the 31 every supported database can store"
+    refused = ("InvalidArgumentException: payload nests {} levels deep; at most 31 can be stored on every database "
+               "(MariaDB's limit)")
     assert result == {"32": refused.format(32), "40": refused.format(40), "32 objects": refused.format(32),
                       "600": refused.format("more than 512")}
     assert len(rows(engine, "SELECT id FROM pending_jobs")) == 2

@@ -119,7 +119,7 @@ final class JobRow
         } catch (\JsonException $error) {
             if ($error->getCode() === JSON_ERROR_DEPTH) {
                 throw new \InvalidArgumentException(sprintf(
-                    'payload nests more than 512 levels deep, over the %d every supported database can store',
+                    'payload nests more than 512 levels deep; at most %d can be stored on every database (MariaDB\'s limit)',
                     self::PAYLOAD_DEPTH_LIMIT,
                 ), 0, $error);
             }
@@ -144,7 +144,7 @@ final class JobRow
         $depth = self::depth($json);
         if ($depth > self::PAYLOAD_DEPTH_LIMIT) {
             throw new \InvalidArgumentException(sprintf(
-                'payload nests %d levels deep, over the %d every supported database can store',
+                'payload nests %d levels deep; at most %d can be stored on every database (MariaDB\'s limit)',
                 $depth,
                 self::PAYLOAD_DEPTH_LIMIT,
             ));
