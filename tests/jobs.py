@@ -331,3 +331,13 @@ def scale_ledger(payload: dict[str, Any], ctx: Context) -> None:
         time.sleep(float(payload["sleep"]))
     if not payload.get("ledger_first"):
         ctx.connection.execute(write, {"id": ctx.job_id, "note": str(os.getpid())})
+
+
+@task("spoils_session")
+def spoils_session(payload: dict[str, Any], ctx: Context) -> str:
+    """Changes its connection's session as no handler should (LOCK TABLES, a read-only session), then
+    succeeds or raises: the connection must not serve the run's next claim that way."""
+    ctx.connection.execute(sa.text(payload["statement"]))
+    if payload.get("fail"):
+        raise RuntimeError("failed after changing its session")
+    return "changed its session"

@@ -108,7 +108,7 @@ class Executor:
             outcome = Outcome(job, "failed", error=validation.clean_text(f"Fail: {_safe(failure.reason)}"))
             return _cancelling(outcome, session)
         except BaseException as error:  # a handler must never take the run down
-            session.rollback()
+            session.rollback(error)
             return _cancelling(self.failure(job, validation.describe_exception(error), self._delay(task, job)), session)
         problem = None if result is None else self._unstorable(result)
         if problem is not None:

@@ -20,8 +20,9 @@ class HandlerSession(HandlerTransaction, Protocol):
     def commit_success(self, result: Any) -> tuple[Literal["recorded", "stale", "error"], str]:
         """Mark the job succeeded in the handler's transaction and commit both; (verdict, reason)."""
 
-    def rollback(self) -> None:
-        """Discard the handler's writes; never raises."""
+    def rollback(self, error: BaseException | None = None) -> None:
+        """Discard the handler's writes, and its connection when the handler raised `error` (it may have
+        changed the session); never raises."""
 
     def abandon(self) -> None:
         """Close the connection of a handler left running after its timeout (from another thread)."""

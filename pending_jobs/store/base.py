@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-import time
 from collections.abc import Callable, Sequence
 from operator import attrgetter
 from typing import Any, TypeVar
@@ -18,13 +17,12 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 from sqlalchemy import exc
 
-from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
 from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Together
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING, JobStatus
-from . import columns
+from . import columns, transactions
 from .columns import CLAIM_COLUMNS, JOB_COLUMNS, claim_order, one_more
 from .dialect import Dialect
 from .due import due_priorities
@@ -73,33 +71,11 @@ class Store:
         lock-wait timeout (1205 rolls back only the statement, leaving earlier ones in place).
         A dropped connection is retried once on a fresh one, so `work` must be safe to repeat after
         a commit of unknown outcome (every guarded verb is); `settle`, when given, runs first on
-        that retry and its truthy answer is taken as the outcome of the lost commit.
+        that retry and its truthy answer is taken as the outcome of the lost commit. So is an error
+        no rule explains, on a fresh connection: the pooled one's session may be the cause
+        (transactions.py).
         """
-        reconnected = False
-        for attempt in range(1, tries + 1):
-            try:
-                with self.engine.begin() as conn:
-                    if reconnected and settle is not None:
-                        settled = settle(conn)
-                        if settled:
-                            return settled
-                    return work(conn)
-            except exc.DBAPIError as error:
-                if not reconnected and attempt < tries and self.sql.connection_lost(error):
-                    # A killed or timed-out connection; if the server is really gone, the reconnect
-                    # fails with "cannot connect" and the run stops with DatabaseUnavailable.
-                    reconnected = True
-                    log.warning("connection lost (%s); retrying once on a fresh connection", db.describe(error))
-                    continue
-                if (problem := self.sql.config_problem(error)) is not None:
-                    raise ConfigError(problem) from error
-                if self.sql.unavailable(error):
-                    raise DatabaseUnavailable(db.describe(error)) from error
-                if not self.sql.retryable(error) or attempt == tries:
-                    raise
-                log.warning("retrying after %s (attempt %d of %d)", db.describe(error), attempt, tries)
-                time.sleep(0.05 * attempt)
-        raise AssertionError("unreachable")
+        return transactions.run(self.engine, self.sql, work, tries, settle)
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable unless the database answers and accepts writes."""

@@ -64,11 +64,16 @@ class HandlerSession:
             raise RuntimeError("commit_success without an open handler transaction")
         try:
             with conn:
-                if not self._store.succeed_in(conn, self._job, result):
-                    conn.rollback()
-                    return "stale", ""
-                conn.commit()
-            return "recorded", ""
+                try:
+                    recorded = self._store.succeed_in(conn, self._job, result)
+                    if recorded:
+                        conn.commit()
+                    else:
+                        conn.rollback()
+                except exc.DBAPIError:
+                    conn.invalidate()  # the handler may have broken its session (LOCK TABLES): not back to the pool
+                    raise
+            return ("recorded" if recorded else "stale"), ""
         except exc.DBAPIError as error:
             try:
                 status = self._store.outcome_of(self._job)
@@ -94,11 +99,20 @@ class HandlerSession:
         except Exception as error:
             log.warning("job %d: could not close its timed-out handler's connection: %s", self._job.id, error)
 
-    def rollback(self) -> None:
+    def rollback(self, error: BaseException | None = None) -> None:
         """Discard the handler's writes. Never raises: a dead connection has nothing left to roll back,
-        and the job must still be recorded."""
+        and the job must still be recorded. When the handler raised (`error`), the connection is discarded,
+        not pooled: the handler may have left its session changed (LOCK TABLES, a read-only session, a
+        PRAGMA), and the run's next claim or job on it would fail. A Retry or a Fail keeps it."""
         conn, self._connection = self._connection, None
         if conn is None:
+            return
+        if error is not None:
+            try:
+                conn.invalidate()
+                conn.close()
+            except Exception:
+                log.debug("job %d: invalidating its connection failed", self._job.id, exc_info=True)
             return
         try:
             conn.rollback()

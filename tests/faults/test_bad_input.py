@@ -11,6 +11,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from pending_jobs import enqueue_many
+
 from .conftest import check_invariant
 
 ROWS: list[tuple[str, dict[str, Any], str]] = [
@@ -87,3 +89,30 @@ def test_each_bad_input_fails_alone_with_a_clear_reason(backend: str, engine: sa
 
 def _result(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
+
+
+SPOILERS = {"mysql": "LOCK TABLES pending_job_runs READ",
+            "postgresql": "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            "sqlite": "PRAGMA query_only = ON"}
+
+
+def test_a_handler_that_changes_its_connection_s_session_fails_alone(backend: str, engine: sa.Engine,
+                                                                      run: Any) -> None:
+    """The handler's connection went back to the pool: a session left locking tables or read-only made the
+    run's next claim or completion on it fail, and the run stop (exit 1) with innocent jobs left behind.
+    Now a failed handler's connection is discarded, and a store transaction meeting such an error retries
+    once on a fresh connection. PostgreSQL's read-only session after a success is found only by the next
+    use: a job's handler there loses that attempt and is retried (the second run), never run twice."""
+    spoilers = enqueue_many(engine, [{"task": "spoils_session", "payload": {"statement": SPOILERS[backend],
+                                                                            "fail": fail}, "max_attempts": 1}
+                                     for fail in (False, True)])
+    good = enqueue_many(engine, [{"task": task, "payload": {"n": n}} for n in range(10) for task in ("echo", "ledger")])
+    run()
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET run_at = created_at WHERE status = 'pending'"))
+    run()
+    with engine.connect() as conn:
+        found = dict(conn.execute(sa.text("SELECT id, status FROM pending_jobs")).all())
+    assert [found[job_id] for job_id in good] == ["succeeded"] * 20
+    assert {found[job_id] for job_id in spoilers} <= {"succeeded", "failed"}
+    check_invariant(engine)

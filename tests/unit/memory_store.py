@@ -64,7 +64,7 @@ class MemorySession:
     def commit_success(self, result: Any) -> tuple[Literal["recorded", "stale", "error"], str]:
         raise AssertionError("never opened")
 
-    def rollback(self) -> None:
+    def rollback(self, error: BaseException | None = None) -> None:
         return None
 
     def abandon(self) -> None:

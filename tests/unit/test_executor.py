@@ -73,7 +73,7 @@ class Session:
         self.calls.append(("commit", result))
         return self.store.verdict
 
-    def rollback(self) -> None:
+    def rollback(self, error: BaseException | None = None) -> None:
         self.calls.append("rollback")
 
     def abandon(self) -> None:

@@ -1,0 +1,74 @@
+"""One store transaction with its retries: deadlocks and lock waits a few times, a lost connection once,
+and once an error that may come of the pooled connection itself.
+
+A Python handler's `ctx.connection` goes back to the pool when its job ends. A handler that changed that
+connection's session (MariaDB's `LOCK TABLES`, PostgreSQL's `SET SESSION CHARACTERISTICS AS TRANSACTION
+READ ONLY`, SQLite's `PRAGMA query_only`) left it failing every statement of the run's next claim or
+completion on it, and the run stopped with innocent jobs behind. So an error no other rule explains
+discards the connection, and the transaction runs once more on a fresh one: a session that was the cause
+is gone, a real cause (a read-only server) fails again and is reported as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+
+from .. import db
+from ..errors import ConfigError, DatabaseUnavailable
+from .dialect import Dialect
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def run(engine: sa.Engine, sql: Dialect, work: Callable[[sa.Connection], T], tries: int,
+        settle: Callable[[sa.Connection], T] | None) -> T:
+    """Store.transaction's loop (see its docstring)."""
+    reconnected = False
+    for attempt in range(1, tries + 1):
+        discarded = False
+        try:
+            with engine.connect() as conn:
+                try:
+                    with conn.begin():  # BEGIN IMMEDIATE on SQLite: inside, so its error discards too
+                        if reconnected and settle is not None:
+                            settled = settle(conn)
+                            if settled:
+                                return settled
+                        return work(conn)
+                except exc.DBAPIError as error:
+                    if not reconnected and session_suspect(sql, error):
+                        conn.invalidate()
+                        discarded = True
+                    raise
+        except exc.DBAPIError as error:
+            if not reconnected and attempt < tries and (discarded or sql.connection_lost(error)):
+                # A killed or timed-out connection, or one whose session may be to blame; if the server is
+                # really gone, the reconnect fails with "cannot connect" and the run stops (DatabaseUnavailable).
+                reconnected = True
+                log.warning("%s (%s); retrying once on a fresh connection", "an error on a pooled connection"
+                            if discarded else "connection lost", db.describe(error))
+                continue
+            if (problem := sql.config_problem(error)) is not None:
+                raise ConfigError(problem) from error
+            if sql.unavailable(error):
+                raise DatabaseUnavailable(db.describe(error)) from error
+            if not sql.retryable(error) or attempt == tries:
+                raise
+            log.warning("retrying after %s (attempt %d of %d)", db.describe(error), attempt, tries)
+            time.sleep(0.05 * attempt)
+    raise AssertionError("unreachable")
+
+
+def session_suspect(sql: Dialect, error: exc.DBAPIError) -> bool:
+    """An error no rule explains, which a changed session could cause. Not a deadlock or lock wait (retried on
+    the same connection), a lost connection (already discarded), nor a value the database refused (a CHECK, a
+    duplicate key, data too long: the same on any connection)."""
+    return not (sql.retryable(error) or error.connection_invalidated
+                or isinstance(error, exc.IntegrityError | exc.DataError))
