@@ -119,7 +119,8 @@ final class JobRow
         } catch (\JsonException $error) {
             if ($error->getCode() === JSON_ERROR_DEPTH) {
                 throw new \InvalidArgumentException(sprintf(
-                    'payload nests more than 512 levels deep; at most %d can be stored on every database (MariaDB\'s limit)',
+                    'payload nests more than 512 levels deep; at most %d can be stored on every database '
+                    . '(MariaDB\'s limit)',
                     self::PAYLOAD_DEPTH_LIMIT,
                 ), 0, $error);
             }
