@@ -66,10 +66,9 @@ def job_row(
     problem = validation.task_name_problem(task)
     if problem:
         raise ValueError(f"task {problem}")
-    if not isinstance(queue, str) or not queue or len(queue) > validation.QUEUE_LIMIT:
-        raise ValueError(f"queue must be a non-empty string of at most {validation.QUEUE_LIMIT} characters")
-    if "\x00" in queue:
-        raise ValueError("queue must not contain NUL")
+    problem = validation.key_problem(queue, validation.QUEUE_LIMIT)
+    if problem:
+        raise ValueError(f"queue {problem}")
     payload = {} if payload is None else payload
     problem = validation.payload_problem(payload)
     if problem:

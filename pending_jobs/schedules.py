@@ -35,9 +35,9 @@ from .validation import (
     NAME_LIMIT,
     PRIORITY_MAX,
     PRIORITY_MIN,
+    QUEUE_LIMIT,
     depth,
     key_problem,
-    queue_problem,
     task_name_problem,
 )
 
@@ -194,7 +194,7 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
     if depth(payload) > JSON_DEPTH_MAX:  # MariaDB's JSON check would refuse every job's INSERT
         raise error("payload", f"nests {depth(payload)} levels deep; at most {JSON_DEPTH_MAX} can be stored")
     queue = table.get("queue", "default")
-    wrong = queue_problem(queue)
+    wrong = key_problem(queue, QUEUE_LIMIT)  # the rule of enqueue: its jobs are inserted as enqueue's are
     if wrong:
         raise error("queue", f"{wrong}, not {queue!r}")
     key = table.get("concurrency_key")

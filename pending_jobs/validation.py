@@ -132,11 +132,11 @@ def task_name_problem(name: object) -> str | None:
     return None
 
 
-def key_problem(key: object) -> str | None:
-    """Why an idempotency or concurrency key cannot be used, or None. Edge whitespace is refused because
-    MariaDB compares 'k' and 'k ' as one key (PAD SPACE) where PostgreSQL and SQLite see two."""
-    if not isinstance(key, str) or not key or len(key) > NAME_LIMIT:
-        return f"must be a non-empty string of at most {NAME_LIMIT} characters"
+def key_problem(key: object, limit: int = NAME_LIMIT) -> str | None:
+    """Why a producer's idempotency key, concurrency key or queue cannot be used, or None. Edge whitespace is
+    refused because MariaDB compares 'k' and 'k ' as one (PAD SPACE) where PostgreSQL and SQLite see two."""
+    if not isinstance(key, str) or not key or len(key) > limit:
+        return f"must be a non-empty string of at most {limit} characters"
     if key != key.strip():
         return "must not start or end with whitespace (MariaDB takes 'k ' for 'k')"
     if "\x00" in key:

@@ -297,7 +297,7 @@ def test_keys_and_queues_that_differ_only_by_trailing_spaces_each_get_a_slot(sto
     assert [job.id for job in claim.jobs] == first
     finish(store, claim.token, succeeded=[(first[0], None)])
     spaced = keyed_by_sql(engine, ["user:1 "])
-    queued = keyed(engine, ["x"], queue="k ")
+    queued = keyed_by_sql(engine, ["x"], queue="k ")
     assert [job.id for job in jobs.claim("default", 10, "runner", 60).jobs] == spaced
     assert [job.id for job in jobs.claim("k ", 10, "runner", 60).jobs] == queued
 

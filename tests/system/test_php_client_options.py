@@ -136,16 +136,17 @@ KEYS = [" k", "k ", "k\t", "k\n", "\u3000k", "k\x1f", "\u00a0k", "k k", "k"]
 
 def test_keys_with_whitespace_at_either_end_are_refused_as_python_refuses_them(
         backend: str, db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
-    # MariaDB's PAD SPACE collation made 'k' and 'k ' one idempotency key, PostgreSQL and SQLite two.
+    # MariaDB's PAD SPACE collation made 'k' and 'k ' one idempotency key (and one queue), PostgreSQL and
+    # SQLite two.
     result = run_php(tmp_path, """
         $jobs = new Client(connect());
         $keys = json_decode(file_get_contents('php://stdin'), true);
         out(array_map(fn (string $name) => array_map(
             fn (string $key) => outcome(fn () => $jobs->enqueue('echo', [], [$name => $key])), $keys),
-            ['idempotency_key' => 'idempotency_key', 'concurrency_key' => 'concurrency_key']));
+            ['idempotency_key' => 'idempotency_key', 'concurrency_key' => 'concurrency_key', 'queue' => 'queue']));
     """, db_url, stdin=json.dumps(KEYS), backend=backend)
 
-    for name in ("idempotency_key", "concurrency_key"):
+    for name in ("idempotency_key", "concurrency_key", "queue"):
         # The rule of pending_jobs/validation.py: Python's str.strip() would change the key.
         expected = [f"InvalidArgumentException: {name} must not start or end with whitespace" if key != key.strip()
                     else "accepted" for key in KEYS]

@@ -221,6 +221,7 @@ def test_an_idempotency_key_of_191_characters_is_taken_192_is_refused() -> None:
 @pytest.mark.parametrize(("arguments", "why"), [
     ({"task": "t\x00x"}, "task must not contain NUL"),
     ({"queue": "q\x00"}, "queue must not contain NUL"),
+    ({"queue": "mail "}, "queue must not start or end with whitespace"),
     ({"idempotency_key": "k\x00"}, "idempotency_key must not contain NUL"),
     ({"concurrency_key": "\x00"}, "concurrency_key must not contain NUL"),
     ({"idempotency_key": "order-1 "}, "idempotency_key must not start or end with whitespace"),

@@ -74,12 +74,12 @@ final class JobRow
         if (preg_match(self::EDGE_SPACE, $task) === 1) {  // ' ' or 'mail ' names no handler, and is hard to see
             throw new \InvalidArgumentException('task must not be blank or start or end with whitespace');
         }
-        $queue = self::textOption($options, 'queue', self::QUEUE_LIMIT) ?? 'default';
+        $queue = self::keyOption($options, 'queue', self::QUEUE_LIMIT) ?? 'default';
         $priority = self::intOption($options, 'priority', self::PRIORITY_MIN, self::PRIORITY_MAX) ?? 0;
         $maxAttempts = self::intOption($options, 'max_attempts', 1, self::MAX_ATTEMPTS_LIMIT);
         $callbackUrl = self::callbackUrl($options['callback_url'] ?? null);
-        $key = self::keyOption($options, 'idempotency_key');
-        $concurrencyKey = self::keyOption($options, 'concurrency_key');
+        $key = self::keyOption($options, 'idempotency_key', self::NAME_LIMIT);
+        $concurrencyKey = self::keyOption($options, 'concurrency_key', self::NAME_LIMIT);
         [$delay, $runAt] = self::when($options['delay'] ?? null, $options['run_at'] ?? null);
         return new self(
             task: $task,
@@ -269,15 +269,15 @@ final class JobRow
     }
 
     /**
-     * An idempotency_key or concurrency_key: text that must compare the same on every database. MariaDB's
-     * PAD SPACE collation makes 'k' and 'k ' one key, PostgreSQL and SQLite two, so edge whitespace is
+     * A queue, idempotency_key or concurrency_key: text that must compare the same on every database.
+     * MariaDB's PAD SPACE collation makes 'k' and 'k ' one, PostgreSQL and SQLite two, so edge whitespace is
      * refused (the rule of pending_jobs/validation.py, Python's str.strip()).
      *
      * @param array<string, mixed> $options
      */
-    private static function keyOption(array $options, string $name): ?string
+    private static function keyOption(array $options, string $name, int $limit): ?string
     {
-        $value = self::textOption($options, $name, self::NAME_LIMIT);
+        $value = self::textOption($options, $name, $limit);
         if ($value !== null && preg_match(self::EDGE_SPACE, $value) === 1) {
             throw new \InvalidArgumentException(sprintf('%s must not start or end with whitespace', $name));
         }
