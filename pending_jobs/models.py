@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeVar
 
-from .validation import lenient_json
+from .validation import lenient_json, shown_json
 
 F = TypeVar("F")
 
@@ -211,7 +211,7 @@ class Job:
             values[name] = utc(raw)
             if values[name] is None and raw is not None:  # as stored: text, or SQLite's number or blob
                 unreadable[name] = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
-        values["payload"], values["result"] = lenient_json(values["payload"]), lenient_json(values["result"])
+        values["payload"], values["result"] = shown_json(values["payload"]), shown_json(values["result"])
         values["cancel_requested"] = bool(values["cancel_requested"])
         return cls(**values, unreadable=unreadable)
 

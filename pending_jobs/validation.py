@@ -54,16 +54,21 @@ def parse_payload(text: str | None, limit: int) -> tuple[Any, str | None]:
 
 
 def lenient_json(text: Any) -> Any:
-    """JSON text parsed; text that is not JSON, or nests deeper than a value written through this package
-    may (PostgreSQL and SQLite store any depth written by hand), is returned as it is: shown, not an error
-    (pages, `show --json` and the PHP client failed on it, past their recursion limits)."""
+    """JSON text parsed; text that is not JSON is returned as it is (shown, not an error)."""
     if not isinstance(text, str):
         return text
     try:
-        value = json.loads(text)
+        return json.loads(text)
     except (ValueError, RecursionError):
         return text
-    return text if too_deep(text, value) else value
+
+
+def shown_json(text: Any) -> Any:
+    """`lenient_json` for what is shown (pages, `list`, `show`): a value nested deeper than this package
+    writes (PostgreSQL and SQLite store any depth written by hand) is shown as its text, since pages and
+    `show --json` failed on one past Python's recursion limit. Callbacks keep the value as stored."""
+    value = lenient_json(text)
+    return text if isinstance(text, str) and value is not text and too_deep(text, value) else value
 
 
 def dump_json(value: Any, what: str, limit: int, allow_nul: bool = True) -> str:

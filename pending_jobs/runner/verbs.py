@@ -21,8 +21,8 @@ class HandlerSession(HandlerTransaction, Protocol):
         """Mark the job succeeded in the handler's transaction and commit both; (verdict, reason)."""
 
     def rollback(self, error: BaseException | None = None) -> None:
-        """Discard the handler's writes, and its connection when the handler raised `error` (it may have
-        changed the session); never raises."""
+        """Discard the handler's writes, and its connection when `error` shows its session was changed (a
+        handler's LOCK TABLES); never raises."""
 
     def abandon(self) -> None:
         """Close the connection of a handler left running after its timeout (from another thread)."""

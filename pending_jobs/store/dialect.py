@@ -12,15 +12,13 @@ of this API:
   the job claim and the callback claim both use it; `lock_cap` locks a queue cap's row first (MySQL:
   and counts its room), `room_limit` and `capped_ids` bound the claim by that room;
 - `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
-- `estimate(conn, stmt, params)`: the planner's row estimate of a query (the overview's counts above
-  their bound);
-- `time_limit(conn, seconds)`: the database cancels the reads made within it that run longer (the
-  console's job list, joblist.py); `timed_out(error)` says it did;
+- `estimate(conn, stmt, params)`: the planner's row estimate of a query (the overview's counts above their bound);
+- `time_limit(conn, seconds)`: the database cancels the reads within it that run longer (joblist.py);
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
 - `insert_ignore(table)`: an INSERT that skips rows whose key exists (limit scopes, schedules);
 - `upsert_add(table, column)`: an INSERT that adds to the existing row's `column` instead (the totals);
 - `engine(url)`: an engine set up for job work (driver, session settings, pool hooks);
-- `retryable`, `connection_lost`, `unavailable`: what a driver error means, by its code;
+- `retryable`, `connection_lost`, `unavailable`, `session_changed`: what a driver error means, by its code;
 - `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
   what a declared `sql` task (pending_jobs.declared) needs of its database.
 """
@@ -124,6 +122,10 @@ class Dialect:
         """The database is unreachable, went away, or refuses writes: stop and exit 75."""
         return isinstance(error, exc.DBAPIError) and error.connection_invalidated
 
+    def session_changed(self, error: BaseException) -> bool:
+        """The connection's session was changed under it (a handler's LOCK TABLES, a read-only session)."""
+        return False
+
     def config_problem(self, error: BaseException) -> str | None:
         """Why `error` is a configuration error, not a moment to wait out (refused credentials, no such
         database); None when it is not one."""
@@ -136,13 +138,11 @@ class Dialect:
         raise NotImplementedError
 
     def with_timeout(self, conn: sa.Connection, statements: Sequence[str], timeout: float) -> list[str] | None:
-        """Bound the statements by `timeout` where the database cancels a statement itself: the statements
-        to run instead (or None to run them as they are, after any session setting made here)."""
+        """Bound the statements by `timeout`: the statements to run instead, or None to run them as they are."""
         return None
 
     def pipeline(self, driver_connection: Any) -> contextlib.AbstractContextManager[Any] | None:
-        """A block in which the driver sends statements without waiting for each one's answer (their
-        results are read when it ends), or None when it sends one at a time."""
+        """A block in which the driver sends statements without awaiting each answer, or None: one at a time."""
         return None
 
     def insert_rows_suffix(self, conn: sa.Connection, table: str) -> str | None:

@@ -17,6 +17,7 @@ from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
 from ..models import ClaimedJob
 from ..states import JobStatus
+from .dialect import Dialect
 
 if TYPE_CHECKING:
     from .base import Store
@@ -70,8 +71,9 @@ class HandlerSession:
                         conn.commit()
                     else:
                         conn.rollback()
-                except exc.DBAPIError:
-                    conn.invalidate()  # the handler may have broken its session (LOCK TABLES): not back to the pool
+                except exc.DBAPIError as error:
+                    if self._store.sql.session_changed(error):  # the handler's LOCK TABLES, say: not back to the pool
+                        conn.invalidate()
                     raise
             return ("recorded" if recorded else "stale"), ""
         except exc.DBAPIError as error:
@@ -101,13 +103,13 @@ class HandlerSession:
 
     def rollback(self, error: BaseException | None = None) -> None:
         """Discard the handler's writes. Never raises: a dead connection has nothing left to roll back,
-        and the job must still be recorded. When the handler raised (`error`), the connection is discarded,
-        not pooled: the handler may have left its session changed (LOCK TABLES, a read-only session, a
-        PRAGMA), and the run's next claim or job on it would fail. A Retry or a Fail keeps it."""
+        and the job must still be recorded. When the handler raised (`error`) a database error of a changed
+        session (the dialect's `session_changed`: LOCK TABLES, a read-only session, a PRAGMA, left by this
+        handler or an earlier one), the connection is discarded, not pooled: the next job on it would fail."""
         conn, self._connection = self._connection, None
         if conn is None:
             return
-        if error is not None:
+        if _session_changed(self._store.sql, error):
             try:
                 conn.invalidate()
                 conn.close()
@@ -123,3 +125,12 @@ class HandlerSession:
                 conn.invalidate()
             except Exception:
                 log.debug("job %d: invalidating its connection failed too", self._job.id, exc_info=True)
+
+
+def _session_changed(sql: Dialect, error: BaseException | None) -> bool:
+    """Whether `error`, or an exception it was raised from, is a database error of a changed session."""
+    for _ in range(5):  # a handler may wrap the driver's error; the chain is short, and may loop
+        if error is None or isinstance(error, exc.DBAPIError):
+            break
+        error = error.__cause__ or error.__context__
+    return isinstance(error, exc.DBAPIError) and sql.session_changed(error)

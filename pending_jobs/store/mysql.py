@@ -48,6 +48,7 @@ PERMANENT = {
     1366,  # incorrect value for the column's type
     1406,  # data too long
 }
+SESSION_CHANGED = (1099, 1100, 1792)  # a table not locked (for write) under LOCK TABLES / a read-only transaction
 STATEMENT_TIMEOUT = (1969, 3024)  # MariaDB max_statement_time / MySQL max_execution_time
 CONSTRAINT_PATTERNS = (
     (r"for key '([^']+)'", "constraint {}"),  # 1062: the unique key (MySQL 8: table.key)
@@ -142,6 +143,9 @@ class MySQL(Dialect):
 
     def integrity(self, error: BaseException) -> bool:
         return super().integrity(error) or _errno(error) in INTEGRITY
+
+    def session_changed(self, error: BaseException) -> bool:
+        return _errno(error) in SESSION_CHANGED
 
     def timed_out(self, error: BaseException) -> bool:
         return _errno(error) in STATEMENT_TIMEOUT

@@ -131,6 +131,9 @@ class Postgres(Dialect):
     def last_id(self, rowcount: int, lastrowid: Any) -> int | None:
         return None
 
+    def session_changed(self, error: BaseException) -> bool:
+        return db.sqlstate(error) == READ_ONLY  # SET SESSION CHARACTERISTICS … READ ONLY (or a standby: fails again)
+
     def timed_out(self, error: BaseException) -> bool:
         return db.sqlstate(error) in TIMEOUTS
 

@@ -24,7 +24,8 @@ from .history import add as add_errors
 
 # SQLite's primary result codes (the low byte of an extended code).
 BUSY, LOCKED = 5, 6  # another connection holds the write lock: retry
-UNAVAILABLE = (8, 10, 13, 14)  # READONLY, IOERR, FULL, CANTOPEN: the file cannot be written now
+READONLY = 8
+UNAVAILABLE = (READONLY, 10, 13, 14)  # READONLY, IOERR, FULL, CANTOPEN: the file cannot be written now
 
 
 # SQLite's messages for a statement that can never run (it has no error numbers for these).
@@ -73,6 +74,9 @@ class SQLite(Dialect):
 
     def unavailable(self, error: BaseException) -> bool:
         return super().unavailable(error) or _primary_code(error) in UNAVAILABLE
+
+    def session_changed(self, error: BaseException) -> bool:
+        return _primary_code(error) == READONLY  # PRAGMA query_only (or a read-only file: fails again)
 
     def upsert(self) -> Any:
         return sqlite.insert(J)

@@ -1,12 +1,12 @@
 """One store transaction with its retries: deadlocks and lock waits a few times, a lost connection once,
-and once an error that may come of the pooled connection itself.
+and once an error of a pooled connection whose session was changed.
 
 A Python handler's `ctx.connection` goes back to the pool when its job ends. A handler that changed that
 connection's session (MariaDB's `LOCK TABLES`, PostgreSQL's `SET SESSION CHARACTERISTICS AS TRANSACTION
 READ ONLY`, SQLite's `PRAGMA query_only`) left it failing every statement of the run's next claim or
-completion on it, and the run stopped with innocent jobs behind. So an error no other rule explains
-discards the connection, and the transaction runs once more on a fresh one: a session that was the cause
-is gone, a real cause (a read-only server) fails again and is reported as before.
+completion on it, and the run stopped with innocent jobs behind. So such an error (the dialect's
+`session_changed`) discards the connection, and the transaction runs once more on a fresh one: a session
+that was the cause is gone, a real cause (a read-only server) fails again and is reported as before.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def run(engine: sa.Engine, sql: Dialect, work: Callable[[sa.Connection], T], tri
                                 return settled
                         return work(conn)
                 except exc.DBAPIError as error:
-                    if not reconnected and session_suspect(sql, error):
+                    if not reconnected and sql.session_changed(error):
                         conn.invalidate()
                         discarded = True
                     raise
@@ -52,7 +52,7 @@ def run(engine: sa.Engine, sql: Dialect, work: Callable[[sa.Connection], T], tri
                 # A killed or timed-out connection, or one whose session may be to blame; if the server is
                 # really gone, the reconnect fails with "cannot connect" and the run stops (DatabaseUnavailable).
                 reconnected = True
-                log.warning("%s (%s); retrying once on a fresh connection", "an error on a pooled connection"
+                log.warning("%s (%s); retrying once on a fresh connection", "a pooled connection's session was changed"
                             if discarded else "connection lost", db.describe(error))
                 continue
             if (problem := sql.config_problem(error)) is not None:
@@ -64,11 +64,3 @@ def run(engine: sa.Engine, sql: Dialect, work: Callable[[sa.Connection], T], tri
             log.warning("retrying after %s (attempt %d of %d)", db.describe(error), attempt, tries)
             time.sleep(0.05 * attempt)
     raise AssertionError("unreachable")
-
-
-def session_suspect(sql: Dialect, error: exc.DBAPIError) -> bool:
-    """An error no rule explains, which a changed session could cause. Not a deadlock or lock wait (retried on
-    the same connection), a lost connection (already discarded), nor a value the database refused (a CHECK, a
-    duplicate key, data too long: the same on any connection)."""
-    return not (sql.retryable(error) or error.connection_invalidated
-                or isinstance(error, exc.IntegrityError | exc.DataError))

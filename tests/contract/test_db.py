@@ -122,3 +122,21 @@ def test_a_prepared_statement_lost_to_a_pooler_is_a_configuration_error(store: S
     with pytest.raises(ConfigError, match=r"prepare_threshold=none") as raised:
         store.transaction(work)
     assert "PgBouncer" in str(raised.value) and exit_code_of(raised.value) == 2
+
+
+def test_only_an_error_of_a_changed_session_costs_a_fresh_connection(store: Store) -> None:
+    """A store transaction's error that is not a changed session's (a missing table here; a statement
+    timeout, a refused row) is raised at once: no second run of the work, no connection discarded."""
+    connects: list[int] = []
+    sa.event.listen(store.engine, "connect", lambda *_: connects.append(1))
+    calls: list[int] = []
+
+    def missing_table(conn: sa.Connection) -> None:
+        calls.append(1)
+        conn.execute(sa.text("SELECT 1 FROM no_such_table"))
+
+    store.transaction(lambda conn: conn.execute(sa.text("SELECT 1")))  # a pooled connection to reuse
+    before = len(connects)
+    with pytest.raises(sa.exc.DBAPIError, match="no_such_table"):
+        store.transaction(missing_table)
+    assert (len(calls), len(connects) - before) == (1, 0)

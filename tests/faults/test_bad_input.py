@@ -100,9 +100,9 @@ def test_a_handler_that_changes_its_connection_s_session_fails_alone(backend: st
                                                                       run: Any) -> None:
     """The handler's connection went back to the pool: a session left locking tables or read-only made the
     run's next claim or completion on it fail, and the run stop (exit 1) with innocent jobs left behind.
-    Now a failed handler's connection is discarded, and a store transaction meeting such an error retries
-    once on a fresh connection. PostgreSQL's read-only session after a success is found only by the next
-    use: a job's handler there loses that attempt and is retried (the second run), never run twice."""
+    Now a connection whose error shows a changed session is discarded, and a store transaction meeting one
+    retries once on a fresh connection. A handler that meets it first loses that attempt and is retried
+    (the second run), never run twice."""
     spoilers = enqueue_many(engine, [{"task": "spoils_session", "payload": {"statement": SPOILERS[backend],
                                                                             "fail": fail}, "max_attempts": 1}
                                      for fail in (False, True)])

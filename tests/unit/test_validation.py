@@ -469,3 +469,12 @@ def test_at_most_six_application_frames_are_kept() -> None:
 def test_a_frame_without_source_has_no_source_line() -> None:
     frames = traceback.StackSummary.from_list([traceback.FrameSummary("/nowhere/x.py", 7, "f", lookup_line=False)])
     assert validation._frames(frames) == ['  File "/nowhere/x.py", line 7, in f']
+
+
+def test_a_value_nested_past_31_levels_is_shown_as_text_and_sent_as_stored() -> None:
+    """Pages and `show` show it as its text (they failed past Python's recursion limit); a callback's body
+    keeps the stored value, so a receiver gets what the job returned before the rule existed."""
+    deep = "[" * 40 + "]" * 40
+    assert validation.shown_json(deep) == deep
+    assert validation.lenient_json(deep) == json.loads(deep)
+    assert validation.shown_json('{"a": [1]}') == {"a": [1]} and validation.shown_json("not json") == "not json"
