@@ -83,8 +83,6 @@ def json_or_text(data: bytes, complete: bool, limit: int) -> Any:
     return text_of(data, complete, limit)
 
 
-
-
 def text_of(data: bytes, complete: bool, limit: int) -> str:
     """At most TEXT_LIMIT (and `limit`) characters of output as storable text, saying when it was cut."""
     keep = min(TEXT_LIMIT, limit)
