@@ -153,6 +153,8 @@ def parse(queue_tables: Mapping[str, Any], task_tables: Mapping[str, Mapping[str
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table of {', '.join(QUEUE_KEYS)}")
         problem = queue_problem(name)
+        if problem is None and name != name.strip():  # as a producer's queue: MariaDB takes 'mail ' for 'mail'
+            problem = "must not start or end with whitespace"
         if problem:
             raise ConfigError(f"{where}: {problem}")
         unknown = sorted(set(table) - set(QUEUE_KEYS))
