@@ -154,11 +154,13 @@ class Finished:
 
 @dataclasses.dataclass(frozen=True)
 class Rescued:
-    """What the rescue of expired leases did: back to pending, failed (no attempts left), cancelled."""
+    """What the rescue of expired leases did: back to pending, failed (no attempts left), cancelled; and
+    how many finished jobs' callbacks, pending with no time, it made due."""
 
     pending: int = 0
     failed: int = 0
     cancelled: int = 0
+    callbacks: int = 0
 
     @property
     def total(self) -> int:

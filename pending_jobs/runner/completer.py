@@ -164,3 +164,6 @@ def rescue(store: JobStore, report: RunReport) -> None:
     if rescued.total:
         log.warning("rescued %d job(s) with expired leases (%d failed, out of attempts; %d cancelled)",
                     rescued.total, rescued.failed, rescued.cancelled)
+    if rescued.callbacks:
+        log.warning("%d finished job(s) had a pending callback with no time (set by hand?): made due now",
+                    rescued.callbacks)

@@ -1,6 +1,7 @@
 """Rescue: running jobs whose lease expired, or that have none, put back (pending, or failed when their
 attempts are spent, or cancelled when an operator asked for that). Run at a run's start and every
 RESCUE_EVERY while it serves (runner/producer.py); each rescued job's attempt is recorded with its reason.
+Finished jobs whose callback is pending with no time set (by hand) are made due in the same pass.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sqlalchemy as sa
 from ..models import Rescued, count
 from ..schema import db_now
 from ..schema import pending_jobs as J
-from ..states import JOB_PENDING, JOB_RUNNING, JobStatus
+from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
 from .columns import LEASE_EXPIRED, NO_LEASE_BEYOND
 from .history import record
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 
 def rescue_expired(store: Store) -> Rescued:
     """Rescue every expired lease in one transaction; what became of the jobs."""
+    callbacks = schedule_unscheduled_callbacks(store)
     lease = J.c.lease_expires_at
     # No lease, an expired one, or one no runner could have taken (unreadable, or further ahead than
     # the longest lease): a producer may insert any of these, and such a row must not stay running.
@@ -33,7 +35,7 @@ def rescue_expired(store: Store) -> Rescued:
     find = sa.select(J.c.id).where(*expired)
     ids = store.transaction(lambda conn: [int(row[0]) for row in conn.execute(find)])
     if not ids:
-        return Rescued()
+        return Rescued(callbacks=callbacks)
     mine = (store.sql.id_in(), *expired)
     cancel_values = store.terminal_values(JobStatus.CANCELLED)
     cancel_values["last_error"] = LEASE_EXPIRED + "; cancelled by an operator"
@@ -54,6 +56,15 @@ def rescue_expired(store: Store) -> Rescued:
         record(conn, mine, {"ids": ids}, error_of)
         cancelled = conn.execute(to_cancelled, {"ids": ids}).rowcount
         failed = conn.execute(to_failed, {"ids": ids}).rowcount
-        return Rescued(int(conn.execute(to_pending, {"ids": ids}).rowcount), int(failed), int(cancelled))
+        return Rescued(int(conn.execute(to_pending, {"ids": ids}).rowcount), int(failed), int(cancelled), callbacks)
 
     return store.transaction(work)
+
+
+def schedule_unscheduled_callbacks(store: Store) -> int:
+    """Make due now every finished job's pending callback that has no time: an operator's `UPDATE …
+    SET callback_status = 'pending'` of a failed one (whose time is NULL) was never claimed, as a claim
+    takes only `callback_next_at <= now`. Served by the callback index; how many were made due."""
+    stmt = sa.update(J).where(J.c.callback_status == CALLBACK_PENDING, J.c.callback_next_at.is_(None),
+                              J.c.status.in_(TERMINAL_VALUES)).values(callback_next_at=db_now())
+    return store.transaction(lambda conn: int(conn.execute(stmt).rowcount))

@@ -318,6 +318,20 @@ def test_callback_of_a_job_finished_while_receiver_was_down_is_delivered_later(s
     assert job(store, job_id).callback_status == "delivered"
 
 
+def test_a_failed_callback_set_pending_again_by_hand_is_delivered(store: Store, db_url: str) -> None:
+    # A failed callback has no next time; an operator's plain `UPDATE … SET callback_status = 'pending'`
+    # kept it so, and a claim takes only `callback_next_at <= now`: it stayed pending for ever.
+    with receiver(sequence(answer(410), answer(200))) as server:
+        job_id = enqueue(store.engine, "noop", callback_url=server.url("/hook"))
+        deliver(store, db_url)
+        assert job(store, job_id).callback_status == "failed" and job(store, job_id).callback_next_at is None
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE pending_jobs SET callback_status = 'pending' WHERE id = :id"), {"id": job_id})
+        report = deliver(store, db_url)
+        assert len(server.received) == 2 and report.callbacks_delivered == 1
+    assert job(store, job_id).callback_status == "delivered"
+
+
 # -- the command line ---------------------------------------------------------------------------------
 
 
