@@ -290,8 +290,9 @@ def keyed_by_sql(engine: sa.Engine, keys: list[str], queue: str = "default") -> 
 def test_keys_and_queues_that_differ_only_by_trailing_spaces_each_get_a_slot(store: Store, engine: sa.Engine) -> None:
     # MariaDB's utf8mb4_bin compares 'user:1' and 'user:1 ' as equal (PAD SPACE): the second key's scope row
     # was never created under its own name, and its jobs waited for ever while a drain run kept looking.
+    # A `[queue."k "]` table is refused (test_flow_config.py); jobs a producer put in 'k ' by plain SQL run.
     first = keyed(engine, ["user:1"])
-    jobs = limited(store, queues={"k ": {"concurrency_limit": 1}, "k": {"concurrency_limit": 1}},
+    jobs = limited(store, queues={"k": {"concurrency_limit": 1}},
                    tasks={"noop": {"concurrency_limit": 1}})
     claim = jobs.claim("default", 10, "runner", 60)
     assert [job.id for job in claim.jobs] == first
