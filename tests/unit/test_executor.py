@@ -74,7 +74,7 @@ class Session:
         return self.store.verdict
 
     def rollback(self, error: BaseException | None = None) -> None:
-        self.calls.append("rollback")
+        self.calls.append("rollback" if error is None else ("rollback", error))
 
     def abandon(self) -> None:
         self.calls.append("abandon")
@@ -222,16 +222,50 @@ def test_the_handler_gets_its_payload_and_a_context_describing_the_job() -> None
     assert log.extra == {"job_id": job.id, "task": "send"}
 
 
-def test_a_task_with_a_timeout_gives_its_handler_a_deadline() -> None:
+def test_a_task_with_a_timeout_gives_its_handler_its_payload_and_a_deadline() -> None:
     store = RecordingStore()
-    job = claim(store)
-    deadlines: list[float | None] = []
-    run = executor(store, one(lambda payload, ctx: deadlines.append(ctx.deadline), timeout=30.0))
+    job = claim(store, payload={"n": 7})
+    calls: list[tuple[Any, float | None]] = []
+    run = executor(store, one(lambda payload, ctx: calls.append((payload, ctx.deadline)), timeout=30.0))
     before = time.monotonic()
     run(job)
     after = time.monotonic()
-    (deadline,) = deadlines
+    ((payload, deadline),) = calls
+    assert payload == {"n": 7}
     assert deadline is not None and before + 30.0 <= deadline <= after + 30.0
+
+
+@pytest.mark.parametrize(("error", "kind", "reason"), [
+    (Retry(reason="busy"), "retry", "Retry: busy"),
+    (Fail("no such user"), "failed", "Fail: no such user"),
+    (KeyError("id"), "retry", "KeyError: 'id'"),
+])
+def test_a_handler_giving_up_on_a_job_being_cancelled_says_it_is_cancelled(
+        error: BaseException, kind: str, reason: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = RecordingStore()
+    job = claim(store)
+
+    def handler(payload: dict[str, Any], ctx: Context) -> None:
+        store.rows[job.id].cancel_requested = True  # `pending-jobs cancel` while it ran
+        raise error
+
+    with caplog.at_level(logging.INFO, LOGGER):
+        outcome = executor(store, one(handler))(job)
+    assert outcome.kind == kind and outcome.cancelling and outcome.error.startswith(reason)
+    assert caplog.messages == [f"job {job.id} (t) gave up on attempt 1 after an operator asked to cancel it: "
+                               f"cancelled ({reason})"]
+    # Only an unexpected error is handed to the session: it decides whether the connection is still sound.
+    (rolled,) = store.sessions[0].calls
+    assert rolled == ("rollback" if isinstance(error, Retry | Fail) else ("rollback", error))
+
+
+def test_a_cancellation_that_cannot_be_read_leaves_the_outcome_as_it_was() -> None:
+    store = RecordingStore()
+    job = claim(store)
+    store.rows[job.id].cancel_requested = True
+    del store.rows[job.id]  # the session's read now raises, as with the database away
+    outcome = executor(store, one(raises(Retry(reason="busy"))))(job)
+    assert outcome.kind == "retry" and not outcome.cancelling
 
 
 def test_the_handler_sees_a_cancellation_asked_while_it_runs() -> None:
@@ -440,11 +474,12 @@ def test_fail_fails_at_once_whatever_attempts_are_left() -> None:
 def test_an_exception_is_retried_with_its_description_after_the_backoff() -> None:
     store = RecordingStore(opened=True)
     job = claim(store)
-    outcome = executor(store, one(raises(ValueError("bad value"))))(job)
+    error = ValueError("bad value")
+    outcome = executor(store, one(raises(error)))(job)
     assert outcome.kind == "retry" and outcome.delay == 100.0
     assert outcome.error.startswith("ValueError: bad value\nTraceback (most recent call last;")
     assert outcome.error.endswith("    raise error")
-    assert store.sessions[0].calls == ["rollback"]
+    assert store.sessions[0].calls == [("rollback", error)]  # the session judges whether its connection is sound
 
 
 @pytest.mark.parametrize("error", [Stop(), SystemExit(3), KeyboardInterrupt()])

@@ -478,3 +478,51 @@ def test_a_value_nested_past_31_levels_is_shown_as_text_and_sent_as_stored() -> 
     assert validation.shown_json(deep) == deep
     assert validation.lenient_json(deep) == json.loads(deep)
     assert validation.shown_json('{"a": [1]}') == {"a": [1]} and validation.shown_json("not json") == "not json"
+
+
+# -- operator input and the edges of the name rules ---------------------------------------------------
+
+
+def test_too_deep_counts_nesting_not_brackets() -> None:
+    def nested(levels: int) -> Any:
+        value: Any = []
+        for _ in range(levels - 1):
+            value = [value]
+        return value
+
+    wide = [[] for _ in range(40)]  # 41 brackets, 2 levels
+    assert not validation.too_deep(json.dumps(wide), wide)
+    edge = [nested(30), []]  # 32 brackets, 31 levels: counted, then measured
+    assert validation.depth(edge) == 31 and not validation.too_deep(json.dumps(edge), edge)
+    assert not validation.too_deep(json.dumps(nested(31)), nested(31))
+    assert validation.too_deep(json.dumps(nested(32)), nested(32))
+
+
+def test_name_rules_at_their_edges() -> None:
+    assert validation.task_name_problem("") == f"must be a non-empty string of at most {NAME_LIMIT} characters"
+    assert validation.key_problem("k ") == "must not start or end with whitespace (MariaDB takes 'k ' for 'k')"
+    assert validation.queue_problem("q" * 64) is None
+    assert validation.queue_problem("q" * 65) == "a queue name of 1 to 64 characters"
+
+
+def test_finished_statuses_takes_text_or_a_list_of_finished_ones_only() -> None:
+    assert validation.finished_statuses("succeeded, failed") == ["succeeded", "failed"]
+    assert validation.finished_statuses(["cancelled"]) == ["cancelled"]
+    allowed = "finished statuses only (cancelled, failed, succeeded), not "
+    for bad in ("pending", "succeeded,running", "", [], 5):
+        with pytest.raises(ValueError, match=re.escape(allowed + repr(bad))):
+            validation.finished_statuses(bad)
+
+
+def test_job_id_is_a_bigint_from_one() -> None:
+    top = validation.JOB_ID_MAX
+    assert validation.job_id("1") == 1 and validation.job_id(str(top)) == top
+    for bad in ("0", "-3", str(top + 1)):
+        with pytest.raises(ValueError, match=rf"^a job id is a whole number from 1 to {top}, not {bad}$"):
+            validation.job_id(bad)
+
+
+def test_age_is_a_duration_within_ten_years() -> None:
+    assert validation.age("15m") == 900.0 and validation.age("0") == 0.0 and validation.age("3650d") == 3650 * 86400
+    with pytest.raises(ValueError, match=r"^3651d is outside "):
+        validation.age("3651d")
