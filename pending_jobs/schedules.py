@@ -49,6 +49,7 @@ GRACE = 60.0
 """Seconds a slot may be late and still run under `skip`: runs look every few seconds, and a cron tick's
 run starts within a second of the minute, so only a slot missed while nothing ran is older."""
 CATCH_UP_LIMIT = 100
+SCHEDULE_KEY = "_schedule"  # the payload key of a job's schedule and slot (declared sql tasks bind its parts)
 COUNT_LIMIT = 10_000  # slots counted at most when saying how many were skipped
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TICK = dt.timedelta(microseconds=1)
@@ -127,7 +128,7 @@ class Schedule:
 
     def payload_for(self, slot: dt.datetime) -> dict[str, Any]:
         """The job's payload: the configured one and `_schedule` (its name and the slot, ISO UTC)."""
-        return {**self.payload, "_schedule": {"name": self.name, "slot": iso(slot)}}
+        return {**self.payload, SCHEDULE_KEY: {"name": self.name, "slot": iso(slot)}}
 
     def key_for(self, slot: dt.datetime) -> str:
         """The idempotency key of a slot's job: two hosts enqueueing the same slot insert one job."""
@@ -185,7 +186,7 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
     payload = table.get("payload", {})
     if not isinstance(payload, dict):
         raise error("payload", f"must be a table (a JSON object), not {type(payload).__name__}")
-    if "_schedule" in payload:
+    if SCHEDULE_KEY in payload:
         raise error("payload", "_schedule is reserved: the job receives its schedule and slot there")
     try:  # TOML has dates and times, JSON has not: the job's INSERT failed at every run's start
         json.dumps(payload, allow_nan=False)

@@ -26,6 +26,7 @@ from sqlalchemy import exc
 
 from ..errors import ConfigError, Fail
 from ..registry import Backoff, Task
+from ..schedules import SCHEDULE_KEY
 from ..store import Dialect, create_engine, dialect_for
 from ..store.direct import DirectStatements, Written, direct
 from .base import backoff_of, effective_limit, retry, task_of
@@ -164,6 +165,8 @@ class SqlTask:
     def bind(self, payload: dict[str, Any]) -> dict[str, Any]:
         """The payload as parameters; Fail when one is missing, unused, or not a scalar."""
         name = self.spec.name
+        if isinstance(payload.get(SCHEDULE_KEY), dict):
+            payload = self._scheduled(payload)
         missing = sorted(self.needed - payload.keys())
         if missing:
             more = f" (and {len(missing) - 1} more: {', '.join(missing[1:])})" if len(missing) > 1 else ""
@@ -179,6 +182,17 @@ class SqlTask:
                 raise Fail(f"parameter {key!r} of task {name} is {kind}: only strings, numbers, booleans and "
                            f"null can be bound (send JSON as a string)")
         return payload
+
+    def _scheduled(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """A schedule's job: its `_schedule` object ({"name", "slot"}, schedules.py) could be neither bound nor
+        left unused, so it becomes `:_schedule_name` and `:_schedule_slot`, for the statements that use them."""
+        schedule = payload[SCHEDULE_KEY]
+        params = {key: value for key, value in payload.items() if key != SCHEDULE_KEY}
+        for part in ("name", "slot"):
+            key = f"{SCHEDULE_KEY}_{part}"
+            if key in self.needed and key not in params:
+                params[key] = schedule.get(part)
+        return params
 
     def engine(self) -> sa.Engine:
         """The other database's engine, created on first use."""

@@ -6,6 +6,7 @@ lost lease), parameters bound from the payload and checked, results, and each er
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
 from pathlib import Path
@@ -15,10 +16,13 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs import enqueue
-from pending_jobs.store import Store, dialect_for
+from pending_jobs.schedules import parse
+from pending_jobs.store import ScheduleStore, Store, dialect_for
 from tests.conftest import rows, scalar
 
 from .conftest import SAVE_USER, outcome
+
+T0 = dt.datetime(2026, 3, 29, 0, 50, 30, tzinfo=dt.UTC)
 
 
 def test_an_insert_commits_with_succeeded_and_reports_rows_and_id(users: sa.Engine, store: Store,
@@ -229,3 +233,20 @@ def test_a_lost_connection_is_retried(users: sa.Engine, store: Store, run_declar
     assert killed.is_set()
     assert job.status == "pending" and job.attempts == 1
     assert "will retry" in job.last_error and job.last_error.startswith("Retry: ")
+
+
+def test_a_scheduled_sql_task_runs_and_may_bind_its_slot(users: sa.Engine, store: Store, run_declared: Any) -> None:
+    # A schedule adds `_schedule` (an object) to its job's payload; an sql task refused it as an unused key
+    # and could not bind an object either: every scheduled job of an sql task failed.
+    plan = parse({
+        "plain": {"every": "1m", "task": "save_user", "payload": {"name": "Ann", "email": "ann@example.com"}},
+        "slotted": {"every": "1m", "task": "stamp", "payload": {"name": "Bob"}},
+    })
+    schedules = ScheduleStore(store)
+    schedules.enqueue_due(plan, now=T0)  # the first look records the schedules: nothing before it is due
+    schedules.enqueue_due(plan, now=T0 + dt.timedelta(minutes=1))
+    report = run_declared({"save_user": SAVE_USER,
+                           "stamp": {"sql": "INSERT INTO users (name, email) VALUES (:name, :_schedule_slot)"}})
+    assert report.succeeded == 2 and report.failed == 0
+    assert [tuple(r) for r in rows(users, "SELECT name, email FROM users ORDER BY name")] == [
+        ("Ann", "ann@example.com"), ("Bob", "2026-03-29T00:51:00Z")]
