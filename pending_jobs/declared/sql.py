@@ -46,7 +46,15 @@ CHANGES_SESSION = frozenset({"use", "reset", "discard", "listen", "unlisten", "p
                              "detach", "handler"})
 _SAFE_SET = re.compile(r"\s*set\s+(?:local\b|constraints\b|@(?!@))", re.IGNORECASE)
 _SET_STATEMENT = re.compile(r"\s*set\s+statement\b.*?\bfor\b(.*)", re.IGNORECASE | re.DOTALL)
-_QUOTED = re.compile(r"'(?:[^'\\]|''|\\.)*'", re.DOTALL)  # a string literal, '' or \' inside
+# What text() binds a :name in although the database would not read one there: quoted text and comments.
+# Matched in one pass, left to right, so that a quote inside a comment (-- don't) starts no string.
+_QUOTED = re.compile(r"""
+    '(?:[^'\\]|''|\\.)*'                   # a string literal, '' or \' inside
+  | "(?:[^"\\]|""|\\.)*"                   # a quoted identifier (a string on MySQL)
+  | `(?:[^`]|``)*`                         # a MySQL identifier
+  | (?<![\w$])\$((?:[a-z_]\w*)?)\$.*?\$\1\$  # a PostgreSQL dollar-quoted string
+  | (?P<comment>--(?=\s|$)[^\n]*|/\*.*?\*/)  # -- needs a space after it on MySQL
+""", re.DOTALL | re.IGNORECASE | re.VERBOSE)
 _BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a :name as SQLAlchemy's text() finds it (not \:name or ::cast)
 _SET_MORE = re.compile(r",\s*(?:@@|(?:global|session|local|persist)\b|[a-z_]\w*\s*:?=)", re.IGNORECASE)
 
@@ -94,10 +102,15 @@ def refused(statement: str, implicit_commits: frozenset[str]) -> str | None:
                     "on MariaDB)")
     if first == "pragma" and "=" in statement:
         return "PRAGMA … = changes the SQLite connection that later jobs and the runner share"
-    for literal in _QUOTED.findall(statement):
-        if (inside := _BIND.search(literal)) is not None:
-            return (f"the string {literal[:60]!r} holds :{inside.group(1)}, which would be bound there too, "
-                    f"breaking the string; write \\:{inside.group(1)} for a literal colon")
+    for quoted in _QUOTED.finditer(statement):
+        if (inside := _BIND.search(quoted.group())) is None:
+            continue
+        name = inside.group(1)
+        if quoted.group("comment") is not None:  # PostgreSQL and SQLite refuse the unread parameter
+            return (f"the comment {quoted.group()[:60]!r} holds :{name}, which would be bound there too, as a "
+                    f"parameter the database does not read; write \\:{name} or leave it out")
+        return (f"the string {quoted.group()[:60]!r} holds :{name}, which would be bound there too, "
+                f"breaking the string; write \\:{name} for a literal colon")
     return None
 
 

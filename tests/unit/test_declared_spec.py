@@ -241,6 +241,11 @@ POSTGRESQL = "postgresql+psycopg://app@db/app"
     ("sqlite:///jobs.sqlite3", "PRAGMA foreign_keys = OFF", r"PRAGMA … = changes the SQLite connection"),
     # Not the transaction's: a :name inside a string is bound too (check's PREPARE would not see it).
     (MARIADB, "SELECT ':a' AS label, :a AS a", r"the string \"':a'\" holds :a, .* write \\:a for a literal colon"),
+    # Nor in a comment: PostgreSQL and SQLite refuse a parameter the statement does not read.
+    (POSTGRESQL, "SELECT 1 AS one -- :note", r"the comment '-- :note' holds :note, .* write \\:note or leave it out"),
+    (POSTGRESQL, "SELECT /* :note */ :a AS a", r"the comment '/\* :note \*/' holds :note"),
+    (POSTGRESQL, "DO $$BEGIN PERFORM ':a'; END$$", r"the string \"\$\$BEGIN PERFORM ':a'; END\$\$\" holds :a"),
+    (MARIADB, 'SELECT ":a" AS label', r"the string '\":a\"' holds :a"),
 ])
 def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_refused(
         tmp_path: Path, url: str, statement: str, message: str) -> None:
@@ -260,6 +265,10 @@ def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_ref
     (MARIADB, "CALL refresh_totals(:a)"),
     (MARIADB, "SELECT 'COMMIT' AS word"),
     (MARIADB, "SELECT '12:30' AS at, '\\:a' AS label, 'it''s' AS s"),
+    # A quote inside a comment starts no string: :a here is the statement's parameter.
+    (MARIADB, "UPDATE t SET a = 1 -- don't touch b\nWHERE a = :a AND b <> 'x'"),
+    (MARIADB, "SELECT 5--:a"),  # on MySQL -- without a space after it is two minus signs
+    (POSTGRESQL, "SELECT :a::int AS a -- \\:a is cast"),
 ])
 def test_statements_that_keep_the_transaction_are_accepted(tmp_path: Path, url: str, statement: str) -> None:
     settings = _sql_settings(tmp_path, url, "INSERT INTO t (a) VALUES (:a)", statement)
