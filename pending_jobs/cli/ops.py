@@ -322,6 +322,9 @@ def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine,
                          if schedule.task not in tasks)
     if unscheduled:
         return "handlers", False, f"schedules name tasks without a handler: {', '.join(unscheduled)}"
+    refused = declared.schedule_problems(settings, plan)
+    if refused:
+        return "handlers", False, "; ".join(refused)
     sources = [*settings.tasks, *(["the config's [task.NAME] tables"] if settings.declared_tasks else [])]
     where = [f"{name} → {registry.source_of(task)}" for name, task in sorted(tasks.items())]
     unbounded = sorted(name for name, task in tasks.items() if task.timeout is None)

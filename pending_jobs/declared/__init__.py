@@ -14,11 +14,13 @@ import sqlalchemy as sa
 from ..config import Settings
 from ..errors import ConfigError
 from ..registry import Task
+from ..schedules import Schedule
 from ..store import dialect_of_url
 from . import checks, command, http, sql
 from .spec import CommandSpec, HttpSpec, Spec, SqlSpec, limits_only, parse_all
 
-__all__ = ["CommandSpec", "HttpSpec", "Spec", "SqlSpec", "build", "check", "limits_only", "load", "merge", "specs"]
+__all__ = ["CommandSpec", "HttpSpec", "Spec", "SqlSpec", "build", "check", "limits_only", "load", "merge",
+           "schedule_problems", "specs"]
 
 
 def specs(settings: Settings) -> dict[str, Spec]:
@@ -54,3 +56,8 @@ def merge(handlers: dict[str, Task], declared: dict[str, Task]) -> dict[str, Tas
 def check(settings: Settings, engine: sa.Engine) -> tuple[list[str], list[str]]:
     """(problems, notes) of every declared task, for `pending-jobs check`; nothing is run."""
     return checks.check(specs(settings), settings, engine)
+
+
+def schedule_problems(settings: Settings, plan: dict[str, Schedule]) -> list[str]:
+    """The schedules whose payload their declared sql task refuses, for `pending-jobs check`."""
+    return checks.schedule_problems(specs(settings), plan, settings.payload_limit)

@@ -6,6 +6,7 @@ must exist and be executable; the URL's host must resolve and the signing secret
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 from collections.abc import Mapping
@@ -16,9 +17,11 @@ from sqlalchemy import exc
 from ..callbacks.guard import Guard, Refused, Unresolved, parse
 from ..callbacks.signing import Signer
 from ..config import Settings
-from ..errors import ConfigError
+from ..errors import ConfigError, Fail
+from ..schedules import Schedule
 from ..store import create_engine, dialect_for
 from .spec import CommandSpec, HttpSpec, Spec, SqlSpec
+from .sql import SqlTask
 from .sqlerrors import driver_message
 
 
@@ -57,6 +60,21 @@ def sql_problems(spec: SqlSpec, engine: sa.Engine) -> list[str]:
     finally:
         if target is not engine:
             target.dispose()
+    return found
+
+
+def schedule_problems(specs: Mapping[str, Spec], plan: Mapping[str, Schedule], payload_limit: int) -> list[str]:
+    """A problem per schedule whose payload its sql task would refuse (a key no statement uses, a parameter
+    it lacks, an object): every job the schedule enqueues would fail, each with the same reason."""
+    found: list[str] = []
+    for name, schedule in plan.items():
+        spec = specs.get(schedule.task)
+        if not isinstance(spec, SqlSpec):
+            continue  # a Python handler, an HTTP or command task takes any JSON payload
+        try:
+            SqlTask(spec, payload_limit, 1).bind(schedule.payload_for(dt.datetime.now(dt.UTC)))
+        except Fail as error:
+            found.append(f"[schedules.{name}] {error.reason}, so each of its jobs would fail")
     return found
 
 

@@ -88,6 +88,32 @@ def test_check_names_limits_and_schedules_of_tasks_without_a_handler(tmp_path: P
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_check_names_a_schedule_whose_payload_its_sql_task_refuses(tmp_path: Path, db_url: str) -> None:
+    # Each job of such a schedule fails at once, for the same reason: check says so before the first one.
+    config = tmp_path / "jobs.toml"
+    env = {"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_CONFIG": str(config),
+           "PENDING_JOBS_CALLBACK_SECRET": "whsec_" + "A" * 32}
+    task = '[task.stamp]\nsql = "SELECT :region AS region, :_schedule_slot AS slot"\n'
+    fires = '[schedules.nightly]\ncron = "0 2 * * *"\ntask = "stamp"\n'
+    for payload, said in (
+            ('{ regoin = "eu" }', "[schedules.nightly] payload has no parameter 'region' (needed by task stamp), "
+                                  "so each of its jobs would fail"),
+            ('{ region = "eu", note = "x" }', "[schedules.nightly] payload has key 'note', which no statement of "
+                                              "task stamp uses (extra keys are refused: a misspelt key would "
+                                              "otherwise be lost silently), so each of its jobs would fail"),
+            ('{ region = ["eu"] }', "[schedules.nightly] parameter 'region' of task stamp is an array: only "
+                                    "strings, numbers, booleans and null can be bound (send JSON as a string), so "
+                                    "each of its jobs would fail")):
+        config.write_text(f"{task}{fires}payload = {payload}\n")
+        checked = json.loads(cli("check", "--json", env=env).stdout)
+        handlers = {c["name"]: c for c in checked["checks"]}["handlers"]
+        assert checked["exit_code"] == 5 and handlers["ok"] is False and handlers["detail"] == said, checked
+    config.write_text(f'{task}{fires}payload = {{ region = "eu" }}\n')
+    checked = json.loads(cli("check", "--json", env=env).stdout)
+    assert {c["name"]: c for c in checked["checks"]}["handlers"]["ok"] is True, checked
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_enqueue_sets_the_concurrency_key(db_url: str, engine: sa.Engine) -> None:
     result = cli("enqueue", "noop", "--concurrency-key", "user:42", env={"PENDING_JOBS_DATABASE_URL": db_url})
     assert result.returncode == 0, result.stderr
