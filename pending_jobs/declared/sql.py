@@ -46,24 +46,34 @@ CHANGES_SESSION = frozenset({"use", "reset", "discard", "listen", "unlisten", "p
                              "detach", "handler"})
 _SAFE_SET = re.compile(r"\s*set\s+(?:local\b|constraints\b|@(?!@))", re.IGNORECASE)
 _SET_STATEMENT = re.compile(r"\s*set\s+statement\b.*?\bfor\b(.*)", re.IGNORECASE | re.DOTALL)
-# What text() binds a :name in although the database would not read one there: quoted text and comments.
-# Matched in one pass, left to right, so that a quote inside a comment (-- don't) starts no string.
-_QUOTED = re.compile(r"""
-    '(?:[^'\\]|''|\\.)*'                   # a string literal, '' or \' inside
-  | "(?:[^"\\]|""|\\.)*"                   # a quoted identifier (a string on MySQL)
-  | `(?:[^`]|``)*`                         # a MySQL identifier
-  | (?<![\w$])\$((?:[a-z_]\w*)?)\$.*?\$\1\$  # a PostgreSQL dollar-quoted string
-  | (?P<comment>--(?=\s|$)[^\n]*|/\*.*?\*/)  # -- needs a space after it on MySQL
-""", re.DOTALL | re.IGNORECASE | re.VERBOSE)
-_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a :name as SQLAlchemy's text() finds it (not \:name or ::cast)
 _SET_MORE = re.compile(r",\s*(?:@@|(?:global|session|local|persist)\b|[a-z_]\w*\s*:?=)", re.IGNORECASE)
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a :name as SQLAlchemy's text() finds it (not \:name or ::cast)
+
+
+def _quoted(backslash: bool) -> re.Pattern[str]:
+    """What text() binds a :name in although the database would not read one there: quoted text and
+    comments, found in one pass, left to right, so that a quote inside a comment (-- don't) starts no
+    string. `backslash`: whether \\' inside a string is a quote (MySQL's strings) or the string's end."""
+    escaped = r"|\\." if backslash else ""
+    single, double = (r"[^'\\]", r'[^"\\]') if backslash else ("[^']", '[^"]')
+    return re.compile(
+        r"(?<![\w$])\$((?:[a-z_]\w*)?)\$.*?\$\1\$"  # a PostgreSQL dollar-quoted string
+        r"|(?P<comment>--(?=\s|$)[^\n]*|/\*.*?\*/)"  # a comment: -- needs a space after it on MySQL
+        r"|\be'(?:[^'\\]|''|\\.)*'"  # a PostgreSQL escape string, \' inside
+        rf"|'(?:{single}|''{escaped})*'"  # a string literal
+        rf'|"(?:{double}|""{escaped})*"'  # a quoted identifier (a string on MySQL)
+        r"|`(?:[^`]|``)*`",  # a MySQL identifier
+        re.DOTALL | re.IGNORECASE)
+
+
+_QUOTED = {backslash: _quoted(backslash) for backslash in (False, True)}
 
 
 def build(spec: SqlSpec, payload_limit: int, pool_size: int, dialect: Dialect | None) -> Task:
     """The registry entry of a declared SQL task; ConfigError for a statement it may not run (`refused`)
     on its database, of `dialect`."""
     for number, statement in enumerate(spec.statements, 1):
-        problem = refused(statement, dialect.implicit_commits if dialect is not None else frozenset())
+        problem = refused(statement, dialect)
         if problem is not None:
             where = f"statement {number} of {len(spec.statements)}: " if len(spec.statements) > 1 else ""
             raise ConfigError(f"[task.{spec.name}] sql: {where}{problem}")
@@ -78,9 +88,10 @@ def build(spec: SqlSpec, payload_limit: int, pool_size: int, dialect: Dialect | 
     return task
 
 
-def refused(statement: str, implicit_commits: frozenset[str]) -> str | None:
+def refused(statement: str, dialect: Dialect | None) -> str | None:
     """Why `statement` may not be one of an sql task's (they run inside the job's transaction, on a pooled
-    connection), or None. `implicit_commits`: first words of statements that commit on the task's database."""
+    connection) on the task's database, of `dialect` (None: a URL of no known database), or None."""
+    implicit_commits = dialect.implicit_commits if dialect is not None else frozenset()
     first = verb(statement)
     shown = first.upper()
     if first in ENDS_TRANSACTION:
@@ -95,14 +106,14 @@ def refused(statement: str, implicit_commits: frozenset[str]) -> str | None:
     if first == "set":
         inner = _SET_STATEMENT.match(statement)
         if inner is not None:  # MariaDB: SET STATEMENT var = … FOR <statement>, for that statement alone
-            return refused(inner.group(1), implicit_commits)
+            return refused(inner.group(1), dialect)
         if _SAFE_SET.match(statement) is None or _SET_MORE.search(statement) is not None:
             return ("SET changes the session of a pooled connection that later jobs and the runner share "
                     "(allowed: SET @variable; SET LOCAL and SET CONSTRAINTS on PostgreSQL; SET STATEMENT … FOR "
                     "on MariaDB)")
     if first == "pragma" and "=" in statement:
         return "PRAGMA … = changes the SQLite connection that later jobs and the runner share"
-    for quoted in _QUOTED.finditer(statement):
+    for quoted in _QUOTED[dialect is None or dialect.backslash_escapes].finditer(statement):
         if (inside := _BIND.search(quoted.group())) is None:
             continue
         name = inside.group(1)

@@ -71,10 +71,10 @@ class Dialect:
     """PostgreSQL's and SQLite's shared SQL; subclasses override what their database does differently."""
 
     name: ClassVar[str] = "base"
-    json_accepts_nul: ClassVar[bool] = True
-    """Whether the JSON column stores `\\u0000` (PostgreSQL's jsonb does not)."""
+    json_accepts_nul: ClassVar[bool] = True  # whether the JSON column stores `\u0000` (PostgreSQL's jsonb does not)
     concurrent_writers: ClassVar[bool] = True  # a second transaction may write while another does (not SQLite)
     implicit_commits: ClassVar[frozenset[str]] = frozenset()  # first words of statements that commit on their own
+    backslash_escapes: ClassVar[bool] = False  # whether \' inside a string literal is a quote, not its end
 
     def __init__(self) -> None:
         self._statements: dict[tuple[Any, ...], Any] = {}

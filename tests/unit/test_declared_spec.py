@@ -246,6 +246,8 @@ POSTGRESQL = "postgresql+psycopg://app@db/app"
     (POSTGRESQL, "SELECT /* :note */ :a AS a", r"the comment '/\* :note \*/' holds :note"),
     (POSTGRESQL, "DO $$BEGIN PERFORM ':a'; END$$", r"the string \"\$\$BEGIN PERFORM ':a'; END\$\$\" holds :a"),
     (MARIADB, 'SELECT ":a" AS label', r"the string '\":a\"' holds :a"),
+    # On MariaDB \' is a quote inside the string, so :a is inside it (on PostgreSQL it is not: below).
+    (MARIADB, "UPDATE t SET p = replace(p, '\\', :a) || 'x'", r"the string .* holds :a"),
 ])
 def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_refused(
         tmp_path: Path, url: str, statement: str, message: str) -> None:
@@ -269,6 +271,8 @@ def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_ref
     (MARIADB, "UPDATE t SET a = 1 -- don't touch b\nWHERE a = :a AND b <> 'x'"),
     (MARIADB, "SELECT 5--:a"),  # on MySQL -- without a space after it is two minus signs
     (POSTGRESQL, "SELECT :a::int AS a -- \\:a is cast"),
+    (POSTGRESQL, "UPDATE t SET p = replace(p, '\\', :a) || 'x'"),  # '\' is a backslash there
+    (POSTGRESQL, "SELECT E'it\\'s' AS s, :a AS a, 'x' AS x"),  # but not in an escape string
 ])
 def test_statements_that_keep_the_transaction_are_accepted(tmp_path: Path, url: str, statement: str) -> None:
     settings = _sql_settings(tmp_path, url, "INSERT INTO t (a) VALUES (:a)", statement)
