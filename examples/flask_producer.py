@@ -1,6 +1,11 @@
 """A Flask producer: the user row and its welcome-email job commit together, or not at all.
 
-    PENDING_JOBS_DATABASE_URL=sqlite:///app.sqlite3 flask --app examples/flask_producer.py run
+    export PENDING_JOBS_DATABASE_URL=sqlite:///app.sqlite3
+    pending-jobs migrate                                   # once: the job tables
+    flask --app examples/flask_producer.py run
+
+The app's engine is plain SQLAlchemy's, so its URL names the driver: `mysql+pymysql://…` for MariaDB
+(pending-jobs alone also reads `mysql://` as PyMySQL; SQLAlchemy reads it as MySQLdb, not installed).
 
 `pending_jobs.enqueue(conn, ...)` takes the request's connection, so the job is inserted inside the
 application's own transaction: when the request fails after the insert, the job is rolled back too.
