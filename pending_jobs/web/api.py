@@ -98,7 +98,8 @@ FILTERS = [
     _query("status", "comma-separated statuses: " + ", ".join(views.STATUSES)),
     _query("queue", "queue name"), _query("task", "task name"),
     _query("since", "created at most this long ago: 90, 15m, 2h, 7d"),
-    _query("until", "created at least this long ago"), _query("q", "text in the payload or the last error"),
+    _query("until", "created at least this long ago"),
+    _query("q", "text in the payload or the last error (at most 200 characters)"),
 ]
 OK = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
 

@@ -22,6 +22,7 @@ from .actions import perform
 from .security import Csrf
 from .views import BadRequest
 
+MESSAGE = "message:"  # a message's signature is of this and the text, never of a CSRF cookie alone
 ENV = jinja2.Environment(loader=jinja2.PackageLoader("pending_jobs.web", "templates"),
                          autoescape=True, undefined=jinja2.StrictUndefined)
 ENV.filters["pretty"] = views.pretty
@@ -34,8 +35,18 @@ ENV.filters["query"] = lambda params: urllib.parse.urlencode(params)
 def base_context(request: Request, csrf: Csrf, read_only: bool) -> dict[str, Any]:
     cookie = request.state.csrf_cookie
     return {"csrf": csrf.token(cookie), "read_only": read_only, "actor": request.state.actor,
-            "message": request.query_params.get("msg", "")[:300], "path": request.url.path,
-            "statuses": views.STATUSES}
+            "message": shown_message(request, csrf), "path": request.url.path, "statuses": views.STATUSES}
+
+
+def message_query(csrf: Csrf, message: str) -> str:
+    """The query string that shows `message` on the page an action sends the browser back to."""
+    return urllib.parse.urlencode({"msg": message, "sig": csrf.token(MESSAGE + message)})
+
+
+def shown_message(request: Request, csrf: Csrf) -> str:
+    # Signed by the action that wrote it: a link anyone sends must not make the console say what it likes.
+    message = request.query_params.get("msg", "")
+    return message[:300] if csrf.valid(MESSAGE + message, request.query_params.get("sig")) else ""
 
 
 def render(name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
@@ -80,7 +91,8 @@ def page_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
                 return render("error.html", {**context, "error": str(error)}, 400)
             if view == "job" and data["job"] is None:
                 return render("error.html", {**context, "error": f"job {params['id']} does not exist"}, 404)
-            stream = urllib.parse.urlencode({**{k: v for k, v in params.items() if k != "msg"}, "view": view})
+            stream = urllib.parse.urlencode({**{k: v for k, v in params.items() if k not in ("msg", "sig")},
+                                             "view": view})
             return render(template, {**data, "fragment": name, "stream": f"/events?{stream}"})
 
         return endpoint
@@ -111,7 +123,7 @@ def page_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
         except BadRequest as error:
             return render("error.html", {**base_context(request, csrf, read_only), "error": str(error)}, 400)
         joiner = "&" if "?" in back else "?"
-        return RedirectResponse(f"{back}{joiner}{urllib.parse.urlencode({'msg': message})}", status_code=303)
+        return RedirectResponse(f"{back}{joiner}{message_query(csrf, message)}", status_code=303)
 
     routes: list[BaseRoute] = [
         Route("/", page("overview", "overview.html")),

@@ -2,7 +2,9 @@
 
 - Authentication: a bearer token or basic auth from the `[web]` settings, compared in constant time.
   Without either the console serves loopback clients only (and `pending-jobs web` refuses to listen
-  beyond loopback), so a console started by mistake on 0.0.0.0 shows nothing to the network.
+  beyond loopback), so a console started by mistake on 0.0.0.0 shows nothing to the network; and only
+  under a loopback name (Host `localhost`, `127.0.0.1`, `[::1]`), so a web page whose own name an
+  attacker re-points at 127.0.0.1 (DNS rebinding) is not the console's origin and cannot read or post.
 - CSRF: a signed double submit. The browser holds a random cookie (HttpOnly, SameSite=Strict); every
   form carries HMAC(key, cookie) and every POST must send it back (form field `csrf` or the
   `X-CSRF-Token` header). A bearer-token client (a script) is exempt: no browser sends that header by
@@ -64,14 +66,26 @@ def _equal(given: str, wanted: str) -> bool:
     return hmac.compare_digest(given.encode(), wanted.encode())
 
 
+def host_name(headers: dict[bytes, bytes]) -> str | None:
+    """The name the client asked for: the Host header without its port (None: no Host, HTTP/1.0)."""
+    host = headers.get(b"host")
+    if host is None:
+        return None
+    name = host.decode("latin-1").strip()
+    if name.startswith("["):  # [::1]:8080
+        return name[:name.find("]") + 1] if "]" in name else name
+    return name.rpartition(":")[0] if name.count(":") == 1 else name
+
+
 def actor(settings: WebSettings, headers: dict[bytes, bytes], client: str) -> tuple[str, bool] | None:
     """Who is asking, and whether by bearer token (exempt from CSRF); None when not allowed."""
-    given = headers.get(b"authorization", b"").decode("latin-1")
-    if settings.token and given.startswith("Bearer ") and _equal(given[7:].strip(), settings.token):
+    scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").strip().partition(" ")
+    scheme = scheme.lower()  # the scheme's name is case-insensitive (RFC 9110)
+    if settings.token and scheme == "bearer" and _equal(given.strip(), settings.token):
         return f"token@{client}", True
-    if settings.basic_user and given.startswith("Basic "):
+    if settings.basic_user and scheme == "basic":
         try:
-            user, _, password = base64.b64decode(given[6:].strip()).decode().partition(":")
+            user, _, password = base64.b64decode(given.strip()).decode().partition(":")
         except (ValueError, UnicodeDecodeError):
             return None
         # Both compared, always: the time taken does not say which one was wrong.
@@ -119,6 +133,15 @@ class Guard:
             return
         headers = dict(scope.get("headers") or [])
         client = (scope.get("client") or ("unknown", 0))[0]
+        asked = host_name(headers)
+        if not self.settings.auth_configured and asked is not None and not loopback(asked):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 4403})
+                return
+            await _plain(send, 403, (f"refused: without authentication the console answers only as localhost, "
+                                     f"127.0.0.1 or [::1], not as {asked[:100]!r} (open it by one of those names, or "
+                                     f"set [web] token)\n").encode(), [])
+            return
         who = actor(self.settings, headers, client)
         if scope["type"] == "websocket":
             if who is None:

@@ -108,7 +108,8 @@ def test_the_console_reads_a_bad_time(store: Store, bad_rows: Any) -> None:
 
 def test_the_console_pages_show_the_text_stored(store: Store, bad_rows: Any) -> None:
     _, bad = bad_rows
-    app = TestClient(create_app(config.load_web({}, environ={}), store), client=("127.0.0.1", 40000))
+    app = TestClient(create_app(config.load_web({}, environ={}), store), base_url="http://localhost",
+                     client=("127.0.0.1", 40000))
     listed = app.get("/jobs")
     assert listed.status_code == 200
     for job_id, (column, value, _) in bad.items():

@@ -30,7 +30,8 @@ def console(store: Store) -> Iterator[Any]:
 
     def make(client: tuple[str, int] = LOCAL, **web: Any) -> TestClient:
         settings = dataclasses.replace(config.load_web({}, environ={}), **web)
-        test_client = TestClient(create_app(settings, store), client=client, follow_redirects=False)
+        test_client = TestClient(create_app(settings, store), base_url="http://127.0.0.1", client=client,
+                                 follow_redirects=False)
         clients.append(test_client)
         return test_client
 

@@ -145,6 +145,18 @@ def test_a_bulk_action_acts_on_its_filter_alone(console: Any, store: Store) -> N
     assert [store.get(job_id).status for job_id in jobs] == ["cancelled", "pending"]  # type: ignore[union-attr]
 
 
+def test_a_text_filter_over_its_limit_is_a_400_not_cut(console: Any, store: Store) -> None:
+    # Cut to 200 characters it matched both jobs, and a bulk cancel of one cancelled both.
+    keep, cancel = (enqueue(store.engine, "noop", {"ref": "A" * 200 + end}) for end in ("KEEP-ME", "CANCEL-ME"))
+    long = "A" * 200 + "CANCEL-ME"
+    answer = console(token="tok").post("/api/actions/bulk-cancel", json={"q": long}, headers=BEARER)
+    assert answer.status_code == 400 and answer.json()["error"] == "q: 209 characters, at most 200"
+    listed = console().get("/api/jobs", params={"q": long})
+    assert listed.status_code == 400 and listed.json()["error"] == "q: 209 characters, at most 200"
+    assert [store.get(job_id).status for job_id in (keep, cancel)] == ["pending", "pending"]  # type: ignore[union-attr]
+    assert console().get("/api/jobs", params={"q": "A" * 200}).status_code == 200
+
+
 def test_a_payload_and_result_nested_past_what_is_read_show_as_their_text(console: Any, store: Store,
                                                                            engine: sa.Engine) -> None:
     """PostgreSQL and SQLite store JSON of any depth written by hand; 600 levels took pages, `show --json`

@@ -156,6 +156,20 @@ def test_operator_follows_a_failed_job_retries_it_and_pauses_a_queue(server: str
     assert actions == ["pause", "retry"]
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_the_longest_names_stay_inside_the_window(server: str, browser: Any, engine: sa.Engine) -> None:
+    # A 191-character task and a 64-character queue (the schema's widest) pushed every other column of
+    # the jobs table off a 1400-pixel window: 3,375 pixels wide.
+    with engine.begin() as conn:
+        job = pending_jobs.enqueue(conn, "t" * 191, {"n": 1}, queue="q" * 64)
+    for path in ("/jobs", f"/jobs/{job}"):
+        browser.get(server + path)
+        _wait(lambda: browser.execute_script("return document.readyState") == "complete")
+        wide, window = browser.execute_script(
+            "return [document.documentElement.scrollWidth, document.documentElement.clientWidth];")
+        assert wide <= window, (path, wide, window)
+
+
 def test_screenshots_are_in_the_docs() -> None:
     """The README shows them: they must exist (refresh with PENDING_JOBS_SCREENSHOTS=1)."""
     for name in ("overview", "jobs", "job"):

@@ -36,11 +36,33 @@ def test_without_auth_only_loopback_clients_are_served(console: Any) -> None:
     assert remote.post("/actions/retry", data={"job_id": "1"}).status_code == 401
 
 
+def test_without_auth_only_a_loopback_name_is_served(console: Any, engine: sa.Engine) -> None:
+    # DNS rebinding: a page of attacker.example, its name re-pointed at 127.0.0.1, reaches the console
+    # from a loopback client; only the Host it asks for tells it apart.
+    job = _failed_job(engine)
+    client = console()
+    for host in ("localhost:8080", "127.0.0.1", "[::1]:8080", "localhost"):
+        assert client.get("/", headers={"Host": host}).status_code == 200, host
+    rebound = {"Host": "attacker.example:8080"}
+    for path in PAGES:
+        answer = client.get(path, headers=rebound)
+        assert answer.status_code == 403, path
+        assert answer.text.startswith("refused: without authentication the console answers only as localhost")
+    token = csrf_of(client.get("/").text)
+    posted = client.post("/actions/retry", data={"job_id": str(job), "csrf": token}, headers=rebound)
+    assert posted.status_code == 403
+    assert scalar(engine, "SELECT status FROM pending_jobs WHERE id = :id", id=job) == "failed"
+    # With authentication the name is not what protects it: a rebound page has no token to send.
+    assert console(LOCAL, token="t0ken").get("/", headers={**rebound, "Authorization": "Bearer t0ken"}
+                                             ).status_code == 200
+
+
 def test_token_and_basic_auth(console: Any) -> None:
     with_token = console(REMOTE, token="s3cret-token")
     assert with_token.get("/").status_code == 401
     assert with_token.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
     assert with_token.get("/", headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    assert with_token.get("/", headers={"Authorization": "bearer s3cret-token"}).status_code == 200  # any case
     # configured auth applies on loopback too
     assert console(LOCAL, token="s3cret-token").get("/api/jobs").status_code == 401
 
@@ -49,6 +71,8 @@ def test_token_and_basic_auth(console: Any) -> None:
     assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
     assert basic.get("/", headers=_basic("alice", "nope")).status_code == 401
     assert basic.get("/", headers=_basic("bob", "pw")).status_code == 401
+    lower = basic.get("/", headers={"Authorization": _basic("alice", "pw")["Authorization"].replace("Basic", "basic")})
+    assert lower.status_code == 200
     page = basic.get("/", headers=_basic("alice", "pw"))
     assert page.status_code == 200 and "alice@203.0.113.7" in page.text
 
@@ -82,6 +106,18 @@ def test_csrf_is_required_for_form_and_api_actions(console: Any, store: Store, e
     scripted = console(REMOTE, token="t0ken")
     answer = scripted.post("/api/actions/cancel", json={"job_id": job}, headers={"Authorization": "Bearer t0ken"})
     assert answer.status_code == 200 and answer.json()["changed"] is True
+
+
+def test_only_a_message_the_console_wrote_is_shown(console: Any, engine: sa.Engine) -> None:
+    job = _failed_job(engine)
+    client = console()
+    token = csrf_of(client.get("/").text)
+    done = client.post("/actions/retry", data={"job_id": str(job), "csrf": token, "back": f"/jobs/{job}"})
+    shown = client.get(done.headers["location"])
+    assert f'<p class="message" id="message">job {job} is pending again</p>' in shown.text
+    for forged in ("/?msg=Session+expired.+Log+in+at+https://evil.example", f"/?msg=x&sig={'0' * 64}",
+                   "/?msg=Session+expired&sig=" + done.headers["location"].split("sig=")[1]):
+        assert 'id="message"' not in client.get(forged).text, forged
 
 
 def test_redirect_after_an_action_stays_on_the_console(console: Any, engine: sa.Engine) -> None:
