@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .validation import QUEUE_LIMIT, key_problem, queue_problem
+from .validation import queue_problem
 
 QUEUE_KEYS = ("max_running", "concurrency_limit", "rate_limit")
 TASK_KEYS = ("concurrency_limit", "rate_limit")
@@ -152,7 +152,7 @@ def parse(queue_tables: Mapping[str, Any], task_tables: Mapping[str, Mapping[str
         where = f"[queue.{name}]"
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: must be a table of {', '.join(QUEUE_KEYS)}")
-        problem = queue_problem(name) or key_problem(name, QUEUE_LIMIT)  # and a producer's rule: no edge whitespace
+        problem = queue_problem(name)
         if problem:
             raise ConfigError(f"{where}: {problem}")
         unknown = sorted(set(table) - set(QUEUE_KEYS))

@@ -150,12 +150,15 @@ def key_problem(key: object, limit: int = NAME_LIMIT) -> str | None:
 
 
 def queue_problem(name: object) -> str | None:
-    """Why an operator's queue name (pause, resume) can be no queue, or None. MariaDB and PostgreSQL
-    refuse a longer name (SQLite would store it), PostgreSQL refuses NUL in any text."""
+    """Why an operator's queue name (pause, resume, [queue.NAME]) can be no queue, or None. MariaDB and
+    PostgreSQL refuse a longer name (SQLite would store it), PostgreSQL refuses NUL in any text; edge
+    whitespace as for a producer's queue (`key_problem`): `pause 'mail '` paused mail on MariaDB alone."""
     if not isinstance(name, str) or not 1 <= len(name) <= QUEUE_LIMIT:
         return f"a queue name of 1 to {QUEUE_LIMIT} characters"
     if "\x00" in name:
         return "a queue name cannot contain NUL"
+    if name != name.strip():
+        return "a queue name must not start or end with whitespace (MariaDB takes 'q ' for 'q')"
     return None
 
 

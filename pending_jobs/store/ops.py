@@ -171,8 +171,9 @@ class OpsStore:
     def pause(self, queue: str, by: str, reason: str | None = None) -> bool:
         """Stop every runner claiming `queue` (running jobs finish); False when it was paused already."""
         exists = sa.select(paused_queues.c.queue).where(paused_queues.c.queue == queue)
-        insert = sa.insert(paused_queues).values(queue=queue, paused_by=by[:128],
-                                                  reason=reason[:255] if reason else None)
+        # Ignoring a duplicate: two pauses at once both saw no row, and the queue is paused either way.
+        insert = self.sql.insert_ignore(paused_queues).values(queue=queue, paused_by=by[:128],
+                                                              reason=reason[:255] if reason else None)
 
         def work(conn: sa.Connection) -> bool:
             if conn.execute(exists).first() is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -11,7 +13,7 @@ import sqlalchemy as sa
 
 import pending_jobs
 from pending_jobs.context import JobContext
-from pending_jobs.store import Store
+from pending_jobs.store import OpsStore, Store
 from tests.conftest import cli, finish, rows, scalar
 
 pytestmark = pytest.mark.parametrize("backend", ["sqlite", "mysql", "postgresql"], indirect=True)
@@ -237,6 +239,47 @@ def test_a_paused_queue_is_not_claimed_until_resumed(db_url: str, engine: sa.Eng
     assert cli("resume", "mail", env=env_for(db_url)).returncode == 1  # not paused any more
     assert cli("run", env=env_for(db_url)).returncode == 0
     assert [scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {i}") for i in held] == ["succeeded"] * 3
+
+
+def test_a_queue_name_with_edge_whitespace_is_refused(db_url: str, engine: sa.Engine, store: Store) -> None:
+    # `pause 'mail '` said "paused" everywhere; it paused mail on MariaDB (PAD SPACE) and nothing elsewhere.
+    for command in ("pause", "resume"):
+        for name in ("mail ", " mail"):
+            refused = cli(command, name, env=env_for(db_url))
+            assert refused.returncode == 2, (command, name, refused.stdout)
+            assert "a queue name must not start or end with whitespace" in refused.stderr
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_job_paused_queues") == 0
+
+
+def test_two_pauses_at_once_both_end_with_the_queue_paused(backend: str, engine: sa.Engine, store: Store) -> None:
+    # Both saw no row and both inserted: the second raised a duplicate key (a traceback, exit 1).
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer at a time: the second pause sees the first one's row")
+    ops = OpsStore(store)
+    answers: list[bool] = []
+    with engine.connect() as first:
+        first.begin()
+        first.execute(sa.text("INSERT INTO pending_job_paused_queues (queue, paused_by) VALUES ('mail', 'first')"))
+        second = threading.Thread(target=lambda: answers.append(ops.pause("mail", "second")))
+        second.start()  # its check sees no row yet; its INSERT waits on the first one's key
+        wait_for_lock_wait(engine, backend)
+        first.commit()
+    second.join(10)
+    assert answers == [True]
+    assert [tuple(r) for r in rows(engine, "SELECT queue, paused_by FROM pending_job_paused_queues")] == [
+        ("mail", "first")]
+
+
+def wait_for_lock_wait(engine: sa.Engine, backend: str) -> None:
+    """Until a transaction of the test's database waits for a lock (InnoDB refreshes INNODB_TRX at most
+    every 0.1 s: polled at 0.25 s)."""
+    waiting = ("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+               if backend == "postgresql" else
+               "SELECT COUNT(*) FROM information_schema.INNODB_TRX WHERE trx_state = 'LOCK WAIT'")
+    deadline = time.monotonic() + 15
+    while not scalar(engine, waiting):
+        assert time.monotonic() < deadline, "the second pause never waited for the first one's row"
+        time.sleep(0.25)
 
 
 def test_the_schema_refuses_a_status_no_run_would_pick_up(engine: sa.Engine) -> None:

@@ -38,8 +38,8 @@ def test_queue_and_task_limits_become_scopes() -> None:
     ({}, {"t": {"concurrency_limit": 2.5}}, r"\[task.t\] concurrency_limit"),
     ({"q\x00": {"max_running": 1}}, {}, r"\[queue.q\x00\]: a queue name cannot contain NUL"),
     ({"q" * 65: {"max_running": 1}}, {}, r"a queue name of 1 to 64 characters"),
-    ({"mail ": {"max_running": 1}}, {}, r"\[queue.mail \]: must not start or end with whitespace"),
-    ({" ": {"max_running": 1}}, {}, r"\[queue. \]: must not start or end with whitespace"),
+    ({"mail ": {"max_running": 1}}, {}, r"\[queue.mail \]: a queue name must not start or end with whitespace"),
+    ({" ": {"max_running": 1}}, {}, r"\[queue. \]: a queue name must not start or end with whitespace"),
 ])
 def test_bad_limits_name_the_table_and_key(queues: dict, tasks: dict, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
