@@ -274,6 +274,9 @@ def read_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:  # TOML is UTF-8: a Latin-1 comment is not
+        raise ConfigError(f"config file {path} is not valid TOML: byte {error.object[error.start]:#04x} at offset "
+                          f"{error.start} is not UTF-8") from None
     if "pending_jobs" in data:
         section = data["pending_jobs"]
         if not isinstance(section, dict):

@@ -4,6 +4,8 @@ escaped, as the tables print every name."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import sqlalchemy as sa
 
@@ -55,3 +57,25 @@ def test_a_paused_queue_name_is_printed_escaped(db_url: str, engine: sa.Engine, 
     assert name not in status.stdout
     resumed = cli("resume", name, env=env)
     assert resumed.stdout == f"queue {shown} resumed\n"
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1000001", "99999999999999999999"])
+def test_a_list_limit_outside_its_range_is_a_usage_error(db_url: str, engine: sa.Engine, value: str) -> None:
+    # 0 and -5 printed one row; 10**20 was a driver's error (an overflow, MariaDB's syntax error with the SQL).
+    done = cli("list", "--limit", value, env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert done.returncode == 2, done.stderr
+    assert f"argument --limit: {value} is outside 1 to 1,000,000" in done.stderr
+    assert cli("list", "--limit", "1000000", env={"PENDING_JOBS_DATABASE_URL": db_url}).returncode == 0
+
+
+@pytest.mark.parametrize("command", [["check"], ["run"], ["list"]])
+def test_a_config_file_that_is_not_utf8_is_a_configuration_error(db_url: str, tmp_path: Path,
+                                                                 command: list[str]) -> None:
+    # A Latin-1 comment: a traceback and exit 1 (cron mails it as a crash), not the configuration's exit 2.
+    config = tmp_path / "jobs.toml"
+    config.write_bytes(f'database_url = "{db_url}"\n# caf\xe9\n'.encode("latin-1"))
+    done = cli(*command, "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    said = done.stdout + done.stderr
+    assert f"config file {config} is not valid TOML: byte 0xe9 at offset " in said and "is not UTF-8" in said
+    assert "Traceback" not in done.stderr

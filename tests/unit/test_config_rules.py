@@ -319,6 +319,15 @@ def test_a_file_that_is_not_toml_is_a_configuration_error(tmp_path: Path) -> Non
     assert refused.value.__suppress_context__
 
 
+def test_a_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b"batch_size = 3\n# caf\xe9\n")
+    with pytest.raises(ConfigError) as refused:
+        config.read_file(str(path))
+    assert str(refused.value) == f"config file {path} is not valid TOML: byte 0xe9 at offset 20 is not UTF-8"
+    assert refused.value.__suppress_context__
+
+
 def test_settings_beside_the_table_are_named_all(tmp_path: Path) -> None:
     path = toml(tmp_path, "batch_size = 1\nlease = 5\n[pending_jobs]\nconcurrency = 2\n")
     with pytest.raises(ConfigError) as refused:
