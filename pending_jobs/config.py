@@ -255,8 +255,7 @@ def load(
 
 
 def parse_setting(setting: Setting, raw: Any, source: str) -> Any:
-    """A setting's value given as `raw` (a flag, variable, file entry, or JobTester argument): parsed and
-    within its range, or a ConfigError naming `source`."""
+    """`raw` (a flag, variable, file entry, JobTester argument) parsed and in range, or ConfigError naming `source`."""
     try:
         value = setting.parse(raw)
         setting.check(value)
@@ -321,8 +320,7 @@ def _named_tables(kind: str, value: Any, path: str | None) -> dict[str, dict[str
 
 
 def env_help(name: str, among: tuple[Setting, ...] | None = None) -> str:
-    """The `--help` text of a setting (of SETTINGS, or of `among`: WEB_SETTINGS), naming its environment
-    variable, default and range."""
+    """The `--help` text of a setting (of SETTINGS, or of `among`: WEB_SETTINGS): its variable, default, range."""
     setting = BY_NAME[name] if among is None else next(s for s in among if s.name == name)
     default = setting.default
     shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in default) if isinstance(default, list) \

@@ -30,6 +30,31 @@ interval overflows long before a float does). Ten years, as the longest retentio
 _NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
+# An escaped UTF-16 surrogate (\ud800-\udfff): half of a pair, or alone, which no UTF-8 text can hold.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+# Python's json reads NaN and ±Infinity, which are not JSON (a command's stdin, `show --json`, a receiver's
+# parser refuse them); MariaDB's and PostgreSQL's JSON types refuse them when stored, SQLite does not.
+_DECODER = json.JSONDecoder(parse_constant=_not_json)
+
+
+def loads(text: str) -> Any:
+    """JSON text that every database, receiver and strict parser takes: json.loads, but ValueError for NaN,
+    ±Infinity and a lone surrogate escape (`"\\ud800"`), which SQLite alone stores when written by hand."""
+    value = _DECODER.decode(text)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text):  # a pair is fine: only then is the value encoded
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("a lone surrogate escape (\\ud800 to \\udfff) is not valid UTF-8") from None
+    return value
+
+
 def payload_problem(payload: Any) -> str | None:
     """Why a payload (already parsed) cannot be run, or None."""
     if not isinstance(payload, dict):
@@ -45,7 +70,7 @@ def parse_payload(text: str | None, limit: int) -> tuple[Any, str | None]:
     if size > limit:
         return None, f"payload is {size} bytes, over the {limit}-byte limit (setting payload_limit)"
     try:
-        payload = json.loads(text)
+        payload = loads(text)
     except ValueError as exc:
         return None, f"payload is not valid JSON: {exc}"
     except RecursionError:
@@ -58,7 +83,7 @@ def lenient_json(text: Any) -> Any:
     if not isinstance(text, str):
         return text
     try:
-        return json.loads(text)
+        return loads(text)
     except (ValueError, RecursionError):
         return text
 

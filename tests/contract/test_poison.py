@@ -62,6 +62,9 @@ def _raw_poison(backend: str) -> list[str]:
             "('echo', '{}', 'default', 0, 9e999, 'pending', NULL)",
             "('echo', '{}', 'default', -9e999, 5, 'pending', NULL)",
             "('echo', 'not json at all', 'default', 0, 5, 'pending', NULL)",
+            # Python's json reads these; no other JSON reader does (list --json and a command's stdin failed)
+            "('echo', '{\"a\": \"\\ud800\"}', 'default', 0, 5, 'pending', NULL)",
+            "('echo', '{\"a\": NaN}', 'default', 0, 5, 'pending', NULL)",
         ]
     return found
 
@@ -115,6 +118,14 @@ def test_poison_rows_beside_a_thousand_good_ones(backend: str, db_url: str, engi
         assert unrecorded == [], "a failed job's reason is in its error history (the console's job page)"
         assert statuses.count("failed") == len(HANDLER_POISON) + len(_raw_poison(backend)) - 1
 
+        listed = cli("list", "--json", "--limit", "100000", env=env)
+        assert listed.returncode == 0, listed.stderr
+        assert len(json.loads(listed.stdout)) == GOOD + len(poison)
+        if backend == "sqlite":
+            reasons = {e for _, s, e in poison if s == "failed"}
+            assert ("payload is not valid JSON: a lone surrogate escape (\\ud800 to \\udfff) is not valid UTF-8"
+                    in reasons)
+            assert "payload is not valid JSON: NaN is not JSON" in reasons
         secret_free = cli("callbacks", "list", "--json", env=env)
         assert "S3CRET" not in secret_free.stdout and "pa/ss" not in secret_free.stdout
         assert "S3CRET" not in done.stderr

@@ -78,6 +78,28 @@ def test_a_lone_surrogate_in_a_stored_payload_is_measured_not_raised() -> None:
 
 
 @pytest.mark.parametrize(("text", "problem"), [
+    ('{"k": "\\ud800"}', "a lone surrogate escape (\\ud800 to \\udfff) is not valid UTF-8"),
+    ('{"k": "\\uDFFF x"}', "a lone surrogate escape (\\ud800 to \\udfff) is not valid UTF-8"),
+    ('{"k": NaN}', "NaN is not JSON"),
+    ('{"k": [Infinity]}', "Infinity is not JSON"),
+    ('{"k": -Infinity}', "-Infinity is not JSON"),
+])
+def test_what_only_pythons_json_reads_is_not_a_payload(text: str, problem: str) -> None:
+    # SQLite stores it when written by hand; a command's stdin, `list --json` and receivers cannot take it.
+    assert parse_payload(text, 100) == (None, f"payload is not valid JSON: {problem}")
+    assert validation.lenient_json(text) == text  # shown as the text it is
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ('{"k": "\\ud83d\\ude00"}', {"k": "\U0001f600"}),  # a pair: one character
+    ('{"k": "\\\\ud800"}', {"k": "\\ud800"}),  # an escaped backslash, then the text ud800
+    ('{"k": "NaN", "n": 1.5e308}', {"k": "NaN", "n": 1.5e308}),
+])
+def test_surrogate_pairs_and_the_word_nan_are_payloads(text: str, value: dict[str, Any]) -> None:
+    assert parse_payload(text, 100) == (value, None)
+
+
+@pytest.mark.parametrize(("text", "problem"), [
     ("{", "payload is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"),
     ("", "payload is not valid JSON: Expecting value: line 1 column 1 (char 0)"),
     ("[1]", "payload must be a JSON object, got an array"),
