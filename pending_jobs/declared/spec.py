@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from ..callbacks.guard import Refused, parse
-from ..config import duration
+from ..config import DAY, duration
 from ..errors import ConfigError
 from ..validation import MAX_ATTEMPTS_LIMIT, task_name_problem
 
@@ -33,6 +33,7 @@ RESULT_LIMIT = 1_000_000  # bytes of a result by default (payload_limit's defaul
 MAX_ROWS = 100
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL: time for a PHP or shell script to clean up
 CONNECT_TIMEOUT = 5.0
+LONGEST = 7 * DAY  # a task's timeout, kill_after or connect_timeout: a week, far past any job cron serves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +158,8 @@ class _Reader:
             raise self._error(key, str(error)) from None
         if seconds < 0 or (positive and seconds == 0) or seconds != seconds:
             raise self._error(key, f"must be {'more than' if positive else 'at least'} 0 seconds, not {value!r}")
+        if seconds > LONGEST:  # past about 9.2e9 s a socket's or a lock's timeout overflows: every attempt failed
+            raise self._error(key, f"must be at most 7 days ({LONGEST:g} seconds), not {value!r}")
         return seconds
 
     def integer(self, key: str, low: int, high: int) -> int | None:

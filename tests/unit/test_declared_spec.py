@@ -109,6 +109,10 @@ def test_every_option_is_read() -> None:
     ({"sql": "SELECT 1", "max_rows": 0}, r"\[task.t\] max_rows: must be 1..10000, not 0"),
     ({"sql": "SELECT 1", "timeout": "5x"}, r"\[task.t\] timeout: not a duration: '5x'"),
     ({"sql": "SELECT 1", "timeout": 0}, r"\[task.t\] timeout: must be more than 0 seconds"),
+    # past about 9.2e9 s every attempt of a url task failed with an OverflowError (a socket's timeout)
+    ({"url": "http://127.0.0.1:9/ok", "timeout": "1e10"},
+     r"\[task.t\] timeout: must be at most 7 days \(604800 seconds\), not '1e10'"),
+    ({"command": ["true"], "kill_after": "8d"}, r"\[task.t\] kill_after: must be at most 7 days"),
     ({"sql": "SELECT 1", "timeout": True}, r"\[task.t\] timeout: must be seconds or a duration"),
     ({"sql": "SELECT 1", "max_attempts": 0}, r"\[task.t\] max_attempts: must be 1..1000, not 0"),
     ({"sql": "SELECT 1", "max_attempts": "3"}, r"\[task.t\] max_attempts: must be a whole number, not a string"),
