@@ -13,6 +13,8 @@ _STANDARD = set(vars(logging.makeLogRecord({})))
 def printable(text: str, newlines: bool = True) -> str:
     """Text a producer wrote, safe to show in a terminal: control characters (an escape sequence in a task
     name could retitle the window or clear the screen) are shown as escapes; newlines kept when asked."""
+    if text.isprintable() or (newlines and text.replace("\n", "").replace("\t", "").isprintable()):
+        return text  # most text: checked in C, not a character at a time
     return "".join(ch if ch.isprintable() or (newlines and ch in "\n\t") else _escape(ch) for ch in text)
 
 

@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from .. import logs
 from ..store import RunStore, Store
 from ..store.console import BULK_LIMIT, ConsoleStore
 from . import views
@@ -23,8 +24,11 @@ from .security import Csrf
 from .views import BadRequest
 
 MESSAGE = "message:"  # a message's signature is of this and the text, never of a CSRF cookie alone
+# Every value shown has its control and format characters as escapes (logs.printable, as `list` and `show`
+# print them): a right-to-left override in an error or a task name would reverse the text after it.
 ENV = jinja2.Environment(loader=jinja2.PackageLoader("pending_jobs.web", "templates"),
-                         autoescape=True, undefined=jinja2.StrictUndefined)
+                         autoescape=True, undefined=jinja2.StrictUndefined,
+                         finalize=lambda value: logs.printable(value) if type(value) is str else value)
 ENV.filters["pretty"] = views.pretty
 ENV.filters["when"] = lambda value: value.replace("T", " ")[:19] if isinstance(value, str) else "-"
 ENV.filters["secs"] = lambda value: "-" if value is None else f"{value:.1f} s" if value < 120 else (

@@ -155,6 +155,22 @@ def test_what_producers_wrote_renders_inert(console: Any, engine: sa.Engine) -> 
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in client.get(f"/jobs/{job}").text
 
 
+def test_control_and_direction_characters_are_shown_as_escapes(console: Any, engine: sa.Engine) -> None:
+    # A right-to-left override reversed what followed it ("invoice‮fdp.exe" shows as invoiceexe.pdf).
+    with engine.begin() as conn:
+        job = pending_jobs.enqueue(conn, "ctrl\x1b[31m\u202e", {"file": "invoice\u202efdp.exe"})
+        conn.execute(sa.text("UPDATE pending_jobs SET status = 'failed', last_error = :e WHERE id = :id"),
+                     {"e": "boom\nsaved as invoice\u202efdp.exe\x07", "id": job})
+    client = console()
+    for path in ("/jobs", f"/jobs/{job}", f"/events?once=1&view=job&id={job}"):
+        text = client.get(path).text
+        assert "\u202e" not in text and "\x1b" not in text and "\x07" not in text, path
+    page = client.get(f"/jobs/{job}").text
+    assert "ctrl\\x1b[31m\\u202e" in page and "saved as invoice\\u202efdp.exe\\x07" in page
+    assert "boom\nsaved" in page  # an error's lines are kept
+    assert client.get(f"/api/jobs/{job}").json()["task"] == "ctrl\x1b[31m\u202e"  # the API gives the data as stored
+
+
 def test_security_headers_on_every_answer(console: Any) -> None:
     client = console()
     for response in (client.get("/"), client.get("/api/jobs"), console(REMOTE).get("/"),
