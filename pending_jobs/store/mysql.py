@@ -69,9 +69,9 @@ class MySQL(Dialect):
     """MariaDB and MySQL."""
 
     name: ClassVar[str] = "mysql"
+    backslash_escapes: ClassVar[bool] = True  # unless sql_mode has NO_BACKSLASH_ESCAPES
     # DDL, table maintenance and LOCK TABLES commit the open transaction (PostgreSQL's and SQLite's DDL is
     # transactional): a declared sql task's statements may not (declared/sql.py).
-    backslash_escapes: ClassVar[bool] = True  # unless sql_mode has NO_BACKSLASH_ESCAPES
     implicit_commits: ClassVar[frozenset[str]] = frozenset({
         "alter", "create", "drop", "rename", "truncate", "grant", "revoke", "lock", "unlock", "analyze", "optimize",
         "repair", "check", "flush", "cache", "load", "install", "uninstall", "change", "purge", "kill", "shutdown"})
