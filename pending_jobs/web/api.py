@@ -35,6 +35,10 @@ def api_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
         return JSONResponse(views.overview(store))
 
     def jobs(request: Request) -> Response:
+        unknown = sorted(set(request.query_params) - {*views.FILTER_FIELDS, "before", "limit", "count"})
+        if unknown:  # a misspelt filter (stauts=failed) would list every job as if it were the answer
+            return _error(400, f"{unknown[0]}: not a parameter of /api/jobs (it takes "
+                               f"{', '.join([*views.FILTER_FIELDS, 'before', 'limit', 'count'])})")
         try:
             f = views.filter_from(request.query_params)
             before, limit = views.page_args(request.query_params)

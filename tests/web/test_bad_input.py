@@ -157,6 +157,15 @@ def test_a_text_filter_over_its_limit_is_a_400_not_cut(console: Any, store: Stor
     assert console().get("/api/jobs", params={"q": "A" * 200}).status_code == 200
 
 
+def test_a_misspelt_parameter_of_the_jobs_api_is_a_400(console: Any, store: Store) -> None:
+    enqueue(store.engine, "noop")
+    answer = console().get("/api/jobs", params={"stauts": "failed"})  # listed every job, as if none had failed
+    assert answer.status_code == 400
+    assert answer.json()["error"] == ("stauts: not a parameter of /api/jobs (it takes status, queue, task, since, "
+                                      "until, q, before, limit, count)")
+    assert console().get("/api/jobs", params={"status": "failed", "limit": "5", "count": "1"}).json()["count"] == 0
+
+
 def test_a_payload_and_result_nested_past_what_is_read_show_as_their_text(console: Any, store: Store,
                                                                            engine: sa.Engine) -> None:
     """PostgreSQL and SQLite store JSON of any depth written by hand; 600 levels took pages, `show --json`
