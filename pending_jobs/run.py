@@ -58,7 +58,8 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     started = time.monotonic()
     report = RunReport()
     configured = limits.parse(settings.queue_tables, settings.declared_tasks)  # ConfigError before any work
-    recurring = schedules.parse(settings.schedule_tables) if job_id is None and settings.callbacks != "only" else {}
+    serving = job_id is None and settings.callbacks != "only"
+    recurring = schedules.parse(settings.schedule_tables, settings.payload_limit) if serving else {}
     if configured:
         store = LimitedStore(store, configured)
     runs = RunStore(store)
@@ -121,7 +122,7 @@ def check_settings(settings: Settings, job_id: int | None = None) -> None:
     asks before it takes the host lock, so a run with a typo never makes the serving run hand over to it."""
     limits.parse(settings.queue_tables, settings.declared_tasks)
     if job_id is None and settings.callbacks != "only":
-        schedules.parse(settings.schedule_tables)
+        schedules.parse(settings.schedule_tables, settings.payload_limit)
     if settings.callbacks != "off":
         Deliverer.check(settings)
 

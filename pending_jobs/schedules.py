@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from cronsim import CronSim, CronSimError
 
-from .config import duration
+from .config import BY_NAME, duration
 from .errors import ConfigError
 from .validation import (
     JSON_DEPTH_MAX,
@@ -37,6 +37,7 @@ from .validation import (
     PRIORITY_MIN,
     QUEUE_LIMIT,
     depth,
+    dump_json,
     key_problem,
     task_name_problem,
 )
@@ -48,8 +49,13 @@ NAME_MAX = 100  # pending_job_schedules.name; the idempotency key adds the slot
 GRACE = 60.0
 """Seconds a slot may be late and still run under `skip`: runs look every few seconds, and a cron tick's
 run starts within a second of the minute, so only a slot missed while nothing ran is older."""
+# A serving run looks every second (run.SCHEDULE_STEP): a shorter grace skipped slots it was on time for.
+GRACE_MIN = 5.0
+HOST_ZONES = frozenset({"localtime", "posixrules"})  # names of the host's /etc/localtime, not of a zone
 CATCH_UP_LIMIT = 100
 SCHEDULE_KEY = "_schedule"  # the payload key of a job's schedule and slot (declared sql tasks bind its parts)
+PAYLOAD_LIMIT: int = BY_NAME["payload_limit"].default  # the setting's default (callers pass the setting)
+LONGEST_SLOT = "2026-01-01T00:00:00.000000Z"  # a slot as its job's payload names it, at its longest
 COUNT_LIMIT = 10_000  # slots counted at most when saying how many were skipped
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TICK = dt.timedelta(microseconds=1)
@@ -141,13 +147,13 @@ def iso(moment: dt.datetime) -> str:
     return text + "Z"
 
 
-def parse(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Schedule]:
+def parse(tables: Mapping[str, Mapping[str, Any]], payload_limit: int = PAYLOAD_LIMIT) -> dict[str, Schedule]:
     """Every `[schedules.NAME]` table; raises ConfigError naming the table and the key."""
-    return {name: parse_one(name, table) for name, table in tables.items()}
+    return {name: parse_one(name, table, payload_limit) for name, table in tables.items()}
 
 
-def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
-    """One `[schedules.NAME]` table."""
+def parse_one(name: str, table: Mapping[str, Any], payload_limit: int = PAYLOAD_LIMIT) -> Schedule:
+    """One `[schedules.NAME]` table; `payload_limit`: the bytes its job's payload may have."""
     where = f"[schedules.{name}]"
 
     def error(key: str, problem: str) -> ConfigError:
@@ -165,10 +171,13 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
     if problem:
         raise error("task", f"{problem}, not {task!r}")
     timezone = _text(table, "timezone", error, limit=64) or "UTC"
+    if timezone in HOST_ZONES:
+        raise error("timezone", f"{timezone!r} is each host's own zone, so hosts would enqueue different slots: "
+                                "name the zone (e.g. Europe/Berlin)")
     if timezone != "UTC":
         try:
             zoneinfo.ZoneInfo(timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder of zones (Europe)
             raise error("timezone", f"{timezone!r} is not in the time zone database (e.g. Europe/Berlin)") from None
     cron = every = None
     if "cron" in table:
@@ -194,6 +203,11 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
         raise error("payload", f"must hold JSON values only (write dates and times as strings): {problem}") from None
     if depth(payload) > JSON_DEPTH_MAX:  # MariaDB's JSON check would refuse every job's INSERT
         raise error("payload", f"nests {depth(payload)} levels deep; at most {JSON_DEPTH_MAX} can be stored")
+    try:  # as its jobs are stored: PostgreSQL refused a NUL at every look, a run failed each job over the limit
+        dump_json({**payload, SCHEDULE_KEY: {"name": name, "slot": LONGEST_SLOT}}, "its job's payload",
+                  payload_limit, allow_nul=False)
+    except ValueError as problem:
+        raise error("payload", str(problem)) from None
     queue = table.get("queue", "default")
     wrong = key_problem(queue, QUEUE_LIMIT)  # the rule of enqueue: its jobs are inserted as enqueue's are
     if wrong:
@@ -213,7 +227,7 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Schedule:
         concurrency_key=key,
         catch_up=catch_up,
         catch_up_limit=_integer(table, "catch_up_limit", error, 1, COUNT_LIMIT) or CATCH_UP_LIMIT,
-        grace=_duration(table, "grace", error, 0.0, 366 * 86400.0) if "grace" in table else GRACE,
+        grace=_duration(table, "grace", error, GRACE_MIN, 366 * 86400.0) if "grace" in table else GRACE,
     )
 
 

@@ -97,7 +97,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     engine, store = common.open_database(settings)
     migrate.require_head(engine)
     status = collect_status(store, args.stale_after, late=schedules.late_warnings(
-        store, flow_schedules.parse(settings.schedule_tables)))
+        store, flow_schedules.parse(settings.schedule_tables, settings.payload_limit)))
     if args.json:
         common.print_json(status)
         return EXIT_OK

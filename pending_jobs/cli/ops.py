@@ -268,7 +268,7 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
         settings = common.settings_from(args)
         declared.specs(settings)  # [task.NAME] tables are configuration too
         limits.parse(settings.queue_tables, settings.declared_tasks)  # and the limits and schedules
-        plan = schedules.parse(settings.schedule_tables)
+        plan = schedules.parse(settings.schedule_tables, settings.payload_limit)
         engine, store = common.open_database(settings)  # a URL no engine can be made of (a missing folder)
     except ConfigError as error:
         results.append(("configuration", False, str(error)))

@@ -34,7 +34,7 @@ def register(commands: Commands) -> None:
 
 def cmd_schedules(args: argparse.Namespace) -> int:
     settings = common.settings_from(args)
-    plan = schedules.parse(settings.schedule_tables)
+    plan = schedules.parse(settings.schedule_tables, settings.payload_limit)
     engine, store = common.open_database(settings)
     migrate.require_head(engine)
     if args.enqueue:

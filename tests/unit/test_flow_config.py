@@ -93,10 +93,32 @@ def test_the_config_file_holds_queue_and_schedule_tables(tmp_path: Path) -> None
     ({"every": "1m", "task": "t\x00"}, r"task: must not contain NUL"),
     ({"every": "1m", "task": "t", "payload": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}},
      r"payload: nests 32 levels deep; at most 31"),
+    # A folder of the zone database: IsADirectoryError, a traceback in every command, no run at all.
+    ({"cron": "* * * * *", "task": "t", "timezone": "Europe"}, r"timezone: 'Europe' is not in the time zone"),
+    ({"cron": "* * * * *", "task": "t", "timezone": "America/Argentina"}, r"timezone: 'America/Argentina' is not"),
+    # Each host's own /etc/localtime: two hosts in different zones enqueued two jobs for one 02:00.
+    ({"cron": "0 2 * * *", "task": "t", "timezone": "localtime"}, r"timezone: 'localtime' is each host's own zone"),
+    ({"cron": "0 2 * * *", "task": "t", "timezone": "posixrules"}, r"timezone: 'posixrules' is each host's own"),
+    # Under a second a slot was always later than that when a serving run looked: never enqueued.
+    ({"every": "2s", "task": "t", "grace": 0}, r"grace: must be from 5 s to 3.16224e\+07 s, not 0"),
+    ({"every": "2s", "task": "t", "grace": "4.9s"}, r"grace: must be from 5 s"),
+    # PostgreSQL refused the job's INSERT at every look; the look logged it, check said ok.
+    ({"every": "1m", "task": "t", "payload": {"a": "\x00"}},
+     r"payload: its job's payload contains a NUL character, which PostgreSQL jsonb cannot store"),
 ])
 def test_bad_schedules_name_the_table_and_key(table: dict, error: str) -> None:
     with pytest.raises(ConfigError, match=error):
         schedules.parse({"s": table})
+
+
+def test_a_schedule_whose_job_would_be_over_the_payload_limit_is_refused() -> None:
+    # Each of its jobs failed at its claim (payload is 141 bytes, over the 50-byte limit); check said ok.
+    table = {"every": "1m", "task": "t", "payload": {"text": "x" * 30}}
+    with pytest.raises(ConfigError, match=r"^\[schedules.s\] payload: its job's payload is 103 bytes, over the "
+                                          r"102-byte limit$"):  # _schedule with the longest slot included
+        schedules.parse({"s": table}, 102)
+    assert schedules.parse({"s": table}, 103)["s"].payload == {"text": "x" * 30}
+    assert schedules.parse({"s": {**table, "grace": "5s"}})["s"].grace == 5.0
 
 
 def slot(text: str) -> dt.datetime:

@@ -525,6 +525,8 @@ def test_name_rules_at_their_edges() -> None:
     assert validation.key_problem("k ") == "must not start or end with whitespace (MariaDB takes 'k ' for 'k')"
     assert validation.queue_problem("q" * 64) is None
     assert validation.queue_problem("q" * 65) == "a queue name of 1 to 64 characters"
+    assert validation.queue_problem(" q") == ("a queue name must not start or end with whitespace "
+                                              "(MariaDB takes 'q ' for 'q')")
 
 
 def test_finished_statuses_takes_text_or_a_list_of_finished_ones_only() -> None:
