@@ -8,7 +8,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any, TypeAlias
 
-from .. import migrate, schedules
+from .. import declared, limits, migrate, schedules
 from ..errors import EXIT_FAILURE, EXIT_OK
 from ..run import enqueue_schedules
 from ..schedules import Schedule
@@ -37,7 +37,9 @@ def cmd_schedules(args: argparse.Namespace) -> int:
     plan = schedules.parse(settings.schedule_tables, settings.payload_limit)
     engine, store = common.open_database(settings)
     migrate.require_head(engine)
-    if args.enqueue:
+    if args.enqueue:  # as a run would: a [task.NAME] table with a typo is a configuration error, not jobs enqueued
+        declared.specs(settings)
+        limits.parse(settings.queue_tables, settings.declared_tasks)
         count = enqueue_schedules(ScheduleStore(store), plan)
         common.log.info("enqueued %d job(s) for due schedule slots", count)
     states = schedule_states(store, plan)
@@ -57,9 +59,8 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
 
 def schedule_states(store: Store, plan: Mapping[str, Schedule]) -> list[dict[str, Any]]:
-    """Every configured schedule (and every row of one no longer configured) as plain data."""
-    if not plan:
-        return []
+    """Every configured schedule (and every row of one no longer configured, even when none is left) as plain
+    data."""
     reads = ScheduleStore(store)
     rows = reads.rows()
     now = reads.now()
@@ -98,4 +99,4 @@ def late_warnings(store: Store, plan: Mapping[str, Schedule]) -> list[str]:
     """One line per late schedule (status and check show them)."""
     return [f"schedule {s['name']} is late: its slot {common.cell(s['next_slot'])} is {s['late_seconds']:.0f}s "
             "overdue and not enqueued (is a run serving, or cron running `pending-jobs run`?)"
-            for s in schedule_states(store, plan) if s["late_seconds"]]
+            for s in (schedule_states(store, plan) if plan else []) if s["late_seconds"]]  # only a configured one

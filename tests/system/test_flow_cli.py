@@ -114,6 +114,24 @@ def test_check_names_a_schedule_whose_payload_its_sql_task_refuses(tmp_path: Pat
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_schedules_enqueue_refuses_what_run_refuses_and_lists_the_last_removed_one(tmp_path: Path, db_url: str,
+                                                                                  engine: sa.Engine) -> None:
+    config = tmp_path / "jobs.toml"
+    env = {"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_CONFIG": str(config)}
+    fires = '[schedules.often]\nevery = "1s"\ntask = "x"\n'
+    config.write_text(f'[task.x]\ncommand = ["true"]\nconcurrency_limt = 1\n{fires}')  # a typo run refuses
+    refused = cli("schedules", "--enqueue", env=env)
+    assert refused.returncode == 2 and "[task.x]" in refused.stderr and "concurrency_limt" in refused.stderr
+    assert rows(engine, "SELECT COUNT(*) FROM pending_jobs")[0][0] == 0
+
+    config.write_text(f'[task.x]\ncommand = ["true"]\n{fires}')
+    assert cli("schedules", "--enqueue", env=env).returncode == 0
+    config.write_text('[task.x]\ncommand = ["true"]\n')  # the last schedule removed: still listed as removed
+    listed = json.loads(cli("schedules", "--json", env=env).stdout)
+    assert [(s["name"], s["state"]) for s in listed] == [("often", "removed from the config: stopped")]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_enqueue_sets_the_concurrency_key(db_url: str, engine: sa.Engine) -> None:
     result = cli("enqueue", "noop", "--concurrency-key", "user:42", env={"PENDING_JOBS_DATABASE_URL": db_url})
     assert result.returncode == 0, result.stderr
