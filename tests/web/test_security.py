@@ -156,7 +156,7 @@ def test_what_producers_wrote_renders_inert(console: Any, engine: sa.Engine) -> 
 
 
 def test_control_and_direction_characters_are_shown_as_escapes(console: Any, engine: sa.Engine) -> None:
-    # A right-to-left override reversed what followed it ("invoice‮fdp.exe" shows as invoiceexe.pdf).
+    # A right-to-left override (U+202E) reversed what followed it: invoice<RLO>fdp.exe showed as invoiceexe.pdf.
     with engine.begin() as conn:
         job = pending_jobs.enqueue(conn, "ctrl\x1b[31m\u202e", {"file": "invoice\u202efdp.exe"})
         conn.execute(sa.text("UPDATE pending_jobs SET status = 'failed', last_error = :e WHERE id = :id"),
