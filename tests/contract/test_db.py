@@ -140,3 +140,20 @@ def test_only_an_error_of_a_changed_session_costs_a_fresh_connection(store: Stor
     with pytest.raises(sa.exc.DBAPIError, match="no_such_table"):
         store.transaction(missing_table)
     assert (len(calls), len(connects) - before) == (1, 0)
+
+
+def test_a_session_a_handler_made_read_only_is_not_a_read_only_database(backend: str, store: Store) -> None:
+    """A handler that ran SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY left its pooled connection so:
+    the run's writability check read that session's `transaction_read_only` and stopped the run as if the
+    database were read-only (a fault test failed on it now and then). The check asks the server."""
+    if backend != "postgresql":
+        pytest.skip("MariaDB's check reads @@global.read_only and SQLite's nothing: no session in either")
+    store.engine.dispose()  # one pooled connection from here: the spoiled one is the one checked
+    with store.engine.connect() as conn:
+        conn.exec_driver_sql("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        conn.commit()
+    with store.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on"
+    store.check_writable()
+    with store.engine.connect() as conn:  # the same connection still: checking it changed nothing
+        assert conn.exec_driver_sql("SHOW default_transaction_read_only").scalar() == "on"
