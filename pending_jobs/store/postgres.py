@@ -233,9 +233,12 @@ class Postgres(Dialect):
         # The server's answer, not this session's: a handler that made its pooled session read-only (SET
         # SESSION CHARACTERISTICS) made SHOW transaction_read_only say on, and a run stopped as if the database
         # were. reset_val is what the server, database or role set; a standby is in recovery.
-        found = conn.execute(sa.text("SELECT pg_is_in_recovery() OR (SELECT reset_val FROM pg_settings "
-                                     "WHERE name = 'default_transaction_read_only') = 'on'")).scalar()
-        return "the database is read-only (transaction_read_only=on): nothing claimed" if found else None
+        standby, default = conn.execute(sa.text(
+            "SELECT pg_is_in_recovery(), (SELECT reset_val FROM pg_settings "
+            "WHERE name = 'default_transaction_read_only') = 'on'")).one()
+        if standby:
+            return "the database is read-only (a standby in recovery): nothing claimed"
+        return "the database is read-only (default_transaction_read_only=on): nothing claimed" if default else None
 
     def _insert_many(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
         """One INSERT … SELECT FROM unnest(one array per column), whatever the row count.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from pending_jobs.errors import ConfigError, exit_code_of
+from pending_jobs.errors import ConfigError, DatabaseUnavailable, exit_code_of
 from pending_jobs.store import Store, create_engine
 from tests.conftest import SERVERS, scalar
 
@@ -157,3 +157,17 @@ def test_a_session_a_handler_made_read_only_is_not_a_read_only_database(backend:
     store.check_writable()
     with store.engine.connect() as conn:  # the same connection still: checking it changed nothing
         assert conn.exec_driver_sql("SHOW default_transaction_read_only").scalar() == "on"
+
+
+def test_a_read_only_database_is_named_by_the_setting_that_made_it_so(backend: str, store: Store) -> None:
+    """The message names what the check read: the database's default_transaction_read_only here (a standby
+    says "in recovery"), not the session's transaction_read_only, which the check no longer reads."""
+    if backend != "postgresql":
+        pytest.skip("PostgreSQL's check reads two settings; MariaDB's message names @@global.read_only")
+    with store.engine.connect() as conn:
+        name = conn.exec_driver_sql("SELECT current_database()").scalar()
+        conn.exec_driver_sql(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+        conn.commit()
+    store.engine.dispose()  # new sessions take the database's setting
+    with pytest.raises(DatabaseUnavailable, match=r"read-only \(default_transaction_read_only=on\)"):
+        store.check_writable()
