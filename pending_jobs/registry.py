@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from .context import Handler
 from .errors import ConfigError
-from .validation import task_name_problem
+from .validation import LONGEST_TIMEOUT, task_name_problem
 
 Backoff = Callable[[int], float]
 Isolation = Literal["thread", "process"]
@@ -62,6 +62,15 @@ def task(
         raise ValueError(f"isolation must be 'thread' or 'process', not {isolation!r}")
     if memory_limit is not None and isolation != "process":
         raise ValueError("memory_limit needs isolation='process' (a thread cannot be limited alone)")
+    # Checked here, at import: a timeout of "5" killed the worker and timeout threads at the first job (the
+    # run never ended), and 1e12 overflowed the waits it bounds.
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float)
+                                or not 0 < timeout <= LONGEST_TIMEOUT):
+        raise ValueError(f"timeout must be seconds, more than 0 and at most {LONGEST_TIMEOUT:g} (7 days), "
+                         f"not {timeout!r}")
+    if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
+                                     or memory_limit <= 0):
+        raise ValueError(f"memory_limit must be a whole number of bytes, more than 0, not {memory_limit!r}")
 
     def register(fn: Handler) -> Handler:
         existing = _TASKS.get(name)

@@ -20,6 +20,8 @@ ERROR_LIMIT = 4000
 NAME_LIMIT = 191
 QUEUE_LIMIT = 64  # the queue columns are VARCHAR(64)
 JOB_ID_MAX = 2**63 - 1  # BIGINT: a larger id can exist on no database
+LONGEST_TIMEOUT = 7 * 86400.0  # a task's timeout, at most: a week, far past any job cron serves; past about
+# 9.2e9 s a lock's or a socket's timeout overflows and every attempt failed
 JSON_DEPTH_MAX = 31  # levels of nesting a payload or result may have: MariaDB's JSON check refuses a deeper one
 AGE = config.Setting("age", None, config.duration, "how long ago", 0, 3650 * config.DAY)
 """The range of an age an operator filters or purges by (`list --since`, `purge --older-than`, the console's

@@ -9,9 +9,9 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from ..callbacks.guard import Refused, parse
-from ..config import DAY, duration
+from ..config import duration
 from ..errors import ConfigError
-from ..validation import MAX_ATTEMPTS_LIMIT, task_name_problem
+from ..validation import LONGEST_TIMEOUT, MAX_ATTEMPTS_LIMIT, task_name_problem
 
 T = TypeVar("T")
 KINDS = {"sql": "sql", "url": "http", "command": "command"}
@@ -33,7 +33,7 @@ RESULT_LIMIT = 1_000_000  # bytes of a result by default (payload_limit's defaul
 MAX_ROWS = 100
 KILL_AFTER = 5.0  # seconds between SIGTERM and SIGKILL: time for a PHP or shell script to clean up
 CONNECT_TIMEOUT = 5.0
-LONGEST = 7 * DAY  # a task's timeout, kill_after or connect_timeout: a week, far past any job cron serves
+LONGEST = LONGEST_TIMEOUT  # a task's timeout, kill_after or connect_timeout: a week, far past any job cron serves
 
 
 @dataclasses.dataclass(frozen=True)
