@@ -68,6 +68,8 @@ def task(
                                 or not 0 < timeout <= LONGEST_TIMEOUT):
         raise ValueError(f"timeout must be seconds, more than 0 and at most {LONGEST_TIMEOUT:g} (7 days), "
                          f"not {timeout!r}")
+    if backoff is not None and not callable(backoff):  # backoff=30 fell back to the default at every failure
+        raise ValueError(f"backoff must be a function of the attempt number, returning seconds, not {backoff!r}")
     if memory_limit is not None and (isinstance(memory_limit, bool) or not isinstance(memory_limit, int)
                                      or memory_limit <= 0):
         raise ValueError(f"memory_limit must be a whole number of bytes, more than 0, not {memory_limit!r}")

@@ -42,3 +42,11 @@ def test_a_module_with_a_bad_timeout_is_a_configuration_error(tmp_path: Path) ->
         sys.path.remove(str(tmp_path))
         sys.modules.pop("badtimeout_jobs", None)
     assert "slow" not in registry.load([])
+
+
+@pytest.mark.parametrize("backoff", [30, "30s"])
+def test_a_backoff_that_is_not_a_function_is_refused(backoff: Any) -> None:
+    # It was used as a function at the first failure: a warning, then the default backoff, every time.
+    with pytest.raises(ValueError, match=r"^backoff must be a function of the attempt number, returning seconds, not "):
+        registry.task("report", backoff=backoff)
+    assert callable(registry.task("report", backoff=lambda attempt: 30.0 * attempt))
