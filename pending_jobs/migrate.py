@@ -99,9 +99,11 @@ def require_head(engine: sa.Engine) -> None:
             f"database schema is at {at}, newer than this pending-jobs knows (it needs {wanted}): another host "
             f"upgraded pending-jobs and migrated; upgrade pending-jobs here too"
         )
+    # The URL too: a typo in it (another SQLite file, another database) reads as "not migrated", and
+    # `migrate` would then create the typo'd database beside the real one.
     raise SchemaNotCurrent(
         f"database schema is {f'at {at}' if at else 'not migrated'}, this pending-jobs needs {wanted}: "
-        "run `pending-jobs migrate`"
+        f"run `pending-jobs migrate` (database_url: {engine.url.set(query={}).render_as_string(hide_password=True)})"
     )
 
 

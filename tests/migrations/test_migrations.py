@@ -91,6 +91,9 @@ def test_run_refuses_a_database_not_at_head(empty_url: str) -> None:
     assert result.returncode == 2
     assert "pending-jobs migrate" in result.stderr and result.stdout == ""
     assert f"database schema is not migrated, this pending-jobs needs {migrate.HEAD}" in result.stderr
+    # The database it looked at, to tell a typo in the URL from a database not yet migrated; no password.
+    shown = sa.make_url(empty_url).set(query={}).render_as_string(hide_password=True)
+    assert f"(database_url: {shown})" in result.stderr
 
 
 def test_head_is_the_newest_migration_script() -> None:
