@@ -23,7 +23,8 @@ def register(commands: Commands) -> None:
     common.add_common(q)
     common.add_json(q)
     q.add_argument("--failed", action="store_true", help="only callbacks that failed for good")
-    q.add_argument("--limit", type=common.INTEGER, default=100, help="at most this many rows (default 100)")
+    q.add_argument("--limit", type=common.LIMIT, default=100,
+                   help=f"at most this many rows, 1 to {common.LIST_LIMIT:,} (default 100)")
     q.set_defaults(func=cmd_list)
 
     q = actions.add_parser("retry", help="make a finished job's callback due now, also when it failed")
@@ -40,7 +41,7 @@ def _open(args: argparse.Namespace) -> CallbackStore:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    rows = _open(args).recent(failed_only=args.failed, limit=max(1, args.limit))
+    rows = _open(args).recent(failed_only=args.failed, limit=args.limit)
     if args.json:
         common.print_json([
             {"job_id": r.job_id, "task": r.task, "job_status": r.job_status, "url": redact(r.url),

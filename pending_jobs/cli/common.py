@@ -47,6 +47,17 @@ AGE = argument(validation.age)  # how long ago, for a filter or a purge: bounded
 JOB_ID = argument(validation.job_id)
 QUEUE = argument(_queue)
 INTEGER = argument(config.integer)
+LIST_LIMIT = 1_000_000  # rows a listing prints; beyond it a LIMIT overflows a database's integer or its memory
+
+
+def _limit(value: str) -> int:
+    number = config.integer(value)
+    if not 1 <= number <= LIST_LIMIT:  # 0 and -5 printed one row; 10**20 was a driver's traceback
+        raise ValueError(f"{number} is outside 1 to {LIST_LIMIT:,}")
+    return number
+
+
+LIMIT = argument(_limit)
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

@@ -30,7 +30,6 @@ CHECK_CODES = {"configuration": 2, "database": 3, "schema": 4, "handlers": 5, "c
 OPTIONAL_CHECKS = {"schedules"}  # listed only when the config has some
 STATUSES = [s.value for s in JobStatus]
 AGE_RANGE = validation.AGE.range_text()
-LIST_LIMIT = 1_000_000  # rows `list` prints; beyond it a LIMIT overflows a database's integer or its memory
 
 
 def register(commands: Commands) -> None:
@@ -42,8 +41,8 @@ def register(commands: Commands) -> None:
     p.add_argument("--status", type=_statuses, help=f"comma-separated statuses ({', '.join(STATUSES)})")
     p.add_argument("--callback-status", choices=[*[s.value for s in CallbackStatus], "none"],
                    help="only jobs whose callback is in this state (none: no callback)")
-    p.add_argument("--limit", type=common.argument(_limit), default=50,
-                   help=f"at most this many rows, 1 to {LIST_LIMIT:,} (default 50)")
+    p.add_argument("--limit", type=common.LIMIT, default=50,
+                   help=f"at most this many rows, 1 to {common.LIST_LIMIT:,} (default 50)")
     p.set_defaults(func=cmd_list)
 
     p = commands.add_parser("show", help="one job: the whole row, payload, result, last error, callback attempts")
@@ -124,13 +123,6 @@ def _filter(args: argparse.Namespace) -> JobFilter:
         since=args.since, callback_status=getattr(args, "callback_status", None),
         limit=getattr(args, "limit", 50),
     )
-
-
-def _limit(value: str) -> int:
-    number = config.integer(value)
-    if not 1 <= number <= LIST_LIMIT:
-        raise ValueError(f"{number} is outside 1 to {LIST_LIMIT:,}")
-    return number
 
 
 def _first_line(text: str | None, width: int = 60) -> str | None:

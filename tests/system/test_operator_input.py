@@ -68,6 +68,17 @@ def test_a_list_limit_outside_its_range_is_a_usage_error(db_url: str, engine: sa
     assert cli("list", "--limit", "1000000", env={"PENDING_JOBS_DATABASE_URL": db_url}).returncode == 0
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "1000001", "99999999999999999999"])
+def test_a_callbacks_list_limit_outside_its_range_is_a_usage_error(db_url: str, engine: sa.Engine, value: str) -> None:
+    # As `list --limit` was: 0 and -5 printed one row; 10**20 was a driver's error (an overflow on SQLite,
+    # bigint out of range on PostgreSQL, MariaDB's syntax error with the SQL), exit 1 with a traceback.
+    done = cli("callbacks", "list", "--limit", value, env={"PENDING_JOBS_DATABASE_URL": db_url})
+    assert done.returncode == 2, done.stderr
+    assert f"argument --limit: {value} is outside 1 to 1,000,000" in done.stderr
+    assert "Traceback" not in done.stderr and "unexpected error" not in done.stderr
+    assert cli("callbacks", "list", "--limit", "1000000", env={"PENDING_JOBS_DATABASE_URL": db_url}).returncode == 0
+
+
 @pytest.mark.parametrize("command", [["check"], ["run"], ["list"]])
 def test_a_config_file_that_is_not_utf8_is_a_configuration_error(db_url: str, tmp_path: Path,
                                                                  command: list[str]) -> None:
