@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
+from pending_jobs.migrations import steps
+
 # Each dialect's UTC clock with microseconds (the DDL of this revision is unchanged by using it).
 from pending_jobs.schema import now_default
 
@@ -33,7 +35,8 @@ SUMMARY_SQL = (
 
 
 def upgrade() -> None:
-    op.create_table(
+    # Each step asks first: a failed run of this migration on MariaDB kept the steps before it (steps.py).
+    steps.create_table(
         "pending_jobs",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("queue", sa.String(64), nullable=False, server_default="default"),
@@ -64,11 +67,11 @@ def upgrade() -> None:
         sa.UniqueConstraint("idempotency_key", name="uq_pending_jobs_idempotency_key"),
         **MYSQL,
     )
-    op.create_index(
+    steps.create_index(
         "ix_pending_jobs_claim", "pending_jobs", ["status", "queue", sa.text("priority DESC"), "run_at", "id"]
     )
-    op.create_index("ix_pending_jobs_callback", "pending_jobs", ["callback_status", "callback_next_at"])
-    op.create_table(
+    steps.create_index("ix_pending_jobs_callback", "pending_jobs", ["callback_status", "callback_next_at"])
+    steps.create_table(
         "pending_job_callback_attempts",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("job_id", Id, nullable=False),
@@ -82,10 +85,10 @@ def upgrade() -> None:
         sa.Column("response_excerpt", sa.Text, nullable=True),
         **MYSQL,
     )
-    op.create_index(
+    steps.create_index(
         "ix_pending_job_callback_attempts_job", "pending_job_callback_attempts", ["job_id", "attempt"]
     )
-    op.create_table(
+    steps.create_table(
         "pending_job_runs",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("host", sa.String(255), nullable=False),
@@ -102,8 +105,9 @@ def upgrade() -> None:
         sa.Column("exit_code", sa.Integer, nullable=True),
         **MYSQL,
     )
-    op.create_index("ix_pending_job_runs_started", "pending_job_runs", ["started_at"])
-    op.execute(f"CREATE VIEW pending_jobs_summary AS {SUMMARY_SQL}")
+    steps.create_index("ix_pending_job_runs_started", "pending_job_runs", ["started_at"])
+    if steps.missing_view("pending_jobs_summary"):
+        op.execute(f"CREATE VIEW pending_jobs_summary AS {SUMMARY_SQL}")
 
 
 def downgrade() -> None:

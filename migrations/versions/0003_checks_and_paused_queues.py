@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql, postgresql
 
+from pending_jobs.migrations import steps
 from pending_jobs.schema import now_default
 
 revision = "0003"
@@ -93,17 +94,20 @@ def upgrade() -> None:
     if sqlite:  # the table is rebuilt; its view is recreated around that
         op.execute("DROP VIEW pending_jobs_summary")
     with op.batch_alter_table("pending_jobs", copy_from=_jobs_as_of_0002()) as batch:
-        batch.create_check_constraint("ck_pending_jobs_status", _in("status", STATUSES))
-        batch.create_check_constraint("ck_pending_jobs_callback_status",
-                                      f"callback_status IS NULL OR {_in('callback_status', CALLBACK_STATUSES)}")
+        if steps.missing_check("pending_jobs", "ck_pending_jobs_status"):  # a failed run kept it (steps.py)
+            batch.create_check_constraint("ck_pending_jobs_status", _in("status", STATUSES))
+        if steps.missing_check("pending_jobs", "ck_pending_jobs_callback_status"):
+            batch.create_check_constraint("ck_pending_jobs_callback_status",
+                                          f"callback_status IS NULL OR {_in('callback_status', CALLBACK_STATUSES)}")
     if sqlite:
         op.execute(f"CREATE VIEW pending_jobs_summary AS {SUMMARY_SQL}")
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("CREATE FUNCTION pending_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS "
+        op.execute("CREATE OR REPLACE FUNCTION pending_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS "
                    "$$ BEGIN PERFORM pg_notify('pending_jobs', ''); RETURN NULL; END $$")
+        op.execute("DROP TRIGGER IF EXISTS pending_jobs_notify ON pending_jobs")
         op.execute("CREATE TRIGGER pending_jobs_notify AFTER INSERT ON pending_jobs "
                    "FOR EACH STATEMENT EXECUTE FUNCTION pending_jobs_notify()")
-    op.create_table(
+    steps.create_table(
         "pending_job_paused_queues",
         sa.Column("queue", sa.String(64), primary_key=True),
         sa.Column("paused_at", Time, nullable=False, server_default=now_default()),

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
+from pending_jobs.migrations import steps
 from pending_jobs.schema import now_default
 
 revision = "0005"
@@ -33,18 +34,19 @@ KEYED = "concurrency_key IS NOT NULL"
 
 def upgrade() -> None:
     # A plain ADD COLUMN on every database (SQLite too: no table rebuild, the summary view stays).
-    op.add_column("pending_jobs", sa.Column("concurrency_key", sa.String(191), nullable=True))
-    op.create_index("ix_pending_jobs_concurrency", "pending_jobs",
+    # Each step asks first: a failed run of this migration on MariaDB kept the steps before it (steps.py).
+    steps.add_column("pending_jobs", sa.Column("concurrency_key", sa.String(191), nullable=True))
+    steps.create_index("ix_pending_jobs_concurrency", "pending_jobs",
                     ["concurrency_key", "status", sa.desc("priority"), "run_at", "id"],
                     postgresql_where=sa.text(KEYED), sqlite_where=sa.text(KEYED))
-    op.create_table(
+    steps.create_table(
         "pending_job_limits",
         sa.Column("name", sa.String(255), primary_key=True),
         sa.Column("tokens", sa.Float, nullable=True),
         sa.Column("refilled_at", Time, nullable=True),
         **MYSQL,
     )
-    op.create_table(
+    steps.create_table(
         "pending_job_schedules",
         sa.Column("name", sa.String(100), primary_key=True),
         sa.Column("last_slot", Time, nullable=True),

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import mysql
 
+from pending_jobs.migrations import steps
 from pending_jobs.schema import now_default
 
 revision = "0006"
@@ -32,7 +33,7 @@ Time = sa.DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "
 LongText = sa.Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb")
 MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 NOTIFY_FUNCTION = (
-    "CREATE FUNCTION pending_jobs_notify_finished() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "CREATE OR REPLACE FUNCTION pending_jobs_notify_finished() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
     "IF EXISTS (SELECT 1 FROM n WHERE n.status IN ('succeeded', 'failed', 'cancelled')) THEN "
     "PERFORM pg_notify('pending_jobs_finished', ''); END IF; RETURN NULL; END $$"
 )
@@ -43,7 +44,7 @@ NOTIFY_TRIGGER = (
 
 
 def upgrade() -> None:
-    op.create_table(
+    steps.create_table(  # a failed run of this migration on MariaDB may have made it already (steps.py)
         "pending_job_errors",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("job_id", Id, nullable=False),
@@ -53,7 +54,7 @@ def upgrade() -> None:
         sa.Index("ix_pending_job_errors_job", "job_id", "attempt"),
         **MYSQL,
     )
-    op.create_table(
+    steps.create_table(
         "pending_job_audit",
         sa.Column("id", Id, primary_key=True, autoincrement=True),
         sa.Column("at", Time, nullable=False, server_default=now_default()),
@@ -66,6 +67,7 @@ def upgrade() -> None:
     )
     if op.get_bind().dialect.name == "postgresql":
         op.execute(NOTIFY_FUNCTION)
+        op.execute("DROP TRIGGER IF EXISTS pending_jobs_notify_finished ON pending_jobs")
         op.execute(NOTIFY_TRIGGER)
 
 

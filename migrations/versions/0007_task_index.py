@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from alembic import op
 
+from pending_jobs.migrations import steps
+
 revision = "0007"
 down_revision = "0006"
 branch_labels = None
@@ -22,7 +24,7 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_pending_jobs_task", "pending_jobs", ["task", "id"])
+    steps.create_index("ix_pending_jobs_task", "pending_jobs", ["task", "id"])
 
 
 def downgrade() -> None:

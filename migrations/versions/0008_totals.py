@@ -15,6 +15,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
+from pending_jobs.migrations import steps
+
 revision = "0008"
 down_revision = "0007"
 branch_labels = None
@@ -24,7 +26,7 @@ MYSQL = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4", "mysql_collate": 
 
 
 def upgrade() -> None:
-    op.create_table(
+    steps.create_table(
         "pending_job_totals",
         sa.Column("kind", sa.String(16), primary_key=True),
         sa.Column("queue", sa.String(64), primary_key=True),

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -184,3 +185,43 @@ def test_0003_ends_rows_with_a_status_no_run_would_pick_up_as_failed_with_the_re
         assert row[1] == f"status {old} is not a status pending-jobs knows; ended as failed by migration 0003"
     assert rows[3][1] is None
     assert rows[4][2] == "failed"
+
+
+def _set_revision(engine: sa.Engine, revision: str | None) -> None:
+    """Write `revision` into our version table, as a migration that failed after its first steps left it."""
+    table = sa.table(migrate.VERSION_TABLE, sa.column("version_num"))
+    with engine.begin() as conn:
+        conn.execute(table.delete())
+        if revision is not None:
+            conn.execute(table.insert().values(version_num=revision))
+
+
+@pytest.mark.parametrize("revision", migrate.known())
+def test_every_migration_runs_again_over_its_own_steps(empty_url: str, revision: str) -> None:
+    """MariaDB commits each DDL statement alone: a migration that failed halfway (a missing privilege, a lost
+    connection) kept its first steps, the version table still named the revision before, and every later
+    `migrate` failed on the first step again ("Duplicate column name 'concurrency_key'"); no run started.
+    The worst case of that, every step already there, must pass over them and reach head."""
+    engine = create_engine(empty_url)
+    migrate.upgrade(engine, revision)
+    known = migrate.known()
+    _set_revision(engine, known[known.index(revision) - 1] if revision != known[0] else None)
+    migrate.upgrade(engine)
+    assert migrate.current(engine) == migrate.head()
+    assert _diff(engine) == []
+    _check_claim_index(engine)
+    engine.dispose()
+
+
+def test_a_migration_that_failed_after_its_first_step_is_finished_by_the_next_migrate(empty_url: str) -> None:
+    """As reproduced on MariaDB: 0005 added its column, then its index failed (no INDEX privilege)."""
+    engine = create_engine(empty_url)
+    migrate.upgrade(engine, "0003")
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE pending_jobs ADD COLUMN concurrency_key VARCHAR(191)"))
+    result = cli("migrate", env={"PENDING_JOBS_DATABASE_URL": empty_url})
+    assert result.returncode == 0, result.stderr
+    assert migrate.current(engine) == migrate.head()
+    assert _diff(engine) == []
+    _check_claim_index(engine)
+    engine.dispose()
