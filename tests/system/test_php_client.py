@@ -396,6 +396,10 @@ def test_verify_callback_takes_an_integer_timestamp_and_a_deeply_nested_body(tmp
         "null timestamp": case({**good, "webhook-timestamp": None}),
         "600 levels": case(signed(SECRET, deep), deep),
         "20000 levels": case(signed(SECRET, deeper), deeper),
+        # json_decode makes a list an array too: a signed `[1]` was returned as if it were the document.
+        "list body": case(signed(SECRET, "[1]"), "[1]"),
+        "empty list body": case(signed(SECRET, " []"), " []"),
+        "empty object body": case(signed(SECRET, " {}"), " {}"),
     }
     results = run_php(tmp_path, """
         out(array_map(function (array $case) {
@@ -425,6 +429,9 @@ def test_verify_callback_takes_an_integer_timestamp_and_a_deeply_nested_body(tmp
         "600 levels": 599,  # the body, its data and 598 lists: 600 levels, of which the last is empty
         "20000 levels": "UnexpectedValueException: the signed body is not JSON: Syntax error, or nests deeper "
                         "than PHP's JSON parser reads (near 10,000 levels)",
+        "list body": "UnexpectedValueException: the signed body is not a JSON object",
+        "empty list body": "UnexpectedValueException: the signed body is not a JSON object",
+        "empty object body": 0,
     }
 
 

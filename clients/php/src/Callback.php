@@ -173,7 +173,8 @@ final class Callback
                 $error,
             );
         }
-        if (!is_array($document)) {
+        // An array from json_decode is an object or a list: only the first character tells `{}` from `[]`.
+        if (!is_array($document) || ltrim($body, " \t\n\r")[0] !== '{') {
             throw new \UnexpectedValueException('the signed body is not a JSON object');
         }
         return $document;
