@@ -16,6 +16,9 @@ from sqlalchemy import event, exc
 PING_AFTER = 1.0  # seconds idle after which a pooled connection is pinged before use (a restart takes longer)
 CLEAN = "pending_jobs_clean"
 IDLE_SINCE = "pending_jobs_idle_since"
+# Seconds a migration's DDL waits for a table lock. Past it, migrate stops (run it again): while an ALTER
+# waits behind an open transaction (a producer's, a handler's), every INSERT and claim queues behind the ALTER.
+MIGRATE_LOCK_WAIT = 5
 
 
 def skip_needless_rollbacks(engine: sa.Engine, in_transaction: Callable[[Any], bool]) -> None:

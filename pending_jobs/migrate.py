@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from .errors import SchemaNotCurrent
 from .schema import VERSION_TABLE
-from .store import schema_revision
+from .store import dialect_for, schema_revision
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -51,10 +51,11 @@ def head() -> str:
 
 
 def upgrade(engine: sa.Engine, revision: str = "head") -> None:
-    """Apply migrations up to `revision`."""
+    """Apply migrations up to `revision`. A table lock waited for past db.MIGRATE_LOCK_WAIT raises the
+    driver's error (the dialect's `timed_out` or `retryable` says which); run it again."""
     from alembic import command
 
-    with engine.begin() as conn:
+    with engine.connect() as conn, dialect_for(conn).migrating(conn), conn.begin():
         command.upgrade(alembic_config(connection=conn), revision)
 
 

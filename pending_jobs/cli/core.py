@@ -7,10 +7,12 @@ import datetime as dt
 import json
 from typing import Any, TypeAlias
 
-from .. import migrate
+import sqlalchemy as sa
+
+from .. import db, migrate
 from .. import schedules as flow_schedules
 from ..enqueue import enqueue
-from ..errors import EXIT_OK, ConfigError
+from ..errors import EXIT_OK, ConfigError, DatabaseUnavailable
 from ..store import OpsStore, RunStore, Store
 from . import common, schedules
 
@@ -59,7 +61,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     engine, store = common.open_database(settings)
     store.check_version()
     before = migrate.current(engine)
-    migrate.upgrade(engine, args.revision)
+    try:
+        migrate.upgrade(engine, args.revision)
+    except sa.exc.DBAPIError as error:
+        if not (store.sql.timed_out(error) or store.sql.retryable(error)):
+            raise
+        raise DatabaseUnavailable(
+            f"migrate waited {db.MIGRATE_LOCK_WAIT} s for a lock on a pending-jobs table that another transaction "
+            "holds (a producer's or a handler's still open, or a long query) and stopped, so INSERTs do not queue "
+            f"behind it: run `pending-jobs migrate` again (at {migrate.current(engine) or 'no revision'} now)"
+        ) from None
     common.log.info("schema upgraded from %s to %s", before or "empty", migrate.current(engine))
     return EXIT_OK
 

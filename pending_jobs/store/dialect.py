@@ -1,9 +1,8 @@
 """The SQL that differs between databases, behind one small API (Oban's engines, in Python).
 
-`Dialect` holds what PostgreSQL and SQLite share; `mysql.py`, `postgres.py` and `sqlite.py` each
-override what their database does differently, and nothing outside those three files asks which
-database it is. The store's verbs (base.py, callbacks.py, ops.py, runs.py) are written once on top
-of this API:
+`Dialect` holds what PostgreSQL and SQLite share; `mysql.py`, `postgres.py` and `sqlite.py` each override what
+their database does differently, and nothing outside those three files asks which database it is. The
+store's verbs (base.py, callbacks.py, ops.py, runs.py) are written once on top of this API:
 
 - `cached(key, build)`: a hot-path statement built once per dialect, every varying value a bindparam;
 - `after(seconds)`: the database clock plus a number of seconds (an SQL expression);
@@ -11,13 +10,11 @@ of this API:
 - `lock_mark_return(...)`: lock due rows skipping locked ones, mark them, return their columns —
   the job claim and the callback claim both use it; `lock_cap` locks a queue cap's row first (MySQL:
   and counts its room), `room_limit` and `capped_ids` bound the claim by that room;
-- `due_queues`, `read_only`, `version_problem`: introspection the runner and `check` need;
-- `estimate(conn, stmt, params)`: the planner's row estimate of a query (the overview's counts above their bound);
+- `due_queues`, `read_only`, `version_problem`, `estimate` (the planner's row count): what the runner and `check` ask;
 - `time_limit(conn, seconds)`: the database cancels the reads within it that run longer (joblist.py);
-- `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once;
-- `insert_ignore(table)`: an INSERT that skips rows whose key exists (limit scopes, schedules);
-- `upsert_add(table, column)`: an INSERT that adds to the existing row's `column` instead (the totals);
-- `engine(url)`: an engine set up for job work (driver, session settings, pool hooks);
+- `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once; `insert_ignore(table)`
+  skips rows whose key exists (limit scopes, schedules); `upsert_add(table, column)` adds to it (totals);
+- `engine(url)`: an engine set up for job work (driver, session settings, pool hooks); `migrating(conn)`;
 - `retryable`, `connection_lost`, `unavailable`, `session_changed`: what a driver error means, by its code;
 - `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
   what a declared `sql` task (pending_jobs.declared) needs of its database.
@@ -127,9 +124,12 @@ class Dialect:
         return False
 
     def config_problem(self, error: BaseException) -> str | None:
-        """Why `error` is a configuration error, not a moment to wait out (refused credentials, no such
-        database); None when it is not one."""
+        """Why `error` is a configuration error, not one to wait out (bad credentials, no such database), or None."""
         return None
+
+    def migrating(self, conn: sa.Connection) -> contextlib.AbstractContextManager[None]:
+        """One `migrate` at a time, its DDL's lock waits bounded (db.MIGRATE_LOCK_WAIT); SQLite's lock does both."""
+        return contextlib.nullcontext()
 
     # -- declared SQL tasks ----------------------------------------------------------------------
 

@@ -62,6 +62,18 @@ class Postgres(Dialect):
     def retryable(self, error: BaseException) -> bool:
         return db.sqlstate(error) in SERIALIZATION
 
+    @contextlib.contextmanager
+    def migrating(self, conn: sa.Connection) -> Iterator[None]:
+        conn.execute(sa.text(f"SET lock_timeout = '{int(db.MIGRATE_LOCK_WAIT * 1000)}ms'"))
+        conn.commit()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(exc.DBAPIError):  # a lost connection took the setting with it
+                conn.rollback()
+                conn.execute(sa.text("RESET lock_timeout"))
+                conn.commit()
+
     def connection_lost(self, error: BaseException) -> bool:
         code = db.sqlstate(error)
         return super().connection_lost(error) or code in SHUTDOWN or code in ("08006", "08003") or (

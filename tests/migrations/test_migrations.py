@@ -225,3 +225,31 @@ def test_a_migration_that_failed_after_its_first_step_is_finished_by_the_next_mi
     assert _diff(engine) == []
     _check_claim_index(engine)
     engine.dispose()
+
+
+def test_migrate_waits_a_few_seconds_for_a_table_lock_then_stops_and_says_run_it_again(
+        backend: str, empty_url: str) -> None:
+    """A producer's transaction left open held pending_jobs: migrate waited for it without limit (PostgreSQL's
+    lock_timeout is off, MariaDB's lock_wait_timeout a day), and every INSERT queued behind the waiting DDL."""
+    if backend == "sqlite":
+        pytest.skip("SQLite has one writer: a migrate waits busy_timeout (30 s) like any other write")
+    engine = create_engine(empty_url)
+    migrate.upgrade(engine, "0006")  # 0007 creates an index on pending_jobs on every database
+    producer = engine.connect()
+    producer.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('a', '{}')"))  # left open
+    try:
+        result = cli("migrate", env={"PENDING_JOBS_DATABASE_URL": empty_url})
+        assert result.returncode == 75, result.stderr
+        assert "migrate waited 5 s for a lock on a pending-jobs table that another transaction holds" in result.stderr
+        assert "run `pending-jobs migrate` again (at 0006 now)" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        producer.commit()
+        producer.close()
+    one = create_engine(empty_url, pool_size=1)  # the next connect gets the connection that migrated
+    migrate.upgrade(one)
+    assert migrate.current(engine) == migrate.head() and _diff(engine) == []
+    with one.connect() as conn:  # the bounded wait was the migration's own: the pooled session is as it was
+        setting = "@@lock_wait_timeout" if backend == "mysql" else "current_setting('lock_timeout')"
+        assert str(conn.execute(sa.text(f"SELECT {setting}")).scalar()) in ("86400", "31536000", "0")
+    one.dispose()
+    engine.dispose()
