@@ -119,7 +119,16 @@ class HostLock:
             self._next = None
 
     def successor_waiting(self) -> bool:
-        """Whether another run waits to take over (it holds the `.next` lock). One non-blocking flock."""
+        """Whether another run waits to take over (it holds the `.next` lock). One non-blocking flock.
+
+        Also True when the lock file this run holds is no longer the one at its path (a /tmp cleaner or a
+        person removed it): the next tick's run then locks a new file and serves, and this one, which
+        could never see it wait, must stop claiming rather than serve beside it until max_runtime."""
+        if self._serving is not None and not _same_file(self._serving, self.path):
+            return True
+        if self._probe is not None and not _same_file(self._probe, _next_path(self.path)):
+            _release(self._probe)  # watch the `.next` file the next tick will wait in
+            self._probe = None
         if self._probe is None:
             self._probe = open(_next_path(self.path), "ab")
         try:
@@ -138,6 +147,15 @@ class HostLock:
 
 def _next_path(path: str) -> str:
     return (path[: -len(".lock")] if path.endswith(".lock") else path) + ".next"
+
+
+def _same_file(handle: IO[bytes], path: str) -> bool:
+    """Whether `path` still names the file `handle` has open (not removed, not replaced)."""
+    try:
+        named, held = os.stat(path), os.fstat(handle.fileno())
+    except OSError:
+        return False
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _take(path: str) -> IO[bytes] | None:

@@ -170,3 +170,27 @@ def test_acquire_opens_both_lock_files_before_serving(tmp_path: Path) -> None:
     (tmp_path / "serve.next").mkdir()  # the `.next` file cannot be opened: known before serving, not later
     with pytest.raises(IsADirectoryError):
         HostLock(str(tmp_path / "serve.lock")).acquire(wait=lambda: True)
+
+
+@pytest.mark.parametrize("removed", [("lock",), ("lock", "next")])
+def test_a_serving_run_whose_lock_file_was_removed_hands_over(tmp_path: Path, removed: tuple[str, ...]) -> None:
+    """A /tmp cleaner (or a person) removes the lock files while a run serves: the next tick's run locks a
+    new file and serves at once, so the old one must stop claiming, not serve beside it until max_runtime."""
+    path = str(tmp_path / "serve.lock")
+    serving = HostLock(path)
+    assert serving.acquire(wait=lambda: True)
+    assert not serving.successor_waiting()
+    for name in removed:
+        os.unlink(path if name == "lock" else str(tmp_path / "serve.next"))
+    next_tick = HostLock(path)
+    assert next_tick.acquire(wait=lambda: False)  # a new file: it serves without waiting
+    assert serving.successor_waiting()  # so the old run hands over
+    serving.release()
+    assert not next_tick.successor_waiting()
+    third = HostLock(path)
+    took_over = threading.Event()
+    threading.Thread(target=lambda: third.acquire(wait=lambda: True) and took_over.set(), daemon=True).start()
+    until(next_tick.successor_waiting)  # and the new serving run still sees the next tick wait
+    next_tick.release()
+    until(took_over.is_set)
+    third.release()
