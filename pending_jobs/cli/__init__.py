@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a stuck run waits.
-    with contextlib.suppress(ValueError, OSError):  # stderr without a file descriptor (embedded, captured)
+    # ValueError, OSError: stderr without a file descriptor (embedded, captured); RuntimeError: no stderr at
+    # all (`2>&-`: Python sets sys.stderr to None), where every command would otherwise stop here, exit 1.
+    with contextlib.suppress(ValueError, OSError, RuntimeError):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     parser = build_parser()
     try:
@@ -58,7 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         common.configure_logs(args.verbose, args.log_format or "text", args.log_file or "")
         code: int = args.func(args)
-        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        if sys.stdout is not None:  # None: started with stdout closed (`>&-`); print() then writes nothing
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
         return code
     except BaseException as raised:
         return _failed(raised)
@@ -89,8 +92,9 @@ def entry() -> None:
     left = [t.name for t in others if not t.name.startswith("pending-jobs")]  # ours need no mention
     if left:
         log.warning("leaving while %d thread(s) started by handlers still run: %s", len(left), ", ".join(left[:5]))
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:  # None: started with it closed
+            stream.flush()
     logging.shutdown()
     os._exit(code)
 

@@ -13,7 +13,7 @@ class Progress:
 
     def __init__(self) -> None:
         self.bar: Any = None
-        if sys.stderr.isatty():
+        if sys.stderr is not None and sys.stderr.isatty():  # None: started with stderr closed (`2>&-`)
             from tqdm import tqdm
 
             self.bar = tqdm(desc="pending-jobs", unit="job", file=sys.stderr, leave=False)
