@@ -1,4 +1,4 @@
-"""SIGTERM and SIGINT during a run: the first stops claiming, a second stops at once."""
+"""SIGTERM, SIGINT and SIGHUP during a run: the first stops claiming, a second stops at once."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def stop_on_signals(first: Callable[[], None], grace: float) -> Iterator[None]:
-    """Call `first()` on the first SIGTERM/SIGINT; raise KeyboardInterrupt on the second (leases then
+    """Call `first()` on the first SIGTERM/SIGINT/SIGHUP; raise KeyboardInterrupt on the second (leases then
     expire and a later run rescues the jobs). Only the main thread can install handlers: elsewhere
     (a test, an embedding application's thread) signals are left to their owner."""
     if threading.current_thread() is not threading.main_thread():
@@ -31,7 +31,11 @@ def stop_on_signals(first: Callable[[], None], grace: float) -> Iterator[None]:
         log.warning("received %s: no more claims, %ss grace for running jobs", signal.Signals(signum).name, grace)
         first()
 
-    previous: dict[int, Any] = {signum: signal.signal(signum, handle) for signum in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP too (a closed ssh session): its default killed the run, and the jobs it had claimed waited for
+    # their lease. Unless it is ignored: `nohup` asked for that.
+    stopping = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN
+                                                  else [])
+    previous: dict[int, Any] = {signum: signal.signal(signum, handle) for signum in stopping}
     try:
         yield
     finally:

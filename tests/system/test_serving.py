@@ -151,3 +151,38 @@ def test_a_cron_run_busy_with_a_long_job_reports_that_it_is_alive(db_url: str, e
     assert run.returncode == 0, err
     assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == "succeeded"
     assert scalar(engine, "SELECT SUM(succeeded) FROM pending_job_runs") == 1  # counted once, in its interval
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_a_hangup_stops_a_run_as_sigterm_does_and_nohup_keeps_it(db_url: str, engine: sa.Engine,
+                                                                 tmp_path: Path) -> None:
+    """SIGHUP (an ssh session closed under a run) killed the run by default: the jobs it had claimed stayed
+    running until their lease expired. Now it stops claiming and finishes what runs, as SIGTERM does; under
+    `nohup` (SIGHUP ignored) the run goes on."""
+    run = serving(db_url, tmp_path, "--concurrency", "1")
+    try:
+        first = enqueue(engine, "sleep", {"seconds": 1.0})
+        until(lambda: scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {first}") == "running")
+        run.send_signal(signal.SIGHUP)
+        _, err = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 0, err
+    assert "received SIGHUP: no more claims" in err
+    assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {first}") == "succeeded"
+
+    nohup = subprocess.Popen(["nohup", sys.executable, "-m", "pending_jobs", "run"], cwd=ROOT, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env={"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT),
+                                  "PENDING_JOBS_TASKS": "tests.jobs", "PENDING_JOBS_DATABASE_URL": db_url,
+                                  "PENDING_JOBS_LOCK_FILE": str(tmp_path / "serve.lock"), "PENDING_JOBS_POLL": "0.05"})
+    try:
+        second = enqueue(engine, "echo", {})
+        until(lambda: scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {second}") == "succeeded")
+        nohup.send_signal(signal.SIGHUP)
+        third = enqueue(engine, "echo", {})  # served after the hangup: the run went on
+        until(lambda: scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {third}") == "succeeded")
+        assert nohup.poll() is None
+    finally:
+        stop(nohup)
