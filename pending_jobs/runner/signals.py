@@ -31,10 +31,11 @@ def stop_on_signals(first: Callable[[], None], grace: float) -> Iterator[None]:
         log.warning("received %s: no more claims, %ss grace for running jobs", signal.Signals(signum).name, grace)
         first()
 
+    stopping = [signal.SIGTERM, signal.SIGINT]
     # SIGHUP too (a closed ssh session): its default killed the run, and the jobs it had claimed waited for
     # their lease. Unless it is ignored: `nohup` asked for that.
-    stopping = [signal.SIGTERM, signal.SIGINT] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN
-                                                  else [])
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:
+        stopping.append(signal.SIGHUP)
     previous: dict[int, Any] = {signum: signal.signal(signum, handle) for signum in stopping}
     try:
         yield

@@ -14,7 +14,7 @@ store's verbs (base.py, callbacks.py, ops.py, runs.py) are written once on top o
 - `time_limit(conn, seconds)`: the database cancels the reads within it that run longer (joblist.py);
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once; `insert_ignore(table)`
   skips rows whose key exists (limit scopes, schedules); `upsert_add(table, column)` adds to it (totals);
-- `engine(url)`: an engine set up for job work (driver, session settings, pool hooks); `migrating(conn)`;
+- `engine(url)`: an engine for job work (driver, session settings, pool hooks); `migrating`: DDL lock waits bounded;
 - `retryable`, `connection_lost`, `unavailable`, `session_changed`: what a driver error means, by its code;
 - `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
   what a declared `sql` task (pending_jobs.declared) needs of its database.
@@ -128,7 +128,7 @@ class Dialect:
         return None
 
     def migrating(self, conn: sa.Connection) -> contextlib.AbstractContextManager[None]:
-        """One `migrate` at a time, its DDL's lock waits bounded (db.MIGRATE_LOCK_WAIT); SQLite's lock does both."""
+        """A migration's table-lock waits bounded by db.MIGRATE_LOCK_WAIT; SQLite's writer waits busy_timeout."""
         return contextlib.nullcontext()
 
     # -- declared SQL tasks ----------------------------------------------------------------------
