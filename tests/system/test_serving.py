@@ -25,12 +25,13 @@ from tests.receivers import answer, receiver, sequence
 pytestmark = pytest.mark.slow
 
 
-def serving(db_url: str, tmp_path: Path, *flags: str, **env: str) -> subprocess.Popen[str]:
+def serving(db_url: str, tmp_path: Path, *flags: str, preexec_fn: Callable[[], Any] | None = None,
+            **env: str) -> subprocess.Popen[str]:
     full = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
             "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_LOCK_FILE": str(tmp_path / "serve.lock"),
             "PENDING_JOBS_CALLBACK_ALLOW": "127.0.0.1", "PENDING_JOBS_POLL": "0.05", **env}
     return subprocess.Popen([sys.executable, "-m", "pending_jobs", "run", *flags], env=full, cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
 
 
 def until(what: Callable[[], Any], seconds: float = 20.0) -> Any:
@@ -159,7 +160,9 @@ def test_a_hangup_stops_a_run_as_sigterm_does_and_nohup_keeps_it(db_url: str, en
     """SIGHUP (an ssh session closed under a run) killed the run by default: the jobs it had claimed stayed
     running until their lease expired. Now it stops claiming and finishes what runs, as SIGTERM does; under
     `nohup` (SIGHUP ignored) the run goes on."""
-    run = serving(db_url, tmp_path, "--concurrency", "1")
+    # SIGHUP's default disposition for this run, whatever this test inherited (under `nohup` it is ignored).
+    run = serving(db_url, tmp_path, "--concurrency", "1",
+                  preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))
     try:
         first = enqueue(engine, "sleep", {"seconds": 1.0})
         until(lambda: scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {first}") == "running")
