@@ -5,8 +5,7 @@ their database does differently, and nothing outside those three files asks whic
 store's verbs (base.py, callbacks.py, ops.py, runs.py) are written once on top of this API:
 
 - `cached(key, build)`: a hot-path statement built once per dialect, every varying value a bindparam;
-- `after(seconds)`: the database clock plus a number of seconds (an SQL expression);
-- `id_in()`: `id` is one of the `ids` parameter's values;
+- `after(seconds)`: the database clock plus seconds (an SQL expression); `id_in()`: `id` is among the `ids`;
 - `lock_mark_return(...)`: lock due rows skipping locked ones, mark them, return their columns —
   the job claim and the callback claim both use it; `lock_cap` locks a queue cap's row first (MySQL:
   and counts its room), `room_limit` and `capped_ids` bound the claim by that room;
@@ -26,7 +25,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import sqlalchemy as sa
@@ -49,15 +48,9 @@ def explain(conn: sa.Connection, how: str, stmt: sa.Select[Any], params: dict[st
     return conn.exec_driver_sql(f"{how} {compiled}", compiled.construct_params(params))
 
 
-def ids_param() -> sa.BindParameter[Any]:
-    """The `ids` parameter of an expanding IN list."""
-    return sa.bindparam("ids", expanding=True)
-
-
 @dataclasses.dataclass(frozen=True)
 class Locked:
-    """What `lock_mark_return` found: the rows, how many the mark changed, and whether the rows were
-    read after the mark (RETURNING) or before it (MySQL's select-then-update)."""
+    """What `lock_mark_return` found: the rows, how many were marked, and whether read after the mark (RETURNING)."""
 
     rows: Sequence[Row[Any]]
     marked: int
@@ -72,6 +65,7 @@ class Dialect:
     concurrent_writers: ClassVar[bool] = True  # a second transaction may write while another does (not SQLite)
     implicit_commits: ClassVar[frozenset[str]] = frozenset()  # first words of statements that commit on their own
     backslash_escapes: ClassVar[bool] = False  # whether \' inside a string literal is a quote, not its end
+    lock_wait: ClassVar[tuple[str, str] | None] = None  # SQL bounding a session's lock waits, and resetting them
 
     def __init__(self) -> None:
         self._statements: dict[tuple[Any, ...], Any] = {}
@@ -127,9 +121,21 @@ class Dialect:
         """Why `error` is a configuration error, not one to wait out (bad credentials, no such database), or None."""
         return None
 
-    def migrating(self, conn: sa.Connection) -> contextlib.AbstractContextManager[None]:
-        """A migration's table-lock waits bounded by db.MIGRATE_LOCK_WAIT; SQLite's writer waits busy_timeout."""
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def migrating(self, conn: sa.Connection) -> Iterator[None]:
+        """A migration's lock waits bounded by db.MIGRATE_LOCK_WAIT (`lock_wait`; SQLite's writer: busy_timeout)."""
+        if self.lock_wait is None:
+            yield
+            return
+        conn.execute(sa.text(self.lock_wait[0]))
+        conn.commit()
+        try:
+            yield
+        finally:
+            with contextlib.suppress(exc.DBAPIError):  # a lost connection took the setting with it
+                conn.rollback()
+                conn.execute(sa.text(self.lock_wait[1]))
+                conn.commit()
 
     # -- declared SQL tasks ----------------------------------------------------------------------
 
@@ -194,9 +200,7 @@ class Dialect:
 
     def seconds(self, value: float | sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """A number of seconds as an SQL expression (a literal when given a float)."""
-        if isinstance(value, sa.ColumnElement):
-            return value
-        return sa.literal(float(value), sa.Float)
+        return value if isinstance(value, sa.ColumnElement) else sa.literal(float(value), sa.Float)
 
     def clock_value(self, value: Any) -> dt.datetime | None:
         """A time read from an SQL expression of the clock (not a typed column) or a LenientTime column, as
@@ -204,8 +208,8 @@ class Dialect:
         return utc(value)
 
     def id_in(self, column: sa.ColumnElement[Any] = J.c.id) -> sa.ColumnElement[bool]:
-        """`column` is one of the `ids` parameter's values."""
-        return column.in_(ids_param())
+        """`column` is one of the `ids` parameter's values (an expanding IN list)."""
+        return column.in_(sa.bindparam("ids", expanding=True))
 
     # -- claims ----------------------------------------------------------------------------------
 
@@ -282,8 +286,7 @@ class Dialect:
         return contextlib.nullcontext()
 
     def undecodable(self, error: BaseException) -> bool:
-        """Whether a read failed because a row holds text the driver cannot decode (SQLite only: the
-        others refuse invalid UTF-8 at INSERT)."""
+        """A read failed on text the driver cannot decode (SQLite alone: the others refuse invalid UTF-8 at INSERT)."""
         return False
 
     def quarantine(self, conn: sa.Connection, select: Callable[[Sequence[sa.ColumnElement[Any]]], sa.Select[Any]],
@@ -315,8 +318,7 @@ class Dialect:
         return contextlib.nullcontext()
 
     def listener(self, engine: sa.Engine) -> Callable[[float], bool] | None:
-        """`wait(seconds) -> bool`: True as soon as a job was inserted (a push from the database), or None
-        where the database cannot push: then runners look every `poll` seconds."""
+        """`wait(seconds) -> bool`, True once a job is inserted (the database pushes); None: runners poll."""
         return None
 
     def notify(self, conn: sa.Connection) -> None:
@@ -371,13 +373,11 @@ class Dialect:
         raise NotImplementedError
 
     def insert_ignore(self, table: sa.Table) -> sa.Insert:
-        """An INSERT into `table` that skips rows whose primary key exists, without raising (limit scopes
-        and schedules are created by whichever host sees them first)."""
+        """An INSERT into `table` skipping rows whose primary key exists (limit scopes, schedules: first host wins)."""
         raise NotImplementedError
 
     def upsert_add(self, table: sa.Table, column: str) -> sa.Insert:
-        """An INSERT into `table` that, where a row with the same primary key exists, adds the new row's
-        `column` to the stored one instead (pending_job_totals, which every host adds to)."""
+        """An INSERT into `table` adding its `column` to an existing row's of the same key (pending_job_totals)."""
         raise NotImplementedError
 
     def _insert_keyed(self, conn: sa.Connection, values: dict[str, Any]) -> int:

@@ -70,6 +70,9 @@ class MySQL(Dialect):
 
     name: ClassVar[str] = "mysql"
     backslash_escapes: ClassVar[bool] = True  # unless sql_mode has NO_BACKSLASH_ESCAPES
+    # lock_wait_timeout bounds the wait for a table's metadata lock; its default is a day.
+    lock_wait: ClassVar[tuple[str, str] | None] = (
+        f"SET SESSION lock_wait_timeout = {int(db.MIGRATE_LOCK_WAIT)}", "SET SESSION lock_wait_timeout = DEFAULT")
     # DDL, table maintenance and LOCK TABLES commit the open transaction (PostgreSQL's and SQLite's DDL is
     # transactional): a declared sql task's statements may not (declared/sql.py).
     implicit_commits: ClassVar[frozenset[str]] = frozenset({
@@ -107,19 +110,6 @@ class MySQL(Dialect):
 
     def retryable(self, error: BaseException) -> bool:
         return _errno(error) in (DEADLOCK, LOCK_WAIT_TIMEOUT)
-
-    @contextlib.contextmanager
-    def migrating(self, conn: sa.Connection) -> Iterator[None]:
-        # lock_wait_timeout bounds the wait for a table's metadata lock; its default is a day.
-        conn.execute(sa.text("SET SESSION lock_wait_timeout = :wait"), {"wait": db.MIGRATE_LOCK_WAIT})
-        conn.commit()
-        try:
-            yield
-        finally:
-            with contextlib.suppress(exc.DBAPIError):  # a lost connection took the setting with it
-                conn.rollback()
-                conn.execute(sa.text("SET SESSION lock_wait_timeout = DEFAULT"))
-                conn.commit()
 
     def connection_lost(self, error: BaseException) -> bool:
         return super().connection_lost(error) or _errno(error) in LOST or _errno(error) in NOT_READY

@@ -45,6 +45,8 @@ class Postgres(Dialect):
 
     name: ClassVar[str] = "postgresql"
     json_accepts_nul: ClassVar[bool] = False  # jsonb rejects \u0000
+    lock_wait: ClassVar[tuple[str, str] | None] = (
+        f"SET lock_timeout = '{int(db.MIGRATE_LOCK_WAIT * 1000)}ms'", "RESET lock_timeout")
 
     def driver_url(self, url: sa.URL) -> sa.URL:
         return url if "+" in url.drivername else url.set(drivername="postgresql+psycopg")
@@ -61,18 +63,6 @@ class Postgres(Dialect):
 
     def retryable(self, error: BaseException) -> bool:
         return db.sqlstate(error) in SERIALIZATION
-
-    @contextlib.contextmanager
-    def migrating(self, conn: sa.Connection) -> Iterator[None]:
-        conn.execute(sa.text(f"SET lock_timeout = '{int(db.MIGRATE_LOCK_WAIT * 1000)}ms'"))
-        conn.commit()
-        try:
-            yield
-        finally:
-            with contextlib.suppress(exc.DBAPIError):  # a lost connection took the setting with it
-                conn.rollback()
-                conn.execute(sa.text("RESET lock_timeout"))
-                conn.commit()
 
     def connection_lost(self, error: BaseException) -> bool:
         code = db.sqlstate(error)
