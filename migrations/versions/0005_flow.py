@@ -37,8 +37,8 @@ def upgrade() -> None:
     # Each step asks first: a failed run of this migration on MariaDB kept the steps before it (steps.py).
     steps.add_column("pending_jobs", sa.Column("concurrency_key", sa.String(191), nullable=True))
     steps.create_index("ix_pending_jobs_concurrency", "pending_jobs",
-                    ["concurrency_key", "status", sa.desc("priority"), "run_at", "id"],
-                    postgresql_where=sa.text(KEYED), sqlite_where=sa.text(KEYED))
+                       ["concurrency_key", "status", sa.desc("priority"), "run_at", "id"],
+                       postgresql_where=sa.text(KEYED), sqlite_where=sa.text(KEYED))
     steps.create_table(
         "pending_job_limits",
         sa.Column("name", sa.String(255), primary_key=True),
