@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -48,10 +49,37 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class _Reported:
+    """A handler that says once, in one line on stderr, that it cannot write (a full disk, a removed mount)
+    and drops the lines it cannot write: logging's default printed a 20-line traceback per line, which cron
+    mails, while the run went on."""
+
+    where = "stderr"
+    failed = False
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        error = sys.exc_info()[1]
+        if self.failed:
+            return
+        self.failed = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr itself may be what fails
+            print(f"pending-jobs: cannot write the log to {self.where}: {error}; its lines are dropped while it "
+                  "cannot (reported once)", file=sys.stderr, flush=True)
+
+
+class _File(_Reported, logging.FileHandler):
+    pass
+
+
+class _Stream(_Reported, logging.StreamHandler):  # type: ignore[type-arg]
+    pass
+
+
 def configure(verbosity: int, log_format: str = "text", log_file: str = "") -> None:
     """WARNING by default, INFO with -v, DEBUG with -vv."""
     level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
-    handler: logging.Handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
+    handler: _File | _Stream = _File(log_file) if log_file else _Stream(sys.stderr)
+    handler.where = log_file or "stderr"
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import sqlalchemy as sa
 
@@ -18,8 +20,6 @@ from ..logs import printable
 from ..store import Store, create_engine, open_store
 
 log = logging.getLogger("pending_jobs.cli")
-
-
 
 
 def argument(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
@@ -128,5 +128,24 @@ def cell(value: Any) -> str:
 
 
 def eprint(message: str) -> None:
-    """One line for a person, on stderr (cron mails it)."""
-    print(f"pending-jobs: {printable(message)}", file=sys.stderr)
+    """One line for a person, on stderr (cron mails it); dropped when stderr cannot take it (`lossy`)."""
+    lossy(sys.stderr, f"pending-jobs: {printable(message)}")
+
+
+def note(text: str) -> None:
+    """A line for a person on stdout that no outcome depends on (a run's summary); dropped as `lossy` says."""
+    lossy(sys.stdout, printable(text))
+
+
+def lossy(stream: TextIO | None, text: str) -> None:
+    """Write a line that must not decide the command's fate. When the stream cannot take it (the disk under
+    the crontab's `>> log 2>&1` is full, a terminal is gone) it is pointed at /dev/null: a run that failed
+    here stopped before its first claim, or exited 1 after its work was recorded, for as long as the disk
+    stayed full. (None: started with the stream closed.)"""
+    if stream is None:
+        return
+    try:
+        print(text, file=stream, flush=True)
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a stream without a file descriptor
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())

@@ -109,7 +109,7 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
     # DEBUG: -v prints the summary on stdout, and the crontab's `2>&1` showed it twice at INFO.
     common.log.debug("run finished: %s", report.summary())
     if args.verbose:
-        common.out(report.summary())
+        common.note(report.summary())
     return EXIT_OK
 
 
