@@ -58,10 +58,10 @@ class _Reported:
     failed = False
 
     def handleError(self, record: logging.LogRecord) -> None:
-        error = sys.exc_info()[1]
         if self.failed:
             return
         self.failed = True
+        error = sys.exc_info()[1]
         with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr itself may be what fails
             print(f"pending-jobs: cannot write the log to {self.where}: {error}; its lines are dropped while it "
                   "cannot (reported once)", file=sys.stderr, flush=True)

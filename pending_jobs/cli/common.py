@@ -148,4 +148,6 @@ def lossy(stream: TextIO | None, text: str) -> None:
         print(text, file=stream, flush=True)
     except OSError:
         with contextlib.suppress(OSError, ValueError):  # ValueError: a stream without a file descriptor
-            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
