@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -130,6 +131,7 @@ class DirectStatements:
         self._clauses = list(clauses)
         self._compiled: dict[int, list[_Compiled]] = {}  # by id of the SQLAlchemy dialect (one engine each)
         self._rows: dict[int, _Rows | None] = {}  # the same, where the statement goes as one INSERT of many rows
+        self._looking = threading.Lock()  # a run's workers start together: one of them looks the table up
 
     def run(self, conn: sa.Connection, jobs: Sequence[Sequence[Mapping[str, Any]]]) -> list[list[Written]]:
         """For each job, each statement with that job's values, in order, in `conn`'s transaction."""
@@ -174,12 +176,15 @@ class DirectStatements:
         """The statement as one INSERT of many rows, where its shape and the database allow (see the module)."""
         if id(conn.dialect) in self._rows:
             return self._rows[id(conn.dialect)]
-        shape = one_row_insert(compiled[0].sql) if len(compiled) == 1 and compiled[0].positional is None else None
-        # Decided once per process: a table created after the first group only goes together after a restart.
-        suffix = None if shape is None else dialect.insert_rows_suffix(conn, shape[1])
-        rows = self._rows[id(conn.dialect)] = None if shape is None or suffix is None else _Rows.of(
-            shape[0], shape[2], suffix)
-        return rows
+        with self._looking:
+            if id(conn.dialect) in self._rows:  # another worker looked while this one waited
+                return self._rows[id(conn.dialect)]
+            shape = one_row_insert(compiled[0].sql) if len(compiled) == 1 and compiled[0].positional is None else None
+            # Decided once per process: a table created after the first group only goes together after a restart.
+            suffix = None if shape is None else dialect.insert_rows_suffix(conn, shape[1])
+            rows = self._rows[id(conn.dialect)] = None if shape is None or suffix is None else _Rows.of(
+                shape[0], shape[2], suffix)
+            return rows
 
     @staticmethod
     def _compile(clause: sa.TextClause, conn: sa.Connection) -> _Compiled:

@@ -223,14 +223,16 @@ class MySQL(Dialect):
         mariadb, version = _server(conn)
         if not mariadb or version < (10, 5):
             return None
-        found = conn.exec_driver_sql(
-            "SELECT c.COLUMN_NAME FROM information_schema.TABLES t LEFT JOIN information_schema.COLUMNS c "
-            "ON c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME AND c.EXTRA LIKE %s "
-            "WHERE t.TABLE_SCHEMA = DATABASE() AND t.TABLE_NAME = %s AND t.TABLE_TYPE = 'BASE TABLE'",
-            ("%auto_increment%", table)).first()
-        if found is None:  # not a table (a view shows no generated id, yet an INSERT through it has one)
+        # Two lookups, not one join: MariaDB reads the join's COLUMNS side for the whole schema (14-28 ms of
+        # the server's time, against 0.3 ms for these two).
+        kind = conn.exec_driver_sql("SELECT TABLE_TYPE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() "
+                                    "AND TABLE_NAME = %s", (table,)).scalar()
+        if kind != "BASE TABLE":  # not a table (a view shows no generated id, yet an INSERT through it has one)
             return None
-        return "" if found[0] is None else " RETURNING `" + str(found[0]).replace("`", "``") + "`"
+        found = conn.exec_driver_sql("SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
+                                     "DATABASE() AND TABLE_NAME = %s AND EXTRA LIKE %s",
+                                     (table, "%auto_increment%")).scalar()
+        return "" if found is None else " RETURNING `" + str(found).replace("`", "``") + "`"
 
     def lock_cap(self, conn: sa.Connection, params: dict[str, Any],
                  room: Callable[[bool], sa.ColumnElement[int]]) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ a job whose lease was taken over writes nothing; results are those of the job ru
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -282,6 +283,28 @@ def test_one_row_inserts_of_a_group_go_together_and_each_job_keeps_its_own_id(
     if mariadb:  # 50 one-row INSERTs, sent as a few: one per task and group (and the run's own row)
         sent = inserts_sent(users) - before
         assert sent < 20 if statement_chars > 1 else sent >= 50, sent
+
+
+def test_the_workers_of_a_run_look_the_table_up_once(users: sa.Engine, store: Store, commits: Commits,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run's workers get their first groups together: one of them asks the database how the table's rows
+    go together (on MariaDB, information_schema), the others wait for its answer instead of asking too."""
+    looked: list[str] = []
+    ask = type(dialect_for(users)).insert_rows_suffix
+
+    def slow(self: Any, conn: sa.Connection, table: str) -> str | None:
+        looked.append(table)
+        time.sleep(0.3)  # every worker reaches the lookup while the first is still in it
+        return ask(self, conn, table)
+
+    monkeypatch.setattr(type(dialect_for(users)), "insert_rows_suffix", slow)
+    commits.measure_idle({"save_user": SAVE_USER})
+    save_users(users, 40)
+
+    report, _ = commits.run({"save_user": SAVE_USER}, concurrency=4)
+
+    assert report.succeeded == 40
+    assert looked == ([] if dialect_for(users).name == "sqlite" else ["users"]), looked
 
 
 def test_inserts_through_a_view_keep_the_id_a_job_alone_gets(users: sa.Engine, store: Store, commits: Commits,
