@@ -285,7 +285,7 @@ def test_one_row_inserts_of_a_group_go_together_and_each_job_keeps_its_own_id(
         assert sent < 20 if statement_chars > 1 else sent >= 50, sent
 
 
-def test_the_workers_of_a_run_look_the_table_up_once(users: sa.Engine, store: Store, commits: Commits,
+def test_the_workers_of_a_run_look_the_table_up_once(users: sa.Engine, run_declared: Any,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A run's workers get their first groups together: one of them asks the database how the table's rows
     go together (on MariaDB, information_schema), the others wait for its answer instead of asking too."""
@@ -298,10 +298,9 @@ def test_the_workers_of_a_run_look_the_table_up_once(users: sa.Engine, store: St
         return ask(self, conn, table)
 
     monkeypatch.setattr(type(dialect_for(users)), "insert_rows_suffix", slow)
-    commits.measure_idle({"save_user": SAVE_USER})
     save_users(users, 40)
 
-    report, _ = commits.run({"save_user": SAVE_USER}, concurrency=4)
+    report = run_declared({"save_user": SAVE_USER}, concurrency=4)
 
     assert report.succeeded == 40
     assert looked == ([] if dialect_for(users).name == "sqlite" else ["users"]), looked
