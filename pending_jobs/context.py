@@ -56,12 +56,12 @@ class JobContext:
     """The context of a handler running in a runner thread."""
 
     def __init__(self, job: ClaimedJob, transaction: HandlerTransaction, deadline: float | None,
-                 logger: logging.Logger) -> None:
+                 logger: logging.Logger, max_attempts: int | None = None) -> None:
         self.job_id = job.id
         self.task = job.task
         self.queue = job.queue
         self.attempt = job.attempt
-        self.max_attempts = job.max_attempts
+        self.max_attempts = job.max_attempts if max_attempts is None else max_attempts  # the task's may be fewer
         self.deadline = deadline
         self.log = logging.LoggerAdapter(logger, {"job_id": job.id, "task": job.task})
         self._transaction = transaction

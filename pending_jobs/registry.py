@@ -41,6 +41,9 @@ class Task:
     job-database connection whose transaction other jobs of the claim share, committed with all their
     `succeeded` at once (runner/shared.py). Set by declared sql tasks on the job database; None: the
     job runs alone, as `fn`."""
+    max_attempts: int | None = None
+    """The task's own limit on attempts (a declared task's `max_attempts`): a job gives up at it when it
+    is fewer than the row's `max_attempts`; None: the row's alone."""
 
 
 _TASKS: dict[str, Task] = {}

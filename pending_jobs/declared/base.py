@@ -1,15 +1,14 @@
-"""What every declared kind shares: its backoff, the per-task attempt limit, and bounded results."""
+"""What every declared kind shares: its backoff, its registry entry, and bounded results."""
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Any
 
 from ..context import Handler
-from ..errors import Fail, Retry
+from ..errors import Retry
 from ..registry import Backoff, Task, default_backoff
-from ..validation import clean_text, describe_exception, dump_json
+from ..validation import clean_text, dump_json
 from .spec import Policy
 
 TEXT_LIMIT = 64 * 1024  # characters of output kept when it is stored as text, not parsed as JSON
@@ -29,36 +28,12 @@ def backoff_of(policy: Policy) -> Backoff:
 
 
 def task_of(name: str, fn: Handler, policy: Policy, backstop: float | None) -> Task:
-    """The registry entry: `fn` wrapped in the attempt limit, with the runner's timeout as a backstop.
+    """The registry entry, with the task's attempt limit and the runner's timeout as a backstop.
 
     Each kind enforces its own timeout (and kills what it started); the runner's, `backstop` seconds,
     only abandons a worker thread that somehow outlived it.
     """
-    if policy.max_attempts is not None:
-        fn = limit_attempts(fn, policy.max_attempts)
-    return Task(name, fn, backoff_of(policy), backstop, "thread", None)
-
-
-def limit_attempts(fn: Handler, max_attempts: int) -> Handler:
-    """Fail instead of retrying once the task's own max_attempts is spent (the row's still applies too)."""
-
-    def limited(payload: Any, ctx: Any) -> Any:
-        try:
-            return fn(payload, ctx)
-        except Fail:
-            raise
-        except Retry as request:
-            reason = f"Retry: {request.reason}"
-            if ctx.attempt < max_attempts:
-                raise
-        except Exception as error:
-            reason = describe_exception(error)
-            if ctx.attempt < max_attempts:
-                raise
-        raise Fail(f"{reason}\n(attempt {ctx.attempt} of the task's max_attempts {max_attempts}: giving up)")
-
-    # Only __wrapped__: `check` names the declared kind behind the wrapper, not this file (registry.source_of).
-    return functools.update_wrapper(limited, fn, assigned=(), updated=())
+    return Task(name, fn, backoff_of(policy), backstop, "thread", None, max_attempts=policy.max_attempts)
 
 
 def retry(backoff: Backoff, ctx: Any, reason: str, delay: float | None = None) -> Retry:

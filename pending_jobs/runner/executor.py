@@ -44,7 +44,7 @@ class Executor:
             outcome = self._execute(job)
         except BaseException as error:  # a bug of ours or a handler's; the job still gets its reason
             outcome = self.on_error(job, error)
-        _log_outcome(outcome)
+        _log_outcome(outcome, self.limit(job)[0])
         return outcome
 
     def on_error(self, job: ClaimedJob, error: BaseException) -> Outcome:
@@ -86,12 +86,12 @@ class Executor:
         if session is not None:
             session.abandon()
         outcome = self.failure(job, f"TimeoutError: handler ran longer than {timeout}s")
-        _log_outcome(outcome)
+        _log_outcome(outcome, self.limit(job)[0])
         return outcome
 
     def _run(self, task: Task, job: ClaimedJob, payload: Any, session: HandlerSession,
              deadline: float | None) -> Outcome:
-        ctx = JobContext(job, session, deadline, _task_logger(job.task))
+        ctx = JobContext(job, session, deadline, _task_logger(job.task), self.limit(job)[0])
         try:
             if task.isolation == "process":
                 from .. import isolation  # multiprocessing's import (≈ 20 ms) only for runs that need it
@@ -126,11 +126,20 @@ class Executor:
     def failure(self, job: ClaimedJob, error: str, delay: float | None = None) -> Outcome:
         """Retry later, or fail when this was the last attempt."""
         error = validation.clean_text(error, validation.ERROR_LIMIT - 60)  # room for the "giving up" line
-        if job.attempt >= job.max_attempts:
-            return Outcome(job, "failed", error=f"{error}\n(attempt {job.attempt} of {job.max_attempts}: giving up)")
+        limit, named = self.limit(job)
+        if job.attempt >= limit:
+            return Outcome(job, "failed", error=f"{error}\n(attempt {job.attempt} of {named}: giving up)")
         if delay is None:
             delay = self._delay(self.tasks.get(job.task), job)
         return Outcome(job, "retry", error=error, delay=delay)
+
+    def limit(self, job: ClaimedJob) -> tuple[int, str]:
+        """The attempts `job` may have, and how the giving-up line names them: the row's `max_attempts`,
+        or its task's own when that is fewer (a declared task's `max_attempts`)."""
+        task = self.tasks.get(job.task)
+        if task is not None and task.max_attempts is not None and task.max_attempts < job.max_attempts:
+            return task.max_attempts, f"the task's max_attempts {task.max_attempts}"
+        return job.max_attempts, str(job.max_attempts)
 
     def _delay(self, task: Task | None, job: ClaimedJob, asked: object = None) -> float:
         """Seconds until the next attempt: what the handler asked for, else the task's backoff; always a
@@ -180,8 +189,8 @@ def _cancelling(outcome: Outcome, session: HandlerSession) -> Outcome:
     return dataclasses.replace(outcome, cancelling=True) if asked else outcome
 
 
-def _log_outcome(outcome: Outcome) -> None:
-    """One line per failed (WARNING) or retried (INFO) job, so the cron log says why."""
+def _log_outcome(outcome: Outcome, limit: int) -> None:
+    """One line per failed (WARNING) or retried (INFO) job, so the cron log says why; `limit`: its attempts."""
     if outcome.kind not in ("failed", "retry"):
         return
     job = outcome.job
@@ -190,11 +199,10 @@ def _log_outcome(outcome: Outcome) -> None:
         log.info("job %d (%s) gave up on attempt %d after an operator asked to cancel it: cancelled (%s)", job.id,
                  job.task, job.attempt, first)
     elif outcome.kind == "failed":
-        log.warning("job %d (%s) failed on attempt %d of %d: %s", job.id, job.task, job.attempt, job.max_attempts,
-                    first)
+        log.warning("job %d (%s) failed on attempt %d of %d: %s", job.id, job.task, job.attempt, limit, first)
     else:
         log.info("job %d (%s) will be retried in %.0fs after attempt %d of %d: %s", job.id, job.task,
-                 outcome.delay, job.attempt, job.max_attempts, first)
+                 outcome.delay, job.attempt, limit, first)
 
 
 @functools.lru_cache(maxsize=256)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from pending_jobs import enqueue
@@ -65,13 +67,15 @@ def test_each_bad_command_ends_its_job_with_a_reason_and_the_others_succeed(engi
 
 
 def test_backoff_and_the_tasks_max_attempts(engine: sa.Engine, store: Store, run_declared: Any,
-                                            tmp_path: Path) -> None:
-    busy = script(tmp_path, "busy.sh", "exit 75\n")
+                                            tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    seen = tmp_path / "seen"
+    busy = script(tmp_path, "busy.sh", f'echo "$PENDING_JOBS_TASK $PENDING_JOBS_MAX_ATTEMPTS" >> {seen}\nexit 75\n')
     later = enqueue(engine, "later", {})
     once = enqueue(engine, "once", {})
 
-    run_declared({"later": {"command": [busy], "backoff": ["7s", "1h"]},
-                  "once": {"command": [busy], "max_attempts": 1}})
+    with caplog.at_level(logging.INFO, "pending_jobs.runner"):
+        run_declared({"later": {"command": [busy], "backoff": ["7s", "1h"]},
+                      "once": {"command": [busy], "max_attempts": 1}})
 
     # run_at and updated_at come from the same UPDATE and the database's clock: exactly the backoff apart.
     retried = outcome(store, later)
@@ -80,6 +84,10 @@ def test_backoff_and_the_tasks_max_attempts(engine: sa.Engine, store: Store, run
     failed = outcome(store, once)
     assert failed.status == "failed" and failed.attempts == 1 and failed.max_attempts == 5
     assert failed.last_error.endswith("(attempt 1 of the task's max_attempts 1: giving up)")
+    # The cron log and the command see the limit that holds: the task's 1, not the row's 5.
+    assert f"job {once} (once) failed on attempt 1 of 1: Retry: " in caplog.text
+    assert f"job {later} (later) will be retried in 7s after attempt 1 of 5: Retry: " in caplog.text
+    assert sorted(seen.read_text().splitlines()) == ["later 5", "once 1"]
 
 
 def test_an_operator_cancel_stops_a_running_command(engine: sa.Engine, store: Store, run_declared: Any,

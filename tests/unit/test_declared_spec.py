@@ -19,7 +19,7 @@ from pending_jobs.declared.spec import (
     SqlSpec,
     parse_one,
 )
-from pending_jobs.errors import ConfigError, Fail, Retry
+from pending_jobs.errors import ConfigError
 from pending_jobs.registry import Task, default_backoff
 
 
@@ -171,23 +171,14 @@ def test_backoff_list_gives_each_retry_its_delay_and_repeats_the_last() -> None:
     assert base.backoff_of(parse_one("t", {"sql": "SELECT 1"}).policy) is default_backoff
 
 
-class _Ctx:
-    def __init__(self, attempt: int) -> None:
-        self.attempt = attempt
-        self.job_id = 1
-
-
-@pytest.mark.parametrize("raised", [Retry(reason="exit 75"), RuntimeError("flaky")])
-def test_the_tasks_max_attempts_turns_the_last_retry_into_a_failure(raised: Exception) -> None:
+def test_the_tasks_max_attempts_is_its_registry_entrys() -> None:
+    """The executor gives up at it (tests/unit/test_executor.py); the row's still applies too."""
     def handler(payload: Any, ctx: Any) -> None:
-        raise raised
+        return None
 
-    limited = base.limit_attempts(handler, 2)
-    with pytest.raises(type(raised)):
-        limited({}, _Ctx(1))
-    with pytest.raises(Fail, match="attempt 2 of the task's max_attempts 2: giving up") as failed:
-        limited({}, _Ctx(2))
-    assert ("exit 75" if isinstance(raised, Retry) else "RuntimeError: flaky") in failed.value.reason
+    limited = base.task_of("t", handler, parse_one("t", {"sql": "SELECT 1", "max_attempts": 2}).policy, 60.0)
+    assert (limited.fn, limited.max_attempts, limited.timeout) == (handler, 2, 60.0)
+    assert base.task_of("t", handler, parse_one("t", {"sql": "SELECT 1"}).policy, None).max_attempts is None
 
 
 def test_output_is_json_when_whole_and_valid_else_text() -> None:

@@ -556,6 +556,32 @@ def test_the_last_attempt_gives_up(attempts: int, max_attempts: int, kind: str) 
         assert outcome == Outcome(job, "failed", error=f"boom\n(attempt {job.attempt} of {max_attempts}: giving up)")
 
 
+@pytest.mark.parametrize(("task_limit", "attempts", "kind", "limit"), [
+    (2, 0, "retry", "2"), (2, 1, "failed", "the task's max_attempts 2"),  # the task's is fewer: it decides
+    (5, 2, "failed", "3"), (3, 2, "failed", "3"),  # the row's is fewer or the same: the row's decides
+])
+def test_a_tasks_own_max_attempts_gives_up_before_the_rows(task_limit: int, attempts: int, kind: str,
+                                                          limit: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = RecordingStore()
+    job = claim(store, attempts=attempts, max_attempts=3)
+    seen: list[int] = []
+
+    def handler(payload: Any, ctx: Context) -> None:
+        seen.append(ctx.max_attempts)
+        raise Retry(delay=9.0, reason="busy")
+
+    with caplog.at_level(logging.INFO, LOGGER):
+        outcome = executor(store, one(handler, max_attempts=task_limit))(job)
+    if kind == "retry":
+        assert outcome == Outcome(job, "retry", error="Retry: busy", delay=9.0)
+    else:
+        assert outcome == Outcome(job, "failed", error=f"Retry: busy\n(attempt {job.attempt} of {limit}: giving up)")
+    effective = min(task_limit, 3)
+    assert seen == [effective]  # the handler (and a command's PENDING_JOBS_MAX_ATTEMPTS) sees the limit that holds
+    verb = "will be retried in 9s after" if kind == "retry" else "failed on"
+    assert caplog.messages == [f"job {job.id} (t) {verb} attempt {job.attempt} of {effective}: Retry: busy"]
+
+
 def test_a_long_error_is_cut_to_leave_room_for_the_giving_up_line() -> None:
     store = RecordingStore()
     job = claim(store, max_attempts=1)
@@ -659,8 +685,8 @@ def test_the_logged_reason_is_the_first_line_cut_to_200_characters(error: str, f
     store = RecordingStore()
     job = claim(store)
     with caplog.at_level(logging.INFO, LOGGER):
-        _log_outcome(Outcome(job, "failed", error=error))
-        _log_outcome(Outcome(job, "retry", error=error, delay=1.0))
+        _log_outcome(Outcome(job, "failed", error=error), 5)
+        _log_outcome(Outcome(job, "retry", error=error, delay=1.0), 5)
     assert caplog.messages == [f"job {job.id} (t) failed on attempt 1 of 5: {first}",
                                f"job {job.id} (t) will be retried in 1s after attempt 1 of 5: {first}"]
 
@@ -670,5 +696,5 @@ def test_other_outcomes_are_not_logged(kind: Literal["succeeded", "recorded", "d
                                        caplog: pytest.LogCaptureFixture) -> None:
     store = RecordingStore()
     with caplog.at_level(logging.DEBUG, LOGGER):
-        _log_outcome(Outcome(claim(store), kind, error="not logged"))
+        _log_outcome(Outcome(claim(store), kind, error="not logged"), 5)
     assert caplog.records == []
