@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import faulthandler
 import logging
 import os
@@ -19,6 +20,9 @@ from ..store import ours
 from . import callbacks, common, core, ops, run, schedules, web
 
 log = logging.getLogger(__name__)
+
+WRITE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
+"""Errors of writing the output (a full disk or quota, a file too large, a device gone): said in one line."""
 
 # Each module adds its subcommands; a subcommand's `func(args) -> exit code` does the work.
 MODULES: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
@@ -61,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         common.configure_logs(args.verbose, args.log_format or "text", args.log_file or "")
         code: int = args.func(args)
         if sys.stdout is not None:  # None: started with stdout closed (`>&-`); print() then writes nothing
-            sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+            sys.stdout.flush()  # a closed pipe or a full disk shows here, inside the handler below
         return code
     except BaseException as raised:
         return _failed(raised)
@@ -104,14 +108,15 @@ def _failed(raised: BaseException) -> int:
     error = ours(raised)
     code = exit_code_of(error)
     if isinstance(error, BrokenPipeError):
-        # The reader went away (`list | head -1`): stop quietly, as Unix tools do. Point stdout at
-        # /dev/null so the interpreter's final flush does not complain either.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        # The reader went away (`list | head -1`): stop quietly, as Unix tools do.
+        _drop_output()
     elif isinstance(error, ConfigError | CommandFailed):
         common.eprint(str(error))
     elif isinstance(error, DatabaseUnavailable):
         common.eprint(f"database unavailable: {error}")
+    elif isinstance(error, OSError) and error.errno in WRITE_ERRORS:  # `list > /dev/full`: not a bug of ours
+        common.eprint(f"cannot write: {error}")
+        _drop_output()
     elif isinstance(error, KeyboardInterrupt):
         common.eprint("interrupted")
     elif isinstance(error, Exception):  # a bug: say so in one line, with the traceback for the log
@@ -120,6 +125,12 @@ def _failed(raised: BaseException) -> int:
     else:
         raise raised  # SystemExit and the like
     return code
+
+
+def _drop_output() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what it holds does not fail again."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # AttributeError: stdout is None
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _first_line(value: object) -> str:

@@ -62,3 +62,13 @@ def test_a_log_file_that_cannot_be_written_is_reported_once(tmp_path: Path) -> N
     assert [line for line in done.stderr.splitlines() if "warning: PENDING_JOBS_CALLBACK_SECRET" not in line] == [
         "pending-jobs: cannot write the log to /dev/full: [Errno 28] No space left on device; its lines are "
         "dropped while it cannot (reported once)"]
+
+
+@pytest.mark.parametrize("command_line", ["list", "show 1", "status", "status --json"])
+def test_output_that_cannot_be_written_fails_in_one_line(tmp_path: Path, command_line: str) -> None:
+    """Where the output is the work (`list > /dev/full`), the command fails, saying why in one line: it
+    printed a traceback as if pending-jobs had a bug."""
+    command, url = _queued(tmp_path)
+    done = subprocess.run(f'{command} {command_line} --database-url "{url}" >/dev/full', shell=True,
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stderr) == (1, "pending-jobs: cannot write: [Errno 28] No space left on device\n")
