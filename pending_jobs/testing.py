@@ -25,7 +25,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import config, migrate, registry
+from . import config, declared, migrate, registry
 from .enqueue import enqueue
 from .errors import ConfigError
 from .models import Job, RunReport
@@ -71,12 +71,19 @@ class JobTester:
                                                         **{**INLINE, **checked})
         self.engine: sa.Engine = create_engine(database_url)
         """The job database's engine: give it (or `database_url`) to the code under test."""
-        if migrate_schema:
-            migrate.upgrade(self.engine)
-        if tasks is None or isinstance(tasks, Mapping):
-            self.tasks = dict(registry.load([]) if tasks is None else tasks)
-        else:
-            self.tasks = registry.load(list(tasks))
+        try:
+            if migrate_schema:
+                migrate.upgrade(self.engine)
+            if tasks is None or isinstance(tasks, Mapping):
+                handlers = dict(registry.load([]) if tasks is None else tasks)
+            else:
+                handlers = registry.load(list(tasks))
+            # `declared_tasks={...}` (the config file's [task.NAME] tables) run too, as `pending-jobs run` runs
+            # them; a table with a mistake is a ConfigError naming it, here.
+            self.tasks = declared.merge(handlers, declared.load(self.settings))
+        except BaseException:  # a module that does not import, a bad table: nothing is left behind either
+            self.close()
+            raise
         self._store = open_store(self.engine)
         self._reads = TestingStore(self._store)
 

@@ -25,3 +25,25 @@ def test_the_tester_runs_a_tests_jobs_on_its_own_database(db_url: str) -> None:
 
         assert tester.run(delayed=True).failed == 1  # its backoff skipped: the second and last attempt
         assert tester.job(later).attempts == 2 and tester.job(later).status == "failed"
+
+
+def test_declared_tasks_run_as_the_runner_runs_them(db_url: str) -> None:
+    """`declared_tasks` (the config file's [task.NAME] tables) was accepted and ignored: every declared job
+    failed with 'unknown task'."""
+    tables = {"note": {"sql": "INSERT INTO tester_notes (body) VALUES (:body)"},
+              "echo": {"command": ["cat"], "max_attempts": 1}}
+    with JobTester(db_url, tasks={}, declared_tasks=tables) as tester:
+        with tester.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE IF EXISTS tester_notes")
+            conn.exec_driver_sql("CREATE TABLE tester_notes (body VARCHAR(64))")
+        try:
+            noted = [tester.enqueue("note", {"body": f"n{n}"}) for n in range(3)]
+            echoed = tester.enqueue("echo", {"a": 1})
+            assert tester.run().succeeded == 4
+            assert [tester.job(job_id).status for job_id in noted] == ["succeeded"] * 3
+            assert tester.job(echoed).result == {"a": 1}
+            with tester.engine.connect() as conn:
+                assert sorted(conn.exec_driver_sql("SELECT body FROM tester_notes").scalars()) == ["n0", "n1", "n2"]
+        finally:
+            with tester.engine.begin() as conn:
+                conn.exec_driver_sql("DROP TABLE tester_notes")

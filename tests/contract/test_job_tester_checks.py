@@ -3,6 +3,9 @@ values (on the tester's default database, a fresh SQLite file)."""
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
 import pytest
 
 from pending_jobs import config
@@ -76,3 +79,16 @@ def test_assert_enqueued_matches_booleans_only_with_booleans() -> None:
         tester.assert_not_enqueued(payload={"flag": 1})
         tester.assert_not_enqueued(payload={"off": 0})
         tester.assert_not_enqueued(payload={"off": None})
+
+
+@pytest.mark.parametrize(("settings", "reason"), [
+    ({"declared_tasks": {"bad": {"sql": "SELECT 1", "nope": 1}}}, r"^\[task\.bad\]: unknown key 'nope'"),
+    ({"tasks": ["tests.no_such_module"]}, r"^cannot import task module 'tests\.no_such_module'"),
+])
+def test_a_tester_that_cannot_start_says_why_and_leaves_no_folder(settings: dict[str, object], reason: str,
+                                                                  tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where JobTester makes its temporary folder
+    with pytest.raises(ConfigError, match=reason):
+        JobTester(**settings)  # type: ignore[arg-type]
+    assert list(tmp_path.iterdir()) == []
