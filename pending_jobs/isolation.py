@@ -195,7 +195,12 @@ def _child_main(sender: Connection, ask: Connection, output: str, modules: list[
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
     try:
-        handler = registry.load(modules, python_path)[name]
+        loaded = registry.load(modules, python_path)
+        if name not in loaded:  # the parent's handler was not registered by a module the child imports
+            raise LookupError(f"task {name!r} has no handler in its child process: a process-isolated handler is "
+                              "imported again there, so it must be registered with @task in one of the task "
+                              f"modules ({', '.join(modules) or 'none configured'})")
+        handler = loaded[name]
         answer: tuple[Any, ...] = ("ok", handler.fn(payload, ChildContext(fields, ask)))
         sender.send(answer)
         return

@@ -81,6 +81,10 @@ class JobTester:
             # `declared_tasks={...}` (the config file's [task.NAME] tables) run too, as `pending-jobs run` runs
             # them; a table with a mistake is a ConfigError naming it, here.
             self.tasks = declared.merge(handlers, declared.load(self.settings))
+            # A process-isolated handler's child imports its module again, by name, as a run's child imports
+            # the `tasks` setting's modules: without them it found no handler (KeyError).
+            isolated = {task.fn.__module__ for task in handlers.values() if task.isolation == "process"}
+            self.settings = self.settings.replace(tasks=sorted({*self.settings.tasks, *isolated}))
         except BaseException:  # a module that does not import, a bad table: nothing is left behind either
             self.close()
             raise

@@ -3,13 +3,15 @@ values (on the tester's default database, a fresh SQLite file)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from pending_jobs import config
+from pending_jobs import config, registry
 from pending_jobs.errors import ConfigError
+from pending_jobs.registry import Task
 from pending_jobs.testing import JobTester
 
 
@@ -92,3 +94,26 @@ def test_a_tester_that_cannot_start_says_why_and_leaves_no_folder(settings: dict
     with pytest.raises(ConfigError, match=reason):
         JobTester(**settings)  # type: ignore[arg-type]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_process_isolated_handler_runs_in_its_child() -> None:
+    """Its child imports the handler's module by name: the tester gave it none, and the job was retried
+    with `KeyError: 'echo_isolated'`, whether the tasks came as modules or as the registry's entries."""
+    for tasks in (["tests.jobs"], {"echo_isolated": registry.load(["tests.jobs"])["echo_isolated"]}):
+        with JobTester(tasks=tasks) as tester:  # type: ignore[arg-type]
+            job_id = tester.enqueue("echo_isolated", {"n": 1})
+            assert tester.run().succeeded == 1, tester.job(job_id).last_error
+            result = tester.job(job_id).result
+            assert result["payload"] == {"n": 1} and result["pid"] != os.getpid()
+
+
+def test_a_process_isolated_handler_its_child_cannot_import_is_named() -> None:
+    def built_by_hand(payload: object, ctx: object) -> None:
+        return None
+
+    with JobTester(tasks={"by_hand": Task("by_hand", built_by_hand, isolation="process")}) as tester:
+        job_id = tester.enqueue("by_hand", {})
+        assert tester.run().retried == 1
+        assert "LookupError: task 'by_hand' has no handler in its child process: a process-isolated handler is " \
+               "imported again there, so it must be registered with @task in one of the task modules (" \
+               f"{__name__})" in (tester.job(job_id).last_error or "")
