@@ -40,12 +40,17 @@ def create_app(database_url: str | None = None) -> Flask:
     def signup() -> Any:
         data = request.get_json(force=True)
         email = str(data.get("email", ""))
-        with engine.begin() as conn:  # one transaction: the user, the job, or neither
-            user_id = conn.execute(users.insert().values(email=email)).inserted_primary_key[0]
-            job_id = pending_jobs.enqueue(conn, "send_welcome_email", {"email": email}, queue="mail",
-                                          idempotency_key=f"welcome-{email}")
-            if not data.get("accept_terms"):
-                abort(400, "terms not accepted")  # raises: the user row and the job are rolled back
+        if "@" not in email:
+            abort(400, "an email address is needed")
+        try:
+            with engine.begin() as conn:  # one transaction: the user, the job, or neither
+                user_id = conn.execute(users.insert().values(email=email)).inserted_primary_key[0]
+                job_id = pending_jobs.enqueue(conn, "send_welcome_email", {"email": email}, queue="mail",
+                                              idempotency_key=f"welcome-{email}")
+                if not data.get("accept_terms"):
+                    abort(400, "terms not accepted")  # raises: the user row and the job are rolled back
+        except sa.exc.IntegrityError:  # the email's unique key: signed up before (its mail was enqueued then)
+            abort(409, "already signed up")
         return jsonify(user_id=user_id, job_id=job_id), 201
 
     return app

@@ -42,6 +42,9 @@ def test_flask_producer_enqueues_in_the_request_transaction(db_url: str, engine:
     job_id = created.get_json()["job_id"]
     refused = client.post("/signup", json={"email": "jane@example.com"})  # fails after the enqueue
     assert refused.status_code == 400
+    again = client.post("/signup", json={"email": "john@example.com", "accept_terms": True})
+    assert again.status_code == 409 and b"already signed up" in again.data  # was a 500 (IntegrityError)
+    assert client.post("/signup", json={"accept_terms": True}).status_code == 400
     assert rows(engine, "SELECT email FROM users") == [("john@example.com",)]
     assert rows(engine, "SELECT id, task, queue FROM pending_jobs") == [(job_id, "send_welcome_email", "mail")]
 
