@@ -222,10 +222,13 @@ class Transport:
             if watch is not None:
                 WATCHDOG.stop(watch)
             if conn is not None:
-                if complete and conn.sock is not None and not (watch is not None and watch.fired):
+                # A 1xx other than 100 (`103 Early Hints`) is taken by http.client for the answer: the final one
+                # is still unread, and would be read as the next request's.
+                final = status is not None and status >= 200
+                if complete and final and conn.sock is not None and not (watch is not None and watch.fired):
                     self._checkin(key, conn)
                 else:
-                    _discard(conn)  # unread, cut off, or closed by the server: never reused
+                    _discard(conn)  # unread, cut off, an interim answer, or closed by the server: never reused
         if watch is not None and watch.fired:
             problem = f"timed out after {timeout:g}s (whole request)"
         return Response(status, got, data, problem, int((time.monotonic() - started) * 1000))

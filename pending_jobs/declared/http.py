@@ -97,11 +97,14 @@ class HttpTask:
         if code is None:
             raise retry(self.backoff, ctx, f"{where}: {response.error or 'no response'}")
         status = f"{where}: HTTP {code}"
+        if code < 200:  # http.client skips only `100 Continue`; the final answer after it was not read
+            raise retry(self.backoff, ctx, f"{status}: an interim answer and no final one (answers like 103 Early "
+                        "Hints before the final one are not supported: turn them off for this endpoint)")
         if 300 <= code < 400:
             location = next((v for k, v in response.headers.items() if k.lower() == "location"), "")
             raise Fail(f"{status}: redirects are not followed (Location: {_shown_location(location)}); "
                        "set the task's url to the final address")
-        if code >= 500 or code in RETRIED or code < 200:
+        if code >= 500 or code in RETRIED:
             asked = retry_after(response.headers)
             wait = f" (Retry-After {asked:g}s)" if asked is not None else ""
             raise retry(self.backoff, ctx, f"{status}{wait}: {excerpt(response.body)}", delay=asked)

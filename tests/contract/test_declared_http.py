@@ -33,7 +33,14 @@ ROUTES = {
     "/slow_down": answer(429, b"too many", {"Retry-After": "120"}),
     "/hang": hang(30),
     "/trickle": trickle(0.2),  # 200 and its headers at once, then a byte now and then: past the deadline
+    "/early_hints": lambda handler, _received: _early_hints(handler),
 }
+
+
+def _early_hints(handler: Handler) -> None:
+    """`103 Early Hints`, then the final 200: http.client reads only the 103."""
+    handler.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+    handler.wfile.write(b'HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n{"late": 1}')
 
 
 def _route(handler: Handler, received: Received) -> None:
@@ -55,7 +62,7 @@ def test_each_answer_ends_its_job_as_documented(engine: sa.Engine, store: Store,
         report = run_declared(tables, concurrency=len(tables))
 
     done = {name: outcome(store, job_id) for name, job_id in ids.items()}
-    assert (report.succeeded, report.retried, report.failed) == (4, 5, 2)
+    assert (report.succeeded, report.retried, report.failed) == (4, 6, 2)
     assert done["json"].result == {"width": 100, "ok": True}
     assert done["empty"].status == "succeeded" and done["empty"].result is None
     assert done["text"].result == "resized"
@@ -74,7 +81,10 @@ def test_each_answer_ends_its_job_as_documented(engine: sa.Engine, store: Store,
     # A 2xx whose answer did not all come is no result: retried (the endpoint sees the same Idempotency-Key).
     assert done["trickle"].last_error == (f"Retry: POST {base}/trickle: HTTP 200, but the answer was cut off: "
                                           "timed out after 1s (whole request)")
-    for name in ("busy", "request_timeout", "slow_down", "hang", "trickle"):
+    assert done["early_hints"].last_error == (f"Retry: POST {base}/early_hints: HTTP 103: an interim answer and no "
+                                              "final one (answers like 103 Early Hints before the final one are not "
+                                              "supported: turn them off for this endpoint)")
+    for name in ("busy", "request_timeout", "slow_down", "hang", "trickle", "early_hints"):
         job = done[name]
         assert job.status == "pending" and job.run_at is not None and job.updated_at is not None
         wanted = 120.0 if name == "slow_down" else 60.0  # Retry-After wins over the task's backoff

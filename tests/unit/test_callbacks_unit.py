@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import http.client
 import ipaddress
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -322,3 +324,33 @@ def test_watchdog_fires_an_earlier_deadline_queued_behind_a_later_one() -> None:
     finally:
         for sock in (a, _a, b, b_peer):
             sock.close()
+
+
+def test_transport_never_reuses_a_connection_after_an_interim_answer() -> None:
+    """http.client takes a `103 Early Hints` for the answer: the real 200 stayed unread on the connection,
+    which went back to the pool, and the next request (another job's) read it as its own answer."""
+    from pending_jobs.callbacks import Target
+    from pending_jobs.callbacks.transport import Transport
+
+    def hints_then_ok(handler: Handler, received: Received) -> None:
+        handler.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+        handler.wfile.flush()
+        time.sleep(0.3)  # the final answer comes after the client is done with the 103: the next request's turn
+        body = b'{"answer_for": "%s"}' % received.headers["webhook-id"].encode()
+        with contextlib.suppress(OSError):  # the client closed the connection (as it should)
+            handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            handler.wfile.flush()
+        handler.close_connection = True
+
+    def own_answer(handler: Handler, received: Received) -> None:
+        answer(200, b'{"answer_for": "%s"}' % received.headers["webhook-id"].encode())(handler, received)
+
+    respond, ports = _ports(sequence(hints_then_ok, own_answer))
+    with receiver(respond) as server:
+        transport = Transport(2)
+        target = Target("http", "127.0.0.1", server.port, "127.0.0.1")
+        first, second = (transport.post(target, server.url(), b"{}", {"webhook-id": f"msg_{n}"}, 2.0, 3.0)
+                         for n in (1, 2))
+    assert first.status_code == 103  # not a final answer: the caller retries it
+    assert (second.status_code, second.body) == (200, b'{"answer_for": "msg_2"}')
+    assert len(set(ports)) == 2  # the first connection was closed, not reused
