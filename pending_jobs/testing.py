@@ -26,6 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import config, declared, migrate, registry
+from .context import Handler
 from .enqueue import enqueue
 from .errors import ConfigError
 from .models import Job, RunReport
@@ -52,8 +53,9 @@ class JobTester:
 
     __test__ = False
 
-    def __init__(self, database_url: str | None = None, *, tasks: Mapping[str, Task] | Iterable[str] | None = None,
-                 migrate_schema: bool = True, **settings: Any) -> None:
+    def __init__(self, database_url: str | None = None, *,
+                 tasks: Mapping[str, Task | Handler] | Iterable[str] | None = None, migrate_schema: bool = True,
+                 **settings: Any) -> None:
         """`database_url`: the test's own database (migrated here unless `migrate_schema=False`); None: a
         new SQLite file in a temporary folder. `tasks`: handlers by name, or modules to import (None: every
         `@task` imported so far). `settings`: any setting of the config file by its name (`batch_size=10`,
@@ -74,8 +76,10 @@ class JobTester:
         try:
             if migrate_schema:
                 migrate.upgrade(self.engine)
-            if tasks is None or isinstance(tasks, Mapping):
-                handlers = dict(registry.load([]) if tasks is None else tasks)
+            if tasks is None:
+                handlers = registry.load([])
+            elif isinstance(tasks, Mapping):  # registry entries, or plain `handler(payload, ctx)` functions
+                handlers = {name: _entry(name, given) for name, given in tasks.items()}
             else:
                 handlers = registry.load(list(tasks))
             # `declared_tasks={...}` (the config file's [task.NAME] tables) run too, as `pending-jobs run` runs
@@ -164,6 +168,15 @@ class JobTester:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _entry(name: str, given: Task | Handler) -> Task:
+    """A `tasks={...}` value as a registry entry: a Task as it is, a function as `@task(name)` would make it."""
+    if isinstance(given, Task):
+        return given
+    if not callable(given):
+        raise TypeError(f"JobTester tasks[{name!r}] must be a handler function or a registry Task, not {given!r}")
+    return Task(name, given)
 
 
 def _checked(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -117,3 +117,17 @@ def test_a_process_isolated_handler_its_child_cannot_import_is_named() -> None:
         assert "LookupError: task 'by_hand' has no handler in its child process: a process-isolated handler is " \
                "imported again there, so it must be registered with @task in one of the task modules (" \
                f"{__name__})" in (tester.job(job_id).last_error or "")
+
+
+def test_tasks_may_be_plain_handler_functions() -> None:
+    """The README's "a dict of handlers": a function failed with AttributeError ('function' object has no
+    attribute 'isolation'), from inside the tester."""
+    def double(payload: dict[str, int], ctx: object) -> int:
+        return payload["n"] * 2
+
+    with JobTester(tasks={"double": double}) as tester:
+        job_id = tester.enqueue("double", {"n": 21})
+        assert tester.run().succeeded == 1 and tester.job(job_id).result == 42
+    with pytest.raises(TypeError, match=r"^JobTester tasks\['double'\] must be a handler function or a registry "
+                                        r"Task, not 42$"):
+        JobTester(tasks={"double": 42})  # type: ignore[dict-item]
