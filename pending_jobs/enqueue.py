@@ -69,16 +69,18 @@ def job_row(
     problem = validation.key_problem(queue, validation.QUEUE_LIMIT)
     if problem:
         raise ValueError(f"queue {problem}")
+    _integer("payload_limit", payload_limit, 1, None)
     payload = {} if payload is None else payload
     problem = validation.payload_problem(payload)
     if problem:
         raise ValueError(problem)
     validation.dump_json(payload, "payload", payload_limit, allow_nul=False)
-    if not isinstance(priority, int) or not validation.PRIORITY_MIN <= priority <= validation.PRIORITY_MAX:
-        raise ValueError(f"priority must be an integer in {validation.PRIORITY_MIN}..{validation.PRIORITY_MAX}")
-    if max_attempts is not None and not 1 <= max_attempts <= validation.MAX_ATTEMPTS_LIMIT:
-        raise ValueError(f"max_attempts must be in 1..{validation.MAX_ATTEMPTS_LIMIT}")
+    _integer("priority", priority, validation.PRIORITY_MIN, validation.PRIORITY_MAX)
+    if max_attempts is not None:
+        _integer("max_attempts", max_attempts, 1, validation.MAX_ATTEMPTS_LIMIT)
     if callback_url is not None:
+        if not isinstance(callback_url, str):
+            raise ValueError(f"callback_url must be a string, not {type(callback_url).__name__}")
         problem = validation.callback_url_problem(callback_url)
         if problem:
             raise ValueError(problem)
@@ -88,6 +90,8 @@ def job_row(
             raise ValueError(f"{name} {problem}")
     if delay is not None and run_at is not None:
         raise ValueError("give delay or run_at, not both")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)):
+        raise ValueError(f"delay must be a number of seconds, not {type(delay).__name__}")
     if delay is not None and not 0 <= delay <= DELAY_MAX:  # also NaN; inf overflowed PostgreSQL's interval
         raise ValueError("delay must be from 0 seconds to 100 years (as the PHP client's)")
     row: dict[str, Any] = {"task": task, "payload": dict(payload), "queue": queue, "priority": priority}
@@ -102,10 +106,19 @@ def job_row(
     if delay:
         row["run_at_delay"] = float(delay)
     if run_at is not None:
+        if not isinstance(run_at, dt.datetime):
+            raise ValueError(f"run_at must be a timezone-aware datetime, not {type(run_at).__name__}")
         if run_at.tzinfo is None:
             raise ValueError("run_at must be timezone-aware (times are stored in UTC)")
         row["run_at"] = run_at.astimezone(dt.UTC).replace(tzinfo=None)
     return row
+
+
+def _integer(name: str, value: object, low: int, high: int | None) -> None:
+    # A bool is an int to Python, and 2.5 or "3" reached the database: MariaDB rounded, SQLite kept 2.5.
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        span = f"in {low}..{high}" if high is not None else f"of at least {low}"
+        raise ValueError(f"{name} must be an integer {span}, not {value!r}")
 
 
 @contextmanager

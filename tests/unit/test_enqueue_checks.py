@@ -49,3 +49,23 @@ def test_every_place_a_task_is_named_keeps_the_enqueue_rule() -> None:
         declared.spec.parse_one(" report", {"command": ["true"]})
     with pytest.raises(ValueError, match=r"task name must not be blank or start or end with whitespace"):
         registry.task("report\n")
+
+
+@pytest.mark.parametrize(("option", "value", "reason"), [
+    ("max_attempts", "3", r"max_attempts must be an integer in 1\.\.1000, not '3'"),
+    ("max_attempts", 2.5, r"max_attempts must be an integer in 1\.\.1000, not 2\.5"),
+    ("max_attempts", True, r"max_attempts must be an integer in 1\.\.1000, not True"),
+    ("priority", False, r"priority must be an integer in -1000\.\.1000, not False"),
+    ("priority", 1.0, r"priority must be an integer in -1000\.\.1000, not 1\.0"),
+    ("delay", "5", r"delay must be a number of seconds, not str"),
+    ("delay", True, r"delay must be a number of seconds, not bool"),
+    ("run_at", "2030-01-01T00:00:00Z", r"run_at must be a timezone-aware datetime, not str"),
+    ("callback_url", b"https://example.com/", r"callback_url must be a string, not bytes"),
+    ("payload_limit", "1000", r"payload_limit must be an integer of at least 1, not '1000'"),
+    ("payload_limit", 0, r"payload_limit must be an integer of at least 1, not 0"),
+])
+def test_an_argument_of_the_wrong_type_is_a_value_error_naming_it(option: str, value: object, reason: str) -> None:
+    # Before, "3" and "5" raised TypeError from a comparison, a str run_at AttributeError ('tzinfo'), and
+    # 2.5 or True passed: SQLite stored max_attempts 2.5, MariaDB rounded it to 3.
+    with pytest.raises(ValueError, match=f"^{reason}$"):
+        job_row("mail", **{option: value})
