@@ -122,6 +122,25 @@ class _Connection(http.client.HTTPConnection):
         super().send(data + body if body else data)
 
 
+def _send(conn: _Connection, path: str, body: bytes, headers: Mapping[str, str]) -> http.client.HTTPResponse:
+    """Send the request and read the answer's head; an answer that came before the body was all sent counts."""
+    try:
+        conn.request("POST", path, body, headers)
+    except (BrokenPipeError, ConnectionResetError) as error:
+        # An endpoint may answer early (`413 Content Too Large` after the headers) and close without reading
+        # the rest, as its server's body limit does: the write then fails, but its answer is in our receive
+        # buffer. That answer is the attempt's outcome, not a broken connection to retry.
+        early = conn.response_class(conn.sock, method="POST")
+        try:
+            early.begin()
+        except Exception:  # nothing readable came: the write's error is the reason
+            early.close()
+            raise error from None
+        conn.close()  # never reused: the request was cut off
+        return early
+    return conn.getresponse()
+
+
 def _discard(conn: _Connection) -> None:
     with contextlib.suppress(Exception):
         conn.close()
@@ -202,8 +221,7 @@ class Transport:
             if conn.sock.gettimeout() != timeout:  # settimeout costs two fcntl calls
                 conn.sock.settimeout(timeout)
             watch = WATCHDOG.watch(conn.sock, deadline - time.monotonic())
-            conn.request("POST", path, body, all_headers)
-            response = conn.getresponse()
+            response = _send(conn, path, body, all_headers)
             status = response.status
             for name, value in response.getheaders():
                 got[name] = f"{got[name]}, {value}" if name in got else value

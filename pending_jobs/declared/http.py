@@ -25,6 +25,7 @@ from .spec import HTTP_TIMEOUT, HttpSpec
 
 BACKSTOP_MARGIN = 5.0  # seconds past the request's deadline before the runner abandons the worker thread
 RETRIED = frozenset({408, 429})  # besides 5xx: the endpoint asks for another try
+REDIRECTS = frozenset({301, 302, 303, 307, 308})  # other 3xx (300, 304) fail as any other answer does
 
 
 def build(spec: HttpSpec, callback_secret: list[str], payload_limit: int, pool_size: int) -> Task:
@@ -84,8 +85,8 @@ class HttpTask:
         return self.outcome(response, ctx)
 
     def outcome(self, response: Response, ctx: Any) -> Any:
-        """2xx: the body as the result; 408, 429, 5xx, no answer, an answer cut off: retry; other 3xx/4xx: fail
-        with an excerpt."""
+        """2xx: the body as the result; 408, 429, 5xx, no answer, an answer cut off: retry; a redirect: fail
+        naming its target; other 3xx/4xx, and codes past 599: fail with an excerpt."""
         code = response.status_code
         where = f"POST {self.shown}"
         if code is not None and 200 <= code < 300:
@@ -100,7 +101,9 @@ class HttpTask:
         if code < 200:  # http.client skips only `100 Continue`; the final answer after it was not read
             raise retry(self.backoff, ctx, f"{status}: an interim answer and no final one (answers like 103 Early "
                         "Hints before the final one are not supported: turn them off for this endpoint)")
-        if 300 <= code < 400:
+        if code > 599:  # http.client takes any three digits; 600-999 are no HTTP status, and no reason to retry
+            raise Fail(f"{status}: not an HTTP status code (100-599): {excerpt(response.body)}")
+        if code in REDIRECTS:
             location = next((v for k, v in response.headers.items() if k.lower() == "location"), "")
             raise Fail(f"{status}: redirects are not followed (Location: {_shown_location(location)}); "
                        "set the task's url to the final address")
@@ -115,5 +118,7 @@ def _shown_location(location: str) -> str:
     """A redirect's target without its query (it may hold a token)."""
     if not location:
         return "none given"
+    if location.startswith("//"):  # another host, by the request's scheme: shown with it, as any other host
+        return redact(f"http:{location}").removeprefix("http:")
     parts = urlsplit(location)
     return redact(location) if parts.scheme else parts.path or "/"

@@ -34,6 +34,9 @@ ROUTES = {
     "/hang": hang(30),
     "/trickle": trickle(0.2),  # 200 and its headers at once, then a byte now and then: past the deadline
     "/early_hints": lambda handler, _received: _early_hints(handler),
+    "/not_modified": answer(304, b""),
+    "/other_host": answer(301, b"", {"Location": "//other.example/login?token=s3cret"}),
+    "/odd_status": answer(799, b"what"),
 }
 
 
@@ -62,7 +65,7 @@ def test_each_answer_ends_its_job_as_documented(engine: sa.Engine, store: Store,
         report = run_declared(tables, concurrency=len(tables))
 
     done = {name: outcome(store, job_id) for name, job_id in ids.items()}
-    assert (report.succeeded, report.retried, report.failed) == (4, 6, 2)
+    assert (report.succeeded, report.retried, report.failed) == (4, 6, 5)
     assert done["json"].result == {"width": 100, "ok": True}
     assert done["empty"].status == "succeeded" and done["empty"].result is None
     assert done["text"].result == "resized"
@@ -74,6 +77,13 @@ def test_each_answer_ends_its_job_as_documented(engine: sa.Engine, store: Store,
     assert done["redirect"].last_error == (f"Fail: POST {base}/redirect: HTTP 302: redirects are not followed "
                                            "(Location: https://elsewhere.example/login); set the task's url to the "
                                            "final address")
+    # A 304 is no redirect; a protocol-relative Location names its host; 600-999 is no status to retry.
+    assert done["not_modified"].last_error == f"Fail: POST {base}/not_modified: HTTP 304: "
+    assert done["other_host"].last_error == (f"Fail: POST {base}/other_host: HTTP 301: redirects are not followed "
+                                             "(Location: //other.example/login); set the task's url to the final "
+                                             "address")
+    assert done["odd_status"].last_error == f"Fail: POST {base}/odd_status: HTTP 799: not an HTTP status code " \
+                                            "(100-599): what"
     assert done["busy"].last_error == f"Retry: POST {base}/busy: HTTP 503: <html>maintenance</html>"
     assert done["request_timeout"].last_error == f"Retry: POST {base}/request_timeout: HTTP 408: "
     assert done["slow_down"].last_error == f"Retry: POST {base}/slow_down: HTTP 429 (Retry-After 120s): too many"

@@ -354,3 +354,41 @@ def test_transport_never_reuses_a_connection_after_an_interim_answer() -> None:
     assert first.status_code == 103  # not a final answer: the caller retries it
     assert (second.status_code, second.body) == (200, b'{"answer_for": "msg_2"}')
     assert len(set(ports)) == 2  # the first connection was closed, not reused
+
+
+def test_an_answer_sent_before_the_request_was_all_read_is_the_outcome() -> None:
+    """A server's body limit answers `413` after the headers and closes without reading the rest: the
+    write broke (BrokenPipeError, retried as a broken connection), though the 413 had arrived."""
+    import socket
+    import threading
+
+    from pending_jobs.callbacks import Target
+    from pending_jobs.callbacks.transport import Transport
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    connections: list[int] = []
+
+    def refuse_early() -> None:
+        for _ in range(2):
+            conn, peer = listener.accept()
+            connections.append(peer[1])
+            with conn:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+            # closed with most of the request unread: the kernel answers the client's next writes with RST
+
+    server = threading.Thread(target=refuse_early, daemon=True)
+    server.start()
+    try:
+        transport = Transport(2)
+        port = listener.getsockname()[1]
+        target = Target("http", "127.0.0.1", port, "127.0.0.1")
+        body = b"x" * 32_000_000  # far more than the socket buffers hold: the write fails
+        answers = [transport.post(target, f"http://127.0.0.1:{port}/in", body, {}, 2.0, 10.0) for _ in range(2)]
+        server.join(10.0)
+    finally:
+        listener.close()
+    assert [(r.status_code, r.body, r.error) for r in answers] == [(413, b"too big!", None)] * 2
+    assert len(set(connections)) == 2  # the cut-off connection was closed, not reused
