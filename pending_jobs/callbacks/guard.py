@@ -19,7 +19,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], list[str]]
 """host, port -> IP addresses as strings; tests replace the system resolver with their own."""
 
-ALLOW_HINT = "add it to PENDING_JOBS_CALLBACK_ALLOW to allow it"
+ALLOW_HINT = "add it to the callback_allow setting (env PENDING_JOBS_CALLBACK_ALLOW) to allow it"
 MALFORMED_KEY = "<malformed>"
 MALFORMED_URL = "<malformed URL>"
 HIDDEN_URL = "<URL hidden: '@' after its host>"
