@@ -1,11 +1,12 @@
-"""The SQL of the test helpers (pending_jobs.testing): read what a test enqueued, make later jobs due now."""
+"""The SQL of the test helpers (pending_jobs.testing): read what a test enqueued, make later jobs due now,
+clear a test database."""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
 from ..models import Job
-from ..schema import db_now
+from ..schema import db_now, metadata
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING
 from .base import Store
@@ -35,3 +36,11 @@ class TestingStore:
         """Pending jobs scheduled for later (delays, retries' backoff) become due now; how many."""
         stmt = sa.update(J).where(J.c.status == JOB_PENDING, J.c.run_at > db_now()).values(run_at=db_now())
         return self.store.transaction(lambda conn: int(conn.execute(stmt).rowcount))
+
+    def clear(self) -> None:
+        """Delete every row of every pending-jobs table (a test database's), children before parents."""
+        def delete_all(conn: sa.Connection) -> None:
+            for table in reversed(metadata.sorted_tables):
+                conn.execute(sa.delete(table))
+
+        self.store.transaction(delete_all)

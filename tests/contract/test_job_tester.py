@@ -3,6 +3,10 @@ examples/ covers the default: a fresh SQLite file)."""
 
 from __future__ import annotations
 
+import pytest
+
+from pending_jobs import migrate
+from pending_jobs.errors import SchemaNotCurrent
 from pending_jobs.testing import JobTester
 
 
@@ -47,3 +51,38 @@ def test_declared_tasks_run_as_the_runner_runs_them(db_url: str) -> None:
         finally:
             with tester.engine.begin() as conn:
                 conn.exec_driver_sql("DROP TABLE tester_notes")
+
+
+def test_a_tester_on_a_shared_database_clears_it_and_counts_from_none(db_url: str) -> None:
+    """A test database other tests use kept their jobs: `assert_enqueued(count=1)` saw the last test's too,
+    and `count=0` could never pass (it asserted the count, then that a job was found)."""
+    with JobTester(db_url, tasks=["tests.jobs"]) as tester:
+        tester.enqueue("echo", {"n": 1}, callback_url="http://example.com/hook")
+        tester.run()
+        assert tester.jobs()
+    with JobTester(db_url, tasks=["tests.jobs"]) as tester:  # the next test, on the same database
+        tester.clear()
+        assert tester.jobs() == [] and tester.assert_enqueued(task="echo", count=0) is None
+        tester.enqueue("echo", {"n": 2})
+        assert tester.assert_enqueued(task="echo", count=1).payload == {"n": 2}
+        with pytest.raises(AssertionError, match=r"^expected 0 job\(s\) with task='echo' status='pending', found 1"):
+            tester.assert_enqueued(task="echo", status="pending", count=0)
+        tester.assert_not_enqueued(task="echo", status="succeeded")
+        with pytest.raises(AssertionError, match=r"^1 job\(s\) with task='echo' queue='default' were enqueued"):
+            tester.assert_not_enqueued(task="echo", queue="default")
+        assert tester.run().succeeded == 1
+        tester.clear()
+        assert tester.jobs() == []
+
+
+def test_without_migrating_a_database_with_no_schema_is_named_at_once(db_url: str) -> None:
+    """It failed at run() with the driver's 'no such table: pending_jobs'."""
+    with JobTester(db_url, tasks={}) as tester:
+        migrate.downgrade(tester.engine)
+    try:
+        with pytest.raises(SchemaNotCurrent, match=r"^database schema is not migrated, this pending-jobs needs \d+: "
+                                                   r"run `pending-jobs migrate`"):
+            JobTester(db_url, tasks={}, migrate_schema=False)
+    finally:
+        with JobTester(db_url, tasks={}):  # migrated again, as the other tests expect it
+            pass

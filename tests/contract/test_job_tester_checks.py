@@ -131,3 +131,11 @@ def test_tasks_may_be_plain_handler_functions() -> None:
     with pytest.raises(TypeError, match=r"^JobTester tasks\['double'\] must be a handler function or a registry "
                                         r"Task, not 42$"):
         JobTester(tasks={"double": 42})  # type: ignore[dict-item]
+
+
+def test_the_testers_enqueue_keeps_its_payload_limit() -> None:
+    """`JobTester(payload_limit=…)` bounded what a run reads, but `tester.enqueue` used enqueue()'s default."""
+    with JobTester(tasks={}, payload_limit=100) as tester:
+        with pytest.raises(ValueError, match=r"^payload is 1\d\d bytes, over the 100-byte limit$"):
+            tester.enqueue("big", {"text": "x" * 100})
+        assert tester.enqueue("big", {"text": "x" * 100}, payload_limit=1000)  # the caller's own limit wins
