@@ -8,7 +8,7 @@ import inspect
 import os
 import random
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from .context import Handler
@@ -85,6 +85,12 @@ def task(
         return fn
 
     return register
+
+
+def attempt_limits(tasks: Mapping[str, Task]) -> dict[str, int]:
+    """The tasks with attempts of their own (a declared task's `max_attempts`): what the rescue of a dead
+    runner's jobs counts too, besides each row's."""
+    return {name: task.max_attempts for name, task in tasks.items() if task.max_attempts is not None}
 
 
 def _qualname(fn: Callable[..., Any]) -> str:

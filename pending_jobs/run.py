@@ -74,7 +74,7 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     try:
         run_id = runs.start_run(socket.gethostname(), os.getpid())
         store.check_writable()
-        rescue(store, report)
+        rescue(store, report, tasks)
         if recurring:
             enqueue_schedules(ScheduleStore(store), recurring)
             if settings.poll > 0:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from ..batcher import Batcher
 from ..errors import ConfigError, DatabaseUnavailable
 from ..models import Completion, Finished, Outcome, RunReport
+from ..registry import Task, attempt_limits
 from ..validation import describe_exception
 from .verbs import JobStore
 
@@ -155,9 +156,10 @@ def _completion(token: str, group: list[Outcome]) -> Completion:
     return Completion(token, succeeded=succeeded, retried=retried, failed=failed)
 
 
-def rescue(store: JobStore, report: RunReport) -> None:
-    """Rescue expired leases, counted in the report: the jobs it fails or cancels are outcomes of this run."""
-    rescued = store.rescue_expired()
+def rescue(store: JobStore, report: RunReport, tasks: Mapping[str, Task] | None = None) -> None:
+    """Rescue expired leases, counted in the report: the jobs it fails or cancels are outcomes of this run.
+    `tasks`: the run's, whose own `max_attempts` the rescue keeps as well as each row's."""
+    rescued = store.rescue_expired(attempt_limits(tasks or {}))
     report.rescued += rescued.total
     report.failed += rescued.failed
     report.cancelled += rescued.cancelled

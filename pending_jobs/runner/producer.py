@@ -215,7 +215,7 @@ class Producer:
             self._last_beat = now
         if now >= self._next_rescue:
             self._next_rescue = now + RESCUE_EVERY
-            rescue(self.store, self.report)
+            rescue(self.store, self.report, self.executor.tasks)
         if now >= self._next_cancel_look:  # jobs claimed ahead an operator cancelled end before they start
             self._next_cancel_look = now + CANCEL_LOOK
             cancelled = cancel_waiting(self.pool, self.store, self.worker)

@@ -3,7 +3,7 @@ store both implement. Nothing here knows SQL; the runner never touches an engine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from ..context import HandlerTransaction
@@ -60,8 +60,9 @@ class JobStore(Protocol):
     def cancels_asked(self, ids: Sequence[int]) -> set[int]:
         """Those of these jobs an operator asked to cancel (`cancel` of a running job)."""
 
-    def rescue_expired(self) -> Rescued:
-        """Running jobs whose lease expired (their runner died): back to pending, failed or cancelled."""
+    def rescue_expired(self, task_limits: Mapping[str, int] | None = None) -> Rescued:
+        """Running jobs whose lease expired (their runner died): back to pending, failed (attempts spent: the
+        row's, or its task's own limit in `task_limits`) or cancelled."""
 
     def get(self, job_id: int) -> Job | None:
         """One whole row (to say why `run --job` found nothing to run)."""

@@ -6,6 +6,7 @@ Finished jobs whose callback is pending with no time set (by hand) are made due 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -21,8 +22,9 @@ if TYPE_CHECKING:
     from .base import Store
 
 
-def rescue_expired(store: Store) -> Rescued:
-    """Rescue every expired lease in one transaction; what became of the jobs."""
+def rescue_expired(store: Store, task_limits: Mapping[str, int] | None = None) -> Rescued:
+    """Rescue every expired lease in one transaction; what became of the jobs. `task_limits`: the attempts
+    of tasks whose own limit is below the row's (a declared task's `max_attempts`): spent at that count."""
     callbacks = schedule_unscheduled_callbacks(store)
     lease = J.c.lease_expires_at
     # No lease, an expired one, or one no runner could have taken (unreadable, or further ahead than
@@ -42,7 +44,11 @@ def rescue_expired(store: Store) -> Rescued:
     to_cancelled = sa.update(J).where(*mine, J.c.cancel_requested == sa.true()).values(cancel_values)
     fail_values = store.terminal_values(JobStatus.FAILED)
     fail_values["last_error"] = LEASE_EXPIRED + "; no attempts left"
-    to_failed = sa.update(J).where(*mine, J.c.attempts >= J.c.max_attempts).values(fail_values)
+    # Put back by the row's max_attempts alone, a `max_attempts = 1` command task ran a second time.
+    limits = dict(task_limits or {})
+    used_up = sa.or_(J.c.attempts >= J.c.max_attempts,
+                     *(sa.and_(J.c.task == name, J.c.attempts >= limit) for name, limit in sorted(limits.items())))
+    to_failed = sa.update(J).where(*mine, used_up).values(fail_values)
     # run_at is kept: a rescued job keeps its place in claim order (a limit of 1 per key keeps order).
     to_pending = sa.update(J).where(*mine).values(
         status=JOB_PENDING, last_error=LEASE_EXPIRED, lease_expires_at=None, updated_at=db_now())
@@ -50,7 +56,8 @@ def rescue_expired(store: Store) -> Rescued:
     def error_of(row: Any) -> str:
         if row.cancel_requested:
             return str(cancel_values["last_error"])
-        return str(fail_values["last_error"]) if count(row.attempts) >= count(row.max_attempts) else LEASE_EXPIRED
+        limit = min(count(row.max_attempts), limits.get(row.task, count(row.max_attempts)))
+        return str(fail_values["last_error"]) if count(row.attempts) >= limit else LEASE_EXPIRED
 
     def work(conn: sa.Connection) -> Rescued:
         record(conn, mine, {"ids": ids}, error_of)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -13,6 +14,7 @@ import sqlalchemy as sa
 
 from pending_jobs import enqueue
 from pending_jobs.store import Store
+from pending_jobs.store.columns import LEASE_EXPIRED
 from pending_jobs.store.ops import OpsStore
 from tests.processes import gone_soon, script
 
@@ -88,6 +90,27 @@ def test_backoff_and_the_tasks_max_attempts(engine: sa.Engine, store: Store, run
     assert f"job {once} (once) failed on attempt 1 of 1: Retry: " in caplog.text
     assert f"job {later} (later) will be retried in 7s after attempt 1 of 5: Retry: " in caplog.text
     assert sorted(seen.read_text().splitlines()) == ["later 5", "once 1"]
+
+
+def test_a_job_whose_runner_died_is_not_run_past_the_tasks_max_attempts(engine: sa.Engine, store: Store,
+                                                                        run_declared: Any, tmp_path: Path) -> None:
+    """The rescue put it back by the row's max_attempts (5): a `max_attempts = 1` command ran a second time."""
+    seen = tmp_path / "seen"
+    note = script(tmp_path, "note.sh", f'echo "$PENDING_JOBS_TASK $PENDING_JOBS_ATTEMPT" >> {seen}\n')
+    once, twice = enqueue(engine, "once", {}), enqueue(engine, "twice", {})
+    with engine.begin() as conn:  # both were claimed, then their runner died during attempt 1
+        conn.execute(sa.text("UPDATE pending_jobs SET status = 'running', attempts = 1, lease_token = 'gone', "
+                             "lease_expires_at = :past"), {"past": dt.datetime(2000, 1, 1)})
+
+    report = run_declared({"once": {"command": [note], "max_attempts": 1},
+                           "twice": {"command": [note], "max_attempts": 2}})
+
+    assert (report.rescued, report.failed, report.succeeded) == (2, 1, 1)
+    failed = outcome(store, once)
+    assert (failed.status, failed.attempts, failed.max_attempts) == ("failed", 1, 5)
+    assert failed.last_error == LEASE_EXPIRED + "; no attempts left"
+    assert outcome(store, twice).status == "succeeded" and outcome(store, twice).attempts == 2
+    assert seen.read_text().splitlines() == ["twice 2"]  # the `once` command never ran again
 
 
 def test_an_operator_cancel_stops_a_running_command(engine: sa.Engine, store: Store, run_declared: Any,

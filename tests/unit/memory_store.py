@@ -14,7 +14,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from pending_jobs.models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Together
@@ -224,14 +224,15 @@ class MemoryStore:
                     renewed += 1
             return renewed
 
-    def rescue_expired(self) -> Rescued:
+    def rescue_expired(self, task_limits: Mapping[str, int] | None = None) -> Rescued:
         with self.lock:
             counts = {"pending": 0, "failed": 0, "cancelled": 0}
             for row in self.rows.values():
                 if row.status != "running" or (row.lease_expires_at or 0.0) >= self.clock():
                     continue
+                limit = min(row.max_attempts, (task_limits or {}).get(row.task, row.max_attempts))
                 status = ("cancelled" if row.cancel_requested
-                          else "failed" if row.attempts >= row.max_attempts else "pending")
+                          else "failed" if row.attempts >= limit else "pending")
                 self._set(row, status)
                 row.lease_token = row.lease_expires_at = None
                 counts[status] += 1
