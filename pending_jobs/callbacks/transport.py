@@ -73,6 +73,8 @@ def describe(error: BaseException, connecting: bool = False) -> str:
     """A short reason for a transport error, without the URL or anything sent."""
     if isinstance(error, TimeoutError):
         return "connect timeout" if connecting else "timed out waiting for the response"
+    if isinstance(error, ssl.SSLEOFError | ssl.SSLZeroReturnError):  # not the certificate: the peer hung up
+        return "TLS connection closed by the server" + (" during the handshake" if connecting else "")
     if isinstance(error, ssl.SSLError | ssl.CertificateError):
         return "TLS error: certificate or handshake failed"
     found = _ERRNO.search(str(error)) if isinstance(error, OSError) else None
@@ -123,17 +125,22 @@ class _Connection(http.client.HTTPConnection):
 
 
 def _send(conn: _Connection, path: str, body: bytes, headers: Mapping[str, str]) -> http.client.HTTPResponse:
-    """Send the request and read the answer's head; an answer that came before the body was all sent counts."""
+    """Send the request and read the answer's head; a refusal that came before the body was all sent counts."""
     try:
         conn.request("POST", path, body, headers)
-    except (BrokenPipeError, ConnectionResetError) as error:
-        # An endpoint may answer early (`413 Content Too Large` after the headers) and close without reading
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError, ssl.SSLZeroReturnError) as error:
+        # An endpoint may refuse early (`413 Content Too Large` after the headers) and close without reading
         # the rest, as its server's body limit does: the write then fails, but its answer is in our receive
-        # buffer. That answer is the attempt's outcome, not a broken connection to retry.
+        # buffer. That refusal is the attempt's outcome, not a broken connection to retry. Only a framed 4xx or
+        # 5xx: the failed write took the reset, so a head cut off by it reads as complete ("HTTP/1.1 200", then
+        # nothing), and a 2xx to a request the endpoint did not read is no success.
         early = conn.response_class(conn.sock, method="POST")
         try:
             early.begin()
         except Exception:  # nothing readable came: the write's error is the reason
+            early.close()
+            raise error from None
+        if early.status < 400 or (early.length is None and not early.chunked):
             early.close()
             raise error from None
         conn.close()  # never reused: the request was cut off

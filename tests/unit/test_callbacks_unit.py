@@ -169,6 +169,14 @@ def test_a_broken_answer_is_described_in_the_servers_words() -> None:
         "RemoteDisconnected: Remote end closed connection without response"
     assert describe(ConnectionResetError(104, "Connection reset by peer")) == \
         "ConnectionResetError: [Errno 104] Connection reset by peer"
+    # A TLS peer that hung up (a stale keep-alive connection) was "certificate or handshake failed".
+    import ssl
+
+    assert describe(ssl.SSLEOFError(8, "EOF occurred in violation of protocol")) == \
+        "TLS connection closed by the server"
+    assert describe(ssl.SSLEOFError(8, "EOF"), connecting=True) == \
+        "TLS connection closed by the server during the handshake"
+    assert describe(ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]")) == "TLS error: certificate or handshake failed"
 
 
 # -- policy --------------------------------------------------------------------------------------
@@ -356,39 +364,71 @@ def test_transport_never_reuses_a_connection_after_an_interim_answer() -> None:
     assert len(set(ports)) == 2  # the first connection was closed, not reused
 
 
-def test_an_answer_sent_before_the_request_was_all_read_is_the_outcome() -> None:
-    """A server's body limit answers `413` after the headers and closes without reading the rest: the
-    write broke (BrokenPipeError, retried as a broken connection), though the 413 had arrived."""
+REFUSED = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big!"
+
+
+@pytest.mark.parametrize(("early", "tls", "wanted"), [
+    # A server's body limit refuses after the headers and closes with the request unread: the write broke
+    # (BrokenPipeError, or SSLEOFError: "TLS error: certificate or handshake failed"), and the job was retried.
+    (REFUSED, False, (413, b"too big!", None)),
+    (REFUSED, True, (413, b"too big!", None)),
+    # A 2xx to a request the endpoint did not read is no success; a head the reset cut off ("HTTP/1.1 200",
+    # then nothing: the failed write took the reset) reads as complete, and is no answer either.
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n{\"ok\":1}", False, (None, b"", "write failed")),
+    (b"HTTP/1.1 200", False, (None, b"", "write failed")),
+    (b"HTTP/1.1 413", False, (None, b"", "write failed")),  # no framing: it may be cut off too
+])
+def test_an_early_refusal_is_the_outcome_and_nothing_else_is(early: bytes, tls: bool, wanted: tuple[object, ...],
+                                                              tmp_path: Path) -> None:
     import socket
+    import ssl
+    import subprocess
     import threading
 
     from pending_jobs.callbacks import Target
     from pending_jobs.callbacks.transport import Transport
 
+    server_tls = None
+    transport = Transport(2)
+    if tls:
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=hooks.test", "-addext", "subjectAltName=DNS:hooks.test", "-keyout", str(key),
+                        "-out", str(cert)], check=True, capture_output=True)
+        server_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_tls.load_cert_chain(cert, key)
+        transport._tls = ssl.create_default_context(cafile=str(cert))  # trusts this test's certificate
     listener = socket.create_server(("127.0.0.1", 0))
     connections: list[int] = []
 
-    def refuse_early() -> None:
+    def answer_early() -> None:
         for _ in range(2):
-            conn, peer = listener.accept()
+            raw, peer = listener.accept()
             connections.append(peer[1])
-            with conn:
+            with contextlib.suppress(OSError), (server_tls.wrap_socket(raw, server_side=True) if server_tls
+                                                else raw) as conn:
                 head = b""
                 while b"\r\n\r\n" not in head:
                     head += conn.recv(65536)
-                conn.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 8\r\n\r\ntoo big!")
+                conn.sendall(early)
             # closed with most of the request unread: the kernel answers the client's next writes with RST
 
-    server = threading.Thread(target=refuse_early, daemon=True)
+    server = threading.Thread(target=answer_early, daemon=True)
     server.start()
     try:
-        transport = Transport(2)
+        scheme = "https" if tls else "http"
         port = listener.getsockname()[1]
-        target = Target("http", "127.0.0.1", port, "127.0.0.1")
+        target = Target(scheme, "hooks.test", port, "127.0.0.1")
         body = b"x" * 32_000_000  # far more than the socket buffers hold: the write fails
-        answers = [transport.post(target, f"http://127.0.0.1:{port}/in", body, {}, 2.0, 10.0) for _ in range(2)]
+        answers = [transport.post(target, f"{scheme}://hooks.test:{port}/in", body, {}, 2.0, 10.0) for _ in range(2)]
         server.join(10.0)
     finally:
         listener.close()
-    assert [(r.status_code, r.body, r.error) for r in answers] == [(413, b"too big!", None)] * 2
+    for got in answers:
+        if wanted[2] == "write failed":  # retried as before, with the write's own error
+            assert (got.status_code, got.body) == wanted[:2]
+            assert got.error in ("BrokenPipeError: [Errno 32] Broken pipe",
+                                 "ConnectionResetError: [Errno 104] Connection reset by peer")
+        else:
+            assert (got.status_code, got.body, got.error) == wanted
     assert len(set(connections)) == 2  # the cut-off connection was closed, not reused
