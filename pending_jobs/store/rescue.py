@@ -44,25 +44,31 @@ def rescue_expired(store: Store, task_limits: Mapping[str, int] | None = None) -
     to_cancelled = sa.update(J).where(*mine, J.c.cancel_requested == sa.true()).values(cancel_values)
     fail_values = store.terminal_values(JobStatus.FAILED)
     fail_values["last_error"] = LEASE_EXPIRED + "; no attempts left"
-    # Put back by the row's max_attempts alone, a `max_attempts = 1` command task ran a second time.
-    limits = dict(task_limits or {})
-    used_up = sa.or_(J.c.attempts >= J.c.max_attempts,
-                     *(sa.and_(J.c.task == name, J.c.attempts >= limit) for name, limit in sorted(limits.items())))
-    to_failed = sa.update(J).where(*mine, used_up).values(fail_values)
+    to_failed = sa.update(J).where(*mine).values(fail_values)
     # run_at is kept: a rescued job keeps its place in claim order (a limit of 1 per key keeps order).
     to_pending = sa.update(J).where(*mine).values(
         status=JOB_PENDING, last_error=LEASE_EXPIRED, lease_expires_at=None, updated_at=db_now())
+    # Which jobs' attempts are spent is decided here, from the rows: the row's max_attempts, or its task's
+    # own limit when fewer (put back by the row's alone, a `max_attempts = 1` command ran a second time).
+    # One SQL term per limited task overflowed SQLite's expression depth at about a thousand tasks, and
+    # MariaDB's padding collation matched 'once ' to 'once' where this dict does not.
+    limits = dict(task_limits or {})
+    read = sa.select(J.c.id, J.c.task, J.c.attempts, J.c.max_attempts).where(*mine)  # cancelled first, below
 
-    def error_of(row: Any) -> str:
-        if row.cancel_requested:
-            return str(cancel_values["last_error"])
-        limit = min(count(row.max_attempts), limits.get(row.task, count(row.max_attempts)))
-        return str(fail_values["last_error"]) if count(row.attempts) >= limit else LEASE_EXPIRED
+    def used_up(row: Any) -> bool:
+        return count(row.attempts) >= min(count(row.max_attempts), limits.get(row.task, count(row.max_attempts)))
 
     def work(conn: sa.Connection) -> Rescued:
+        failing = {int(row.id) for row in conn.execute(read, {"ids": ids}) if used_up(row)}
+
+        def error_of(row: Any) -> str:
+            if row.cancel_requested:
+                return str(cancel_values["last_error"])
+            return str(fail_values["last_error"]) if int(row.id) in failing else LEASE_EXPIRED
+
         record(conn, mine, {"ids": ids}, error_of)
         cancelled = conn.execute(to_cancelled, {"ids": ids}).rowcount
-        failed = conn.execute(to_failed, {"ids": ids}).rowcount
+        failed = conn.execute(to_failed, {"ids": sorted(failing)}).rowcount if failing else 0
         return Rescued(int(conn.execute(to_pending, {"ids": ids}).rowcount), int(failed), int(cancelled), callbacks)
 
     return store.transaction(work)

@@ -16,6 +16,7 @@ from pending_jobs.errors import CommandFailed
 from pending_jobs.models import Finished, Rescued
 from pending_jobs.states import TRANSITIONS, JobStatus
 from pending_jobs.store import RunStore, Store
+from pending_jobs.store.columns import LEASE_EXPIRED
 from tests.conftest import finish, rows, scalar
 
 
@@ -215,6 +216,24 @@ def test_each_job_of_a_batch_keeps_its_own_result(engine: sa.Engine, store: Stor
     found = [stored[job_id] if isinstance(stored[job_id], dict | None) else json.loads(stored[job_id])
              for job_id in ids]
     assert [json.dumps(value) for value in found] == [json.dumps(value) for value in results]
+
+
+def test_the_rescue_keeps_each_tasks_own_limit_by_its_exact_name(engine: sa.Engine, store: Store) -> None:
+    """One SQL term per limited task overflowed SQLite's expression depth at about 1,000 tasks (the rescue
+    raised exactly when a runner had died); MariaDB's padding collation failed 'once ' by the limit of 'once',
+    while the error history it wrote said the job was put back."""
+    once, padded = enqueue(engine, "once", {}), enqueue(engine, "other", {})
+    with engine.begin() as conn:  # a name only raw SQL writes; then their runner died during attempt 1
+        conn.execute(sa.text("UPDATE pending_jobs SET task = 'once ' WHERE id = :id"), {"id": padded})
+        conn.execute(sa.text("UPDATE pending_jobs SET status = 'running', attempts = 1, lease_token = 'gone', "
+                             "lease_expires_at = :t"), {"t": dt.datetime(2000, 1, 1)})
+
+    assert store.rescue_expired({**{f"task_{n}": 1 for n in range(1500)}, "once": 1}) == Rescued(pending=1, failed=1)
+
+    jobs = {int(row.id): (row.status, row.last_error) for row in rows(engine, "SELECT * FROM pending_jobs")}
+    history = {int(row.job_id): row.error for row in rows(engine, "SELECT * FROM pending_job_errors")}
+    assert jobs[once] == ("failed", LEASE_EXPIRED + "; no attempts left") == ("failed", history[once])
+    assert jobs[padded] == ("pending", LEASE_EXPIRED) == ("pending", history[padded])
 
 
 def test_stale_runner_cannot_overwrite_a_newer_outcome(engine: sa.Engine, store: Store) -> None:
