@@ -43,9 +43,28 @@ def enqueue(
 
 def enqueue_many(bind: sa.Connection | sa.Engine, jobs: Iterable[Mapping[str, Any]]) -> list[int]:
     """Insert many jobs (dicts of `enqueue`'s arguments) in multi-row statements; return ids in order."""
-    rows = [job_row(**dict(job)) for job in jobs]
+    rows = [_row_of(number, job) for number, job in enumerate(jobs)]
     with _connection(bind) as conn:
         return insert_jobs(conn, rows)
+
+
+def _row_of(number: int, job: object) -> dict[str, Any]:
+    """One of enqueue_many's jobs as its row; a ValueError saying which job (counted from 0) and why."""
+    if not isinstance(job, Mapping):
+        raise ValueError(f"job {number}: must be a dict of enqueue's arguments, not {type(job).__name__}")
+    unknown = sorted(str(name) for name in job if name not in OPTIONS)
+    if unknown or "task" not in job:  # job_row(**job) raised TypeError ("unexpected keyword argument")
+        reason = f"unknown option {unknown[0]!r}; the options are {', '.join(OPTIONS)}" if unknown else "no task"
+        raise ValueError(f"job {number}: {reason}")
+    try:
+        return job_row(**job)
+    except ValueError as error:
+        raise ValueError(f"job {number}: {error}") from None
+
+
+OPTIONS = ("task", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "callback_url",
+           "idempotency_key", "payload_limit", "concurrency_key")
+"""job_row's arguments: the keys of an enqueue_many job."""
 
 
 def job_row(
@@ -94,9 +113,10 @@ def job_row(
         raise ValueError(f"delay must be a number of seconds, not {type(delay).__name__}")
     if delay is not None and not 0 <= delay <= DELAY_MAX:  # also NaN; inf overflowed PostgreSQL's interval
         raise ValueError("delay must be from 0 seconds to 100 years (as the PHP client's)")
-    row: dict[str, Any] = {"task": task, "payload": dict(payload), "queue": queue, "priority": priority}
+    # int(): a subclass of int reached the database as its str() (PyMySQL picks its converter by exact type).
+    row: dict[str, Any] = {"task": task, "payload": dict(payload), "queue": queue, "priority": int(priority)}
     if max_attempts is not None:
-        row["max_attempts"] = max_attempts
+        row["max_attempts"] = int(max_attempts)
     if callback_url is not None:
         row["callback_url"] = callback_url
     if idempotency_key is not None:
@@ -106,12 +126,22 @@ def job_row(
     if delay:
         row["run_at_delay"] = float(delay)
     if run_at is not None:
-        if not isinstance(run_at, dt.datetime):
-            raise ValueError(f"run_at must be a timezone-aware datetime, not {type(run_at).__name__}")
-        if run_at.tzinfo is None:
-            raise ValueError("run_at must be timezone-aware (times are stored in UTC)")
-        row["run_at"] = run_at.astimezone(dt.UTC).replace(tzinfo=None)
+        row["run_at"] = _utc(run_at)
     return row
+
+
+def _utc(run_at: object) -> dt.datetime:
+    """run_at as the naive UTC datetime the databases store, rebuilt as a plain datetime (a subclass reached
+    MariaDB as its str()); within the years 1..9999 in UTC, as the PHP client's."""
+    if not isinstance(run_at, dt.datetime):
+        raise ValueError(f"run_at must be a timezone-aware datetime, not {type(run_at).__name__}")
+    if run_at.tzinfo is None:
+        raise ValueError("run_at must be timezone-aware (times are stored in UTC)")
+    try:
+        utc = run_at.astimezone(dt.UTC)
+    except OverflowError:  # 9999-12-31 23:00 -05:00 is past datetime's last year in UTC
+        raise ValueError(f"run_at must be in the years 1..9999 in UTC, not {run_at.isoformat()}") from None
+    return dt.datetime(utc.year, utc.month, utc.day, utc.hour, utc.minute, utc.second, utc.microsecond)
 
 
 def _integer(name: str, value: object, low: int, high: int | None) -> None:

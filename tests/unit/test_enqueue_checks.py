@@ -1,10 +1,14 @@
-"""Task names with whitespace at either end, and the NUL check that looks for a real NUL, not its text."""
+"""What enqueue() and enqueue_many() refuse, with a ValueError that says why: task names with whitespace at
+either end, a NUL (a real one, not its text), arguments of the wrong type or out of range."""
 
 from __future__ import annotations
 
-import pytest
+import datetime as dt
 
-from pending_jobs.enqueue import job_row
+import pytest
+import sqlalchemy as sa
+
+from pending_jobs.enqueue import enqueue_many, job_row
 from pending_jobs.validation import dump_json
 
 
@@ -69,3 +73,40 @@ def test_an_argument_of_the_wrong_type_is_a_value_error_naming_it(option: str, v
     # 2.5 or True passed: SQLite stored max_attempts 2.5, MariaDB rounded it to 3.
     with pytest.raises(ValueError, match=f"^{reason}$"):
         job_row("mail", **{option: value})
+
+
+class _Level(int):
+    def __str__(self) -> str:
+        return "high"
+
+
+class _Stamp(dt.datetime):
+    def __str__(self) -> str:
+        return self.strftime("%d/%m/%Y %H:%M")
+
+
+def test_subclasses_of_int_and_datetime_are_stored_as_plain_values() -> None:
+    # PyMySQL picks its converter by exact type: these reached MariaDB as their str(), 'high' and '02/01/2030'.
+    row = job_row("mail", priority=_Level(7), max_attempts=_Level(3), run_at=_Stamp(2030, 1, 2, 3, 4, tzinfo=dt.UTC))
+    assert (type(row["priority"]), type(row["max_attempts"]), type(row["run_at"])) == (int, int, dt.datetime)
+    assert (row["priority"], row["max_attempts"], row["run_at"]) == (7, 3, dt.datetime(2030, 1, 2, 3, 4))
+
+
+@pytest.mark.parametrize("run_at", [dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5))),
+                                    dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5)))])
+def test_a_run_at_outside_the_years_1_to_9999_in_utc_is_a_value_error(run_at: dt.datetime) -> None:
+    # It raised OverflowError from astimezone, and `pending-jobs enqueue --run-at` printed a traceback.
+    with pytest.raises(ValueError, match=r"^run_at must be in the years 1\.\.9999 in UTC, not "):
+        job_row("mail", run_at=run_at)
+
+
+@pytest.mark.parametrize(("job", "reason"), [
+    ({"task": "mail", "retries": 3}, r"job 1: unknown option 'retries'; the options are task, payload, queue, "),
+    ({"payload": {}}, r"job 1: no task$"),
+    ("mail", r"job 1: must be a dict of enqueue's arguments, not str$"),
+    ({"task": "mail", "priority": 5000}, r"job 1: priority must be an integer in -1000\.\.1000, not 5000$"),
+])
+def test_enqueue_many_names_the_job_and_what_is_wrong(job: object, reason: str) -> None:
+    # A misspelt key or a missing task raised TypeError ("job_row() got an unexpected keyword argument").
+    with pytest.raises(ValueError, match=f"^{reason}"):
+        enqueue_many(sa.create_engine("sqlite://"), [{"task": "mail"}, job])  # type: ignore[list-item]
