@@ -32,6 +32,7 @@ from .errors import ConfigError
 from .models import Job, RunReport
 from .registry import Task
 from .run import run_once
+from .states import JobStatus
 from .store import create_engine, open_store
 from .store.testing import TestingStore
 
@@ -45,6 +46,7 @@ NOT_INLINE = {
     "max_jobs": "use run(max_jobs=...)",
 }
 """Settings a JobTester refuses, and why: `run()` decides them on every call."""
+STATUSES = tuple(status.value for status in JobStatus)
 TABLES = ("declared_tasks", "queue_tables", "schedule_tables")  # as the config file's tables, parsed by the run
 
 
@@ -64,6 +66,9 @@ class JobTester:
         runs two handlers at once, as the runner would: no longer one at a time in claim order); `poll`,
         `callbacks` and `max_jobs` are refused, as `run()` decides them (NOT_INLINE says how)."""
         checked = _checked(settings)  # before the temporary folder: a refused setting leaves nothing behind
+        if database_url is None and not migrate_schema:
+            raise ValueError("migrate_schema=False needs the test's own database_url: the temporary SQLite "
+                             "database starts empty, so it is always migrated")
         self._folder: str | None = None
         if database_url is None:
             self._folder = tempfile.mkdtemp(prefix="pending-jobs-test-")
@@ -125,6 +130,8 @@ class JobTester:
 
     def jobs(self, task: str | None = None, status: str | None = None, queue: str | None = None) -> list[Job]:
         """Every job (of this task, status, queue), oldest first."""
+        if status is not None and status not in STATUSES:  # a typo matched nothing: assert_not_enqueued passed
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
         return self._reads.jobs(task, status, queue)
 
     def job(self, job_id: int) -> Job:
@@ -153,6 +160,8 @@ class JobTester:
     def assert_enqueued(self, task: str | None = None, payload: Mapping[str, Any] | None = None, *,
                         count: int | None = None, status: str | None = None, queue: str | None = None) -> Job | None:
         """Assert such a job exists (exactly `count` of them, when given); the newest one (None for count=0)."""
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 0):
+            raise ValueError(f"count must be a whole number of jobs, 0 or more, not {count!r}")
         found = self.enqueued(task, payload, status, queue)
         wanted = _described(task, payload, status, queue)
         if count is not None:

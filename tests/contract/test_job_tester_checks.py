@@ -139,3 +139,25 @@ def test_the_testers_enqueue_keeps_its_payload_limit() -> None:
         with pytest.raises(ValueError, match=r"^payload is 1\d\d bytes, over the 100-byte limit$"):
             tester.enqueue("big", {"text": "x" * 100})
         assert tester.enqueue("big", {"text": "x" * 100}, payload_limit=1000)  # the caller's own limit wins
+
+
+def test_a_status_or_count_no_job_can_have_is_refused() -> None:
+    """`assert_not_enqueued(status='faild')` passed for a failed job: the typo matched nothing."""
+    with JobTester(tasks={}) as tester:
+        tester.enqueue("mail", {})
+        for call in (lambda: tester.assert_not_enqueued(status="faild"),
+                     lambda: tester.assert_enqueued(status="PENDING", count=0), lambda: tester.jobs(status="done")):
+            with pytest.raises(ValueError, match=r"^status must be one of pending, running, succeeded, failed, "
+                                                 r"cancelled, not '"):
+                call()
+        for count in (-1, False, 0.0, "1"):
+            with pytest.raises(ValueError, match=r"^count must be a whole number of jobs, 0 or more, not "):
+                tester.assert_enqueued(task="mail", count=count)  # type: ignore[call-overload]
+        assert tester.assert_enqueued(task="mail", status="pending", count=1).task == "mail"
+
+
+def test_not_migrating_needs_a_database_of_ones_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(ValueError, match=r"^migrate_schema=False needs the test's own database_url"):
+        JobTester(tasks={}, migrate_schema=False)
+    assert list(tmp_path.iterdir()) == []
