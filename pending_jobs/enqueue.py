@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -60,11 +61,6 @@ def _row_of(number: int, job: object) -> dict[str, Any]:
         return job_row(**job)
     except ValueError as error:
         raise ValueError(f"job {number}: {error}") from None
-
-
-OPTIONS = ("task", "payload", "queue", "priority", "delay", "run_at", "max_attempts", "callback_url",
-           "idempotency_key", "payload_limit", "concurrency_key")
-"""job_row's arguments: the keys of an enqueue_many job."""
 
 
 def job_row(
@@ -128,6 +124,10 @@ def job_row(
     if run_at is not None:
         row["run_at"] = _utc(run_at)
     return row
+
+
+OPTIONS = tuple(inspect.signature(job_row).parameters)
+"""job_row's arguments: the keys an enqueue_many job may have."""
 
 
 def _utc(run_at: object) -> dt.datetime:

@@ -204,7 +204,7 @@ class Transport:
         status: int | None = None
         got: dict[str, str] = {}
         # Chunks are joined once, at the end: `data += chunk` copied the whole body again on each 8 KiB read,
-        # quadratic time (a 32 MB url task result took 46 s to read, past its 30 s timeout).
+        # quadratic time (a 32 MB url task result took 50 s to read, past its 30 s timeout).
         chunks: list[bytes] = []
         size = 0
         complete = connecting = False
