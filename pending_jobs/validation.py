@@ -64,11 +64,18 @@ def payload_problem(payload: Any) -> str | None:
     return None
 
 
+STORED_INFLATION = 6
+"""How much longer than its compact form a stored payload may be (an emoji as two \\uXXXX escapes is 12
+bytes for 4; ", " and ": " add one each); text longer than this many times the limit is not parsed."""
+
+
 def parse_payload(text: str | None, limit: int) -> tuple[Any, str | None]:
     """Parse a payload as stored; return (payload, problem)."""
     if text is None:
         return None, "payload is NULL; it must be a JSON object"
     size = len(text.encode("utf-8", "surrogatepass"))
+    if size > limit:
+        size = _compact_size(text, limit) if size <= STORED_INFLATION * limit else size
     if size > limit:
         return None, f"payload is {size} bytes, over the {limit}-byte limit (setting payload_limit)"
     try:
@@ -78,6 +85,17 @@ def parse_payload(text: str | None, limit: int) -> tuple[Any, str | None]:
     except RecursionError:
         return None, "payload is nested too deeply to be read (more levels than Python's recursion limit)"
     return payload, payload_problem(payload)
+
+
+def _compact_size(text: str, limit: int) -> int:
+    """The size of a stored payload as enqueue measured it (compact UTF-8 JSON): the stored text may be
+    longer, by SQLAlchemy's default json.dumps (", ", ": " and \\uXXXX escapes) or PostgreSQL's jsonb text
+    (", ", ": "), and a job enqueued at the limit then failed at its first claim. Text that is not JSON
+    keeps its own size (parsing fails later with its reason)."""
+    try:
+        return len(json.dumps(loads(text), ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+    except (ValueError, RecursionError):
+        return len(text.encode("utf-8", "surrogatepass"))
 
 
 def lenient_json(text: Any) -> Any:

@@ -70,6 +70,24 @@ def test_a_stored_payload_exactly_at_the_limit_is_taken_one_byte_over_is_refused
     assert parse_payload(text, 21) == (None, "payload is 22 bytes, over the 21-byte limit (setting payload_limit)")
 
 
+@pytest.mark.parametrize("stored", [
+    '{"k": "\\u00e9\\u00e9\\u00e9", "n": [1, 2]}',  # SQLAlchemy's default json.dumps: escapes and spaces
+    '{"k": "ééé", "n": [1, 2]}',  # PostgreSQL's jsonb text: spaces
+])
+def test_a_stored_payload_is_measured_as_enqueue_measured_it(stored: str) -> None:
+    """enqueue() measures compact UTF-8 JSON; the stored text can be longer, and a job accepted at the limit
+    failed at its first claim ("payload is 1000001 bytes, over the 1000000-byte limit")."""
+    compact = len('{"k":"ééé","n":[1,2]}'.encode())  # 25 bytes
+    assert len(stored.encode()) > compact
+    assert parse_payload(stored, compact) == ({"k": "ééé", "n": [1, 2]}, None)
+    assert parse_payload(stored, compact - 1) == \
+        (None, f"payload is {compact} bytes, over the {compact - 1}-byte limit (setting payload_limit)")
+    # Text that is not JSON keeps its own size; text over 6 times the limit is not parsed to be measured.
+    assert parse_payload("x" * 30, 25) == (None, "payload is 30 bytes, over the 25-byte limit (setting payload_limit)")
+    huge = '{"k": "' + " " * 200 + '"}'
+    assert parse_payload(huge, 30) == (None, "payload is 209 bytes, over the 30-byte limit (setting payload_limit)")
+
+
 def test_a_lone_surrogate_in_a_stored_payload_is_measured_not_raised() -> None:
     text = '{"k":"\ud800"}'  # SQLite hands back what a producer wrote, valid UTF-8 or not
     assert parse_payload(text, 10) == (None, "payload is 11 bytes, over the 10-byte limit (setting payload_limit)")
