@@ -74,28 +74,27 @@ def parse_payload(text: str | None, limit: int) -> tuple[Any, str | None]:
     if text is None:
         return None, "payload is NULL; it must be a JSON object"
     size = len(text.encode("utf-8", "surrogatepass"))
-    if size > limit:
-        size = _compact_size(text, limit) if size <= STORED_INFLATION * limit else size
-    if size > limit:
-        return None, f"payload is {size} bytes, over the {limit}-byte limit (setting payload_limit)"
+    if size > STORED_INFLATION * limit:
+        return None, _over(size, limit)
     try:
         payload = loads(text)
     except ValueError as exc:
-        return None, f"payload is not valid JSON: {exc}"
+        return None, _over(size, limit) if size > limit else f"payload is not valid JSON: {exc}"
     except RecursionError:
-        return None, "payload is nested too deeply to be read (more levels than Python's recursion limit)"
+        return None, _over(size, limit) if size > limit else "payload is nested too deeply to be read (more " \
+                                                            "levels than Python's recursion limit)"
+    if size > limit:
+        # Measured as enqueue measured it (compact UTF-8 JSON): the stored text may be longer, by SQLAlchemy's
+        # default json.dumps (", ", ": " and \\uXXXX escapes) or PostgreSQL's jsonb text (", ", ": "), and a
+        # job enqueued at the limit failed at its first claim.
+        size = len(json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
+        if size > limit:
+            return None, _over(size, limit)
     return payload, payload_problem(payload)
 
 
-def _compact_size(text: str, limit: int) -> int:
-    """The size of a stored payload as enqueue measured it (compact UTF-8 JSON): the stored text may be
-    longer, by SQLAlchemy's default json.dumps (", ", ": " and \\uXXXX escapes) or PostgreSQL's jsonb text
-    (", ", ": "), and a job enqueued at the limit then failed at its first claim. Text that is not JSON
-    keeps its own size (parsing fails later with its reason)."""
-    try:
-        return len(json.dumps(loads(text), ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass"))
-    except (ValueError, RecursionError):
-        return len(text.encode("utf-8", "surrogatepass"))
+def _over(size: int, limit: int) -> str:
+    return f"payload is {size} bytes, over the {limit}-byte limit (setting payload_limit)"
 
 
 def lenient_json(text: Any) -> Any:

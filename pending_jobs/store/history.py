@@ -29,9 +29,9 @@ def record(conn: sa.Connection, where: Sequence[sa.ColumnElement[bool]], params:
            error_of: Callable[[Any], str | None]) -> int:
     """Insert an error row for each job `where` selects now (the rows the outcome's UPDATE will change:
     read before it, under the same guard, so a repeat after a lost commit finds nothing and writes
-    nothing); `error_of(row)` (row: id, attempts, max_attempts, cancel_requested) gives its text."""
-    found = conn.execute(sa.select(J.c.id, J.c.attempts, J.c.max_attempts, J.c.cancel_requested).where(*where),
-                         dict(params)).all()
+    nothing); `error_of(row)` (row: id, task, attempts, max_attempts, cancel_requested) gives its text."""
+    columns = (J.c.id, J.c.task, J.c.attempts, J.c.max_attempts, J.c.cancel_requested)
+    found = conn.execute(sa.select(*columns).where(*where), dict(params)).all()
     entries: list[tuple[int, int, str]] = []
     for row in found:
         error = error_of(row)

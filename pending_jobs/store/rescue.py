@@ -48,23 +48,23 @@ def rescue_expired(store: Store, task_limits: Mapping[str, int] | None = None) -
     # run_at is kept: a rescued job keeps its place in claim order (a limit of 1 per key keeps order).
     to_pending = sa.update(J).where(*mine).values(
         status=JOB_PENDING, last_error=LEASE_EXPIRED, lease_expires_at=None, updated_at=db_now())
-    # Which jobs' attempts are spent is decided here, from the rows: the row's max_attempts, or its task's
-    # own limit when fewer (put back by the row's alone, a `max_attempts = 1` command ran a second time).
-    # One SQL term per limited task overflowed SQLite's expression depth at about a thousand tasks, and
-    # MariaDB's padding collation matched 'once ' to 'once' where this dict does not.
+    # Which jobs' attempts are spent is decided here, from the rows the error history reads: the row's
+    # max_attempts, or its task's own limit when fewer (put back by the row's alone, a `max_attempts = 1`
+    # command ran a second time). One SQL term per limited task overflowed SQLite's expression depth at
+    # about a thousand tasks, and MariaDB's padding collation matched 'once ' to 'once' where this dict does not.
     limits = dict(task_limits or {})
-    read = sa.select(J.c.id, J.c.task, J.c.attempts, J.c.max_attempts).where(*mine)  # cancelled first, below
-
-    def used_up(row: Any) -> bool:
-        return count(row.attempts) >= min(count(row.max_attempts), limits.get(row.task, count(row.max_attempts)))
 
     def work(conn: sa.Connection) -> Rescued:
-        failing = {int(row.id) for row in conn.execute(read, {"ids": ids}) if used_up(row)}
+        failing: set[int] = set()
 
-        def error_of(row: Any) -> str:
+        def error_of(row: Any) -> str:  # called once per rescued row, before the UPDATEs below
             if row.cancel_requested:
                 return str(cancel_values["last_error"])
-            return str(fail_values["last_error"]) if int(row.id) in failing else LEASE_EXPIRED
+            limit = min(count(row.max_attempts), limits.get(row.task, count(row.max_attempts)))
+            if count(row.attempts) < limit:
+                return LEASE_EXPIRED
+            failing.add(int(row.id))
+            return str(fail_values["last_error"])
 
         record(conn, mine, {"ids": ids}, error_of)
         cancelled = conn.execute(to_cancelled, {"ids": ids}).rowcount
