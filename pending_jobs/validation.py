@@ -19,6 +19,7 @@ MAX_ATTEMPTS_LIMIT = 1000
 ERROR_LIMIT = 4000
 NAME_LIMIT = 191
 QUEUE_LIMIT = 64  # the queue columns are VARCHAR(64)
+URL_LIMIT = 2048  # callback_url is VARCHAR(2048): MariaDB and PostgreSQL refused a longer one in SQL, SQLite kept it
 JOB_ID_MAX = 2**63 - 1  # BIGINT: a larger id can exist on no database
 LONGEST_TIMEOUT = 7 * 86400.0  # a task's timeout, at most: a week, far past any job cron serves; past about
 # 9.2e9 s a lock's or a socket's timeout overflows and every attempt failed
@@ -176,8 +177,20 @@ def task_name_problem(name: object) -> str | None:
         return f"must be a non-empty string of at most {NAME_LIMIT} characters"
     if name != name.strip():  # ' ' or 'mail ' names no handler, and is hard to see in a list of failures
         return "must not be blank or start or end with whitespace"
-    if "\x00" in name:  # PostgreSQL refuses NUL in text; PHP's pdo_pgsql cut the name there instead
+    return _text_problem(name)
+
+
+def _text_problem(text: str) -> str | None:
+    """Why text cannot be stored alike on every database, or None. PostgreSQL refuses NUL in text, PHP's
+    pdo_pgsql cut a string there instead; a lone surrogate ('\\ud800') is no UTF-8, and the driver's
+    UnicodeEncodeError named no argument."""
+    if "\x00" in text:
         return "must not contain NUL"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must be valid UTF-8"
     return None
 
 
@@ -188,9 +201,7 @@ def key_problem(key: object, limit: int = NAME_LIMIT) -> str | None:
         return f"must be a non-empty string of at most {limit} characters"
     if key != key.strip():
         return "must not start or end with whitespace (MariaDB takes 'k ' for 'k')"
-    if "\x00" in key:
-        return "must not contain NUL"
-    return None
+    return _text_problem(key)
 
 
 def queue_problem(name: object) -> str | None:
@@ -199,11 +210,10 @@ def queue_problem(name: object) -> str | None:
     whitespace as for a producer's queue (`key_problem`): `pause 'mail '` paused mail on MariaDB alone."""
     if not isinstance(name, str) or not 1 <= len(name) <= QUEUE_LIMIT:
         return f"a queue name of 1 to {QUEUE_LIMIT} characters"
-    if "\x00" in name:
-        return "a queue name cannot contain NUL"
     if name != name.strip():
         return "a queue name must not start or end with whitespace (MariaDB takes 'q ' for 'q')"
-    return None
+    problem = _text_problem(name)
+    return problem and f"a queue name {problem}"
 
 
 def finished_statuses(value: Any) -> list[str]:
@@ -238,6 +248,11 @@ def age(value: Any) -> float:
 
 def callback_url_problem(url: str) -> str | None:
     """Why a callback URL is malformed, or None (reachability is checked at delivery)."""
+    problem = _text_problem(url)
+    if problem:
+        return f"invalid callback_url: it {problem}"
+    if len(url) > URL_LIMIT:
+        return f"invalid callback_url: longer than {URL_LIMIT} characters"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port

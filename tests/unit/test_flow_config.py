@@ -36,7 +36,7 @@ def test_queue_and_task_limits_become_scopes() -> None:
     ({"mail": {"rate_limit": "1/25h"}}, {}, r"the period must be at most a day \(24h\), not '25h'"),
     ({"mail": {"max_runing": 3}}, {}, r"\[queue.mail\]: unknown key 'max_runing'"),
     ({}, {"t": {"concurrency_limit": 2.5}}, r"\[task.t\] concurrency_limit"),
-    ({"q\x00": {"max_running": 1}}, {}, r"\[queue.q\x00\]: a queue name cannot contain NUL"),
+    ({"q\x00": {"max_running": 1}}, {}, r"\[queue.q\x00\]: a queue name must not contain NUL"),
     ({"q" * 65: {"max_running": 1}}, {}, r"a queue name of 1 to 64 characters"),
     ({"mail ": {"max_running": 1}}, {}, r"\[queue.mail \]: a queue name must not start or end with whitespace"),
     ({" ": {"max_running": 1}}, {}, r"\[queue. \]: a queue name must not start or end with whitespace"),

@@ -238,6 +238,12 @@ def test_a_well_formed_callback_url_is_taken(url: str) -> None:
     ("example.com", "invalid callback_url: scheme must be http or https, not 'missing'"),
     ("http:///path", "invalid callback_url: no host"),
     ("https://", "invalid callback_url: no host"),
+    ("http://example.com/\x00x", "invalid callback_url: it must not contain NUL"),
+    ("http://example.com/\ud800", "invalid callback_url: it must be valid UTF-8"),
+    ("http://example.com/é", None),
+    ("http://example.com/" + "x" * (2048 - 19), None),
+    ("http://example.com/" + "é" * (2048 - 19), None),  # characters, as VARCHAR counts them, not bytes
+    ("http://example.com/" + "x" * (2049 - 19), "invalid callback_url: longer than 2048 characters"),
 ])
 def test_a_malformed_callback_url_says_what_is_wrong(url: str, problem: str | None) -> None:
     assert callback_url_problem(url) == problem
@@ -264,6 +270,11 @@ def test_an_idempotency_key_of_191_characters_is_taken_192_is_refused() -> None:
     ({"queue": "mail "}, "queue must not start or end with whitespace"),
     ({"idempotency_key": "k\x00"}, "idempotency_key must not contain NUL"),
     ({"concurrency_key": "\x00"}, "concurrency_key must not contain NUL"),
+    ({"task": "t\ud800"}, "task must be valid UTF-8"),
+    ({"queue": "q\udc80"}, "queue must be valid UTF-8"),
+    ({"idempotency_key": "é\udfff"}, "idempotency_key must be valid UTF-8"),
+    ({"concurrency_key": "\ud83d"}, "concurrency_key must be valid UTF-8"),
+    ({"callback_url": "http://a.example/\x00"}, "invalid callback_url: it must not contain NUL"),
     ({"idempotency_key": "order-1 "}, "idempotency_key must not start or end with whitespace"),
     ({"concurrency_key": " user-7"}, "concurrency_key must not start or end with whitespace"),
     ({"payload": {"a": [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]}},
@@ -545,6 +556,10 @@ def test_name_rules_at_their_edges() -> None:
     assert validation.queue_problem("q" * 65) == "a queue name of 1 to 64 characters"
     assert validation.queue_problem(" q") == ("a queue name must not start or end with whitespace "
                                               "(MariaDB takes 'q ' for 'q')")
+    assert validation.queue_problem("q\x00") == "a queue name must not contain NUL"
+    assert validation.queue_problem("q\ud800") == "a queue name must be valid UTF-8"
+    assert validation.queue_problem("é-queue") is None
+    assert validation.task_name_problem("tâche\U0001f600") is None  # a pair of code units is one character
 
 
 def test_finished_statuses_takes_text_or_a_list_of_finished_ones_only() -> None:
