@@ -129,6 +129,11 @@ def test_enqueue_refuses_bad_arguments_before_touching_the_transaction(
             'ftp callback' => fn () => $jobs->enqueue('echo', [], ['callback_url' => 'ftp://example.com/x']),
             'no scheme' => fn () => $jobs->enqueue('echo', [], ['callback_url' => 'example.com/x']),
             'bad port' => fn () => $jobs->enqueue('echo', [], ['callback_url' => 'http://example.com:99999/']),
+            'NUL callback' => fn () => $jobs->enqueue('echo', [], ['callback_url' => "http://a.example/\\0x"]),
+            'binary callback' => fn () => $jobs->enqueue('echo', [], ['callback_url' => "http://a.example/\\xff"]),
+            'long callback' => fn () => $jobs->enqueue('echo', [], ['callback_url' => 'http://a.example/'
+                                                                                      . str_repeat('x', 2032)]),
+            'binary key' => fn () => $jobs->enqueue('echo', [], ['idempotency_key' => "k\\xff"]),
             'empty key' => fn () => $jobs->enqueue('echo', [], ['idempotency_key' => '']),
             'negative delay' => fn () => $jobs->enqueue('echo', [], ['delay' => -1]),
             'delay and run_at' => fn () => $jobs->enqueue('echo', [], ['delay' => 1, 'run_at' => new DateTime()]),
@@ -137,6 +142,9 @@ def test_enqueue_refuses_bad_arguments_before_touching_the_transaction(
         ];
         $refused = array_map('outcome', $cases);
         $refused['191 characters'] = outcome(fn () => $jobs->enqueue(str_repeat('é', 191)));
+        $refused['2048 characters'] = outcome(fn () => $jobs->enqueue('url', [], ['callback_url' => 'http://a.example/'
+                                                                                   . str_repeat('é', 2031)]));
+        $refused['1.0'] = outcome(fn () => $jobs->enqueue('float', ['x' => 1.0, 'y' => [-0.0, 2.5]]));
         $jobs->enqueue('echo', ['after' => 'the refusals']);
         $pdo->commit();
         out($refused);
@@ -158,6 +166,10 @@ def test_enqueue_refuses_bad_arguments_before_touching_the_transaction(
         "ftp callback": "invalid callback_url: scheme must be http or https, not 'ftp'",
         "no scheme": "invalid callback_url: scheme must be http or https, not missing",
         "bad port": "invalid callback_url: not a URL (or a bad port)",
+        "NUL callback": "invalid callback_url: it must not contain NUL",
+        "binary callback": "invalid callback_url: it must be valid UTF-8",
+        "long callback": "invalid callback_url: longer than 2048 characters",
+        "binary key": "idempotency_key must be valid UTF-8",
         "empty key": "idempotency_key must be a non-empty string of at most 191 characters",
         "negative delay": "delay must be a non-negative number of seconds",
         "delay and run_at": "give delay or run_at, not both",
@@ -166,10 +178,19 @@ def test_enqueue_refuses_bad_arguments_before_touching_the_transaction(
                           "max_attempts, callback_url, idempotency_key, concurrency_key",
     }
     assert refused.pop("191 characters") == "accepted"  # characters, not bytes, as VARCHAR(191) counts
+    assert refused.pop("2048 characters") == "accepted"
+    assert refused.pop("1.0") == "accepted"
     assert {case: message.split(": ", 1) for case, message in refused.items()} == \
         {case: ["InvalidArgumentException", reason] for case, reason in expected.items()}
     # Nothing was sent for the refused jobs, so the transaction committed the rest.
-    assert sorted(row[0] for row in rows(engine, "SELECT task FROM pending_jobs")) == ["echo", "é" * 191]
+    assert sorted(row[0] for row in rows(engine, "SELECT task FROM pending_jobs")) == \
+        ["echo", "float", "url", "é" * 191]
+    url, = rows(engine, "SELECT callback_url FROM pending_jobs WHERE task = 'url'")[0]
+    assert url == "http://a.example/" + "é" * 2031
+    floats = rows(engine, "SELECT id FROM pending_jobs WHERE task = 'float'")[0][0]
+    assert job(engine, floats).payload == {"x": 1.0, "y": [-0.0, 2.5]}
+    assert [type(value) for value in (job(engine, floats).payload["x"], *job(engine, floats).payload["y"])] == \
+        [float, float, float]  # PHP wrote 1.0 as 1 and -0.0 as -0, which a Python handler read as int
 
 
 @pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)

@@ -38,7 +38,9 @@ final class JobRow
     // A NUL as json_encode writes it: \u0000 at the end of an odd run of backslashes. In an even run the last
     // backslash is itself escaped, and the string holds the six characters \u0000 (a Windows path, a regex).
     private const NUL_ESCAPE = '/(?<!\\\\)(?:\\\\\\\\)*\\\\u0000/';
-    private const JSON_FLAGS = JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES | JSON_THROW_ON_ERROR;
+    // JSON_PRESERVE_ZERO_FRACTION: 1.0 stays 1.0, as Python writes it, so a handler reads a float, not the int 1.
+    private const JSON_FLAGS = JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES | JSON_PRESERVE_ZERO_FRACTION
+        | JSON_THROW_ON_ERROR;
 
     private function __construct(
         public readonly string $task,
@@ -228,8 +230,18 @@ final class JobRow
         if (!is_string($url)) {
             throw new \InvalidArgumentException('callback_url must be a string');
         }
-        if (strlen($url) > self::URL_LIMIT) {
-            throw new \InvalidArgumentException(sprintf('invalid callback_url: longer than %d bytes', self::URL_LIMIT));
+        // The rules of the task and the keys (checkName): pdo_pgsql cut the URL at a NUL, and MariaDB stored
+        // invalid UTF-8 that the runner could not read. The limit counts characters, as VARCHAR(2048) does.
+        if (str_contains($url, "\0")) {
+            throw new \InvalidArgumentException('invalid callback_url: it must not contain NUL');
+        }
+        if (preg_match('//u', $url) !== 1) {
+            throw new \InvalidArgumentException('invalid callback_url: it must be valid UTF-8');
+        }
+        if (self::length('callback_url', $url) > self::URL_LIMIT) {
+            throw new \InvalidArgumentException(
+                sprintf('invalid callback_url: longer than %d characters', self::URL_LIMIT)
+            );
         }
         $parts = parse_url($url);
         if ($parts === false) {
@@ -304,7 +316,7 @@ final class JobRow
     {
         $count = preg_match_all('/./su', $value);
         if ($count === false) {
-            throw new \InvalidArgumentException(sprintf('%s is not valid UTF-8', $what));
+            throw new \InvalidArgumentException(sprintf('%s must be valid UTF-8', $what));
         }
         return $count;
     }
