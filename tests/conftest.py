@@ -175,14 +175,14 @@ def finish(store: Store, token: str, **outcomes: Any) -> Finished:
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
-        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        cwd: Path | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m pending_jobs ARGS` in a subprocess with the test handlers importable."""
     # Drain (poll 0) unless a test asks to serve: `run` would otherwise serve until the next cron tick's run.
     full_env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
                 "PENDING_JOBS_POLL": "0"}
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "pending_jobs", *args], capture_output=True, text=True,
-                          env=full_env, timeout=timeout, cwd=cwd or ROOT)
+                          env=full_env, timeout=timeout, cwd=cwd or ROOT, input=stdin)
 
 
 def rows(engine: sa.Engine, sql: str, **params: Any) -> list[Any]:

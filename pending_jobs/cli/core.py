@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from typing import Any, TypeAlias
 
 import sqlalchemy as sa
@@ -31,7 +32,8 @@ def register(commands: Commands) -> None:
     p = commands.add_parser("enqueue", help="insert one job")
     common.add_common(p)
     p.add_argument("task", help="the task name a handler is registered under")
-    p.add_argument("--payload", default="{}", help="JSON object given to the handler (default {})")
+    p.add_argument("--payload", default="{}", metavar="JSON|@FILE|-",
+                   help="JSON object given to the handler (default {}); @FILE reads it from a file, - from stdin")
     p.add_argument("--queue", dest="job_queue", default="default", help="queue name (default 'default')")
     p.add_argument("--priority", type=common.INTEGER, default=0, help="higher runs first, -1000..1000 (default 0)")
     when = p.add_mutually_exclusive_group()
@@ -75,10 +77,26 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _payload_text(value: str) -> str:
+    """--payload's JSON text: as given, or read from a file (@FILE) or stdin (-). Linux cuts one argument at
+    128 KiB (MAX_ARG_STRLEN), far under payload_limit; no JSON text starts with @ or is a lone -."""
+    if value != "-" and not value.startswith("@"):
+        return value
+    try:
+        if value == "-":
+            return sys.stdin.buffer.read().decode("utf-8")
+        with open(value[1:], "rb") as file:
+            return file.read().decode("utf-8")
+    except OSError as error:
+        raise ConfigError(f"--payload {value}: cannot read it: {error.strerror or error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"--payload {value}: not UTF-8 text ({error.reason} at offset {error.start})") from None
+
+
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = common.settings_from(args)
     try:
-        payload = json.loads(args.payload)
+        payload = json.loads(_payload_text(args.payload))
     except ValueError as error:
         raise ConfigError(f"--payload is not valid JSON: {error}") from None
     run_at = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import sqlalchemy as sa
 
 from pending_jobs import config
 from pending_jobs.errors import ConfigError
+from pending_jobs.schema import pending_jobs as J
 from tests.conftest import cli, rows, scalar
 
 
@@ -45,6 +47,32 @@ def test_enqueue_rejects_bad_input_with_exit_2(db_url: str, engine: sa.Engine) -
         assert result.returncode == 2 and message in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs") == 0
+
+
+def test_enqueue_reads_a_payload_from_a_file_or_stdin_past_the_argument_limit(db_url: str, engine: sa.Engine,
+                                                                              tmp_path: Path) -> None:
+    """Linux cuts one argument at 128 KiB, so --payload '<JSON>' could not carry a payload near the 1 MB
+    payload_limit; @FILE and - (stdin) can."""
+    env = {"PENDING_JOBS_DATABASE_URL": db_url}
+    big = {"text": "é" * 300_000}  # 600,013 bytes of JSON
+    (tmp_path / "payload.json").write_text(json.dumps(big), encoding="utf-8")
+    from_file = cli("enqueue", "echo", "--payload", f"@{tmp_path / 'payload.json'}", env=env)
+    from_stdin = cli("enqueue", "echo", "--payload", "-", env=env, stdin='{"from": "stdin"}')
+    assert (from_file.returncode, from_stdin.returncode) == (0, 0), from_file.stderr + from_stdin.stderr
+    with engine.connect() as conn:
+        stored = dict(conn.execute(sa.select(J.c.id, J.c.payload)).all())
+    assert stored == {int(from_file.stdout): big, int(from_stdin.stdout): {"from": "stdin"}}
+
+    (tmp_path / "latin1.json").write_bytes(b'{"k": "\xe9"}')
+    for payload, message in [
+        (f"@{tmp_path / 'missing.json'}", f"--payload @{tmp_path / 'missing.json'}: cannot read it: No such file"),
+        (f"@{tmp_path / 'latin1.json'}", f"--payload @{tmp_path / 'latin1.json'}: not UTF-8 text (invalid "
+                                         "continuation byte at offset 7)"),
+        (f"@{tmp_path}", f"--payload @{tmp_path}: cannot read it: Is a directory"),
+    ]:
+        refused = cli("enqueue", "echo", "--payload", payload, env=env)
+        assert refused.returncode == 2 and refused.stderr.startswith(f"pending-jobs: {message}"), refused.stderr
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs") == 2
 
 
 def test_run_job_that_is_not_pending_exits_1(db_url: str) -> None:
