@@ -102,7 +102,7 @@ class HttpTask:
             raise retry(self.backoff, ctx, f"{status}: an interim answer and no final one (answers like 103 Early "
                         "Hints before the final one are not supported: turn them off for this endpoint)")
         if code > 599:  # http.client takes any three digits; 600-999 are no HTTP status, and no reason to retry
-            raise Fail(f"{status}: not an HTTP status code (100-599): {excerpt(response.body)}")
+            raise Fail(f"{status}: not an HTTP status code (100-599): {_body(response.body)}")
         if code in REDIRECTS:
             location = next((v for k, v in response.headers.items() if k.lower() == "location"), "")
             raise Fail(f"{status}: redirects are not followed (Location: {_shown_location(location)}); "
@@ -110,8 +110,13 @@ class HttpTask:
         if code >= 500 or code in RETRIED:
             asked = retry_after(response.headers)
             wait = f" (Retry-After {asked:g}s)" if asked is not None else ""
-            raise retry(self.backoff, ctx, f"{status}{wait}: {excerpt(response.body)}", delay=asked)
-        raise Fail(f"{status}: {excerpt(response.body)}")
+            raise retry(self.backoff, ctx, f"{status}{wait}: {_body(response.body)}", delay=asked)
+        raise Fail(f"{status}: {_body(response.body)}")
+
+
+def _body(body: bytes) -> str:
+    """The start of an answer's body for an error, or that it had none ('HTTP 408: ' read as cut off)."""
+    return excerpt(body) or "no body"
 
 
 def _shown_location(location: str) -> str:

@@ -78,14 +78,14 @@ def test_each_answer_ends_its_job_as_documented(engine: sa.Engine, store: Store,
                                            "(Location: https://elsewhere.example/login); set the task's url to the "
                                            "final address")
     # A 304 is no redirect; a protocol-relative Location names its host; 600-999 is no status to retry.
-    assert done["not_modified"].last_error == f"Fail: POST {base}/not_modified: HTTP 304: "
+    assert done["not_modified"].last_error == f"Fail: POST {base}/not_modified: HTTP 304: no body"
     assert done["other_host"].last_error == (f"Fail: POST {base}/other_host: HTTP 301: redirects are not followed "
                                              "(Location: //other.example/login); set the task's url to the final "
                                              "address")
     assert done["odd_status"].last_error == f"Fail: POST {base}/odd_status: HTTP 799: not an HTTP status code " \
                                             "(100-599): what"
     assert done["busy"].last_error == f"Retry: POST {base}/busy: HTTP 503: <html>maintenance</html>"
-    assert done["request_timeout"].last_error == f"Retry: POST {base}/request_timeout: HTTP 408: "
+    assert done["request_timeout"].last_error == f"Retry: POST {base}/request_timeout: HTTP 408: no body"
     assert done["slow_down"].last_error == f"Retry: POST {base}/slow_down: HTTP 429 (Retry-After 120s): too many"
     assert done["hang"].last_error == f"Retry: POST {base}/hang: timed out after 1s (whole request)"
     # A 2xx whose answer did not all come is no result: retried (the endpoint sees the same Idempotency-Key).
