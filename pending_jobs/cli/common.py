@@ -93,9 +93,9 @@ def configure_logs(verbosity: int, log_format: str, log_file: str) -> None:
         raise ConfigError(f"cannot open log file {log_file}: {error.strerror or error}") from None
 
 
-def open_database(settings: Settings, pool_size: int = 5) -> tuple[sa.Engine, Store]:
-    """Engine and store for the configured database."""
-    engine = create_engine(settings.database_url, pool_size=pool_size)
+def open_database(settings: Settings, pool_size: int = 5, create: bool = False) -> tuple[sa.Engine, Store]:
+    """Engine and store for the configured database; only `migrate` creates it (an SQLite file)."""
+    engine = create_engine(settings.database_url, pool_size=pool_size, create=create)
     return engine, open_store(engine)
 
 

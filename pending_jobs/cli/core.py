@@ -60,7 +60,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     if args.sql:
         print(migrate.upgrade_sql(settings.database_url, args.revision), end="")
         return EXIT_OK
-    engine, store = common.open_database(settings)
+    engine, store = common.open_database(settings, create=True)
     store.check_version()
     before = migrate.current(engine)
     try:

@@ -46,7 +46,10 @@ def check(specs: Mapping[str, Spec], settings: Settings, engine: sa.Engine) -> t
 
 def sql_problems(spec: SqlSpec, engine: sa.Engine) -> list[str]:
     """Each statement prepared on its database; a problem per statement that does not prepare."""
-    target = engine if spec.database_url is None else create_engine(spec.database_url, pool_size=1)
+    try:
+        target = engine if spec.database_url is None else create_engine(spec.database_url, pool_size=1, create=False)
+    except ConfigError as error:  # a missing SQLite file or folder: this task's problem, the others still checked
+        return [str(error)]
     found: list[str] = []
     try:
         with target.connect() as conn:

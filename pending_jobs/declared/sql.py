@@ -222,7 +222,8 @@ class SqlTask:
         """The other database's engine, created on first use."""
         with self._lock:
             if self._engine is None:
-                self._engine = create_engine(str(self.spec.database_url), pool_size=self.pool_size)
+                # create=False: a typo in an SQLite path fails the job, not creates an empty database to run in.
+                self._engine = create_engine(str(self.spec.database_url), pool_size=self.pool_size, create=False)
             return self._engine
 
     def run(self, conn: sa.Connection, params: dict[str, Any], ctx: Any) -> Any:

@@ -64,8 +64,9 @@ def insert_jobs(conn: sa.Connection, rows: list[dict[str, Any]]) -> list[int]:
     return dialect_for(conn).insert_jobs(conn, rows)
 
 
-def create_engine(url: str, pool_size: int = 5, **options: Any) -> sa.Engine:
-    """An engine set up for job work on the database `url` names (see Dialect.engine)."""
+def create_engine(url: str, pool_size: int = 5, create: bool = True, **options: Any) -> sa.Engine:
+    """An engine set up for job work on the database `url` names (see Dialect.engine). `create=False`: the
+    database must exist; connecting never creates a server's, but would create an empty SQLite file."""
     try:
         parsed = sa.make_url(url)
     except exc.ArgumentError as error:
@@ -74,7 +75,7 @@ def create_engine(url: str, pool_size: int = 5, **options: Any) -> sa.Engine:
     dialect = _DIALECTS.get("mysql" if backend == "mariadb" else backend)
     if dialect is None:
         raise ConfigError(f"unsupported database {backend!r}: use mysql, mariadb, postgresql or sqlite")
-    return dialect.engine(parsed, pool_size, **options)
+    return dialect.engine(parsed, pool_size, create=create, **options)
 
 
 def dialect_of_error(error: BaseException) -> Dialect | None:

@@ -72,7 +72,7 @@ class Dialect:
 
     # -- engines and errors ------------------------------------------------------------------------
 
-    def engine(self, url: sa.URL, pool_size: int, **options: Any) -> sa.Engine:
+    def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
         """An engine for job work: this database's driver and session settings, and checked connections.
 
         A pooled connection is pinged before use only after `db.PING_AFTER` idle seconds, and rolled

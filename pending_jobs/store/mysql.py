@@ -84,7 +84,7 @@ class MySQL(Dialect):
             url = url.set(drivername=f"{url.get_backend_name()}+pymysql")
         return url.update_query_dict({"charset": "utf8mb4"})
 
-    def engine(self, url: sa.URL, pool_size: int, **options: Any) -> sa.Engine:
+    def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
         url, hosts = split_hosts(url)
         # Gap locks under REPEATABLE READ make claims block producers' INSERTs: READ COMMITTED avoids them.
         options.setdefault("isolation_level", "READ COMMITTED")
@@ -98,7 +98,7 @@ class MySQL(Dialect):
             # reads. On the loopback or a socket TLS protects nothing; elsewhere PyMySQL's default stays.
             connect_args["ssl_disabled"] = True
         options.setdefault("connect_args", connect_args)
-        engine = super().engine(url, pool_size, **options)
+        engine = super().engine(url, pool_size, create, **options)
         galera_aware(engine, hosts)
         return engine
 

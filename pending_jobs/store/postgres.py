@@ -51,11 +51,11 @@ class Postgres(Dialect):
     def driver_url(self, url: sa.URL) -> sa.URL:
         return url if "+" in url.drivername else url.set(drivername="postgresql+psycopg")
 
-    def engine(self, url: sa.URL, pool_size: int, **options: Any) -> sa.Engine:
+    def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
         # TCP keepalives end a read on a dead peer (libpq has no read timeout) in about a minute.
         options.setdefault("connect_args", {"options": "-c timezone=UTC", "connect_timeout": 10, "keepalives": 1,
                                             "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3})
-        return super().engine(_prepare_threshold(url, options), pool_size, **options)
+        return super().engine(_prepare_threshold(url, options), pool_size, create, **options)
 
     def in_transaction(self, dbapi_connection: Any) -> bool:
         status = getattr(getattr(dbapi_connection, "info", None), "transaction_status", None)

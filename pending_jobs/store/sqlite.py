@@ -42,12 +42,16 @@ class SQLite(Dialect):
     name: ClassVar[str] = "sqlite"
     concurrent_writers: ClassVar[bool] = False  # one writer: completions are not overlapped with claims
 
-    def engine(self, url: sa.URL, pool_size: int, **options: Any) -> sa.Engine:
+    def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
         path = url.database or ":memory:"
         folder = None if path == ":memory:" or path.startswith("file:") else Path(path).parent
         if folder is not None and not folder.is_dir():
             # "unable to open database file" read as an outage (exit 75, cron tries again for ever).
             raise ConfigError(f"database_url: the SQLite file's folder {folder} does not exist")
+        if folder is not None and not create and not Path(path).exists():
+            # Connecting would create an empty file: a typo in the path left one behind on every cron tick.
+            raise ConfigError(f"database_url: there is no SQLite file {path} (a typo? `pending-jobs migrate` creates "
+                              "the jobs database)")
         options = {"pool_size": pool_size, "max_overflow": pool_size, "hide_parameters": True, **options}
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
 

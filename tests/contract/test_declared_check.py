@@ -47,7 +47,10 @@ def test_commands_urls_and_other_databases_are_checked(engine: sa.Engine, db_url
         "unresolvable": {"url": "http://no-such-host.invalid/jobs"},
         "internal": {"url": "http://127.0.0.1:9/jobs"},
         "elsewhere": {"sql": "SELECT 1", "database_url": f"sqlite:///{tmp_path / 'other.sqlite3'}"},
+        "typo": {"sql": "SELECT 1", "database_url": f"sqlite:///{tmp_path / 'othr.sqlite3'}"},
+        "no_folder": {"sql": "SELECT 1", "database_url": f"sqlite:///{tmp_path / 'gone' / 'other.sqlite3'}"},
     }
+    (tmp_path / "other.sqlite3").touch()
 
     problems, notes = declared.check(settings_for(db_url, declared_tasks=tables), engine)
 
@@ -56,11 +59,18 @@ def test_commands_urls_and_other_databases_are_checked(engine: sa.Engine, db_url
         f"task plain: command is not executable: '{tmp_path / 'plain.sh'}'",
         f"task nowhere: working directory '{tmp_path / 'gone'}' does not exist",
         f"task unresolvable: cannot resolve no-such-host.invalid: {problems[3].split(': ', 2)[2]}",
+        # A typo in an SQLite path was a new, empty database, and a problem only when the SQL met no table.
+        f"task typo: database_url: there is no SQLite file {tmp_path / 'othr.sqlite3'} (a typo? `pending-jobs "
+        "migrate` creates the jobs database)",
+        f"task no_folder: database_url: the SQLite file's folder {tmp_path / 'gone'} does not exist",
     ]
+    assert not (tmp_path / "othr.sqlite3").exists()
     assert notes == [
         "task unresolvable: no secret and no callback_secret, so its requests are unsigned",
         "task internal: no secret and no callback_secret, so its requests are unsigned",
         "task elsewhere runs on its own database_url: at least once, not exactly-once",
+        "task typo runs on its own database_url: at least once, not exactly-once",
+        "task no_folder runs on its own database_url: at least once, not exactly-once",
     ]
 
 

@@ -75,6 +75,25 @@ def test_enqueue_reads_a_payload_from_a_file_or_stdin_past_the_argument_limit(db
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs") == 2
 
 
+def test_only_migrate_creates_a_missing_sqlite_file(tmp_path: Path) -> None:
+    """Connecting creates an SQLite file: a typo in the path left an empty file behind on every cron tick,
+    and the error said the schema was not migrated. A server database is never created by connecting."""
+    path = tmp_path / "typo.sqlite3"
+    env = {"PENDING_JOBS_DATABASE_URL": f"sqlite:///{path}"}
+    why = f"database_url: there is no SQLite file {path} (a typo? `pending-jobs migrate` creates the jobs database)"
+    for command in (["run"], ["status"], ["list"], ["enqueue", "echo"], ["show", "1"], ["check"]):
+        refused = cli(*command, env=env)
+        assert refused.returncode == 2, (command, refused.stderr)
+        if command == ["check"]:  # its table of checks, on stdout
+            assert f"configuration  FAIL     {why}\n" in refused.stdout
+        else:
+            assert refused.stderr == f"pending-jobs: {why}\n", command
+        assert not path.exists(), command
+    migrated = cli("migrate", env=env)
+    assert migrated.returncode == 0 and path.exists(), migrated.stderr
+    assert cli("enqueue", "echo", env=env).stdout == "1\n"
+
+
 def test_run_job_that_is_not_pending_exits_1(db_url: str) -> None:
     result = cli("run", "--job", "999", env={"PENDING_JOBS_DATABASE_URL": db_url})
     assert result.returncode == 1 and "job 999 is missing, not pending" in result.stderr
