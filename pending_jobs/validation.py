@@ -122,12 +122,13 @@ def dump_json(value: Any, what: str, limit: int, allow_nul: bool = True) -> str:
         text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{what} is not JSON-serialisable: {exc}") from None
+    except RecursionError:  # past Python's recursion limit: measured without recursion, refused as any too deep
+        raise ValueError(_too_deep(what, value)) from None
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > limit:
         raise ValueError(f"{what} is {size} bytes, over the {limit}-byte limit")
     if too_deep(text, value):
-        raise ValueError(f"{what} nests {depth(value)} levels deep; at most {JSON_DEPTH_MAX} can be stored "
-                         "on every database (MariaDB's limit)")
+        raise ValueError(_too_deep(what, value))
     if not allow_nul and _NUL_ESCAPE.search(text):
         raise ValueError(f"{what} contains a NUL character, which PostgreSQL jsonb cannot store")
     try:
@@ -135,6 +136,11 @@ def dump_json(value: Any, what: str, limit: int, allow_nul: bool = True) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"{what} contains a lone surrogate, which is not valid UTF-8") from None
     return text
+
+
+def _too_deep(what: str, value: Any) -> str:
+    return f"{what} nests {depth(value)} levels deep; at most {JSON_DEPTH_MAX} can be stored on every database " \
+           "(MariaDB's limit)"
 
 
 def too_deep(text: str, value: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, TypeAlias
 
 import sqlalchemy as sa
 
-from .. import db, migrate
+from .. import db, migrate, validation
 from .. import schedules as flow_schedules
 from ..enqueue import enqueue
 from ..errors import EXIT_OK, ConfigError, DatabaseUnavailable
@@ -99,6 +99,9 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         payload = json.loads(_payload_text(args.payload))
     except ValueError as error:
         raise ConfigError(f"--payload is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"--payload nests more levels than Python can read; at most {validation.JSON_DEPTH_MAX} "
+                          "can be stored on every database (MariaDB's limit)") from None
     run_at = None
     if args.run_at:
         try:

@@ -167,8 +167,6 @@ class Executor:
             validation.dump_json(result, "result", self.settings.payload_limit, self.store.json_accepts_nul)
         except ValueError as error:
             return f"the handler's result cannot be stored: {error}"
-        except RecursionError:
-            return "the handler's result cannot be stored: it is nested too deeply"
         return None
 
 

@@ -64,11 +64,14 @@ def test_enqueue_reads_a_payload_from_a_file_or_stdin_past_the_argument_limit(db
     assert stored == {int(from_file.stdout): big, int(from_stdin.stdout): {"from": "stdin"}}
 
     (tmp_path / "latin1.json").write_bytes(b'{"k": "\xe9"}')
+    (tmp_path / "deep.json").write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
     for payload, message in [
         (f"@{tmp_path / 'missing.json'}", f"--payload @{tmp_path / 'missing.json'}: cannot read it: No such file"),
         (f"@{tmp_path / 'latin1.json'}", f"--payload @{tmp_path / 'latin1.json'}: not UTF-8 text (invalid "
                                          "continuation byte at offset 7)"),
         (f"@{tmp_path}", f"--payload @{tmp_path}: cannot read it: Is a directory"),
+        (f"@{tmp_path / 'deep.json'}", "--payload nests more levels than Python can read; at most 31 can be "
+                                       "stored on every database (MariaDB's limit)\n"),  # was a traceback
     ]:
         refused = cli("enqueue", "echo", "--payload", payload, env=env)
         assert refused.returncode == 2 and refused.stderr.startswith(f"pending-jobs: {message}"), refused.stderr

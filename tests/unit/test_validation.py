@@ -289,6 +289,14 @@ def test_enqueue_refuses_what_a_database_would_cut_or_take_for_another_value(arg
         job_row(arguments.pop("task"), **arguments)
 
 
+def test_a_payload_past_pythons_recursion_limit_is_refused_for_its_depth() -> None:
+    payload: dict[str, Any] = {}
+    for _ in range(3000):  # json.dumps raised RecursionError, which is no ValueError: enqueue_many did not say
+        payload = {"a": payload}  # which job, and the CLI printed a traceback
+    with pytest.raises(ValueError, match=r"^payload nests 3001 levels deep; at most 31 can be stored on every "):
+        job_row("t", payload)
+
+
 def test_a_payload_31_levels_deep_is_taken() -> None:
     payload: dict[str, Any] = {"a": []}
     for _ in range(29):
