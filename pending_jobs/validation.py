@@ -252,11 +252,17 @@ def age(value: Any) -> float:
     return seconds
 
 
+_URL_BLANK = re.compile(r"[\x00-\x20\x7f]")
+
+
 def callback_url_problem(url: str) -> str | None:
     """Why a callback URL is malformed, or None (reachability is checked at delivery)."""
     problem = _text_problem(url)
     if problem:
         return f"invalid callback_url: it {problem}"
+    blank = _URL_BLANK.search(url)
+    if blank:  # urlsplit drops edge blanks and \t\r\n inside (checking another URL than the one stored), PHP does not
+        return f"invalid callback_url: a space or control character at position {blank.start()} (percent-encode it)"
     if len(url) > URL_LIMIT:
         return f"invalid callback_url: longer than {URL_LIMIT} characters"
     try:

@@ -21,6 +21,7 @@ import pytest
 import requests
 import sqlalchemy as sa
 
+from pending_jobs import validation
 from pending_jobs.callbacks.signing import secret_key, signature
 from pending_jobs.schema import pending_jobs as J
 from tests.conftest import ROOT, cli, rows
@@ -191,6 +192,39 @@ def test_enqueue_refuses_bad_arguments_before_touching_the_transaction(
     assert job(engine, floats).payload == {"x": 1.0, "y": [-0.0, 2.5]}
     assert [type(value) for value in (job(engine, floats).payload["x"], *job(engine, floats).payload["y"])] == \
         [float, float, float]  # PHP wrote 1.0 as 1 and -0.0 as -0, which a Python handler read as int
+
+
+URLS = ["http://example.com/", "https://[::1]:8443/x", "http://user:pw@host:8080/p?q#f", "http://host:/",
+        "http://[v1.fe]/", "HTTP://Example.com", "http://bücher.example/é", "http://h/%20", "http://h:0080/",
+        "http://host:80:80/", "http://host:+80/", "http://host:1_0/", "http://host:٣/", "http://[notip]/",
+        "http://[::1/", "http://host]/", "http://ho[st/", "http://[1.2.3.4]/", "http://[vz.x]/",
+        "http://u@[::1]x:80/", " http://example.com/", "http://example.com/ ", "http://exa\tmple.com/",
+        "http://a.example/\x7f", "http://host: 80/", "ftp://x/", "http:///p", "http://host:99999/", "//host/"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_php_takes_exactly_the_callback_urls_the_runner_takes(backend: str, db_url: str, tmp_path: Path) -> None:
+    """The runner checks every row's callback_url with Python's urlsplit (validation.callback_url_problem):
+    a URL PHP's parse_url took and urlsplit refuses (a port 80:80, brackets around no IPv6 address, a
+    leading space) was accepted, and its job failed without running."""
+    verdicts = run_php(tmp_path, """
+        $jobs = new Client(connect());
+        $verdicts = [];
+        foreach (json_decode(stream_get_contents(STDIN), true) as $url) {
+            $verdicts[] = outcome(fn () => $jobs->enqueue('echo', [], ['callback_url' => $url]));
+        }
+        out($verdicts);
+    """, db_url, stdin=json.dumps(URLS), backend=backend)
+
+    python = [validation.callback_url_problem(url) for url in URLS]
+    assert [(url, verdict == "accepted") for url, verdict in zip(URLS, verdicts, strict=True)] == \
+        [(url, problem is None) for url, problem in zip(URLS, python, strict=True)]
+    assert python.count(None) == 10
+    said = {url: (verdict, f"InvalidArgumentException: {problem}")
+            for url, verdict, problem in zip(URLS, verdicts, python, strict=True)}
+    for url in ("http://host:80:80/", "http://host:+80/", "http://[::1/", "http://host]/", "http://[vz.x]/",
+                " http://example.com/", "http://exa\tmple.com/", "http://host: 80/"):
+        assert said[url][0] == said[url][1]  # the same words, where parse_url did not refuse first
 
 
 @pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)

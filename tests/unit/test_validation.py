@@ -241,6 +241,11 @@ def test_a_well_formed_callback_url_is_taken(url: str) -> None:
     ("http://example.com/\x00x", "invalid callback_url: it must not contain NUL"),
     ("http://example.com/\ud800", "invalid callback_url: it must be valid UTF-8"),
     ("http://example.com/é", None),
+    (" http://example.com/", "invalid callback_url: a space or control character at position 0 (percent-encode it)"),
+    ("http://exa\nmple.com/", "invalid callback_url: a space or control character at position 10 "
+                              "(percent-encode it)"),  # urlsplit read it as example.com
+    ("http://é.example/\x7f", "invalid callback_url: a space or control character at position 17 "
+                              "(percent-encode it)"),  # in characters, not bytes
     ("http://example.com/" + "x" * (2048 - 19), None),
     ("http://example.com/" + "é" * (2048 - 19), None),  # characters, as VARCHAR counts them, not bytes
     ("http://example.com/" + "x" * (2049 - 19), "invalid callback_url: longer than 2048 characters"),

@@ -243,9 +243,19 @@ final class JobRow
                 sprintf('invalid callback_url: longer than %d characters', self::URL_LIMIT)
             );
         }
+        if (preg_match('/[\x00-\x20\x7f]/', $url, $blank, PREG_OFFSET_CAPTURE) === 1) {
+            throw new \InvalidArgumentException(sprintf(
+                'invalid callback_url: a space or control character at position %d (percent-encode it)',
+                self::length('callback_url', substr($url, 0, $blank[0][1])),  // in characters, as Python counts
+            ));
+        }
         $parts = parse_url($url);
         if ($parts === false) {
             throw new \InvalidArgumentException('invalid callback_url: not a URL (or a bad port)');
+        }
+        $problem = self::authorityProblem($url);
+        if ($problem !== null) {
+            throw new \InvalidArgumentException('invalid callback_url: ' . $problem);
         }
         $scheme = strtolower($parts['scheme'] ?? '');
         if ($scheme !== 'http' && $scheme !== 'https') {
@@ -258,6 +268,42 @@ final class JobRow
             throw new \InvalidArgumentException('invalid callback_url: no host');
         }
         return $url;
+    }
+
+    /**
+     * What Python's urlsplit, with which the runner checks every row, refuses in a URL's authority and PHP's
+     * parse_url takes: a port that is not digits (host:80:80, host:+80) and brackets around no IPv6 address
+     * ([notip], host]). Without it such a job was accepted here and failed unrun. Split as urlsplit splits.
+     */
+    private static function authorityProblem(string $url): ?string
+    {
+        $rest = substr($url, strpos($url, ':') + 1);
+        if (!str_starts_with($rest, '//')) {
+            return null;
+        }
+        $netloc = substr($rest, 2, strcspn($rest, '/?#', 2));
+        if (str_contains($netloc, '[') !== str_contains($netloc, ']')) {
+            return 'Invalid IPv6 URL';
+        }
+        $at = strrpos($netloc, '@');
+        $hostinfo = $at === false ? $netloc : substr($netloc, $at + 1);
+        if (str_contains($hostinfo, '[')) {
+            [$host, $after] = explode(']', explode('[', $hostinfo, 2)[1], 2) + [1 => ''];
+            $port = explode(':', $after, 2)[1] ?? '';
+            if (str_starts_with($host, 'v')) {
+                if (preg_match('/\Av[a-fA-F0-9]+\..+\z/s', $host) !== 1) {
+                    return 'IPvFuture address is invalid';
+                }
+            } elseif (filter_var($host, FILTER_VALIDATE_IP, FILTER_FLAG_IPV6) === false) {
+                return sprintf('%s is not an IPv6 address', self::quote($host));
+            }
+        } else {
+            $port = explode(':', $hostinfo, 2)[1] ?? '';
+        }
+        if ($port !== '' && preg_match('/\A[0-9]+\z/', $port) !== 1) {
+            return sprintf('Port could not be cast to integer value as %s', self::quote($port));
+        }
+        return null;
     }
 
     /** @param array<string, mixed> $options */
