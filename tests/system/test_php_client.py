@@ -227,6 +227,35 @@ def test_php_takes_exactly_the_callback_urls_the_runner_takes(backend: str, db_u
         assert said[url][0] == said[url][1]  # the same words, where parse_url did not refuse first
 
 
+def test_php_measures_and_trims_text_as_python_does(tmp_path: Path) -> None:
+    """Edge white space is what Python's str.strip() removes (PCRE's \\s also held U+180E, so a queue
+    'mail\\u180e' was refused by PHP alone), and U+2028/U+2029 count 3 bytes, not a 6-byte escape (a
+    payload Python took at 900,008 bytes PHP refused as 1,800,008)."""
+    said = run_php(tmp_path, """
+        $refused = [];
+        for ($code = 0; $code <= 0xFFFF; $code++) {
+            if ($code >= 0xD800 && $code <= 0xDFFF) {
+                continue;
+            }
+            $char = json_decode(sprintf('"\\u%04x"', $code));
+            try {
+                PendingJobs\\JobRow::fromArguments('t', [], ['queue' => 'q' . $char]);
+            } catch (InvalidArgumentException $error) {
+                $refused[] = $code;
+            }
+        }
+        $separators = str_repeat("\\u{2028}\\u{2029}", 166_665);  // 999,990 bytes in UTF-8
+        out(['refused' => $refused, 'separators' => outcome(fn () => PendingJobs\\JobRow::fromArguments(
+            't', ['a' => $separators], []))]);
+    """)
+    python = [code for code in range(0x10000) if not 0xD800 <= code <= 0xDFFF
+              and validation.key_problem("q" + chr(code), validation.QUEUE_LIMIT) is not None]
+    assert said["refused"] == python and 0x180E not in python and 0x3000 in python and 0 in python
+    assert said["separators"] == "accepted"
+    assert len(json.dumps({"a": "\u2028\u2029" * 166_665}, ensure_ascii=False, separators=(",", ":"))
+               .encode()) == 999_998  # under the 1,000,000-byte limit, as Python measures it
+
+
 @pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)
 def test_enqueue_works_whatever_the_callers_pdo_attributes(backend: str, db_url: str, engine: sa.Engine,
                                                           tmp_path: Path) -> None:

@@ -33,14 +33,18 @@ final class JobRow
     private const OPTIONS = [
         'queue', 'priority', 'delay', 'run_at', 'max_attempts', 'callback_url', 'idempotency_key', 'concurrency_key',
     ];
-    // What Python's str.strip() removes: Unicode white space, and the separators \x1c..\x1f it counts too.
-    private const EDGE_SPACE = '/^[\s\x1c-\x1f]|[\s\x1c-\x1f]\z/u';
+    // What Python's str.strip() removes, listed: PCRE's \s also holds U+180E, which Python has not counted as
+    // white space since Unicode 6.3, so 'mail\u{180E}' was refused here and taken by Python.
+    private const SPACE = '[\x09-\x0d\x1c-\x20\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}'
+        . '\x{3000}]';
+    private const EDGE_SPACE = '/^' . self::SPACE . '|' . self::SPACE . '\z/u';
     // A NUL as json_encode writes it: \u0000 at the end of an odd run of backslashes. In an even run the last
     // backslash is itself escaped, and the string holds the six characters \u0000 (a Windows path, a regex).
     private const NUL_ESCAPE = '/(?<!\\\\)(?:\\\\\\\\)*\\\\u0000/';
     // JSON_PRESERVE_ZERO_FRACTION: 1.0 stays 1.0, as Python writes it, so a handler reads a float, not the int 1.
+    // JSON_UNESCAPED_LINE_TERMINATORS: U+2028/U+2029 stay 3 bytes, as Python measures them, not a 6-byte escape.
     private const JSON_FLAGS = JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES | JSON_PRESERVE_ZERO_FRACTION
-        | JSON_THROW_ON_ERROR;
+        | JSON_UNESCAPED_LINE_TERMINATORS | JSON_THROW_ON_ERROR;
 
     private function __construct(
         public readonly string $task,
