@@ -227,6 +227,32 @@ def test_php_takes_exactly_the_callback_urls_the_runner_takes(backend: str, db_u
         assert said[url][0] == said[url][1]  # the same words, where parse_url did not refuse first
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_php_takes_the_runners_payload_limit(backend: str, db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    """The limit was fixed at 1,000,000 bytes: under a lower payload_limit setting PHP's jobs failed unrun,
+    under a higher one PHP refused what the runner takes."""
+    said = run_php(tmp_path, """
+        $pdo = connect();
+        $small = new Client($pdo, payloadLimit: 200);
+        $large = new Client($pdo, payloadLimit: 2_000_000);
+        out([
+            'small' => outcome(fn () => $small->enqueue('echo', ['x' => str_repeat('x', 193)])),
+            'at the limit' => outcome(fn () => $small->enqueue('echo', ['x' => str_repeat('x', 192)])),
+            'large' => outcome(fn () => $large->enqueue('echo', ['x' => str_repeat('x', 1_500_000)])),
+            'default' => outcome(fn () => (new Client($pdo))->enqueue('echo', ['x' => str_repeat('x', 1_500_000)])),
+            'zero' => outcome(fn () => new Client($pdo, payloadLimit: 0)),
+        ]);
+    """, db_url, backend=backend)
+    assert said == {
+        "small": "InvalidArgumentException: payload is 201 bytes, over the 200-byte limit",
+        "at the limit": "accepted",
+        "large": "accepted",
+        "default": "InvalidArgumentException: payload is 1500008 bytes, over the 1000000-byte limit",
+        "zero": "InvalidArgumentException: payloadLimit must be 1..100000000 bytes, as the payload_limit setting",
+    }
+    assert sorted(len(text) for text, in rows(engine, "SELECT payload FROM pending_jobs")) == [200, 1_500_008]
+
+
 def test_php_measures_and_trims_text_as_python_does(tmp_path: Path) -> None:
     """Edge white space is what Python's str.strip() removes (PCRE's \\s also held U+180E, so a queue
     'mail\\u180e' was refused by PHP alone), and U+2028/U+2029 count 3 bytes, not a 6-byte escape (a

@@ -32,9 +32,18 @@ final class Client
 
     private readonly string $driver;
 
-    /** @param \PDO $pdo a connection to the database that holds the pending_jobs table */
-    public function __construct(private readonly \PDO $pdo)
+    /**
+     * @param \PDO $pdo a connection to the database that holds the pending_jobs table
+     * @param int $payloadLimit the largest payload in bytes: the runner's payload_limit setting, which fails a
+     *                          larger job unrun (the same default, 1,000,000)
+     */
+    public function __construct(private readonly \PDO $pdo, private readonly int $payloadLimit = JobRow::PAYLOAD_LIMIT)
     {
+        if ($payloadLimit < 1 || $payloadLimit > JobRow::PAYLOAD_LIMIT_MAX) {
+            throw new \InvalidArgumentException(
+                sprintf('payloadLimit must be 1..%d bytes, as the payload_limit setting', JobRow::PAYLOAD_LIMIT_MAX)
+            );
+        }
         $driver = (string) $pdo->getAttribute(\PDO::ATTR_DRIVER_NAME);
         if (!in_array($driver, self::DRIVERS, true)) {
             throw new \InvalidArgumentException(
@@ -57,7 +66,7 @@ final class Client
      */
     public function enqueue(string $task, array|object $payload = [], array $options = []): int
     {
-        $row = JobRow::fromArguments($task, $payload, $options);
+        $row = JobRow::fromArguments($task, $payload, $options, $this->payloadLimit);
         [$sql, $params] = $this->insertSql($row);
         if ($row->idempotencyKey === null) {
             return $this->driver === 'mysql'

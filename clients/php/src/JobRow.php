@@ -21,7 +21,8 @@ final class JobRow
     public const PRIORITY_MIN = -1000;
     public const PRIORITY_MAX = 1000;
     public const MAX_ATTEMPTS_LIMIT = 1000;
-    public const PAYLOAD_LIMIT = 1_000_000;
+    public const PAYLOAD_LIMIT = 1_000_000;  // the payload_limit setting's default
+    public const PAYLOAD_LIMIT_MAX = 100_000_000;  // and its largest value
     // MariaDB's JSON_VALID (the payload column's CHECK) refuses a document nested deeper, so such a job
     // failed in SQL on MariaDB alone. The rule of pending_jobs/validation.py: a scalar is 0, {} or [] is 1.
     public const PAYLOAD_DEPTH_LIMIT = 31;
@@ -66,8 +67,12 @@ final class JobRow
      * @param array<mixed>|object $payload
      * @param array<string, mixed> $options
      */
-    public static function fromArguments(string $task, array|object $payload, array $options): self
-    {
+    public static function fromArguments(
+        string $task,
+        array|object $payload,
+        array $options,
+        int $payloadLimit = self::PAYLOAD_LIMIT,
+    ): self {
         $unknown = array_diff(array_keys($options), self::OPTIONS);
         if ($unknown !== []) {
             throw new \InvalidArgumentException(sprintf(
@@ -89,7 +94,7 @@ final class JobRow
         [$delay, $runAt] = self::when($options['delay'] ?? null, $options['run_at'] ?? null);
         return new self(
             task: $task,
-            payload: self::payloadJson($payload),
+            payload: self::payloadJson($payload, $payloadLimit),
             queue: $queue,
             priority: $priority,
             delayMicroseconds: $delay,
@@ -108,7 +113,7 @@ final class JobRow
      *
      * @param array<mixed>|object $payload
      */
-    private static function payloadJson(array|object $payload): string
+    private static function payloadJson(array|object $payload, int $limit): string
     {
         if ($payload === []) {
             return '{}';
@@ -137,9 +142,9 @@ final class JobRow
                 'payload must be a JSON object, but the object given encodes to ' . substr($json, 0, 40)
             );
         }
-        if (strlen($json) > self::PAYLOAD_LIMIT) {
+        if (strlen($json) > $limit) {
             throw new \InvalidArgumentException(
-                sprintf('payload is %d bytes, over the %d-byte limit', strlen($json), self::PAYLOAD_LIMIT)
+                sprintf('payload is %d bytes, over the %d-byte limit', strlen($json), $limit)
             );
         }
         // JSON_UNESCAPED_UNICODE still escapes control characters, so a NUL shows up as \u0000.
