@@ -8,7 +8,8 @@
 // Verifies each callback's Standard Webhooks signature with the secret the runner signs with (the
 // same PENDING_JOBS_CALLBACK_SECRET; comma-separated during a rotation) and appends one line
 // "job <id> <status> <result-json>" to the file PENDING_JOBS_DEMO_LOG names. Answers 204, or 401
-// with the reason when the signature does not hold (the runner then retries later).
+// with the reason when the signature does not hold (the runner then retries later). On 127.0.0.1 the
+// runner sends to it only with PENDING_JOBS_CALLBACK_ALLOW=127.0.0.1 (see enqueue_signup.php).
 
 declare(strict_types=1);
 

@@ -13,7 +13,7 @@ Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def register(commands: Commands) -> None:
-    p = commands.add_parser("web", help="serve the operator console (pip install 'pending-jobs[web]')")
+    p = commands.add_parser("web", help="serve the operator console (pip install './pending-jobs[web]')")
     common.add_common(p)
     p.add_argument("--host", help=config.env_help("web_host", config.WEB_SETTINGS))
     p.add_argument("--port", type=common.INTEGER, help=config.env_help("web_port", config.WEB_SETTINGS))
@@ -32,7 +32,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     except ImportError as error:
         missing = (error.name or str(error)).split(".")[0]
         common.eprint(f"the console needs the web extra ({missing} is missing): "
-                      "pip install 'pending-jobs[web]'")
+                      "pip install './pending-jobs[web]'")
         return EXIT_CONFIG
     settings = common.settings_from(args)
     web = config.load_web({"host": args.host, "port": args.port, "read_only": args.read_only},

@@ -216,4 +216,4 @@ def test_without_the_web_extra_the_command_says_what_to_install(db_url: str) -> 
                             env={"PATH": os.environ.get("PATH", ""), "PENDING_JOBS_DATABASE_URL": db_url})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "pending-jobs: the console needs the web extra (starlette is missing): pip install 'pending-jobs[web]'"]
+        "pending-jobs: the console needs the web extra (starlette is missing): pip install './pending-jobs[web]'"]
