@@ -170,7 +170,7 @@ def row_problem(task: str, max_attempts: int, priority: int, callback_url: str |
     if not PRIORITY_MIN <= priority <= PRIORITY_MAX:
         return f"priority {priority} is outside {PRIORITY_MIN}..{PRIORITY_MAX}"
     if callback_url:
-        problem = callback_url_problem(callback_url)
+        problem = callback_url_problem(callback_url, stored=True)
         if problem:
             return problem
     return None
@@ -255,16 +255,23 @@ def age(value: Any) -> float:
 _URL_BLANK = re.compile(r"[\x00-\x20\x7f]")
 
 
-def callback_url_problem(url: str) -> str | None:
-    """Why a callback URL is malformed, or None (reachability is checked at delivery)."""
-    problem = _text_problem(url)
-    if problem:
-        return f"invalid callback_url: it {problem}"
-    blank = _URL_BLANK.search(url)
-    if blank:  # urlsplit drops edge blanks and \t\r\n inside (checking another URL than the one stored), PHP does not
-        return f"invalid callback_url: a space or control character at position {blank.start()} (percent-encode it)"
-    if len(url) > URL_LIMIT:
-        return f"invalid callback_url: longer than {URL_LIMIT} characters"
+def callback_url_problem(url: str, stored: bool = False) -> str | None:
+    """Why a callback URL is malformed, or None (reachability is checked at delivery).
+
+    A producer's URL (enqueue, the PHP client's same rules) is refused too for what a database or urlsplit
+    would change: NUL and invalid UTF-8, over VARCHAR(2048), a space or control character (urlsplit drops
+    edge blanks and \\t\\r\\n inside, so the URL checked was not the one stored). A `stored` row's URL,
+    as the runner reads it, is held to urlsplit alone: rows written with SQL that always ran still run."""
+    if not stored:
+        problem = _text_problem(url)
+        if problem:
+            return f"invalid callback_url: it {problem}"
+        blank = _URL_BLANK.search(url)
+        if blank:
+            return f"invalid callback_url: a space or control character at position {blank.start()} " \
+                   "(percent-encode it)"
+        if len(url) > URL_LIMIT:
+            return f"invalid callback_url: longer than {URL_LIMIT} characters"
     try:
         parts = urlsplit(url)
         parts.port  # noqa: B018 - raises ValueError on a bad port

@@ -228,6 +228,15 @@ def test_a_well_formed_callback_url_is_taken(url: str) -> None:
     assert callback_url_problem(url) is None
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/hook\n", " http://a.example/", "http://a.example/ho ok",
+                                 "http://a.example/\x00", "http://a.example/" + "x" * 3000])
+def test_a_stored_rows_url_is_held_to_urlsplit_alone(url: str) -> None:
+    """enqueue and the PHP client refuse these; a row written with SQL that ran before still runs (its job
+    failed unrun when the runner applied the producers' new rules to it)."""
+    assert callback_url_problem(url) is not None
+    assert row_problem("t", 5, 0, url) is None
+
+
 @pytest.mark.parametrize(("url", "problem"), [
     ("http://example.com:99999/", "invalid callback_url: Port out of range 0-65535"),
     ("http://example.com:x/", "invalid callback_url: Port could not be cast to integer value as 'x'"),
