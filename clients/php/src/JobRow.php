@@ -42,6 +42,10 @@ final class JobRow
     // A NUL as json_encode writes it: \u0000 at the end of an odd run of backslashes. In an even run the last
     // backslash is itself escaped, and the string holds the six characters \u0000 (a Windows path, a regex).
     private const NUL_ESCAPE = '/(?<!\\\\)(?:\\\\\\\\)*\\\\u0000/';
+    // The characters NFKC turns into / ? # @ or : (Unicode 14, as Python 3.11's unicodedata): urlsplit refuses
+    // a netloc holding one, because IDNA would read another host or port in it.
+    private const NFKC_DELIMITERS = '/[\x{2047}-\x{2049}\x{2100}\x{2101}\x{2105}\x{2106}\x{2a74}\x{fe13}\x{fe16}'
+        . '\x{fe55}\x{fe56}\x{fe5f}\x{fe6b}\x{ff03}\x{ff0f}\x{ff1a}\x{ff1f}\x{ff20}]/u';
     // JSON_PRESERVE_ZERO_FRACTION: 1.0 stays 1.0, as Python writes it, so a handler reads a float, not the int 1.
     // JSON_UNESCAPED_LINE_TERMINATORS: U+2028/U+2029 stay 3 bytes, as Python measures them, not a 6-byte escape.
     private const JSON_FLAGS = JSON_UNESCAPED_UNICODE | JSON_UNESCAPED_SLASHES | JSON_PRESERVE_ZERO_FRACTION
@@ -280,9 +284,10 @@ final class JobRow
     }
 
     /**
-     * What Python's urlsplit, with which the runner checks every row, refuses in a URL's authority and PHP's
-     * parse_url takes: a port that is not digits (host:80:80, host:+80) and brackets around no IPv6 address
-     * ([notip], host]). Without it such a job was accepted here and failed unrun. Split as urlsplit splits.
+     * What Python's urlsplit (3.11), with which the runner checks every row, refuses in a URL's authority and
+     * PHP's parse_url takes: brackets around no IP address ([notip], u[x]@host, host]), characters that NFKC
+     * turns into a delimiter (a fullwidth ＠ or ：), and a port that is not digits (host:80:80, host:+80).
+     * Without it such a job was accepted here and failed unrun. Split as urlsplit splits.
      */
     private static function authorityProblem(string $url): ?string
     {
@@ -294,18 +299,20 @@ final class JobRow
         if (str_contains($netloc, '[') !== str_contains($netloc, ']')) {
             return 'Invalid IPv6 URL';
         }
+        if (str_contains($netloc, '[')) {  // the first bracket of the whole netloc, user part included
+            $problem = self::bracketedProblem(explode(']', explode('[', $netloc, 2)[1], 2)[0]);
+            if ($problem !== null) {
+                return $problem;
+            }
+        }
+        if (preg_match(self::NFKC_DELIMITERS, $netloc) === 1) {
+            return sprintf("netloc '%s' contains invalid characters under NFKC normalization", $netloc);
+        }
         $at = strrpos($netloc, '@');
         $hostinfo = $at === false ? $netloc : substr($netloc, $at + 1);
         if (str_contains($hostinfo, '[')) {
-            [$host, $after] = explode(']', explode('[', $hostinfo, 2)[1], 2) + [1 => ''];
+            $after = explode(']', explode('[', $hostinfo, 2)[1], 2)[1] ?? '';
             $port = explode(':', $after, 2)[1] ?? '';
-            if (str_starts_with($host, 'v')) {
-                if (preg_match('/\Av[a-fA-F0-9]+\..+\z/s', $host) !== 1) {
-                    return 'IPvFuture address is invalid';
-                }
-            } elseif (filter_var($host, FILTER_VALIDATE_IP, FILTER_FLAG_IPV6) === false) {
-                return sprintf('%s is not an IPv6 address', self::quote($host));
-            }
         } else {
             $port = explode(':', $hostinfo, 2)[1] ?? '';
         }
@@ -313,6 +320,23 @@ final class JobRow
             return sprintf('Port could not be cast to integer value as %s', self::quote($port));
         }
         return null;
+    }
+
+    /** Python's rule for a bracketed host: IPvFuture, or an IPv6 address with an optional zone (%eth0). */
+    private static function bracketedProblem(string $host): ?string
+    {
+        if (str_starts_with($host, 'v')) {
+            return preg_match('/\Av[a-fA-F0-9]+\..+\z/s', $host) === 1 ? null : 'IPvFuture address is invalid';
+        }
+        if (filter_var($host, FILTER_VALIDATE_IP, FILTER_FLAG_IPV4) !== false) {
+            return 'An IPv4 address cannot be in brackets';
+        }
+        [$address, $zone] = explode('%', $host, 2) + [1 => null];
+        if (($zone === null || ($zone !== '' && !str_contains($zone, '%')))
+            && filter_var($address, FILTER_VALIDATE_IP, FILTER_FLAG_IPV6) !== false) {
+            return null;
+        }
+        return sprintf("'%s' does not appear to be an IPv4 or IPv6 address", $host);
     }
 
     /** @param array<string, mixed> $options */
