@@ -77,16 +77,24 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _payload_text(value: str) -> str:
+def _payload_text(value: str, limit: int) -> str:
     """--payload's JSON text: as given, or read from a file (@FILE) or stdin (-). Linux cuts one argument at
-    128 KiB (MAX_ARG_STRLEN), far under payload_limit; no JSON text starts with @ or is a lone -."""
+    128 KiB (MAX_ARG_STRLEN), far under payload_limit; no JSON text starts with @ or is a lone -. At most
+    STORED_INFLATION times the limit is read (room for indentation): @/dev/zero ended in MemoryError."""
     if value != "-" and not value.startswith("@"):
         return value
+    most = validation.STORED_INFLATION * limit
     try:
         if value == "-":
-            return sys.stdin.buffer.read().decode("utf-8")
-        with open(value[1:], "rb") as file:
-            return file.read().decode("utf-8")
+            if sys.stdin is None:  # started with stdin closed (<&-)
+                raise ConfigError("--payload -: there is no stdin to read")
+            data = sys.stdin.buffer.read(most + 1)
+        else:
+            with open(value[1:], "rb") as file:
+                data = file.read(most + 1)
+        if len(data) > most:
+            raise ConfigError(f"--payload {value}: over {most} bytes, far past the {limit}-byte payload_limit")
+        return data.decode("utf-8")
     except OSError as error:
         raise ConfigError(f"--payload {value}: cannot read it: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
@@ -96,7 +104,7 @@ def _payload_text(value: str) -> str:
 def cmd_enqueue(args: argparse.Namespace) -> int:
     settings = common.settings_from(args)
     try:
-        payload = json.loads(_payload_text(args.payload))
+        payload = json.loads(_payload_text(args.payload, settings.payload_limit))
     except ValueError as error:
         raise ConfigError(f"--payload is not valid JSON: {error}") from None
     except RecursionError:

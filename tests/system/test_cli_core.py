@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,7 @@ import sqlalchemy as sa
 from pending_jobs import config
 from pending_jobs.errors import ConfigError
 from pending_jobs.schema import pending_jobs as J
-from tests.conftest import cli, rows, scalar
+from tests.conftest import ROOT, cli, rows, scalar
 
 
 def test_enqueue_then_run_via_the_command(db_url: str, engine: sa.Engine) -> None:
@@ -72,9 +75,14 @@ def test_enqueue_reads_a_payload_from_a_file_or_stdin_past_the_argument_limit(db
         (f"@{tmp_path}", f"--payload @{tmp_path}: cannot read it: Is a directory"),
         (f"@{tmp_path / 'deep.json'}", "--payload nests more levels than Python can read; at most 31 can be "
                                        "stored on every database (MariaDB's limit)\n"),  # was a traceback
+        ("@/dev/zero", "--payload @/dev/zero: over 6000000 bytes, far past the 1000000-byte payload_limit\n"),
     ]:
         refused = cli("enqueue", "echo", "--payload", payload, env=env)
         assert refused.returncode == 2 and refused.stderr.startswith(f"pending-jobs: {message}"), refused.stderr
+    closed = subprocess.run(["sh", "-c", 'exec "$@" <&-', "sh", sys.executable, "-m", "pending_jobs", "enqueue", "echo",
+                             "--payload", "-"], capture_output=True, text=True, cwd=ROOT,
+                            env={"PATH": os.environ["PATH"], "PYTHONPATH": str(ROOT), **env})
+    assert (closed.returncode, closed.stderr) == (2, "pending-jobs: --payload -: there is no stdin to read\n")
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs") == 2
 
 
