@@ -76,7 +76,7 @@ class JobTester:
         self.database_url = database_url
         self.settings = config.load(environ={}).replace(database_url=database_url, poll=0.0,
                                                         **{**INLINE, **checked})
-        self.engine: sa.Engine = create_engine(database_url)
+        self.engine: sa.Engine = create_engine(database_url, create=migrate_schema)
         """The job database's engine: give it (or `database_url`) to the code under test."""
         try:
             if migrate_schema:

@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import unquote
 
 import sqlalchemy as sa
 from sqlalchemy import event, exc
@@ -36,6 +37,18 @@ STATEMENT_WRONG = ("no such table", "no such column", "syntax error", "has no co
 ISO_DATE = "[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]*"  # how every time SQLAlchemy stores begins
 
 
+def _file_of(url: sa.URL) -> Path | None:
+    """The file an SQLite URL names (a path, or a `file:` URI with uri=true), or None for a database in memory."""
+    path = url.database or ""
+    if path.startswith("file:") and url.query.get("uri") == "true":
+        if url.query.get("mode") == "memory":
+            return None
+        path = unquote(path.removeprefix("file:").partition("?")[0])
+        if path.startswith("//"):  # file://host/path: the path after the (empty or localhost) authority
+            path = "/" + path[2:].partition("/")[2]
+    return None if path in ("", ":memory:") else Path(path)
+
+
 class SQLite(Dialect):
     """SQLite 3.35+."""
 
@@ -43,12 +56,16 @@ class SQLite(Dialect):
     concurrent_writers: ClassVar[bool] = False  # one writer: completions are not overlapped with claims
 
     def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
-        path = url.database or ":memory:"
-        folder = None if path == ":memory:" or path.startswith("file:") else Path(path).parent
-        if folder is not None and not folder.is_dir():
-            # "unable to open database file" read as an outage (exit 75, cron tries again for ever).
-            raise ConfigError(f"database_url: the SQLite file's folder {folder} does not exist")
-        if folder is not None and not create and not Path(path).exists():
+        path = _file_of(url)
+        if path is None:  # SQLAlchemy's pool for it took no max_overflow: a TypeError and a traceback
+            raise ConfigError("database_url: an in-memory SQLite database lives in one connection, and a run uses "
+                              "several: give a file (sqlite:///path/jobs.sqlite3)")
+        # "unable to open database file" read as an outage (exit 75, cron tries again for ever).
+        if not path.parent.is_dir():
+            raise ConfigError(f"database_url: the SQLite file's folder {path.parent} does not exist")
+        if path.is_dir():
+            raise ConfigError(f"database_url: {path} is a folder, not an SQLite file")
+        if not create and not path.exists():
             # Connecting would create an empty file: a typo in the path left one behind on every cron tick.
             raise ConfigError(f"database_url: there is no SQLite file {path} (a typo? `pending-jobs migrate` creates "
                               "the jobs database)")

@@ -3,10 +3,13 @@ examples/ covers the default: a fresh SQLite file)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import sqlalchemy as sa
 
 from pending_jobs import migrate
-from pending_jobs.errors import SchemaNotCurrent
+from pending_jobs.errors import ConfigError, SchemaNotCurrent
 from pending_jobs.testing import JobTester
 
 
@@ -86,3 +89,8 @@ def test_without_migrating_a_database_with_no_schema_is_named_at_once(db_url: st
     finally:
         with JobTester(db_url, tasks={}):  # migrated again, as the other tests expect it
             pass
+    if db_url.startswith("sqlite"):  # and a missing file is not created empty first
+        missing = Path(str(sa.make_url(db_url).database)).with_name("typo.sqlite3")
+        with pytest.raises(ConfigError, match=r"^database_url: there is no SQLite file "):
+            JobTester(f"sqlite:///{missing}", tasks={}, migrate_schema=False)
+        assert not missing.exists()

@@ -105,6 +105,28 @@ def test_only_migrate_creates_a_missing_sqlite_file(tmp_path: Path) -> None:
     assert cli("enqueue", "echo", env=env).stdout == "1\n"
 
 
+def test_an_sqlite_url_no_run_can_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """An in-memory database crashed with SQLAlchemy's TypeError (max_overflow) and a traceback, a folder
+    read as an outage (exit 75: cron tried again for ever), a missing file: URI was created empty."""
+    memory = ("database_url: an in-memory SQLite database lives in one connection, and a run uses several: give "
+              "a file (sqlite:///path/jobs.sqlite3)")
+    for url, why in [
+        ("sqlite://", memory),
+        ("sqlite:///:memory:", memory),
+        ("sqlite:///file:jobs?mode=memory&uri=true", memory),
+        (f"sqlite:///{tmp_path}", f"database_url: {tmp_path} is a folder, not an SQLite file"),
+        (f"sqlite:///file:{tmp_path / 'typo.db'}?uri=true", f"database_url: there is no SQLite file "
+                                                             f"{tmp_path / 'typo.db'} (a typo? `pending-jobs migrate` "
+                                                             "creates the jobs database)"),
+    ]:
+        refused = cli("status", env={"PENDING_JOBS_DATABASE_URL": url})
+        assert (refused.returncode, refused.stderr) == (2, f"pending-jobs: {why}\n"), url
+    assert list(tmp_path.iterdir()) == []
+    uri = f"sqlite:///file:{tmp_path / 'jobs.db'}?uri=true"
+    assert cli("migrate", env={"PENDING_JOBS_DATABASE_URL": uri}).returncode == 0
+    assert cli("enqueue", "echo", env={"PENDING_JOBS_DATABASE_URL": uri}).stdout == "1\n"
+
+
 def test_run_job_that_is_not_pending_exits_1(db_url: str) -> None:
     result = cli("run", "--job", "999", env={"PENDING_JOBS_DATABASE_URL": db_url})
     assert result.returncode == 1 and "job 999 is missing, not pending" in result.stderr
