@@ -254,7 +254,8 @@ class SqlTask:
         """The statements, bounded by the task's timeout where the database can cancel a statement itself.
 
         PostgreSQL: SET LOCAL statement_timeout (this transaction only); MariaDB: SET STATEMENT
-        max_statement_time FOR each statement. Elsewhere the runner's backstop abandons the thread.
+        max_statement_time FOR each statement; SQLite: a progress handler until the transaction ends. On
+        MySQL 8 the runner's backstop abandons the thread.
         """
         timeout = self.spec.policy.timeout
         if timeout is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,6 +26,8 @@ from .history import add as add_errors
 
 # SQLite's primary result codes (the low byte of an extended code).
 BUSY, LOCKED = 5, 6  # another connection holds the write lock: retry
+INTERRUPT = 9  # sqlite3_interrupt, from a progress handler: a statement past its time
+PROGRESS_STEPS = 10_000
 READONLY = 8
 UNAVAILABLE = (READONLY, 10, 13, 14)  # READONLY, IOERR, FULL, CANTOPEN: the file cannot be written now
 
@@ -98,6 +101,28 @@ class SQLite(Dialect):
 
     def session_changed(self, error: BaseException) -> bool:
         return _primary_code(error) == READONLY  # PRAGMA query_only (or a read-only file: fails again)
+
+    def timed_out(self, error: BaseException) -> bool:
+        return _primary_code(error) == INTERRUPT  # the progress handler of `with_timeout` or `time_limit`
+
+    def with_timeout(self, conn: sa.Connection, statements: Sequence[str], timeout: float) -> list[str] | None:
+        # SQLite has no statement timeout: a progress handler interrupts a statement past the deadline until
+        # this transaction ends, as PostgreSQL's SET LOCAL. Without it the runner's backstop closed the
+        # connection under the worker thread still inside SQLite, and the process died (SIGSEGV).
+        raw: Any = conn.connection.dbapi_connection
+        _interrupt_after(raw, timeout)
+        for end in ("commit", "rollback"):
+            event.listen(conn, end, lambda *_: raw.set_progress_handler(None, 0), once=True)
+        return None
+
+    @contextlib.contextmanager
+    def time_limit(self, conn: sa.Connection, seconds: float) -> Iterator[None]:
+        raw: Any = conn.connection.dbapi_connection
+        _interrupt_after(raw, seconds)
+        try:
+            yield
+        finally:
+            raw.set_progress_handler(None, 0)
 
     def upsert(self) -> Any:
         return sqlite.insert(J)
@@ -222,6 +247,13 @@ def _pending_in_queue(name: bytes, columns: Sequence[sa.ColumnElement[Any]]) -> 
 
 def _tolerant(data: bytes) -> str:
     return data.decode("utf-8", "replace")
+
+
+def _interrupt_after(raw: Any, seconds: float) -> None:
+    """Interrupt the statements of driver connection `raw` that run past `seconds` from now (SQLITE_INTERRUPT),
+    checked every PROGRESS_STEPS virtual machine steps (about a millisecond)."""
+    deadline = time.monotonic() + seconds
+    raw.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
 
 
 def _primary_code(error: BaseException) -> int | None:
