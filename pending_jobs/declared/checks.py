@@ -21,7 +21,7 @@ from ..errors import ConfigError, Fail
 from ..schedules import Schedule
 from ..store import create_engine, dialect_for
 from .spec import CommandSpec, HttpSpec, Spec, SqlSpec
-from .sql import SqlTask
+from .sql import SqlTask, refused
 from .sqlerrors import driver_message
 
 
@@ -54,7 +54,8 @@ def sql_problems(spec: SqlSpec, engine: sa.Engine) -> list[str]:
     try:
         with target.connect() as conn:
             for number, statement in enumerate(spec.statements, 1):
-                problem = prepare(conn, statement)
+                # a refused statement is never prepared: PostgreSQL's PREPARE ran all of "SELECT 1; DELETE …"
+                problem = refused(statement, dialect_for(conn)) or prepare(conn, statement)
                 if problem:
                     which = f"statement {number} " if len(spec.statements) > 1 else "its SQL "
                     found.append(f"{which}does not prepare: {problem}")

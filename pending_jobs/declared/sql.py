@@ -48,6 +48,12 @@ _SAFE_SET = re.compile(r"\s*set\s+(?:local\b|constraints\b|@(?!@))", re.IGNORECA
 _SET_STATEMENT = re.compile(r"\s*set\s+statement\b.*?\bfor\b(.*)", re.IGNORECASE | re.DOTALL)
 _SET_MORE = re.compile(r",\s*(?:@@|(?:global|session|local|persist)\b|[a-z_]\w*\s*:?=)", re.IGNORECASE)
 _BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a :name as SQLAlchemy's text() finds it (not \:name or ::cast)
+_RUN_COMMENT = re.compile(r"/\*M?!")  # /*! … */ and /*M! … */: MariaDB and MySQL run what they hold
+_PRAGMA_CALL = re.compile(r"\s*pragma\s+(?:\w+\s*\.\s*)?(\w+)\s*\(", re.IGNORECASE)
+READ_PRAGMAS = frozenset({"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+                          "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check"})
+"""PRAGMAs that take an argument in parentheses and only read: any other `PRAGMA name(value)` sets it."""
+_SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
 
 
 def _quoted(backslash: bool) -> re.Pattern[str]:
@@ -92,6 +98,14 @@ def refused(statement: str, dialect: Dialect | None) -> str | None:
     """Why `statement` may not be one of an sql task's (they run inside the job's transaction, on a pooled
     connection) on the task's database, of `dialect` (None: a URL of no known database), or None."""
     implicit_commits = dialect.implicit_commits if dialect is not None else frozenset()
+    comments = (quoted.group() for quoted in _QUOTED[dialect is None or dialect.backslash_escapes].finditer(statement)
+                if quoted.group("comment") is not None)
+    if any(_RUN_COMMENT.match(comment) for comment in comments):
+        return ("a /*! … */ comment is run by MariaDB/MySQL, past these checks (a COMMIT or a CREATE in it would "
+                "end the job's transaction): write its SQL out")
+    code = _code(statement, dialect)  # the statement with its strings and comments blanked out
+    if ";" in code.rstrip().rstrip(";"):  # PostgreSQL runs each of them, `check`'s PREPARE too
+        return "one statement per entry: this one holds several (a ';' outside quotes); list each in sql = [...]"
     first = verb(statement)
     shown = first.upper()
     if first in ENDS_TRANSACTION:
@@ -107,12 +121,16 @@ def refused(statement: str, dialect: Dialect | None) -> str | None:
         inner = _SET_STATEMENT.match(statement)
         if inner is not None:  # MariaDB: SET STATEMENT var = … FOR <statement>, for that statement alone
             return refused(inner.group(1), dialect)
-        if _SAFE_SET.match(statement) is None or _SET_MORE.search(statement) is not None:
+        if _SAFE_SET.match(code) is None or _SET_MORE.search(code) is not None:  # SET @a=1,/**/autocommit=0
             return ("SET changes the session of a pooled connection that later jobs and the runner share "
                     "(allowed: SET @variable; SET LOCAL and SET CONSTRAINTS on PostgreSQL; SET STATEMENT … FOR "
                     "on MariaDB)")
-    if first == "pragma" and "=" in statement:
-        return "PRAGMA … = changes the SQLite connection that later jobs and the runner share"
+    called = _PRAGMA_CALL.match(code) if first == "pragma" else None
+    if first == "pragma" and ("=" in code or (called is not None and called.group(1).lower() not in READ_PRAGMAS)):
+        return "PRAGMA … = or PRAGMA name(value) changes the SQLite connection that later jobs and the runner share"
+    if _SET_CONFIG.search(code):
+        return ("set_config() can change the session of a pooled connection that later jobs and the runner share "
+                "(its search_path, say); use SET LOCAL")
     for quoted in _QUOTED[dialect is None or dialect.backslash_escapes].finditer(statement):
         if (inside := _BIND.search(quoted.group())) is None:
             continue
@@ -123,6 +141,12 @@ def refused(statement: str, dialect: Dialect | None) -> str | None:
         return (f"the string {quoted.group()[:60]!r} holds :{name}, which would be bound there too, "
                 f"breaking the string; write \\:{name} for a literal colon")
     return None
+
+
+def _code(statement: str, dialect: Dialect | None) -> str:
+    """`statement` with its quoted text and comments blanked out: what the database reads as SQL."""
+    pattern = _QUOTED[dialect is None or dialect.backslash_escapes]
+    return pattern.sub(lambda quoted: " " if quoted.group("comment") is not None else "''", statement)
 
 
 def parameters(statement: str) -> tuple[str, ...]:

@@ -37,6 +37,21 @@ def test_sql_is_prepared_not_run_and_each_refusal_is_named(engine: sa.Engine, db
     assert notes == []
 
 
+def test_check_runs_no_statement_it_refuses(engine: sa.Engine, db_url: str) -> None:
+    """PostgreSQL's PREPARE ran every statement of "SELECT 1; COMMIT; DELETE FROM victim": `check` deleted
+    the rows (found by the declared-task review). Refused statements are named, never sent."""
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE victim (x INTEGER)")
+        conn.exec_driver_sql("INSERT INTO victim (x) VALUES (1), (2), (3)")
+    tables = {"evil": {"sql": "SELECT 1; COMMIT; DELETE FROM victim"}}
+
+    problems, _ = declared.check(settings_for(db_url, declared_tasks=tables), engine)
+
+    assert problems == ["task evil: its SQL does not prepare: one statement per entry: this one holds several (a "
+                        "';' outside quotes); list each in sql = [...]"]
+    assert scalar(engine, "SELECT COUNT(*) FROM victim") == 3
+
+
 def test_commands_urls_and_other_databases_are_checked(engine: sa.Engine, db_url: str, tmp_path: Path) -> None:
     tables = {
         "ok": {"command": [script(tmp_path, "ok.sh", "exit 0\n")], "cwd": str(tmp_path)},

@@ -233,7 +233,16 @@ POSTGRESQL = "postgresql+psycopg://app@db/app"
     (MARIADB, "SET autocommit = 1", r"SET changes the session"),
     (MARIADB, "SET @a = 1, sql_mode = ''", r"SET changes the session"),
     (MARIADB, "SET @@session.sql_mode = ''", r"SET changes the session"),
-    ("sqlite:///jobs.sqlite3", "PRAGMA foreign_keys = OFF", r"PRAGMA … = changes the SQLite connection"),
+    ("sqlite:///jobs.sqlite3", "PRAGMA foreign_keys = OFF", r"PRAGMA … = or PRAGMA name\(value\) changes the SQLite"),
+    # Ways past these checks the declared-task review found: a comment in a SET, a comment MariaDB runs,
+    # several statements in one (PostgreSQL ran them all, `check`'s PREPARE too), PRAGMA name(value),
+    # set_config() (a search_path that hid pending_jobs from the runner's next statement).
+    (MARIADB, "SET @a=1,/**/autocommit=1", r"SET changes the session"),
+    (MARIADB, "/*! CREATE TABLE t5 (x INT) */", r"a /\*! … \*/ comment is run by MariaDB/MySQL"),
+    (MARIADB, "SELECT 1 /*M!100000 , SLEEP(1) */", r"a /\*! … \*/ comment is run by MariaDB/MySQL"),
+    (POSTGRESQL, "SELECT 1; COMMIT; DELETE FROM victim", r"one statement per entry: this one holds several"),
+    ("sqlite:///jobs.sqlite3", "PRAGMA query_only(1)", r"PRAGMA … = or PRAGMA name\(value\) changes the SQLite"),
+    (POSTGRESQL, "SELECT set_config('search_path', '', false)", r"set_config\(\) can change the session"),
     # Not the transaction's: a :name inside a string is bound too (check's PREPARE would not see it).
     (MARIADB, "SELECT ':a' AS label, :a AS a", r"the string \"':a'\" holds :a, .* write \\:a for a literal colon"),
     # Nor in a comment: PostgreSQL and SQLite refuse a parameter the statement does not read.
@@ -268,6 +277,9 @@ def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_ref
     (POSTGRESQL, "SELECT :a::int AS a -- \\:a is cast"),
     (POSTGRESQL, "UPDATE t SET p = replace(p, '\\', :a) || 'x'"),  # '\' is a backslash there
     (POSTGRESQL, "SELECT E'it\\'s' AS s, :a AS a, 'x' AS x"),  # but not in an escape string
+    (POSTGRESQL, "SELECT 'a;b' AS s, :a AS a;"),  # a ';' in a string, or at the end
+    ("sqlite:///jobs.sqlite3", "PRAGMA main.table_info(t)"),  # a PRAGMA that only reads
+    (MARIADB, "INSERT INTO t (a) VALUES ('/*! not a comment */')"),
 ])
 def test_statements_that_keep_the_transaction_are_accepted(tmp_path: Path, url: str, statement: str) -> None:
     settings = _sql_settings(tmp_path, url, "INSERT INTO t (a) VALUES (:a)", statement)
