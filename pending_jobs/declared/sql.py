@@ -266,6 +266,8 @@ class SqlTask:
                 raise self._verdict(error, ctx, where, dialect_for(conn)) from None
             except exc.StatementError as error:  # raised before the database saw it, e.g. binding a value
                 raise Fail(f"{where}{type(error.orig).__name__}: {error.orig}") from None
+            except OverflowError as error:  # sqlite3 binds no integer past 64 bits (the others refuse it in SQL)
+                raise Fail(f"{where}a number too large for the database: {error}") from None
         return results[0] if len(results) == 1 else {"statements": results}
 
     def _verdict(self, error: exc.DBAPIError, ctx: Any, where: str, dialect: Dialect) -> Exception:

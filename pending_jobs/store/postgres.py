@@ -6,6 +6,7 @@ import contextlib
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
@@ -37,6 +38,11 @@ PERMANENT_CLASSES = ("22", "23", "42")  # data exception, integrity constraint, 
 TIMEOUTS = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available (lock_timeout)
 INDETERMINATE = "42P18"  # `SELECT $1`-like: the type comes from the value bound at run time
 PREPARED = "pending_jobs_check"
+# Statements PREPARE does not take (a syntax error there), though they run in a job: not checked, not failed.
+# Any other first word, a typo too, is prepared and refused by the database.
+UNPREPARABLE = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:create|alter|drop|truncate|comment|grant|revoke"
+                          r"|lock|do|call|refresh|reindex|vacuum|analyze|cluster|set|notify|copy|security|import)\b",
+                          re.IGNORECASE | re.DOTALL)
 CHANNEL = "pending_jobs"  # NOTIFY channel of the INSERT trigger (migration 0003)
 
 
@@ -71,6 +77,8 @@ class Postgres(Dialect):
             _libpq_error(error) and "server closed the connection" in str(getattr(error, "orig", "")))
 
     def prepare_problem(self, conn: sa.Connection, statement: str) -> str | None:
+        if UNPREPARABLE.match(statement) is not None:
+            return None
         sql = str(sa.text(statement).compile(dialect=_NUMBERED))
         cursor = conn.connection.cursor()
         try:  # no parameters given: psycopg sends the text as it is

@@ -185,12 +185,26 @@ def test_another_database_runs_in_its_own_transaction(users: sa.Engine, store: S
     other.dispose()
 
 
+def test_a_number_too_large_for_the_column_fails_at_once_on_every_database(users: sa.Engine, store: Store,
+                                                                          run_declared: Any) -> None:
+    """SQLite's driver raised OverflowError binding it, and the job was retried with a traceback; MariaDB
+    and PostgreSQL refuse it in SQL, a data error that fails at once."""
+    job_id = enqueue(users, "save_user", {"id": 2**70, "name": "Ann"})
+
+    run_declared({"save_user": {"sql": "INSERT INTO users (id, name) VALUES (:id, :name)"}})
+
+    job = outcome(store, job_id)
+    assert (job.status, job.attempts) == ("failed", 1)
+    assert job.last_error.startswith("Fail: ") and "Traceback" not in job.last_error
+
+
 def test_a_statement_over_its_timeout_is_cancelled_and_retried(users: sa.Engine, store: Store,
                                                                run_declared: Any, backend: str) -> None:
     # SQLite: a progress handler interrupts it. The runner's backstop closed the connection under the
     # worker thread still inside SQLite instead, 5 s later, and the process died of SIGSEGV.
     sleep = {"postgresql": "SELECT pg_sleep(30)", "mysql": "SELECT SLEEP(30)",
-             "sqlite": "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT count(*) FROM c"}[backend]
+             "sqlite": "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c) SELECT count(*) FROM c",
+             }[backend]
     slow = enqueue(users, "slow", {})
     fine = enqueue(users, "save_user", {"name": "Ann", "email": None})
 
