@@ -276,6 +276,8 @@ def read_file(path: str) -> dict[str, Any]:
     except UnicodeDecodeError as error:  # TOML is UTF-8: a Latin-1 comment is not
         raise ConfigError(f"config file {path} is not valid TOML: byte {error.object[error.start]:#04x} at offset "
                           f"{error.start} is not UTF-8") from None
+    except RecursionError:  # tomllib reads nested arrays and inline tables by recursion
+        raise ConfigError(f"config file {path} nests arrays or tables deeper than it can be read") from None
     if "pending_jobs" in data:
         section = data["pending_jobs"]
         if not isinstance(section, dict):

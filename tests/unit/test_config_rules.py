@@ -319,6 +319,14 @@ def test_a_file_that_is_not_toml_is_a_configuration_error(tmp_path: Path) -> Non
     assert refused.value.__suppress_context__
 
 
+def test_a_file_nested_past_pythons_recursion_limit_is_a_configuration_error(tmp_path: Path) -> None:
+    # tomllib raised RecursionError, and every command printed a traceback (exit 1)
+    path = toml(tmp_path, "[schedules.deep]\npayload = " + "[" * 3000 + "]" * 3000 + "\n")
+    with pytest.raises(ConfigError) as refused:
+        config.read_file(path)
+    assert str(refused.value) == f"config file {path} nests arrays or tables deeper than it can be read"
+
+
 def test_a_file_that_is_not_utf8_is_a_configuration_error(tmp_path: Path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes(b"batch_size = 3\n# caf\xe9\n")
