@@ -194,6 +194,7 @@ def _child_main(sender: Connection, ask: Connection, output: str, modules: list[
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+    answer: tuple[Any, ...]
     try:
         loaded = registry.load(modules, python_path)
         if name not in loaded:  # the parent's handler was not registered by a module the child imports
@@ -201,8 +202,16 @@ def _child_main(sender: Connection, ask: Connection, output: str, modules: list[
                               "imported again there, so it must be registered with @task in one of the task "
                               f"modules ({', '.join(modules) or 'none configured'})")
         handler = loaded[name]
-        answer: tuple[Any, ...] = ("ok", handler.fn(payload, ChildContext(fields, ask)))
-        sender.send(answer)
+        result = handler.fn(payload, ChildContext(fields, ask))
+        try:
+            sender.send(("ok", result))
+        except RecursionError:  # pickled by recursion: a result nested that deep fails as it does in a thread
+            try:
+                validation.dump_json(result, "result", sys.maxsize)
+            except ValueError as error:
+                sender.send(("fail", f"the handler's result cannot be stored: {error}"))
+                return
+            raise
         return
     except Retry as request:
         answer = ("retry", request.delay, request.reason)

@@ -137,6 +137,14 @@ def echo_isolated(payload: dict[str, Any], ctx: Any) -> dict[str, Any]:
     return {"payload": payload, "attempt": ctx.attempt, "pid": os.getpid()}
 
 
+@task("deep_isolated", isolation="process")
+def deep_isolated(payload: dict[str, Any], ctx: Any) -> list[Any]:
+    result: list[Any] = []
+    for _ in range(payload["depth"]):
+        result = [result]
+    return result
+
+
 @task("connection_isolated", isolation="process", backoff=lambda attempt: 0.0)
 def connection_isolated(payload: dict[str, Any], ctx: Any) -> None:
     ctx.connection  # noqa: B018 - raises: not available in a child

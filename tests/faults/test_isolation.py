@@ -39,6 +39,23 @@ def test_crashing_isolated_handlers_fail_after_max_attempts_and_the_batch_succee
 
 
 @pytest.mark.slow
+def test_an_isolated_result_nested_too_deep_fails_at_once_as_in_a_thread(
+    fresh: str, engine_on: Callable[[str], sa.Engine]
+) -> None:
+    """Pickling it raised RecursionError in the child, and the job was retried as a handler error."""
+    engine = engine_on(fresh)
+    deep = insert_jobs(engine, "deep_isolated", [{"depth": 5000}], max_attempts=3)[0]
+
+    done = run_once(fresh)
+
+    assert done.returncode == 0, done.stderr
+    row = job(engine, deep)
+    assert (row["status"], row["attempts"]) == ("failed", 1)
+    assert row["last_error"] == ("Fail: the handler's result cannot be stored: result nests 5001 levels deep; at most "
+                                 "31 can be stored on every database (MariaDB's limit)")
+
+
+@pytest.mark.slow
 def test_isolated_timeout_kills_the_child_and_connection_is_refused(
     fresh: str, engine_on: Callable[[str], sa.Engine]
 ) -> None:
