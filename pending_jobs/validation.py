@@ -183,10 +183,10 @@ def task_name_problem(name: object) -> str | None:
         return f"must be a non-empty string of at most {NAME_LIMIT} characters"
     if name != name.strip():  # ' ' or 'mail ' names no handler, and is hard to see in a list of failures
         return "must not be blank or start or end with whitespace"
-    return _text_problem(name)
+    return text_problem(name)
 
 
-def _text_problem(text: str) -> str | None:
+def text_problem(text: str) -> str | None:
     """Why text cannot be stored alike on every database, or None. PostgreSQL refuses NUL in text, PHP's
     pdo_pgsql cut a string there instead; a lone surrogate ('\\ud800') is no UTF-8, and the driver's
     UnicodeEncodeError named no argument."""
@@ -207,7 +207,7 @@ def key_problem(key: object, limit: int = NAME_LIMIT) -> str | None:
         return f"must be a non-empty string of at most {limit} characters"
     if key != key.strip():
         return "must not start or end with whitespace (MariaDB takes 'k ' for 'k')"
-    return _text_problem(key)
+    return text_problem(key)
 
 
 def queue_problem(name: object) -> str | None:
@@ -218,7 +218,7 @@ def queue_problem(name: object) -> str | None:
         return f"a queue name of 1 to {QUEUE_LIMIT} characters"
     if name != name.strip():
         return "a queue name must not start or end with whitespace (MariaDB takes 'q ' for 'q')"
-    problem = _text_problem(name)
+    problem = text_problem(name)
     return problem and f"a queue name {problem}"
 
 
@@ -263,7 +263,7 @@ def callback_url_problem(url: str, stored: bool = False) -> str | None:
     edge blanks and \\t\\r\\n inside, so the URL checked was not the one stored). A `stored` row's URL,
     as the runner reads it, is held to urlsplit alone: rows written with SQL that always ran still run."""
     if not stored:
-        problem = _text_problem(url)
+        problem = text_problem(url)
         if problem:
             return f"invalid callback_url: it {problem}"
         blank = _URL_BLANK.search(url)

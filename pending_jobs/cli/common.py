@@ -42,10 +42,18 @@ def _queue(value: str) -> str:
     return value
 
 
+def _text(value: str) -> str:
+    problem = validation.text_problem(value)  # invalid UTF-8 in argv reached the driver: UnicodeEncodeError
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
 DURATION = argument(config.duration)
 AGE = argument(validation.age)  # how long ago, for a filter or a purge: bounded, see validation.AGE
 JOB_ID = argument(validation.job_id)
 QUEUE = argument(_queue)
+TEXT = argument(_text)
 INTEGER = argument(config.integer)
 LIST_LIMIT = 1_000_000  # rows a listing prints; beyond it a LIMIT overflows a database's integer or its memory
 

@@ -96,8 +96,8 @@ def register(commands: Commands) -> None:
 
 def add_filters(p: argparse.ArgumentParser) -> None:
     """The filters `list` and `retry --failed` share."""
-    p.add_argument("--queue", dest="job_queue", metavar="NAME", help="only this queue")
-    p.add_argument("--task", dest="job_task", metavar="NAME", help="only this task")
+    p.add_argument("--queue", dest="job_queue", type=common.QUEUE, metavar="NAME", help="only this queue")
+    p.add_argument("--task", dest="job_task", type=common.TEXT, metavar="NAME", help="only this task")
     p.add_argument("--since", type=common.AGE, metavar="AGE",
                    help=f"only jobs created within this age (2h, 7d; {AGE_RANGE})")
 

@@ -49,7 +49,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=common.INTEGER, help=config.env_help("batch_size"))
     p.add_argument("--concurrency", type=common.INTEGER, help=config.env_help("concurrency"))
     p.add_argument("--lease", type=common.DURATION, help=config.env_help("lease"))
-    p.add_argument("--queue", dest="queue_flags", action="append", metavar="NAME",
+    p.add_argument("--queue", dest="queue_flags", action="append", type=common.QUEUE, metavar="NAME",
                    help="serve only this queue, and the callbacks of its jobs; repeatable "
                         "(env PENDING_JOBS_QUEUES, comma-separated; default: all)")
     p.add_argument("--poll", type=common.DURATION, help=config.env_help("poll"))

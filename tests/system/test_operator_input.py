@@ -24,6 +24,18 @@ def test_pause_refuses_a_queue_name_no_queue_column_holds(db_url: str, store: St
     assert cli("pause", "q" * 64, env=env).returncode == 0
 
 
+@pytest.mark.parametrize(("args", "why"), [
+    (["list", "--task", "t\udcff"], "argument --task: must be valid UTF-8"),  # the byte 0xff in argv
+    (["list", "--queue", "q\udcff"], "argument --queue: a queue name must be valid UTF-8"),
+    (["retry", "--failed", "--task", "\udcff"], "argument --task: must be valid UTF-8"),
+    (["run", "--queue", "q\udcff"], "argument --queue: a queue name must be valid UTF-8"),
+])
+def test_a_filter_that_is_not_utf8_is_a_usage_error(db_url: str, args: list[str], why: str) -> None:
+    done = cli(*args, env={"PENDING_JOBS_DATABASE_URL": db_url})  # it was UnicodeEncodeError, exit 1
+    assert done.returncode == 2 and why in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.parametrize("value", ["0", "99999999999999999999999"])
 @pytest.mark.parametrize("command", ["show", "retry", "cancel"])
 def test_a_job_id_no_bigint_holds_is_a_usage_error(db_url: str, engine: sa.Engine, command: str, value: str) -> None:
