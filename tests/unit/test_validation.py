@@ -88,6 +88,24 @@ def test_a_stored_payload_is_measured_as_enqueue_measured_it(stored: str) -> Non
     assert parse_payload(huge, 30) == (None, "payload is 209 bytes, over the 30-byte limit (setting payload_limit)")
 
 
+def test_a_stored_payload_at_each_edge_of_its_measures() -> None:
+    # Exactly 6 times the limit is still parsed and measured compact ({"a":1}: 7 bytes); one byte more is not.
+    padded = '{"a":1' + " " * 53 + "}"
+    assert len(padded) == 60 and parse_payload(padded, 10) == ({"a": 1}, None)
+    # At the limit the stored text is taken as it is, though its compact form may be longer (1e2: 100.0).
+    assert parse_payload('{"a":1e2}', 9) == ({"a": 100.0}, None)
+    assert parse_payload(padded + " ", 10) == (None, "payload is 61 bytes, over the 10-byte limit (setting "
+                                                     "payload_limit)")
+    # Text that is not JSON, or nested past Python's limit, at the limit is named for what it is; over it,
+    # for its size.
+    assert parse_payload("x" * 10, 10)[1].startswith("payload is not valid JSON: ")  # type: ignore[union-attr]
+    deep = "[" * 100_000
+    assert parse_payload(deep, 100_000) == (None, "payload is nested too deeply to be read (more levels than "
+                                                  "Python's recursion limit)")
+    assert parse_payload(deep, 50_000) == (None, "payload is 100000 bytes, over the 50000-byte limit (setting "
+                                                 "payload_limit)")
+
+
 def test_a_lone_surrogate_in_a_stored_payload_is_measured_not_raised() -> None:
     text = '{"k":"\ud800"}'  # SQLite hands back what a producer wrote, valid UTF-8 or not
     assert parse_payload(text, 10) == (None, "payload is 11 bytes, over the 10-byte limit (setting payload_limit)")
