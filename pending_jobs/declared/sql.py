@@ -98,12 +98,10 @@ def refused(statement: str, dialect: Dialect | None) -> str | None:
     """Why `statement` may not be one of an sql task's (they run inside the job's transaction, on a pooled
     connection) on the task's database, of `dialect` (None: a URL of no known database), or None."""
     implicit_commits = dialect.implicit_commits if dialect is not None else frozenset()
-    comments = (quoted.group() for quoted in _QUOTED[dialect is None or dialect.backslash_escapes].finditer(statement)
-                if quoted.group("comment") is not None)
+    code, comments = _code(statement, dialect)
     if any(_RUN_COMMENT.match(comment) for comment in comments):
         return ("a /*! … */ comment is run by MariaDB/MySQL, past these checks (a COMMIT or a CREATE in it would "
                 "end the job's transaction): write its SQL out")
-    code = _code(statement, dialect)  # the statement with its strings and comments blanked out
     if ";" in code.rstrip().rstrip(";"):  # PostgreSQL runs each of them, `check`'s PREPARE too
         return "one statement per entry: this one holds several (a ';' outside quotes); list each in sql = [...]"
     first = verb(statement)
@@ -143,10 +141,18 @@ def refused(statement: str, dialect: Dialect | None) -> str | None:
     return None
 
 
-def _code(statement: str, dialect: Dialect | None) -> str:
-    """`statement` with its quoted text and comments blanked out: what the database reads as SQL."""
-    pattern = _QUOTED[dialect is None or dialect.backslash_escapes]
-    return pattern.sub(lambda quoted: " " if quoted.group("comment") is not None else "''", statement)
+def _code(statement: str, dialect: Dialect | None) -> tuple[str, list[str]]:
+    """`statement` with its quoted text and comments blanked out (what the database reads as SQL), and its
+    comments."""
+    comments: list[str] = []
+
+    def blank(quoted: re.Match[str]) -> str:
+        if quoted.group("comment") is None:
+            return "''"
+        comments.append(quoted.group())
+        return " "
+
+    return _QUOTED[dialect is None or dialect.backslash_escapes].sub(blank, statement), comments
 
 
 def parameters(statement: str) -> tuple[str, ...]:

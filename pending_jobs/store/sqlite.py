@@ -85,6 +85,12 @@ class SQLite(Dialect):
             cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
 
+        @event.listens_for(engine, "checkin")
+        def _checkin(dbapi_connection: Any, _record: Any) -> None:
+            # `with_timeout` clears its deadline when the job's transaction ends; this, whatever ended it, so no
+            # pooled connection interrupts the next statements run on it.
+            dbapi_connection.set_progress_handler(None, 0)
+
         @event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:
             # IMMEDIATE takes the write lock up front: a deferred transaction that later writes can fail
