@@ -196,8 +196,9 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     if outcome == "done":
         common.out(f"job {args.job_id} cancelled")
     elif outcome == "requested":
-        common.out(f"job {args.job_id} is running: marked to be cancelled (its handler sees "
-                   "ctx.cancel_requested(); claimed but not started yet, it ends cancelled within about a second)")
+        common.out(f"job {args.job_id} is running: marked to be cancelled (a Python handler sees "
+                   "ctx.cancel_requested(), a declared command's process group gets SIGTERM; claimed but not "
+                   "started yet, it ends cancelled within about a second)")
     else:
         state = "does not exist" if outcome == "missing" else f"is already {outcome}"
         common.eprint(f"job {args.job_id} {state}: nothing to cancel")

@@ -25,13 +25,13 @@ def classify(error: exc.DBAPIError, dialect: Dialect) -> tuple[Verdict, str]:
     if dialect.integrity(error):
         return "fail", f"integrity error on {dialect.constraint_of(error) or 'a constraint'}: {message}"
     if dialect.retryable(error) or dialect.timed_out(error):
-        return "retry", f"lock conflict or timeout, will retry: {message}"
+        return "retry", f"lock conflict or timeout: {message}"
     if dialect.permanent(error):
         kind = "data error" if isinstance(error, exc.DataError) else "the statement cannot run"
         return "fail", f"{kind}: {message}"
     if dialect.connection_lost(error) or dialect.unavailable(error):
-        return "retry", f"database connection lost or unavailable, will retry: {message}"
-    return "retry", f"database error, will retry: {message}"
+        return "retry", f"database connection lost or unavailable: {message}"
+    return "retry", f"database error: {message}"
 
 
 def driver_message(orig: BaseException | None) -> str:
