@@ -204,7 +204,7 @@ URLS = ["http://example.com/", "https://[::1]:8443/x", "http://user:pw@host:8080
         "http://a.example/\x7f", "http://host: 80/", "ftp://x/", "http:///p", "http://host:99999/", "//host/",
         "http://a\uff1a80/", "http://a\uff03b/", "http://u\uff20x@host/", "http://\u2100.example/",
         "http://u[x]@host/", "http://[fe80::1%25eth0]/", "http://[::1%2525]/", "http://[::1%]/",
-        "http://[1.2.3.4%x]/"]
+        "http://[1.2.3.4%x]/", "http://a b.example/" + "x" * 2040]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
@@ -229,7 +229,7 @@ def test_php_takes_exactly_the_callback_urls_the_runner_takes(backend: str, db_u
             for url, verdict, problem in zip(URLS, verdicts, python, strict=True)}
     for url in ("http://host:80:80/", "http://host:+80/", "http://[::1/", "http://host]/", "http://[vz.x]/",
                 " http://example.com/", "http://exa\tmple.com/", "http://host: 80/", "http://u\uff20x@host/",
-                "http://[notip]/", "http://[1.2.3.4]/", "http://u[x]@host/"):
+                "http://[notip]/", "http://[1.2.3.4]/", "http://u[x]@host/", URLS[-1]):  # long, with a space
         assert said[url][0] == said[url][1]  # the same words, where parse_url did not refuse first
 
 

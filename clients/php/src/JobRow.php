@@ -245,22 +245,23 @@ final class JobRow
         }
         // The rules of the task and the keys (checkName): pdo_pgsql cut the URL at a NUL, and MariaDB stored
         // invalid UTF-8 that the runner could not read. The limit counts characters, as VARCHAR(2048) does.
+        // In Python's order (validation.callback_url_problem), so a URL wrong twice is refused in the same words.
         if (str_contains($url, "\0")) {
             throw new \InvalidArgumentException('invalid callback_url: it must not contain NUL');
         }
         if (preg_match('//u', $url) !== 1) {
             throw new \InvalidArgumentException('invalid callback_url: it must be valid UTF-8');
         }
-        if (self::length('callback_url', $url) > self::URL_LIMIT) {
-            throw new \InvalidArgumentException(
-                sprintf('invalid callback_url: longer than %d characters', self::URL_LIMIT)
-            );
-        }
         if (preg_match('/[\x00-\x20\x7f]/', $url, $blank, PREG_OFFSET_CAPTURE) === 1) {
             throw new \InvalidArgumentException(sprintf(
                 'invalid callback_url: a space or control character at position %d (percent-encode it)',
                 self::length('callback_url', substr($url, 0, $blank[0][1])),  // in characters, as Python counts
             ));
+        }
+        if (self::length('callback_url', $url) > self::URL_LIMIT) {
+            throw new \InvalidArgumentException(
+                sprintf('invalid callback_url: longer than %d characters', self::URL_LIMIT)
+            );
         }
         $parts = parse_url($url);
         if ($parts === false) {
