@@ -89,7 +89,8 @@ class SQLite(Dialect):
         def _checkin(dbapi_connection: Any, _record: Any) -> None:
             # `with_timeout` clears its deadline when the job's transaction ends; this, whatever ended it, so no
             # pooled connection interrupts the next statements run on it.
-            dbapi_connection.set_progress_handler(None, 0)
+            if dbapi_connection is not None:  # None: an invalidated connection, closed
+                dbapi_connection.set_progress_handler(None, 0)
 
         @event.listens_for(engine, "begin")
         def _begin(conn: sa.Connection) -> None:

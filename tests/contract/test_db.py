@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import sqlalchemy as sa
 
 from pending_jobs.errors import ConfigError, DatabaseUnavailable, exit_code_of
-from pending_jobs.store import Store, create_engine
+from pending_jobs.store import Store, create_engine, dialect_for
 from tests.conftest import SERVERS, scalar
 
 
@@ -171,3 +173,23 @@ def test_a_read_only_database_is_named_by_the_setting_that_made_it_so(backend: s
     store.engine.dispose()  # new sessions take the database's setting
     with pytest.raises(DatabaseUnavailable, match=r"read-only \(default_transaction_read_only=on\)"):
         store.check_writable()
+
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_an_invalidated_sqlite_connection_goes_cleanly_and_no_deadline_outlives_its_use(db_url: str) -> None:
+    """SQLite clears a statement deadline whenever a connection goes back to the pool; an invalidated one
+    comes back as None there, and the AttributeError kept a timed-out handler's connection open."""
+    engine = create_engine(db_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+            conn.invalidate()
+        with engine.connect() as conn:
+            dialect_for(conn).with_timeout(conn, [], 0.001)  # and the transaction never ended by commit/rollback
+        time.sleep(0.01)
+        with engine.connect() as conn:  # the same pooled connection: its deadline is long past
+            assert conn.exec_driver_sql("WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE "
+                                        "n < 200000) SELECT count(*) FROM c").scalar() == 200000
+    finally:
+        engine.dispose()
