@@ -48,10 +48,7 @@ def test_a_slow_filter_is_searched_in_windows_and_the_cursors_find_every_match(f
             break
         before = page.next
     assert found == expected  # each match once, newest first, none skipped
-    if dialect_for(engine).name == "sqlite":
-        assert windowed == 0  # SQLite cancels nothing: every page is the exact query's
-    else:
-        assert windowed >= 2
+    assert windowed >= 2  # SQLite too: a progress handler interrupts its read at the budget
 
 
 def test_a_full_page_from_a_window_is_the_exact_page(filled: Store, engine: sa.Engine) -> None:
