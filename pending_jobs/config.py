@@ -220,11 +220,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-def load(
-    flags: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-    config_file: str | None = None,
-) -> Settings:
+def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+         config_file: str | None = None) -> Settings:
     """Resolve every setting: flag (not None) > PENDING_JOBS_* > TOML file > default."""
     flags = flags or {}
     environ = os.environ if environ is None else environ
