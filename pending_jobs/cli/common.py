@@ -35,25 +35,24 @@ def argument(parse: Callable[[Any], Any]) -> Callable[[str], Any]:
     return convert
 
 
-def _queue(value: str) -> str:
-    problem = validation.queue_problem(value)  # the console's check, so both refuse the same names alike
-    if problem:
-        raise ValueError(problem)
-    return value
+def _passing(rule: Callable[[str], str | None]) -> Callable[[str], str]:
+    """A parser from a validation rule (why a value is refused, or None): the value, or ValueError saying why."""
 
+    def check(value: str) -> str:
+        problem = rule(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
-def _text(value: str) -> str:
-    problem = validation.text_problem(value)  # invalid UTF-8 in argv reached the driver: UnicodeEncodeError
-    if problem:
-        raise ValueError(problem)
-    return value
+    check.__name__ = rule.__name__
+    return check
 
 
 DURATION = argument(config.duration)
 AGE = argument(validation.age)  # how long ago, for a filter or a purge: bounded, see validation.AGE
 JOB_ID = argument(validation.job_id)
-QUEUE = argument(_queue)
-TEXT = argument(_text)
+QUEUE = argument(_passing(validation.queue_problem))  # the console's check, so both refuse the same names alike
+TEXT = argument(_passing(validation.text_problem))  # invalid UTF-8 in argv reached the driver: UnicodeEncodeError
 INTEGER = argument(config.integer)
 LIST_LIMIT = 1_000_000  # rows a listing prints; beyond it a LIMIT overflows a database's integer or its memory
 
