@@ -313,6 +313,22 @@ def holds_connection_then_hangs(payload: dict[str, Any], ctx: Context) -> None:
     time.sleep(float(payload.get("seconds", 30)))
 
 
+SPIN = "WITH RECURSIVE spin(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM spin) SELECT COUNT(*) FROM spin"
+
+
+@task("spins_in_sql", timeout=1.0)
+def spins_in_sql(payload: dict[str, Any], ctx: Context) -> None:
+    """Writes through ctx.connection, then runs a statement that never ends, and another whenever one fails:
+    the thread is inside the database (SQLite: inside the library) when its timeout comes."""
+    ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'spun')"), {"id": ctx.job_id})
+    ends = time.monotonic() + float(payload.get("seconds", 20))
+    while time.monotonic() < ends:
+        try:
+            ctx.connection.execute(sa.text(SPIN)).scalar()
+        except Exception:
+            time.sleep(0.01)
+
+
 # -- scale-suite handlers (tests/scale) ------------------------------------------------------------
 
 RUNLOG_ENV = "PENDING_JOBS_TEST_RUNLOG"

@@ -37,6 +37,7 @@ class Executor:
         self.tasks = tasks
         self.settings = settings
         self._sessions: dict[tuple[int, str], HandlerSession] = {}  # of the handlers running now
+        self._abandoned: set[tuple[int, str]] = set()  # jobs whose handler ran past its timeout and may still end
 
     def __call__(self, job: ClaimedJob) -> Outcome:
         """Check the row, run its handler, and turn what happened into an outcome. Never raises."""
@@ -44,6 +45,11 @@ class Executor:
             outcome = self._execute(job)
         except BaseException as error:  # a bug of ours or a handler's; the job still gets its reason
             outcome = self.on_error(job, error)
+        if (job.id, job.token) in self._abandoned:  # recorded and logged as timed out: the pool drops this one
+            self._abandoned.discard((job.id, job.token))
+            log.info("job %d (%s): its handler, given up on at its timeout, has ended; the timeout stands",
+                     job.id, job.task)
+            return outcome
         _log_outcome(outcome, self.limit(job)[0])
         return outcome
 
@@ -84,6 +90,7 @@ class Executor:
         log.warning("job %d (%s) timed out after %ss", job.id, job.task, timeout)
         session = self._sessions.pop((job.id, job.token), None)
         if session is not None:
+            self._abandoned.add((job.id, job.token))
             session.abandon()
         outcome = self.failure(job, f"TimeoutError: handler ran longer than {timeout}s")
         _log_outcome(outcome, self.limit(job)[0])

@@ -1,8 +1,7 @@
 """The SQL that differs between databases, behind one small API (Oban's engines, in Python).
 
-`Dialect` holds what PostgreSQL and SQLite share; `mysql.py`, `postgres.py` and `sqlite.py` each override what
-their database does differently, and nothing outside those three files asks which database it is. The
-store's verbs (base.py, callbacks.py, ops.py, runs.py) are written once on top of this API:
+`Dialect` holds what PostgreSQL and SQLite share; `mysql.py`, `postgres.py` and `sqlite.py` override what differs,
+and nothing else asks which database it is. The store's verbs (base.py, ops.py, …) are written once on this API:
 
 - `cached(key, build)`: a hot-path statement built once per dialect, every varying value a bindparam;
 - `after(seconds)`: the database clock plus seconds (an SQL expression); `id_in()`: `id` is among the `ids`;
@@ -14,6 +13,7 @@ store's verbs (base.py, callbacks.py, ops.py, runs.py) are written once on top o
 - `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once; `insert_ignore(table)`
   skips rows whose key exists (limit scopes, schedules); `upsert_add(table, column)` adds to it (totals);
 - `engine(url)`: an engine for job work (driver, session settings, pool hooks); `migrating`: DDL lock waits bounded;
+  `abandon(conn)`: close a timed-out handler's connection from the runner's thread;
 - `retryable`, `connection_lost`, `unavailable`, `session_changed`: what a driver error means, by its code;
 - `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
   what a declared `sql` task (pending_jobs.declared) needs of its database.
@@ -101,6 +101,10 @@ class Dialect:
         """Whether the driver knows a transaction is open on this connection (True when it cannot tell)."""
         return True
 
+    def abandon(self, conn: sa.Connection) -> None:
+        """Close a timed-out handler's connection from the runner's thread (the network drivers allow it). May raise."""
+        conn.invalidate()
+
     def retryable(self, error: BaseException) -> bool:
         """A deadlock or lock-wait timeout: the transaction may simply be run again."""
         return False
@@ -182,11 +186,8 @@ class Dialect:
     # -- statements ----------------------------------------------------------------------------
 
     def cached(self, key: tuple[Any, ...], build: Callable[[], S]) -> S:
-        """A hot-path statement built once, with every varying value a named bindparam.
-
-        Reusing the same object lets SQLAlchemy skip rebuilding it and recomputing its cache key
-        (which it memoises on the object), and the compiled form comes straight from the cache.
-        """
+        """A hot-path statement built once, every varying value a named bindparam: SQLAlchemy memoises its
+        cache key on the object, and its compiled form comes straight from the cache."""
         stmt = self._statements.get(key)
         if stmt is None:
             stmt = self._statements[key] = build()
@@ -274,9 +275,8 @@ class Dialect:
         return None
 
     def never_due(self, run_at: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
-        """A condition true where a pending job's run_at will never pass the claim's test (`run_at <= now`) as the
-        database compares what it holds (SQLite: text such as 'tomorrow' sorts after every time), or None where
-        every value the column can hold comes due."""
+        """A condition true where a pending job's run_at never passes the claim's `run_at <= now` as the database
+        compares it (SQLite: text such as 'tomorrow' sorts after every time), or None where every value comes due."""
         unreadable = self.unreadable_time(run_at)
         return None if unreadable is None else sa.and_(unreadable, sa.not_(run_at <= db_now()))
 

@@ -34,6 +34,7 @@ class HandlerSession:
         self._store = store
         self._job = job
         self._connection: sa.Connection | None = None
+        self._abandoned = False  # timed out: the runner closed the connection (or its first use after will)
 
     @property
     def opened(self) -> bool:
@@ -63,6 +64,9 @@ class HandlerSession:
         conn, self._connection = self._connection, None
         if conn is None:
             raise RuntimeError("commit_success without an open handler transaction")
+        if self._abandoned:  # its outcome was recorded when it timed out
+            _discard(conn, self._job.id)
+            return "stale", ""
         try:
             with conn:
                 try:
@@ -92,12 +96,9 @@ class HandlerSession:
         conn = self._connection
         if conn is None:
             return
+        self._abandoned = True
         try:
-            raw = conn.connection.dbapi_connection
-            interrupt = getattr(raw, "interrupt", None)  # sqlite3: stop a statement running in the other thread
-            if interrupt is not None:
-                interrupt()
-            conn.invalidate()
+            self._store.sql.abandon(conn)
         except Exception as error:
             log.warning("job %d: could not close its timed-out handler's connection: %s", self._job.id, error)
 
@@ -109,12 +110,8 @@ class HandlerSession:
         conn, self._connection = self._connection, None
         if conn is None:
             return
-        if _session_changed(self._store.sql, error):
-            try:
-                conn.invalidate()
-                conn.close()
-            except Exception:
-                log.debug("job %d: invalidating its connection failed", self._job.id, exc_info=True)
+        if self._abandoned or _session_changed(self._store.sql, error):
+            _discard(conn, self._job.id)
             return
         try:
             conn.rollback()
@@ -134,3 +131,12 @@ def _session_changed(sql: Dialect, error: BaseException | None) -> bool:
             break
         error = error.__cause__ or error.__context__
     return isinstance(error, exc.DBAPIError) and sql.session_changed(error)
+
+
+def _discard(conn: sa.Connection, job_id: int) -> None:
+    """Close `conn` for good, not back to the pool (on the handler's thread: safe wherever it had got to)."""
+    try:
+        conn.invalidate()
+        conn.close()
+    except Exception:
+        log.debug("job %d: invalidating its connection failed", job_id, exc_info=True)

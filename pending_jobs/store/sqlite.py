@@ -23,6 +23,7 @@ from ..schema import db_now
 from ..schema import pending_jobs as J
 from .dialect import Dialect
 from .history import add as add_errors
+from .sqlite_guard import STOP_WAIT, GuardedConnection
 
 # SQLite's primary result codes (the low byte of an extended code).
 BUSY, LOCKED = 5, 6  # another connection holds the write lock: retry
@@ -73,7 +74,8 @@ class SQLite(Dialect):
             raise ConfigError(f"database_url: there is no SQLite file {path} (a typo? `pending-jobs migrate` creates "
                               "the jobs database)")
         options = {"pool_size": pool_size, "max_overflow": pool_size, "hide_parameters": True, **options}
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **options)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30,
+                                                     "factory": GuardedConnection}, **options)
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -99,6 +101,12 @@ class SQLite(Dialect):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
+
+    def abandon(self, conn: sa.Connection) -> None:
+        raw: GuardedConnection = conn.connection.dbapi_connection  # type: ignore[assignment]
+        if not raw.close_under(conn.invalidate):
+            raise RuntimeError(f"its thread stayed inside SQLite for {STOP_WAIT:g}s though interrupted (waiting for "
+                               "a lock?); its transaction ends when that call returns")
 
     def retryable(self, error: BaseException) -> bool:
         return _primary_code(error) in (BUSY, LOCKED)

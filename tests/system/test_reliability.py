@@ -59,6 +59,23 @@ def test_a_timed_out_handler_holding_its_connection_does_not_freeze_the_run(db_u
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_handlers_timed_out_inside_sqlite_do_not_crash_the_run(db_url: str, engine: sa.Engine) -> None:
+    # The runner closed a timed-out handler's connection from its own thread while the handler's thread was
+    # still inside SQLite: the process died (SIGSEGV), its jobs left running until their leases expired.
+    spinners = [enqueue(engine, "spins_in_sql", {"seconds": 20}, max_attempts=1) for _ in range(6)]
+    others = [enqueue(engine, "echo", {"n": n}) for n in range(5)]
+    done = cli("run", "--concurrency", "2", "--drain", env=env_for(db_url), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert rows(engine, "SELECT status, COUNT(*) FROM pending_jobs GROUP BY status ORDER BY status") == [
+        ("failed", 6), ("succeeded", 5)]
+    for job in spinners:
+        assert "TimeoutError: handler ran longer than 1.0s" in scalar(
+            engine, f"SELECT last_error FROM pending_jobs WHERE id = {job}")
+    assert scalar(engine, "SELECT COUNT(*) FROM ledger") == 0  # every spinner's write rolled back
+    assert len(others) == 5
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 @pytest.mark.parametrize("args", [
     ["purge", "--older-than=-7d"], ["list", "--since", "nan"], ["list", "--since", "inf"],
     ["enqueue", "echo", "--delay", "inf"], ["show", str(2**64)], ["retry", "99999999999999999999999"],
