@@ -9,6 +9,7 @@ Threads are daemons: a handler that never returns cannot keep the process alive.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -127,14 +128,22 @@ class WorkerPool(Generic[T, R]):
                 self._in_flight.discard(slot)
         return waiting
 
-    def abandon(self, slot: Slot[T], result: R) -> bool:
-        """Give up on a running item: `result` is its result now, its late one is dropped, and a fresh
-        worker keeps the pool at full strength. False when it had finished meanwhile."""
+    def abandon(self, slot: Slot[T], result: Callable[[], R]) -> bool:
+        """Give up on a running item: `result()` is its result now, its late one is dropped, and a fresh
+        worker keeps the pool at full strength. False when it had finished meanwhile (its own result stands).
+
+        The slot is given up on before `result()` runs: what that does to the running item (a timed-out
+        handler's connection cancelled and closed) makes the item end at once, and its late result must not
+        overtake the timeout's."""
         with self._lock:
             if slot not in self._in_flight or slot.finished:
                 return False
             slot.abandoned = slot.finished = True
-        self._outbox.put((slot, result))
+        try:
+            outcome = result()
+        except BaseException as error:  # the item must still end, with a reason
+            outcome = self._on_error(slot.item, error)
+        self._outbox.put((slot, outcome))
         self._add_thread()
         return True
 
@@ -168,11 +177,7 @@ class WorkerPool(Generic[T, R]):
                 if left > 0:
                     nearest = min(nearest, left)
                     continue
-                try:
-                    result = self._on_timeout(slot.item)
-                except BaseException as error:  # the item must still end, with a reason
-                    result = self._on_error(slot.item, error)
-                self.abandon(slot, result)
+                self.abandon(slot, functools.partial(self._on_timeout, slot.item))
             self._wake_at = now + nearest
             self._timed.wait(nearest)
             self._timed.clear()

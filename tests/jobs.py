@@ -329,6 +329,15 @@ def spins_in_sql(payload: dict[str, Any], ctx: Context) -> None:
             time.sleep(0.01)
 
 
+@task("waits_in_the_server", timeout=1.0)
+def waits_in_the_server(payload: dict[str, Any], ctx: Context) -> None:
+    """Writes through ctx.connection, then waits in a statement the server runs for ten minutes: the thread is
+    blocked in the driver, reading the answer, when its timeout comes."""
+    ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'waited')"), {"id": ctx.job_id})
+    sleep = "SELECT pg_sleep(600)" if ctx.connection.dialect.name == "postgresql" else "SELECT SLEEP(600)"
+    ctx.connection.execute(sa.text(sleep))
+
+
 # -- scale-suite handlers (tests/scale) ------------------------------------------------------------
 
 RUNLOG_ENV = "PENDING_JOBS_TEST_RUNLOG"

@@ -8,7 +8,9 @@ READ COMMITTED (set on the engine, db.py) so no gap locks block producers' INSER
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -56,7 +58,23 @@ CONSTRAINT_PATTERNS = (
     (r"[Cc]heck constraint '([^']+)'", "constraint {}"),  # MySQL 8 CHECK
     (r"Column '([^']+)' cannot be null", "NOT NULL on column {}"),
 )
+log = logging.getLogger(__name__)
 PREPARED = "pending_jobs_check"  # MySQL protocol: a transaction is open (pymysql.constants.SERVER_STATUS)
+
+
+def _kill(engine: sa.Engine, raw: Any, sock: socket.socket | None) -> None:
+    """KILL the connection `raw` on its server, if the connection asking reaches that same server: a thread id names
+    a connection of one server only (one Galera node), so its client port must match too. Never raises."""
+    try:
+        thread_id = int(raw.thread_id())
+        host = "localhost" if sock is None or sock.family == socket.AF_UNIX else f"%:{sock.getsockname()[1]}"
+        with engine.connect() as killer:
+            same = killer.execute(sa.text("SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = :id AND HOST LIKE "
+                                          ":host"), {"id": thread_id, "host": host}).first()
+            if same is not None:
+                killer.exec_driver_sql(f"KILL CONNECTION {thread_id}")
+    except Exception as error:  # gone already, or no such right: the socket's shutdown still frees the runner
+        log.info("could not KILL a timed-out handler's connection on its server: %s", db.describe(error))
 
 
 def _on_this_machine(url: sa.URL) -> bool:
@@ -107,6 +125,21 @@ class MySQL(Dialect):
         # SELECT-only transaction reads as idle: SQLAlchemy's own COMMIT/ROLLBACK flag covers those).
         server_status = getattr(dbapi_connection, "server_status", None)
         return bool(server_status & SERVER_STATUS_IN_TRANS) if isinstance(server_status, int) else True
+
+    def abandon(self, conn: sa.Connection) -> None:
+        # Closed from here, PyMySQL waited for the handler's thread, blocked reading the answer to a statement that
+        # may run for hours (the socket reader's lock): the runner froze. And the server ran that statement on, its
+        # locks held. So: KILL the connection on its server (the statement ends, the transaction rolls back), shut
+        # the socket down (the handler's thread wakes with an error), then close it.
+        raw: Any = conn.connection.dbapi_connection
+        sock = getattr(raw, "_sock", None)  # PyMySQL's socket; None once closed
+        try:
+            _kill(conn.engine, raw, sock)
+        finally:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            conn.invalidate()
 
     def retryable(self, error: BaseException) -> bool:
         return _errno(error) in (DEADLOCK, LOCK_WAIT_TIMEOUT)

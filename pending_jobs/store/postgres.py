@@ -44,6 +44,7 @@ UNPREPARABLE = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:create|alter|d
                           r"|lock|do|call|refresh|reindex|vacuum|analyze|cluster|set|notify|copy|security|import)\b",
                           re.IGNORECASE | re.DOTALL)
 CHANNEL = "pending_jobs"  # NOTIFY channel of the INSERT trigger (migration 0003)
+ABANDON_WAIT = 0.5  # seconds `abandon` waits for a cancelled handler's thread to leave the driver
 
 
 class Postgres(Dialect):
@@ -66,6 +67,21 @@ class Postgres(Dialect):
     def in_transaction(self, dbapi_connection: Any) -> bool:
         status = getattr(getattr(dbapi_connection, "info", None), "transaction_status", None)
         return int(status) != 0 if status is not None else True  # psycopg: IDLE is 0
+
+    def abandon(self, conn: sa.Connection) -> None:
+        # psycopg holds `lock` while it is inside libpq, and a connection closed under a thread in there killed the
+        # process (SIGSEGV). So cancel the statement the handler's thread runs (the protocol's cancel request, which
+        # PgBouncer passes on), then close while holding the lock; the server rolls the transaction back.
+        raw: Any = conn.connection.dbapi_connection
+        with contextlib.suppress(Exception):  # nothing running, or the server unreachable: the close ends it
+            raw.cancel_safe(timeout=ABANDON_WAIT * 4)
+        if not raw.lock.acquire(timeout=ABANDON_WAIT):
+            raise RuntimeError(f"its thread stayed inside the driver for {ABANDON_WAIT:g}s though its statement was "
+                               "cancelled; its connection is closed when that call returns")
+        try:
+            conn.invalidate()
+        finally:
+            raw.lock.release()
 
     def retryable(self, error: BaseException) -> bool:
         return db.sqlstate(error) in SERIALIZATION

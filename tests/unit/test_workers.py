@@ -53,3 +53,32 @@ def test_items_submitted_in_batches_all_come_back() -> None:
         assert pool.busy == 0
     finally:
         pool.close()
+
+
+def test_an_item_that_ends_as_its_timeout_releases_it_gets_the_timeouts_result() -> None:
+    # Giving up on a timed-out handler cancels what it waits on, so it ends at once: its late result came out
+    # first, and the job was recorded with the cancellation's error instead of its timeout.
+    gate = threading.Event()
+
+    def work(item: int) -> str:
+        gate.wait(5)
+        return "late"
+
+    def on_timeout(item: int) -> str:
+        gate.set()  # what closing a handler's connection does to it
+        time.sleep(0.2)  # it has ended by now
+        return "timed out"
+
+    pool: WorkerPool[int, str] = WorkerPool(1, work, lambda item, error: "error", timeout_of=lambda item: 0.05,
+                                            on_timeout=on_timeout)
+    try:
+        pool.submit(1)
+        results: list[str] = []
+        deadline = time.monotonic() + 5
+        while pool.busy and time.monotonic() < deadline:
+            results.extend(result for _, result in pool.take(0.1))
+        time.sleep(0.1)  # a late result would be out by now
+        results.extend(result for _, result in pool.take(0))
+        assert results == ["timed out"]
+    finally:
+        pool.close()
