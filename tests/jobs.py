@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -336,6 +337,19 @@ def waits_in_the_server(payload: dict[str, Any], ctx: Context) -> None:
     ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'waited')"), {"id": ctx.job_id})
     sleep = "SELECT pg_sleep(600)" if ctx.connection.dialect.name == "postgresql" else "SELECT SLEEP(600)"
     ctx.connection.execute(sa.text(sleep))
+
+
+@task("opens_connection_after_timeout", timeout=1.0)
+def opens_connection_after_timeout(payload: dict[str, Any], ctx: Context) -> None:
+    """Sleeps past its timeout, then asks for ctx.connection (and would hold SQLite's write lock in a statement
+    that never ends); what asking raised goes to the file `report`."""
+    time.sleep(float(payload.get("before", 1.5)))
+    try:
+        ctx.connection.execute(sa.text("INSERT INTO ledger (job_id, note) VALUES (:id, 'late')"), {"id": ctx.job_id})
+        ctx.connection.execute(sa.text(SPIN)).scalar()
+    except Exception as error:
+        Path(payload["report"]).write_text(f"{type(error).__name__}: {error}")
+        raise
 
 
 # -- scale-suite handlers (tests/scale) ------------------------------------------------------------

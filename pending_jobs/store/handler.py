@@ -8,6 +8,7 @@ transaction, fenced by the lease token, so they happen exactly once. The executo
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Verdict = Literal["recorded", "stale", "error"]
+ABANDONED = "the job ran past its task's timeout: its ctx.connection is closed"
 
 
 class HandlerSession:
@@ -34,7 +36,8 @@ class HandlerSession:
         self._store = store
         self._job = job
         self._connection: sa.Connection | None = None
-        self._abandoned = False  # timed out: the runner closed the connection (or its first use after will)
+        self._abandoned = False  # timed out: the runner closed the connection, and none may be opened after
+        self._lock = threading.Lock()  # between the handler's thread opening the connection and `abandon`
 
     @property
     def opened(self) -> bool:
@@ -45,8 +48,16 @@ class HandlerSession:
     def connection(self) -> sa.Connection:
         """The connection, in a transaction (opened on first use)."""
         if self._connection is None:
-            self._connection = self._store.engine.connect()
-            self._connection.begin()
+            if self._abandoned:
+                raise TimeoutError(ABANDONED)
+            conn = self._store.engine.connect()  # may wait for the pool, and begin() for SQLite's write lock
+            conn.begin()
+            with self._lock:
+                if not self._abandoned:
+                    self._connection = conn
+            if self._connection is not conn:  # timed out meanwhile: nothing would end this transaction
+                _discard(conn, self._job.id)
+                raise TimeoutError(ABANDONED)
         return self._connection
 
     def cancel_requested(self) -> bool:
@@ -93,14 +104,16 @@ class HandlerSession:
         """The handler timed out and is left running: close its connection from this (another) thread, so
         its open transaction is rolled back and its locks go (SQLite: the one write lock every other
         transaction waits for). Never raises; the handler's next use of the connection fails."""
-        conn = self._connection
-        if conn is None:
+        with self._lock:
+            self._abandoned = True
+            conn = self._connection
+        if conn is None or conn.closed:  # none opened (and none will be), or the handler's thread ended it
             return
-        self._abandoned = True
         try:
             self._store.sql.abandon(conn)
         except Exception as error:
-            log.warning("job %d: could not close its timed-out handler's connection: %s", self._job.id, error)
+            if not conn.closed:  # else the handler's thread ended it meanwhile
+                log.warning("job %d: could not close its timed-out handler's connection: %s", self._job.id, error)
 
     def rollback(self, error: BaseException | None = None) -> None:
         """Discard the handler's writes. Never raises: a dead connection has nothing left to roll back,

@@ -49,7 +49,10 @@ class GuardedConnection(sqlite3.Connection):
             self.entry.release()
 
     def cursor(self, factory: Any = None) -> Any:
-        cursor = super().cursor(factory or GuardedCursor)
+        return self.guarded(self._new_cursor, factory or GuardedCursor)  # `_end` reads `cursors` holding `entry`
+
+    def _new_cursor(self, factory: Any) -> Any:
+        cursor = super().cursor(factory)
         self.cursors.add(cursor)
         return cursor
 

@@ -94,6 +94,8 @@ def test_a_connection_between_calls_is_rolled_back_and_closed_at_once(path: Path
     with pytest.raises(sqlite3.ProgrammingError, match="closed"):
         reading.fetchone()
     cursor.close()  # the handler's clean-up on a closed connection raises nothing
+    with pytest.raises(sqlite3.ProgrammingError, match="timeout"):  # made under `entry`, as `_end` reads them
+        conn.cursor()
 
 
 def test_a_call_waiting_for_another_connections_lock_ends_the_connection_itself(path: Path) -> None:

@@ -5,6 +5,7 @@ nothing a producer wrote can drive the terminal, and refused credentials are a c
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -73,6 +74,25 @@ def test_handlers_timed_out_inside_sqlite_do_not_crash_the_run(db_url: str, engi
         assert "TimeoutError: handler ran longer than 1.0s" in scalar(
             engine, f"SELECT last_error FROM pending_jobs WHERE id = {job}")
     assert scalar(engine, "SELECT COUNT(*) FROM ledger") == 0  # every spinner's write rolled back
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+def test_a_handler_past_its_timeout_cannot_open_its_connection(db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    # Timed out before it had opened ctx.connection, nothing was closed for it: opened afterwards, its transaction
+    # was watched by nothing (SQLite: it held the one write lock while its statement ran on).
+    report = tmp_path / "report"
+    late = enqueue(engine, "opens_connection_after_timeout", {"report": str(report)}, max_attempts=1)
+    enqueue(engine, "sleep", {"seconds": 4})  # the run outlives the abandoned handler's sleep
+    for n in range(2):
+        enqueue(engine, "echo", {"n": n})
+    done = cli("run", "--drain", "--concurrency", "2", env=env_for(db_url), timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert report.read_text() == "TimeoutError: the job ran past its task's timeout: its ctx.connection is closed"
+    assert rows(engine, "SELECT status, COUNT(*) FROM pending_jobs GROUP BY status ORDER BY status") == [
+        ("failed", 1), ("succeeded", 3)]
+    assert "TimeoutError: handler ran longer than 1.0s" in scalar(
+        engine, f"SELECT last_error FROM pending_jobs WHERE id = {late}")
+    assert scalar(engine, "SELECT COUNT(*) FROM ledger") == 0
 
 
 @pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)
