@@ -51,7 +51,11 @@ class HandlerSession:
             if self._abandoned:
                 raise TimeoutError(ABANDONED)
             conn = self._store.engine.connect()  # may wait for the pool, and begin() for SQLite's write lock
-            conn.begin()
+            try:
+                conn.begin()
+            except BaseException:
+                conn.close()
+                raise
             with self._lock:
                 if not self._abandoned:
                     self._connection = conn
