@@ -37,7 +37,6 @@ class Executor:
         self.tasks = tasks
         self.settings = settings
         self._sessions: dict[tuple[int, str], HandlerSession] = {}  # of the handlers running now
-        self._abandoned: set[tuple[int, str]] = set()  # jobs whose handler ran past its timeout and may still end
 
     def __call__(self, job: ClaimedJob) -> Outcome:
         """Check the row, run its handler, and turn what happened into an outcome. Never raises."""
@@ -45,11 +44,6 @@ class Executor:
             outcome = self._execute(job)
         except BaseException as error:  # a bug of ours or a handler's; the job still gets its reason
             outcome = self.on_error(job, error)
-        if (job.id, job.token) in self._abandoned:  # recorded and logged as timed out: the pool drops this one
-            self._abandoned.discard((job.id, job.token))
-            log.info("job %d (%s): its handler, given up on at its timeout, has ended; the timeout stands",
-                     job.id, job.task)
-            return outcome
         _log_outcome(outcome, self.limit(job)[0])
         return outcome
 
@@ -79,9 +73,14 @@ class Executor:
         key = (job.id, job.token)
         self._sessions[key] = session
         try:
-            return self._run(task, job, payload, session, time.monotonic() + task.timeout)
+            outcome = self._run(task, job, payload, session, time.monotonic() + task.timeout)
         finally:
-            self._sessions.pop(key, None)
+            abandoned = self._sessions.pop(key, None) is None  # `timed_out` took it
+        if abandoned:  # its outcome, the timeout, was recorded and logged then: the pool drops this late one
+            log.info("job %d (%s): its handler, given up on at its timeout, has ended; the timeout stands",
+                     job.id, job.task)
+            return Outcome(job, "dropped")
+        return outcome
 
     def timed_out(self, job: ClaimedJob) -> Outcome:
         """The outcome of a job whose handler ran past its timeout (it is left running, abandoned); its
@@ -90,7 +89,6 @@ class Executor:
         log.warning("job %d (%s) timed out after %ss", job.id, job.task, timeout)
         session = self._sessions.pop((job.id, job.token), None)
         if session is not None:
-            self._abandoned.add((job.id, job.token))
             session.abandon()
         outcome = self.failure(job, f"TimeoutError: handler ran longer than {timeout}s")
         _log_outcome(outcome, self.limit(job)[0])

@@ -59,21 +59,28 @@ def test_a_timed_out_handler_holding_its_connection_does_not_freeze_the_run(db_u
     assert scalar(engine, f"SELECT COUNT(*) FROM ledger WHERE job_id = {hung}") == 0  # its write rolled back
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_handlers_timed_out_inside_sqlite_do_not_crash_the_run(db_url: str, engine: sa.Engine) -> None:
-    # The runner closed a timed-out handler's connection from its own thread while the handler's thread was
-    # still inside SQLite: the process died (SIGSEGV), its jobs left running until their leases expired.
-    spinners = [enqueue(engine, "spins_in_sql", {"seconds": 20}, max_attempts=1) for _ in range(6)]
+def run_past_timeouts(db_url: str, engine: sa.Engine, task: str, count: int) -> None:
+    """`count` jobs of `task` (each writes a ledger row, then outlives its 1 s timeout inside a statement) among five
+    others, drained at concurrency 2: the run ends 0, every timed-out job failed with its timeout and wrote nothing,
+    every other job succeeded."""
+    timed_out = [enqueue(engine, task, {"seconds": 20}, max_attempts=1) for _ in range(count)]
     for n in range(5):
         enqueue(engine, "echo", {"n": n})
     done = cli("run", "--concurrency", "2", "--drain", env=env_for(db_url), timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert rows(engine, "SELECT status, COUNT(*) FROM pending_jobs GROUP BY status ORDER BY status") == [
-        ("failed", 6), ("succeeded", 5)]
-    for job in spinners:
+        ("failed", count), ("succeeded", 5)]
+    for job in timed_out:
         assert "TimeoutError: handler ran longer than 1.0s" in scalar(
             engine, f"SELECT last_error FROM pending_jobs WHERE id = {job}")
-    assert scalar(engine, "SELECT COUNT(*) FROM ledger") == 0  # every spinner's write rolled back
+    assert scalar(engine, "SELECT COUNT(*) FROM ledger") == 0  # every write rolled back
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+def test_handlers_timed_out_inside_sqlite_do_not_crash_the_run(db_url: str, engine: sa.Engine) -> None:
+    # The runner closed a timed-out handler's connection from its own thread while the handler's thread was
+    # still inside SQLite: the process died (SIGSEGV), its jobs left running until their leases expired.
+    run_past_timeouts(db_url, engine, "spins_in_sql", 6)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
@@ -101,17 +108,7 @@ def test_handlers_timed_out_waiting_in_the_server_neither_crash_nor_freeze_the_r
     # Closing a handler's connection from the runner's thread while the handler's thread waited in the driver killed
     # the run on PostgreSQL (SIGSEGV) and froze it on MariaDB (PyMySQL's close waited for the reader); and the
     # server ran the statement on, its locks held.
-    waiting = [enqueue(engine, "waits_in_the_server", {}, max_attempts=1) for _ in range(4)]
-    for n in range(5):
-        enqueue(engine, "echo", {"n": n})
-    done = cli("run", "--concurrency", "2", "--drain", env=env_for(db_url), timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert rows(engine, "SELECT status, COUNT(*) FROM pending_jobs GROUP BY status ORDER BY status") == [
-        ("failed", 4), ("succeeded", 5)]
-    for job in waiting:
-        assert "TimeoutError: handler ran longer than 1.0s" in scalar(
-            engine, f"SELECT last_error FROM pending_jobs WHERE id = {job}")
-    assert scalar(engine, "SELECT COUNT(*) FROM ledger") == 0  # every write rolled back
+    run_past_timeouts(db_url, engine, "waits_in_the_server", 4)
     sleeping = ("SELECT COUNT(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)' AND state = 'active' "
                 "AND datname = current_database()" if engine.dialect.name == "postgresql" else
                 "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(600)' "
