@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,11 @@ from .history import forget
 PURGE_BATCH = 1000  # rows per DELETE, so a big purge never holds locks for long
 RETENTION_BATCHES = 10  # per run: a large backlog is worked off over several runs
 PURGEABLE = frozenset(TERMINAL_VALUES)
+
+
+def _like(text: str) -> str:
+    """A LIKE pattern matching `text` anywhere (its own %, _ and \\ taken literally)."""
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,9 +88,13 @@ class OpsStore:
         if f.until is not None:
             where.append(J.c.created_at <= self.ago(f.until))
         if f.text:
-            pattern = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            where.append(sa.or_(sa.cast(J.c.payload, sa.Text).like(pattern, escape="\\"),
-                                J.c.last_error.like(pattern, escape="\\")))
+            payload = sa.cast(J.c.payload, sa.Text)
+            # The payload's text as stored: SQLAlchemy's json.dumps on SQLite and MariaDB writes `Zürich` as
+            # `Z\u00fcrich` (PHP's json_encode too), PostgreSQL's jsonb as it is; so the text is looked for both
+            # ways (one needle when the text holds nothing JSON escapes).
+            needles = dict.fromkeys((f.text, json.dumps(f.text)[1:-1]))
+            where.append(sa.or_(*(payload.like(_like(needle), escape="\\") for needle in needles),
+                                J.c.last_error.like(_like(f.text), escape="\\")))
         if f.callback_status == "none":
             where.append(J.c.callback_status.is_(None))
         elif f.callback_status is not None:

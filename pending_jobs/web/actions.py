@@ -64,12 +64,17 @@ def perform(store: Store, actor: str, action: str, given: Mapping[str, Any]) -> 
         job_id = _job_id(params.get("job_id"))
         if action == "retry":
             done = ops.retry(job_id)
-            message = f"job {job_id} is pending again" if done else f"job {job_id} is not finished: not retried"
+            if done:
+                message = f"job {job_id} is pending again"
+            else:  # as `pending-jobs retry` says it: a job that is not there is not "not finished"
+                message = (f"job {job_id} is not finished: not retried" if store.get(job_id) is not None
+                           else f"job {job_id} does not exist: not retried")
         elif action == "cancel":
             outcome = ops.cancel(job_id)
             done = outcome in ("done", "requested")
             message = {"done": f"job {job_id} cancelled",
-                       "requested": f"job {job_id} is running: its handler is asked to stop"}.get(
+                       "requested": f"job {job_id} is running: its handler is asked to stop",
+                       "missing": f"job {job_id} does not exist: not cancelled"}.get(
                 outcome, f"job {job_id} is {outcome}: not cancelled")
         else:
             done = CallbackStore(store).retry(job_id)

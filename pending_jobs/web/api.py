@@ -20,6 +20,7 @@ from ..store.console import ConsoleStore
 from ..version import __version__
 from . import views
 from .actions import NAMES, perform
+from .paths import JOB
 from .security import Csrf
 from .views import BadRequest
 
@@ -86,7 +87,7 @@ def api_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
         return JSONResponse({"changed": done, "message": message})
 
     routes: list[BaseRoute] = [
-        Route("/api/overview", overview), Route("/api/jobs", jobs), Route("/api/jobs/{job_id:int}", job),
+        Route("/api/overview", overview), Route("/api/jobs", jobs), Route(f"/api/jobs/{JOB}", job),
         Route("/api/runs", runs), Route("/api/audit", audit), Route("/api/openapi.json", openapi),
     ]
     if not read_only:

@@ -10,6 +10,7 @@ import urllib.parse
 from typing import Any
 
 import jinja2
+import markupsafe
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
@@ -20,6 +21,7 @@ from ..store import RunStore, Store
 from ..store.console import BULK_LIMIT, ConsoleStore
 from . import views
 from .actions import perform
+from .paths import JOB
 from .security import Csrf
 from .views import BadRequest
 
@@ -34,6 +36,9 @@ ENV.filters["when"] = lambda value: value.replace("T", " ")[:19] if isinstance(v
 ENV.filters["secs"] = lambda value: "-" if value is None else f"{value:.1f} s" if value < 120 else (
     f"{value / 60:.1f} min" if value < 7200 else f"{value / 3600:.1f} h")
 ENV.filters["query"] = lambda params: urllib.parse.urlencode(params)
+# A form field's value goes back to the server as it is: escaped for HTML only, never given the printable
+# escapes above (a hidden `queue` of `ventes\xa0fr` posted the text `ventes\\xa0fr`: Pause paused another queue).
+ENV.filters["field"] = lambda value: markupsafe.escape(str(value))
 
 
 def base_context(request: Request, csrf: Csrf, read_only: bool) -> dict[str, Any]:
@@ -133,7 +138,7 @@ def page_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
         Route("/", page("overview", "overview.html")),
         Route("/jobs", page("jobs", "jobs.html")),
         Route("/jobs/bulk", confirm),
-        Route("/jobs/{job_id:int}", page("job", "job.html")),
+        Route(f"/jobs/{JOB}", page("job", "job.html")),
         Route("/runs", page("runs", "runs.html")),
         Route("/audit", page("audit", "audit.html")),
     ]

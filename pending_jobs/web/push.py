@@ -33,6 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from ..errors import ConfigError
 from ..store import Store
 from ..store.push import JobEnd
+from .paths import JOB
 from .push_hub import Full, PushHub, Stopped, Subscription
 
 Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
@@ -253,8 +254,8 @@ class _EventsEndpoint:
 
 def push_routes(hub: PushHub) -> list[BaseRoute]:
     """The two push endpoints, to mount in the application (the hub is started in its lifespan)."""
-    return [WebSocketRoute("/push/jobs/{job_id:int}/ws", _WebSocketEndpoint(hub), name="push_ws"),
-            Route("/push/jobs/{job_id:int}/events", _EventsEndpoint(hub), name="push_events")]
+    return [WebSocketRoute(f"/push/jobs/{JOB}/ws", _WebSocketEndpoint(hub), name="push_ws"),
+            Route(f"/push/jobs/{JOB}/events", _EventsEndpoint(hub), name="push_events")]
 
 
 def push_mount(settings: PushSettings, store: Store) -> tuple[list[BaseRoute], Lifespan, PushHub]:

@@ -110,11 +110,18 @@ def _bounded(name: str, value: str | None, limit: int) -> str | None:
     return value
 
 
+def _seconds(value: float | None) -> str:
+    """An age as text that reads back as the same number (`:g` kept 6 digits: 1234567 s became 1.23457e+06,
+    and the confirmed bulk action or the next page used another time window than the one counted)."""
+    if value is None:
+        return ""
+    return str(int(value)) if value.is_integer() else repr(value)
+
+
 def filter_params(f: JobFilter) -> dict[str, str]:
     """The query string of a filter (links to the next page, the bulk confirmation, the live stream)."""
     values = {"status": ",".join(f.statuses), "queue": f.queue or "", "task": f.task or "",
-              "since": f"{f.since:g}" if f.since is not None else "", "until": f"{f.until:g}" if f.until is not None
-              else "", "q": f.text or ""}
+              "since": _seconds(f.since), "until": _seconds(f.until), "q": f.text or ""}
     return {k: v for k, v in values.items() if v}
 
 
