@@ -180,10 +180,11 @@ class ConsoleStore:
 
     # -- jobs -------------------------------------------------------------------------------------
 
-    def jobs(self, f: JobFilter, before: int | None = None, limit: int = 50) -> JobPage:
+    def jobs(self, f: JobFilter, before: int | None = None, limit: int = 50, bodies: bool = True) -> JobPage:
         """A page of jobs matching the filter, newest first, with ids below `before`, and the cursor of the
-        next page. Keyset: the primary key serves the order whatever the page; bounded in time (joblist.py)."""
-        return joblist.page(self.store, self.ops.where(f), before, max(1, min(limit, 500)))
+        next page. Keyset: the primary key serves the order whatever the page; bounded in time (joblist.py).
+        Without `bodies`, the jobs' payload and result are None (not read)."""
+        return joblist.page(self.store, self.ops.where(f), before, max(1, min(limit, 500)), bodies)
 
     def count(self, f: JobFilter) -> int:
         """How many jobs match the filter (what a bulk action would change at most)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -22,7 +23,7 @@ from sqlalchemy import exc
 from ..models import Job
 from ..schema import pending_jobs as J
 from .base import Store
-from .columns import JOB_COLUMNS
+from .columns import JOB_COLUMNS, LIST_COLUMNS
 
 BUDGET = 0.1
 """Seconds the exact query may take before the page is searched in a window instead."""
@@ -41,11 +42,14 @@ class JobPage:
     up to the cursor only; older ones may match too (the next page searches them)."""
 
 
-def page(store: Store, where: Sequence[sa.ColumnElement[bool]], before: int | None, limit: int) -> JobPage:
-    """Up to `limit` jobs matching `where` with ids below `before`, newest first."""
+def page(store: Store, where: Sequence[sa.ColumnElement[bool]], before: int | None, limit: int,
+         bodies: bool = True) -> JobPage:
+    """Up to `limit` jobs matching `where` with ids below `before`, newest first; without their payload and
+    result (None) unless `bodies`."""
     budget, window = BUDGET, WINDOW  # read at each call (tests lower them)
     below = [J.c.id < before] if before is not None else []
-    stmt = sa.select(*JOB_COLUMNS).where(*where, *below).order_by(J.c.id.desc()).limit(limit + 1)
+    columns = JOB_COLUMNS if bodies else LIST_COLUMNS
+    stmt = sa.select(*columns).where(*where, *below).order_by(J.c.id.desc()).limit(limit + 1)
 
     def exact(conn: sa.Connection) -> list[Job]:
         with store.sql.time_limit(conn, budget):
@@ -56,19 +60,19 @@ def page(store: Store, where: Sequence[sa.ColumnElement[bool]], before: int | No
     except exc.DBAPIError as error:
         if not store.sql.timed_out(error):
             raise
-        return _windowed(store, where, below, limit, window)
+        return _windowed(store, columns, where, below, limit, window)
     return JobPage(found[:limit], found[limit - 1].id if len(found) > limit else None)
 
 
-def _windowed(store: Store, where: Sequence[sa.ColumnElement[bool]], below: list[sa.ColumnElement[bool]],
-              limit: int, window: int) -> JobPage:
+def _windowed(store: Store, columns: Sequence[sa.ColumnElement[Any]], where: Sequence[sa.ColumnElement[bool]],
+              below: list[sa.ColumnElement[bool]], limit: int, window: int) -> JobPage:
     """The matches among the `window` newest ids below the cursor (by the primary key, whatever the filter)."""
     edge = sa.select(J.c.id).where(*below).order_by(J.c.id.desc()).offset(window - 1).limit(1)
 
     def work(conn: sa.Connection) -> tuple[int | None, list[Job]]:
         lowest = conn.execute(edge).scalar_one_or_none()  # None: the window reaches the oldest job
         inside = [J.c.id >= lowest] if lowest is not None else []
-        stmt = sa.select(*JOB_COLUMNS).where(*where, *below, *inside).order_by(J.c.id.desc()).limit(limit + 1)
+        stmt = sa.select(*columns).where(*where, *below, *inside).order_by(J.c.id.desc()).limit(limit + 1)
         return lowest, [Job.from_row(row) for row in conn.execute(stmt).mappings()]
 
     lowest, found = store.read(work)

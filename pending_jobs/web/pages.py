@@ -74,8 +74,9 @@ def fragment(view: str, store: Store, params: dict[str, str], context: dict[str,
     if view == "jobs":
         f = views.filter_from(params)
         before, limit = views.page_args(params)
-        return "_jobs.html", {**context, **views.jobs(store, f, before, limit), "filter": views.filter_params(f),
-                              "before": before}
+        # The list shows no payload or result: not read (a megabyte each, at every refresh of the page).
+        return "_jobs.html", {**context, **views.jobs(store, f, before, limit, bodies=False),
+                              "filter": views.filter_params(f), "before": before}
     if view == "job":
         return "_job.html", {**context, "job": views.job(store, views.job_id(params.get("id")))}
     if view == "runs":

@@ -148,8 +148,8 @@ def run_data(run: Any) -> dict[str, Any]:
     return data
 
 
-def jobs(store: Store, f: JobFilter, before: int | None, limit: int) -> dict[str, Any]:
-    page = ConsoleStore(store).jobs(f, before, limit)
+def jobs(store: Store, f: JobFilter, before: int | None, limit: int, bodies: bool = True) -> dict[str, Any]:
+    page = ConsoleStore(store).jobs(f, before, limit, bodies)
     return {"jobs": [job_data(j) for j in page.jobs], "next": page.next, "searched_from": page.searched_from}
 
 

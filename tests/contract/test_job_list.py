@@ -8,6 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs.store import Store, dialect_for, joblist
+from pending_jobs.store.columns import JOB_COLUMNS, LIST_COLUMNS
 from pending_jobs.store.console import ConsoleStore
 from pending_jobs.store.ops import JobFilter
 from tests.conftest import fill_needles, rows
@@ -70,3 +71,19 @@ def test_a_cancelled_read_leaves_no_time_limit_on_the_connection(store: Store, e
                 conn.exec_driver_sql(sleep)
         assert sql.timed_out(raised.value)
         assert float(conn.exec_driver_sql(show).scalar()) == 0  # the server default: no limit
+
+
+def test_the_list_page_reads_no_payload_or_result_but_the_api_does(filled: Store) -> None:
+    """The console's list page shows neither (store/columns.py LIST_COLUMNS): not read, in a window neither."""
+    console = ConsoleStore(filled)
+    where = console.ops.where(JobFilter(text="hay"))
+    pages = [(console.jobs(f, limit=3, bodies=False), console.jobs(f, limit=3)) for f in (JobFilter(),
+                                                                                         JobFilter(text="hay"))]
+    pages.append((joblist._windowed(filled, LIST_COLUMNS, where, [], 3, 3_000),
+                  joblist._windowed(filled, JOB_COLUMNS, where, [], 3, 3_000)))
+    for bare, full in pages:
+        assert [job.id for job in bare.jobs] == [job.id for job in full.jobs] and len(bare.jobs) == 3
+        assert all(job.payload is None and job.result is None for job in bare.jobs)
+        assert all(job.payload["note"] == "hay" for job in full.jobs)
+        assert [(job.task, job.status, job.created_at) for job in bare.jobs] == \
+               [(job.task, job.status, job.created_at) for job in full.jobs]
