@@ -114,20 +114,21 @@ class Limits:
         return [scope for scope in self.scopes(queue, "", None) if scope.task is None and scope.key is None]
 
     def scopes(self, queue: str, task: str, key: str | None) -> list[Scope]:
-        """The scopes a job of `task` in `queue` with `key` falls under (per-key limits need a key)."""
+        """The scopes a job of `task` in `queue` with `key` falls under (per-key limits need a key: not None)."""
         found: list[Scope] = []
         q = self.queues.get(queue)
         if q is not None:
             if q.max_running is not None:
                 found.append(Scope(_name("queue", queue), "running", q.max_running, queue=queue))
-            if q.concurrency_limit is not None and key:
+            # '' is a key (SQL and PHP producers can write one): only NULL is no key, as documented.
+            if q.concurrency_limit is not None and key is not None:
                 found.append(Scope(_name("key:queue", queue, key), "running", q.concurrency_limit, queue=queue,
                                    key=key))
             if q.rate is not None:
                 found.append(Scope(_name("rate:queue", queue), "rate", rate=q.rate, queue=queue))
         t = self.tasks.get(task)
         if t is not None:
-            if t.concurrency_limit is not None and key:
+            if t.concurrency_limit is not None and key is not None:
                 found.append(Scope(_name("key:task", task, key), "running", t.concurrency_limit, task=task, key=key))
             if t.rate is not None:
                 found.append(Scope(_name("rate:task", task), "rate", rate=t.rate, task=task))

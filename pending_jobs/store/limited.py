@@ -86,6 +86,8 @@ class LimitedStore(Store):
             # time, the clock) cost ≈ 250 µs more of the runner's CPU a claim, with PyMySQL and psycopg alike.
             bound = self.sql.lock_cap(conn, {**params, "cap_name": cap.name}, columns.cap_room)
             busy[:] = [] if bound is not None else [True]
+            if bound is None:  # held by another runner, or deleted: then the next claim creates it again
+                self._forget_gone(conn, {cap.name})
             return bound
 
         claim = self.caught_up(queue, self._claim(("capped", *where[0]), where[1], params, limit, owner, lease,
@@ -137,6 +139,8 @@ class LimitedStore(Store):
             free = [row for row in rows if not scopes_of[row[0]]]  # under no limit: they start, whatever the rest
             admission = Admission([row for row in rows if scopes_of[row[0]]], scopes_of)
             held = {**first.held, **self._lock(conn, admission.names - first.held.keys())}
+            if unheld := admission.names - held.keys():
+                self._forget_gone(conn, unheld)
             missing.update(admission.names - held.keys() - self._known)
             self._known.update(held)
             if missing:  # admit nothing until the rows exist: the claim is made again once they do
@@ -181,6 +185,7 @@ class LimitedStore(Store):
         names = {scope.name for scope in scopes}
         held = self._lock(conn, names)
         if set(held) != names:
+            self._forget_gone(conn, names - held.keys())
             missing.update(names - held.keys() - self._known)
             return 0, BUSY_RETRY, _QueueHeld()
         # Counted in a statement of its own, after the lock is had: a count read in the locking statement
@@ -220,6 +225,18 @@ class LimitedStore(Store):
         counts = self._running(conn, full)
         return {scope for scope in full if counts[scope.name] >= scope.limit}
 
+    def _forget_gone(self, conn: sa.Connection, names: set[str]) -> None:
+        """Of scope rows a lock did not get that this store created or saw, forget those no longer there (deleted
+        by hand: the table keeps a row per key ever limited), so the claim creates them again. Without this a
+        serving run took them for rows another runner held, for ever: their jobs never started again in it.
+        A plain read, made only when a lock missed."""
+        if not (known := names & self._known):
+            return
+        stmt = self.sql.cached(("limits_exist",), lambda: sa.select(L.c.name).where(
+            L.c.name.in_(sa.bindparam("names", expanding=True))))
+        there = {row.name for row in conn.execute(stmt, {"names": sorted(known)})}
+        self._known -= known - there
+
     def _lock(self, conn: sa.Connection, names: set[str]) -> dict[str, Row[Any]]:
         """Lock the rows of these scopes, skipping those another claim holds; by name, with the clock."""
         if not names:
@@ -242,7 +259,7 @@ class LimitedStore(Store):
                 J.c.queue, J.c.task, J.c.concurrency_key,
             ).where(J.c.concurrency_key.is_not(None), J.c.concurrency_key.in_(sa.bindparam("keys", expanding=True)),
                     J.c.status == JOB_RUNNING))
-            for queue, task, key in conn.execute(stmt, {"keys": sorted({s.key for s in keyed if s.key})}):
+            for queue, task, key in conn.execute(stmt, {"keys": sorted({s.key for s in keyed if s.key is not None})}):
                 for scope in keyed:
                     if scope.key == key and scope.task in (None, task) and scope.queue in (None, queue):
                         counts[scope.name] += 1
@@ -309,8 +326,8 @@ class LimitedStore(Store):
 def _candidates(queue: str | sa.BindParameter[str], full: set[Scope], limit: int) -> sa.Select[Any]:
     """The plain claim's locking read, with the concurrency key, leaving out keys known to be full."""
     where = list(due_in(queue))
-    by_queue = sorted({scope.key for scope in full if scope.key and scope.task is None})
-    by_task = sorted({(scope.task, scope.key) for scope in full if scope.key and scope.task is not None})
+    by_queue = sorted({scope.key for scope in full if scope.key is not None and scope.task is None})
+    by_task = sorted({(scope.task, scope.key) for scope in full if scope.key is not None and scope.task is not None})
     if by_queue:
         where.append(sa.or_(J.c.concurrency_key.is_(None), J.c.concurrency_key.not_in(by_queue)))
     if by_task:

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 
 from ..errors import ConfigError, DatabaseUnavailable
 from ..models import utc
-from ..schedules import Schedule
+from ..schedules import Schedule, iso
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..schema import schedules as S
@@ -28,6 +28,12 @@ from ..validation import describe_exception
 from .base import Store
 
 log = logging.getLogger(__name__)
+
+AHEAD = 60.0
+"""Seconds a schedule's last slot may be ahead of the database clock (read as its row is locked). Further
+ahead, the clock stepped back (or the row was set by hand): the schedule goes on from its newest past slot
+instead of waiting, silent, until the clock gets back there (the slots in between that have a job keep it:
+their idempotency keys)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,12 +111,26 @@ class ScheduleStore:
         self._known.update(new)
 
     def _fire(self, conn: sa.Connection, schedule: Schedule, now: dt.datetime) -> Fired | None:
-        lock = self.sql.cached(("schedule_lock",), lambda: sa.select(S.c.last_slot).where(
+        lock = self.sql.cached(("schedule_lock",), lambda: sa.select(S.c.last_slot, db_now().label("now")).where(
             S.c.name == sa.bindparam("name", type_=sa.String)).with_for_update(skip_locked=True))
         row = conn.execute(lock, {"name": schedule.name}).one_or_none()
-        if row is None:  # another host is enqueueing it right now (or an operator removed the row)
+        if row is None:  # another host is enqueueing it right now, or an operator deleted the row (to start afresh)
+            exists = self.sql.cached(("schedule_exists",), lambda: sa.select(S.c.name).where(
+                S.c.name == sa.bindparam("name", type_=sa.String)))
+            if conn.execute(exists, {"name": schedule.name}).first() is None:
+                # Gone: the next look creates it again, at its newest past slot (a serving run went on believing
+                # it existed, and the schedule never fired again while that run lived).
+                self._known.discard(schedule.name)
             return None
         last = utc(row.last_slot) or schedule.latest_at(now)
+        clock = self.sql.clock_value(row.now)  # the database's, now: `now` may be a test's, or read a while ago
+        if clock is not None and (last - clock).total_seconds() > AHEAD:
+            fresh = schedule.latest_at(clock)
+            log.warning("schedule %s: its last slot %s is ahead of the database clock (%s): did the clock step back? "
+                        "It goes on from %s", schedule.name, iso(last), iso(clock), iso(fresh))
+            conn.execute(sa.update(S).where(S.c.name == schedule.name).values(last_slot=_naive(fresh),
+                                                                              updated_at=db_now()))
+            return None
         slots, skipped = schedule.due(last, now)
         if not slots and not skipped:
             return None

@@ -335,3 +335,43 @@ def test_a_mark_that_misses_a_locked_row_hands_out_only_the_jobs_it_marked(store
         return [job.id for job in jobs._mark(conn, [second, third], token, "runner", 60)]
 
     assert store.transaction(mark) == [ids[1]]
+
+
+@pytest.mark.parametrize("queues, tasks, key", [
+    ({"default": {"max_running": 5}}, {}, None),        # the capped claim
+    ({"default": {"concurrency_limit": 1}}, {}, "k"),   # a queue's per-key limit
+    ({}, {"noop": {"concurrency_limit": 1}}, "k"),      # a task's per-key limit
+    ({"default": {"rate_limit": "100/s"}}, {}, None),   # a queue's rate
+    ({}, {"noop": {"rate_limit": "100/s"}}, None),      # a task's rate
+])
+def test_limit_rows_deleted_while_a_run_serves_are_made_again(store: Store, engine: sa.Engine, queues: dict,
+                                                               tasks: dict, key: str | None) -> None:
+    # The table keeps a row per key ever limited; an operator clearing it must not stop a serving run's claims
+    # for good: the run took every row it had made once and could not lock for one another runner held.
+    jobs = limited(store, queues, tasks)  # one per run
+    first = enqueue(engine, "noop", {}, concurrency_key=key)
+    claim = jobs.claim("default", 10, "r", 60)
+    assert [job.id for job in claim.jobs] == [first]
+    finish(store, claim.token, succeeded=[(first, None)])
+    with engine.begin() as conn:
+        conn.execute(sa.delete(L))
+    second = enqueue(engine, "noop", {}, concurrency_key=key)
+    started = []
+    for _ in range(3):  # the first claim may find the rows gone and make them; the next one starts the job
+        started += [job.id for job in jobs.claim("default", 10, "r", 60).jobs]
+    assert started == [second]
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_job_limits") >= 1
+
+
+def test_an_empty_concurrency_key_written_by_sql_is_a_key_and_keeps_its_limit(store: Store, engine: sa.Engine) -> None:
+    # enqueue() refuses '', but the table is the contract: a PHP or SQL producer may write it (a user id that was
+    # empty). It was taken for no key, and every such job ran at once whatever the concurrency_limit.
+    with engine.begin() as conn:
+        for n in range(3):
+            conn.execute(sa.insert(J).values(task="noop", payload={"n": n}, concurrency_key=""))
+    for queues, tasks in (({"default": {"concurrency_limit": 1}}, {}), ({}, {"noop": {"concurrency_limit": 1}})):
+        jobs = limited(store, queues, tasks)
+        claim = jobs.claim("default", 10, "r", 60)
+        assert len(claim.jobs) == 1
+        assert jobs.claim("default", 10, "r2", 60).jobs == []  # the key's one slot is taken
+        assert store.release(claim.token, [claim.jobs[0].id]) == 1

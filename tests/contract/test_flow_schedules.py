@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from pending_jobs.schedules import parse
+from pending_jobs.schema import schedules as S
 from pending_jobs.store import ScheduleStore, Store
 from tests.conftest import rows
 
@@ -104,3 +105,49 @@ def test_a_schedule_whose_job_cannot_be_inserted_fails_alone(store: Store, engin
     assert [f.name for f in fired] == ["good"]
     assert keys(engine) == ["schedule:good:2026-03-29T00:51:00Z"]
     assert "schedule bad: could not enqueue its due slots: " in caplog.text
+
+
+def test_a_schedule_whose_row_is_deleted_while_a_run_serves_starts_afresh(store: Store, engine: sa.Engine) -> None:
+    # docs/flow.md: "to start afresh, delete its row first". A serving run remembered the row as created and
+    # took the missing row for one another host was busy with: the schedule never fired again in that run.
+    plan = parse({"a": {"every": "1m", "task": "tick"}})
+    schedules = ScheduleStore(store)  # one per serving run: it keeps looking while the row is deleted
+    schedules.enqueue_due(plan, now=T0)
+    schedules.enqueue_due(plan, now=T0 + dt.timedelta(minutes=1, seconds=10))
+    with engine.begin() as conn:
+        conn.execute(sa.text("DELETE FROM pending_job_schedules WHERE name = 'a'"))
+    for minutes in range(2, 6):
+        schedules.enqueue_due(plan, now=T0 + dt.timedelta(minutes=minutes, seconds=10))
+    found = keys(engine)
+    assert found[0] == "schedule:a:2026-03-29T00:51:00Z"
+    assert "schedule:a:2026-03-29T00:55:00Z" in found  # recreated at a look, then fired on as a new schedule
+    assert len(found) == len(set(found))
+    assert "a" in schedules.rows()
+
+
+def test_a_database_clock_stepped_back_does_not_hold_a_schedule_until_it_gets_there(
+        store: Store, engine: sa.Engine) -> None:
+    # The clock two hours ahead (the host's, for SQLite; the server's otherwise) when the row was last moved, then
+    # set right: no slot was enqueued for two hours, and `schedules` said "ok".
+    plan = parse({"a": {"every": "1m", "task": "tick"}})
+    schedules = ScheduleStore(store)
+    schedules.enqueue_due(plan)
+    now = schedules.now()
+    with engine.begin() as conn:
+        conn.execute(sa.update(S).values(last_slot=(now + dt.timedelta(hours=2)).replace(tzinfo=None)))
+    schedules.enqueue_due(plan)  # the database clock, as a run's looks read it
+    last = schedules.rows()["a"].last_slot
+    assert last is not None and now - dt.timedelta(minutes=1) <= last <= schedules.now()
+    fired = schedules.enqueue_due(plan, now=now + dt.timedelta(seconds=61))
+    assert [len(f.slots) for f in fired] == [1]
+
+
+def test_a_last_slot_a_little_ahead_of_the_database_clock_changes_nothing(store: Store, engine: sa.Engine) -> None:
+    plan = parse({"a": {"every": "10s", "task": "tick"}})
+    schedules = ScheduleStore(store)
+    schedules.enqueue_due(plan)
+    ahead = plan["a"].latest_at(schedules.now() + dt.timedelta(seconds=30))  # a host with a later clock moved it on
+    with engine.begin() as conn:
+        conn.execute(sa.update(S).values(last_slot=ahead.replace(tzinfo=None)))
+    assert schedules.enqueue_due(plan) == []
+    assert schedules.rows()["a"].last_slot == ahead
