@@ -170,7 +170,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("callbacks", "on", text, "on: deliver callbacks while serving jobs; off: leave them to another "
             "run; only: deliver callbacks, claim no jobs"),
     Setting("lock_file", "", text, "the serving run's lock, handed from one cron tick's run to the next "
-            "(unset: one per user, database and queues in the temp directory; none: no lock)"),
+            "(unset: one per user, database and queues in /tmp, not $TMPDIR; none: no lock)"),
     Setting("metrics_file", "", text, "write Prometheus textfile metrics here after each run"),
     Setting("log_format", "text", text, "text or json"),
     Setting("log_file", "", text, "append logs to this file instead of stderr"),

@@ -34,15 +34,33 @@ SLOT_TRIES, SLOT_RETRY = 5, 0.01  # looks at a taken `.next` before leaving, and
 
 def lock_path(database_url: str, queues: Sequence[str], callbacks: str) -> str:
     """A lock file per user, database and set of queues (two cron lines serving different queues don't
-    exclude each other), in the system's temporary directory.
+    exclude each other), in /tmp (not $TMPDIR: see lock_dir).
 
     The user id is in the name because /tmp is shared: a file another user created (mode 0644, or any
     mode under fs.protected_regular) cannot be opened for writing, so one root run would otherwise stop
     every later www-data run. Two users' runs on one database then may both serve: harmless, as claims
     are SKIP LOCKED; the lock only saves a host from starting a second run that would add nothing."""
-    key = "\n".join([database_key(database_url), ",".join(sorted(queues)), callbacks]).encode()
-    name = f"pending-jobs-{os.getuid()}-{hashlib.sha256(key).hexdigest()[:16]}.lock"
-    return os.path.join(tempfile.gettempdir(), name)
+    name = f"pending-jobs-{os.getuid()}-{lock_key(database_url, queues, callbacks)[:16]}.lock"
+    return os.path.join(lock_dir(), name)
+
+
+LOCK_DIR = "/tmp"
+
+
+def lock_dir() -> str:
+    """Where the default lock lives: /tmp, whatever TMPDIR says. Every run of the host must find the same
+    file: cron starts runs without TMPDIR, a person's shell (pam_tmpdir, a login script) often sets one,
+    and a run started there locked a file of its own and served beside cron's. The temporary directory
+    Python picks only when /tmp is unusable."""
+    if os.path.isdir(LOCK_DIR) and os.access(LOCK_DIR, os.W_OK | os.X_OK):
+        return LOCK_DIR
+    return tempfile.gettempdir()
+
+
+def lock_key(database_url: str, queues: Sequence[str], callbacks: str) -> str:
+    """What a serving run writes in its lock file: which database, queues and callbacks it serves."""
+    key = "\n".join([database_key(database_url), ",".join(sorted(queues)), callbacks])
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def database_key(database_url: str) -> str:
@@ -78,11 +96,19 @@ _DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
 _SOCKET_QUERY_KEYS = ("unix_socket", "host")
 
 
-class HostLock:
-    """The serving lock of one host (see the module's notes)."""
+class SharedLock(Exception):
+    """The lock file is held by a run serving something else (another database, other queues)."""
 
-    def __init__(self, path: str) -> None:
+
+class HostLock:
+    """The serving lock of one host (see the module's notes). `key` (lock_key) is written in the lock file by
+    the run that serves: a run of another key finding it raises SharedLock instead of waiting to take over.
+    Two databases given one `lock_file` otherwise took turns: each tick's second run made the first hand
+    over, so one database was served for a moment a minute, silently."""
+
+    def __init__(self, path: str, key: str = "") -> None:
         self.path = path
+        self.key = key
         self._serving: IO[bytes] | None = None
         self._next: IO[bytes] | None = None
         self._probe: IO[bytes] | None = None
@@ -92,8 +118,14 @@ class HostLock:
         so. False when another run already waits to take over (or waiting was given up). An OSError
         when a lock file cannot be opened (a folder that is missing, a file of another user)."""
         self._serving = _take(self.path)
-        if self._serving is None and not self._wait_to_take_over(wait):
-            return False
+        if self._serving is None:
+            self._refuse_another_key()
+            if not self._wait_to_take_over(wait):
+                return False
+        if self.key and self._serving is not None:
+            self._serving.truncate(0)  # opened to append: what is written lands at 0
+            self._serving.write(self.key.encode())
+            self._serving.flush()
         # Opened now, so a `.next` that cannot be opened stops the run before it serves (the CLI says
         # which file and why), not in the middle of serving when successor_waiting first looks.
         try:
@@ -102,6 +134,15 @@ class HostLock:
             self.release()
             raise
         return True
+
+    def _refuse_another_key(self) -> None:
+        try:
+            with open(self.path, "rb") as held:
+                serving = held.read(200).decode("ascii", "replace")
+        except OSError:
+            return
+        if self.key and serving and serving != self.key:
+            raise SharedLock(f"{self.path} is held by a run serving another database (or other queues)")
 
     def _wait_to_take_over(self, wait: Callable[[], bool]) -> bool:
         self._next = _take_waiting_slot(_next_path(self.path))

@@ -135,9 +135,19 @@ class Deliverer:
         refill = (capacity + 1) // 2
         workers: WorkerPool[DueCallback, CallbackResult] = WorkerPool(
             self.concurrency, self.attempt, self._internal_error, "pending-jobs-callback")
+        withdrawn = False
         try:
             while True:
                 stopping = stop is not None and stop.is_set()
+                if stopping and not withdrawn:
+                    # A signal: attempts under way finish, but the callbacks queued behind them (up to
+                    # QUEUED_ROUNDS rounds of requests) go back unsent, for the next run: sent after the
+                    # signal they kept a stopping run alive for minutes, past any supervisor's stop timeout.
+                    withdrawn = True
+                    for slot in workers.withdraw_unstarted():
+                        self._start_by.pop((slot.item.job_id, slot.item.token), None)
+                        batch.add([CallbackResult(slot.item, "release")])
+                        inflight -= 1
                 free = capacity - inflight
                 if not drained and not stopping and free >= refill and time.monotonic() < deadline:
                     # Started later than this, a request could outlive the lease (a slow DNS answer or

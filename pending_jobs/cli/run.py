@@ -10,7 +10,7 @@ from .. import config, declared, migrate, registry
 from ..callbacks import config_warnings
 from ..config import Settings
 from ..errors import EXIT_OK, ConfigError
-from ..handoff import HostLock, lock_path
+from ..handoff import HostLock, SharedLock, lock_key, lock_path
 from ..run import check_settings, run_once
 from ..runner import stop_on_signals
 from . import common
@@ -117,7 +117,8 @@ def _lock(settings: Settings, job_id: int | None) -> HostLock | None:
     """The host's serving lock: only for a run that serves (not a drain, not `--job`), unless disabled."""
     if settings.poll <= 0 or job_id is not None or settings.lock_file == "none":
         return None
-    return HostLock(settings.lock_file or lock_path(settings.database_url, settings.queues, settings.callbacks))
+    key = lock_key(settings.database_url, settings.queues, settings.callbacks)
+    return HostLock(settings.lock_file or lock_path(settings.database_url, settings.queues, settings.callbacks), key)
 
 
 def _take_over(lock: HostLock) -> bool:
@@ -126,6 +127,9 @@ def _take_over(lock: HostLock) -> bool:
     try:
         with stop_on_signals(lambda: stopped.append(True), 0.0):
             return lock.acquire(wait=lambda: not stopped)
+    except SharedLock as shared:
+        raise ConfigError(f"the lock file {shared}: give each database its own lock_file "
+                          f"({config.BY_NAME['lock_file'].env}, --lock-file), or leave it unset") from None
     except OSError as error:
         # A setting to fix (exit 2, one line), not a bug: cron would mail a traceback every minute.
         setting = config.BY_NAME["lock_file"]

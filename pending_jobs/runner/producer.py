@@ -22,16 +22,15 @@ from .completer import Completer, rescue
 from .executor import Executor
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
-from .waiting import CANCEL_LOOK, cancel_waiting, release_unstarted
+from .waiting import CANCEL_LOOK, behind_long, cancel_waiting, release_unstarted
 
 log = logging.getLogger(__name__)
 
 IDLE_RECHECK = 0.5  # seconds between claims while jobs run but none is due (drain mode: a retry may come due)
 LONGEST_WAIT = 1.0  # seconds the loop sleeps at most, so stop conditions are looked at regularly
 HANDOFF_CHECK = 0.1  # seconds between looks whether another run waits to take over (one flock each)
-LONG_JOB = 2.0
-"""Seconds after which a running job counts as long: while one runs and a worker is free, a run asked to
-hand over keeps serving (claiming short jobs) beside it; with every worker busy it hands over at once."""
+LONG_JOB = 2.0  # seconds after which a running job is long: a run asked to hand over serves on beside it
+# while a worker is free; with every worker busy it hands over at once, and claims nothing ahead (waiting.py).
 RESCUE_EVERY = 60.0  # seconds between rescues while serving: `serve` has no next run to do it
 
 
@@ -48,8 +47,7 @@ class Producer:
         self.settings = settings
         self.report = report
         self.owner = owner
-        self.hand_off = hand_off
-        """Asked now and then while serving: True when another run is ready to take over."""
+        self.hand_off = hand_off  # asked now and then while serving: True when another run is ready to take over
         self.on_stop_claiming = on_stop_claiming  # the host lock: the next run serves while our last jobs end
         self.worker = Worker(executor, settings.concurrency)
         # No task with a timeout: no watchdog, and no timeout looked up per job.
@@ -216,6 +214,8 @@ class Producer:
         if now >= self._next_rescue:
             self._next_rescue = now + RESCUE_EVERY
             rescue(self.store, self.report, self.executor.tasks)
+        if (back := behind_long(self.pool, self.store, self.report, self.settings.concurrency, now - LONG_JOB)) >= 0:
+            self._held, self._next_claim = self._held - back, float("inf")  # until a job ends (_collect)
         if now >= self._next_cancel_look:  # jobs claimed ahead an operator cancelled end before they start
             self._next_cancel_look = now + CANCEL_LOOK
             cancelled = cancel_waiting(self.pool, self.store, self.worker)

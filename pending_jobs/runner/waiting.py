@@ -37,6 +37,17 @@ def release_unstarted(pool: Pool, store: JobStore, report: RunReport) -> int:
     return len(unstarted)
 
 
+def behind_long(pool: Pool, store: JobStore, report: RunReport, concurrency: int, long_since: float) -> int:
+    """-1 unless every worker is busy with a job started before `long_since` (a long job). Then the jobs claimed ahead
+    go back to pending, their attempt uncounted (how many): waiting behind long jobs they stayed `running`
+    until one ended, out of reach of another host or the next run (a 5-minute job held them 5 minutes),
+    and the caller claims nothing more until a worker is free."""
+    running = pool.running()
+    if len(running) < concurrency or any(slot.started is None or slot.started >= long_since for slot in running):
+        return -1
+    return release_unstarted(pool, store, report)
+
+
 def cancel_waiting(pool: Pool, store: JobStore, worker: Worker) -> list[Outcome]:
     """The outcomes (failures the store ends `cancelled`) of the waiting jobs an operator asked to cancel.
 

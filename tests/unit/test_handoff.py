@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -194,3 +195,64 @@ def test_a_serving_run_whose_lock_file_was_removed_hands_over(tmp_path: Path, re
     next_tick.release()
     until(took_over.is_set)
     third.release()
+
+
+def test_the_default_lock_path_does_not_follow_tmpdir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # cron starts runs with no TMPDIR; a run started by hand from a shell that sets one (pam_tmpdir) locked
+    # a file of its own and served beside cron's run on the same database.
+    monkeypatch.delenv("TMPDIR", raising=False)
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    from_cron = lock_path("mysql://a/x", [], "on")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    assert lock_path("mysql://a/x", [], "on") == from_cron
+
+
+def test_jobs_are_not_held_behind_workers_all_busy_with_long_jobs(monkeypatch: Any) -> None:
+    # Claimed ahead behind long jobs, due jobs stayed `running` (attempt counted) until a long job ended, out
+    # of reach of another host's run and of `serve`'s own free moments: a 5-minute job held them 5 minutes.
+    monkeypatch.setattr(producer_module, "LONG_JOB", 0.2)
+    store = MemoryStore()
+    release = threading.Event()
+
+    def long(payload: dict[str, Any], ctx: Context) -> str:
+        release.wait(10)
+        return "long one done"
+
+    handlers = {**tasks(noop=noop), "long": Task("long", long)}
+    store.add("long")
+    p, _ = producer(store, handlers, poll=0.02, max_runtime=30, concurrency=1)
+    serving = threading.Thread(target=p.run)
+    serving.start()
+    try:
+        until(lambda: store.status(1) == "running")
+        time.sleep(0.4)  # the long job is long now
+        short = [store.add("noop") for _ in range(3)]
+        time.sleep(0.5)
+        assert [store.status(job) for job in short] == ["pending"] * 3  # free for any other run to claim
+    finally:
+        release.set()
+        p.signal()
+        serving.join(10)
+    assert store.status(1) == "succeeded"
+
+
+def test_a_run_of_another_database_does_not_take_over_a_shared_lock_file(tmp_path: Path) -> None:
+    # One lock_file given to two databases' cron lines: each tick's second run made the first hand over, so
+    # one database was served for a moment a minute, and nothing said so.
+    path = str(tmp_path / "shared.lock")
+    first = HostLock(path, handoff.lock_key("sqlite:////srv/a.db", [], "on"))
+    assert first.acquire(wait=lambda: True)
+    other = HostLock(path, handoff.lock_key("sqlite:////srv/b.db", [], "on"))
+    with pytest.raises(handoff.SharedLock):
+        other.acquire(wait=lambda: True)
+    assert not first.successor_waiting()  # it did not wait to take over
+    same = HostLock(path, handoff.lock_key("sqlite:////srv/a.db", [], "on"))
+    took_over = threading.Event()
+    waiting = threading.Thread(target=lambda: same.acquire(wait=lambda: True) and took_over.set())
+    waiting.start()
+    until(first.successor_waiting)  # the next tick of the same database waits as ever
+    first.release()
+    waiting.join(5)
+    assert took_over.is_set()
+    same.release()
