@@ -17,6 +17,8 @@ from typing import Any
 import sqlalchemy as sa
 from alembic import context, op
 
+from pending_jobs.errors import ConfigError
+
 
 def _inspector() -> sa.Inspector | None:
     # A new inspector each time: one caches what it read, and the steps between two questions change it.
@@ -49,9 +51,19 @@ def missing_check(table: str, name: str) -> bool:
 
 
 def create_table(name: str, *items: Any, **options: Any) -> None:
-    """`op.create_table`, unless the table is there."""
-    if missing_table(name):
+    """`op.create_table`, unless the table is there: then it must be this table (every column of it), not another
+    application's of the same name, which the migration's next steps would alter (MariaDB keeps what they did)."""
+    inspector = _inspector()
+    if inspector is None or not inspector.has_table(name):
         op.create_table(name, *items, **options)
+        return
+    have = {c["name"] for c in inspector.get_columns(name)}
+    lacking = [item.name for item in items if isinstance(item, sa.Column) and item.name not in have]
+    if lacking:
+        raise ConfigError(
+            f"this database already has a table {name} that pending-jobs did not make (it has no column "
+            f"{', '.join(lacking)}), and pending-jobs needs that name: migrate changed nothing; give pending-jobs "
+            f"a database of its own (database_url) or rename that table")
 
 
 def create_index(name: str, table: str, columns: Sequence[Any], **options: Any) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from .errors import SchemaNotCurrent
-from .schema import VERSION_TABLE
+from .schema import SUMMARY_VIEW, VERSION_TABLE, metadata
 from .store import dialect_for, schema_revision
 
 if TYPE_CHECKING:
@@ -108,4 +108,27 @@ def require_head(engine: sa.Engine) -> None:
     )
 
 
-__all__ = ["VERSION_TABLE", "current", "downgrade", "head", "known", "require_head", "upgrade", "upgrade_sql"]
+def missing_objects(engine: sa.Engine) -> list[str]:
+    """What the schema at head should hold and this database lacks (tables, columns, indexes, CHECKs, the view),
+    by name: the version table alone says which migrations ran, not that their objects are all still there (DDL
+    a DBA applied by hand in part, an index dropped, a dump restored without a table). For `check`."""
+    inspector = sa.inspect(engine)
+    tables = set(inspector.get_table_names())
+    missing = [] if SUMMARY_VIEW in inspector.get_view_names() else [f"view {SUMMARY_VIEW}"]
+    for table in metadata.sorted_tables:
+        if table.name not in tables:
+            missing.append(f"table {table.name}")
+            continue
+        columns = {column["name"] for column in inspector.get_columns(table.name)}
+        missing += [f"column {table.name}.{column.name}" for column in table.columns if column.name not in columns]
+        indexes = {index["name"] for index in inspector.get_indexes(table.name)}
+        missing += [f"index {index.name}" for index in sorted(table.indexes, key=lambda i: str(i.name))
+                    if index.name not in indexes]
+        checks = {check["name"] for check in inspector.get_check_constraints(table.name)}
+        missing += [f"constraint {constraint.name}" for constraint in table.constraints
+                    if isinstance(constraint, sa.CheckConstraint) and constraint.name not in checks]
+    return missing
+
+
+__all__ = ["VERSION_TABLE", "current", "downgrade", "head", "known", "missing_objects", "require_head", "upgrade",
+           "upgrade_sql"]

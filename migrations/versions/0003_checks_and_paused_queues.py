@@ -15,7 +15,7 @@ Create Date: 2026-12-01
 from __future__ import annotations
 
 import sqlalchemy as sa
-from alembic import op
+from alembic import context, op
 from sqlalchemy.dialects import mysql, postgresql
 
 from pending_jobs.migrations import steps
@@ -77,6 +77,31 @@ def _jobs_as_of_0002() -> sa.Table:
     )
 
 
+def _views_triggers_and_indexes() -> list[tuple[str, str, str]]:
+    """SQLite: every view and trigger but ours, and the application's own indexes on pending_jobs (type, name,
+    CREATE statement), in the order they were made."""
+    if context.is_offline_mode():
+        return []
+    rows = op.get_bind().execute(sa.text(
+        "SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL AND name <> 'pending_jobs_summary' AND "
+        "(type IN ('view', 'trigger') OR (type = 'index' AND tbl_name = 'pending_jobs' AND name NOT IN "
+        "('ix_pending_jobs_claim', 'ix_pending_jobs_callback'))) ORDER BY rowid"))
+    return [(str(kind), str(name), str(sql)) for kind, name, sql in rows]
+
+
+def _with_added_columns(table: sa.Table) -> sa.Table:
+    """0002's table plus any column the application added to it (reflected), so the rebuild copies its data too.
+    `migrate --sql` has no database to ask: 0002's table alone."""
+    if context.is_offline_mode():
+        return table
+    for column in sa.inspect(op.get_bind()).get_columns("pending_jobs"):
+        if column["name"] not in table.c:
+            default = column.get("default")
+            table.append_column(sa.Column(column["name"], column["type"], nullable=column["nullable"],
+                                          server_default=None if default is None else sa.text(default)))
+    return table
+
+
 def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
@@ -91,16 +116,34 @@ def upgrade() -> None:
     op.execute(sa.text(f"UPDATE pending_jobs SET callback_status = 'failed' WHERE callback_status IS NOT NULL "
                        f"AND NOT ({_in('callback_status', CALLBACK_STATUSES)})"))
     sqlite = op.get_bind().dialect.name == "sqlite"
+    # The application's own views and triggers: the rebuild drops every trigger on pending_jobs with the old
+    # table, and its last step (RENAME) fails on any view or trigger that names pending_jobs ("error in view
+    # …: no such table"). They are dropped first and made again after, as SQLite's procedure for altering a
+    # table says (sqlite.org/lang_altertable.html#otheralter).
+    kept = _views_triggers_and_indexes() if sqlite else []
+    for kind, name, _ in kept:
+        if kind != "index":  # the application's indexes on pending_jobs go with the old table
+            op.execute(f'DROP {kind.upper()} "{name}"')
     if sqlite:  # the table is rebuilt; its view is recreated around that
         op.execute("DROP VIEW pending_jobs_summary")
-    with op.batch_alter_table("pending_jobs", copy_from=_jobs_as_of_0002()) as batch:
-        if steps.missing_check("pending_jobs", "ck_pending_jobs_status"):  # a failed run kept it (steps.py)
-            batch.create_check_constraint("ck_pending_jobs_status", _in("status", STATUSES))
-        if steps.missing_check("pending_jobs", "ck_pending_jobs_callback_status"):
-            batch.create_check_constraint("ck_pending_jobs_callback_status",
-                                          f"callback_status IS NULL OR {_in('callback_status', CALLBACK_STATUSES)}")
+    checks = [(name, condition) for name, condition in (
+        ("ck_pending_jobs_status", _in("status", STATUSES)),
+        ("ck_pending_jobs_callback_status", f"callback_status IS NULL OR {_in('callback_status', CALLBACK_STATUSES)}"),
+    ) if steps.missing_check("pending_jobs", name)]  # a failed run kept the first (steps.py)
+    if op.get_bind().dialect.name in ("mysql", "mariadb"):
+        # MariaDB and MySQL copy the whole table to add a CHECK (ALGORITHM=COPY), INSERTs blocked meanwhile:
+        # one ALTER copies it once (two took 18 s and then 16 s with 1,000,000 jobs).
+        if checks:
+            op.execute("ALTER TABLE pending_jobs " + ", ".join(f"ADD CONSTRAINT {name} CHECK ({condition})"
+                                                              for name, condition in checks))
+    else:
+        with op.batch_alter_table("pending_jobs", copy_from=_with_added_columns(_jobs_as_of_0002())) as batch:
+            for name, condition in checks:
+                batch.create_check_constraint(name, condition)
     if sqlite:
         op.execute(f"CREATE VIEW pending_jobs_summary AS {SUMMARY_SQL}")
+    for _, _, sql in kept:
+        op.execute(sql)
     if op.get_bind().dialect.name == "postgresql":
         op.execute("CREATE OR REPLACE FUNCTION pending_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS "
                    "$$ BEGIN PERFORM pg_notify('pending_jobs', ''); RETURN NULL; END $$")

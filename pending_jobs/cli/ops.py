@@ -279,6 +279,10 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
 
     try:
         migrate.require_head(engine)
+        missing = migrate.missing_objects(engine)
+        if missing:
+            raise ConfigError(f"at {migrate.head()}, but this database has no {', '.join(missing)}: restore them (the "
+                              f"DDL of `pending-jobs migrate --sql` names each) or migrate a new database")
         results.append(("schema", True, f"at {migrate.head()}"))
     except ConfigError as error:
         results.append(("schema", False, str(error)))

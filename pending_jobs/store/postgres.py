@@ -60,8 +60,17 @@ class Postgres(Dialect):
 
     def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
         # TCP keepalives end a read on a dead peer (libpq has no read timeout) in about a minute.
-        options.setdefault("connect_args", {"options": "-c timezone=UTC", "connect_timeout": 10, "keepalives": 1,
-                                            "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3})
+        connect: dict[str, Any] = {"options": "-c timezone=UTC", "connect_timeout": 10, "keepalives": 1,
+                                   "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
+        # connect_args override the URL's own parameters: `?options=-csearch_path%3Djobs` was dropped, and the
+        # tables made in `public`. The URL's value wins; its libpq options keep UTC beside them.
+        for key in [key for key in connect if key in url.query]:
+            del connect[key]
+        if "options" in url.query:
+            given = url.query["options"]
+            connect["options"] = f"{given if isinstance(given, str) else ' '.join(given)} -c timezone=UTC"
+            url = url.difference_update_query(["options"])
+        options.setdefault("connect_args", connect)
         return super().engine(_prepare_threshold(url, options), pool_size, create, **options)
 
     def in_transaction(self, dbapi_connection: Any) -> bool:
