@@ -277,7 +277,7 @@ class CallbackRow:
     job_status: str
     url: str
     callback_status: str
-    callback_attempts: int
+    callback_attempts: Any  # as stored (see from_row)
     callback_next_at: dt.datetime | None
     callback_last_error: str | None
     finished_at: dt.datetime | None
@@ -289,7 +289,10 @@ class CallbackRow:
     def from_row(cls, row: Mapping[Any, Any]) -> CallbackRow:
         return cls(
             job_id=int(row["id"]), task=row["task"], job_status=row["status"], url=str(row["callback_url"]),
-            callback_status=row["callback_status"], callback_attempts=int(row["callback_attempts"]),
+            callback_status=row["callback_status"],
+            # As stored, as `list` shows a job's counters: SQLite keeps text or an infinity there, and int() of
+            # it stopped `callbacks list` with a traceback.
+            callback_attempts=row["callback_attempts"],
             callback_next_at=utc(row["callback_next_at"]), callback_last_error=row["callback_last_error"],
             finished_at=utc(row["finished_at"]), sending=bool(row["sending"]),
         )

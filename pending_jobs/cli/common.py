@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -107,8 +108,23 @@ def open_database(settings: Settings, pool_size: int = 5, create: bool = False) 
 
 
 def print_json(value: Any) -> None:
-    """Machine-readable output: one JSON document."""
-    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+    """Machine-readable output: one JSON document (strict JSON: a number JSON cannot hold is given as text)."""
+    try:
+        text = json.dumps(value, indent=2, default=str, ensure_ascii=False, allow_nan=False)
+    except ValueError:  # an infinity SQLite keeps in a number column: json.dumps wrote `Infinity`, which no
+        text = json.dumps(_finite(value), indent=2, default=str, ensure_ascii=False)  # strict parser reads
+    print(text)
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every float that is not finite (inf, -inf, nan) as its text."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def out(text: str) -> None:

@@ -36,6 +36,10 @@ T = TypeVar("T")
 Where = Callable[[], Sequence[sa.ColumnElement[bool]]]  # a claim's WHERE, built only with its statement
 
 
+RELEASED_CANCELLED = ("cancelled before it started: an operator asked to cancel it while it waited for a worker, "
+                      "and the run stopped before starting it")
+
+
 class Store:
     """Job verbs on one database; one instance per engine, safe to share between threads."""
 
@@ -330,13 +334,27 @@ class Store:
         return self.transaction(lambda conn: set(map(int, conn.execute(stmt, {"ids": list(ids)}).scalars())))
 
     def release(self, token: str, ids: Sequence[int]) -> int:
-        """Put claimed jobs that never started back to pending, without counting the attempt."""
+        """Put claimed jobs that never started back to pending, without counting the attempt; one an operator
+        asked to cancel meanwhile ends `cancelled` instead (its callback due), as `cancel` said it would: put
+        back pending with the request set, the next run's claim ran it to the end."""
         if not ids:
             return 0
+        uncounted = {"attempts": J.c.attempts - 1, "started_at": None}
+        cancel_values = {**self.terminal_values(JobStatus.CANCELLED), **uncounted, "last_error": RELEASED_CANCELLED}
+        asked = (*self.held(token), J.c.cancel_requested == sa.true())
+        to_cancelled = sa.update(J).where(*asked).values(cancel_values)
         stmt = sa.update(J).where(*self.held(token)).values(
-            status=JOB_PENDING, attempts=J.c.attempts - 1, lease_expires_at=None, started_at=None,
-            updated_at=db_now())
-        return self.transaction(lambda conn: int(conn.execute(stmt, {"ids": list(ids)}).rowcount))
+            status=JOB_PENDING, lease_expires_at=None, updated_at=db_now(), **uncounted)
+
+        def work(conn: sa.Connection) -> int:
+            params = {"ids": list(ids)}
+            record(conn, asked, params, lambda row: RELEASED_CANCELLED)
+            cancelled = int(conn.execute(to_cancelled, params).rowcount)
+            if cancelled:
+                log.info("%d job(s) an operator cancelled before they started ended cancelled", cancelled)
+            return cancelled + int(conn.execute(stmt, params).rowcount)
+
+        return self.transaction(work)
 
     def heartbeat(self, held: Sequence[tuple[int, str]], lease: float) -> int:
         """Extend the lease of these (job id, token) pairs that are still running.

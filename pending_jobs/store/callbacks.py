@@ -212,7 +212,8 @@ class CallbackStore:
                                                  callback_attempts=0, callback_token=None)
 
         def work(conn: sa.Connection) -> bool:
-            rows = totals.lock(conn, where)
+            with self.sql.tolerant_reads(conn):  # SQLite: a task or queue that is not UTF-8 (see OpsStore.purge)
+                rows = totals.lock(conn, where)
             if not rows or conn.execute(stmt).rowcount != 1:
                 return False
             totals.keep(conn, self.sql, rows, jobs=False)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +29,17 @@ from .columns import JOB_COLUMNS
 from .history import forget
 
 PURGE_BATCH = 1000  # rows per DELETE, so a big purge never holds locks for long
-RETENTION_BATCHES = 10  # per run: a large backlog is worked off over several runs
+BATCH_GAP = 0.05  # seconds between two batches on SQLite, for the other writers waiting for its lock
+RETENTION_BATCHES = 10  # per run at least, however long they take
+RETENTION_TIME = 5.0
+"""Seconds of full batches a run's retention goes on for past RETENTION_BATCHES: a fixed 10 batches (10,000
+jobs of each kind a run, a minute) fell behind for good as soon as jobs ended faster than 170 a second, and
+the table grew without end. A large backlog is still worked off over several runs."""
 PURGEABLE = frozenset(TERMINAL_VALUES)
+
+
+def _ids(search: sa.Select[Any], conn: sa.Connection) -> list[int]:
+    return [int(row[0]) for row in conn.execute(search)]
 
 
 def _like(text: str) -> str:
@@ -130,15 +141,41 @@ class OpsStore:
         return self.store.transaction(lambda conn: self.reopen(conn, where) == 1)
 
     def retry_failed(self, f: JobFilter) -> int:
-        """Every failed job matching the filter (its status is forced to failed) back to pending."""
+        """Every failed job matching the filter (its status is forced to failed) back to pending.
+
+        In transactions of at most PURGE_BATCH jobs, as purge: one transaction over every failed job held
+        its row locks (on SQLite the one write lock, stalling every runner and producer) for as long as the
+        whole reopen took. Jobs are taken in id order up to the newest id when the command started, so a job
+        that fails again meanwhile is not retried a second time."""
         where = self.where(dataclasses.replace(f, statuses=(JobStatus.FAILED.value,)))
-        return self.store.transaction(lambda conn: self.reopen(conn, where))
+        top = self.store.transaction(lambda conn: conn.execute(sa.select(sa.func.max(J.c.id))).scalar())
+        if top is None:
+            return 0
+        reopened, after = 0, None
+        while True:
+            bound = [*where, J.c.id <= int(top), *([J.c.id > after] if after is not None else [])]
+            search = sa.select(J.c.id).where(*bound).order_by(J.c.id).limit(PURGE_BATCH)
+            ids = self.store.transaction(functools.partial(_ids, search))
+            if not ids:
+                return reopened
+            reopened += self.store.transaction(functools.partial(self.reopen, where=[*where, J.c.id.in_(ids)]))
+            if len(ids) < PURGE_BATCH:
+                return reopened
+            after = ids[-1]
+            self._between_batches()
+
+    def _between_batches(self) -> None:
+        """SQLite's writers wait for its one write lock by polling it (busy_timeout); one taken again at once
+        by the next batch kept a producer's INSERT waiting 14 s through a long bulk verb: leave it a gap."""
+        if not self.store.concurrent_writers:
+            time.sleep(BATCH_GAP)
 
     def reopen(self, conn: sa.Connection, where: Sequence[sa.ColumnElement[bool]],
                order: sa.ColumnElement[Any] = J.c.id, limit: int | None = None) -> int:
         """Reopen the finished jobs `where` selects (in `order`, at most `limit`); how many. Their outcomes,
         and their callbacks', leave the rows: the totals keep them (same transaction)."""
-        rows = totals.lock(conn, [*where, J.c.status.in_(TERMINAL_VALUES)], order, limit)
+        with self.sql.tolerant_reads(conn):  # SQLite: a task or queue that is not UTF-8 must not stop the verb
+            rows = totals.lock(conn, [*where, J.c.status.in_(TERMINAL_VALUES)], order, limit)
         by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
         stmt = sa.update(J).where(J.c.id.in_(by_id), J.c.status.in_(TERMINAL_VALUES)).values(self._reopen_values())
         reopened = 0
@@ -207,10 +244,12 @@ class OpsStore:
 
     # -- purge and retention ----------------------------------------------------------------------
 
-    def purge(self, older_than: float, statuses: Sequence[str], max_batches: int | None = None) -> int:
+    def purge(self, older_than: float, statuses: Sequence[str], max_batches: int | None = None,
+              until: float | None = None) -> int:
         """Delete finished jobs (and their callback attempts) that ended more than `older_than` seconds ago.
 
-        Jobs whose callback is still pending are kept until it is delivered or fails.
+        Jobs whose callback is still pending are kept until it is delivered or fails. With `max_batches`, at
+        most that many batches, unless `until` (a time.monotonic() value) has not come yet.
         """
         wanted = [s for s in statuses if s in PURGEABLE]
         if not wanted:
@@ -220,7 +259,10 @@ class OpsStore:
         by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
 
         def batch(conn: sa.Connection) -> int:
-            rows = totals.lock(conn, where, limit=PURGE_BATCH)
+            # SQLite keeps a task or queue that is not UTF-8 (the claim fails such a job, bytes kept): read as
+            # people's reads are, or the first such row reaching its retention fails every run from then on.
+            with self.sql.tolerant_reads(conn):
+                rows = totals.lock(conn, where, limit=PURGE_BATCH)
             found = [row.id for row in rows]
             if found:
                 conn.execute(sa.delete(A).where(A.c.job_id.in_(by_id)), {"ids": found})
@@ -230,21 +272,23 @@ class OpsStore:
             return len(found)
 
         total, batches = 0, 0
-        while max_batches is None or batches < max_batches:
+        while max_batches is None or batches < max_batches or (until is not None and time.monotonic() < until):
             deleted = self.store.transaction(batch)
             total, batches = total + deleted, batches + 1
             if deleted < PURGE_BATCH:
                 break
+            self._between_batches()
         return total
 
     def apply_retention(self, succeeded: float, failed: float) -> int:
         """The automatic purge a run applies (0 keeps forever); runs are kept as long as failed jobs."""
         purged = 0
+        until = time.monotonic() + RETENTION_TIME  # shared: each kind gets its RETENTION_BATCHES whatever
         if succeeded > 0:
             purged += self.purge(succeeded, [JobStatus.SUCCEEDED.value, JobStatus.CANCELLED.value],
-                                 RETENTION_BATCHES)
+                                 RETENTION_BATCHES, until)
         if failed > 0:
-            purged += self.purge(failed, [JobStatus.FAILED.value], RETENTION_BATCHES)
+            purged += self.purge(failed, [JobStatus.FAILED.value], RETENTION_BATCHES, until)
             old_runs = sa.delete(runs).where(runs.c.finished_at < self.ago(failed))
             self.store.transaction(lambda conn: conn.execute(old_runs))
         return purged
