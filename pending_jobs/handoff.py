@@ -63,6 +63,14 @@ def lock_key(database_url: str, queues: Sequence[str], callbacks: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def served_database(database_url: str) -> str:
+    """What a serving run writes in its lock file: the database alone (database_key, hashed). A run of another
+    database finding the file held is refused; one of the same database with other queues or callbacks (a
+    crontab line changed, a --queue added) waits and takes over as before: refused, it left the old run serving
+    its old settings until --max-runtime, and cron mailed exit 2 every minute."""
+    return hashlib.sha256(database_key(database_url).encode()).hexdigest()
+
+
 def database_key(database_url: str) -> str:
     """What identifies the database a URL reaches, however the URL is spelled.
 
@@ -85,7 +93,14 @@ def database_key(database_url: str) -> str:
     port = url.port or _DEFAULT_PORTS.get(backend)
     # A unix socket stands for the host: two local servers on two sockets are two databases.
     socket = next((str(url.query[k]) for k in _SOCKET_QUERY_KEYS if k in url.query), "")
-    return "\n".join([backend, url.username or "", (url.host or "").lower(), str(port or ""), socket, database])
+    key = "\n".join([backend, url.username or "", (url.host or "").lower(), str(port or ""), socket, database])
+    # A query option that chooses the tables (PostgreSQL's libpq `options=-c search_path=shop`, which the engine
+    # applies): two schemas of one database are two sets of tables, each served by its own runs. Only added when
+    # given, so the key of every other URL (and so its default lock file) stays what it was.
+    options = url.query.get(_SCHEMA_QUERY_KEYS.get(backend, ""))
+    if options:
+        key += "\n" + " ".join([options] if isinstance(options, str) else options)
+    return key
 
 
 # What database_key needs to know of each backend, as data rather than branches: how the backends
@@ -94,10 +109,11 @@ _SAME_SERVER = {"mariadb": "mysql"}  # one server, two URL schemes
 _FILE_BACKENDS = frozenset({"sqlite"})  # the database is a file path, relative to the working directory
 _DEFAULT_PORTS = {"mysql": 3306, "postgresql": 5432}
 _SOCKET_QUERY_KEYS = ("unix_socket", "host")
+_SCHEMA_QUERY_KEYS = {"postgresql": "options"}  # the query option that can choose the schema (search_path)
 
 
 class SharedLock(Exception):
-    """The lock file is held by a run serving something else (another database, other queues)."""
+    """The lock file is held by a run serving another database."""
 
 
 class HostLock:
@@ -142,7 +158,7 @@ class HostLock:
         except OSError:
             return
         if self.key and serving and serving != self.key:
-            raise SharedLock(f"{self.path} is held by a run serving another database (or other queues)")
+            raise SharedLock(f"{self.path} is held by a run serving another database")
 
     def _wait_to_take_over(self, wait: Callable[[], bool]) -> bool:
         self._next = _take_waiting_slot(_next_path(self.path))

@@ -101,7 +101,7 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
             if callbacks is not None and settings.poll <= 0 and report.stopped_by != "signal":
                 callbacks.deliver_due(time.monotonic() + max(CALLBACK_MIN_TIME, settings.max_runtime
                                                              - (time.monotonic() - started)))
-        _retention(store, settings)
+        _retention(store, settings, hurry=report.stopped_by == "signal")
         report.exit_code = 0
     except BaseException as error:
         report.exit_code = exit_code_of(error)
@@ -156,8 +156,10 @@ def _signal(producer: Producer, callbacks: _Callbacks | None) -> None:
         callbacks.stop_now()
 
 
-def _retention(store: Store, settings: Settings) -> None:
-    purged = OpsStore(store).apply_retention(settings.retention_succeeded, settings.retention_failed)
+def _retention(store: Store, settings: Settings, hurry: bool = False) -> None:
+    """`hurry` (a signal): the fixed batches only, not RETENTION_TIME more: a supervisor waits for the exit."""
+    purged = OpsStore(store).apply_retention(settings.retention_succeeded, settings.retention_failed,
+                                             0.0 if hurry else None)
     if purged:
         log.info("retention: deleted %d finished job(s)", purged)
 

@@ -123,7 +123,9 @@ def upgrade() -> None:
     kept = _views_triggers_and_indexes() if sqlite else []
     for kind, name, _ in kept:
         if kind != "index":  # the application's indexes on pending_jobs go with the old table
-            op.execute(f'DROP {kind.upper()} "{name}"')
+            # IF EXISTS: dropping a view drops its INSTEAD OF triggers with it (listed after it).
+            quoted = name.replace('"', '""')
+            op.execute(f'DROP {kind.upper()} IF EXISTS "{quoted}"')
     if sqlite:  # the table is rebuilt; its view is recreated around that
         op.execute("DROP VIEW pending_jobs_summary")
     checks = [(name, condition) for name, condition in (

@@ -10,7 +10,7 @@ from .. import config, declared, migrate, registry
 from ..callbacks import config_warnings
 from ..config import Settings
 from ..errors import EXIT_OK, ConfigError
-from ..handoff import HostLock, SharedLock, lock_key, lock_path
+from ..handoff import HostLock, SharedLock, lock_path, served_database
 from ..run import check_settings, run_once
 from ..runner import stop_on_signals
 from . import common
@@ -117,7 +117,7 @@ def _lock(settings: Settings, job_id: int | None) -> HostLock | None:
     """The host's serving lock: only for a run that serves (not a drain, not `--job`), unless disabled."""
     if settings.poll <= 0 or job_id is not None or settings.lock_file == "none":
         return None
-    key = lock_key(settings.database_url, settings.queues, settings.callbacks)
+    key = served_database(settings.database_url)
     return HostLock(settings.lock_file or lock_path(settings.database_url, settings.queues, settings.callbacks), key)
 
 

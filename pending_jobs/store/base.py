@@ -348,7 +348,7 @@ class Store:
 
         def work(conn: sa.Connection) -> int:
             params = {"ids": list(ids)}
-            record(conn, asked, params, lambda row: RELEASED_CANCELLED)
+            # No error-history row: no attempt ran (its attempt is uncounted), as for a pending job cancelled.
             cancelled = int(conn.execute(to_cancelled, params).rowcount)
             if cancelled:
                 log.info("%d job(s) an operator cancelled before they started ended cancelled", cancelled)

@@ -280,10 +280,12 @@ class OpsStore:
             self._between_batches()
         return total
 
-    def apply_retention(self, succeeded: float, failed: float) -> int:
-        """The automatic purge a run applies (0 keeps forever); runs are kept as long as failed jobs."""
+    def apply_retention(self, succeeded: float, failed: float, budget: float | None = None) -> int:
+        """The automatic purge a run applies (0 keeps forever); runs are kept as long as failed jobs. `budget`:
+        seconds of full batches past RETENTION_BATCHES (RETENTION_TIME unless given; 0 after a signal)."""
         purged = 0
-        until = time.monotonic() + RETENTION_TIME  # shared: each kind gets its RETENTION_BATCHES whatever
+        # shared: each kind gets its RETENTION_BATCHES whatever
+        until = time.monotonic() + (RETENTION_TIME if budget is None else budget)
         if succeeded > 0:
             purged += self.purge(succeeded, [JobStatus.SUCCEEDED.value, JobStatus.CANCELLED.value],
                                  RETENTION_BATCHES, until)

@@ -29,3 +29,5 @@ def test_a_cancelled_job_put_back_unstarted_ends_cancelled(store: Store, engine:
         ("cancelled", 0, "pending")
     assert (found[other].status, found[other].attempts) == ("pending", 0)
     assert [job.id for job in store.claim("default", 10, "host-b", 300).jobs] == [other]
+    # No attempt ran: no error-history row (one for attempt 1 sat beside "0 of 5" attempts in the console).
+    assert rows(engine, "SELECT job_id FROM pending_job_errors") == []

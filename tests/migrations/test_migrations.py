@@ -258,6 +258,21 @@ def test_migrate_waits_a_few_seconds_for_a_table_lock_then_stops_and_says_run_it
     engine.dispose()
 
 
+def test_sqlite_0003_keeps_a_view_with_an_instead_of_trigger(tmp_path: Path) -> None:
+    """Dropping the view drops its INSTEAD OF trigger: the trigger's own DROP then failed ("no such trigger")."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    migrate.upgrade(engine, "0002")
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE VIEW app_jobs AS SELECT id, queue, task FROM pending_jobs"))
+        conn.execute(sa.text("CREATE TRIGGER app_jobs_insert INSTEAD OF INSERT ON app_jobs BEGIN INSERT INTO "
+                             "pending_jobs (queue, task, payload) VALUES (NEW.queue, NEW.task, '{}'); END"))
+    migrate.upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO app_jobs (queue, task) VALUES ('default', 'echo')"))
+        assert conn.execute(sa.text("SELECT COUNT(*) FROM pending_jobs")).scalar() == 1
+    engine.dispose()
+
+
 def test_sqlite_0003_keeps_the_applications_own_columns_indexes_views_and_triggers(tmp_path: Path) -> None:
     """SQLite adds 0003's CHECKs by rebuilding pending_jobs. The rebuild copied a frozen 0002 table: a column
     the application had added lost its data, its index and its trigger were dropped (migrate said nothing), and

@@ -256,3 +256,33 @@ def test_a_run_of_another_database_does_not_take_over_a_shared_lock_file(tmp_pat
     waiting.join(5)
     assert took_over.is_set()
     same.release()
+
+
+def test_a_run_of_the_same_database_with_other_queues_takes_over_a_shared_lock_file(tmp_path: Path) -> None:
+    # A crontab line changed (a --queue added): refused, the new run left the old one serving its old queues
+    # until --max-runtime (an hour), and exited 2 every minute.
+    from pending_jobs import config
+    from pending_jobs.cli import run as run_cli
+    path = str(tmp_path / "shared.lock")
+    base = config.load({}, environ={}).replace(database_url="sqlite:////srv/a.db", lock_file=path)
+    first = run_cli._lock(base.replace(queues=("a",)), None)
+    changed = run_cli._lock(base.replace(queues=("a", "b"), callbacks="off"), None)
+    assert first is not None and changed is not None
+    assert first.acquire(wait=lambda: True)
+    took_over = threading.Event()
+    waiting = threading.Thread(target=lambda: changed.acquire(wait=lambda: True) and took_over.set())
+    waiting.start()
+    until(first.successor_waiting)
+    first.release()
+    waiting.join(5)
+    assert took_over.is_set()
+    changed.release()
+
+
+def test_two_schemas_of_one_postgresql_database_have_two_locks() -> None:
+    # The engine applies a URL's options (search_path): one lock for both schemas made their runs take turns.
+    shop = lock_path("postgresql://app@db/shared?options=-csearch_path%3Dshop", [], "on")
+    blog = lock_path("postgresql://app@db/shared?options=-csearch_path%3Dblog", [], "on")
+    assert shop != blog
+    assert lock_path("postgresql://app@db/shared", [], "on") == \
+        lock_path("postgresql+psycopg://app:pw@DB/shared", [], "on")
