@@ -58,7 +58,7 @@ def lock_dir() -> str:
 
 
 def lock_key(database_url: str, queues: Sequence[str], callbacks: str) -> str:
-    """What a serving run writes in its lock file: which database, queues and callbacks it serves."""
+    """What the default lock file is named by: the database, queues and callbacks a run serves (hashed)."""
     key = "\n".join([database_key(database_url), ",".join(sorted(queues)), callbacks])
     return hashlib.sha256(key.encode()).hexdigest()
 
@@ -117,8 +117,8 @@ class SharedLock(Exception):
 
 
 class HostLock:
-    """The serving lock of one host (see the module's notes). `key` (lock_key) is written in the lock file by
-    the run that serves: a run of another key finding it raises SharedLock instead of waiting to take over.
+    """The serving lock of one host (see the module's notes). `key` (served_database) is written in the lock file
+    by the run that serves: a run of another key finding it raises SharedLock instead of waiting to take over.
     Two databases given one `lock_file` otherwise took turns: each tick's second run made the first hand
     over, so one database was served for a moment a minute, silently."""
 

@@ -4,13 +4,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any
 
+from ..errors import EXIT_INTERRUPTED
+
 log = logging.getLogger(__name__)
+
+HARD_STOP = 5.0
+"""Seconds the exit path gets after a second signal to record the run; then the process ends (exit 130) whatever
+it waits for. A database that does not answer (a hung server, its host still up) held it for as long as it hung,
+and no number of signals ended it."""
+
+
+def _end_now() -> None:
+    sys.stderr.write(f"pending-jobs: still exiting {HARD_STOP:g}s after the second signal: ending now\n")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 @contextlib.contextmanager
@@ -27,6 +42,9 @@ def stop_on_signals(first: Callable[[], None], grace: float) -> Iterator[None]:
         nonlocal seen
         seen += 1
         if seen > 1:
+            timer = threading.Timer(HARD_STOP, _end_now)
+            timer.daemon = True  # a process that exits first is not held by it
+            timer.start()
             raise KeyboardInterrupt
         log.warning("received %s: no more claims, %ss grace for running jobs", signal.Signals(signum).name, grace)
         first()
