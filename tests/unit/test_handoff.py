@@ -95,18 +95,24 @@ def test_a_run_hands_over_when_the_next_one_is_ready() -> None:
     assert report.stopped_by == "handoff" and time.monotonic() - started < 5
 
 
-def test_a_run_busy_with_a_long_job_keeps_serving_short_ones_until_it_ends(monkeypatch: Any) -> None:
+def _beside_a_long_job(monkeypatch: Any, concurrency: int) -> tuple[MemoryStore, threading.Event, Any, Any]:
+    """A producer (LONG_JOB 0.2 s) whose job 1 runs until the event is set; no-op jobs may be added."""
     monkeypatch.setattr(producer_module, "LONG_JOB", 0.2)
     store = MemoryStore()
     release = threading.Event()
 
     def long(payload: dict[str, Any], ctx: Context) -> str:
-        release.wait(5)
+        release.wait(10)
         return "long one done"
 
-    handlers = {**tasks(noop=noop), "long": Task("long", long)}
     store.add("long")
-    p, report = producer(store, handlers, poll=0.02, max_runtime=30, concurrency=2)
+    p, report = producer(store, {**tasks(noop=noop), "long": Task("long", long)}, poll=0.02, max_runtime=30,
+                         concurrency=concurrency)
+    return store, release, p, report
+
+
+def test_a_run_busy_with_a_long_job_keeps_serving_short_ones_until_it_ends(monkeypatch: Any) -> None:
+    store, release, p, report = _beside_a_long_job(monkeypatch, concurrency=2)
     tick = time.monotonic() + 0.3
     p.hand_off = lambda: time.monotonic() > tick  # the next tick's run is ready once the long job is long
     short: list[int] = []
@@ -211,17 +217,7 @@ def test_the_default_lock_path_does_not_follow_tmpdir(monkeypatch: pytest.Monkey
 def test_jobs_are_not_held_behind_workers_all_busy_with_long_jobs(monkeypatch: Any) -> None:
     # Claimed ahead behind long jobs, due jobs stayed `running` (attempt counted) until a long job ended, out
     # of reach of another host's run and of `serve`'s own free moments: a 5-minute job held them 5 minutes.
-    monkeypatch.setattr(producer_module, "LONG_JOB", 0.2)
-    store = MemoryStore()
-    release = threading.Event()
-
-    def long(payload: dict[str, Any], ctx: Context) -> str:
-        release.wait(10)
-        return "long one done"
-
-    handlers = {**tasks(noop=noop), "long": Task("long", long)}
-    store.add("long")
-    p, _ = producer(store, handlers, poll=0.02, max_runtime=30, concurrency=1)
+    store, release, p, _ = _beside_a_long_job(monkeypatch, concurrency=1)
     serving = threading.Thread(target=p.run)
     serving.start()
     try:
