@@ -51,8 +51,9 @@ class JobStore(Protocol):
     def finish_many(self, completions: Sequence[Completion]) -> list[Finished]:
         """Record outcomes of several claims in one transaction; row counts per kind."""
 
-    def release(self, token: str, ids: Sequence[int]) -> int:
-        """Put claimed jobs that never started back to pending, attempt uncounted."""
+    def release(self, token: str, ids: Sequence[int]) -> tuple[int, int]:
+        """Put claimed jobs that never started back to pending, attempt uncounted (cancelled, when an operator
+        asked to cancel one meanwhile); how many of each."""
 
     def heartbeat(self, held: Sequence[tuple[int, str]], lease: float) -> int:
         """Extend the leases of these (job id, token) pairs."""

@@ -31,9 +31,15 @@ def release_unstarted(pool: Pool, store: JobStore, report: RunReport) -> int:
     unstarted = [job for slot in pool.withdraw_unstarted() for job in jobs_of(slot.item)]
     for job in unstarted:
         by_token.setdefault(job.token, []).append(job.id)
+    cancelled = 0
     for token, ids in by_token.items():
-        report.released += store.release(token, ids)
-    report.claimed -= len(unstarted)
+        back, ended = store.release(token, ids)
+        report.released += back
+        cancelled += ended
+    # One that ended cancelled (an operator asked while it waited) was claimed and ended by this run, as one
+    # the waiting look cancels: counted so in the runs row, not taken back unseen.
+    report.cancelled += cancelled
+    report.claimed -= len(unstarted) - cancelled
     return len(unstarted)
 
 

@@ -333,12 +333,12 @@ class Store:
         stmt = sa.select(J.c.id).where(self.sql.id_in(), J.c.cancel_requested == sa.true())
         return self.transaction(lambda conn: set(map(int, conn.execute(stmt, {"ids": list(ids)}).scalars())))
 
-    def release(self, token: str, ids: Sequence[int]) -> int:
+    def release(self, token: str, ids: Sequence[int]) -> tuple[int, int]:
         """Put claimed jobs that never started back to pending, without counting the attempt; one an operator
         asked to cancel meanwhile ends `cancelled` instead (its callback due), as `cancel` said it would: put
-        back pending with the request set, the next run's claim ran it to the end."""
+        back pending with the request set, the next run's claim ran it to the end. (Put back, cancelled)."""
         if not ids:
-            return 0
+            return 0, 0
         uncounted = {"attempts": J.c.attempts - 1, "started_at": None}
         cancel_values = {**self.terminal_values(JobStatus.CANCELLED), **uncounted, "last_error": RELEASED_CANCELLED}
         asked = (*self.held(token), J.c.cancel_requested == sa.true())
@@ -346,13 +346,13 @@ class Store:
         stmt = sa.update(J).where(*self.held(token)).values(
             status=JOB_PENDING, lease_expires_at=None, updated_at=db_now(), **uncounted)
 
-        def work(conn: sa.Connection) -> int:
+        def work(conn: sa.Connection) -> tuple[int, int]:
             params = {"ids": list(ids)}
             # No error-history row: no attempt ran (its attempt is uncounted), as for a pending job cancelled.
             cancelled = int(conn.execute(to_cancelled, params).rowcount)
             if cancelled:
                 log.info("%d job(s) an operator cancelled before they started ended cancelled", cancelled)
-            return cancelled + int(conn.execute(stmt, params).rowcount)
+            return int(conn.execute(stmt, params).rowcount), cancelled
 
         return self.transaction(work)
 

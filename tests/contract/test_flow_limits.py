@@ -155,7 +155,7 @@ def test_released_jobs_give_their_slots_back(store: Store, engine: sa.Engine) ->
     ids = keyed(engine, ["k"] * 2)
     jobs = limited(store, tasks={"noop": {"concurrency_limit": 1}})
     claim = jobs.claim("default", 10, "r", 60)
-    assert store.release(claim.token, [ids[0]]) == 1
+    assert store.release(claim.token, [ids[0]]) == (1, 0)
     assert [job.id for job in jobs.claim("default", 10, "r", 60).jobs] == [ids[0]]
 
 
@@ -374,4 +374,4 @@ def test_an_empty_concurrency_key_written_by_sql_is_a_key_and_keeps_its_limit(st
         claim = jobs.claim("default", 10, "r", 60)
         assert len(claim.jobs) == 1
         assert jobs.claim("default", 10, "r2", 60).jobs == []  # the key's one slot is taken
-        assert store.release(claim.token, [claim.jobs[0].id]) == 1
+        assert store.release(claim.token, [claim.jobs[0].id]) == (1, 0)

@@ -200,15 +200,16 @@ class MemoryStore:
                 failed += not row.cancel_requested
         return Finished(succeeded, retried, failed, cancelled)
 
-    def release(self, token: str, ids: Sequence[int]) -> int:
+    def release(self, token: str, ids: Sequence[int]) -> tuple[int, int]:
         with self.lock:
-            released = 0
+            released = cancelled = 0
             for job_id in ids:
                 if (row := self._held(job_id, token)) is not None:
-                    self._set(row, "pending")
+                    self._set(row, "cancelled" if row.cancel_requested else "pending")
                     row.attempts -= 1
-                    released += 1
-            return released
+                    cancelled += row.cancel_requested
+                    released += not row.cancel_requested
+            return released, cancelled
 
     def cancels_asked(self, ids: Sequence[int]) -> set[int]:
         with self.lock:

@@ -126,6 +126,23 @@ def test_a_signal_releases_unstarted_jobs_and_gives_running_ones_the_grace_perio
     assert [store.status(job) for job in others] == ["pending"] * 3 and report.released == 3
 
 
+def test_a_job_cancelled_while_it_waited_counts_as_cancelled_when_a_signal_puts_the_others_back() -> None:
+    store = MemoryStore()
+    store.add("hang")
+    others = [store.add("noop", priority=-1) for _ in range(3)]
+
+    def hang(payload: dict[str, Any], ctx: Context) -> None:
+        store.rows[others[0]].cancel_requested = True  # an operator's cancel of a job claimed, not started
+        p.signal()
+        time.sleep(10)
+
+    p, report = producer(store, tasks(hang=hang, noop=noop), concurrency=1, grace=0.2, poll=0.05)
+    p.run()
+    assert [store.status(job) for job in others] == ["cancelled", "pending", "pending"]
+    # The runs row says what became of it: claimed and cancelled by this run, not put back.
+    assert (report.claimed, report.cancelled, report.released) == (2, 1, 2)
+
+
 def test_a_timed_out_handler_is_abandoned_and_the_pool_keeps_working() -> None:
     store = MemoryStore()
     stuck = store.add("hang")

@@ -15,8 +15,8 @@ SCRIPT = textwrap.dedent("""
     from pending_jobs.runner import signals
     signals.HARD_STOP = 0.5
     with signals.stop_on_signals(lambda: print("first", flush=True), 10.0):
-        print("ready", flush=True)
-        try:
+        try:  # "ready" inside: the signals may come while it is printed, and the exit path must run then too
+            print("ready", flush=True)
             while True:
                 time.sleep(0.05)
         finally:
