@@ -1,7 +1,9 @@
 """Process isolation: run a handler in a child process that can be killed and may crash alone.
 
 A task registered with `isolation="process"` runs in a child started by a 'forkserver' context (the
-runner has threads, and forking a threaded process can copy a held lock). The child imports the
+runner has threads, and forking a threaded process can copy a held lock), in a process group of its own:
+killing it (its timeout, a crash, the runner leaving) kills what the handler started too, as a
+command task's group is, so no subprocess runs on beside the job's next attempt. The child imports the
 configured task modules, runs the handler and sends back what happened over a pipe. A child that
 dies (os._exit, a signal, the OOM killer) or outlives the task's timeout becomes an exception in the
 runner's worker thread, so it is recorded and retried like any other failure.
@@ -12,6 +14,7 @@ transaction, which cannot cross a process boundary.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import multiprocessing
@@ -91,20 +94,39 @@ def call(task: Task, payload: Any, ctx: Context, modules: list[str], python_path
     output.close()
     child = _mp().Process(target=_child_main, args=(sender, ask, output.name, list(modules), list(python_path),
                                                     task.name, payload, fields, task.memory_limit), daemon=True)
+    answered = False
     try:
         child.start()
         sender.close()  # the parent keeps only the reading end, so a dead child reads as EOF
         ask.close()
         answer = _wait(receiver, questions, child, task.timeout, ctx)
+        answered = True
     finally:
         receiver.close()
         questions.close()
-        child.join(1)  # it has answered: a moment to exit on its own, then it is killed (SIGTERM may be ignored)
-        if child.is_alive():
-            child.kill()
-            child.join(5)
+        if child.pid is not None:  # started: start() itself may fail (no process or descriptor left)
+            if answered:
+                child.join(1)  # it has answered: a moment to exit on its own, then killed (SIGTERM may be ignored)
+            if not answered or child.is_alive():  # timed out, died or stuck: nothing it started may run on
+                _kill(child)
+                child.join(5)
         _log_output(output.name, ctx)
     return _unpack(answer)
+
+
+def _kill(child: Any) -> None:
+    """SIGKILL the child's process group (its subprocesses with it), then the child itself: it may not have
+    made its group yet. Its pid names the group while any member lives, so no other process is hit."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    child.kill()
+
+
+def kill_leftovers() -> None:
+    """The groups of children still running when the runner leaves (its grace spent): the child itself dies
+    with the forkserver (PR_SET_PDEATHSIG), but what it started would not. Called by cli.entry."""
+    for child in multiprocessing.active_children():
+        _kill(child)
 
 
 def _log_output(path: str, ctx: Context) -> None:
@@ -135,13 +157,18 @@ def _wait(receiver: Connection, questions: Connection, child: Any, timeout: floa
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
-        ready = wait([receiver, questions], left)
+        # Its exit too, not only EOF on the pipe: a process the handler forked holds the pipe's writing end,
+        # and would hold the job until it ends. An answer sent before the exit is readable by then.
+        ready = wait([receiver, questions, child.sentinel], left)
         if receiver in ready:
             break
+        if child.sentinel in ready:  # exited without an answer (its questions no longer matter)
+            child.join(5)
+            raise ChildDied(_death(child.exitcode))
         if questions in ready:
             _answer(questions, ctx)
             continue
-        child.kill()
+        _kill(child)
         raise TimeoutError(f"handler ran longer than {timeout}s: its process was killed")
     try:
         answer: tuple[Any, ...] = receiver.recv()
@@ -188,6 +215,7 @@ def _unpack(answer: tuple[Any, ...]) -> Any:
 def _child_main(sender: Connection, ask: Connection, output: str, modules: list[str], python_path: list[str],
                 name: str, payload: Any, fields: dict[str, Any], memory_limit: int | None) -> None:
     """The child: limit memory, import the task modules, run the handler, send one answer."""
+    os.setpgid(0, 0)  # a group of its own, which the runner kills whole (_kill)
     _die_with_parent()
     _capture_output(output)
     if memory_limit is not None:

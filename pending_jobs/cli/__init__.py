@@ -85,7 +85,10 @@ def entry() -> None:
     # only by process.kill_leftovers's atexit hook: when threads remain we leave by os._exit below,
     # which runs no atexit hook, and an orphaned command would run on beside its rescued job.
     process.kill_leftovers()
-    started = sys.modules.get("multiprocessing")  # imported only by a run that isolated a task in a process
+    isolated = sys.modules.get("pending_jobs.isolation")  # imported only by a run that isolated a task in a process
+    if isolated is not None:
+        isolated.kill_leftovers()  # each child's process group: what its handler started dies with it
+    started = sys.modules.get("multiprocessing")  # children a handler started itself, not through isolation
     for child in started.active_children() if started is not None else ():
         child.kill()
     others = [t for t in threading.enumerate() if t is not threading.current_thread()]
