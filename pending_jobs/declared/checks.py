@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 from collections.abc import Mapping
 
 import sqlalchemy as sa
@@ -20,6 +19,7 @@ from ..config import Settings
 from ..errors import ConfigError, Fail
 from ..schedules import Schedule
 from ..store import create_engine, dialect_for
+from .command import located, missing_interpreter
 from .spec import CommandSpec, HttpSpec, Spec, SqlSpec
 from .sql import SqlTask, refused
 from .sqlerrors import driver_message
@@ -97,16 +97,14 @@ def command_problems(spec: CommandSpec) -> list[str]:
     if spec.cwd is not None and not os.path.isdir(spec.cwd):
         found.append(f"working directory {spec.cwd!r} does not exist")
     program = spec.argv[0]
-    if "/" in program:
-        path: str | None = program if os.path.isabs(program) else os.path.join(spec.cwd or os.getcwd(), program)
-    else:
-        search = spec.env.get("PATH", os.environ.get("PATH", os.defpath))
-        path = shutil.which(program, mode=os.F_OK, path=search)
+    path = located(spec)
     if path is None or not os.path.exists(path):
         where = "" if "/" in program else " on PATH"
         found.append(f"command not found: {program!r} does not exist{where}")
     elif os.path.isdir(path) or not os.access(path, os.X_OK):
         found.append(f"command is not executable: {path!r}")
+    elif (interpreter := missing_interpreter(path)) is not None:
+        found.append(f"command cannot start: {path!r}: {interpreter}")
     return found
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import time
 from typing import Any
@@ -100,8 +102,40 @@ class CommandTask:
         if self.spec.cwd is not None and error.filename == self.spec.cwd:
             return f"cannot start {program}: working directory {self.spec.cwd!r}: {error.strerror}"
         if isinstance(error, FileNotFoundError):
+            interpreter = missing_interpreter(located(self.spec))
+            if interpreter is not None:
+                return f"cannot start {program!r}: {interpreter}"
             where = "" if "/" in program else " on PATH"
             return f"command not found: {program!r} does not exist{where}"
         if isinstance(error, PermissionError):
             return f"command is not executable: {program!r} (permission denied)"
         return f"cannot start {program!r}: {error.strerror or error}"
+
+
+def located(spec: CommandSpec) -> str | None:
+    """The file `spec`'s program names: a path (relative to its cwd), or the first match on its PATH."""
+    program = spec.argv[0]
+    if "/" in program:
+        return os.path.join(spec.cwd or os.getcwd(), program)  # an absolute program stays as it is
+    return shutil.which(program, mode=os.F_OK, path=spec.env.get("PATH", os.environ.get("PATH", os.defpath)))
+
+
+def missing_interpreter(path: str | None) -> str | None:
+    """Why a script at `path` cannot start when its `#!` interpreter does not exist, else None.
+
+    exec() then fails with ENOENT, which read as if the script itself were missing: a PHP script's
+    `#!/usr/bin/php` where PHP is /usr/local/bin/php, or a script saved with Windows line ends, whose
+    interpreter is `/bin/sh\r` (the kernel keeps the carriage return)."""
+    try:
+        with open(path or "", "rb") as handle:
+            first = handle.readline(256)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    words = re.split(rb"[ \t]+", first[2:].rstrip(b"\n").strip(b" \t"), maxsplit=1)
+    interpreter = os.fsdecode(words[0])
+    if not interpreter or os.path.exists(interpreter):
+        return None
+    crlf = " (the script has Windows line ends: save it with LF)" if interpreter.endswith("\r") else ""
+    return f"its #! interpreter {interpreter!r} does not exist{crlf}"

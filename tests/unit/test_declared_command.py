@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pending_jobs.declared import command, process
+from pending_jobs.declared import checks, command, process
 from pending_jobs.declared.spec import parse_one
 from pending_jobs.errors import Fail, Retry
 from tests.processes import gone_soon, script
@@ -97,6 +97,28 @@ def test_a_missing_or_not_executable_command_or_working_directory_fails_at_once(
         task([plain])({}, Ctx())
     with pytest.raises(Fail, match="working directory '/nonexistent/dir': No such file or directory"):
         task(["true"], cwd="/nonexistent/dir")({}, Ctx())
+
+
+def test_a_script_whose_interpreter_is_missing_is_named_as_such_by_the_job_and_by_check(tmp_path: Path) -> None:
+    """exec() fails with ENOENT for the #! interpreter: the job said the script itself did not exist, and
+    `check` passed it. A PHP script's `#!/usr/bin/php` where PHP lives elsewhere, or CRLF line ends."""
+    php = tmp_path / "report.php"
+    php.write_text("#!/nonexistent/php -q\n<?php echo 1;\n")
+    crlf = tmp_path / "crlf.sh"
+    crlf.write_bytes(b"#!/bin/sh\r\necho hi\r\n")
+    for path in (php, crlf):
+        path.chmod(0o755)
+    with pytest.raises(Fail, match=f"^cannot start '{php}': its #! interpreter '/nonexistent/php' does not exist$"):
+        task([str(php)])({}, Ctx())
+    with pytest.raises(Fail, match=r"its #! interpreter '/bin/sh\\r' does not exist \(the script has Windows line"):
+        task(["crlf.sh"], env={"PATH": str(tmp_path)})({}, Ctx())
+    spec = parse_one("report", {"command": ["./report.php"], "cwd": str(tmp_path)})
+    assert isinstance(spec, command.CommandSpec)
+    assert checks.command_problems(spec) == [f"command cannot start: '{tmp_path}/./report.php': its #! interpreter "
+                                             "'/nonexistent/php' does not exist"]
+    fine = script(tmp_path, "fine.sh", "exit 0\n")
+    assert task([fine])({}, Ctx()) is None
+    assert checks.command_problems(parse_one("fine", {"command": [fine]})) == []  # type: ignore[arg-type]
 
 
 def test_ten_megabytes_of_stdout_are_cut_never_buffered(tmp_path: Path) -> None:
