@@ -158,7 +158,11 @@ class _WebSocketEndpoint:
                 if not heard.done():
                     heard.cancel()
             if sub.end.done():
-                await websocket.send_text(_json(sub.end.result()))
+                end = sub.end.result()
+                if end is None:  # deleted while followed: as if it had never been there
+                    await websocket.close(CLOSE_NOT_FOUND)
+                    return
+                await websocket.send_text(_json(end))
                 await websocket.close()
                 return
             if heard.result()["type"] == "websocket.disconnect":
@@ -222,8 +226,14 @@ class _EventsEndpoint:
             await send({"type": "http.response.start", "status": 200, "headers": [
                 (b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-store"),
                 (b"x-accel-buffering", b"no"), (b"x-content-type-options", b"nosniff"), *cors]})
-            async for chunk in self._events(state, sub, left):
-                await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+            try:
+                async for chunk in self._events(state, sub, left):
+                    await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+            except asyncio.CancelledError:
+                # uvicorn cancels the responses still open after timeout_graceful_shutdown: the stream ends here
+                # as a complete response (EventSource reconnects after `retry`), instead of one "Exception in ASGI
+                # application" traceback per open stream in the log at every restart.
+                pass
             await send({"type": "http.response.body", "body": b""})
         finally:
             left.cancel()
@@ -241,6 +251,8 @@ class _EventsEndpoint:
                 try:
                     end = sub.end.result()
                 except Stopped:
+                    return
+                if end is None:  # deleted while followed: the stream ends, and EventSource's reconnect gets 404
                     return
                 yield f"event: end\ndata: {_json(end)}\n\n"
                 return

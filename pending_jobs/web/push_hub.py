@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import resource
 from typing import TYPE_CHECKING
 
 from ..store import Store
@@ -23,6 +24,29 @@ if TYPE_CHECKING:
     from .push import PushSettings
 
 log = logging.getLogger(__name__)
+
+FILES_HEADROOM = 100
+"""Open files kept for what is not a stream: the database pool, the listener, logs, the console's requests."""
+FILES_CEILING = 1_048_576
+"""The soft limit asked for when the hard one is unlimited (Linux refuses more than fs.nr_open, 2**20 by default)."""
+
+
+def streams_that_fit(wanted: int) -> int:
+    """How many streams this process can hold, at most `wanted`; its open-files soft limit is first raised to the
+    hard one. Past the limit accept() fails with EMFILE: asyncio logs a traceback for every waiting connection
+    (tens of MB a minute), the console stops answering, and nothing is refused with 1013/503 as documented.
+    A systemd service or a login shell starts with a soft limit of 1,024, whatever max_subscribers says."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = FILES_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as error:  # above fs.nr_open, or not allowed: keep what we have
+            log.warning("push: cannot raise the open-files limit from %d to %d: %s", soft, target, error)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - FILES_HEADROOM))
 
 
 class Full(Exception):
@@ -35,16 +59,22 @@ class Stopped(Exception):
 
 @dataclasses.dataclass(eq=False)
 class Subscription:
-    """One open stream: `state` resolves to where the job stands (None: no such job), `end` to its end."""
+    """One open stream: `state` resolves to where the job stands (None: no such job), `end` to its end (None:
+    the job was deleted before it was seen ended)."""
 
     job_id: int
     state: asyncio.Future[JobEnd | None]
-    end: asyncio.Future[JobEnd]
+    end: asyncio.Future[JobEnd | None]
     open: bool = True
 
 
 class PushHub:
     """Every subscriber of this process, and the one loop that reads their jobs' ends."""
+
+    census_interval = 30.0
+    """Seconds between reads of the waiting jobs whole rather than the ended ones only: a job deleted between two
+    looks (purged or removed by retention right after its end, or deleted by the application) is then seen gone,
+    and its streams closed, instead of being held open for as long as the page stays."""
 
     def __init__(self, settings: PushSettings, store: Store) -> None:
         self.settings = settings
@@ -54,7 +84,10 @@ class PushHub:
         self._new: dict[int, list[Subscription]] = {}
         self._waiting: dict[int, list[Subscription]] = {}
         self._count = 0
+        self.limit = settings.max_subscribers
+        """Open streams at most: max_subscribers, or fewer when the open-files limit cannot hold them (start())."""
         self._look = False
+        self._census_at = 0.0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._listener: FinishedListener | None = None
@@ -80,6 +113,11 @@ class PushHub:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        self.limit = streams_that_fit(self.settings.max_subscribers)
+        if self.limit < self.settings.max_subscribers:
+            log.warning("push: at most %d open streams, not max_subscribers=%d: the open-files limit (ulimit -n, "
+                        "systemd LimitNOFILE=) is too low; more are refused (1013/503)", self.limit,
+                        self.settings.max_subscribers)
         try:
             self.notify = await asyncio.to_thread(self.reads.can_notify)
         except Exception as error:  # the database is not there yet: poll, which retries every interval
@@ -119,7 +157,7 @@ class PushHub:
     def subscribe(self, job_id: int) -> Subscription:
         if self._task is None:
             raise Stopped()
-        if self._count >= self.settings.max_subscribers:
+        if self._count >= self.limit:
             raise Full()
         loop = asyncio.get_running_loop()
         sub = Subscription(job_id, loop.create_future(), loop.create_future())
@@ -184,8 +222,20 @@ class PushHub:
         if not self._look:
             return False
         self._look = False
-        if self._waiting:  # nobody waiting: no query at all
+        if not self._waiting:  # nobody waiting: no query at all
+            return True
+        now = asyncio.get_running_loop().time()
+        if now < self._census_at:
             for end in await asyncio.to_thread(self.reads.finished_among, list(self._waiting)):
                 for sub in self._waiting.pop(end.id, []):
                     sub.end.set_result(end)
+            return True
+        self._census_at = now + self.census_interval
+        ids = list(self._waiting)
+        found = {state.id: state for state in await asyncio.to_thread(self.reads.states_of, ids)}
+        for job_id in ids:
+            state = found.get(job_id)
+            if state is None or state.ended:  # None: deleted since its subscribers were sent its state
+                for sub in self._waiting.pop(job_id, []):
+                    sub.end.set_result(state)
         return True
