@@ -9,10 +9,13 @@
 // PENDING_JOBS_PDO_USER and PENDING_JOBS_PDO_PASSWORD. Prints the job id; signing up the same
 // email again prints the same id (the idempotency key). The handler is signup_tasks.py beside this
 // file; receiver.php receives the callback. Run the runner with the receiver's address allowed: it
-// refuses callbacks to loopback and private addresses unless callback_allow names them,
+// refuses callbacks to loopback and private addresses unless callback_allow names them. The tables come
+// first (`pending-jobs migrate`); `run --drain` returns once nothing is due (a plain `run` serves, as under cron,
+// until the next tick's run takes over or --max-runtime, an hour, passes):
 //
-//   PENDING_JOBS_DATABASE_URL=sqlite:////tmp/demo.sqlite3 PENDING_JOBS_CALLBACK_ALLOW=127.0.0.1 \
-//       PENDING_JOBS_CALLBACK_SECRET=whsec_… PENDING_JOBS_TASKS=signup_tasks PYTHONPATH=examples/php pending-jobs run
+//   export PENDING_JOBS_DATABASE_URL=sqlite:////tmp/demo.sqlite3 && pending-jobs migrate
+//   PENDING_JOBS_CALLBACK_ALLOW=127.0.0.1 PENDING_JOBS_CALLBACK_SECRET=whsec_… PENDING_JOBS_TASKS=signup_tasks \
+//       PYTHONPATH=examples/php pending-jobs run --drain
 
 declare(strict_types=1);
 

@@ -92,7 +92,9 @@ class CommandTask:
         """The end of stderr (or, when stderr is empty, the start of stdout: PHP prints errors there)."""
         if done.stderr_tail.strip():
             text = done.stderr_tail[-TAIL * 4:].decode("utf-8", "replace").strip()
-            return "; stderr ends:\n" + clean_text(text[-TAIL:], TAIL)
+            # On the first line, not after a newline: the cron log line and a callback's `error` keep only the
+            # first line of the reason, and "stderr ends:" alone told a PHP receiver nothing.
+            return "; stderr ends: " + clean_text(text[-TAIL:], TAIL)
         if done.stdout.strip():
             return "; no stderr, stdout starts: " + excerpt(done.stdout)
         return " (no output)"

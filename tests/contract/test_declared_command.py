@@ -56,9 +56,9 @@ def test_each_bad_command_ends_its_job_with_a_reason_and_the_others_succeed(engi
     assert done["huge"].status == "succeeded" and "[output cut at" in done["huge"].result
     assert (done["tempfail"].status, done["tempfail"].last_error) == (
         "pending", f"Retry: {tables['tempfail']['command'][0]} exited 75 (EX_TEMPFAIL: try again later); "
-                   "stderr ends:\nlocked, later")
+                   "stderr ends: locked, later")
     assert done["broken"].status == "failed" and done["broken"].attempts == 1
-    assert done["broken"].last_error.endswith("broken.sh exited 1; stderr ends:\nFatal: bad input")
+    assert done["broken"].last_error.endswith("broken.sh exited 1; stderr ends: Fatal: bad input")
     assert done["missing"].last_error == f"Fail: command not found: '{tmp_path / 'no-such-script'}' does not exist"
     assert done["not_executable"].last_error.startswith("Fail: command is not executable: ")
     assert done["hang"].status == "pending" and "hang.sh timed out after 1s: its process group was stopped " \

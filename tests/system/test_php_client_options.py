@@ -228,3 +228,27 @@ def test_run_at_outside_the_years_1_to_9999_is_refused_before_any_sql(
         "year 10000 at +01:00, 9999 in UTC": "accepted",
     }
     assert len(rows(engine, "SELECT id FROM pending_jobs")) == 3
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_a_mysql_connection_not_in_utf8mb4_is_refused_rather_than_storing_another_payload(
+        backend: str, db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
+    # Over a latin1 connection MariaDB converted the client's UTF-8 again: "é" was stored as "Ã©", silently.
+    result = run_php(tmp_path, """
+        $dsn = str_replace('charset=utf8mb4', 'charset=%s', getenv('PENDING_JOBS_PDO_DSN'));
+        $open = fn (string $charset) => new PDO(sprintf($dsn, $charset), getenv('PENDING_JOBS_PDO_USER') ?: null,
+            getenv('PENDING_JOBS_PDO_PASSWORD') ?: null, [PDO::ATTR_ERRMODE => PDO::ERRMODE_EXCEPTION]);
+        out([
+            'latin1' => outcome(fn () => (new Client($open('latin1')))->enqueue('echo', ['name' => 'Zoë'])),
+            'utf8' => outcome(fn () => (new Client($open('utf8')))->enqueue('echo', ['name' => '🙂'])),
+            'utf8mb4' => (new Client($open('utf8mb4')))->enqueue('echo', ['name' => 'Zoë 🙂']),
+            // ASCII is the same bytes over every connection: an application on latin1 on purpose goes on.
+            'latin1, ascii' => (new Client($open('latin1')))->enqueue('echo', ['name' => 'Zoe']),
+        ]);
+    """, db_url, backend=backend)
+
+    assert result["latin1"].startswith("InvalidArgumentException: the PDO connection must use utf8mb4 (charset=utf8mb4 "
+                                       'in the DSN), not {"client":"latin1","connection":"latin1","results":"latin1"}')
+    assert result["utf8"].startswith("InvalidArgumentException: the PDO connection must use utf8mb4")
+    assert rows(engine, "SELECT task, payload FROM pending_jobs ORDER BY id") == [
+        ("echo", '{"name":"Zoë 🙂"}'), ("echo", '{"name":"Zoe"}')]

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from pending_jobs.callbacks.delivery import short_reason
 from pending_jobs.declared import checks, command, process
 from pending_jobs.declared.spec import parse_one
 from pending_jobs.errors import Fail, Retry
@@ -80,6 +81,19 @@ def test_another_exit_code_fails_with_the_tail_of_stderr(tmp_path: Path) -> None
     assert failed.value.reason.startswith(f"{run} exited 3; stderr ends:")
     assert failed.value.reason.endswith("Fatal: no such report") and "line 0\n" not in failed.value.reason
     assert len(failed.value.reason) < 2500
+
+
+def test_the_first_line_of_the_reason_holds_stderr_for_the_cron_log_and_the_callback(tmp_path: Path) -> None:
+    # The runner's log line and a callback's `error` keep the reason's first line only: it must say why.
+    run = script(tmp_path, "php.sh", "echo 'PHP Fatal error:  Uncaught RuntimeException: db gone in x.php:3' >&2\n"
+                                     "echo 'Stack trace:' >&2; echo '  thrown in x.php on line 3' >&2; exit 255\n")
+
+    with pytest.raises(Fail) as failed:
+        task([run])({}, Ctx())
+    first = short_reason(f"Fail: {failed.value.reason}")
+    assert first == f"Fail: {run} exited 255; stderr ends: PHP Fatal error:  Uncaught RuntimeException: db gone " \
+                    "in x.php:3"
+    assert failed.value.reason.endswith("thrown in x.php on line 3")
 
 
 def test_php_style_errors_on_stdout_are_shown_when_stderr_is_empty(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ final class Client
     private const READ_DEPTH = 100_000;
 
     private readonly string $driver;
+    private bool $charsetChecked = false;
 
     /**
      * @param \PDO $pdo a connection to the database that holds the pending_jobs table
@@ -215,6 +216,9 @@ final class Client
      */
     private function execute(string $sql, array $params): \PDOStatement
     {
+        if (!$this->charsetChecked && $this->driver === 'mysql' && self::anyNonAscii($params)) {
+            $this->checkCharset();
+        }
         $statement = $this->pdo->prepare($sql);
         if ($statement === false) {
             throw $this->failure($this->pdo->errorInfo());
@@ -231,6 +235,46 @@ final class Client
             throw $this->failure($statement->errorInfo());
         }
         return $statement;
+    }
+
+    /** @param array<int, mixed> $params */
+    private static function anyNonAscii(array $params): bool
+    {
+        foreach ($params as $value) {
+            if (is_string($value) && preg_match('/[\x80-\xff]/', $value) === 1) {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    /**
+     * Refuse a MariaDB/MySQL connection that does not talk utf8mb4, once per client, before the first statement
+     * that sends text beyond ASCII: over a latin1 connection the server converted the UTF-8 bytes again and
+     * stored "é" as "Ã©" (the job ran with another payload, silently); over utf8mb3 an emoji failed as SQLSTATE
+     * 22007 "Invalid datetime format". ASCII is the same bytes in every one of them: an application whose
+     * connection is latin1 on purpose (its own tables) goes on enqueueing such jobs, with no extra round trip.
+     */
+    private function checkCharset(): void
+    {
+        $this->charsetChecked = true;
+        $statement = $this->pdo->query('SELECT @@character_set_client, @@character_set_connection, '
+            . '@@character_set_results');
+        if ($statement === false) {
+            throw $this->failure($this->pdo->errorInfo());
+        }
+        $charsets = $statement->fetch(\PDO::FETCH_NUM);
+        $statement->closeCursor();
+        // character_set_results NULL: the server sends results as stored, utf8mb4.
+        if ($charsets === false || $charsets[0] !== 'utf8mb4' || $charsets[1] !== 'utf8mb4'
+            || !in_array($charsets[2], ['utf8mb4', null], true)) {
+            $this->charsetChecked = false;
+            throw new \InvalidArgumentException(sprintf(
+                'the PDO connection must use utf8mb4 (charset=utf8mb4 in the DSN), not %s: MariaDB/MySQL would '
+                . 'store a payload that differs from the one given, or refuse it',
+                json_encode($charsets === false ? null : array_combine(['client', 'connection', 'results'], $charsets)),
+            ));
+        }
     }
 
     /** @param array<int, mixed> $info PDO's errorInfo() */
