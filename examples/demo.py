@@ -85,8 +85,10 @@ def main() -> None:
     resize = pending_jobs("enqueue", "resize_image", "--payload", '{"width": 1024}', env=env).strip()
     report = pending_jobs("enqueue", "monthly_report", "--delay", "1h", env=env).strip()
     with sqlite3.connect(database) as conn:  # a producer that only knows the table
-        conn.execute("INSERT INTO pending_jobs (task, payload) VALUES ('no_such_task', '{}')")
-    print(f"   jobs {email} (with callback), {resize} (fails once), {report} (due in 1 h), and one unknown task")
+        # One attempt: an unknown task is otherwise tried again with the backoff (a deploy may be under way).
+        conn.execute("INSERT INTO pending_jobs (task, payload, max_attempts) VALUES ('no_such_task', '{}', 1)")
+    print(f"   jobs {email} (with callback), {resize} (fails once), {report} (due in 1 h), and one unknown task "
+          "(one attempt)")
 
     print("\n== pending-jobs run -v   (what cron starts every minute)")
     print(pending_jobs("run", "--drain", "-v", env=env), end="")

@@ -62,8 +62,11 @@ class Executor:
         payload, payload_problem = validation.parse_payload(job.payload_text, self.settings.payload_limit)
         problem = problem or payload_problem
         if problem is None and task is None:
+            # Tried again with the backoff, not failed at once: this run loaded its tasks when it started, and a
+            # task deployed since (config or code out a moment before its producers, a host not yet upgraded in
+            # a rolling deploy) is known to the next run. A misspelt task still fails, after its attempts.
             known = ", ".join(sorted(self.tasks)) or "none"
-            problem = f"unknown task {job.task!r}: no handler registered (known: {known})"
+            return self.failure(job, f"unknown task {job.task!r}: no handler registered in this run (known: {known})")
         if problem is not None or task is None:
             return Outcome(job, "failed", error=validation.clean_text(problem or "unknown task"))
         session = self.store.handler_transaction(job)

@@ -182,13 +182,21 @@ def test_retry_and_fail_raised_by_handlers(engine: sa.Engine, run: Any) -> None:
     assert failed.last_error == "Fail: the input can never work"
 
 
-def test_unknown_task_fails_at_once(engine: sa.Engine, run: Any) -> None:
+def test_an_unknown_task_is_tried_again_then_fails_when_its_attempts_are_spent(engine: sa.Engine, run: Any) -> None:
+    # Tried again: the run serving loaded its tasks when it started, and a task deployed since (its config or
+    # code out a moment before its producers, a host not yet upgraded) is known to the next run.
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('no_such_task', '{}')"))
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload, max_attempts) VALUES ('no_such_task', '{}', 2)"))
     run()
     row = job(engine, 1)
-    assert row.status == "failed" and row.attempts == 1
-    assert "unknown task 'no_such_task'" in row.last_error
+    assert (row.status, row.attempts) == ("pending", 1)
+    assert row.last_error.startswith("unknown task 'no_such_task': no handler registered in this run (known: ")
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET run_at = :now"), {"now": dt.datetime(2000, 1, 1)})
+    run()
+    row = job(engine, 1)
+    assert (row.status, row.attempts) == ("failed", 2)
+    assert "unknown task 'no_such_task'" in row.last_error and "(attempt 2 of 2: giving up)" in row.last_error
 
 
 def test_handler_write_through_ctx_commits_with_success(engine: sa.Engine, run: Any) -> None:

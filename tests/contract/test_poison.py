@@ -31,7 +31,7 @@ HANDLER_POISON: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("closes_connection", {}, {"max_attempts": 1}),
     ("invalidates_connection", {}, {"max_attempts": 1}),
     ("lone_surrogate_result", {}, {}),
-    ("no_such_task", {}, {}),
+    ("no_such_task", {}, {"max_attempts": 1}),  # tried again with more (a deploy may be under way)
 ]
 
 

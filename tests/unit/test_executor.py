@@ -182,14 +182,19 @@ def test_a_payload_exactly_at_the_payload_limit_runs_one_byte_over_fails() -> No
         job, "failed", error="payload is 10 bytes, over the 9-byte limit (setting payload_limit)")
 
 
-def test_an_unknown_task_fails_naming_the_known_ones() -> None:
+def test_an_unknown_task_is_tried_again_with_the_default_backoff_naming_the_known_ones() -> None:
+    # Not failed at once: a task deployed after this run loaded its tasks is known to the next run.
     store = RecordingStore()
     job = claim(store, "nope")
     tasks = {**one(returns(None), "b"), **one(returns(None), "a")}
-    assert executor(store, tasks)(job) == Outcome(
-        job, "failed", error="unknown task 'nope': no handler registered (known: a, b)")
-    assert executor(store, {})(job) == Outcome(
-        job, "failed", error="unknown task 'nope': no handler registered (known: none)")
+    outcome = executor(store, tasks)(job)
+    assert (outcome.kind, outcome.error) == ("retry", "unknown task 'nope': no handler registered in this run "
+                                                      "(known: a, b)")
+    assert 5.0 <= outcome.delay <= 10.0  # default_backoff(1): 10 s, jitter 50-100 %
+    last = claim(store, "nope", attempts=4)  # attempt 5 of 5
+    assert executor(store, {})(last) == Outcome(
+        last, "failed", error="unknown task 'nope': no handler registered in this run (known: none)\n"
+                              "(attempt 5 of 5: giving up)")
 
 
 def test_a_payload_problem_is_named_before_an_unknown_task() -> None:
