@@ -80,8 +80,11 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
             if settings.poll > 0:
                 threads.append(_Thread("schedules", lambda stop: _keep_schedules(
                     ScheduleStore(store), recurring, stop, producer.wake)))
-        if callbacks is not None and settings.poll > 0:  # a drain delivers after its jobs, in one pass
-            threads.append(callbacks.start())
+        # A drain, and a one-off `--job` run, deliver after their jobs, in one pass: a sender thread stopped as
+        # soon as the one job ended, so `run --job` left that job's callback to the next run.
+        one_pass = settings.poll <= 0 or job_id is not None
+        if callbacks is not None and not one_pass:
+            threads.append(callbacks.start(producer.signal))
         if settings.poll > 0 and settings.callbacks != "only":
             listener = store.sql.listener(store.engine)
             if listener is not None:
@@ -98,9 +101,10 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
                 on_served()
             for thread in threads:
                 thread.stop(raise_error=True)
-            if callbacks is not None and settings.poll <= 0 and report.stopped_by != "signal":
-                callbacks.deliver_due(time.monotonic() + max(CALLBACK_MIN_TIME, settings.max_runtime
-                                                             - (time.monotonic() - started)))
+            if callbacks is not None and one_pass and report.stopped_by != "signal":
+                # `--job` from a shell: a few seconds for its callback, not max_runtime of another backlog.
+                budget = 0.0 if job_id is not None else settings.max_runtime - (time.monotonic() - started)
+                callbacks.deliver_due(time.monotonic() + max(CALLBACK_MIN_TIME, budget))
         _retention(store, settings, hurry=report.stopped_by == "signal")
         report.exit_code = 0
     except BaseException as error:
@@ -191,10 +195,12 @@ def _write_metrics(runs: RunStore, report: RunReport, metrics_file: str) -> None
 class _Thread:
     """A thread of the run that works until `stop()`; its first error is raised by `stop()`."""
 
-    def __init__(self, name: str, work: Callable[[threading.Event], None]) -> None:
+    def __init__(self, name: str, work: Callable[[threading.Event], None],
+                 on_error: Callable[[], None] | None = None) -> None:
         self._stop = threading.Event()
         self._error: BaseException | None = None
         self._work = work
+        self._on_error = on_error
         self._thread = threading.Thread(target=self._main, name=f"pending-jobs-{name}", daemon=True)
         self._thread.start()
 
@@ -203,6 +209,10 @@ class _Thread:
             self._work(self._stop)
         except BaseException as error:  # handed to the run's own thread by stop()
             self._error = error
+            if self._on_error is not None and not self._stop.is_set():
+                # The run stops now and raises it: kept until the run's end, a dead callback sender left a
+                # run (a callbacks-only one, a `serve`) sending nothing for up to max_runtime, or for ever.
+                self._on_error()
 
     def stop(self, raise_error: bool) -> None:
         """Ask it to stop and wait for it; raise what stopped it early (else only log it: the run is
@@ -227,8 +237,8 @@ class _Callbacks:
         self._wake = threading.Event()
         self._stop: threading.Event | None = None
 
-    def start(self) -> _Thread:
-        return _Thread("callbacks", self._serve)
+    def start(self, on_error: Callable[[], None] | None = None) -> _Thread:
+        return _Thread("callbacks", self._serve, on_error)
 
     def _serve(self, stop: threading.Event) -> None:
         self._stop = stop

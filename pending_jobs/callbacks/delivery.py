@@ -41,6 +41,7 @@ BREAKER_THRESHOLD = 5  # consecutive failures to one host that open its circuit 
 BREAKER_PAUSE = 60.0  # seconds a callback held back by an open circuit waits (about one cron tick)
 EXCERPT = 1024
 CALLBACK_POLL = 1.0  # seconds between looks for callback retries whose time came, while a run serves
+BUSY_LOOK = 0.1  # seconds at least between claims woken by jobs' ends while attempts are under way
 BATCH_SIZE = 200  # outcomes recorded in one transaction at most
 POLL = 0.005  # seconds between looks at a background record that outcomes wait behind
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -136,9 +137,18 @@ class Deliverer:
         workers: WorkerPool[DueCallback, CallbackResult] = WorkerPool(
             self.concurrency, self.attempt, self._internal_error, "pending-jobs-callback")
         withdrawn = False
+        claimed_at = 0.0
         try:
             while True:
                 stopping = stop is not None and stop.is_set()
+                if drained and inflight and wake is not None:
+                    # A job ended (at most every BUSY_LOOK s), or a retry may have come due, while attempts are
+                    # under way: look now. Waiting for every attempt to end first held each new callback
+                    # behind one slow receiver for up to callback_timeout (15 s), though a sender was free.
+                    since = time.monotonic() - claimed_at
+                    if since >= CALLBACK_POLL or (since >= BUSY_LOOK and wake.is_set()):
+                        wake.clear()
+                        drained = False
                 if stopping and not withdrawn:
                     # A signal: attempts under way finish, but the callbacks queued behind them (up to
                     # QUEUED_ROUNDS rounds of requests) go back unsent, for the next run: sent after the
@@ -155,6 +165,7 @@ class Deliverer:
                     start_by = time.monotonic() + self.settings.callback_timeout * QUEUED_ROUNDS
                     claimed = self.store.claim(free, lease, queues)
                     drained = len(claimed) < free  # nothing more is due now (or others hold it)
+                    claimed_at = time.monotonic()
                     for callback in claimed:
                         if self._open(callback.url):
                             batch.add([self._hold_back(callback)])
