@@ -13,6 +13,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event, exc
 
+from .errors import ConfigError
+
 PING_AFTER = 1.0  # seconds idle after which a pooled connection is pinged before use (a restart takes longer)
 CLEAN = "pending_jobs_clean"
 IDLE_SINCE = "pending_jobs_idle_since"
@@ -98,3 +100,25 @@ def sqlstate(error: BaseException) -> str | None:
     """The SQLSTATE the driver reported, if any."""
     value = getattr(getattr(error, "orig", None), "sqlstate", None)
     return str(value) if value is not None else None
+
+
+
+def refuse_bad_parameters(engine: sa.Engine) -> None:
+    """Turn a driver's refusal of database_url's own parameters into a configuration error (exit 2, one line).
+
+    PyMySQL raises TypeError for a parameter it does not take (`?sslmode=require`, copied from a PostgreSQL or
+    PHP DSN), AttributeError for `?ssl=true`, FileNotFoundError for an `?ssl_ca=` file that is not there; psycopg
+    raises ProgrammingError for an option libpq does not know. None is an error SQLAlchemy maps, so each was an
+    "unexpected error" with a traceback and exit 1, on every cron tick. Only errors of making a connection are
+    looked at (no statement, no connection yet), and none of a server that cannot be reached.
+    """
+
+    @event.listens_for(engine, "handle_error")
+    def _refused(context: sa.engine.ExceptionContext) -> BaseException | None:
+        error = context.original_exception
+        if context.connection is not None or context.statement is not None or context.is_pre_ping:
+            return None
+        if isinstance(error, TypeError | ValueError | AttributeError | FileNotFoundError | IsADirectoryError) or \
+                isinstance(error, context.dialect.loaded_dbapi.ProgrammingError):
+            return ConfigError(f"database_url: the driver refuses its parameters: {describe(error)}")
+        return None

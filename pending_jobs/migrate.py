@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from .errors import SchemaNotCurrent
+from .errors import ConfigError, SchemaNotCurrent
 from .schema import SUMMARY_VIEW, VERSION_TABLE, metadata
 from .store import dialect_for, schema_revision
 
@@ -54,9 +54,16 @@ def upgrade(engine: sa.Engine, revision: str = "head") -> None:
     """Apply migrations up to `revision`. A table lock waited for past db.MIGRATE_LOCK_WAIT raises the
     driver's error (the dialect's `timed_out` or `retryable` says which); run it again."""
     from alembic import command
+    from alembic.util import CommandError
 
+    at = current(engine)
+    if at is not None and at not in known():
+        require_head(engine)  # "newer than this pending-jobs knows": Alembic's traceback said "Can't locate revision"
     with engine.connect() as conn, dialect_for(conn).migrating(conn), conn.begin():
-        command.upgrade(alembic_config(connection=conn), revision)
+        try:
+            command.upgrade(alembic_config(connection=conn), revision)
+        except CommandError as error:  # `--revision 0O09`: a setting to fix, one line and exit 2
+            raise ConfigError(f"cannot migrate to revision {revision!r}: {error}") from None
 
 
 def downgrade(engine: sa.Engine, revision: str = "base") -> None:
@@ -70,12 +77,16 @@ def downgrade(engine: sa.Engine, revision: str = "base") -> None:
 def upgrade_sql(url: str, revision: str = "head") -> str:
     """The DDL `upgrade` would run, for DBAs who apply it themselves (`migrate --sql`)."""
     from alembic import command
+    from alembic.util import CommandError
 
     buffer = io.StringIO()
     url = sa.make_url(url).render_as_string(hide_password=False)
     if url.startswith(("mysql://", "mariadb://")):
         url = url.replace("://", "+pymysql://", 1)
-    command.upgrade(alembic_config(url=url, output=buffer), revision, sql=True)
+    try:
+        command.upgrade(alembic_config(url=url, output=buffer), revision, sql=True)
+    except CommandError as error:
+        raise ConfigError(f"cannot print the DDL of revision {revision!r}: {error}") from None
     return buffer.getvalue()
 
 

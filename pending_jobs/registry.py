@@ -106,7 +106,9 @@ def load(modules: Sequence[str], python_path: Sequence[str] = ()) -> dict[str, T
     for module in modules:
         try:
             importlib.import_module(module)
-        except Exception as exc:  # any import-time error is a configuration error
+        # Any import-time error is a configuration error; SystemExit too: an app module's `sys.exit("APP_ENV is
+        # not set")` ended `run` with its code (1; or 3, which `check` means as "database"), `check` with no report.
+        except (Exception, SystemExit) as exc:
             hint = " (is its folder in python_path?)" if isinstance(exc, ModuleNotFoundError) else ""
             raise ConfigError(f"cannot import task module {module!r}: {type(exc).__name__}: {exc}{hint}") from exc
     return dict(_TASKS)

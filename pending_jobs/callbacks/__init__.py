@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..config import Settings
 from ..errors import ConfigError
-from .delivery import Deliverer, body_of, webhook_id
+from .delivery import Deliverer, allow_problems, body_of, webhook_id
 from .guard import Guard, Refused, Target, Unresolved, blocked_reason, broad_allow, redact
 from .signing import PREFIX, Signer, secret_key
 
@@ -39,7 +39,9 @@ def config_warnings(settings: Settings) -> list[str]:
             warnings.append(f"callback secret #{number} does not start with {PREFIX!r} (Standard Webhooks form)")
     if len(settings.callback_secret) > 2:
         warnings.append("more than two callback secrets: use two only while rotating")
-    for net in Guard(settings.callback_allow).networks:
+    guard = Guard(settings.callback_allow)
+    warnings += [f"PENDING_JOBS_CALLBACK_ALLOW contains {problem}" for problem in allow_problems(guard)]
+    for net in guard.networks:
         problem = broad_allow(net)
         if problem:
             warnings.append(f"PENDING_JOBS_CALLBACK_ALLOW contains {net}{problem}")

@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..models import CallbackResult, DueCallback
 from ..version import __version__
 from ..workers import WorkerPool
-from .guard import Guard, Refused, Resolver, Unresolved, host_key, redact
+from .guard import Guard, Refused, Resolver, Unresolved, _host_problem, host_key, redact
 from .policy import classify
 from .signing import Signer
 from .transport import Response, Transport
@@ -300,4 +300,16 @@ def _checked(settings: Settings, resolver: Resolver | None) -> tuple[Signer, Gua
     """The signer and the SSRF guard of these settings; ConfigError when one is malformed."""
     if settings.callback_timeout <= 0 or settings.callback_connect_timeout <= 0:
         raise ConfigError("callback_timeout and callback_connect_timeout must be positive")
-    return Signer(settings.callback_secret), Guard(settings.callback_allow, resolver)
+    guard = Guard(settings.callback_allow, resolver)
+    problems = allow_problems(guard)
+    if problems:
+        raise ConfigError(f"callback_allow: {problems[0]}")
+    return Signer(settings.callback_secret), guard
+
+
+def allow_problems(guard: Guard) -> list[str]:
+    """The callback_allow entries that are neither a network nor a host name. Each became a "name" no URL's host
+    ever equals (`hooks.internal:8080`, `http://hooks.internal`, `10.0.0.0/33`): the allowance silently did
+    nothing and every callback it meant to let through failed for good, refused."""
+    return [f"{name!r} is neither a CIDR, an address nor a host name (a name goes without scheme, port or path)"
+            for name in sorted(guard.names) if _host_problem(name)]

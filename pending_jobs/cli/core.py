@@ -119,6 +119,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         if run_at.tzinfo is None:
             run_at = run_at.replace(tzinfo=dt.UTC)
     engine, _ = common.open_database(settings)
+    migrate.require_head(engine)  # as every other command: not migrated was a driver's traceback, exit 1
     try:
         job_id = enqueue(
             engine, args.task, payload, queue=args.job_queue, priority=args.priority, delay=args.delay,

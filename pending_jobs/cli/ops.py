@@ -262,6 +262,8 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
         declared.specs(settings)  # [task.NAME] tables are configuration too
         limits.parse(settings.queue_tables, settings.declared_tasks)  # and the limits and schedules
         plan = schedules.parse(settings.schedule_tables, settings.payload_limit)
+        # The [web] table and PENDING_JOBS_WEB_* too: a typo there passed `check`, and `web` then refused to start.
+        config.load_web({}, config_file=getattr(args, "config", None))
         engine, store = common.open_database(settings)  # a URL no engine can be made of (a missing folder)
     except ConfigError as error:
         results.append(("configuration", False, str(error)))
@@ -286,6 +288,12 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
         results.append(("schema", True, f"at {migrate.head()}"))
     except ConfigError as error:
         results.append(("schema", False, str(error)))
+        return skip_rest()
+    # Probed on the tables of head only (a missing column would read as a refusal), but a database failure.
+    denied = OpsStore(store).missing_privileges()
+    if denied:
+        results[1] = ("database", False, f"the database user may not: {', '.join(denied)} (a run reads, inserts, "
+                      "updates and deletes in pending-jobs' tables: grant those on every pending_job* table)")
         return skip_rest()
 
     results.append(_check_handlers(settings, OpsStore(store), engine, plan))

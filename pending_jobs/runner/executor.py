@@ -201,14 +201,16 @@ def _log_outcome(outcome: Outcome, limit: int) -> None:
         return
     job = outcome.job
     first = outcome.error.strip().splitlines()[0][:200] if outcome.error.strip() else "no reason given"
+    fields = {"job_id": job.id, "task": job.task}  # `--log-format json` gives them as fields, as a handler's lines
     if outcome.cancelling:
         log.info("job %d (%s) gave up on attempt %d after an operator asked to cancel it: cancelled (%s)", job.id,
-                 job.task, job.attempt, first)
+                 job.task, job.attempt, first, extra=fields)
     elif outcome.kind == "failed":
-        log.warning("job %d (%s) failed on attempt %d of %d: %s", job.id, job.task, job.attempt, limit, first)
+        log.warning("job %d (%s) failed on attempt %d of %d: %s", job.id, job.task, job.attempt, limit, first,
+                    extra=fields)
     else:
         log.info("job %d (%s) will be retried in %.0fs after attempt %d of %d: %s", job.id, job.task,
-                 outcome.delay, job.attempt, limit, first)
+                 outcome.delay, job.attempt, limit, first, extra=fields)
 
 
 @functools.lru_cache(maxsize=256)

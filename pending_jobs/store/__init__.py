@@ -69,13 +69,19 @@ def create_engine(url: str, pool_size: int = 5, create: bool = True, **options: 
     database must exist; connecting never creates a server's, but would create an empty SQLite file."""
     try:
         parsed = sa.make_url(url)
-    except exc.ArgumentError as error:
+    except (exc.ArgumentError, ValueError) as error:  # ValueError: a port that is not a number
         raise ConfigError(f"database_url is not a valid SQLAlchemy URL: {error}") from None
     backend = parsed.get_backend_name()
     dialect = _DIALECTS.get("mysql" if backend == "mariadb" else backend)
     if dialect is None:
         raise ConfigError(f"unsupported database {backend!r}: use mysql, mariadb, postgresql or sqlite")
-    return dialect.engine(parsed, pool_size, create=create, **options)
+    try:
+        engine = dialect.engine(parsed, pool_size, create=create, **options)
+    except exc.NoSuchModuleError:  # a misspelt driver (`mysql+pymsql://`): a setting to fix, not a traceback
+        raise ConfigError(f"database_url names a driver SQLAlchemy does not know: {parsed.drivername!r} (leave it "
+                          f"out, {backend}://…, for the one pending-jobs uses)") from None
+    db.refuse_bad_parameters(engine)
+    return engine
 
 
 def dialect_of_error(error: BaseException) -> Dialect | None:

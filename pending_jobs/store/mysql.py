@@ -8,7 +8,9 @@ READ COMMITTED (set on the engine, db.py) so no gap locks block producers' INSER
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
+import os
 import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +21,7 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import mysql
 
 from .. import db
+from ..errors import ConfigError
 from ..schema import callback_attempts, db_now
 from ..schema import limits as L
 from ..schema import pending_jobs as J
@@ -30,7 +33,8 @@ LOCK_WAIT_TIMEOUT = 1205  # only the statement was rolled back: roll back the tr
 READ_ONLY = (1290, 1792, 1836)  # --read-only / read-only transaction / read-only replica
 GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost / killed / shutdown
 LOST = (2006, 2013, 2055, 1927, 4031)  # an open connection dropped; the server may still be up
-LOGIN_REFUSED = (1044, 1045, 1049, 1698)  # access denied (to the database) / unknown database
+# access denied (to the database) / unknown database / TLS the URL asks for and the server does not offer
+LOGIN_REFUSED = (1044, 1045, 1049, 1698, 2026)
 SERVER_STATUS_IN_TRANS = 1
 # Errors of a declared SQL task that another attempt cannot fix. PyMySQL raises several as
 # OperationalError (any number it does not map, such as 1054 unknown column), so the number decides.
@@ -117,6 +121,7 @@ class MySQL(Dialect):
             connect_args["ssl_disabled"] = True
         options.setdefault("connect_args", connect_args)
         engine = super().engine(url, pool_size, create, **options)
+        _refuse_bad_parameters(engine)
         galera_aware(engine, hosts)
         return engine
 
@@ -370,3 +375,19 @@ def _server(conn: sa.Connection) -> tuple[bool, tuple[int, ...]]:
     """Whether the server is MariaDB, and its version's numbers (as SQLAlchemy read them on connecting)."""
     version = tuple(part for part in conn.dialect.server_version_info or () if isinstance(part, int))
     return bool(getattr(conn.dialect, "is_mariadb", False)), version
+
+
+def _refuse_bad_parameters(engine: sa.Engine) -> None:
+    """ConfigError for a URL parameter PyMySQL would refuse at the first connection with a TypeError (`?sslmode=`,
+    copied from a PostgreSQL or PHP DSN), an AttributeError (`?ssl=true`) or a FileNotFoundError (an `ssl_ca`
+    file that is not there): none a DBAPI error, so each was an "unexpected error", traceback and exit 1."""
+    params = engine.dialect.create_connect_args(engine.url)[1]
+    unknown = sorted(set(params) - set(inspect.signature(engine.dialect.loaded_dbapi.connect).parameters))
+    if unknown:
+        raise ConfigError(f"database_url: PyMySQL takes no parameter {', '.join(unknown)} (TLS: ssl_ca=/path/ca.pem)")
+    ssl = params.get("ssl", {})
+    if not isinstance(ssl, dict):
+        raise ConfigError(f"database_url: ssl={ssl!r} is not a PyMySQL setting; give ssl_ca=/path/ca.pem")
+    for key in ("ca", "cert", "key"):
+        if key in ssl and not os.path.isfile(ssl[key]):
+            raise ConfigError(f"database_url: ssl_{key} {ssl[key]} is not a file")

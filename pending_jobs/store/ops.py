@@ -18,6 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from .. import db
+from ..errors import DatabaseUnavailable
 from ..models import Job
 from ..schema import callback_attempts as A
 from ..schema import db_now, paused_queues, runs
@@ -83,6 +85,31 @@ class OpsStore:
 
     def ago(self, seconds: float) -> sa.ColumnElement[Any]:
         return self.sql.after(self.sql.seconds(-float(seconds)))
+
+    def missing_privileges(self) -> list[str]:
+        """What the database user may not do to the two tables every run writes in all four ways (claims and
+        outcomes, its runs row, retention), each as `VERB on TABLE`. Each verb is tried by a statement that
+        matches no row, in a transaction rolled back (PostgreSQL ends one at its first refusal). A user granted
+        SELECT alone passed `check` ("reachable and writable"), and every run then ended with a traceback."""
+        missing = []
+        for table in (J, runs):
+            first, every = next(iter(table.columns)), list(table.columns)  # every: MySQL's strict mode asks
+            for verb, statement in (
+                ("SELECT", sa.select(first).where(sa.false())),
+                ("INSERT", sa.insert(table).from_select(every, sa.select(*every).where(sa.false()))),
+                ("UPDATE", sa.update(table).where(sa.false()).values({first.name: first})),
+                ("DELETE", sa.delete(table).where(sa.false())),
+            ):
+                with self.store.engine.connect() as conn:
+                    try:
+                        conn.execute(statement)
+                    except sa.exc.DBAPIError as error:
+                        if self.sql.unavailable(error):
+                            raise DatabaseUnavailable(db.describe(error)) from None
+                        missing.append(f"{verb} on {table.name}")
+                    finally:
+                        conn.rollback()
+        return missing
 
     # -- list -------------------------------------------------------------------------------------
 

@@ -31,6 +31,7 @@ INTERRUPT = 9  # sqlite3_interrupt, from a progress handler: a statement past it
 PROGRESS_STEPS = 10_000
 READONLY = 8
 UNAVAILABLE = (READONLY, 10, 13, 14)  # READONLY, IOERR, FULL, CANTOPEN: the file cannot be written now
+NOTADB = 26  # database_url names a file that is no SQLite database: a setting to fix, not a bug (exit 1)
 
 
 # SQLite's messages for a statement that can never run (it has no error numbers for these).
@@ -113,6 +114,11 @@ class SQLite(Dialect):
 
     def unavailable(self, error: BaseException) -> bool:
         return super().unavailable(error) or _primary_code(error) in UNAVAILABLE
+
+    def config_problem(self, error: BaseException) -> str | None:
+        if _primary_code(error) == NOTADB:
+            return "database_url: the file is not an SQLite database (SQLite error 26, file is not a database)"
+        return None
 
     def session_changed(self, error: BaseException) -> bool:
         return _primary_code(error) == READONLY  # PRAGMA query_only (or a read-only file: fails again)

@@ -391,3 +391,21 @@ def test_postgresql_url_options_choose_the_schema_pending_jobs_migrates_into(bac
         assert conn.execute(sa.text("SHOW timezone")).scalar() == "UTC"
     assert migrate.current(engine) == migrate.head()
     engine.dispose()
+
+
+def test_migrate_against_a_newer_schema_or_to_an_unknown_revision_exits_2_in_one_line(db_url: str) -> None:
+    """An operator running `migrate` on a host not yet upgraded, or a typo in --revision: Alembic's CommandError
+    ("Can't locate revision") was a traceback and exit 1."""
+    env = {"PENDING_JOBS_DATABASE_URL": db_url}
+    for args in (["migrate", "--revision", "bogus"], ["migrate", "--sql", "--revision", "bogus"]):
+        result = cli(*args, env=env)
+        assert (result.returncode, result.stderr) == (
+            2, "pending-jobs: cannot " + ("print the DDL of" if "--sql" in args else "migrate to") +
+            " revision 'bogus': Can't locate revision identified by 'bogus'\n"), args
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '0999'"))
+    engine.dispose()
+    result = cli("migrate", env=env)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "0999, newer than this pending-jobs knows" in result.stderr and "upgrade pending-jobs here" in result.stderr

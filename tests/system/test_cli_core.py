@@ -148,6 +148,15 @@ def test_configuration_errors_exit_2_with_one_line(db_url: str, tmp_path: Path) 
         ({"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_TASKS": "no.such.module"}, "cannot import task module"),
         ({"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_BATCH_SIZE": "many"}, "PENDING_JOBS_BATCH_SIZE"),
         ({"PENDING_JOBS_DATABASE_URL": "oracle://x/y"}, "unsupported database"),
+        # a misspelt driver was SQLAlchemy's NoSuchModuleError: a traceback and exit 1
+        ({"PENDING_JOBS_DATABASE_URL": "mysql+pymsql://root@127.0.0.1/x"}, "driver SQLAlchemy does not know"),
+        # parameters the driver refuses before it connects: TypeError, AttributeError, FileNotFoundError and
+        # psycopg's ProgrammingError were each an "unexpected error", a traceback and exit 1
+        ({"PENDING_JOBS_DATABASE_URL": "mysql://root@127.0.0.1/x?sslmode=require"}, "takes no parameter sslmode"),
+        ({"PENDING_JOBS_DATABASE_URL": "mysql://root@127.0.0.1/x?ssl=true"}, "ssl='true' is not a PyMySQL setting"),
+        ({"PENDING_JOBS_DATABASE_URL": f"mysql://root@127.0.0.1/x?ssl_ca={tmp_path}/no.pem"}, "no.pem is not a file"),
+        ({"PENDING_JOBS_DATABASE_URL": "postgresql://postgres@127.0.0.1/x?bogus=1"}, 'invalid connection option "bo'),
+        ({"PENDING_JOBS_DATABASE_URL": "postgresql://postgres@127.0.0.1:abc/x"}, "not a valid SQLAlchemy URL"),
         ({"PENDING_JOBS_CONFIG": str(tmp_path / "missing.toml")}, "cannot read config file"),
     ]
     for env, message in cases:
@@ -203,3 +212,17 @@ def test_old_mysql_and_mariadb_are_refused() -> None:
     assert "MariaDB 10.5.9 is too old: pending-jobs needs 10.6+" in str(version_problem((10, 5, 9), mariadb=True))
     assert "MySQL 5.7.44 is too old: pending-jobs needs 8.0.1+" in str(version_problem((5, 7, 44), mariadb=False))
     assert version_problem((8, 0, 0), mariadb=False) is not None
+
+
+def test_enqueue_on_a_database_not_migrated_exits_2_with_the_remedy(empty_url: str) -> None:
+    """Every other command says "run `pending-jobs migrate`"; enqueue reached the INSERT and ended with the
+    driver's "no such table" as a traceback, exit 1."""
+    if empty_url.startswith("sqlite"):  # an SQLite database must exist: make the file, without the tables
+        engine = sa.create_engine(empty_url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE app_users (id INTEGER)")
+        engine.dispose()
+    result = cli("enqueue", "echo", env={"PENDING_JOBS_DATABASE_URL": empty_url})
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("pending-jobs: database schema is not migrated") and "pending-jobs migrate" in \
+        result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -74,9 +74,36 @@ def test_a_sqlite_file_in_a_folder_that_does_not_exist_is_a_configuration_error(
     assert f"the SQLite file's folder {tmp_path / 'missing'} does not exist" in done.stdout + done.stderr
 
 
+@pytest.mark.parametrize("command", [["run"], ["status"], ["migrate"], ["check", "--json"]])
+def test_a_file_that_is_not_an_sqlite_database_is_a_configuration_error(tmp_path: Path, command: list[str]) -> None:
+    # A database_url naming the wrong file (a dump, a config file) was "unexpected error: DatabaseError: file is
+    # not a database" with a traceback and exit 1, and `check --json` printed no JSON.
+    path = tmp_path / "jobs.sqlite3"
+    path.write_text("CREATE TABLE users (id INT);\n" * 200)
+    done = command_line(*command, env={"PENDING_JOBS_DATABASE_URL": f"sqlite:///{path}"})
+    assert "the file is not an SQLite database" in done.stdout + done.stderr, (done.stdout, done.stderr)
+    if command[0] == "check":
+        assert done.returncode == 3 and json.loads(done.stdout)["exit_code"] == 3
+    else:
+        assert (done.returncode, len(done.stderr.strip().splitlines())) == (2, 1), done.stderr
+
+
 def test_check_json_names_a_missing_sqlite_folder_in_its_table(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'missing' / 'jobs.sqlite3'}"
     done = command_line("check", "--json", env={"PENDING_JOBS_DATABASE_URL": url})
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
     assert done.returncode == 2 and checks["configuration"]["ok"] is False
     assert "the SQLite file's folder" in checks["configuration"]["detail"]
+
+
+@pytest.mark.parametrize(("table", "why"), [("prot = 8081", "unknown setting(s) in [web]: prot"),
+                                            ('port = "eighty"', "[web] port: must be a whole number")])
+def test_check_fails_its_configuration_on_a_bad_web_table(tmp_path: Path, table: str, why: str) -> None:
+    # `check` said "configuration ok" while `web` refused the same file with exit 2.
+    path = tmp_path / "pj.toml"
+    path.write_text(f"[web]\n{table}\n")
+    done = command_line("check", "--json", "--config", str(path),
+                        env={"PENDING_JOBS_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite3'}"})
+    checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}
+    assert done.returncode == 2 and checks["configuration"]["ok"] is False, done.stdout
+    assert why in checks["configuration"]["detail"]

@@ -139,3 +139,37 @@ def test_progress_bar_only_when_stderr_is_a_terminal(db_url: str, engine: sa.Eng
     assert ran.returncode == 0 and ran.stdout == b""
     assert b"pending-jobs" in shown and b"job" in shown
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'") == 5
+
+
+@pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)
+def test_check_fails_its_database_check_for_a_user_who_may_only_read(db_url: str) -> None:
+    """A runner's database user granted SELECT alone: `check` said "reachable and writable" and exit 0, and
+    every `run` then ended with "unexpected error" and a traceback (INSERT command denied)."""
+    url = sa.make_url(db_url)
+    user = "pj_reader_" + str(url.database)[-8:]
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    mysql = url.get_backend_name() == "mysql"
+    with admin.connect() as conn:
+        if mysql:
+            conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw'")
+            conn.exec_driver_sql(f"GRANT SELECT ON `{url.database}`.* TO '{user}'@'%%'")
+        else:
+            conn.exec_driver_sql(f"CREATE ROLE {user} LOGIN PASSWORD 'pw'")
+            conn.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user}")
+    try:
+        env = {"PENDING_JOBS_DATABASE_URL": url.set(username=user, password="pw").render_as_string(False),
+               "PENDING_JOBS_CALLBACK_SECRET": SECRET}
+        result = cli("check", "--json", env=env)
+        database = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "database")
+        assert (result.returncode, database["ok"]) == (3, False), result.stdout
+        assert "the database user may not: INSERT on pending_jobs, UPDATE on pending_jobs, DELETE on pending_jobs" \
+            in database["detail"]
+        assert check(env={**env, "PENDING_JOBS_DATABASE_URL": db_url})[0] == 0  # the owner passes
+    finally:
+        with admin.connect() as conn:
+            if mysql:
+                conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+            else:
+                conn.exec_driver_sql(f"DROP OWNED BY {user}")
+                conn.exec_driver_sql(f"DROP ROLE {user}")
+        admin.dispose()

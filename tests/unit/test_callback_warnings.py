@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pending_jobs import config
-from pending_jobs.callbacks import config_warnings
+from pending_jobs.callbacks import Deliverer, config_warnings
+from pending_jobs.errors import ConfigError
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BASE = config.load({}, environ={}).replace(callback_secret=[SECRET])
@@ -89,3 +92,16 @@ def test_private_allow_lists_warn_nothing(entries: list[str]) -> None:
 def test_broad_allow_entries_warn(entry: str, what: str) -> None:
     assert warnings(callback_allow=["10.0.0.0/8", entry, "hooks.internal"]) == [
         f"PENDING_JOBS_CALLBACK_ALLOW contains {what}"]
+
+
+@pytest.mark.parametrize("entry", ["hooks.internal:8080", "http://hooks.internal", "10.0.0.0/33", "hooks internal",
+                                   "*.internal"])
+def test_an_allow_entry_that_is_no_network_and_no_host_name_is_refused(entry: str) -> None:
+    # It was kept as a host name no callback URL's host ever equals: the allowance did nothing, `check` said ok,
+    # and every callback it was meant to let through failed for good as refused.
+    why = f"{entry!r} is neither a CIDR, an address nor a host name (a name goes without scheme, port or path)"
+    assert warnings(callback_allow=["10.0.0.0/8", entry, "hooks.internal"]) == [
+        f"PENDING_JOBS_CALLBACK_ALLOW contains {why}"]
+    with pytest.raises(ConfigError, match=re.escape(f"callback_allow: {why}")):  # a run: exit 2, before any claim
+        Deliverer.check(BASE.replace(callback_allow=[entry]))
+    assert warnings(callback_allow=["bücher.de", "localhost", "hooks_1.internal"]) == []  # still names

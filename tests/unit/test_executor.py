@@ -710,3 +710,21 @@ def test_other_outcomes_are_not_logged(kind: Literal["succeeded", "recorded", "d
     with caplog.at_level(logging.DEBUG, LOGGER):
         _log_outcome(Outcome(claim(store), kind, error="not logged"), 5)
     assert caplog.records == []
+
+
+@pytest.mark.parametrize(("error", "cancel"), [(Fail("no"), False), (ValueError("bad"), False), (Fail("no"), True)])
+def test_a_jobs_outcome_line_carries_its_job_id_and_task_as_fields(error: BaseException, cancel: bool,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """docs/operations.md: `--log-format json` gives `job_id` and `task` where known. The runner's own line
+    about a failed, retried or cancelled job knew both and gave neither, so a log collector could not find it."""
+    store = RecordingStore()
+    job = claim(store)
+
+    def handler(payload: dict[str, Any], ctx: Context) -> None:
+        store.rows[job.id].cancel_requested = cancel
+        raise error
+
+    with caplog.at_level(logging.INFO, LOGGER):
+        executor(store, one(handler))(job)
+    (record,) = [r for r in caplog.records if r.getMessage().startswith(f"job {job.id} (t) ")]
+    assert (getattr(record, "job_id", None), getattr(record, "task", None)) == (job.id, "t")

@@ -50,3 +50,16 @@ def test_a_backoff_that_is_not_a_function_is_refused(backoff: Any) -> None:
     with pytest.raises(ValueError, match=r"^backoff must be a function of the attempt number, returning seconds, not "):
         registry.task("report", backoff=backoff)
     assert callable(registry.task("report", backoff=lambda attempt: 30.0 * attempt))
+
+
+@pytest.mark.parametrize(("code", "shown"), [("'APP_ENV is not set'", "APP_ENV is not set"), ("3", "3")])
+def test_a_module_that_exits_at_import_is_a_configuration_error(tmp_path: Path, code: str, shown: str) -> None:
+    # SystemExit is no Exception: it left the command with the module's code (exit 3 from `check`, which means
+    # "database"), and `check --json` printed no report at all.
+    (tmp_path / "exiting_jobs.py").write_text(f"import sys\nsys.exit({code})\n")
+    try:
+        with pytest.raises(ConfigError, match=f"^cannot import task module 'exiting_jobs': SystemExit: {shown}$"):
+            registry.load(["exiting_jobs"], python_path=[str(tmp_path)])
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("exiting_jobs", None)
