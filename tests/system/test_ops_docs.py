@@ -108,3 +108,31 @@ def test_the_running_table_shows_each_flags_real_default() -> None:
 
 def test_a_fractional_default_is_shown_as_it_is() -> None:
     assert "| `PENDING_JOBS_POLL` | `0.2` s |" in render_table()  # once shown rounded to `0`: "stop at once"
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, argparse.ArgumentParser]:
+    """`pending-jobs --help`'s commands, nested ones as `callbacks list`, each with its parser."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        assert isinstance(action, argparse._SubParsersAction)
+        for name, sub in action.choices.items():
+            found[prefix + name] = sub
+            found.update(_commands(sub, prefix + name + " "))
+    return found
+
+
+def test_every_command_and_flag_is_in_a_table() -> None:
+    """A user looks a command or a flag up in the README's or docs' tables: each `--help` shows must be there.
+    (`--config` is told in prose, on every page, and `-h` is argparse's.)"""
+    rows = "\n".join(line for path in (README, *sorted(DOC.parent.glob("*.md")))
+                     for line in path.read_text().splitlines() if line.startswith("|"))
+    missing = []
+    for command, sub in _commands(build_parser()).items():
+        if f"`{command}" not in rows and f"`pending-jobs {command}" not in rows:
+            missing.append(command)
+        for option in sub._actions:
+            for flag in option.option_strings:
+                if flag not in ("-h", "--help", "--config") and not re.search(rf"`{re.escape(flag)}\b", rows) \
+                        and not re.search(rf"[\[ ]{re.escape(flag)}\b", rows):
+                    missing.append(f"{command} {flag}")
+    assert not missing, f"in no table of README.md or docs/: {sorted(set(missing))}"
