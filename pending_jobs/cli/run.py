@@ -84,6 +84,12 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
             settings = settings.replace(max_runtime=float(config.BY_NAME["max_runtime"].high or 0))
     # Configuration errors first, before the database is touched.
     tasks = declared.merge(registry.load(settings.tasks, settings.python_path), declared.load(settings))
+    if not tasks and settings.callbacks != "only":
+        # Every job claimed would meet no handler and fail, callbacks and all: a cron line without the
+        # PENDING_JOBS_TASKS a shell had. `check` says the same (exit 5); a run refuses to start.
+        raise ConfigError(f"no tasks to run: set tasks ({config.BY_NAME['tasks'].env}: the modules of your @task "
+                          "handlers) or declare [task.NAME] tables; a host that only sends callbacks runs with "
+                          "--callbacks only")
     check_settings(settings, args.job)
     # A handler thread each, the claims, the completions' writer, callbacks, the listener and spares.
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 3)

@@ -158,6 +158,9 @@ def test_configuration_errors_exit_2_with_one_line(db_url: str, tmp_path: Path) 
         ({"PENDING_JOBS_DATABASE_URL": "postgresql://postgres@127.0.0.1/x?bogus=1"}, 'invalid connection option "bo'),
         ({"PENDING_JOBS_DATABASE_URL": "postgresql://postgres@127.0.0.1:abc/x"}, "not a valid SQLAlchemy URL"),
         ({"PENDING_JOBS_CONFIG": str(tmp_path / "missing.toml")}, "cannot read config file"),
+        # no handler and no [task.NAME]: a cron line without the PENDING_JOBS_TASKS a shell had claimed every job
+        # and failed it, callbacks and all (exit 0)
+        ({"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_TASKS": ""}, "no tasks to run: set tasks"),
     ]
     for env, message in cases:
         result = cli("run", env=env)
