@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -20,18 +21,21 @@ from collections.abc import Callable
 from . import limits, schedules
 from .callbacks import Deliverer
 from .config import Settings
-from .errors import ConfigError, DatabaseUnavailable, exit_code_of
+from .errors import EXIT_TEMPFAIL, ConfigError, DatabaseUnavailable, exit_code_of
 from .metrics import render, write_textfile
 from .models import RunReport
 from .registry import Task
 from .runner import Executor, Producer, rescue, stop_on_signals
-from .store import CallbackStore, Health, LimitedStore, OpsStore, RunStore, ScheduleStore, Store
+from .store import CallbackStore, HangWatch, Health, LimitedStore, OpsStore, RunStore, ScheduleStore, Store
 
 log = logging.getLogger(__name__)
 
 CALLBACK_MIN_TIME = 5.0  # seconds callbacks get after the jobs of a drain run, even when the runtime is spent
 LISTEN_STEP = 1.0  # seconds the listener waits for a notification before looking whether the run ended
 SCHEDULE_STEP = 1.0  # seconds between looks for due schedule slots while a run serves (a slot is ≤ 1 s late)
+HUNG_EXIT_WAIT = 30.0
+"""Seconds a run whose server was found hung gets to end by its own exit path (store calls fail at once then; a
+new connection waits connect_timeout, 10 s) before the process ends with exit 75 whatever it waits for."""
 
 
 def owner_name() -> str:
@@ -71,6 +75,8 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     run_id: int | None = None
     threads: list[_Thread] = []
     keeper: _Segments | None = None
+    # Stopped last (after the runs row is recorded): retention and the record wait on the server too.
+    watch = _watch_hangs(store)
     try:
         run_id = runs.start_run(socket.gethostname(), os.getpid())
         store.check_writable()
@@ -118,6 +124,9 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
             _record(runs, run_id, report, settings.metrics_file)
         else:  # the last interval's row: what was done since the previous one
             _record(runs, keeper.run_id, keeper.last(report), settings.metrics_file)
+        if watch is not None:
+            watch.stop(raise_error=False)
+            store.watch = None  # a caller's later use of the store is not watched, nor refused
     return report
 
 
@@ -152,6 +161,26 @@ def _keep_schedules(store: ScheduleStore, recurring: dict[str, schedules.Schedul
             raise
         except Exception as error:  # the next look tries again; the serving goes on
             log.warning("could not enqueue due schedule slots: %s", error)
+
+
+def _watch_hangs(store: Store) -> _Thread | None:
+    """Where the driver does not bound a read (PostgreSQL), a thread that ends a store call waiting on a hung
+    server (store/hang.py); if the run has still not ended HUNG_EXIT_WAIT seconds later, the process exits 75."""
+    probe = getattr(store.sql, "hang_probe", None)  # only where reads have no bound of their own
+    if probe is None:
+        return None
+    watch = store.watch = HangWatch(store.engine, probe)
+    # The process is ended only for a run on the main thread (the CLI, a script): an application running runs in
+    # a thread of its own gets the DatabaseUnavailable alone, as signals are left to it (runner/signals.py).
+    owns_process = threading.current_thread() is threading.main_thread()
+
+    def keep(stop: threading.Event) -> None:
+        if watch.keep(stop) and owns_process and not stop.wait(HUNG_EXIT_WAIT):
+            sys.stderr.write(f"pending-jobs: {watch.hung}; still exiting after {HUNG_EXIT_WAIT:g}s: ending now\n")
+            sys.stderr.flush()
+            os._exit(EXIT_TEMPFAIL)
+
+    return _Thread("hang-watch", keep)
 
 
 def _signal(producer: Producer, callbacks: _Callbacks | None) -> None:

@@ -10,9 +10,11 @@ from sqlalchemy import exc
 from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
 from ..schema import VERSION_TABLE, schema_version
+from . import hang
 from .base import Store
 from .callbacks import CallbackStore
 from .dialect import Dialect
+from .hang import HangWatch
 from .limited import LimitedStore
 from .mysql import MySQL
 from .ops import JobFilter, OpsStore, PausedQueue
@@ -21,8 +23,8 @@ from .runs import Health, RunStore
 from .schedules import Fired, ScheduleRow, ScheduleStore
 from .sqlite import SQLite
 
-__all__ = ["CallbackStore", "Dialect", "Fired", "Health", "JobFilter", "LimitedStore", "OpsStore", "PausedQueue",
-           "RunStore", "ScheduleRow", "ScheduleStore", "Store",
+__all__ = ["CallbackStore", "Dialect", "Fired", "HangWatch", "Health", "JobFilter", "LimitedStore", "OpsStore",
+           "PausedQueue", "RunStore", "ScheduleRow", "ScheduleStore", "Store",
            "create_engine", "dialect_for", "dialect_of_error", "dialect_of_url", "insert_jobs", "open_store", "ours",
            "schema_revision"]
 
@@ -81,6 +83,7 @@ def create_engine(url: str, pool_size: int = 5, create: bool = True, **options: 
         raise ConfigError(f"database_url names a driver SQLAlchemy does not know: {parsed.drivername!r} (leave it "
                           f"out, {backend}://…, for the one pending-jobs uses)") from None
     db.refuse_bad_parameters(engine)
+    hang.track(engine)  # once per connection opened: a run's watch may have to shut them down (hang.py)
     return engine
 
 

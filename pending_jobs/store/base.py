@@ -27,6 +27,7 @@ from .columns import CLAIM_COLUMNS, JOB_COLUMNS, claim_order, one_more
 from .dialect import Dialect
 from .due import due_priorities
 from .handler import HandlerSession
+from .hang import HangWatch
 from .history import record
 from .rescue import rescue_expired
 from .shared import run_together
@@ -48,6 +49,7 @@ class Store:
         self.sql = sql
         """The dialect: every SQL difference between databases (callbacks.py and ops.py use it too)."""
         self._caught_up: set[str] = set()  # queues whose last claim was short or bounded: dive first (due.py)
+        self.watch: HangWatch | None = None  # set by a run where reads have no bound of their own (hang.py)
 
     @property
     def dialect(self) -> str:
@@ -79,7 +81,7 @@ class Store:
         no rule explains, on a fresh connection: the pooled one's session may be the cause
         (transactions.py).
         """
-        return transactions.run(self.engine, self.sql, work, tries, settle)
+        return transactions.run(self.engine, self.sql, work, tries, settle, self.watch)
 
     def ping(self) -> None:
         """Raise DatabaseUnavailable unless the database answers and accepts writes."""

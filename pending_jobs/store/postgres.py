@@ -20,7 +20,9 @@ from .. import db
 from ..errors import ConfigError
 from ..schema import callback_attempts, db_now
 from ..schema import pending_jobs as J
+from . import postgres_probe
 from .dialect import Dialect, explain
+from .hang import Probe
 
 # Columns the bulk path binds as arrays, with the array type each is cast to.
 _UNNEST_TYPES = {"task": "varchar[]", "payload": "jsonb[]", "queue": "varchar[]", "priority": "int[]",
@@ -52,6 +54,7 @@ class Postgres(Dialect):
 
     name: ClassVar[str] = "postgresql"
     json_accepts_nul: ClassVar[bool] = False  # jsonb rejects \u0000
+    hang_probe: ClassVar[Probe] = (postgres_probe.server_of, postgres_probe.answers)  # no read timeout: hang.py
     lock_wait: ClassVar[tuple[str, str] | None] = (
         f"SET lock_timeout = '{int(db.MIGRATE_LOCK_WAIT * 1000)}ms'", "RESET lock_timeout")
 

@@ -22,14 +22,31 @@ from sqlalchemy import exc
 from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
 from .dialect import Dialect
+from .hang import HangWatch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
 def run(engine: sa.Engine, sql: Dialect, work: Callable[[sa.Connection], T], tries: int,
-        settle: Callable[[sa.Connection], T] | None) -> T:
-    """Store.transaction's loop (see its docstring)."""
+        settle: Callable[[sa.Connection], T] | None, watch: HangWatch | None = None) -> T:
+    """Store.transaction's loop (see its docstring). With `watch` (a run on PostgreSQL: hang.py), the transaction
+    is timed, and once the watch found the server hung, it ends as DatabaseUnavailable saying so."""
+    if watch is None:
+        return _run(engine, sql, work, tries, settle, watch)
+    outer = watch.enter()
+    try:
+        return _run(engine, sql, work, tries, settle, watch)
+    except Exception as error:
+        if watch.hung is not None:  # its connection was shut down: say why, not "server closed the connection"
+            raise DatabaseUnavailable(watch.hung) from error
+        raise
+    finally:
+        watch.leave(outer)
+
+
+def _run(engine: sa.Engine, sql: Dialect, work: Callable[[sa.Connection], T], tries: int,
+         settle: Callable[[sa.Connection], T] | None, watch: HangWatch | None) -> T:
     reconnected = False
     for attempt in range(1, tries + 1):
         discarded = False
@@ -48,7 +65,8 @@ def run(engine: sa.Engine, sql: Dialect, work: Callable[[sa.Connection], T], tri
                         discarded = True
                     raise
         except exc.DBAPIError as error:
-            if not reconnected and attempt < tries and (discarded or sql.connection_lost(error)):
+            hung = watch is not None and watch.hung is not None  # a fresh connection would wait for the hung server
+            if not reconnected and attempt < tries and not hung and (discarded or sql.connection_lost(error)):
                 # A killed or timed-out connection, or one whose session may be to blame; if the server is
                 # really gone, the reconnect fails with "cannot connect" and the run stops (DatabaseUnavailable).
                 reconnected = True
