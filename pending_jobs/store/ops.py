@@ -281,8 +281,13 @@ class OpsStore:
         wanted = [s for s in statuses if s in PURGEABLE]
         if not wanted:
             return 0
-        where = (J.c.status.in_(wanted), J.c.finished_at < self.ago(older_than),
-                 sa.or_(J.c.callback_status.is_(None), J.c.callback_status != CALLBACK_PENDING))
+        where: tuple[sa.ColumnElement[bool], ...] = (
+            J.c.status.in_(wanted), J.c.finished_at < self.ago(older_than),
+            sa.or_(J.c.callback_status.is_(None), J.c.callback_status != CALLBACK_PENDING))
+        if getattr(self.sql, "reuses_ids", False):  # SQLite (sqlite.py)
+            # The newest job stays until a newer one exists: deleting it gave its id to the next job (SQLite's
+            # max(rowid) + 1), and a push token, a console link or an id the application kept named another job.
+            where += (J.c.id < sa.select(sa.func.max(J.c.id)).scalar_subquery(),)
         by_id: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
 
         def batch(conn: sa.Connection) -> int:

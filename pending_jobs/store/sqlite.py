@@ -59,6 +59,7 @@ class SQLite(Dialect):
 
     name: ClassVar[str] = "sqlite"
     concurrent_writers: ClassVar[bool] = False  # one writer: completions are not overlapped with claims
+    reuses_ids: ClassVar[bool] = True  # no AUTOINCREMENT: a new row gets max(id) + 1, a deleted newest id again
 
     def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
         path = _file_of(url)
