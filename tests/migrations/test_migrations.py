@@ -133,7 +133,7 @@ def test_a_run_imports_neither_alembic_nor_multiprocessing(empty_url: str) -> No
             "print(code, sorted(m for m in ('alembic', 'mako', 'multiprocessing') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT,
                             env={"PYTHONPATH": str(ROOT), "PENDING_JOBS_DATABASE_URL": empty_url,
-                                 "PENDING_JOBS_LOCK_FILE": "none"})
+                                 "PENDING_JOBS_LOCK_FILE": "none", "PENDING_JOBS_TASKS": "benchmarks.noop"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["0", "[]"]
 
