@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import ROOT
+
+# A task module: a run with no task at all refuses to start. The jobs below are of a task nobody handles.
+TASKS = {"PENDING_JOBS_TASKS": "benchmarks.noop", "PYTHONPATH": str(ROOT)}
+
 
 @pytest.mark.parametrize("closed", ["2>&-", ">&-", ">&- 2>&-"])
 def test_a_run_with_a_closed_stream_does_its_work(tmp_path: Path, closed: str) -> None:
@@ -19,7 +24,7 @@ def test_a_run_with_a_closed_stream_does_its_work(tmp_path: Path, closed: str) -
     command = f'"{sys.executable}" -c "from pending_jobs.cli import entry; entry()"'
     subprocess.run(f'{command} migrate --database-url "{url}"', shell=True, check=True, capture_output=True)
     done = subprocess.run(f'{command} run --database-url "{url}" --drain -v {closed}', shell=True,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, **TASKS})
     assert done.returncode == 0, done
 
 
@@ -29,7 +34,7 @@ def _queued(tmp_path: Path) -> tuple[str, str]:
     command = f'"{sys.executable}" -c "from pending_jobs.cli import entry; entry()"'
     subprocess.run(f'{command} migrate --database-url "{url}"', shell=True, check=True, capture_output=True)
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
-        conn.execute("INSERT INTO pending_jobs (task, payload) VALUES ('nobody.handles', '{}')")
+        conn.execute("INSERT INTO pending_jobs (task, payload, max_attempts) VALUES ('nobody.handles', '{}', 1)")
     return command, url
 
 
@@ -44,7 +49,7 @@ def test_a_run_whose_output_cannot_be_written_does_its_work(tmp_path: Path, full
     warning about the unset callback secret stopped every run before its first claim, and -v's summary made
     a run that had recorded its work exit 1 with a traceback."""
     command, url = _queued(tmp_path)
-    env = {k: v for k, v in os.environ.items() if k != "PENDING_JOBS_CALLBACK_SECRET"}
+    env = {**{k: v for k, v in os.environ.items() if k != "PENDING_JOBS_CALLBACK_SECRET"}, **TASKS}
     done = subprocess.run(f'{command} run --database-url "{url}" --drain -v {full}', shell=True,
                           capture_output=True, text=True, env=env)
     assert (done.returncode, _status(tmp_path)) == (0, "failed"), done
@@ -54,9 +59,9 @@ def test_a_log_file_that_cannot_be_written_is_reported_once(tmp_path: Path) -> N
     """Logging's default printed a 20-line traceback on stderr for each line it could not write."""
     command, url = _queued(tmp_path)
     with sqlite3.connect(tmp_path / "jobs.sqlite3") as conn:
-        conn.execute("INSERT INTO pending_jobs (task, payload) VALUES ('nobody.handles', '{}')")
+        conn.execute("INSERT INTO pending_jobs (task, payload, max_attempts) VALUES ('nobody.handles', '{}', 1)")
     done = subprocess.run(f'{command} run --database-url "{url}" --drain -v --log-file /dev/full', shell=True,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env={**os.environ, **TASKS})
     assert done.returncode == 0, done
     assert "Traceback" not in done.stderr
     assert [line for line in done.stderr.splitlines() if "warning: PENDING_JOBS_CALLBACK_SECRET" not in line] == [
