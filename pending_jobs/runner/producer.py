@@ -50,10 +50,10 @@ class Producer:
         self.hand_off = hand_off  # asked now and then while serving: True when another run is ready to take over
         self.on_stop_claiming = on_stop_claiming  # the host lock: the next run serves while our last jobs end
         self.worker = Worker(executor, settings.concurrency)
-        # No task with a timeout: no watchdog, and no timeout looked up per job.
-        timed = self.worker.timeout_of if self.worker.timeouts else None
+        timed = self.worker.timeout_of if self.worker.timeouts else None  # none: no watchdog, no lookup per job
         self.pool: WorkerPool[Work, list[Outcome]] = WorkerPool(
             settings.concurrency, self.worker, self.worker.on_error, "pending-jobs", timed, self.worker.timed_out)
+        self.worker.on_group_start = self.pool.wake
         self._held = 0  # jobs handed to the pool whose outcome has not come back (a pool item may hold several)
         # Jobs held at most: a batch ahead of the workers, and never fewer than the workers (with --batch-size 1
         # and --concurrency 2, one long job must not leave the second worker idle).
@@ -150,15 +150,15 @@ class Producer:
         return max(0, self.settings.max_jobs - self.report.claimed)
 
     def _may_claim(self, now: float) -> bool:
-        # Claim ahead: the next batch is claimed as soon as the first job of the last one is done.
-        return (self._room() > 0 and self._held < self._hold and now >= self._next_claim
+        # Claim ahead: the next batch is claimed as soon as the first job of the last one is done (or runs in a group).
+        return (self._room() > 0 and self.worker.ahead(self._held) < self._hold and now >= self._next_claim
                 and not self.completer.saturated)
 
     def _wait_time(self, now: float, deadline: float) -> float:
         waits = [LONGEST_WAIT, deadline - now, self._last_beat + self.settings.lease / 3 - now]
         if self.hand_off is not None:
             waits.append(self._next_handoff_check - now)
-        if self._room() > 0 and self._held < self._hold:
+        if self._room() > 0 and self.worker.ahead(self._held) < self._hold:
             waits.append(self._next_claim - now)
         flush = self.completer.wait_for()
         if flush is not None:
@@ -193,7 +193,7 @@ class Producer:
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
         self.report.claimed += len(jobs)
         self._held += len(jobs)
-        self.pool.submit_all(self.worker.split(jobs))
+        self.pool.submit_all(self.worker.split(jobs, self.settings.concurrency - self.pool.busy))
 
     def _collect(self, timeout: float) -> None:
         finished = self.pool.take(timeout)
