@@ -360,3 +360,12 @@ def safe_str(value: object) -> str:
 def _json_kind(value: Any) -> str:
     kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
     return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def short_reason(last_error: str | None) -> str | None:
+    """What is said of a failure outside the database (a callback, a browser's push message): the first line
+    of `last_error` (type and message), not its traceback, which may hold SQL and the values bound to it
+    (the whole text stays on the row for operators)."""
+    if not last_error or not last_error.strip():
+        return None
+    return last_error.strip().splitlines()[0][:300]

@@ -21,6 +21,7 @@ from ..batcher import Batcher
 from ..config import Settings
 from ..errors import ConfigError
 from ..models import CallbackResult, DueCallback
+from ..validation import short_reason
 from ..version import __version__
 from ..workers import WorkerPool
 from .guard import Guard, Refused, Resolver, Unresolved, _host_problem, host_key, redact
@@ -75,14 +76,6 @@ def body_of(callback: DueCallback) -> bytes:
         },
     }
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False, default=str).encode()
-
-
-def short_reason(last_error: str | None) -> str | None:
-    """What a callback says of a failure: the first line of `last_error` (type and message), not its
-    traceback, which may hold SQL and the values bound to it (the whole text stays on the row)."""
-    if not last_error or not last_error.strip():
-        return None
-    return last_error.strip().splitlines()[0][:300]
 
 
 class Deliverer:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from ..schema import pending_jobs as J
 from ..states import TERMINAL_VALUES
-from ..validation import lenient_json
+from ..validation import lenient_json, short_reason
 from .base import Store
 from .columns import lenient_time
 
@@ -45,6 +45,8 @@ class JobEnd:
     status: str
     result: Any
     error: str | None
+    """The first line of `last_error` (type and message): a browser is the end user's, and the traceback
+    under it may hold SQL and the values bound to it (the whole text stays on the row)."""
     finished_at: dt.datetime | None
 
     @property
@@ -77,7 +79,7 @@ class PushStore:
         for start in range(0, len(unique), CHUNK):
             chunk = unique[start: start + CHUNK]
             rows = self.store.read(functools.partial(_rows, stmt, chunk))
-            found.extend(JobEnd(int(row.id), str(row.status), lenient_json(row.result), row.last_error,
+            found.extend(JobEnd(int(row.id), str(row.status), lenient_json(row.result), short_reason(row.last_error),
                                 self.sql.clock_value(row.finished_at)) for row in rows)
         return found
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from pending_jobs.callbacks.delivery import short_reason
 from pending_jobs.declared import checks, command, process
 from pending_jobs.declared.spec import parse_one
 from pending_jobs.errors import Fail, Retry
+from pending_jobs.validation import short_reason
 from tests.processes import gone_soon, script
 
 

@@ -37,6 +37,20 @@ def test_finished_among_reads_2500_ids_in_three_statements(store: Store, engine:
     assert set(states[done[0]].message()) == {"id", "status", "result", "error", "finished_at"}
 
 
+def test_a_failure_is_sent_as_its_first_line_not_its_traceback(store: Store, engine: sa.Engine) -> None:
+    """A browser is the end user's: the SQL and values under a failure's first line stay on the row."""
+    pending_jobs.enqueue_many(engine, [{"task": "echo"}])
+    claim = store.claim("default", 1, "test", 60)
+    reason = ("IntegrityError: duplicate entry for key 'uq_users_email'\nTraceback (most recent call last):\n"
+              "  INSERT INTO users (email) VALUES ('someone@example.com')")
+    store.finish_many([Completion(claim.token, failed=[(claim.jobs[0].id, reason)])])
+    (ended,) = PushStore(store).finished_among([claim.jobs[0].id])
+    assert ended.error == "IntegrityError: duplicate entry for key 'uq_users_email'"
+    assert ended.message()["error"] == ended.error
+    job = store.get(claim.jobs[0].id)
+    assert job is not None and job.last_error is not None and "someone@example.com" in job.last_error
+
+
 def test_the_read_is_served_by_the_primary_key(backend: str, store: Store, engine: sa.Engine) -> None:
     # As in production: most rows have ended (a status index alone would then read them all).
     pending_jobs.enqueue_many(engine, [{"task": "echo"} for _ in range(20_000)])
