@@ -4,11 +4,13 @@ job still running, beside the job's next attempt (docs/tasks.md says the same of
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -55,39 +57,39 @@ def _start(tmp_path: Path, db_url: str, engine: sa.Engine, timeout: float, *flag
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _finish(run: subprocess.Popen[str], pid: int) -> None:
-    if run.poll() is None:
-        run.kill()
-        run.communicate()
-    if pid and alive(pid):  # never leave the orphan behind, even when the test fails
-        os.kill(pid, signal.SIGKILL)
+@contextlib.contextmanager
+def _running(tmp_path: Path, db_url: str, engine: sa.Engine,
+             timeout: int) -> Iterator[tuple[subprocess.Popen[str], int]]:
+    """The run and its handler's subprocess (by pid, once it has started); both gone afterwards, even when the
+    test fails."""
+    run = _start(tmp_path, db_url, engine, timeout)
+    pid = 0
+    try:
+        pid = _wait_for_pid(tmp_path / "sub.pid", run, 60)
+        yield run, pid
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+        if pid and alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_an_isolated_handler_that_times_out_takes_its_subprocesses_along(db_url: str, engine: sa.Engine,
                                                                          tmp_path: Path) -> None:
-    run = _start(tmp_path, db_url, engine, 8)
-    pid = 0
-    try:
-        pid = _wait_for_pid(tmp_path / "sub.pid", run, 60)
+    with _running(tmp_path, db_url, engine, 8) as (run, pid):
         out, err = run.communicate(timeout=60)
         assert run.returncode == 0, (out, err)
         assert "ran longer than 8" in err
         assert gone_soon(pid), f"the handler's subprocess {pid} outlived its timed-out job"
-    finally:
-        _finish(run, pid)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 def test_an_isolated_handlers_subprocesses_die_with_a_run_that_leaves_while_it_runs(db_url: str, engine: sa.Engine,
                                                                                     tmp_path: Path) -> None:
-    run = _start(tmp_path, db_url, engine, 300)
-    pid = 0
-    try:
-        pid = _wait_for_pid(tmp_path / "sub.pid", run, 60)
+    with _running(tmp_path, db_url, engine, 300) as (run, pid):
         run.send_signal(signal.SIGTERM)
         out, err = run.communicate(timeout=60)
         assert run.returncode == 0, (out, err)
         assert gone_soon(pid), f"the handler's subprocess {pid} outlived the run: {err}"
-    finally:
-        _finish(run, pid)

@@ -5,40 +5,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 
 from pending_jobs import config
 from pending_jobs.callbacks import Deliverer
 from pending_jobs.models import CallbackResult, DueCallback
 
-
-def callback(job_id: int) -> DueCallback:
-    return DueCallback(job_id=job_id, url=f"https://hooks{job_id}.example.test/x", token="t", attempt=1,
-                       task="noop", queue="default", status="succeeded", attempts=1, result=None, last_error=None,
-                       created_at=None, finished_at=None)
-
-
-class Store:
-    concurrent_writers = False
-
-    def __init__(self) -> None:
-        self.due: list[DueCallback] = [callback(1)]
-        self.recorded: list[CallbackResult] = []
-        self.lock = threading.Lock()
-
-    def claim(self, limit: int, lease: float, queues: Sequence[str] = ()) -> list[DueCallback]:
-        with self.lock:
-            claimed, self.due = self.due[:limit], self.due[limit:]
-        return claimed
-
-    def record(self, results: Sequence[CallbackResult]) -> int:
-        self.recorded.extend(results)
-        return len(results)
+from .callback_fakes import ListStore, callback
 
 
 def test_a_new_callback_does_not_wait_for_a_slow_receiver() -> None:
     settings = config.load({}, environ={})
-    store = Store()
+    store = ListStore([callback(1, "hooks1.example.test")])
     sender = Deliverer(store, settings)  # type: ignore[arg-type]
     sent: dict[int, float] = {}
     slow_started, release_slow = threading.Event(), threading.Event()
@@ -58,7 +35,8 @@ def test_a_new_callback_does_not_wait_for_a_slow_receiver() -> None:
         assert slow_started.wait(5)
         time.sleep(0.2)
         with store.lock:
-            store.due.append(callback(2))  # another job ended: the run wakes the sender (run._Callbacks.wake)
+            # Another job ended: the run wakes the sender (run._Callbacks.wake).
+            store.due.append(callback(2, "hooks2.example.test"))
         ended = time.monotonic()
         wake.set()
         deadline = ended + 3

@@ -5,39 +5,18 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from pending_jobs import config
 from pending_jobs.callbacks import Deliverer
 from pending_jobs.models import CallbackResult, DueCallback
 
-
-def callback(job_id: int) -> DueCallback:
-    return DueCallback(job_id=job_id, url="https://hooks.example.test/x", token="t", attempt=1, task="noop",
-                       queue="default", status="succeeded", attempts=1, result=None, last_error=None,
-                       created_at=None, finished_at=None)
-
-
-class Store:
-    concurrent_writers = False
-
-    def __init__(self, count: int) -> None:
-        self.due = [callback(job_id) for job_id in range(1, count + 1)]
-        self.recorded: list[CallbackResult] = []
-
-    def claim(self, limit: int, lease: float, queues: Sequence[str] = ()) -> list[DueCallback]:
-        claimed, self.due = self.due[:limit], self.due[limit:]
-        return claimed
-
-    def record(self, results: Sequence[CallbackResult]) -> int:
-        self.recorded.extend(results)
-        return len(results)
+from .callback_fakes import ListStore, callback
 
 
 def test_a_signal_sends_the_attempts_under_way_and_puts_the_queued_ones_back() -> None:
     settings = config.load({}, environ={}).replace(callback_concurrency=2)
-    store = Store(30)
+    store = ListStore([callback(job_id) for job_id in range(1, 31)])
     sender = Deliverer(store, settings)  # type: ignore[arg-type]
     sent: list[int] = []
     started = threading.Event()
