@@ -29,16 +29,17 @@ NAMED_TABLES = ("task", "queue", "schedules", "web")
 """The tables holding one table per name, which may stand beside a `[pending_jobs]` table too."""
 
 
-def _number(value: Any) -> float:
+def number(value: Any) -> float:
+    """A finite number (an integer, a float, or a string of one)."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"not a number: {value!r}")
     try:
-        number = float(value)
+        parsed = float(value)
     except OverflowError:  # a TOML integer too large for a float: a setting's error, not a crash
-        number = math.inf
-    if not math.isfinite(number):
+        parsed = math.inf
+    if not math.isfinite(parsed):
         raise ValueError(f"must be a finite number, not {value!r}")
-    return number
+    return parsed
 
 
 def duration(value: Any) -> float:
@@ -46,9 +47,9 @@ def duration(value: Any) -> float:
     text = str(value).strip().lower() if isinstance(value, str) else value
     try:
         if isinstance(text, str) and text and text[-1] in UNITS:
-            seconds = _number(text[:-1]) * UNITS[text[-1]]
+            seconds = number(text[:-1]) * UNITS[text[-1]]
         else:
-            seconds = _number(text)
+            seconds = number(text)
     except ValueError:
         raise ValueError(f"not a duration: {value!r} (use seconds or 30s, 15m, 2h, 7d)") from None
     if seconds < 0:
@@ -71,11 +72,6 @@ def optional_integer(value: Any) -> int | None:
     return None if value in (None, "", "0") or (value == 0 and not isinstance(value, bool)) else integer(value)
 
 
-def number(value: Any) -> float:
-    """A finite number (an integer, a float, or a string of one)."""
-    return _number(value)
-
-
 def text(value: Any) -> str:
     """A string (a TOML number or table is refused)."""
     if not isinstance(value, str):
@@ -85,11 +81,15 @@ def text(value: Any) -> str:
 
 def str_list(value: Any) -> list[str]:
     """A TOML array of strings, or one comma-separated string."""
-    if isinstance(value, list):
-        items = [text(item).strip() for item in value]
-    else:
-        items = [part.strip() for part in text(value).split(",")]
-    return [item for item in items if item]
+    items = [text(item) for item in value] if isinstance(value, list) else text(value).split(",")
+    return [item.strip() for item in items if item.strip()]
+
+
+def queue_list(value: Any) -> list[str]:
+    """Queue names, each one `run --queue` takes: validation.queue_names (imported here: it imports this module)."""
+    from .validation import queue_names
+
+    return queue_names(value)
 
 
 def duration_list(value: Any) -> list[float]:
@@ -152,7 +152,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", 100, integer, "jobs claimed per claim transaction", 1, 10_000),
     Setting("concurrency", 4, integer, "handler threads", 1, 1000),
     Setting("lease", 300.0, duration, "seconds a claim is held before another run may rescue it", 1, DAY),
-    Setting("queues", [], str_list, "queues to run, comma-separated (unset: every queue)"),
+    Setting("queues", [], queue_list, "queues to run, comma-separated (unset: every queue)"),
     Setting("poll", 0.2, duration, "seconds between looks for newly due jobs while a run serves (0: stop when "
             "nothing is due, as --drain)", 0, 3600),
     Setting("grace", 10.0, duration, "seconds in-flight jobs get to finish after SIGTERM", 0, 3600),

@@ -222,6 +222,18 @@ def queue_problem(name: object) -> str | None:
     return problem and f"a queue name {problem}"
 
 
+def queue_names(value: Any) -> list[str]:
+    """The `queues` setting: a TOML array of names or a comma-separated string, each name one `run --queue` takes
+    (`queue_problem`). A blank name was dropped, so `,` served every queue; a 65-character one served nothing."""
+    names = [config.text(item).strip() for item in value] if isinstance(value, list) else \
+        [part.strip() for part in config.text(value).split(",")]
+    for name in names:
+        problem = queue_problem(name)
+        if problem:
+            raise ValueError(f"{problem}, not {name!r}")
+    return names
+
+
 def finished_statuses(value: Any) -> list[str]:
     """The statuses a purge deletes, from a comma-separated string or a list (the CLI's --status, the
     console's form and JSON body), else ValueError naming the allowed ones."""

@@ -281,7 +281,10 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
 
     try:
         migrate.require_head(engine)
-        missing = migrate.missing_objects(engine)
+        # Grants are probed on the tables of head, before their presence: MySQL hides a table its user may not use,
+        # and "this database has no table …: restore them or migrate a new database" was said of a missing grant.
+        denied = OpsStore(store).missing_privileges()
+        missing = [] if denied else migrate.missing_objects(engine)
         if missing:
             raise ConfigError(f"at {migrate.head()}, but this database has no {', '.join(missing)}: restore them (the "
                               f"DDL of `pending-jobs migrate --sql` names each) or migrate a new database")
@@ -289,9 +292,7 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
     except ConfigError as error:
         results.append(("schema", False, str(error)))
         return skip_rest()
-    # Probed on the tables of head only (a missing column would read as a refusal), but a database failure.
-    denied = OpsStore(store).missing_privileges()
-    if denied:
+    if denied:  # a database failure
         results[1] = ("database", False, f"the database user may not: {', '.join(denied)} (a run reads, inserts, "
                       "updates and deletes in pending-jobs' tables: grant those on every pending_job* table)")
         return skip_rest()

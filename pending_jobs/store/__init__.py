@@ -70,6 +70,10 @@ def create_engine(url: str, pool_size: int = 5, create: bool = True, **options: 
     """An engine set up for job work on the database `url` names (see Dialect.engine). `create=False`: the
     database must exist; connecting never creates a server's, but would create an empty SQLite file."""
     try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # a byte of another encoding in the variable: the driver's traceback, exit 1
+        raise ConfigError("database_url is not valid UTF-8 (a byte of another encoding: a Latin-1 password?)") from None
+    try:
         parsed = sa.make_url(url)
     except (exc.ArgumentError, ValueError) as error:  # ValueError: a port that is not a number
         raise ConfigError(f"database_url is not a valid SQLAlchemy URL: {error}") from None
@@ -82,6 +86,8 @@ def create_engine(url: str, pool_size: int = 5, create: bool = True, **options: 
     except exc.NoSuchModuleError:  # a misspelt driver (`mysql+pymsql://`): a setting to fix, not a traceback
         raise ConfigError(f"database_url names a driver SQLAlchemy does not know: {parsed.drivername!r} (leave it "
                           f"out, {backend}://…, for the one pending-jobs uses)") from None
+    except (ValueError, TypeError) as error:  # a parameter SQLAlchemy converts for the driver: `?connect_timeout=ten`
+        raise ConfigError(f"database_url: the driver refuses its parameters: {type(error).__name__}: {error}") from None
     db.refuse_bad_parameters(engine)
     hang.track(engine)  # once per connection opened: a run's watch may have to shut them down (hang.py)
     return engine

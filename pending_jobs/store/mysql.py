@@ -35,6 +35,7 @@ GONE = (2002, 2003, 2006, 2013, 2055, 1927, 1053, 4031)  # cannot connect / lost
 LOST = (2006, 2013, 2055, 1927, 4031)  # an open connection dropped; the server may still be up
 # access denied (to the database) / unknown database / TLS the URL asks for and the server does not offer
 LOGIN_REFUSED = (1044, 1045, 1049, 1698, 2026)
+DENIED = (1142, 1143)  # command / column denied to user: a grant is missing (a setting to fix, not a traceback)
 SERVER_STATUS_IN_TRANS = 1
 # Errors of a declared SQL task that another attempt cannot fix. PyMySQL raises several as
 # OperationalError (any number it does not map, such as 1054 unknown column), so the number decides.
@@ -44,7 +45,7 @@ PERMANENT = {
     1054,  # unknown column
     1064,  # syntax error
     1136,  # column count does not match value count
-    1142, 1143,  # command / column denied to user
+    *DENIED,
     1146,  # table does not exist
     1242,  # subquery returns more than one row
     1264,  # out of range value
@@ -119,6 +120,9 @@ class MySQL(Dialect):
             # connection: ≈ 35 ms of CPU loading the system's CA store, which that unverified offer never
             # reads. On the loopback or a socket TLS protects nothing; elsewhere PyMySQL's default stays.
             connect_args["ssl_disabled"] = True
+        # The URL's own values win: connect_args override them, and `?read_timeout=600` was dropped without a word.
+        for key in [key for key in connect_args if key in url.query and key != "init_command"]:  # UTC stays ours
+            del connect_args[key]
         options.setdefault("connect_args", connect_args)
         engine = super().engine(url, pool_size, create, **options)
         _refuse_bad_parameters(engine)
@@ -205,7 +209,7 @@ class MySQL(Dialect):
         return None
 
     def config_problem(self, error: BaseException) -> str | None:
-        return f"cannot use the database: {db.describe(error)}" if _errno(error) in LOGIN_REFUSED else None
+        return f"cannot use the database: {db.describe(error)}" if _errno(error) in (*LOGIN_REFUSED, *DENIED) else None
 
     def unavailable(self, error: BaseException) -> bool:
         code = _errno(error)
@@ -385,6 +389,9 @@ def _refuse_bad_parameters(engine: sa.Engine) -> None:
     unknown = sorted(set(params) - set(inspect.signature(engine.dialect.loaded_dbapi.connect).parameters))
     if unknown:
         raise ConfigError(f"database_url: PyMySQL takes no parameter {', '.join(unknown)} (TLS: ssl_ca=/path/ca.pem)")
+    if not isinstance(params.get("port", 0), int):  # `?port=3307`: PyMySQL's ValueError at the first connection
+        raise ConfigError(f"database_url: port={params['port']!r} is not a PyMySQL setting; give it after the host "
+                          "(mysql://user@host:PORT/db)")
     ssl = params.get("ssl", {})
     if not isinstance(ssl, dict):
         raise ConfigError(f"database_url: ssl={ssl!r} is not a PyMySQL setting; give ssl_ca=/path/ca.pem")

@@ -22,7 +22,7 @@ from .. import db
 from ..errors import DatabaseUnavailable
 from ..models import Job
 from ..schema import callback_attempts as A
-from ..schema import db_now, paused_queues, runs
+from ..schema import db_now, metadata, paused_queues, runs
 from ..schema import pending_jobs as J
 from ..states import CALLBACK_PENDING, JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES, JobStatus
 from . import totals
@@ -87,12 +87,13 @@ class OpsStore:
         return self.sql.after(self.sql.seconds(-float(seconds)))
 
     def missing_privileges(self) -> list[str]:
-        """What the database user may not do to the two tables every run writes in all four ways (claims and
-        outcomes, its runs row, retention), each as `VERB on TABLE`. Each verb is tried by a statement that
-        matches no row, in a transaction rolled back (PostgreSQL ends one at its first refusal). A user granted
-        SELECT alone passed `check` ("reachable and writable"), and every run then ended with a traceback."""
+        """What the database user may not do to pending-jobs' tables (every verb on each, as the docs advise), each
+        as `VERB on TABLE`. Each verb is tried by a statement that matches no row, in a transaction rolled back
+        (PostgreSQL ends one at its first refusal). A user granted SELECT alone passed `check` ("reachable and
+        writable"), and every run then ended with a traceback; one granted pending_jobs and pending_job_runs alone
+        passed too, and every run stopped at its first claim (it reads pending_job_paused_queues)."""
         missing = []
-        for table in (J, runs):
+        for table in (J, runs, *(table for table in metadata.sorted_tables if table not in (J, runs))):
             first, every = next(iter(table.columns)), list(table.columns)  # every: MySQL's strict mode asks
             for verb, statement in (
                 ("SELECT", sa.select(first).where(sa.false())),
@@ -106,7 +107,8 @@ class OpsStore:
                     except sa.exc.DBAPIError as error:
                         if self.sql.unavailable(error):
                             raise DatabaseUnavailable(db.describe(error)) from None
-                        missing.append(f"{verb} on {table.name}")
+                        if self.sql.config_problem(error) is not None:  # refused (a table not there: `check`'s schema)
+                            missing.append(f"{verb} on {table.name}")
                     finally:
                         conn.rollback()
         return missing

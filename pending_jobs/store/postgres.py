@@ -30,11 +30,10 @@ _UNNEST_TYPES = {"task": "varchar[]", "payload": "jsonb[]", "queue": "varchar[]"
 ATTEMPT_TYPES = {"job_id": "BIGINT", "attempt": "INTEGER", "webhook_id": "TEXT", "url": "TEXT",
                  "status_code": "INTEGER", "error": "TEXT", "duration_ms": "INTEGER", "response_excerpt": "TEXT"}
 
-
 SERIALIZATION = ("40001", "40P01")  # serialization failure, deadlock: run the transaction again
 READ_ONLY = "25006"
 SHUTDOWN = ("57P01", "57P02", "57P03")  # admin / crash shutdown, cannot connect now
-LOGIN_REFUSED = ("28000", "28P01", "3D000")  # invalid authorization / password, unknown database
+REFUSED = ("28000", "28P01", "3D000", "42501")  # invalid authorization / password, unknown database, no privilege
 PREPARED_GONE = ("26000", "42P05")  # invalid_sql_statement_name, duplicate_prepared_statement
 PERMANENT_CLASSES = ("22", "23", "42")  # data exception, integrity constraint, syntax or access rule
 TIMEOUTS = ("57014", "55P03")  # query_canceled (statement_timeout), lock_not_available (lock_timeout)
@@ -186,10 +185,12 @@ class Postgres(Dialect):
     def config_problem(self, error: BaseException) -> str | None:
         code, text = db.sqlstate(error), str(getattr(error, "orig", ""))
         # libpq reports the server's refusal of a new connection as text only (no SQLSTATE); these are its
-        # own fixed phrases, holding no data but the user's and database's names.
-        if code in LOGIN_REFUSED or (_libpq_error(error) and any(
-                phrase in text for phrase in ("password authentication failed", "no pg_hba.conf entry",
-                                              "does not exist"))):
+        # own fixed phrases, holding no data but the user's and database's names. So is its refusal of a URL
+        # parameter's value (`?sslmode=requried`): "connection is bad" as for a server not there (exit 75).
+        if code in REFUSED or (_libpq_error(error) and any(phrase in text for phrase in (
+                "password authentication failed", "no pg_hba.conf entry", "does not exist", ' value: "',
+                'for connection option "', "invalid port number", "could not match ", "SSL protocol version",
+                "could not parse network address", "weak sslmode"))):
             return f"cannot use the database: {db.describe(error)}"
         # psycopg prepares a statement on the server after its 5th run and names it _pg3_N on that session.
         # Missing, already there, or taking other parameters: the session changed under the client, which

@@ -8,6 +8,7 @@ import contextlib
 import functools
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -76,8 +77,14 @@ class SQLite(Dialect):
             raise ConfigError(f"database_url: there is no SQLite file {path} (a typo? `pending-jobs migrate` creates "
                               "the jobs database)")
         options = {"pool_size": pool_size, "max_overflow": pool_size, "hide_parameters": True, **options}
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30,
-                                                     "factory": GuardedConnection}, **options)
+        with warnings.catch_warnings():  # a misspelt `?timout=60`: SQLAlchemy's warning every tick, and ignored
+            warnings.filterwarnings("error", "Query string argument", exc.SAWarning)
+            try:
+                engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30,
+                                                             "factory": GuardedConnection}, **options)
+            except exc.SAWarning as warning:
+                raise ConfigError(f"database_url: {str(warning).split(' and are being ignored')[0]} (SQLite URI "
+                                  "parameters need uri=true)") from None
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: Any, _record: Any) -> None:

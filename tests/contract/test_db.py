@@ -193,3 +193,17 @@ def test_an_invalidated_sqlite_connection_goes_cleanly_and_no_deadline_outlives_
                                         "n < 200000) SELECT count(*) FROM c").scalar() == 200000
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_the_urls_own_connection_timeouts_win_over_the_defaults(db_url: str) -> None:
+    """`?read_timeout=600` (a declared statement that runs ten minutes) was dropped without a word: the engine's
+    connect_args (120 s) overrode the URL's."""
+    engine = create_engine(f"{db_url}?read_timeout=7&connect_timeout=3", create=False)
+    try:
+        with engine.connect() as conn:
+            raw = conn.connection.dbapi_connection
+            assert (raw._read_timeout, raw.connect_timeout, raw._write_timeout) == (7, 3, 120)  # type: ignore[union-attr]
+            assert conn.exec_driver_sql("SELECT @@session.time_zone").scalar() == "+00:00"
+    finally:
+        engine.dispose()

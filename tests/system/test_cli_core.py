@@ -168,6 +168,44 @@ def test_configuration_errors_exit_2_with_one_line(db_url: str, tmp_path: Path) 
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_database_url_option_the_driver_refuses_exits_2_with_one_line() -> None:
+    """A misspelt value libpq refuses before it connects was "database unavailable", exit 75: cron tried it again
+    every minute for ever. A value SQLAlchemy or PyMySQL cannot convert was a traceback and exit 1."""
+    cases = [
+        ("postgresql://postgres@127.0.0.1/x?sslmode=requried", 'invalid sslmode value: "requried"'),
+        ("postgresql://postgres@127.0.0.1/x?target_session_attrs=primry", "invalid target_session_attrs value"),
+        ("postgresql://postgres@127.0.0.1/x?keepalives=yes", 'for connection option "keepalives"'),
+        ("mysql://root@127.0.0.1/x?connect_timeout=ten", "invalid literal for int()"),
+        ("mysql://root@127.0.0.1/x?ssl_check_hostname=maybe", "String is not true/false: 'maybe'"),
+        ("mysql://root@127.0.0.1/x?port=3307", "port='3307' is not a PyMySQL setting"),
+    ]
+    for url, message in cases:
+        result = cli("run", env={"PENDING_JOBS_DATABASE_URL": url})
+        assert result.returncode == 2, (url, result.stderr)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (url, result.stderr)
+
+
+def test_a_database_url_that_is_not_utf8_exits_2_with_one_line() -> None:
+    """A byte of another encoding in the variable (a Latin-1 password): the driver's UnicodeEncodeError, a traceback
+    and exit 1 on every cron tick."""
+    for url in ("mysql://root:p\udce4ss@127.0.0.1/x", "postgresql://postgres@127.0.0.1/x?application_name=\udcff"):
+        result = cli("run", env={"PENDING_JOBS_DATABASE_URL": url})
+        assert result.returncode == 2, (url, result.stderr)
+        assert "database_url is not valid UTF-8" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_an_sqlite_url_option_the_driver_ignores_exits_2_with_one_line(tmp_path: Path) -> None:
+    """`?timout=60`: SQLAlchemy ignored it with a two-line warning on stderr (cron mailed it every tick) and the run
+    went on, exit 0, where MySQL's and PostgreSQL's misspelt options are refused (exit 2)."""
+    path = tmp_path / "jobs.sqlite3"
+    assert cli("migrate", env={"PENDING_JOBS_DATABASE_URL": f"sqlite:///{path}"}).returncode == 0
+    result = cli("run", env={"PENDING_JOBS_DATABASE_URL": f"sqlite:///{path}?timout=60"})
+    assert result.returncode == 2, result.stderr
+    assert "'timout' are not accepted" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert cli("run", env={"PENDING_JOBS_DATABASE_URL": f"sqlite:///{path}?timeout=60"}).returncode == 0
+
+
 def test_every_run_flag_names_its_environment_variable() -> None:
     result = cli("run", "--help", env={"COLUMNS": "200"})
     assert result.returncode == 0

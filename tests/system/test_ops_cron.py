@@ -165,6 +165,49 @@ def test_check_fails_its_database_check_for_a_user_who_may_only_read(db_url: str
         assert "the database user may not: INSERT on pending_jobs, UPDATE on pending_jobs, DELETE on pending_jobs" \
             in database["detail"]
         assert check(env={**env, "PENDING_JOBS_DATABASE_URL": db_url})[0] == 0  # the owner passes
+        # `run` says so too, in one line and as a setting to fix (exit 2, as refused credentials): it ended with
+        # "unexpected error", a traceback and exit 1 on every cron tick
+        ran = cli("run", env=env)
+        assert ran.returncode == 2, ran.stderr
+        assert ran.stderr.startswith("pending-jobs: cannot use the database: ") and "pending_job" in ran.stderr
+        assert len(ran.stderr.strip().splitlines()) == 1, ran.stderr
+    finally:
+        with admin.connect() as conn:
+            if mysql:
+                conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+            else:
+                conn.exec_driver_sql(f"DROP OWNED BY {user}")
+                conn.exec_driver_sql(f"DROP ROLE {user}")
+        admin.dispose()
+
+
+@pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)
+def test_check_fails_its_database_check_for_a_user_granted_two_tables_only(db_url: str) -> None:
+    """Granted all four verbs on pending_jobs and pending_job_runs alone (their sequences too), a user passed `check`
+    (exit 0, "reachable and writable"), and every run then stopped at its first claim: the claim reads
+    pending_job_paused_queues."""
+    url = sa.make_url(db_url)
+    user = "pj_two_" + str(url.database)[-8:]
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    mysql = url.get_backend_name() == "mysql"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw'" if mysql else
+                             f"CREATE ROLE {user} LOGIN PASSWORD 'pw'")
+        for table in ("pending_jobs", "pending_job_runs", "pending_jobs_alembic_version"):
+            verbs = "SELECT" if "alembic" in table else "SELECT, INSERT, UPDATE, DELETE"
+            conn.exec_driver_sql(f"GRANT {verbs} ON `{url.database}`.{table} TO '{user}'@'%%'" if mysql else
+                                 f"GRANT {verbs} ON {table} TO {user}")
+        if not mysql:
+            conn.exec_driver_sql(f"GRANT USAGE ON pending_jobs_id_seq, pending_job_runs_id_seq TO {user}")
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('echo', '{}')"))
+    try:
+        env = {"PENDING_JOBS_DATABASE_URL": url.set(username=user, password="pw").render_as_string(False),
+               "PENDING_JOBS_CALLBACK_SECRET": SECRET}
+        result = cli("check", "--json", env=env)
+        database = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "database")
+        assert (result.returncode, database["ok"]) == (3, False), result.stdout
+        assert "SELECT on pending_job_paused_queues" in database["detail"]
+        assert "on pending_jobs," not in database["detail"] and "on pending_job_runs," not in database["detail"]
     finally:
         with admin.connect() as conn:
             if mysql:

@@ -83,3 +83,30 @@ def test_an_empty_environment_variable_counts_as_unset(tmp_path: Path) -> None:
     assert loaded.callback_secret and loaded.batch_size == 7  # the file's, not an empty secret turning signing off
     web = config.load_web({}, environ={"PENDING_JOBS_WEB_PORT": ""})
     assert web.port == config.load_web({}, environ={}).port
+
+
+@pytest.mark.parametrize("value", [",", " ", "mail,,reports", "q" * 65])
+def test_queues_from_the_environment_are_checked_as_run_queue_checks_them(value: str) -> None:
+    """`run --queue` refused an empty or a 65-character name, PENDING_JOBS_QUEUES did not: `,` served every queue
+    (the names dropped), a name no queue column can hold served nothing and exited 0."""
+    with pytest.raises(ConfigError, match="PENDING_JOBS_QUEUES: a queue name"):
+        config.load({}, environ={"PENDING_JOBS_QUEUES": value})
+
+
+@pytest.mark.parametrize("body", ['queues = [""]', 'queues = ["mail", " "]', f'queues = ["{"q" * 65}"]',
+                                  'queues = ","', 'queues = ["mail\\u0000"]'])
+def test_queues_from_the_config_file_are_checked_as_run_queue_checks_them(tmp_path: Path, body: str) -> None:
+    path = tmp_path / "pj.toml"
+    path.write_text(body + "\n")
+    with pytest.raises(ConfigError, match=f"{path}: queues: a queue name"):
+        config.load({}, environ={}, config_file=str(path))
+
+
+def test_good_queue_names_are_taken_from_every_source(tmp_path: Path) -> None:
+    path = tmp_path / "pj.toml"
+    path.write_text(f'queues = ["mail", "{"q" * 64}"]\n')
+    assert config.load({}, environ={}, config_file=str(path)).queues == ["mail", "q" * 64]
+    assert config.load({}, environ={"PENDING_JOBS_QUEUES": " mail , reports "}).queues == ["mail", "reports"]
+    assert config.load({"queues": "mail"}, environ={}).queues == ["mail"]
+    path.write_text("queues = []\n")  # none named: every queue, as unset
+    assert config.load({}, environ={}, config_file=str(path)).queues == []
