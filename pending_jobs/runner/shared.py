@@ -18,6 +18,7 @@ import dataclasses
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 GROUP_MIN = 8
 """Fewest jobs worth a shared transaction of their own: a claim is split into one group per idle worker,
 but not into groups smaller than this (each group pays a COMMIT)."""
+GROUP_SECONDS = 1.0
+"""About how long a group may last: its transaction holds the rows its statements wrote until it commits,
+and a run stopped by a signal lets running groups end within its grace period. A group holds at most the
+jobs that take this long together, by the time a job has taken in the groups so far."""
 ROUNDS = 3
 """Shared transactions tried per group: each failing one takes its culprit out; then the rest run alone."""
 
@@ -66,6 +71,9 @@ class Worker:
         # Not on SQLite: one writer, so a claim made beside a group's transaction waits for it anyway (and
         # made the drain ≈ 15 % slower, writers queueing for the lock).
         self._claim_beside_groups = self._sharing and self.store.concurrent_writers
+        batch = executor.settings.batch_size
+        self._first_largest = -(-batch // max(1, min(self.workers, batch // GROUP_MIN)))  # a batch split by all
+        self._job_seconds: float | None = None  # a job's time in the groups so far (moving average)
         self._in_groups = 0
         self._counting = threading.Lock()
         self.on_group_start: Callable[[], None] = lambda: None
@@ -75,12 +83,22 @@ class Worker:
         """Of `held` jobs handed to the pool and not yet collected, those no running group holds."""
         return held - self._in_groups
 
+    def largest(self) -> int:
+        """Most jobs in one group: as many as take GROUP_SECONDS together, by the time a job has taken in the
+        groups so far; before any group has ended, a worker's share of a whole batch."""
+        seconds = self._job_seconds
+        if seconds is None:
+            return self._first_largest
+        return max(GROUP_MIN, int(GROUP_SECONDS / max(seconds, 1e-6)))
+
     def split(self, jobs: list[ClaimedJob], idle: int | None = None) -> list[Work]:
         """The claim as pool items: jobs that can share a transaction in up to one group per worker, the
         rest one by one (in claim order, groups first). With `idle` (workers with nothing to do), where a
         claim is made beside running groups, only in as many groups as there are idle workers (at least
         one): a group more would only wait for a worker, and each group pays a transaction (an UPDATE and
-        a COMMIT); the next claim feeds the others."""
+        a COMMIT); the next claim feeds the others. Either way no group holds more than `largest` jobs
+        (a group of a whole batch of 0.15 s jobs outlasted the grace period after SIGTERM, and its jobs,
+        rolled back, waited `running` for their lease to expire)."""
         if not self._sharing:
             return list(jobs)
         tasks = self.executor.tasks
@@ -90,6 +108,7 @@ class Worker:
             return list(jobs)
         workers = self.workers if idle is None or not self._claim_beside_groups else max(1, min(self.workers, idle))
         groups = max(1, min(workers, len(shareable) // GROUP_MIN))
+        groups = min(max(groups, -(-len(shareable) // self.largest())), max(1, len(shareable) // GROUP_MIN))
         size, extra = divmod(len(shareable), groups)
         items: list[Work] = []
         start = 0
@@ -105,15 +124,23 @@ class Worker:
         if not isinstance(item, Shared):
             return [self.executor(item)]
         if not self._claim_beside_groups:
-            return self._together(item.jobs)
+            return self._timed(item.jobs)
         with self._counting:
             self._in_groups += len(item.jobs)
         self.on_group_start()
         try:
-            return self._together(item.jobs)
+            return self._timed(item.jobs)
         finally:
             with self._counting:  # before its outcomes are collected: held for a moment, never ahead of time
                 self._in_groups -= len(item.jobs)
+
+    def _timed(self, jobs: list[ClaimedJob]) -> list[Outcome]:
+        started = time.monotonic()
+        outcomes = self._together(jobs)
+        seconds = (time.monotonic() - started) / len(jobs)
+        last = self._job_seconds  # workers update it side by side: a lost update only ages the average less
+        self._job_seconds = seconds if last is None else 0.7 * last + 0.3 * seconds
+        return outcomes
 
     def on_error(self, item: Work, error: BaseException) -> list[Outcome]:
         """Every job of an item whose run raised (the pool's last line of defence)."""

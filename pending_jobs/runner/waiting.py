@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from ..models import Outcome, RunReport
+from ..models import ClaimedJob, Outcome, RunReport
 from ..workers import WorkerPool
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
@@ -68,9 +68,14 @@ def cancel_waiting(pool: Pool, store: JobStore, worker: Worker) -> list[Outcome]
         return []
     hit = [slot for slot in waiting if any(job.id in asked for job in jobs_of(slot.item))]
     jobs = [job for slot in pool.withdraw_unstarted(hit) for job in jobs_of(slot.item)]
-    rest = [job for job in jobs if job.id not in asked]
-    if rest:
-        pool.submit_all(worker.split(rest))
+    # The rest go back claim by claim: a shared transaction holds the jobs of one claim (one lease token), and
+    # groups of two claims waiting at once, mixed, failed every job in them (an internal error, an attempt spent).
+    rest: dict[str, list[ClaimedJob]] = {}
+    for job in jobs:
+        if job.id not in asked:
+            rest.setdefault(job.token, []).append(job)
+    for claim in rest.values():
+        pool.submit_all(worker.split(claim))
     for job in jobs:
         if job.id in asked:
             log.info("job %d (%s) %s", job.id, job.task, CANCELLED_WAITING)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from pending_jobs import config
 from pending_jobs.context import Context
 from pending_jobs.errors import CommandFailed, DatabaseUnavailable, Retry
-from pending_jobs.models import RunReport
+from pending_jobs.models import ClaimedJob, RunReport, Together
 from pending_jobs.registry import Task
 from pending_jobs.runner import Executor, Producer
 from pending_jobs.runner.waiting import CANCELLED_WAITING
@@ -291,6 +291,44 @@ def test_a_job_cancelled_while_its_group_waits_ends_cancelled_and_the_rest_of_th
     assert store.status(group[3]) == "cancelled" and store.rows[group[3]].last_error == CANCELLED_WAITING
     assert sorted(ran) == sorted(set(group) - {group[3]})  # each other job of the group ran, once
     assert (report.succeeded, report.cancelled, report.stale, report.stopped_by) == (10, 1, 0, "max-jobs")
+
+
+class OneClaimStore(MemoryStore):
+    """Refuses to run jobs of two claims together, as the database stores do (store/shared.py)."""
+
+    def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[Any, Sequence[ClaimedJob]], Sequence[Any]]
+                     ) -> Together:
+        if len({job.token for job in jobs}) > 1:
+            raise ValueError("jobs run together must come from one claim (one lease token)")
+        return super().run_together(jobs, work)
+
+
+def test_jobs_cancelled_in_two_waiting_groups_of_two_claims_leave_the_rest_of_each_claim_apart() -> None:
+    """Two claims' groups wait (two queues) and a job of each is cancelled: the rest of each group goes back
+    to the pool as its own claim's, never mixed in one group (every job of it failed: an internal error)."""
+    store = OneClaimStore()
+    blocker = store.add("block")
+    groups = [[store.add("sql", queue=queue, run_at=store.clock() + 3600) for _ in range(10)] for queue in ("a", "b")]
+    waiting = [job_id for group in groups for job_id in group]
+    ran: list[int] = []
+
+    def block(payload: dict[str, Any], ctx: Context) -> None:
+        for job_id in waiting:
+            store.rows[job_id].run_at = 0.0
+        until(lambda: all(store.status(job_id) == "running" for job_id in waiting))  # two claims ahead, waiting
+        for group in groups:
+            store.rows[group[3]].cancel_requested = True
+        until(lambda: all(store.status(group[3]) == "cancelled" for group in groups))
+
+    def sql(payload: dict[str, Any], ctx: Context) -> None:
+        ran.append(ctx.job_id)
+
+    shared = lambda payloads, conn: [None] * len(payloads)  # noqa: E731 (the memory store runs each alone)
+    handlers = {"block": Task("block", block), "sql": Task("sql", sql, shared=shared)}
+    report = run(store, handlers, concurrency=1, poll=0.02, max_jobs=21)
+    assert store.status(blocker) == "succeeded"
+    assert sorted(ran) == sorted(set(waiting) - {group[3] for group in groups})  # each other job ran, once
+    assert (report.succeeded, report.failed, report.cancelled, report.stopped_by) == (19, 0, 2, "max-jobs")
 
 
 def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

@@ -13,7 +13,7 @@ from pending_jobs.context import Context
 from pending_jobs.models import ClaimedJob, Outcome, RunReport, Together
 from pending_jobs.registry import Task
 from pending_jobs.runner import Executor, Producer
-from pending_jobs.runner.shared import Shared, Worker
+from pending_jobs.runner.shared import GROUP_MIN, Shared, Worker
 
 from .memory_store import MemoryStore
 
@@ -57,12 +57,37 @@ def test_small_claims_make_fewer_groups_and_a_lone_job_no_group() -> None:
 
 
 def test_a_claim_made_beside_running_groups_makes_only_as_many_groups_as_workers_are_idle() -> None:
-    jobs = [job(n) for n in range(1, 41)]
+    jobs = [job(n) for n in range(1, 25)]
     sizes = {idle: [len(i.jobs) for i in worker(4).split(jobs, idle) if isinstance(i, Shared)]
              for idle in (None, 4, 2, 1, 0, -3)}
-    assert sizes == {None: [10, 10, 10, 10], 4: [10, 10, 10, 10], 2: [20, 20], 1: [40], 0: [40], -3: [40]}
+    assert sizes == {None: [8, 8, 8], 4: [8, 8, 8], 2: [12, 12], 1: [24], 0: [24], -3: [24]}
     one_writer = worker(4, MemoryStore(concurrent_writers=False))  # SQLite: no claim beside a group, so split
-    assert [len(i.jobs) for i in one_writer.split(jobs, 1) if isinstance(i, Shared)] == [10, 10, 10, 10]
+    assert [len(i.jobs) for i in one_writer.split(jobs, 1) if isinstance(i, Shared)] == [8, 8, 8]
+
+
+def group_sizes(split: Worker, jobs: int, idle: int | None) -> list[int]:
+    return [len(item.jobs) for item in split.split([job(n) for n in range(1, jobs + 1)], idle)
+            if isinstance(item, Shared)]
+
+
+def test_before_a_group_has_ended_none_is_larger_than_a_workers_share_of_a_whole_batch() -> None:
+    """A group runs to its COMMIT: one of a whole batch (100 jobs, not 25) outlasted the grace period after
+    SIGTERM, and its jobs waited `running` for their lease to expire."""
+    assert group_sizes(worker(4), 100, None) == [25, 25, 25, 25]
+    assert all(max(group_sizes(worker(4), 100, idle)) <= 25 for idle in (2, 1, 0))
+    assert group_sizes(worker(4), 40, 1) == [20, 20]
+
+
+def test_groups_hold_what_takes_about_a_second_by_the_time_jobs_took_in_groups_so_far() -> None:
+    slow = worker(4, CulpritStore())  # commits every group at once, but its jobs take 0.15 s each here
+    slow._together = lambda jobs: (time.sleep(0.15 * len(jobs)), [])[1]  # type: ignore[method-assign]
+    slow(Shared([job(n) for n in (1, 2)]))
+    assert slow.largest() == GROUP_MIN  # 1 s holds 6 such jobs; never fewer than GROUP_MIN
+    assert max(group_sizes(slow, 100, 0)) <= GROUP_MIN + 1 and sum(group_sizes(slow, 100, 0)) == 100
+    fast = worker(4, CulpritStore())
+    fast(Shared([job(n) for n in (1, 2)]))  # the store commits at once: well under a millisecond a job
+    assert fast.largest() > 1000
+    assert group_sizes(fast, 100, 0) == [100] and group_sizes(fast, 100, None) == [25, 25, 25, 25]
 
 
 class CulpritStore(MemoryStore):
