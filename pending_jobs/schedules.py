@@ -59,6 +59,7 @@ LONGEST_SLOT = "2026-01-01T00:00:00.000000Z"  # a slot as its job's payload name
 COUNT_LIMIT = 10_000  # slots counted at most when saying how many were skipped
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TICK = dt.timedelta(microseconds=1)
+SLOT_SLACK = dt.timedelta(milliseconds=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,8 +105,17 @@ class Schedule:
             while True:
                 yield EPOCH + dt.timedelta(seconds=steps * self.every)
                 steps -= 1
-        for slot in CronSim(self.cron or "", (moment + TICK).astimezone(self.zone), reverse=True):
-            yield slot.astimezone(dt.UTC)
+        start = (moment + TICK).astimezone(self.zone)
+        found = (slot.astimezone(dt.UTC) for slot in CronSim(self.cron or "", start, reverse=True))
+        if start.fold:  # in the hour repeated when clocks fall back, cronsim reads the start as its first pass
+            # (an hour earlier): the slots since then were missed, and a schedule made then started at an older
+            # slot, so the one it had missed came due (a false LATE, a job for a slot before its first look).
+            older = next(found)
+            newer = [older]
+            while (ahead := self.next_after(newer[-1])) <= moment:
+                newer.append(ahead)
+            yield from reversed(newer)
+        yield from found
 
     def due(self, last: dt.datetime, now: dt.datetime) -> tuple[list[dt.datetime], int]:
         """(slots to enqueue oldest first, slots skipped) among those after `last` and at or before `now`,
@@ -131,6 +141,11 @@ class Schedule:
     def latest_at(self, now: dt.datetime) -> dt.datetime:
         """The newest slot at or before `now` (where a new schedule starts: nothing before it is due)."""
         return next(self.back_from(now))
+
+    def is_slot(self, moment: dt.datetime) -> bool:
+        """Whether `moment` is one of this schedule's slots (within a millisecond: `every` slots are float
+        arithmetic). A last slot that is not was handled under other times: the schedule was changed."""
+        return abs((self.latest_at(moment + SLOT_SLACK) - moment).total_seconds()) < SLOT_SLACK.total_seconds()
 
     def payload_for(self, slot: dt.datetime) -> dict[str, Any]:
         """The job's payload: the configured one and `_schedule` (its name and the slot, ISO UTC)."""

@@ -131,8 +131,17 @@ class ScheduleStore:
             conn.execute(sa.update(S).where(S.c.name == schedule.name).values(last_slot=_naive(fresh),
                                                                               updated_at=db_now()))
             return None
+        moved = False
+        if not schedule.is_slot(last):
+            # Handled under other times: its cron, every or timezone changed. The new times' slots before the
+            # change were never due (runs looked all along): only those within its grace are, as for a new
+            # schedule, instead of all of them at once under catch_up = latest or all. Only ever forward: a host
+            # still on the old times (a deploy under way) finds the other's slot ahead and leaves it.
+            start = schedule.latest_at(now - dt.timedelta(seconds=schedule.grace))
+            if start > last:
+                last, moved = start, True
         slots, skipped = schedule.due(last, now)
-        if not slots and not skipped:
+        if not slots and not skipped and not moved:
             return None
         rows = [_job_row(schedule, slot) for slot in slots]
         ids = self.sql.insert_jobs(conn, rows) if rows else []

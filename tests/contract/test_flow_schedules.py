@@ -94,6 +94,35 @@ def test_a_schedule_removed_from_the_config_stops(store: Store, engine: sa.Engin
     assert set(schedules.rows()) == {"a", "b"}  # b's row stays, to be shown as no longer configured
 
 
+def test_a_schedule_whose_times_changed_goes_on_from_its_new_times(store: Store, engine: sa.Engine) -> None:
+    # "0 2" became "0 3" at 10:00 while runs looked all along: the 03:00 of that morning was never due. Under
+    # catch_up = latest it was enqueued at once (a second daily report that day), under all with every slot of a
+    # more frequent cron since the last 02:00, and skip warned of it as missed while nothing ran.
+    before = parse({"report": {"cron": "0 2 * * *", "task": "tick", "catch_up": "latest"}})
+    after = parse({"report": {"cron": "0 3 * * *", "task": "tick", "catch_up": "latest"}})
+    day = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    ScheduleStore(store).enqueue_due(before, now=day + dt.timedelta(hours=2, seconds=30))
+    schedules = ScheduleStore(store)  # the next run, with the changed config
+    assert schedules.enqueue_due(after, now=day + dt.timedelta(hours=10)) == []
+    assert keys(engine) == []
+    schedules.enqueue_due(after, now=day + dt.timedelta(days=1, hours=3, seconds=5))
+    assert keys(engine) == ["schedule:report:2026-05-02T03:00:00Z"]
+    assert schedules.rows()["report"].skipped == 0
+
+
+def test_hosts_on_the_old_and_the_new_times_during_a_deploy_lose_no_slot(store: Store, engine: sa.Engine) -> None:
+    before = parse({"report": {"cron": "0 2 * * *", "task": "tick"}})
+    after = parse({"report": {"cron": "0 3 * * *", "task": "tick"}})
+    day = dt.datetime(2026, 5, 1, tzinfo=dt.UTC)
+    old, new = ScheduleStore(store), ScheduleStore(store)
+    old.enqueue_due(before, now=day + dt.timedelta(hours=1, minutes=59, seconds=30))
+    for seconds in range(0, 3700, 20):  # 01:59:50 to 03:01:30, each host looking in turn
+        moment = day + dt.timedelta(hours=1, minutes=59, seconds=50 + seconds)
+        old.enqueue_due(before, now=moment)
+        new.enqueue_due(after, now=moment + dt.timedelta(seconds=10))
+    assert keys(engine) == ["schedule:report:2026-05-01T02:00:00Z", "schedule:report:2026-05-01T03:00:00Z"]
+
+
 def test_a_schedule_whose_job_cannot_be_inserted_fails_alone(store: Store, engine: sa.Engine,
                                                               caplog: pytest.LogCaptureFixture) -> None:
     # A payload the config check would refuse (a TOML date), given as parsed: every run's first step raised.

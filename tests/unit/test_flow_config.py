@@ -4,6 +4,7 @@ arithmetic (catch-up policies, DST) without a database."""
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from pathlib import Path
 
 import pytest
@@ -134,6 +135,19 @@ def test_every_counts_from_the_epoch_so_every_host_agrees() -> None:
     assert every.payload_for(slot("2026-05-01T10:15:00"))["_schedule"] == {"name": "s", "slot": "2026-05-01T10:15:00Z"}
 
 
+def test_a_schedules_own_slots_are_its_slots_whatever_the_float_arithmetic() -> None:
+    # A last slot that is not one of its slots means the schedule was changed (store/schedules.py goes on from its
+    # newest past slot): a slot of its own read as foreign would hold the schedule back at every look.
+    for every in ("1.1s", "2.5s", "13.37s", "1.5d"):
+        plan = schedules.parse({"s": {"every": every, "task": "t"}})["s"]
+        moment = slot("2026-05-01T10:07:00")
+        for _ in range(500):
+            moment = plan.next_after(moment)
+            assert plan.is_slot(moment) and not plan.is_slot(moment + dt.timedelta(milliseconds=2))
+    daily = schedules.parse({"s": {"cron": "0 2 * * *", "task": "t"}})["s"]
+    assert daily.is_slot(slot("2026-05-01T02:00:00")) and not daily.is_slot(slot("2026-05-01T03:00:00"))
+
+
 def test_catch_up_policies() -> None:
     def due(policy: str, **extra: object) -> tuple[list[dt.datetime], int]:
         plan = schedules.parse({"s": {"every": "1m", "task": "t", "catch_up": policy, **extra}})["s"]
@@ -158,3 +172,15 @@ def test_daylight_saving_time_follows_the_zone_database() -> None:
                                     "catch_up": "all"}})["s"]
     fired, _ = hourly.due(slot("2026-10-24T23:30:00"), slot("2026-10-25T02:30:00"))
     assert fired == [slot("2026-10-25T00:00:00"), slot("2026-10-25T01:00:00"), slot("2026-10-25T02:00:00")]
+
+
+def test_the_hour_repeated_when_clocks_fall_back_keeps_the_slots_of_its_first_pass() -> None:
+    nightly = schedules.parse({"s": {"cron": "30 2 * * *", "timezone": "Europe/Berlin", "task": "t",
+                                     "catch_up": "all"}})["s"]
+    # 01:10 UTC is 02:10 CET, the second pass: 02:30 CEST (00:30 UTC) has passed, before a look made now.
+    assert nightly.latest_at(slot("2026-10-25T01:10:00")) == slot("2026-10-25T00:30:00")
+    assert nightly.due(nightly.latest_at(slot("2026-10-25T01:10:00")), slot("2026-10-25T01:30:10")) == ([], 0)
+    hourly = schedules.parse({"s": {"cron": "0 * * * *", "timezone": "Europe/Berlin", "task": "t"}})["s"]
+    assert hourly.latest_at(slot("2026-10-25T01:10:00")) == slot("2026-10-25T01:00:00")  # 02:00 CET
+    assert list(itertools.islice(hourly.back_from(slot("2026-10-25T01:10:00")), 3)) == [
+        slot("2026-10-25T01:00:00"), slot("2026-10-25T00:00:00"), slot("2026-10-24T23:00:00")]
