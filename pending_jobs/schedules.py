@@ -200,7 +200,7 @@ def parse_one(name: str, table: Mapping[str, Any], payload_limit: int = PAYLOAD_
         try:
             CronSim(cron, dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
         except CronSimError as problem:
-            raise error("cron", f"{cron!r} is not a 5-field cron expression: {problem}") from None
+            raise error("cron", f"{cron!r} is not a cron expression cron would take: {problem}") from None
         if len(cron.split()) != 5:
             raise error("cron", f"{cron!r} must have 5 fields: minute hour day-of-month month day-of-week")
     else:
