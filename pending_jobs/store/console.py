@@ -191,6 +191,19 @@ class ConsoleStore:
         stmt = sa.select(sa.func.count()).select_from(J).where(*self.ops.where(f))
         return self.store.read(lambda conn: int(conn.execute(stmt).scalar_one()))
 
+    def count_acted(self, f: JobFilter, statuses: Sequence[str]) -> tuple[int, int]:
+        """How many jobs match the filter, and how many of them have one of `statuses` (those a bulk action
+        changes). One pass, no GROUP BY: grouped by status, MariaDB walked the claim index and read every row
+        by its key for a text search, 7.9 s instead of 1.4 s at 1,000,000 jobs."""
+        acted = sa.func.sum(sa.case((J.c.status.in_(statuses), 1), else_=0))
+        stmt = sa.select(sa.func.count(), acted).select_from(J).where(*self.ops.where(f))
+
+        def work(conn: sa.Connection) -> tuple[int, int]:
+            total, among = conn.execute(stmt).one()
+            return int(total), int(among or 0)  # SUM over no row is NULL
+
+        return self.store.read(work)
+
     def errors(self, job_id: int) -> list[ErrorRow]:
         """Every kept error of one job, oldest attempt first."""
         E = job_errors

@@ -131,8 +131,10 @@ class OpsStore:
             payload = sa.cast(J.c.payload, sa.Text)
             # The payload's text as stored: SQLAlchemy's json.dumps on SQLite and MariaDB writes `Zürich` as
             # `Z\u00fcrich` (PHP's json_encode too), PostgreSQL's jsonb as it is; so the text is looked for both
-            # ways (one needle when the text holds nothing JSON escapes).
-            needles = dict.fromkeys((f.text, json.dumps(f.text)[1:-1]))
+            # ways (one needle when the text holds nothing JSON escapes). PHP's json_encode also writes `/` as `\/`
+            # unless told not to (README's own INSERT example): a URL or path in such a payload was never found.
+            escaped = json.dumps(f.text)[1:-1]
+            needles = dict.fromkeys((f.text, escaped, f.text.replace("/", "\\/"), escaped.replace("/", "\\/")))
             where.append(sa.or_(*(payload.like(_like(needle), escape="\\") for needle in needles),
                                 J.c.last_error.like(_like(f.text), escape="\\")))
         if f.callback_status == "none":

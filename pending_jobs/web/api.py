@@ -105,6 +105,7 @@ FILTERS = [
     _query("since", "created at most this long ago: 90, 15m, 2h, 7d"),
     _query("until", "created at least this long ago"),
     _query("q", "text in the payload or the last error (at most 200 characters)"),
+    _query("callback", "the state of the job's callback: " + ", ".join(views.CALLBACK_STATUSES)),
 ]
 OK = {"200": {"description": "OK", "content": {"application/json": {"schema": {"type": "object"}}}}}
 

@@ -9,15 +9,19 @@ their own callers (a job-scoped token) and may be opened from the application's 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 
 from ..config import WebSettings
+from ..errors import DatabaseUnavailable
 from ..store import Store
 from .api import api_routes
 from .live import live_routes
@@ -25,6 +29,17 @@ from .pages import page_routes
 from .security import Csrf, Guard
 
 Lifespan = Callable[[Any], contextlib.AbstractAsyncContextManager[None]]
+log = logging.getLogger(__name__)
+
+
+def unavailable(request: Request, error: Exception) -> Response:
+    """The database went away while the console serves (it does not start without it): 503 and the reason in
+    one line, as the CLI says it (exit 75); it had been "Internal Server Error" and a traceback per request.
+    The next request after the database is back is served as usual."""
+    log.warning("database unavailable: %s", error)
+    if request.url.path.startswith("/api/"):
+        return JSONResponse({"error": f"database unavailable: {error}"}, status_code=503)
+    return PlainTextResponse(f"database unavailable: {error}\n(reload once it answers again)\n", status_code=503)
 
 
 def create_app(settings: WebSettings, store: Store, extra_routes: Sequence[BaseRoute] = (),
@@ -41,7 +56,7 @@ def create_app(settings: WebSettings, store: Store, extra_routes: Sequence[BaseR
         *api_routes(store, csrf, settings.read_only),
         *live_routes(store, csrf, settings.read_only),
         Mount("/static", app=StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
-    ])
+    ], exception_handlers={DatabaseUnavailable: unavailable})
     guarded = Guard(console, settings)
 
     @contextlib.asynccontextmanager

@@ -1,8 +1,9 @@
 """What is read continuously: the /events stream behind the live pages, /metrics, and /healthz.
 
-/events renders a page's fragment every INTERVAL seconds and sends it as one SSE `data:` line of JSON
-(`{"html": ...}`); console.js swaps it in (`once=1`: one snapshot, then the end). A stream ends after
-STREAM_FOR seconds (EventSource opens a new one by itself) so a server stopping never waits on a tab.
+/events renders a page's fragment every INTERVAL seconds and sends it, when it changed, as one SSE `data:`
+line of JSON (`{"html": ...}`; unchanged, a `:` comment line); console.js swaps it in (`once=1`: one
+snapshot, then the end). A stream ends after STREAM_FOR seconds (EventSource opens a new one by itself) so a
+server stopping never waits on a tab.
 """
 
 from __future__ import annotations
@@ -83,15 +84,20 @@ def live_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
             if once:
                 return
             loop = asyncio.get_running_loop()
-            ends = loop.time() + STREAM_FOR
+            ends, last = loop.time() + STREAM_FOR, first
             while loop.time() < ends:
                 await asyncio.sleep(INTERVAL)
                 if await request.is_disconnected():
                     return
                 try:
-                    yield f"data: {await run_in_threadpool(snapshot)}\n\n"
+                    data = await run_in_threadpool(snapshot)
                 except BadRequest:  # the job was purged meanwhile: nothing more to show (the page says so)
                     return
+                # An unchanged snapshot is not sent again (console.js would drop it): a finished job's page with
+                # a 1 MB result had sent it every 2 s, for as long as the tab stayed open. A comment line keeps
+                # the stream alive through proxies.
+                yield ": unchanged\n\n" if data == last else f"data: {data}\n\n"
+                last = data
 
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"cache-control": "no-store", "x-accel-buffering": "no"})

@@ -17,6 +17,7 @@ from starlette.responses import HTMLResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import BaseRoute, Route
 
 from .. import logs
+from ..states import JOB_PENDING, JOB_RUNNING, TERMINAL_VALUES
 from ..store import RunStore, Store
 from ..store.console import BULK_LIMIT, ConsoleStore
 from . import views
@@ -44,7 +45,8 @@ ENV.filters["field"] = lambda value: markupsafe.escape(str(value))
 def base_context(request: Request, csrf: Csrf, read_only: bool) -> dict[str, Any]:
     cookie = request.state.csrf_cookie
     return {"csrf": csrf.token(cookie), "read_only": read_only, "actor": request.state.actor,
-            "message": shown_message(request, csrf), "path": request.url.path, "statuses": views.STATUSES}
+            "message": shown_message(request, csrf), "path": request.url.path, "statuses": views.STATUSES,
+            "callback_statuses": views.CALLBACK_STATUSES}
 
 
 def message_query(csrf: Csrf, message: str) -> str:
@@ -116,8 +118,12 @@ def page_routes(store: Store, csrf: Csrf, read_only: bool) -> list[BaseRoute]:
                 raise BadRequest("action: retry or cancel")
         except BadRequest as error:
             return render("error.html", {**context, "error": str(error)}, 400)
+        # The jobs the action would change, not every match: "225,504 match (at most 10,000 at once)" was shown
+        # for a cancel that would change the 50,000 pending ones among them.
+        count, acted = ConsoleStore(store).count_acted(f, TERMINAL_VALUES if action == "retry"
+                                                      else (JOB_PENDING, JOB_RUNNING))
         return render("confirm.html", {**context, "action": action, "filter": views.filter_params(f),
-                                       "count": ConsoleStore(store).count(f), "limit": BULK_LIMIT})
+                                       "count": count, "acted": acted, "limit": BULK_LIMIT})
 
     async def act(request: Request) -> Response:
         form = await request.form()

@@ -16,13 +16,14 @@ from typing import Any
 from .. import config, validation
 from ..callbacks import redact
 from ..models import Job
-from ..states import JobStatus
+from ..states import CallbackStatus, JobStatus
 from ..store import CallbackStore, RunStore, Store
 from ..store import overview as overview_counts
 from ..store.console import ConsoleStore
 from ..store.ops import JobFilter
 
 STATUSES = [s.value for s in JobStatus]
+CALLBACK_STATUSES = [*(s.value for s in CallbackStatus), "none"]  # none: jobs without a callback
 PAGE = 50
 
 
@@ -87,20 +88,24 @@ def _integer(name: str, value: str | None, low: int, high: int) -> int | None:
     return number
 
 
-FILTER_FIELDS = ("status", "queue", "task", "since", "until", "q")
+FILTER_FIELDS = ("status", "queue", "task", "since", "until", "q", "callback")
 TEXT_LIMIT = 200  # characters of the q filter (a LIKE over payloads and errors)
 
 
 def filter_from(params: Mapping[str, str]) -> JobFilter:
     """The job filter of a query string or form: status (comma-separated), queue, task, since and until
-    (durations ago: 15m, 2h, 7d), q (text in the payload or the last error)."""
+    (durations ago: 15m, 2h, 7d), q (text in the payload or the last error), callback (its callback's state)."""
     statuses = tuple(s for s in (params.get("status") or "").split(",") if s)
     unknown = [s for s in statuses if s not in STATUSES]
     if unknown:
         raise BadRequest(f"status: unknown {', '.join(unknown)} (use {', '.join(STATUSES)})")
+    # callback: the state of the job's callback (the overview's callback counts link here), as `list --callback-status`.
+    callback = params.get("callback") or None
+    if callback is not None and callback not in CALLBACK_STATUSES:
+        raise BadRequest(f"callback: unknown {callback} (use {', '.join(CALLBACK_STATUSES)})")
     return JobFilter(statuses=statuses, queue=text("queue", params.get("queue")), task=text("task", params.get("task")),
                      since=age("since", params.get("since")), until=age("until", params.get("until")),
-                     text=text("q", _bounded("q", params.get("q"), TEXT_LIMIT)))
+                     text=text("q", _bounded("q", params.get("q"), TEXT_LIMIT)), callback_status=callback)
 
 
 def _bounded(name: str, value: str | None, limit: int) -> str | None:
@@ -121,7 +126,8 @@ def _seconds(value: float | None) -> str:
 def filter_params(f: JobFilter) -> dict[str, str]:
     """The query string of a filter (links to the next page, the bulk confirmation, the live stream)."""
     values = {"status": ",".join(f.statuses), "queue": f.queue or "", "task": f.task or "",
-              "since": _seconds(f.since), "until": _seconds(f.until), "q": f.text or ""}
+              "since": _seconds(f.since), "until": _seconds(f.until), "q": f.text or "",
+              "callback": f.callback_status or ""}
     return {k: v for k, v in values.items() if v}
 
 

@@ -49,7 +49,7 @@ def test_every_action_changes_the_jobs_and_is_audited(console: Any, store: Store
     assert OpsStore(store).paused() == []
 
     confirm = client.get("/jobs/bulk", params={"action": "retry", "queue": "mail", "status": "failed"})
-    assert confirm.status_code == 200 and "<strong>2</strong> job(s) match" in confirm.text
+    assert confirm.status_code == 200 and "<strong>2</strong> of the 2 matching job(s)" in confirm.text
     act("bulk-retry", queue="mail", status="failed")
     assert {_status(engine, j) for j in failed} == {"pending"}
     act("bulk-cancel", queue="mail")

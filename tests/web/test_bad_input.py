@@ -103,7 +103,7 @@ def test_a_job_purged_while_its_page_streams_ends_the_stream_quietly(console: An
     ("bulk-cancel", {"queue": ["q"], "task": None}, "queue: must be text or a number, not [\"q\"]"),
     ("bulk-cancel", {"queue": "q", "task": None}, "task: must be text or a number, not null"),
     ("bulk-retry", {"staus": "failed"}, "staus: not a field of bulk-retry (it takes status, queue, task, since, "
-                                        "until, q)"),
+                                        "until, q, callback)"),
     ("bulk-cancel", {"queue": {"name": "q"}}, "queue: must be text or a number, not {\"name\": \"q\"}"),
     ("bulk-cancel", {"since": True}, "since: must be text or a number, not true"),
     ("cancel", {"job_id": 1, "queue": "q"}, "queue: not a field of cancel (it takes job_id)"),
@@ -162,7 +162,7 @@ def test_a_misspelt_parameter_of_the_jobs_api_is_a_400(console: Any, store: Stor
     answer = console().get("/api/jobs", params={"stauts": "failed"})  # listed every job, as if none had failed
     assert answer.status_code == 400
     assert answer.json()["error"] == ("stauts: not a parameter of /api/jobs (it takes status, queue, task, since, "
-                                      "until, q, before, limit, count)")
+                                      "until, q, callback, before, limit, count)")
     assert console().get("/api/jobs", params={"status": "failed", "limit": "5", "count": "1"}).json()["count"] == 0
 
 

@@ -50,7 +50,7 @@ def test_a_bulk_action_confirmed_acts_on_the_jobs_it_counted(console: Any, engin
     client = console()
     query = {"action": "retry", "queue": QUEUE, "q": "Erreur\u00a0: délai"}
     confirm = client.get("/jobs/bulk", params=query).text
-    assert "<strong>3</strong> job(s) match" in confirm
+    assert "<strong>3</strong> of the 3 matching job(s)" in confirm
     found = re.search(r'<form method="post" action="/actions/bulk-retry">(.*?)</form>', confirm, re.S)
     assert found
     fields = {n: html.unescape(v) for n, v in re.findall(r'name="(\w+)" value="([^"]*)"', found.group(1))}

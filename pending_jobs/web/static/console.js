@@ -31,6 +31,10 @@
   document.addEventListener("DOMContentLoaded", function () { confirmForms(document); start(); });
   // A page left (or kept in the back-forward cache) closes its stream: a browser opens few connections
   // per host, and streams of pages no one looks at would hold them all.
-  window.addEventListener("pagehide", function () { if (source) { source.close(); source = null; } });
+  function stop() { if (source) { source.close(); source = null; } }
+  window.addEventListener("pagehide", stop);
   window.addEventListener("pageshow", function (event) { if (event.persisted) { start(); } });
+  // So does a tab in the background (and opens it again when shown): Chromium allows 6 connections per
+  // host, and six console pages opened in tabs held them all: the seventh tab did not load.
+  document.addEventListener("visibilitychange", function () { if (document.hidden) { stop(); } else { start(); } });
 })();
