@@ -85,11 +85,14 @@ class Worker:
 
     def largest(self) -> int:
         """Most jobs in one group: as many as take GROUP_SECONDS together, by the time a job has taken in the
-        groups so far; before any group has ended, a worker's share of a whole batch."""
+        groups so far, and never more than a worker's share of a whole batch (all there is before any group
+        has ended)."""
         seconds = self._job_seconds
         if seconds is None:
             return self._first_largest
-        return max(GROUP_MIN, int(GROUP_SECONDS / max(seconds, 1e-6)))
+        # Never more than before any group ended: jobs that were fast say nothing of the next ones (a payload,
+        # another task, a lock wait), and a group of a whole batch of them outlasted the grace period.
+        return min(self._first_largest, max(GROUP_MIN, int(GROUP_SECONDS / max(seconds, 1e-6))))
 
     def split(self, jobs: list[ClaimedJob], idle: int | None = None) -> list[Work]:
         """The claim as pool items: jobs that can share a transaction in up to one group per worker, the
