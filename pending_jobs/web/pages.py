@@ -77,8 +77,11 @@ def fragment(view: str, store: Store, params: dict[str, str], context: dict[str,
         f = views.filter_from(params)
         before, limit = views.page_args(params)
         # The list shows no payload or result: not read (a megabyte each, at every refresh of the page).
+        shown = views.filter_params(f)
+        # "older →" keeps the page's own size too (it fell back to 50 a page).
+        older = {**shown, "limit": str(limit)} if limit != views.PAGE else shown
         return "_jobs.html", {**context, **views.jobs(store, f, before, limit, bodies=False),
-                              "filter": views.filter_params(f), "before": before}
+                              "filter": shown, "older": older, "before": before}
     if view == "job":
         return "_job.html", {**context, "job": views.job(store, views.job_id(params.get("id")))}
     if view == "runs":
