@@ -141,6 +141,17 @@ def test_progress_bar_only_when_stderr_is_a_terminal(db_url: str, engine: sa.Eng
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'") == 5
 
 
+def _drop_user(admin: sa.Engine, user: str, mysql: bool) -> None:
+    """The test's own database user, and what it was granted, gone; then the admin engine."""
+    with admin.connect() as conn:
+        if mysql:
+            conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
+        else:
+            conn.exec_driver_sql(f"DROP OWNED BY {user}")
+            conn.exec_driver_sql(f"DROP ROLE {user}")
+    admin.dispose()
+
+
 @pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)
 def test_check_fails_its_database_check_for_a_user_who_may_only_read(db_url: str) -> None:
     """A runner's database user granted SELECT alone: `check` said "reachable and writable" and exit 0, and
@@ -172,13 +183,7 @@ def test_check_fails_its_database_check_for_a_user_who_may_only_read(db_url: str
         assert ran.stderr.startswith("pending-jobs: cannot use the database: ") and "pending_job" in ran.stderr
         assert len(ran.stderr.strip().splitlines()) == 1, ran.stderr
     finally:
-        with admin.connect() as conn:
-            if mysql:
-                conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
-            else:
-                conn.exec_driver_sql(f"DROP OWNED BY {user}")
-                conn.exec_driver_sql(f"DROP ROLE {user}")
-        admin.dispose()
+        _drop_user(admin, user, mysql)
 
 
 @pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)
@@ -209,10 +214,4 @@ def test_check_fails_its_database_check_for_a_user_granted_two_tables_only(db_ur
         assert "SELECT on pending_job_paused_queues" in database["detail"]
         assert "on pending_jobs," not in database["detail"] and "on pending_job_runs," not in database["detail"]
     finally:
-        with admin.connect() as conn:
-            if mysql:
-                conn.exec_driver_sql(f"DROP USER '{user}'@'%%'")
-            else:
-                conn.exec_driver_sql(f"DROP OWNED BY {user}")
-                conn.exec_driver_sql(f"DROP ROLE {user}")
-        admin.dispose()
+        _drop_user(admin, user, mysql)
