@@ -148,26 +148,49 @@ def _name(*parts: str) -> str:
 def parse(queue_tables: Mapping[str, Any], task_tables: Mapping[str, Mapping[str, Any]]) -> Limits:
     """The limits of the `[queue.NAME]` tables and of the limit keys in `[task.NAME]` tables; raises
     ConfigError naming the table and the key."""
+    limits, queue_problems, task_problems = parse_each(queue_tables, task_tables)
+    for problem in (*queue_problems.values(), *task_problems.values()):
+        raise ConfigError(problem)
+    return limits
+
+
+def parse_each(queue_tables: Mapping[str, Any],
+               task_tables: Mapping[str, Mapping[str, Any]]) -> tuple[Limits, dict[str, str], dict[str, str]]:
+    """(limits, errors by queue, errors by task): each table alone. A run holds back the jobs of a queue or
+    task whose limits it cannot read (run unlimited, they could hammer what the limit protects)."""
     queues: dict[str, QueueLimits] = {}
+    queue_problems: dict[str, str] = {}
     for name, table in queue_tables.items():
-        where = f"[queue.{name}]"
-        if not isinstance(table, dict):
-            raise ConfigError(f"{where}: must be a table of {', '.join(QUEUE_KEYS)}")
-        problem = queue_problem(name)
-        if problem:
-            raise ConfigError(f"{where}: {problem}")
-        unknown = sorted(set(table) - set(QUEUE_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(QUEUE_KEYS)})")
-        queues[name] = QueueLimits(_count(where, table, "max_running"), _count(where, table, "concurrency_limit"),
-                                   _rate(where, table))
+        try:
+            queues[name] = _queue_limits(name, table)
+        except ConfigError as error:
+            queue_problems[name] = str(error)
     tasks: dict[str, TaskLimits] = {}
+    task_problems: dict[str, str] = {}
     for name, table in task_tables.items():
         where = f"[task.{name}]"
-        limits = TaskLimits(_count(where, table, "concurrency_limit"), _rate(where, table))
+        try:
+            limits = TaskLimits(_count(where, table, "concurrency_limit"), _rate(where, table))
+        except ConfigError as error:
+            task_problems[name] = str(error)
+            continue
         if limits != TaskLimits():
             tasks[name] = limits
-    return Limits(queues, tasks)
+    return Limits(queues, tasks), queue_problems, task_problems
+
+
+def _queue_limits(name: str, table: Any) -> QueueLimits:
+    where = f"[queue.{name}]"
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: must be a table of {', '.join(QUEUE_KEYS)}")
+    problem = queue_problem(name)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    unknown = sorted(set(table) - set(QUEUE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(QUEUE_KEYS)})")
+    return QueueLimits(_count(where, table, "max_running"), _count(where, table, "concurrency_limit"),
+                       _rate(where, table))
 
 
 def _count(where: str, table: Mapping[str, Any], key: str) -> int | None:

@@ -108,13 +108,14 @@ class Claim:
     be admitted; None when nothing was held back that time alone frees."""
 
 
-OutcomeKind = Literal["succeeded", "retry", "failed", "recorded", "dropped"]
+OutcomeKind = Literal["succeeded", "retry", "failed", "recorded", "dropped", "held"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """What became of one job. `recorded`: already written in the handler's own transaction;
-    `dropped`: the lease was taken over before it could be written (a stale runner)."""
+    `dropped`: the lease was taken over before it could be written (a stale runner); `held`: put back
+    unrun, its attempt uncounted, `delay` seconds, because its config table has an error (held.py)."""
 
     job: ClaimedJob
     kind: OutcomeKind
@@ -150,6 +151,7 @@ class Finished:
     retried: int = 0
     failed: int = 0
     cancelled: int = 0
+    held: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,6 +336,7 @@ class RunReport:
     cancelled: int = 0
     rescued: int = 0
     released: int = 0
+    held: int = 0  # put back unrun: their task's or queue's config table has an error (held.py)
     stale: int = 0
     callbacks_delivered: int = 0
     callbacks_failed: int = 0
@@ -383,14 +386,15 @@ class RunRow:
 @dataclasses.dataclass(frozen=True)
 class Completion:
     """One claim's outcomes to record in one go: (id, result) succeeded, (id, delay, error) retried,
-    (id, error) failed — all under the claim's token."""
+    (id, error) failed, (id, delay, reason) held — all under the claim's token."""
 
     token: str
     succeeded: Sequence[tuple[int, Any]] = ()
     retried: Sequence[tuple[int, float, str]] = ()
     failed: Sequence[tuple[int, str]] = ()
+    held: Sequence[tuple[int, float, str]] = ()
 
     @property
     def empty(self) -> bool:
         """Nothing to write (e.g. every outcome was recorded in its handler's transaction)."""
-        return not (self.succeeded or self.retried or self.failed)
+        return not (self.succeeded or self.retried or self.failed or self.held)

@@ -44,6 +44,9 @@ class Task:
     max_attempts: int | None = None
     """The task's own limit on attempts (a declared task's `max_attempts`): a job gives up at it when it
     is fewer than the row's `max_attempts`; None: the row's alone."""
+    held: str = ""
+    """Why the task cannot run (its config table has an error, see held.py): its jobs are put back pending,
+    their attempt uncounted, with this reason, until the table is fixed; empty: it runs."""
 
 
 _TASKS: dict[str, Task] = {}
@@ -85,6 +88,15 @@ def task(
         return fn
 
     return register
+
+
+def held_task(name: str, reason: str) -> Task:
+    """A task whose config table has an error: the runner puts its jobs back with `reason`, never runs them."""
+
+    def refuse(payload: Any, ctx: Any) -> Any:  # the executor holds its jobs first: a safety net only
+        raise RuntimeError(reason)
+
+    return Task(name, refuse, held=reason)
 
 
 def attempt_limits(tasks: Mapping[str, Task]) -> dict[str, int]:

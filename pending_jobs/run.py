@@ -18,10 +18,10 @@ import threading
 import time
 from collections.abc import Callable
 
-from . import limits, schedules
+from . import held, schedules
 from .callbacks import Deliverer
 from .config import Settings
-from .errors import EXIT_TEMPFAIL, ConfigError, DatabaseUnavailable, exit_code_of
+from .errors import EXIT_CONFIG, EXIT_TEMPFAIL, ConfigError, DatabaseUnavailable, exit_code_of
 from .metrics import render, write_textfile
 from .models import RunReport
 from .registry import Task
@@ -61,16 +61,18 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     """
     started = time.monotonic()
     report = RunReport()
-    configured = limits.parse(settings.queue_tables, settings.declared_tasks)  # ConfigError before any work
     serving = job_id is None and settings.callbacks != "only"
-    recurring = schedules.parse(settings.schedule_tables, settings.payload_limit) if serving else {}
+    tables = held.read(settings, tasks, schedules_too=serving)  # a table with an error fails alone
+    held.report(tables)
+    configured, recurring, tasks = tables.limits, tables.schedules, tables.tasks
     if configured:
         store = LimitedStore(store, configured)
     runs = RunStore(store)
     # Built first: a bad callback secret stops the run before it claims anything.
     deliver = deliverer or Deliverer(CallbackStore(store), settings)
     callbacks = _Callbacks(deliver, settings, report) if settings.callbacks != "off" else None
-    producer = Producer(store, Executor(store, tasks, settings), settings, report, owner_name(), on_progress,
+    executor = Executor(store, tasks, settings, tables.queues)
+    producer = Producer(store, executor, settings, report, owner_name(), on_progress,
                         hand_off, on_callbacks_due=callbacks.wake if callbacks else None, on_stop_claiming=on_served)
     run_id: int | None = None
     threads: list[_Thread] = []
@@ -112,7 +114,7 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
                 budget = 0.0 if job_id is not None else settings.max_runtime - (time.monotonic() - started)
                 callbacks.deliver_due(time.monotonic() + max(CALLBACK_MIN_TIME, budget))
         _retention(store, settings, hurry=report.stopped_by == "signal")
-        report.exit_code = 0
+        report.exit_code = EXIT_CONFIG if tables.problems else 0  # served the rest: the tables still need a fix
     except BaseException as error:
         report.exit_code = exit_code_of(error)
         raise
@@ -132,10 +134,8 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
 
 def check_settings(settings: Settings, job_id: int | None = None) -> None:
     """Raise ConfigError for a setting `run_once` would refuse, before the database is asked anything: the CLI
-    asks before it takes the host lock, so a run with a typo never makes the serving run hand over to it."""
-    limits.parse(settings.queue_tables, settings.declared_tasks)
-    if job_id is None and settings.callbacks != "only":
-        schedules.parse(settings.schedule_tables, settings.payload_limit)
+    asks before it takes the host lock, so a run with a typo never makes the serving run hand over to it. (A
+    `[task.NAME]`, `[queue.NAME]` or `[schedules.NAME]` table with an error is not refused: held.py.)"""
     if settings.callbacks != "off":
         Deliverer.check(settings)
 

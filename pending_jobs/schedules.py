@@ -164,7 +164,24 @@ def iso(moment: dt.datetime) -> str:
 
 def parse(tables: Mapping[str, Mapping[str, Any]], payload_limit: int = PAYLOAD_LIMIT) -> dict[str, Schedule]:
     """Every `[schedules.NAME]` table; raises ConfigError naming the table and the key."""
-    return {name: parse_one(name, table, payload_limit) for name, table in tables.items()}
+    plan, problems = parse_each(tables, payload_limit)
+    if problems:
+        raise ConfigError(next(iter(problems.values())))
+    return plan
+
+
+def parse_each(tables: Mapping[str, Mapping[str, Any]],
+               payload_limit: int = PAYLOAD_LIMIT) -> tuple[dict[str, Schedule], dict[str, str]]:
+    """(schedules, errors by name): each table alone, so one with an error never stops the others (a run
+    skips it, and says why)."""
+    plan: dict[str, Schedule] = {}
+    problems: dict[str, str] = {}
+    for name, table in tables.items():
+        try:
+            plan[name] = parse_one(name, table, payload_limit)
+        except ConfigError as error:
+            problems[name] = str(error)
+    return plan, problems
 
 
 def parse_one(name: str, table: Mapping[str, Any], payload_limit: int = PAYLOAD_LIMIT) -> Schedule:

@@ -90,8 +90,11 @@ class JobTester:
             else:
                 handlers = registry.load(list(tasks))
             # `declared_tasks={...}` (the config file's [task.NAME] tables) run too, as `pending-jobs run` runs
-            # them; a table with a mistake is a ConfigError naming it, here.
+            # them; a table with a mistake is a ConfigError naming it, here (a run holds it back and serves the rest).
             self.tasks = declared.merge(handlers, declared.load(self.settings))
+            wrong = [*declared.table_errors(self.settings), *(task.held for task in self.tasks.values() if task.held)]
+            if wrong:
+                raise ConfigError("; ".join(dict.fromkeys(wrong)))
             # A process-isolated handler's child imports its module again, by name, as a run's child imports
             # the `tasks` setting's modules: without them it found no handler (KeyError).
             isolated = {task.fn.__module__ for task in handlers.values() if task.isolation == "process"}

@@ -12,7 +12,7 @@ from typing import TypeAlias
 
 import sqlalchemy as sa
 
-from .. import callbacks, config, declared, limits, logs, migrate, registry, schedules, validation
+from .. import callbacks, config, declared, logs, migrate, registry, schedules, validation
 from ..callbacks import redact
 from ..config import Settings
 from ..errors import EXIT_FAILURE, EXIT_OK, ConfigError, DatabaseUnavailable
@@ -259,8 +259,11 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
 
     try:
         settings = common.settings_from(args)
-        declared.specs(settings)  # [task.NAME] tables are configuration too
-        limits.parse(settings.queue_tables, settings.declared_tasks)  # and the limits and schedules
+        # [task.NAME], [queue.NAME] and [schedules.NAME] tables are configuration too: a run holds back or skips
+        # each one with an error (held.py), and ends with exit 2; `check` names them all.
+        wrong = declared.table_errors(settings)
+        if wrong:
+            raise ConfigError("; ".join(wrong))
         plan = schedules.parse(settings.schedule_tables, settings.payload_limit)
         # The [web] table and PENDING_JOBS_WEB_* too: a typo there passed `check`, and `web` then refused to start.
         config.load_web({}, config_file=getattr(args, "config", None))
@@ -322,8 +325,9 @@ def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine,
         problems, notes = declared.check(settings, engine)
     except ConfigError as error:
         return "handlers", False, str(error)
+    problems += [task.held for _, task in sorted(tasks.items()) if task.held]  # a run would hold their jobs
     if problems:
-        return "handlers", False, "; ".join(problems)
+        return "handlers", False, "; ".join(dict.fromkeys(problems))
     missing = sorted(set(ops.pending_tasks()) - set(tasks))
     if missing:
         return "handlers", False, f"pending jobs name tasks without a handler: {', '.join(missing)}"

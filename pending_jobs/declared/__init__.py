@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from .. import limits, schedules
 from ..config import Settings
 from ..errors import ConfigError
-from ..registry import Task
+from ..registry import Task, held_task
 from ..schedules import Schedule
 from ..store import dialect_of_url
 from . import checks, command, http, sql
-from .spec import CommandSpec, HttpSpec, Spec, SqlSpec, limits_only, parse_all
+from .spec import CommandSpec, HttpSpec, Spec, SqlSpec, limits_only, parse_all, parse_each
 
 __all__ = ["CommandSpec", "HttpSpec", "Spec", "SqlSpec", "build", "check", "limits_only", "load", "merge",
-           "schedule_problems", "specs"]
+           "schedule_problems", "specs", "table_errors"]
 
 
 def specs(settings: Settings) -> dict[str, Spec]:
@@ -40,17 +41,25 @@ def build(spec: Spec, settings: Settings) -> Task:
 
 
 def load(settings: Settings) -> dict[str, Task]:
-    """Every declared task as a registry entry, by name."""
-    return {name: build(spec, settings) for name, spec in specs(settings).items()}
+    """Every declared task as a registry entry, by name. A table with an error is a held task (held.py): its
+    jobs wait, with the error as their reason, until the table is fixed; the other tasks run as ever."""
+    good, problems = parse_each(settings.declared_tasks)
+    tasks = {name: held_task(name, problem) for name, problem in problems.items()}
+    for name, spec in good.items():
+        try:
+            tasks[name] = build(spec, settings)
+        except ConfigError as error:  # a statement it may not run, a secret it cannot use
+            tasks[name] = held_task(name, str(error))
+    return tasks
 
 
 def merge(handlers: dict[str, Task], declared: dict[str, Task]) -> dict[str, Task]:
-    """Python handlers and declared tasks together; a name may be only one of them."""
-    both = sorted(set(handlers) & set(declared))
-    if both:
-        raise ConfigError(f"task {both[0]!r} is both declared in the config ([task.{both[0]}]) and registered "
-                          "by a Python handler module: keep one of them")
-    return {**handlers, **declared}
+    """Python handlers and declared tasks together; a name that is both is held (neither runs its jobs)."""
+    merged = {**handlers, **declared}
+    for name in sorted(set(handlers) & set(declared)):
+        merged[name] = held_task(name, f"task {name!r} is both declared in the config ([task.{name}]) and "
+                                       "registered by a Python handler module: keep one of them")
+    return merged
 
 
 def check(settings: Settings, engine: sa.Engine) -> tuple[list[str], list[str]]:
@@ -61,3 +70,13 @@ def check(settings: Settings, engine: sa.Engine) -> tuple[list[str], list[str]]:
 def schedule_problems(settings: Settings, plan: dict[str, Schedule]) -> list[str]:
     """The schedules whose payload their declared sql task refuses, for `pending-jobs check`."""
     return checks.schedule_problems(specs(settings), plan, settings.payload_limit)
+
+
+def table_errors(settings: Settings) -> list[str]:
+    """Every `[task.NAME]`, `[queue.NAME]` and `[schedules.NAME]` table's error, as `check` lists them (a run
+    holds back or skips each one alone: held.py)."""
+    _, task_problems = parse_each(settings.declared_tasks)
+    _, queue_problems, limit_problems = limits.parse_each(settings.queue_tables, settings.declared_tasks)
+    _, schedule_problems = schedules.parse_each(settings.schedule_tables, settings.payload_limit)
+    return [*task_problems.values(), *(p for name, p in limit_problems.items() if name not in task_problems),
+            *queue_problems.values(), *schedule_problems.values()]

@@ -90,7 +90,24 @@ Spec = SqlSpec | HttpSpec | CommandSpec
 def parse_all(tables: Mapping[str, Mapping[str, Any]]) -> dict[str, Spec]:
     """Every `[task.NAME]` table as a spec (tables holding only limits set a Python task's: skipped);
     raises ConfigError naming the task and the key."""
-    return {name: parse_one(name, table) for name, table in tables.items() if not limits_only(table)}
+    specs, problems = parse_each(tables)
+    if problems:
+        raise ConfigError(next(iter(problems.values())))
+    return specs
+
+
+def parse_each(tables: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Spec], dict[str, str]]:
+    """(specs, errors by task name): each table alone, so one with an error never costs the others theirs."""
+    specs: dict[str, Spec] = {}
+    problems: dict[str, str] = {}
+    for name, table in tables.items():
+        if limits_only(table):
+            continue
+        try:
+            specs[name] = parse_one(name, table)
+        except ConfigError as error:
+            problems[name] = str(error)
+    return specs, problems
 
 
 def limits_only(table: Mapping[str, Any]) -> bool:

@@ -127,14 +127,15 @@ class Completer:
                 dropped += 1
             else:
                 asked += 1
-            if o.kind != "retry" and o.job.callback_url:
+            if o.kind not in ("retry", "held") and o.job.callback_url:
                 announce = True
         report = self.report
         report.succeeded += done.succeeded + recorded
         report.retried += done.retried
         report.failed += done.failed
         report.cancelled += done.cancelled
-        stale = asked - (done.succeeded + done.retried + done.failed + done.cancelled) + dropped
+        report.held += done.held
+        stale = asked - (done.succeeded + done.retried + done.failed + done.cancelled + done.held) + dropped
         if stale:
             report.stale += stale
             log.warning("%d outcome(s) not recorded: their lease had been taken over", stale)
@@ -146,6 +147,7 @@ def _completion(token: str, group: list[Outcome]) -> Completion:
     succeeded: list[tuple[int, Any]] = []
     retried: list[tuple[int, float, str]] = []
     failed: list[tuple[int, str]] = []
+    held: list[tuple[int, float, str]] = []
     for o in group:
         if o.kind == "succeeded":
             succeeded.append((o.job.id, o.result))
@@ -153,7 +155,9 @@ def _completion(token: str, group: list[Outcome]) -> Completion:
             retried.append((o.job.id, o.delay, o.error))
         elif o.kind == "failed":
             failed.append((o.job.id, o.error))
-    return Completion(token, succeeded=succeeded, retried=retried, failed=failed)
+        elif o.kind == "held":
+            held.append((o.job.id, o.delay, o.error))
+    return Completion(token, succeeded=succeeded, retried=retried, failed=failed, held=held)
 
 
 def rescue(store: JobStore, report: RunReport, tasks: Mapping[str, Task] | None = None) -> None:

@@ -11,12 +11,14 @@ import functools
 import logging
 import math
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from .. import validation
 from ..config import Settings
 from ..context import JobContext
 from ..errors import Fail, Retry
+from ..held import HOLD_DELAY
 from ..models import ClaimedJob, Outcome
 from ..registry import Task, default_backoff
 from .verbs import HandlerSession, JobStore
@@ -32,10 +34,14 @@ COMMIT_RETRY_DELAY = 5.0  # seconds before retrying a job whose handler transact
 class Executor:
     """Runs claimed jobs with the registered handlers; one instance per run, shared by the worker threads."""
 
-    def __init__(self, store: JobStore, tasks: dict[str, Task], settings: Settings) -> None:
+    def __init__(self, store: JobStore, tasks: dict[str, Task], settings: Settings,
+                 held_queues: Mapping[str, str] | None = None) -> None:
         self.store = store
         self.tasks = tasks
         self.settings = settings
+        self.held_queues = dict(held_queues or {})
+        """Queues whose `[queue.NAME]` table has an error, with it: their jobs are held (held.py)."""
+        self._told: set[str] = set()  # the held tasks and queues already logged by this run
         self._sessions: dict[tuple[int, str], HandlerSession] = {}  # of the handlers running now
 
     def __call__(self, job: ClaimedJob) -> Outcome:
@@ -69,6 +75,9 @@ class Executor:
             return self.failure(job, f"unknown task {job.task!r}: no handler registered in this run (known: {known})")
         if problem is not None or task is None:
             return Outcome(job, "failed", error=validation.clean_text(problem or "unknown task"))
+        reason = task.held or self.held_queues.get(job.queue, "")
+        if reason:
+            return self._hold(job, reason)
         session = self.store.handler_transaction(job)
         if not task.timeout:
             return self._run(task, job, payload, session, None)
@@ -130,6 +139,16 @@ class Executor:
         if verdict == "stale":
             return Outcome(job, "dropped")
         return self.failure(job, f"could not commit the handler's transaction: {error_text}", COMMIT_RETRY_DELAY)
+
+    def _hold(self, job: ClaimedJob, reason: str) -> Outcome:
+        """Put the job back, its attempt uncounted, until its config table is fixed (held.py)."""
+        if reason not in self._told:  # once a run: a backlog of held jobs would fill the log
+            self._told.add(reason)
+            log.warning("jobs of task %s (queue %s) are held back for %gs at a time: %s", job.task, job.queue,
+                        HOLD_DELAY, reason)
+        error = validation.clean_text(f"held back, not run: {reason} (fix the config table; the next run after "
+                                      "the fix runs it, its attempt uncounted)", validation.ERROR_LIMIT)
+        return Outcome(job, "held", error=error, delay=HOLD_DELAY)
 
     def failure(self, job: ClaimedJob, error: str, delay: float | None = None) -> Outcome:
         """Retry later, or fail when this was the last attempt."""

@@ -105,7 +105,8 @@ class Worker:
         if not self._sharing:
             return list(jobs)
         tasks = self.executor.tasks
-        shareable = [job for job in jobs if job.problem is None
+        held = self.executor.held_queues  # their jobs go to the executor, which holds them
+        shareable = [job for job in jobs if job.problem is None and job.queue not in held
                      and (task := tasks.get(job.task)) is not None and task.shared is not None]
         if len(shareable) < 2:
             return list(jobs)

@@ -22,7 +22,7 @@ from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Toge
 from ..schema import db_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING, JobStatus
-from . import columns, transactions
+from . import columns, putback, transactions
 from .columns import CLAIM_COLUMNS, JOB_COLUMNS, claim_order, one_more
 from .dialect import Dialect
 from .due import due_priorities
@@ -35,10 +35,6 @@ from .shared import run_together
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 Where = Callable[[], Sequence[sa.ColumnElement[bool]]]  # a claim's WHERE, built only with its statement
-
-
-RELEASED_CANCELLED = ("cancelled before it started: an operator asked to cancel it while it waited for a worker, "
-                      "and the run stopped before starting it")
 
 
 class Store:
@@ -232,8 +228,9 @@ class Store:
             for c in completions:
                 retried, cancelled_retries = self._retry(conn, c.token, c.retried)
                 failed, cancelled_failures = self._fail(conn, c.token, c.failed)
+                held, cancelled_held = putback.hold(self, conn, c.token, c.held)
                 finished.append(Finished(self._succeed(conn, c.token, c.succeeded), retried, failed,
-                                         cancelled_retries + cancelled_failures))
+                                         cancelled_retries + cancelled_failures + cancelled_held, held))
             return finished
 
         return self.transaction(work)
@@ -336,27 +333,8 @@ class Store:
         return self.transaction(lambda conn: set(map(int, conn.execute(stmt, {"ids": list(ids)}).scalars())))
 
     def release(self, token: str, ids: Sequence[int]) -> tuple[int, int]:
-        """Put claimed jobs that never started back to pending, without counting the attempt; one an operator
-        asked to cancel meanwhile ends `cancelled` instead (its callback due), as `cancel` said it would: put
-        back pending with the request set, the next run's claim ran it to the end. (Put back, cancelled)."""
-        if not ids:
-            return 0, 0
-        uncounted = {"attempts": J.c.attempts - 1, "started_at": None}
-        cancel_values = {**self.terminal_values(JobStatus.CANCELLED), **uncounted, "last_error": RELEASED_CANCELLED}
-        asked = (*self.held(token), J.c.cancel_requested == sa.true())
-        to_cancelled = sa.update(J).where(*asked).values(cancel_values)
-        stmt = sa.update(J).where(*self.held(token)).values(
-            status=JOB_PENDING, lease_expires_at=None, updated_at=db_now(), **uncounted)
-
-        def work(conn: sa.Connection) -> tuple[int, int]:
-            params = {"ids": list(ids)}
-            # No error-history row: no attempt ran (its attempt is uncounted), as for a pending job cancelled.
-            cancelled = int(conn.execute(to_cancelled, params).rowcount)
-            if cancelled:
-                log.info("%d job(s) an operator cancelled before they started ended cancelled", cancelled)
-            return int(conn.execute(stmt, params).rowcount), cancelled
-
-        return self.transaction(work)
+        """Put claimed jobs that never started back to pending, without counting the attempt (putback.py)."""
+        return putback.release(self, token, ids)
 
     def heartbeat(self, held: Sequence[tuple[int, str]], lease: float) -> int:
         """Extend the lease of these (job id, token) pairs that are still running.

@@ -57,15 +57,36 @@ def test_schedules_lists_enqueues_and_names_late_ones(db_url: str, engine: sa.En
     assert removed["often"]["state"] == "removed from the config: stopped"
 
 
-@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_a_bad_schedule_is_a_configuration_error(tmp_path: Path, db_url: str) -> None:
+@pytest.mark.parametrize("backend", ["sqlite", "mysql"], indirect=True)
+def test_a_bad_table_fails_alone_the_run_serves_the_rest_and_exits_2(tmp_path: Path, db_url: str,
+                                                                     engine: sa.Engine) -> None:
     config = tmp_path / "jobs.toml"
-    config.write_text('[schedules.x]\ncron = "every day"\ntask = "tick"\n')
-    env = {"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_CONFIG": str(config)}
-    for command in (["run"], ["schedules"], ["check"]):
+    config.write_text('[schedules.x]\ncron = "every day"\ntask = "noop"\n'
+                      '[task.hook]\ncommand = ["true"]\nkill_after = "never"\n')
+    env = {"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_CONFIG": str(config), "PENDING_JOBS_TASKS": "tests.jobs",
+           "PENDING_JOBS_CALLBACKS": "off"}
+    assert cli("enqueue", "noop", env=env).returncode == 0
+    assert cli("enqueue", "hook", env=env).returncode == 0
+
+    ran = cli("run", env=env)
+    assert ran.returncode == 2, ran.stderr  # after serving: a config with a mistake is not a clean run
+    assert "[schedules.x] cron" in ran.stderr and "skipped until it is fixed" in ran.stderr
+    assert "[task.hook] kill_after" in ran.stderr and "held back" in ran.stderr
+    states = dict(rows(engine, "SELECT task, status FROM pending_jobs"))
+    assert states == {"noop": "succeeded", "hook": "pending"}, states
+    for command in (["schedules"], ["check"]):  # they name the mistakes and do nothing else
         result = cli(*command, env=env)
         assert result.returncode == 2, (command, result.stderr)
         assert "[schedules.x] cron" in result.stderr + result.stdout
+    checked = json.loads(cli("check", "--json", env=env).stdout)["checks"][0]["detail"]
+    assert "[task.hook] kill_after" in checked and "[schedules.x] cron" in checked  # every one, not the first
+
+    config.write_text('[task.hook]\ncommand = ["true"]\n')
+    with engine.begin() as conn:  # the hold's minute, over
+        conn.execute(sa.text("UPDATE pending_jobs SET run_at = :t"), {"t": dt.datetime(2020, 1, 1)})
+    fixed = cli("run", env=env)
+    assert fixed.returncode == 0, fixed.stderr
+    assert rows(engine, "SELECT status, attempts FROM pending_jobs WHERE task = 'hook'") == [("succeeded", 1)]
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)

@@ -47,6 +47,30 @@ def test_bad_limits_name_the_table_and_key(queues: dict, tasks: dict, error: str
         limits.parse(queues, tasks)
 
 
+def test_each_table_is_read_alone_so_one_mistake_costs_only_its_own_table(tmp_path: Path) -> None:
+    applied, queue_errors, task_errors = limits.parse_each(
+        {"mail": {"max_running": 0}, "sms": {"max_running": 2}},
+        {"report": {"rate_limit": "fast"}, "export": {"concurrency_limit": 1}})
+    assert set(applied.queues) == {"sms"} and set(applied.tasks) == {"export"}
+    assert list(queue_errors) == ["mail"] and queue_errors["mail"].startswith("[queue.mail] max_running")
+    assert list(task_errors) == ["report"] and task_errors["report"].startswith("[task.report] rate_limit")
+
+    plan, schedule_errors = schedules.parse_each({"a": {"cron": "every day", "task": "t"},
+                                                  "b": {"every": "1m", "task": "t"}})
+    assert set(plan) == {"b"} and schedule_errors["a"].startswith("[schedules.a] cron")
+
+    path = tmp_path / "jobs.toml"
+    path.write_text('[task.good]\ncommand = ["true"]\n[task.bad]\ncommand = ["true"]\ntimeout = "soon"\n'
+                    '[queue.mail]\nmax_running = 0\n[schedules.x]\nevery = "1m"\ntask = "good"\ncolour = 1\n')
+    settings = config.load({}, environ={}, config_file=str(path))
+    tasks = declared.load(settings)
+    assert not tasks["good"].held and tasks["bad"].held.startswith("[task.bad] timeout")
+    assert [error.split(":")[0] for error in declared.table_errors(settings)] == [
+        "[task.bad] timeout", "[queue.mail] max_running", "[schedules.x]"]
+    with pytest.raises(ConfigError, match=r"\[queue.mail\] max_running"):  # the strict reading raises the first
+        limits.parse(settings.queue_tables, settings.declared_tasks)
+
+
 def test_rates_with_a_period_size() -> None:
     assert limits.parse_rate("10/5m").per_second == pytest.approx(10 / 300)
     assert limits.parse_rate("50/s").burst == 5.0 and limits.parse_rate("3/h").burst == 1.0
