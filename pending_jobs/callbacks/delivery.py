@@ -24,7 +24,7 @@ from ..models import CallbackResult, DueCallback
 from ..validation import short_reason
 from ..version import __version__
 from ..workers import WorkerPool
-from .guard import Guard, Refused, Resolver, Unresolved, _host_problem, host_key, redact
+from .guard import Guard, Refused, Resolver, Unresolved, host_key, host_name_problem, redact
 from .policy import classify
 from .signing import Signer
 from .transport import Response, Transport
@@ -305,4 +305,4 @@ def allow_problems(guard: Guard) -> list[str]:
     ever equals (`hooks.internal:8080`, `http://hooks.internal`, `10.0.0.0/33`): the allowance silently did
     nothing and every callback it meant to let through failed for good, refused."""
     return [f"{name!r} is neither a CIDR, an address nor a host name (a name goes without scheme, port or path)"
-            for name in sorted(guard.names) if _host_problem(name)]
+            for name in sorted(guard.names) if host_name_problem(name)]

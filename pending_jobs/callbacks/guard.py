@@ -169,8 +169,8 @@ def broad_allow(net: Network) -> str | None:
     return None
 
 
-def _host_problem(host: str) -> str | None:
-    """Why a host name (not an address) cannot be looked up, or None."""
+def host_name_problem(host: str) -> str | None:
+    """Why a host name (not an address) cannot be looked up, or None: the end of a sentence naming the host."""
     try:
         ascii_host = host.encode("idna")
     except UnicodeError:  # an empty label or one over 63 characters
@@ -199,7 +199,7 @@ def _parse(url: str) -> tuple[str, str, int, IP | None]:
         literal: IP | None = ipaddress.ip_address(host)
     except ValueError:
         literal = None
-        problem = _host_problem(host)
+        problem = host_name_problem(host)
         if problem:
             raise Refused(f"refused: the callback URL's host {problem}") from None
     return scheme, host, port or (443 if scheme == "https" else 80), literal

@@ -317,6 +317,15 @@ def test_malformed_urls_are_refused_at_once_and_key_to_one_constant(url: str) ->
     assert guard.host_key(url) == "<malformed>"
 
 
+def test_host_name_problem_is_what_the_guard_and_callback_allow_ask_of_a_name() -> None:
+    """Public: delivery.py's callback_allow check asks it too (it imported the private `_host_problem`)."""
+    assert guard.host_name_problem("hooks.example.com") is None
+    assert guard.host_name_problem("bücher.example") is None
+    assert guard.host_name_problem("_hooks.example-1.test") is None
+    for bad in ("a..b", "a" * 64 + ".test", "exa mple.com", "hooks.internal:8080", "http://hooks.internal", ""):
+        assert guard.host_name_problem(bad) == "is not a valid host name", bad
+
+
 def test_parse_defaults_and_normalises() -> None:
     assert parse("https://Hooks.Example.com./x") == ("https", "hooks.example.com", 443, None)
     assert parse("http://hooks.example.com/x") == ("http", "hooks.example.com", 80, None)

@@ -3,6 +3,7 @@ databases in the three dialect files (import-linter checks the layers; this chec
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 import sys
@@ -35,6 +36,18 @@ def test_only_the_dialect_files_ask_which_database_it_is() -> None:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if BRANCHING.search(line):
                 found.append(f"{name}:{number}: {line.strip()}")
+    assert found == []
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """A leading underscore says "only this module uses it": delivery.py imported guard.py's `_host_problem`,
+    so renaming or changing it there looked safe and was not."""
+    found = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("pending_jobs")):
+                found += [f"{path.relative_to(PACKAGE)}:{node.lineno}: {alias.name}" for alias in node.names
+                          if alias.name.startswith("_") and not alias.name.startswith("__")]
     assert found == []
 
 
