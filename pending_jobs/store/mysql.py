@@ -8,9 +8,7 @@ READ COMMITTED (set on the engine, db.py) so no gap locks block producers' INSER
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
-import os
 import re
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -21,10 +19,10 @@ from sqlalchemy import exc
 from sqlalchemy.dialects import mysql
 
 from .. import db
-from ..errors import ConfigError
 from ..schema import callback_attempts, db_now
 from ..schema import limits as L
 from ..schema import pending_jobs as J
+from . import mysql_connect
 from .dialect import Dialect, Locked, explain
 from .mysql_hosts import NOT_READY, galera_aware, split_hosts
 
@@ -82,12 +80,6 @@ def _kill(engine: sa.Engine, raw: Any, sock: socket.socket | None) -> None:
         log.info("could not KILL a timed-out handler's connection on its server: %s", db.describe(error))
 
 
-def _on_this_machine(url: sa.URL) -> bool:
-    """A server reached over the loopback or a Unix socket, with no TLS setting of the user's."""
-    local = url.host in (None, "", "localhost", "127.0.0.1", "::1") or "unix_socket" in url.query
-    return local and not any(key.startswith("ssl") for key in url.query)
-
-
 class MySQL(Dialect):
     """MariaDB and MySQL."""
 
@@ -111,21 +103,10 @@ class MySQL(Dialect):
         url, hosts = split_hosts(url)
         # Gap locks under REPEATABLE READ make claims block producers' INSERTs: READ COMMITTED avoids them.
         options.setdefault("isolation_level", "READ COMMITTED")
-        # read/write timeouts bound a read on a half-open socket (server frozen or network cut), which a
-        # restart does not cause but a partition does; above innodb_lock_wait_timeout's default of 50 s.
-        connect_args: dict[str, Any] = {"init_command": "SET time_zone = '+00:00'", "connect_timeout": 10,
-                                        "read_timeout": 120, "write_timeout": 120}
-        if not hosts and _on_this_machine(url):
-            # PyMySQL 1.1+ offers TLS to every server unless told not to, building an SSL context for each
-            # connection: ≈ 35 ms of CPU loading the system's CA store, which that unverified offer never
-            # reads. On the loopback or a socket TLS protects nothing; elsewhere PyMySQL's default stays.
-            connect_args["ssl_disabled"] = True
-        # The URL's own values win: connect_args override them, and `?read_timeout=600` was dropped without a word.
-        for key in [key for key in connect_args if key in url.query and key != "init_command"]:  # UTC stays ours
-            del connect_args[key]
-        options.setdefault("connect_args", connect_args)
+        options.setdefault("connect_args", mysql_connect.connect_args(url, hosts))
         engine = super().engine(url, pool_size, create, **options)
-        _refuse_bad_parameters(engine)
+        mysql_connect.refuse_bad_parameters(engine)
+        mysql_connect.keep_utc(engine)
         galera_aware(engine, hosts)
         return engine
 
@@ -379,22 +360,3 @@ def _server(conn: sa.Connection) -> tuple[bool, tuple[int, ...]]:
     """Whether the server is MariaDB, and its version's numbers (as SQLAlchemy read them on connecting)."""
     version = tuple(part for part in conn.dialect.server_version_info or () if isinstance(part, int))
     return bool(getattr(conn.dialect, "is_mariadb", False)), version
-
-
-def _refuse_bad_parameters(engine: sa.Engine) -> None:
-    """ConfigError for a URL parameter PyMySQL would refuse at the first connection with a TypeError (`?sslmode=`,
-    copied from a PostgreSQL or PHP DSN), an AttributeError (`?ssl=true`) or a FileNotFoundError (an `ssl_ca`
-    file that is not there): none a DBAPI error, so each was an "unexpected error", traceback and exit 1."""
-    params = engine.dialect.create_connect_args(engine.url)[1]
-    unknown = sorted(set(params) - set(inspect.signature(engine.dialect.loaded_dbapi.connect).parameters))
-    if unknown:
-        raise ConfigError(f"database_url: PyMySQL takes no parameter {', '.join(unknown)} (TLS: ssl_ca=/path/ca.pem)")
-    if not isinstance(params.get("port", 0), int):  # `?port=3307`: PyMySQL's ValueError at the first connection
-        raise ConfigError(f"database_url: port={params['port']!r} is not a PyMySQL setting; give it after the host "
-                          "(mysql://user@host:PORT/db)")
-    ssl = params.get("ssl", {})
-    if not isinstance(ssl, dict):
-        raise ConfigError(f"database_url: ssl={ssl!r} is not a PyMySQL setting; give ssl_ca=/path/ca.pem")
-    for key in ("ca", "cert", "key"):
-        if key in ssl and not os.path.isfile(ssl[key]):
-            raise ConfigError(f"database_url: ssl_{key} {ssl[key]} is not a file")

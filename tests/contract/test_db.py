@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
@@ -207,3 +208,25 @@ def test_the_urls_own_connection_timeouts_win_over_the_defaults(db_url: str) -> 
             assert conn.exec_driver_sql("SELECT @@session.time_zone").scalar() == "+00:00"
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["mysql"], indirect=True)
+def test_the_urls_init_command_runs_and_the_session_stays_in_utc(db_url: str) -> None:
+    """`?init_command=SET SESSION innodb_lock_wait_timeout = 7` was dropped without a word: the engine's own
+    init_command (the UTC time zone) overrode the URL's. Both run now, the URL's first, so UTC stays."""
+    settings = "SET SESSION innodb_lock_wait_timeout = 7, time_zone = '+05:00'"
+    engine = create_engine(f"{db_url}?init_command={quote(settings)}", create=False)
+    try:
+        for _ in range(2):  # a new connection each time: the first and the later ones both set up
+            with engine.connect() as conn:
+                assert conn.exec_driver_sql("SELECT @@session.innodb_lock_wait_timeout").scalar() == 7
+                assert conn.exec_driver_sql("SELECT @@session.time_zone").scalar() == "+00:00"
+                conn.invalidate()
+    finally:
+        engine.dispose()
+    misspelt = create_engine(f"{db_url}?init_command={quote('SET SESION x = 1')}", create=False)
+    try:  # a configuration error (exit 2, one line), as any parameter the driver refuses: it ran before without it
+        with pytest.raises(ConfigError, match=r"the driver refuses its parameters: .*1064"):
+            misspelt.connect()
+    finally:
+        misspelt.dispose()
