@@ -287,6 +287,7 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
         # Grants are probed on the tables of head, before their presence: MySQL hides a table its user may not use,
         # and "this database has no table …: restore them or migrate a new database" was said of a missing grant.
         denied = OpsStore(store).missing_privileges()
+        unusable = OpsStore(store).sequence_problem()
         missing = [] if denied else migrate.missing_objects(engine)
         if missing:
             raise ConfigError(f"at {migrate.head()}, but this database has no {', '.join(missing)}: restore them (the "
@@ -295,9 +296,10 @@ def run_checks(args: argparse.Namespace) -> list[tuple[str, bool | None, str]]:
     except ConfigError as error:
         results.append(("schema", False, str(error)))
         return skip_rest()
-    if denied:  # a database failure
-        results[1] = ("database", False, f"the database user may not: {', '.join(denied)} (a run reads, inserts, "
-                      "updates and deletes in pending-jobs' tables: grant those on every pending_job* table)")
+    if denied or unusable:  # a database failure
+        tables = [f"the database user may not: {', '.join(denied)} (a run reads, inserts, updates and deletes in "
+                  "pending-jobs' tables: grant those on every pending_job* table)"] if denied else []
+        results[1] = ("database", False, "; ".join([*tables, *([unusable] if unusable else [])]))
         return skip_rest()
 
     results.append(_check_handlers(settings, OpsStore(store), engine, plan))

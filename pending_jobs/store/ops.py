@@ -113,6 +113,24 @@ class OpsStore:
                         conn.rollback()
         return missing
 
+    def sequence_problem(self) -> str | None:
+        """Why the database user may not draw new rows' ids (PostgreSQL's sequences), with the GRANT that lets it, or
+        None. `missing_privileges`' INSERTs add no row, so draw no id: a user granted every verb on every table but
+        no USAGE on the sequences passed `check`, and the first `enqueue` or run record was refused."""
+        probe = getattr(self.sql, "sequence_problem", None)  # only where ids need a grant of their own
+        if probe is None:
+            return None
+        columns = [table.autoincrement_column for table in metadata.sorted_tables]
+        with self.store.engine.connect() as conn:
+            try:
+                return probe(conn, [column for column in columns if column is not None])  # type: ignore[no-any-return]
+            except sa.exc.DBAPIError as error:
+                if self.sql.unavailable(error):
+                    raise DatabaseUnavailable(db.describe(error)) from None
+                raise
+            finally:
+                conn.rollback()
+
     # -- list -------------------------------------------------------------------------------------
 
     def where(self, f: JobFilter) -> list[sa.ColumnElement[bool]]:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import re
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -20,9 +18,10 @@ from .. import db
 from ..errors import ConfigError
 from ..schema import callback_attempts, db_now
 from ..schema import pending_jobs as J
-from . import postgres_probe
+from . import postgres_grants, postgres_probe
 from .dialect import Dialect, explain
 from .hang import Probe
+from .postgres_listen import CHANNEL, Listener
 
 # Columns the bulk path binds as arrays, with the array type each is cast to.
 _UNNEST_TYPES = {"task": "varchar[]", "payload": "jsonb[]", "queue": "varchar[]", "priority": "int[]",
@@ -44,7 +43,6 @@ PREPARED = "pending_jobs_check"
 UNPREPARABLE = re.compile(r"\s*(?:(?:--[^\n]*\n|/\*.*?\*/)\s*)*(?:create|alter|drop|truncate|comment|grant|revoke"
                           r"|lock|do|call|refresh|reindex|vacuum|analyze|cluster|set|notify|copy|security|import)\b",
                           re.IGNORECASE | re.DOTALL)
-CHANNEL = "pending_jobs"  # NOTIFY channel of the INSERT trigger (migration 0003)
 ABANDON_WAIT = 0.5  # seconds `abandon` waits for a cancelled handler's thread to leave the driver
 
 
@@ -258,7 +256,7 @@ class Postgres(Dialect):
         return column == sa.any_(sa.bindparam("ids", type_=postgresql.ARRAY(sa.BigInteger)))
 
     def listener(self, engine: sa.Engine) -> Callable[[float], bool] | None:
-        return _Listener(engine)
+        return Listener(engine)
 
     def notify(self, conn: sa.Connection) -> None:
         conn.execute(sa.text(f"SELECT pg_notify('{CHANNEL}', '')"))
@@ -278,6 +276,11 @@ class Postgres(Dialect):
         if standby:
             return "the database is read-only (a standby in recovery): nothing claimed"
         return "the database is read-only (default_transaction_read_only=on): nothing claimed" if default else None
+
+    def sequence_problem(self, conn: sa.Connection, columns: Sequence[sa.Column[int]]) -> str | None:
+        """Why the user may not draw the ids of `columns` from their sequences, with the GRANT that lets it, or None
+        (`check` asks it where the dialect has it: MySQL's AUTO_INCREMENT and SQLite's rowid need no grant)."""
+        return postgres_grants.sequence_problem(conn, columns)
 
     def _insert_many(self, conn: sa.Connection, rows: Sequence[dict[str, Any]]) -> list[int]:
         """One INSERT … SELECT FROM unnest(one array per column), whatever the row count.
@@ -306,7 +309,6 @@ class Postgres(Dialect):
         conn.execute(_unnest_attempts(), {column: [row[column] for row in rows] for column in ATTEMPT_TYPES})
 
 
-log = logging.getLogger(__name__)
 _NUMBERED = postgresql.psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
 
 
@@ -331,32 +333,6 @@ def _prepare_threshold(url: sa.URL, options: dict[str, Any]) -> sa.URL:
             raise ConfigError(f"database_url: prepare_threshold={text!r} is neither a number nor none") from None
     options["connect_args"] = {**options.get("connect_args", {}), "prepare_threshold": threshold}
     return url.difference_update_query(["prepare_threshold"])
-
-
-class _Listener:
-    """LISTEN on a connection of its own (taken out of the pool, autocommit): the INSERT trigger of
-    migration 0003 notifies CHANNEL once per statement, however many rows it inserts."""
-
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
-        self.conn: Any = None
-
-    def __call__(self, seconds: float) -> bool:
-        try:
-            if self.conn is None:
-                fairy = self.engine.raw_connection()
-                self.conn = fairy.driver_connection
-                fairy.detach()  # never back to the pool with LISTEN state on it
-                self.conn.autocommit = True
-                self.conn.execute(f"LISTEN {CHANNEL}")
-            return any(True for _ in self.conn.notifies(timeout=seconds, stop_after=1))
-        except Exception as error:  # a restart or a cut: listen again next time; meanwhile the poll serves
-            log.debug("LISTEN %s lost its connection: %s", CHANNEL, error)
-            with contextlib.suppress(Exception):
-                self.conn.close()
-            self.conn = None
-            time.sleep(seconds)
-            return False
 
 
 def _libpq_error(error: BaseException) -> bool:
