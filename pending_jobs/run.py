@@ -98,7 +98,7 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
             if listener is not None:
                 threads.append(_Thread("listener", lambda stop: _listen(listener, stop, producer.wake)))
         if segment is not None:
-            keeper = _Segments(runs, store, settings, report, run_id, segment)
+            keeper = _Segments(runs, store, settings, report, run_id, segment, EXIT_CONFIG if tables.problems else 0)
             threads.append(_Thread("segments", keeper.keep))
         with stop_on_signals(lambda: _signal(producer, callbacks), settings.grace):
             if settings.callbacks == "only":
@@ -305,10 +305,11 @@ class _Segments:
     metrics written, so the runs table and the metrics tell the story of a process that never ends."""
 
     def __init__(self, runs: RunStore, store: Store, settings: Settings, report: RunReport, run_id: int,
-                 interval: float) -> None:
+                 interval: float, exit_code: int = 0) -> None:
         self.runs, self.store, self.settings, self.report = runs, store, settings, report
         self.run_id = run_id
         self.interval = interval
+        self.exit_code = exit_code  # of each interval's row: 2 while a config table has a mistake (held.py)
         self._counted = RunReport()
 
     def keep(self, stop: threading.Event) -> None:
@@ -320,7 +321,7 @@ class _Segments:
 
     def _next(self) -> None:
         done = self._delta()
-        done.exit_code, done.stopped_by = 0, "interval"
+        done.exit_code, done.stopped_by = self.exit_code, "interval"
         self.runs.finish_run(self.run_id, done)
         self.run_id = self.runs.start_run(socket.gethostname(), os.getpid())
         _retention(self.store, self.settings)

@@ -74,6 +74,9 @@ def test_a_bad_table_fails_alone_the_run_serves_the_rest_and_exits_2(tmp_path: P
     assert "[task.hook] kill_after" in ran.stderr and "held back" in ran.stderr
     states = dict(rows(engine, "SELECT task, status FROM pending_jobs"))
     assert states == {"noop": "succeeded", "hook": "pending"}, states
+    served = cli("serve", "--max-runtime", "1", env=env)  # systemd's unit restarts no exit 2: serve ends 0
+    assert served.returncode == 0 and "[task.hook] kill_after" in served.stderr, served.stderr
+    assert rows(engine, "SELECT exit_code FROM pending_job_runs ORDER BY id DESC")[0][0] == 2  # its runs row says 2
     for command in (["schedules"], ["check"]):  # they name the mistakes and do nothing else
         result = cli(*command, env=env)
         assert result.returncode == 2, (command, result.stderr)
