@@ -106,7 +106,7 @@ def measure(backend: str, jobs: int, say: Callable[[str], None]) -> dict[str, fl
         measures: dict[str, Callable[[], Any]] = {
             f"overview (counts exact to {BOUND:,}, oldest due, expired leases, paused per queue)": console.overview,
             "overview page (the above, throughput, callbacks, last runs)": lambda: views.overview(store),
-            "overview counts all exact (bound=None: what /metrics reads)": lambda: console.overview(bound=None),
+            "overview counts all exact (bound=None)": lambda: console.overview(bound=None),
             "jobs: status=failed, queue=q1, first page of 50": lambda: console.jobs(failed_q1, limit=50),
             "jobs: same filter, next page (keyset cursor)": lambda: console.jobs(failed_q1, cursor, 50),
             "jobs: no filter, page at the middle of the table": lambda: console.jobs(JobFilter(), jobs // 2, 50),

@@ -26,7 +26,7 @@ from .base import Store
 from .columns import lenient_time
 from .joblist import JobPage
 from .ops import JobFilter, OpsStore
-from .overview import BOUND, Tally, by_pair, oldest_due
+from .overview import BOUND, Tally, by_pair, oldest_due, pairs
 
 BULK_LIMIT = 10_000
 """Jobs one bulk action changes at most (the confirmation step says so when the filter matches more)."""
@@ -251,7 +251,17 @@ class ConsoleStore:
 
     def audit_log(self, before: int | None = None, limit: int = 100) -> list[AuditRow]:
         """Console actions, newest first (keyset on id)."""
-        stmt = sa.select(audit).order_by(audit.c.id.desc()).limit(max(1, min(limit, 500)))
+        return self._audit(before, max(1, min(limit, 500)))
+
+    def audit_page(self, before: int | None = None, limit: int = 100) -> tuple[list[AuditRow], int | None]:
+        """A page of `audit_log` and the cursor of the next (older) one: the id of its last entry, None when no
+        entry is older. One more entry is read than shown, so an exact page's end has no empty next page."""
+        limit = max(1, min(limit, 500))
+        rows = self._audit(before, limit + 1)
+        return rows[:limit], rows[limit - 1].id if len(rows) > limit else None
+
+    def _audit(self, before: int | None, limit: int) -> list[AuditRow]:
+        stmt = sa.select(audit).order_by(audit.c.id.desc()).limit(limit)
         if before is not None:
             stmt = stmt.where(audit.c.id < before)
         return self.store.read(lambda conn: [
@@ -262,17 +272,27 @@ class ConsoleStore:
 
     def counters(self) -> Counters:
         """Ended jobs by queue, task and outcome and callbacks by outcome (the totals plus the rows, so they
-        never go down: totals.py); pending callbacks; depth and oldest due age per queue."""
+        never go down: totals.py); pending callbacks; depth and oldest due age per queue.
+
+        Depth counts only the pending jobs, from the claim index's `pending` range: it had counted every
+        queue x status exactly (the overview with bound=None) to keep the pending column, 0.8 s of a 1.9 s
+        scrape on MariaDB at 1,000,000 jobs, most of them succeeded. Every queue that has jobs or is paused
+        is listed, with depth 0 when nothing is pending, as before."""
         waiting = sa.select(sa.func.count()).where(J.c.callback_status == CALLBACK_PENDING)
+        pending = sa.select(J.c.queue, sa.func.count()).where(J.c.status == JOB_PENDING).group_by(J.c.queue)
+        paused = sa.select(paused_queues.c.queue)
 
         def work(conn: sa.Connection) -> Counters:
             counted = totals.read(conn)
+            depth = {str(q): int(n) for q, n in conn.execute(pending)}
+            queues = {q for _, q in pairs(conn)} | {str(q) for (q,) in conn.execute(paused)}
+            ages = {}
+            for queue in sorted(queues):
+                row = oldest_due(conn, self.sql, queue) if depth.get(queue) else None
+                ages[queue] = (self._age(row.now, row.run_at) if row else None) or 0.0
             return Counters(sorted((q, t, o, n) for (kind, q, t, o), n in counted.items() if kind == totals.JOB),
                             {o: n for (kind, _, _, o), n in sorted(counted.items()) if kind == totals.CALLBACK},
-                            int(conn.execute(waiting).scalar_one()), {}, {})
+                            int(conn.execute(waiting).scalar_one()), {q: depth.get(q, 0) for q in sorted(queues)},
+                            ages)
 
-        found = self.store.read(work)
-        for queue in self.overview(bound=None):
-            found.depth[queue.queue] = queue.counts.get(JOB_PENDING, 0)
-            found.oldest_due_age[queue.queue] = queue.oldest_due_age or 0.0
-        return found
+        return self.store.read(work)

@@ -15,8 +15,8 @@ up to a bound:
   flagged `more_than` the bound (>).
 
 So the overview reads at most `BOUND + 1` index entries per queue x status, whatever the table holds, and
-no counter is kept on write: claims and outcomes pay nothing for it. `bound=None` counts exactly (the
-/metrics gauges and `pending-jobs status`, which may take their time).
+no counter is kept on write: claims and outcomes pay nothing for it. `bound=None` counts every pair exactly
+(/metrics did, for its depth gauge: it now counts the pending jobs alone, ConsoleStore.counters).
 """
 
 from __future__ import annotations

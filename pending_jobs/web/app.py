@@ -24,7 +24,7 @@ from ..config import WebSettings
 from ..errors import DatabaseUnavailable
 from ..store import Store
 from .api import api_routes
-from .live import live_routes
+from .live import METRICS_CACHE, live_routes
 from .pages import page_routes
 from .security import Csrf, Guard
 
@@ -43,18 +43,20 @@ def unavailable(request: Request, error: Exception) -> Response:
 
 
 def create_app(settings: WebSettings, store: Store, extra_routes: Sequence[BaseRoute] = (),
-               lifespan: Lifespan | None = None, csrf: Csrf | None = None) -> Starlette:
+               lifespan: Lifespan | None = None, csrf: Csrf | None = None,
+               metrics_cache: float = METRICS_CACHE) -> Starlette:
     """The console for `store`. Read-only settings register no action route at all (and Guard answers
     any POST with 403).
 
     `pending-jobs web` mounts the push endpoints here when `web.push_secret` is set: the routes and the
-    lifespan of `push.push_mount` (docs/push.md).
+    lifespan of `push.push_mount` (docs/push.md). `metrics_cache`: seconds one read of /metrics serves every
+    scrape (live.py; 0: each scrape reads).
     """
     csrf = csrf or Csrf()
     console = Starlette(routes=[
         *page_routes(store, csrf, settings.read_only),
         *api_routes(store, csrf, settings.read_only),
-        *live_routes(store, csrf, settings.read_only),
+        *live_routes(store, csrf, settings.read_only, metrics_cache),
         Mount("/static", app=StaticFiles(directory=Path(__file__).parent / "static"), name="static"),
     ], exception_handlers={DatabaseUnavailable: unavailable})
     guarded = Guard(console, settings)

@@ -87,7 +87,7 @@ def fragment(view: str, store: Store, params: dict[str, str], context: dict[str,
     if view == "runs":
         return "_runs.html", {**context, "runs": [views.run_data(r) for r in RunStore(store).runs(100)]}
     if view == "audit":
-        return "_audit.html", {**context, "entries": views.plain(ConsoleStore(store).audit_log())}
+        return "_audit.html", {**context, **views.audit(store, params)}
     raise BadRequest(f"unknown view {view!r}")
 
 

@@ -25,6 +25,7 @@ from ..store.ops import JobFilter
 STATUSES = [s.value for s in JobStatus]
 CALLBACK_STATUSES = [*(s.value for s in CallbackStatus), "none"]  # none: jobs without a callback
 PAGE = 50
+AUDIT_PAGE = 100
 
 
 class BadRequest(ValueError):
@@ -131,9 +132,18 @@ def filter_params(f: JobFilter) -> dict[str, str]:
     return {k: v for k, v in values.items() if v}
 
 
-def page_args(params: Mapping[str, str]) -> tuple[int | None, int]:
+def page_args(params: Mapping[str, str], default: int = PAGE) -> tuple[int | None, int]:
     return (_integer("before", params.get("before"), 1, validation.JOB_ID_MAX),
-            _integer("limit", params.get("limit"), 1, 500) or PAGE)
+            _integer("limit", params.get("limit"), 1, 500) or default)
+
+
+def audit(store: Store, params: Mapping[str, str]) -> dict[str, Any]:
+    """A page of the audit, newest first, and the cursor of the older page (keyset on id, as the job list).
+    "older →" keeps the page's size when it is not the default."""
+    before, limit = page_args(params, AUDIT_PAGE)
+    entries, after = ConsoleStore(store).audit_page(before, limit)
+    return {"entries": plain(entries), "next": after, "before": before,
+            "older": {"limit": str(limit)} if limit != AUDIT_PAGE else {}}
 
 
 def overview(store: Store) -> dict[str, Any]:

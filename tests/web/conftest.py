@@ -25,13 +25,16 @@ LOCAL = ("127.0.0.1", 40000)
 
 @pytest.fixture
 def console(store: Store) -> Iterator[Any]:
-    """`console(client=LOCAL, **web settings)`: a TestClient on a new app over the test database."""
+    """`console(client=LOCAL, metrics_cache=0.0, **web settings)`: a TestClient on a new app over the test
+    database."""
     clients: list[TestClient] = []
 
     def make(client: tuple[str, int] = LOCAL, **web: Any) -> TestClient:
+        # A scrape reads what the test just did (the 5 s cache of /metrics: test_metrics_cache).
+        metrics_cache = web.pop("metrics_cache", 0.0)
         settings = dataclasses.replace(config.load_web({}, environ={}), **web)
-        test_client = TestClient(create_app(settings, store), base_url="http://127.0.0.1", client=client,
-                                 follow_redirects=False)
+        test_client = TestClient(create_app(settings, store, metrics_cache=metrics_cache), base_url="http://127.0.0.1",
+                                 client=client, follow_redirects=False)
         clients.append(test_client)
         return test_client
 
