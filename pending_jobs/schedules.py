@@ -10,9 +10,10 @@
 A slot is one moment the schedule fires, in UTC. Each slot is enqueued at most once across every host:
 the store (store/schedules.py) keeps the last slot handled per schedule, in a row locked while a run
 enqueues, and each job carries the idempotency key `schedule:NAME:SLOT`. Cron times follow the time zone
-database as Debian's cron does (cronsim): a time skipped when clocks spring forward fires at the first
-minute after the jump; a fixed time repeated when they fall back fires once, while `*` or `*/N` hours
-fire in both.
+database as Debian's cron does (cronsim; docs/flow.md says why): a time of day (no `*` starting the minute
+or hour field) skipped when clocks spring forward fires once, at the first minute after the jump, and one
+repeated when they fall back fires once; a wildcard cron fires at each moment its local time matches (none
+in a skipped hour, both passes of a repeated one).
 """
 
 from __future__ import annotations
@@ -60,6 +61,8 @@ COUNT_LIMIT = 10_000  # slots counted at most when saying how many were skipped
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TICK = dt.timedelta(microseconds=1)
 SLOT_SLACK = dt.timedelta(milliseconds=1)
+SPAN_DAYS = 35  # how far a wildcard cron's walk looks for a change of UTC offset before cutting its span there
+_SPANS: dict[dt.tzinfo, tuple[dt.datetime, dt.datetime]] = {}  # per zone, the span of one offset found last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +88,16 @@ class Schedule:
         return dt.UTC if self.timezone == "UTC" else zoneinfo.ZoneInfo(self.timezone)
 
     @property
+    def wildcard(self) -> bool:
+        """A cron whose minute or hour starts with `*`: it fires at every instant its local time matches
+        (both passes of a repeated hour, none in a skipped one). Others name times of day, which fire once
+        (a skipped one at the first minute after the jump). Debian's rule, and cronsim's."""
+        if self.cron is None or self.zone is dt.UTC:
+            return False
+        minute, hour = self.cron.split()[:2]
+        return minute.startswith("*") or hour.startswith("*")
+
+    @property
     def spec(self) -> str:
         """How it fires, as written: `0 2 * * * (Europe/Berlin)` or `every 900s`."""
         if self.cron is not None:
@@ -96,6 +109,8 @@ class Schedule:
         if self.every is not None:
             steps = math.floor((moment - EPOCH).total_seconds() / self.every) + 1
             return EPOCH + dt.timedelta(seconds=steps * self.every)
+        if self.wildcard:
+            return _wild_after(self.cron or "", self.zone, moment)
         return next(CronSim(self.cron or "", moment.astimezone(self.zone))).astimezone(dt.UTC)
 
     def back_from(self, moment: dt.datetime) -> Iterator[dt.datetime]:
@@ -105,6 +120,9 @@ class Schedule:
             while True:
                 yield EPOCH + dt.timedelta(seconds=steps * self.every)
                 steps -= 1
+        if self.wildcard:
+            yield from _wild_back(self.cron or "", self.zone, moment)
+            return
         start = (moment + TICK).astimezone(self.zone)
         found = (slot.astimezone(dt.UTC) for slot in CronSim(self.cron or "", start, reverse=True))
         if start.fold:  # in the hour repeated when clocks fall back, cronsim reads the start as its first pass
@@ -154,6 +172,70 @@ class Schedule:
     def key_for(self, slot: dt.datetime) -> str:
         """The idempotency key of a slot's job: two hosts enqueueing the same slot insert one job."""
         return f"schedule:{self.name}:{iso(slot)}"
+
+
+# cronsim walks a wildcard cron in the zone itself, and moves within an hour by replacing its minutes: across a
+# change of offset that is not a whole hour (Lord Howe's 30 minutes) or not on the hour (Chatham's 03:45) it
+# skipped the slots of half an hour, or went back to slots after its start again and again (10,000 future
+# slots due at once). Within a span of one offset a fixed-offset zone has no such change: walk span by span.
+
+def _wild_after(cron: str, zone: dt.tzinfo, moment: dt.datetime) -> dt.datetime:
+    """The first slot of a wildcard cron after `moment` (UTC)."""
+    after = at = moment
+    while True:
+        offset, end = _offset(zone, at), _span(zone, at)[1]
+        slot = next(CronSim(cron, after.astimezone(dt.timezone(offset)))).astimezone(dt.UTC)
+        if slot < end:
+            return slot
+        after, at = end - dt.timedelta(seconds=1), end
+
+
+def _wild_back(cron: str, zone: dt.tzinfo, moment: dt.datetime) -> Iterator[dt.datetime]:
+    """A wildcard cron's slots at or before `moment`, newest first (UTC)."""
+    before = moment + TICK
+    while True:
+        offset, start = _offset(zone, before - TICK), _span(zone, before - TICK)[0]
+        for slot in CronSim(cron, before.astimezone(dt.timezone(offset)), reverse=True):
+            if slot < start:
+                break
+            yield slot.astimezone(dt.UTC)
+        before = start
+
+
+def _span(zone: dt.tzinfo, moment: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The span of one UTC offset holding `moment`: its first second, and the first second after it. The last one
+    found per zone is kept: a run looks every second, and finding it each time made a look at a `*/5` schedule
+    0.25 ms instead of 0.07 (measured on a loaded 2-core machine)."""
+    known = _SPANS.get(zone)
+    if known is None or not known[0] <= moment < known[1]:
+        known = _SPANS[zone] = (_span_edge(zone, moment, -1), _span_edge(zone, moment, 1))
+    return known
+
+
+def _offset(zone: dt.tzinfo, moment: dt.datetime) -> dt.timedelta:
+    return moment.astimezone(zone).utcoffset() or dt.timedelta(0)
+
+
+def _span_edge(zone: dt.tzinfo, moment: dt.datetime, direction: int) -> dt.datetime:
+    """Where the span of `moment`'s UTC offset ends (direction 1: the first second of the next offset) or
+    starts (-1: its first second). Probed a day apart (no zone changes twice within a day), SPAN_DAYS at most:
+    a span cut there is still a span of one offset."""
+    offset = _offset(zone, moment)
+    inside = math.floor((moment - EPOCH).total_seconds())  # changes fall on whole seconds
+    for _ in range(SPAN_DAYS):
+        outside = inside + direction * 86400
+        if _offset(zone, EPOCH + dt.timedelta(seconds=outside)) != offset:
+            break
+        inside = outside
+    else:
+        return EPOCH + dt.timedelta(seconds=inside)
+    while abs(outside - inside) > 1:
+        middle = (inside + outside) // 2
+        if _offset(zone, EPOCH + dt.timedelta(seconds=middle)) == offset:
+            inside = middle
+        else:
+            outside = middle
+    return EPOCH + dt.timedelta(seconds=outside if direction > 0 else inside)
 
 
 def iso(moment: dt.datetime) -> str:

@@ -180,3 +180,26 @@ def test_a_last_slot_a_little_ahead_of_the_database_clock_changes_nothing(store:
         conn.execute(sa.update(S).values(last_slot=ahead.replace(tzinfo=None)))
     assert schedules.enqueue_due(plan) == []
     assert schedules.rows()["a"].last_slot == ahead
+
+
+def test_clocks_moving_by_half_an_hour_or_off_the_hour_enqueue_each_slot_once_and_none_ahead(
+        store: Store, engine: sa.Engine) -> None:
+    # Chatham falls back at 03:45 +13:45 (14:00 UTC) to 02:45 +12:45. A look at 03:00:11, before the change,
+    # enqueued the 15 slots 02:45-02:59 of the second pass an hour early (counting 10,000 jobs) and moved the
+    # schedule's last slot an hour ahead of the clock.
+    chatham = parse({"chatham": {"cron": "* 2 * * *", "timezone": "Pacific/Chatham", "task": "tick"}})
+    hosts = [ScheduleStore(store) for _ in range(2)]
+    hosts[0].enqueue_due(chatham, now=dt.datetime(2026, 4, 4, 13, 14, 30, tzinfo=dt.UTC))  # 02:59:30 +13:45
+    for moment in range(41, 3661, 60):  # each host in turn until 03:00:11 +12:45 (the second pass's 02:xx)
+        hosts[moment // 60 % 2].enqueue_due(chatham, now=dt.datetime(2026, 4, 4, 13, 14, tzinfo=dt.UTC)
+                                            + dt.timedelta(seconds=moment))
+    assert keys(engine) == [f"schedule:chatham:2026-04-04T14:{minute:02}:00Z" for minute in range(15)]
+    assert hosts[0].rows()["chatham"].enqueued == 15
+    # Lord Howe springs forward at 02:00 +10:30 (15:30 UTC) to 02:30 +11. A run that last looked at 23:40 and
+    # next at 04:45 (catch_up = all) missed 23:41-23:59 +10:30: the look-back lost them, and enqueued nothing.
+    lord_howe = parse({"lord_howe": {"cron": "* 23 * * *", "timezone": "Australia/Lord_Howe", "task": "tick",
+                                     "catch_up": "all"}})
+    hosts[0].enqueue_due(lord_howe, now=dt.datetime(2026, 10, 3, 13, 10, tzinfo=dt.UTC))
+    fired = hosts[1].enqueue_due(lord_howe, now=dt.datetime(2026, 10, 3, 17, 45, tzinfo=dt.UTC))
+    assert [len(f.slots) for f in fired] == [19]
+    assert [key for key in keys(engine) if ":lord_howe:" in key][-1] == "schedule:lord_howe:2026-10-03T13:29:00Z"

@@ -198,6 +198,31 @@ def test_daylight_saving_time_follows_the_zone_database() -> None:
     assert fired == [slot("2026-10-25T00:00:00"), slot("2026-10-25T01:00:00"), slot("2026-10-25T02:00:00")]
 
 
+def _plan(cron: str, zone: str, catch_up: str = "all") -> schedules.Schedule:
+    return schedules.parse({"s": {"cron": cron, "timezone": zone, "task": "t", "catch_up": catch_up}})["s"]
+
+
+@pytest.mark.parametrize(("zone", "night", "jump"), [
+    ("Europe/Berlin", "2026-03-28T12:00:00", "2026-03-29T01:00:00"),
+    ("America/New_York", "2026-03-07T12:00:00", "2026-03-08T07:00:00"),
+])
+def test_a_time_of_day_skipped_when_clocks_spring_forward_fires_once_at_the_first_minute_after(
+        zone: str, night: str, jump: str) -> None:
+    start, end = slot(night), slot(night) + dt.timedelta(days=1)  # `jump` is 03:00 local, the first after 01:59
+    for cron in ("30 2 * * *", "0 2 * * *", "59 2 * * *", "0-59 2 * * *", "0,30 2 * * *", "0 2,3 * * *"):
+        # once (one idempotency key): also where 02:00 and 03:00 are one moment that night
+        assert _plan(cron, zone).due(start, end) == ([slot(jump)], 0), cron
+        assert _plan(cron, zone, "skip").due(slot(jump) - dt.timedelta(seconds=1), slot(jump)) == ([slot(jump)], 0)
+        assert _plan(cron, zone).is_slot(slot(jump))  # as a last slot it is one of the schedule's own, not a change
+        assert _plan(cron, zone).next_after(slot(jump) - dt.timedelta(hours=1)) == slot(jump)
+    # A wildcard minute or hour names instants, not a time of day: that night has no 02:xx, so nothing fires
+    # (not 60 jobs at 03:00); hourly and */N crons go on at 03:00 as at any hour.
+    assert _plan("* 2 * * *", zone).due(start, end) == ([], 0)
+    assert _plan("*/15 2 * * *", zone).due(start, end) == ([], 0)
+    hourly, _ = _plan("0 * * * *", zone).due(start, end)
+    assert hourly == [start + dt.timedelta(hours=hour) for hour in range(1, 25)]
+
+
 def test_the_hour_repeated_when_clocks_fall_back_keeps_the_slots_of_its_first_pass() -> None:
     nightly = schedules.parse({"s": {"cron": "30 2 * * *", "timezone": "Europe/Berlin", "task": "t",
                                      "catch_up": "all"}})["s"]
