@@ -56,6 +56,8 @@ def read(settings: Settings, tasks: Mapping[str, Task], schedules_too: bool = Tr
                  for name, problem in limit_problems.items() if name not in run_tasks]
     problems += [f"{problem}: its jobs are held back until it is fixed" for problem in queue_problems.values()]
     problems += [f"{problem}: skipped until it is fixed" for problem in schedule_problems.values()]
+    applied = dataclasses.replace(applied, held_tasks=frozenset(name for name, task in run_tasks.items() if task.held),
+                                  held_queues=frozenset(queue_problems))
     return Tables(applied, plan, run_tasks, queue_problems, problems)
 
 

@@ -93,6 +93,10 @@ class Limits:
 
     queues: Mapping[str, QueueLimits] = dataclasses.field(default_factory=dict)
     tasks: Mapping[str, TaskLimits] = dataclasses.field(default_factory=dict)
+    held_tasks: frozenset[str] = frozenset()
+    held_queues: frozenset[str] = frozenset()
+    """Tasks and queues whose jobs are held (held.py): claimed under no limit, they take no token and no slot
+    from the jobs that run (admitted, a backlog of them took a rate-limited queue's every token, for ever)."""
 
     def __bool__(self) -> bool:
         return bool(self.queues or self.tasks)
@@ -116,6 +120,8 @@ class Limits:
     def scopes(self, queue: str, task: str, key: str | None) -> list[Scope]:
         """The scopes a job of `task` in `queue` with `key` falls under (per-key limits need a key: not None)."""
         found: list[Scope] = []
+        if task in self.held_tasks or queue in self.held_queues:  # put back unrun at once: nothing to limit
+            return found
         q = self.queues.get(queue)
         if q is not None:
             if q.max_running is not None:

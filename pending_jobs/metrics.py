@@ -26,7 +26,7 @@ def render(report: RunReport, finished_at: float, health: Health | None) -> byte
         return Gauge(f"{PREFIX}_{name}", doc, labels, registry=registry)
 
     jobs = gauge("run_jobs", "Jobs the last run handled, by outcome", ("outcome",))
-    for outcome in ("claimed", "succeeded", "failed", "retried", "cancelled", "rescued"):
+    for outcome in ("claimed", "succeeded", "failed", "retried", "cancelled", "held", "rescued"):
         jobs.labels(outcome).set(getattr(report, outcome))
     callbacks = gauge("run_callbacks", "Callbacks the last run delivered or failed for good", ("outcome",))
     callbacks.labels("delivered").set(report.callbacks_delivered)

@@ -350,11 +350,10 @@ class RunReport:
 
     def summary(self) -> str:
         """The one line `run -v` prints."""
-        return (
-            f"claimed {self.claimed}, succeeded {self.succeeded}, retried {self.retried}, failed {self.failed}, "
-            f"cancelled {self.cancelled}, rescued {self.rescued}, callbacks delivered {self.callbacks_delivered} "
-            f"failed {self.callbacks_failed} in {self.duration:.2f}s (stopped: {self.stopped_by})"
-        )
+        return (f"claimed {self.claimed}, succeeded {self.succeeded}, retried {self.retried}, failed {self.failed}, "
+                f"cancelled {self.cancelled}, held {self.held}, rescued {self.rescued}, callbacks delivered "
+                f"{self.callbacks_delivered} failed {self.callbacks_failed} in {self.duration:.2f}s "
+                f"(stopped: {self.stopped_by})")
 
 
 @dataclasses.dataclass(frozen=True)

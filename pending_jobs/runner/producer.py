@@ -39,11 +39,9 @@ class Producer:
 
     def __init__(self, store: JobStore, executor: Executor, settings: Settings, report: RunReport, owner: str,
                  on_progress: Callable[[RunReport], None] | None = None,
-                 hand_off: Callable[[], bool] | None = None,
-                 on_callbacks_due: Callable[[], None] | None = None,
+                 hand_off: Callable[[], bool] | None = None, on_callbacks_due: Callable[[], None] | None = None,
                  on_stop_claiming: Callable[[], None] | None = None) -> None:
-        self.store = store
-        self.executor = executor
+        self.store, self.executor = store, executor
         self.settings = settings
         self.report = report
         self.owner = owner
@@ -133,7 +131,9 @@ class Producer:
         if now >= deadline:
             return "max-runtime"
         if claiming and self._room() == 0 and not self.pool.busy:
-            return "max-jobs"
+            self.completer.drain()  # held jobs (held.py) among the outcomes not yet counted give their room back
+            if self._room() == 0:
+                return "max-jobs"
         if self.hand_off is not None and now >= self._next_handoff_check:
             self._next_handoff_check = now + HANDOFF_CHECK
             running = self.pool.running()
@@ -147,7 +147,7 @@ class Producer:
     def _room(self) -> int:
         if self.settings.max_jobs is None:
             return self.settings.batch_size
-        return max(0, self.settings.max_jobs - self.report.claimed)
+        return max(0, self.settings.max_jobs - self.report.claimed + self.report.held)  # held: put back unrun
 
     def _may_claim(self, now: float) -> bool:
         # Claim ahead: the next batch is claimed as soon as the first job of the last one is done (or runs in a group).

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from pending_jobs import enqueue
 from pending_jobs.errors import EXIT_CONFIG
+from pending_jobs.metrics import render
 from pending_jobs.store import Store
 from pending_jobs.store.testing import TestingStore
 from tests.conftest import scalar
@@ -37,6 +38,8 @@ def test_bad_tables_hold_their_jobs_and_the_run_serves_the_rest(users: sa.Engine
 
     assert report.exit_code == EXIT_CONFIG  # served the rest, but the config still needs a fix
     assert (report.succeeded, report.held, report.failed, report.retried) == (2, 3, 0, 0)
+    assert ", held 3," in report.summary()  # `run -v`'s line: claimed 5 where only 2 had an outcome
+    assert b'pending_jobs_run_jobs{outcome="held"} 3.0' in render(report, 0.0, None)
     assert outcome(store, good).status == "succeeded" and outcome(store, python).status == "succeeded"
     for job_id, said in ((broken, "[task.note] timeout"), (unlimited, "[task.echo] rate_limit"),
                          (queued, "[queue.mail] max_running")):
@@ -74,3 +77,19 @@ def test_a_held_job_an_operator_cancels_ends_cancelled(users: sa.Engine, store: 
     job = outcome(store, held)
     assert (job.status, job.attempts, report.cancelled) == ("cancelled", 0, 1), job
     assert job.last_error is not None and "held it back" in job.last_error
+
+
+def test_held_jobs_take_no_limit_from_the_jobs_that_run(users: sa.Engine, store: Store, run_declared: Any) -> None:
+    # Held jobs first in claim order: a held task's job in a rate-limited queue, and a job of a rate-limited
+    # task in a held queue. Admitted under those limits, they took the only tokens and were put back unrun: the
+    # good job waited behind them a token each, and each came due again a minute later to take the next.
+    held_task = enqueue(users, "echo", {"x": 1}, priority=5)
+    held_queue = enqueue(users, "noop", {}, queue="mail", priority=5)
+    good = enqueue(users, "noop", {})
+
+    report = run_declared({"echo": {"rate_limit": "lots"}, "noop": {"rate_limit": "1/h"}}, max_runtime=3.0,
+                          queue_tables={"default": {"rate_limit": "1/h"}, "mail": {"max_running": "two"}})
+
+    assert (report.held, report.succeeded) == (2, 1), report
+    assert outcome(store, good).status == "succeeded"
+    assert outcome(store, held_task).status == outcome(store, held_queue).status == "pending"
