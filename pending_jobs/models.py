@@ -108,14 +108,14 @@ class Claim:
     be admitted; None when nothing was held back that time alone frees."""
 
 
-OutcomeKind = Literal["succeeded", "retry", "failed", "recorded", "dropped", "held"]
+OutcomeKind = Literal["succeeded", "retry", "failed", "recorded", "dropped", "held", "unstarted"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
-    """What became of one job. `recorded`: already written in the handler's own transaction;
-    `dropped`: the lease was taken over before it could be written (a stale runner); `held`: put back
-    unrun, its attempt uncounted, `delay` seconds, because its config table has an error (held.py)."""
+    """What became of one job. `recorded`: written in the handler's own transaction; `dropped`: its lease was
+    taken over first (a stale runner); `held`: put back unrun, attempt uncounted, for `delay` s (held.py);
+    `unstarted`: a stopping group never ran it (runner/shared.py): the producer puts it back pending."""
 
     job: ClaimedJob
     kind: OutcomeKind
@@ -140,6 +140,7 @@ class Together:
     recorded: bool
     culprit: int | None = None
     reason: str = ""
+    unstarted: int = 0  # the last N jobs were never run (the run stops): nothing of theirs was written
 
 
 @dataclasses.dataclass(frozen=True)

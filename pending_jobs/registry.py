@@ -36,11 +36,12 @@ class Task:
     isolation: Isolation = "thread"
     memory_limit: int | None = None
     """Bytes of address space a process-isolated handler may use (RLIMIT_AS); None: no limit."""
-    shared: Callable[[Any, Any], Any] | None = None
-    """`shared(payloads, connection) -> results`: the handler's work for several jobs, in order, on a
-    job-database connection whose transaction other jobs of the claim share, committed with all their
-    `succeeded` at once (runner/shared.py). Set by declared sql tasks on the job database; None: the
-    job runs alone, as `fn`."""
+    shared: Callable[[Any, Any, Callable[[], bool]], Any] | None = None
+    """`shared(payloads, connection, stopping) -> results`: the handler's work for several jobs, in order, on
+    a job-database connection whose transaction other jobs of the claim share, committed with all their
+    `succeeded` at once (runner/shared.py); where it runs them one by one, it stops before a job once
+    `stopping()` (the run stops) and returns the results of those it ran. Set by declared sql tasks on the
+    job database; None: the job runs alone, as `fn`."""
     max_attempts: int | None = None
     """The task's own limit on attempts (a declared task's `max_attempts`): a job gives up at it when it
     is fewer than the row's `max_attempts`; None: the row's alone."""

@@ -18,7 +18,7 @@ import re
 import threading
 import types
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -195,14 +195,21 @@ class SqlTask:
         except exc.DBAPIError as error:  # connecting or committing
             raise self._verdict(error, ctx, "", dialect_for(self.engine())) from None
 
-    def shared(self, payloads: Sequence[dict[str, Any]], conn: sa.Connection) -> list[Any]:
+    def shared(self, payloads: Sequence[dict[str, Any]], conn: sa.Connection,
+               stopping: Callable[[], bool] = lambda: False) -> list[Any]:
         """The statements of several jobs on `conn`, in a transaction other jobs share; any error is raised
         as it is (the runner then runs them one at a time, and the one that errs alone, through `__call__`,
         which gives it its verdict). Statements that only write run on the driver's cursor, all of these
-        jobs' together (store/direct.py), with the same result."""
+        jobs' together (store/direct.py), with the same result. Others run job by job, and stop before a job
+        once `stopping()` (the run stops): the results of the jobs run so far."""
         bound = [self.bind(payload) for payload in payloads]
         if self.direct is None:
-            return [self.run(conn, params, SHARED) for params in bound]
+            results: list[Any] = []
+            for params in bound:
+                if stopping():
+                    break
+                results.append(self.run(conn, params, SHARED))
+            return results
         written = self.direct.run(conn, [[{key: params[key] for key in names} for names in self.names]
                                          for params in bound])
         return [self._written(done) for done in written]

@@ -4,8 +4,8 @@ Claims and completions are short transactions of their own; handlers never run i
 their own `ctx.connection`). The producer's thread owns every claim, heartbeat and release; worker
 threads only run jobs (executor.py); outcomes are written in batches by the completer, whose writer
 overlaps the next claim. A run stops claiming when it is empty (drain mode), out of runtime, at its
-job limit, asked to hand over, or signalled; then jobs claimed but not started go back, and running
-ones finish: all of them, or within the grace period after a signal.
+job limit, asked to hand over, or signalled; then jobs claimed but not started go back (a running group's
+too: shared.py), and running ones finish: all of them, or within the grace period after a signal.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .completer import Completer, rescue
 from .executor import Executor
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
-from .waiting import CANCEL_LOOK, behind_long, cancel_waiting, release_unstarted
+from .waiting import CANCEL_LOOK, behind_long, cancel_waiting, put_back_unstarted, release_unstarted
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class Producer:
         if finished:
             outcomes = [outcome for _, item_outcomes in finished for outcome in item_outcomes]
             self._held -= len(outcomes)
-            self.completer.add(outcomes)
+            self.completer.add(put_back_unstarted(outcomes, self.store, self.report))
             self._next_claim = 0.0  # room for more, and a retry among them may be due at once
 
     # -- leases -----------------------------------------------------------------------------------
@@ -246,4 +246,4 @@ class Producer:
         self.completer.drain()
 
     def _release_unstarted(self) -> None:
-        self._held -= release_unstarted(self.pool, self.store, self.report)
+        self._held -= release_unstarted(self.pool, self.store, self.report, self.worker)

@@ -10,6 +10,15 @@ row or payload has a problem, whose handler raised in the group (its error becom
 retry or failure, with its own reason), and every job of a group whose lease was taken over or whose
 commit failed (each job's own guarded transaction then decides). Retries, backoff and cancellation
 are the executor's, unchanged; tasks with a timeout never share (see declared/sql.py).
+
+When the run stops early (a signal, its runtime spent, a hand-over: `Worker.stop`), a running group stops
+between its jobs: it commits those it ran with their `succeeded` and gives the others back as `unstarted`
+outcomes, which the producer puts back pending, their attempt uncounted, as it does the jobs no worker
+started. The stop is looked at before each job a task runs one by one (a declared sql task that reads),
+and, for write-only statements sent together (store/direct.py), before each step: a group's jobs run in
+steps of about STEP_SECONDS by the time a job has taken in groups so far (one job a step when jobs are
+slow; a whole group at once when they are fast, so their statements still go together; the first groups,
+before that time is known, in one step).
 """
 
 from __future__ import annotations
@@ -32,11 +41,13 @@ GROUP_MIN = 8
 """Fewest jobs worth a shared transaction of their own: a claim is split into one group per idle worker,
 but not into groups smaller than this (each group pays a COMMIT)."""
 GROUP_SECONDS = 1.0
-"""About how long a group may last: its transaction holds the rows its statements wrote until it commits,
-and a run stopped by a signal lets running groups end within its grace period. A group holds at most the
-jobs that take this long together, by the time a job has taken in the groups so far."""
+"""About how long a group may last: its transaction holds the rows its statements wrote until it commits.
+A group holds at most the jobs that take this long together, by the time a job has taken in the groups so
+far. (Not for a stopping run: a group stops between its jobs then, whatever its size.)"""
 ROUNDS = 3
 """Shared transactions tried per group: each failing one takes its culprit out; then the rest run alone."""
+STEP_SECONDS = 0.1
+"""About how long a group runs between two looks whether the run stops (see the module)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,8 +87,14 @@ class Worker:
         self._job_seconds: float | None = None  # a job's time in the groups so far (moving average)
         self._in_groups = 0
         self._counting = threading.Lock()
+        self._stopping = threading.Event()
         self.on_group_start: Callable[[], None] = lambda: None
         """Called as a worker starts a group: the producer may claim again (`ahead` just fell)."""
+
+    def stop(self) -> None:
+        """The run stops: running groups stop before their next step, and groups started from now on run
+        nothing; what they did not run comes back `unstarted`."""
+        self._stopping.set()
 
     def ahead(self, held: int) -> int:
         """Of `held` jobs handed to the pool and not yet collected, those no running group holds."""
@@ -85,23 +102,21 @@ class Worker:
 
     def largest(self) -> int:
         """Most jobs in one group: as many as take GROUP_SECONDS together, by the time a job has taken in the
-        groups so far, and never more than a worker's share of a whole batch (all there is before any group
-        has ended)."""
+        groups so far; before any group has ended, a worker's share of a whole batch. Fast jobs so go in
+        groups of a whole claim where a claim is made beside running groups (one COMMIT for 100 jobs). Slow
+        jobs after fast ones may then make one group last longer than GROUP_SECONDS, until the average
+        catches up; never longer after a signal, where a group stops between its jobs."""
         seconds = self._job_seconds
         if seconds is None:
             return self._first_largest
-        # Never more than before any group ended: jobs that were fast say nothing of the next ones (a payload,
-        # another task, a lock wait), and a group of a whole batch of them outlasted the grace period.
-        return min(self._first_largest, max(GROUP_MIN, int(GROUP_SECONDS / max(seconds, 1e-6))))
+        return max(GROUP_MIN, int(GROUP_SECONDS / max(seconds, 1e-6)))
 
     def split(self, jobs: list[ClaimedJob], idle: int | None = None) -> list[Work]:
         """The claim as pool items: jobs that can share a transaction in up to one group per worker, the
         rest one by one (in claim order, groups first). With `idle` (workers with nothing to do), where a
         claim is made beside running groups, only in as many groups as there are idle workers (at least
         one): a group more would only wait for a worker, and each group pays a transaction (an UPDATE and
-        a COMMIT); the next claim feeds the others. Either way no group holds more than `largest` jobs
-        (a group of a whole batch of 0.15 s jobs outlasted the grace period after SIGTERM, and its jobs,
-        rolled back, waited `running` for their lease to expire)."""
+        a COMMIT); the next claim feeds the others. Either way no group holds more than `largest` jobs."""
         if not self._sharing:
             return list(jobs)
         tasks = self.executor.tasks
@@ -174,10 +189,13 @@ class Worker:
 
         def work(conn: Any, jobs: Sequence[ClaimedJob]) -> list[Any]:
             results: list[Any] = []
-            for name, run in itertools.groupby(jobs, key=lambda job: job.task):  # a task's jobs sent together
-                shared = self.executor.tasks[name].shared
-                assert shared is not None
-                results.extend(shared([payloads[job.id] for job in run], conn))
+            seconds = self._job_seconds  # none yet: a group is a worker's share of a batch at most (`largest`)
+            step = len(jobs) if seconds is None else self._step(1, seconds)
+            while len(results) < len(jobs) and not self._stopping.is_set():
+                started, chunk = time.monotonic(), jobs[len(results):len(results) + step]
+                if not self._run_step(conn, chunk, payloads, results):
+                    break
+                step = self._step(len(chunk), time.monotonic() - started)
             for result in results:
                 # A result that cannot be stored fails its job: alone, where the executor says so.
                 validation.dump_json(result, "result", limit, self.store.json_accepts_nul)
@@ -189,12 +207,36 @@ class Worker:
                 break
             done = self.store.run_together(ready, work)
             if done.recorded:
-                outcomes.extend(Outcome(job, "recorded") for job in ready)
+                ran = len(ready) - done.unstarted
+                outcomes.extend(Outcome(job, "recorded") for job in ready[:ran])
+                outcomes.extend(Outcome(job, "unstarted") for job in ready[ran:])
                 ready = []
                 break
             if done.culprit is None:
                 log.info("%d job(s) of a shared transaction run alone: %s", len(ready), done.reason)
                 break
             alone.append(ready.pop(done.culprit))
+        if ready and self._stopping.is_set():  # not one by one now: back, as if never claimed
+            outcomes.extend(Outcome(job, "unstarted") for job in ready)
+            ready = []
         outcomes.extend(self.executor(job) for job in [*alone, *ready])
         return outcomes
+
+    def _run_step(self, conn: Any, jobs: Sequence[ClaimedJob], payloads: dict[int, Any], results: list[Any]) -> bool:
+        """Run `jobs`, their results added to `results`; False when a task stopped before one (the run stops)."""
+        for name, run in itertools.groupby(jobs, key=lambda job: job.task):  # a task's jobs sent together
+            shared = self.executor.tasks[name].shared
+            assert shared is not None
+            given = [payloads[job.id] for job in run]
+            done = shared(given, conn, self._stopping.is_set)  # may stop between jobs it runs one by one
+            if len(done) > len(given):
+                raise RuntimeError(f"task {name} gave {len(done)} results for {len(given)} jobs")
+            results.extend(done)
+            if len(done) < len(given):
+                return False
+        return True
+
+    @staticmethod
+    def _step(jobs: int, seconds: float) -> int:
+        """Jobs of the next step of a group: as many as take STEP_SECONDS, at the time `jobs` jobs took."""
+        return max(1, int(STEP_SECONDS * jobs / max(seconds, 1e-6)))

@@ -24,11 +24,30 @@ CANCELLED_WAITING = "cancelled before it started: an operator asked to cancel it
 Pool = WorkerPool[Work, list[Outcome]]
 
 
-def release_unstarted(pool: Pool, store: JobStore, report: RunReport) -> int:
+def release_unstarted(pool: Pool, store: JobStore, report: RunReport, stopping: Worker | None = None) -> int:
     """Take back every job no worker has started and put it back to pending, its attempt uncounted (a run
-    stopping early); how many were taken back."""
+    stopping early); how many were taken back. With `stopping` (the run stops), its running groups stop too,
+    first: a group a worker starts meanwhile then runs nothing; what they leave comes back as `unstarted`
+    outcomes (`put_back_unstarted`)."""
+    if stopping is not None:
+        stopping.stop()
+    return put_back([job for slot in pool.withdraw_unstarted() for job in jobs_of(slot.item)], store, report)
+
+
+def put_back_unstarted(outcomes: list[Outcome], store: JobStore, report: RunReport) -> list[Outcome]:
+    """The outcomes but the `unstarted` ones, whose jobs (a group stopped before them) are put back to pending,
+    as if never claimed."""
+    unstarted = [outcome.job for outcome in outcomes if outcome.kind == "unstarted"]
+    if not unstarted:
+        return outcomes
+    put_back(unstarted, store, report)
+    return [outcome for outcome in outcomes if outcome.kind != "unstarted"]
+
+
+def put_back(unstarted: list[ClaimedJob], store: JobStore, report: RunReport) -> int:
+    """Put jobs claimed and never run back to pending, their attempt uncounted (those no worker started, those
+    a group stopped before: `unstarted` outcomes); how many."""
     by_token: dict[str, list[int]] = {}
-    unstarted = [job for slot in pool.withdraw_unstarted() for job in jobs_of(slot.item)]
     for job in unstarted:
         by_token.setdefault(job.token, []).append(job.id)
     cancelled = 0

@@ -15,6 +15,12 @@ run (a lease was taken over) or the UPDATE or the COMMIT fails (in the database,
 driver cannot bind), everything is rolled back too and each job runs alone, its own guarded
 transaction deciding. No savepoints: a SAVEPOINT and its RELEASE per job cost two round trips each,
 more than the job's own statement, and a failing job is rare.
+
+A group stops between its jobs when the run stops (a signal): `work` then returns the results of the
+jobs it ran, the first ones, and stops before the others. Those it ran are committed with their
+`succeeded`, as ever; the others were never run, nothing of theirs is written (`Together.unstarted`),
+and the caller puts them back. A group therefore never holds a stopping run for longer than its
+current job, however many jobs it has.
 """
 
 from __future__ import annotations
@@ -38,14 +44,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Work = Callable[[sa.Connection, Sequence[ClaimedJob]], Sequence[Any]]
-"""`work(conn, jobs) -> results`: the jobs' handlers on `conn`, one result per job, in order."""
+"""`work(conn, jobs) -> results`: the jobs' handlers on `conn`, one result per job, in order; fewer when it
+stopped (the run stops): the results of the first jobs, the others not run."""
 
 
 def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Work) -> Together:
     """`work(conn, jobs)` in one transaction (its results, one per job, in order), then all of them
     `succeeded` with those results, guarded by their lease token, and one COMMIT. When `work` raises for
     several jobs, everything is rolled back and they are worked again one at a time, to find the one that
-    raises. Never raises for a database error."""
+    raises. When `work` stops early, only the jobs it ran are marked and committed (see the module). Never
+    raises for a database error."""
     if not jobs:
         return Together(True)
     token = jobs[0].token
@@ -64,24 +72,31 @@ def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Work) -> Togeth
             if isinstance(one_by_one, Together):
                 return one_by_one
             done = one_by_one
+        unstarted = len(jobs) - len(done)
+        if not done:  # stopped before its first job: nothing to keep
+            _rollback(conn)
+            return Together(True, unstarted=unstarted)
         try:
             marked = store.succeed_all(conn, token, done)
-            if marked != len(jobs):
+            if marked != len(done):
                 conn.rollback()
-                return Together(False, reason=f"{len(jobs) - marked} of {len(jobs)} leases were taken over")
+                return Together(False, reason=f"{len(done) - marked} of {len(done)} leases were taken over")
             conn.commit()
         except Exception as error:  # the database's, or a result its driver cannot bind: each job runs alone
             _rollback(conn)
-            return _settle(store, jobs[0], db.describe(error))
-    return Together(True)
+            return _settle(store, jobs[0], db.describe(error), unstarted)
+    return Together(True, unstarted=unstarted)
 
 
 def _all_at_once(conn: sa.Connection, jobs: Sequence[ClaimedJob], work: Work) -> list[tuple[int, Any]] | None:
-    """(job id, result) of every job from one call of `work`, in a new transaction; None when it raised
-    (rolled back: which job it was is unknown)."""
+    """(job id, result) of every job `work` ran (all, unless it stopped) from one call of it, in a new
+    transaction; None when it raised (rolled back: which job it was is unknown)."""
     conn.begin()
     try:
-        return list(zip((job.id for job in jobs), work(conn, jobs), strict=True))
+        results = work(conn, jobs)
+        if len(results) > len(jobs):
+            raise RuntimeError(f"{len(results)} results for {len(jobs)} jobs")
+        return list(zip((job.id for job in jobs), results, strict=False))
     except Exception as error:  # the handler's or the database's
         _rollback(conn)
         log.debug("a shared transaction's jobs run one at a time: %s", error)
@@ -89,29 +104,33 @@ def _all_at_once(conn: sa.Connection, jobs: Sequence[ClaimedJob], work: Work) ->
 
 
 def _one_at_a_time(conn: sa.Connection, jobs: Sequence[ClaimedJob], work: Work) -> list[tuple[int, Any]] | Together:
-    """(job id, result) of each job from its own call of `work`, in a new transaction; else rolled back and
-    the job that raised, as the culprit."""
+    """(job id, result) of each job from its own call of `work`, in a new transaction, up to the first that it
+    did not run (it stopped); else rolled back and the job that raised, as the culprit."""
     conn.begin()
     done: list[tuple[int, Any]] = []
     for index, job in enumerate(jobs):
         try:
-            (result,) = work(conn, [job])
+            results = work(conn, [job])
+            if len(results) > 1:
+                raise RuntimeError(f"{len(results)} results for one job")
         except Exception as error:  # the handler's or the database's: that job runs alone
             _rollback(conn)
             return Together(False, index, describe_exception(error, 300).splitlines()[0])
-        done.append((job.id, result))
+        if not results:  # stopped: this job and the next ones were not run
+            break
+        done.append((job.id, results[0]))
     return done
 
 
-def _settle(store: Store, job: ClaimedJob, reason: str) -> Together:
-    """A COMMIT that failed midway may still have happened; one job's row, read back by its token, says
-    for all of them (one transaction). Unsettled, each job runs alone: its guard then finds its row
-    already succeeded, and its writes are rolled back with that."""
+def _settle(store: Store, job: ClaimedJob, reason: str, unstarted: int) -> Together:
+    """A COMMIT that failed midway may still have happened; one job's row (the first's: always one it ran),
+    read back by its token, says for all of them (one transaction). Unsettled, each job runs alone: its
+    guard then finds its row already succeeded, and its writes are rolled back with that."""
     try:
         recorded = store.outcome_of(job) == JobStatus.SUCCEEDED.value
     except (DatabaseUnavailable, ConfigError, exc.DBAPIError):
         recorded = False
-    return Together(recorded, reason=reason)
+    return Together(recorded, reason=reason, unstarted=unstarted if recorded else 0)
 
 
 def _rollback(conn: sa.Connection) -> None:

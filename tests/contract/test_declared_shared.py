@@ -323,3 +323,41 @@ def test_inserts_through_a_view_keep_the_id_a_job_alone_gets(users: sa.Engine, s
     for n, job_id in enumerate(ids):
         user_id = scalar(users, "SELECT id FROM users WHERE name = :name", name=f"p{n}")
         assert outcome(store, job_id).result == {"rowcount": 1, "inserted_id": user_id}
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["together", "one-by-one"])
+def test_a_group_that_stops_commits_the_jobs_it_ran_and_leaves_the_others_to_be_put_back(
+        users: sa.Engine, store: Store, together: bool) -> None:
+    """A run that stops makes a running group stop between its jobs (runner/shared.py): the jobs it ran commit
+    with their `succeeded`, the others are untouched, still the run's to put back (pending, or cancelled when
+    an operator asked meanwhile). `together`: all jobs asked of `work` at once, else (after that raised) one
+    at a time."""
+    for n in range(5):
+        enqueue(users, "note", {"note": f"n{n}"})
+    claim = store.claim("default", 10, "unit-test", 60)
+    ran: list[int] = []
+
+    def work(conn: sa.Connection, jobs: Any) -> list[Any]:
+        if not together and len(jobs) > 1:
+            raise RuntimeError("one at a time")
+        results = []
+        for job in jobs:
+            if len(ran) == 2:  # the run stops here
+                break
+            conn.execute(sa.text("INSERT INTO audit (note) VALUES (:note)"), {"note": str(job.id)})
+            ran.append(job.id)
+            results.append({"rowcount": 1})
+        return results
+
+    done = store.run_together(claim.jobs, work)
+
+    first, rest = [job.id for job in claim.jobs[:2]], [job.id for job in claim.jobs[2:]]
+    assert (done.recorded, done.unstarted, ran) == (True, 3, first)
+    assert sorted(int(r[0]) for r in rows(users, "SELECT note FROM audit")) == sorted(first)
+    assert [outcome(store, job_id).status for job_id in first] == ["succeeded"] * 2
+    assert [outcome(store, job_id).status for job_id in rest] == ["running"] * 3
+    with users.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET cancel_requested = TRUE WHERE id = :id"), {"id": rest[0]})
+    assert store.release(claim.token, rest) == (2, 1)
+    assert [(outcome(store, job_id).status, outcome(store, job_id).attempts) for job_id in rest] == [
+        ("cancelled", 0), ("pending", 0), ("pending", 0)]

@@ -284,7 +284,7 @@ def test_a_job_cancelled_while_its_group_waits_ends_cancelled_and_the_rest_of_th
     def sql(payload: dict[str, Any], ctx: Context) -> None:
         ran.append(ctx.job_id)
 
-    shared = lambda payloads, conn: [None] * len(payloads)  # noqa: E731 (the memory store runs each alone)
+    shared = lambda payloads, conn, stopping: [None] * len(payloads)  # noqa: E731 (the memory store runs each alone)
     handlers = {"block": Task("block", block), "sql": Task("sql", sql, shared=shared)}
     report = run(store, handlers, concurrency=1, poll=0.02, max_jobs=11)
     assert store.status(blocker) == "succeeded"
@@ -323,7 +323,7 @@ def test_jobs_cancelled_in_two_waiting_groups_of_two_claims_leave_the_rest_of_ea
     def sql(payload: dict[str, Any], ctx: Context) -> None:
         ran.append(ctx.job_id)
 
-    shared = lambda payloads, conn: [None] * len(payloads)  # noqa: E731 (the memory store runs each alone)
+    shared = lambda payloads, conn, stopping: [None] * len(payloads)  # noqa: E731 (the memory store runs each alone)
     handlers = {"block": Task("block", block), "sql": Task("sql", sql, shared=shared)}
     report = run(store, handlers, concurrency=1, poll=0.02, max_jobs=21)
     assert store.status(blocker) == "succeeded"

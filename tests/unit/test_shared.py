@@ -22,7 +22,7 @@ def noop(payload: dict[str, Any], ctx: Context) -> None:
     return None
 
 
-def shared_noop(payloads: Any, connection: Any) -> list[dict[str, int]]:
+def shared_noop(payloads: Any, connection: Any, stopping: Any) -> list[dict[str, int]]:
     return [{"rowcount": 1} for _ in payloads]
 
 
@@ -71,8 +71,7 @@ def group_sizes(split: Worker, jobs: int, idle: int | None) -> list[int]:
 
 
 def test_before_a_group_has_ended_none_is_larger_than_a_workers_share_of_a_whole_batch() -> None:
-    """A group runs to its COMMIT: one of a whole batch (100 jobs, not 25) outlasted the grace period after
-    SIGTERM, and its jobs waited `running` for their lease to expire."""
+    """How long a job takes is not known yet: a group of 100 slow jobs would hold its rows for their time."""
     assert group_sizes(worker(4), 100, None) == [25, 25, 25, 25]
     assert all(max(group_sizes(worker(4), 100, idle)) <= 25 for idle in (2, 1, 0))
     assert group_sizes(worker(4), 40, 1) == [20, 20]
@@ -86,9 +85,9 @@ def test_groups_hold_what_takes_about_a_second_by_the_time_jobs_took_in_groups_s
     assert max(group_sizes(slow, 100, 0)) <= GROUP_MIN + 1 and sum(group_sizes(slow, 100, 0)) == 100
     fast = worker(4, CulpritStore())
     fast(Shared([job(n) for n in (1, 2)]))  # the store commits at once: well under a millisecond a job
-    assert fast.largest() == 25  # fast so far, but the next jobs may not be: no larger than before
-    assert group_sizes(fast, 100, 0) == [25, 25, 25, 25] and group_sizes(fast, 100, None) == [25, 25, 25, 25]
-    assert group_sizes(fast, 20, 0) == [20]  # a claim beside running groups still makes fewer groups
+    assert fast.largest() > 1000  # a group stops between its jobs after a signal, whatever its size
+    assert group_sizes(fast, 100, 0) == [100] and group_sizes(fast, 100, None) == [25, 25, 25, 25]
+    assert group_sizes(fast, 20, 0) == [20]  # a claim beside running groups makes fewer groups
 
 
 class CulpritStore(MemoryStore):
@@ -166,3 +165,67 @@ def test_the_next_claim_is_made_while_every_worker_runs_a_group(concurrent_write
     assert store.claimed_while_grouped == [concurrent_writers]
     assert store.statuses() == {"succeeded": 20}
     assert (report.claimed, report.succeeded, report.stopped_by) == (20, 20, "empty")
+
+
+class StepStore(MemoryStore):
+    """Shared transactions that commit the jobs `work` ran, as the SQL store does (store/shared.py)."""
+
+    def run_together(self, jobs: Any, work: Any) -> Together:
+        return Together(True, unstarted=len(jobs) - len(work(None, jobs)))
+
+
+def test_a_group_stops_between_its_jobs_when_the_run_stops_and_gives_the_others_back() -> None:
+    calls: list[int] = []
+    split = worker(1, StepStore())
+
+    def slow(payloads: Any, connection: Any, stopping: Any) -> list[dict[str, int]]:  # statements sent together
+        calls.append(len(payloads))  # (never stopping between them), 0.15 s a job
+        time.sleep(0.15 * len(payloads))
+        if sum(calls) == 3:
+            split.stop()  # SIGTERM while the third job runs (the first of the second group)
+        return [{"rowcount": 1} for _ in payloads]
+
+    split.executor.tasks = {"sql": Task("sql", noop, backoff=lambda attempt: 0.0, shared=slow)}
+    split(Shared([job(n) for n in (1, 2)]))  # the first group, in one step: now a job's time is known
+    outcomes = split(Shared([job(n) for n in range(3, 43)]))
+
+    assert [(o.job.id, o.kind) for o in outcomes] == [(n, "recorded" if n <= 3 else "unstarted") for n in range(3, 43)]
+    assert calls == [2, 1]  # one slow job a step: the stop is looked at between steps
+    assert [o.kind for o in split(Shared([job(n) for n in (41, 42)]))] == ["unstarted"] * 2  # nothing starts now
+
+
+def test_fast_jobs_of_a_group_still_go_together() -> None:
+    calls: list[int] = []
+
+    def fast(payloads: Any, connection: Any, stopping: Any) -> list[dict[str, int]]:
+        calls.append(len(payloads))
+        return [{"rowcount": 1} for _ in payloads]
+
+    split = worker(1, StepStore())
+    split.executor.tasks = {"sql": Task("sql", noop, backoff=lambda attempt: 0.0, shared=fast)}
+    split(Shared([job(n) for n in range(1, 51)]))
+    split(Shared([job(n) for n in range(51, 151)]))
+    assert calls == [50, 100]
+
+
+def test_a_task_that_runs_its_jobs_one_by_one_stops_between_them() -> None:
+    """The steps follow the time jobs took so far: fast jobs make one step of a whole group, and the slow
+    ones after them are stopped by the task itself (a declared sql task that reads, SqlTask.shared)."""
+    split = worker(1, StepStore())
+    ran: list[int] = []
+
+    def one_by_one(payloads: Any, connection: Any, stopping: Any) -> list[dict[str, int]]:
+        results = []
+        for _ in payloads:
+            if stopping():
+                break
+            ran.append(1)
+            if len(ran) == 13:
+                split.stop()
+            results.append({"rowcount": 1})
+        return results
+
+    split.executor.tasks = {"sql": Task("sql", noop, backoff=lambda attempt: 0.0, shared=one_by_one)}
+    split(Shared([job(n) for n in range(1, 11)]))  # fast: the next group goes in one step
+    outcomes = split(Shared([job(n) for n in range(11, 111)]))
+    assert [o.kind for o in outcomes] == ["recorded"] * 3 + ["unstarted"] * 97
