@@ -132,7 +132,7 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     return report
 
 
-def check_settings(settings: Settings, job_id: int | None = None) -> None:
+def check_settings(settings: Settings) -> None:
     """Raise ConfigError for a setting `run_once` would refuse, before the database is asked anything: the CLI
     asks before it takes the host lock, so a run with a typo never makes the serving run hand over to it. (A
     `[task.NAME]`, `[queue.NAME]` or `[schedules.NAME]` table with an error is not refused: held.py.)"""

@@ -90,7 +90,7 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
         raise ConfigError(f"no tasks to run: set tasks ({config.BY_NAME['tasks'].env}: the modules of your @task "
                           "handlers) or declare [task.NAME] tables; a host that only sends callbacks runs with "
                           "--callbacks only")
-    check_settings(settings, args.job)
+    check_settings(settings)
     # A handler thread each, the claims, the completions' writer, callbacks, the listener and spares.
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 3)
     store.check_version()

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -141,6 +142,17 @@ def test_progress_bar_only_when_stderr_is_a_terminal(db_url: str, engine: sa.Eng
     assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'succeeded'") == 5
 
 
+def _failed_database_check(url: sa.URL, user: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """`check --json` as the test's database user, which must fail its database check (exit 3): the environment
+    it ran with, and that check."""
+    env = {"PENDING_JOBS_DATABASE_URL": url.set(username=user, password="pw").render_as_string(False),
+           "PENDING_JOBS_CALLBACK_SECRET": SECRET}
+    result = cli("check", "--json", env=env)
+    database = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "database")
+    assert (result.returncode, database["ok"]) == (3, False), result.stdout
+    return env, database
+
+
 def _drop_user(admin: sa.Engine, user: str, mysql: bool) -> None:
     """The test's own database user, and what it was granted, gone; then the admin engine."""
     with admin.connect() as conn:
@@ -168,11 +180,7 @@ def test_check_fails_its_database_check_for_a_user_who_may_only_read(db_url: str
             conn.exec_driver_sql(f"CREATE ROLE {user} LOGIN PASSWORD 'pw'")
             conn.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user}")
     try:
-        env = {"PENDING_JOBS_DATABASE_URL": url.set(username=user, password="pw").render_as_string(False),
-               "PENDING_JOBS_CALLBACK_SECRET": SECRET}
-        result = cli("check", "--json", env=env)
-        database = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "database")
-        assert (result.returncode, database["ok"]) == (3, False), result.stdout
+        env, database = _failed_database_check(url, user)
         assert "the database user may not: INSERT on pending_jobs, UPDATE on pending_jobs, DELETE on pending_jobs" \
             in database["detail"]
         assert check(env={**env, "PENDING_JOBS_DATABASE_URL": db_url})[0] == 0  # the owner passes
@@ -206,11 +214,7 @@ def test_check_fails_its_database_check_for_a_user_granted_two_tables_only(db_ur
             conn.exec_driver_sql(f"GRANT USAGE ON pending_jobs_id_seq, pending_job_runs_id_seq TO {user}")
         conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('echo', '{}')"))
     try:
-        env = {"PENDING_JOBS_DATABASE_URL": url.set(username=user, password="pw").render_as_string(False),
-               "PENDING_JOBS_CALLBACK_SECRET": SECRET}
-        result = cli("check", "--json", env=env)
-        database = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "database")
-        assert (result.returncode, database["ok"]) == (3, False), result.stdout
+        _, database = _failed_database_check(url, user)
         assert "SELECT on pending_job_paused_queues" in database["detail"]
         assert "on pending_jobs," not in database["detail"] and "on pending_job_runs," not in database["detail"]
     finally:
@@ -229,11 +233,7 @@ def test_check_fails_its_database_check_for_a_user_without_the_id_sequences(db_u
         conn.exec_driver_sql(f"CREATE ROLE {user} LOGIN PASSWORD 'pw'")
         conn.exec_driver_sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {user}")
     try:
-        env = {"PENDING_JOBS_DATABASE_URL": url.set(username=user, password="pw").render_as_string(False),
-               "PENDING_JOBS_CALLBACK_SECRET": SECRET}
-        result = cli("check", "--json", env=env)
-        database = next(c for c in json.loads(result.stdout)["checks"] if c["name"] == "database")
-        assert (result.returncode, database["ok"]) == (3, False), result.stdout
+        env, database = _failed_database_check(url, user)
         sequences = ", ".join(f"public.{table}_id_seq" for table in (
             "pending_job_audit", "pending_job_callback_attempts", "pending_job_errors", "pending_job_runs",
             "pending_jobs"))
