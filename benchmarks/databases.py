@@ -138,7 +138,15 @@ def fill(engine: sa.Engine, count: int, task: str = "bench.noop", run_at: dt.dat
     if source:
         with engine.begin() as conn:
             conn.execute(sa.text(f"INSERT INTO pending_jobs {columns} {source}"), {"n": count, "run_at": stored})
-    if backend == "postgresql" and analyze:
+    if analyze or backend != "postgresql":
+        analyzed(engine)
+
+
+def analyzed(engine: sa.Engine) -> None:
+    """The job table's statistics brought up to date, as autovacuum (or InnoDB's own) would have in production:
+    the runner's statements planned as they would be there, like the raw floor's (floor.setup)."""
+    backend = dialect_for(engine).name
+    if backend == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.exec_driver_sql("VACUUM ANALYZE pending_jobs")
     elif backend == "mysql":

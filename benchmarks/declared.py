@@ -38,7 +38,7 @@ from pending_jobs import enqueue_many
 from pending_jobs.store import create_engine
 
 from . import floor, measures
-from .databases import LABELS, reachable, throwaway
+from .databases import LABELS, analyzed, reachable, throwaway
 from .measures import BATCH, ROOT, _runner_command, _seconds_between
 
 CONCURRENCY = 4  # the runner's default handler threads
@@ -84,6 +84,7 @@ def drain(url: str, tables: dict[str, dict[str, Any]], jobs: list[dict[str, Any]
         engine = create_engine(url)
         try:
             enqueue_many(engine, jobs)
+            analyzed(engine)  # as the floor's table (floor.setup)
             env = {k: v for k, v in os.environ.items() if not k.startswith("PENDING_JOBS_")}
             env.update(PENDING_JOBS_MAX_RUNTIME="900", PENDING_JOBS_POLL="0", PENDING_JOBS_CONCURRENCY=str(concurrency),
                        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))

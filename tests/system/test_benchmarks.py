@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import measures
+from benchmarks import floor, measures
 from benchmarks.__main__ import run
+from benchmarks.databases import throwaway
 from benchmarks.report import Results, table
 from tests.conftest import ALL, _require
 
@@ -126,3 +127,22 @@ def test_flow_claims_print_each_claims_time_and_the_runners_cpu(backend: str,
         assert wall > 0 and cpu > 0
     assert "(+0.00)" in next(line for line in out.splitlines() if line.strip().startswith("no limits"))
     assert "drain of" not in out and "EXPLAIN" not in out and "rate limit" not in out
+
+
+@pytest.mark.parametrize("backend", [b for b in ALL if b != "sqlite"])
+def test_the_floor_finds_its_batch_through_the_primary_key(backend: str) -> None:
+    """The floor's table is analyzed once filled: without statistics PostgreSQL planned its UPDATE of a batch by
+    id as a scan of the whole table below ≈ 40,000 rows, a floor 30-50 % lower at 20,000 jobs than at 50,000."""
+    _require(backend)
+    with throwaway(backend, "floorplan", migrated=False) as url:
+        floor.setup(url, 20_000)
+        conn = floor.connect(url)
+        try:
+            cur = conn.cursor()
+            cur.execute(f"EXPLAIN UPDATE {floor.TABLE} SET status = 'running' WHERE id IN "
+                        f"({', '.join(['%s'] * measures.BATCH)})", list(range(1, measures.BATCH + 1)))
+            plan = " ".join(str(cell) for row in cur.fetchall() for cell in row)
+            conn.rollback()
+        finally:
+            conn.close()
+    assert "PRIMARY" in plan if backend == "mysql" else "pkey" in plan, plan
