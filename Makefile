@@ -48,6 +48,7 @@ property-long: install
 bench: bench-core
 	$(BIN)/python -m benchmarks.statements
 	$(BIN)/python -m benchmarks.declared
+	$(BIN)/python -m benchmarks.ceilings
 	$(BIN)/python -m benchmarks.flow
 	$(BIN)/python -m benchmarks.console
 	$(BIN)/python -m benchmarks.push

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import declared
+from benchmarks import ceilings, declared
 from tests.conftest import ALL, SERVERS, _require
 
 pytestmark = pytest.mark.slow
@@ -32,3 +32,13 @@ def test_the_bare_ceilings_run(backend: str) -> None:
     rates = declared.sql_bounds(backend, 300)
 
     assert len(rates) == len(declared.BOUNDS) and all(rate > 0 for rate in rates)
+
+
+@pytest.mark.parametrize("backend", SERVERS)
+@pytest.mark.parametrize("design", ceilings.DESIGNS)
+def test_the_status_change_ceilings_run_every_job_once(backend: str, design: str) -> None:
+    _require(backend)
+
+    rate = ceilings.ceiling(backend, 250, design)  # raises unless 250 jobs finished and 250 rows were inserted
+
+    assert rate > 0
