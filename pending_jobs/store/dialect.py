@@ -5,18 +5,18 @@ and nothing else asks which database it is. The store's verbs (base.py, ops.py, 
 
 - `cached(key, build)`: a hot-path statement built once per dialect, every varying value a bindparam;
 - `after(seconds)`: the database clock plus seconds (an SQL expression); `id_in()`: `id` is among the `ids`;
-- `lock_mark_return(...)`: lock due rows skipping locked ones, mark them, return their columns —
-  the job claim and the callback claim both use it; `lock_cap` locks a queue cap's row first (MySQL:
-  and counts its room), `room_limit` and `capped_ids` bound the claim by that room;
-- `due_queues`, `read_only`, `version_problem`, `estimate` (the planner's row count): what the runner and `check` ask;
-- `time_limit(conn, seconds)`: the database cancels the reads within it that run longer (joblist.py);
-- `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once; `insert_ignore(table)`
-  skips rows whose key exists (limit scopes, schedules); `upsert_add(table, column)` adds to it (totals);
-- `engine(url)`: an engine for job work (driver, session settings, pool hooks); `migrating`: DDL lock waits bounded;
-  `abandon(conn)`: close a timed-out handler's connection from the runner's thread;
-- `retryable`, `connection_lost`, `unavailable`, `session_changed`: what a driver error means, by its code;
-- `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`:
-  what a declared `sql` task (pending_jobs.declared) needs of its database.
+- `lock_mark_return(...)`: lock due rows skipping locked ones, mark them, return their columns — the job claim
+  and the callback claim both use it; `lock_cap` locks a queue cap's row first (MySQL: and counts its room),
+  `room_limit` and `capped_ids` bound the claim by that room;
+- `due_queues`, `read_only`, `version_problem`, `sequence_problem`, `estimate` (the planner's row count): what the
+  runner and `check` ask; `time_limit(conn, seconds)`: the database cancels longer reads within it (joblist.py);
+- `insert_jobs`, `insert_attempts`: inserts that return ids or take many rows at once; `insert_ignore(table)` skips
+  rows whose key exists (limit scopes, schedules); `upsert_add(table, column)` adds to it (totals);
+- `engine(url)`: an engine for job work (driver, session settings, pool hooks); `migrating`: DDL lock waits
+  bounded; `abandon(conn)`: close a timed-out handler's connection from the runner's thread; `retryable`,
+  `connection_lost`, `unavailable`, `session_changed`: what a driver error means, by its code;
+- `prepare_problem`, `with_timeout`, `inserted_id`, `integrity`, `timed_out`, `permanent`, `constraint_of`: what
+  a declared `sql` task (pending_jobs.declared) needs of its database.
 """
 
 from __future__ import annotations
@@ -42,12 +42,6 @@ S = TypeVar("S")
 BULK_CHUNK = 1000  # rows per multi-row INSERT
 
 
-def explain(conn: sa.Connection, how: str, stmt: sa.Select[Any], params: dict[str, Any]) -> sa.CursorResult[Any]:
-    """`how` (EXPLAIN and its options) of `stmt` with `params`, as the driver runs it."""
-    compiled = stmt.compile(dialect=conn.dialect)
-    return conn.exec_driver_sql(f"{how} {compiled}", compiled.construct_params(params))
-
-
 @dataclasses.dataclass(frozen=True)
 class Locked:
     """What `lock_mark_return` found: the rows, how many were marked, and whether read after the mark (RETURNING)."""
@@ -66,6 +60,7 @@ class Dialect:
     implicit_commits: ClassVar[frozenset[str]] = frozenset()  # first words of statements that commit on their own
     backslash_escapes: ClassVar[bool] = False  # whether \' inside a string literal is a quote, not its end
     lock_wait: ClassVar[tuple[str, str] | None] = None  # SQL bounding a session's lock waits, and resetting them
+    reuses_ids: ClassVar[bool] = False  # whether a deleted newest row's id is given to the next row (SQLite)
 
     def __init__(self) -> None:
         self._statements: dict[tuple[Any, ...], Any] = {}
@@ -183,7 +178,7 @@ class Dialect:
         """The constraint an integrity error names, as this database reports it."""
         return None
 
-    # -- statements ----------------------------------------------------------------------------
+    # -- statements, the clock and ids -----------------------------------------------------------
 
     def cached(self, key: tuple[Any, ...], build: Callable[[], S]) -> S:
         """A hot-path statement built once, every varying value a named bindparam: SQLAlchemy memoises its
@@ -192,8 +187,6 @@ class Dialect:
         if stmt is None:
             stmt = self._statements[key] = build()
         return stmt
-
-    # -- clock and ids ---------------------------------------------------------------------------
 
     def after(self, seconds: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """The database clock plus an SQL expression of seconds (float)."""
@@ -225,10 +218,9 @@ class Dialect:
         still: Callable[[], Sequence[sa.ColumnElement[bool]]] = tuple,
         room: Callable[[], sa.ColumnElement[int]] | None = None,
     ) -> Locked:
-        """Lock the rows `select(columns)` finds (ordered and limited; locked rows are skipped), set
-        `mark()` on them and return `columns` (the first is the id). `still()` is what the rows must
-        still satisfy when marked by id (MySQL); here one UPDATE … RETURNING does all of it. `room()`,
-        a queue cap's room, bounds how many are marked: here `select` holds it in its LIMIT (room_limit)."""
+        """Lock the rows `select(columns)` finds (ordered, limited, skipping locked ones), set `mark()` on them and
+        return `columns` (the first is the id). `still()`: what rows must still satisfy when marked by id (MySQL);
+        here one UPDATE … RETURNING does it all. `room()`, a queue cap's room, bounds them: in `select`'s LIMIT."""
 
         def build() -> sa.Update:
             locked = select([J.c.id]).with_for_update(skip_locked=True).scalar_subquery()
@@ -263,15 +255,13 @@ class Dialect:
         params: dict[str, Any],
         free: Callable[[], sa.ColumnElement[bool]],
     ) -> tuple[Sequence[Row[Any]], Sequence[Row[Any]]] | None:
-        """Lock what `select` finds, mark at once the rows `free()` holds for, and return (marked rows,
-        rows left locked but unmarked), each with `columns`, in one statement; None where the database
-        cannot (then the caller reads and marks in steps). The limited claim's shortcut on PostgreSQL."""
+        """Lock what `select` finds, mark at once the rows `free()` holds for, return (marked, locked but unmarked)
+        rows with `columns`, in one statement: the limited claim's shortcut on PostgreSQL; None elsewhere."""
         return None
 
     def unreadable_time(self, column: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
-        """A condition true where a time column holds something that is not a time Python can hold (it reads
-        as None, models.utc), or None where the column's type makes that impossible. Such a run_at may still
-        be due by the database's own comparison: `never_due` asks that too."""
+        """A condition true where a time column holds what Python cannot hold as a time (read as None, models.utc),
+        or None where its type rules that out. Such a run_at may still be due by the database's own comparison."""
         return None
 
     def never_due(self, run_at: sa.ColumnElement[Any]) -> sa.ColumnElement[bool] | None:
@@ -312,6 +302,12 @@ class Dialect:
         does not say (SQLite's EXPLAIN QUERY PLAN has no row counts)."""
         return None
 
+
+    @staticmethod
+    def explain(conn: sa.Connection, how: str, stmt: sa.Select[Any], params: dict[str, Any]) -> sa.CursorResult[Any]:
+        """`how` (EXPLAIN and its options) of `stmt` with `params`, as the driver runs it (for `estimate`)."""
+        compiled = stmt.compile(dialect=conn.dialect)
+        return conn.exec_driver_sql(f"{how} {compiled}", compiled.construct_params(params))
     def time_limit(self, conn: sa.Connection, seconds: float) -> contextlib.AbstractContextManager[None]:
         """Within it, a statement of this transaction that runs longer than `seconds` is cancelled, raising
         an error `timed_out` recognises; where the database cannot, statements run to their end."""
@@ -330,6 +326,10 @@ class Dialect:
 
     def version_problem(self, conn: sa.Connection) -> str | None:
         """Why this server is too old for pending-jobs, or None."""
+        return None
+
+    def sequence_problem(self, conn: sa.Connection, columns: Sequence[sa.Column[int]]) -> str | None:
+        """Why the user may not draw the ids of `columns` (where ids need a grant of their own), or None."""
         return None
 
     # -- inserts ---------------------------------------------------------------------------------

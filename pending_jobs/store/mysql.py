@@ -23,7 +23,7 @@ from ..schema import callback_attempts, db_now
 from ..schema import limits as L
 from ..schema import pending_jobs as J
 from . import mysql_connect
-from .dialect import Dialect, Locked, explain
+from .dialect import Dialect, Locked
 from .mysql_hosts import NOT_READY, galera_aware, split_hosts
 
 DEADLOCK = 1213  # the whole transaction was rolled back: run it again
@@ -292,7 +292,7 @@ class MySQL(Dialect):
     def estimate(self, conn: sa.Connection, stmt: sa.Select[Any], params: dict[str, Any]) -> int | None:
         # InnoDB dives into the index at both ends of the range: live, not from stored statistics, but
         # extrapolated over a long range (1.8 times too high at 180,000 rows in benchmarks.console).
-        row = explain(conn, "EXPLAIN", stmt, params).mappings().first()
+        row = self.explain(conn, "EXPLAIN", stmt, params).mappings().first()
         return int(row["rows"]) if row is not None and row["rows"] is not None else None
 
     def read_only(self, conn: sa.Connection) -> str | None:

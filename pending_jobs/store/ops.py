@@ -117,13 +117,10 @@ class OpsStore:
         """Why the database user may not draw new rows' ids (PostgreSQL's sequences), with the GRANT that lets it, or
         None. `missing_privileges`' INSERTs add no row, so draw no id: a user granted every verb on every table but
         no USAGE on the sequences passed `check`, and the first `enqueue` or run record was refused."""
-        probe = getattr(self.sql, "sequence_problem", None)  # only where ids need a grant of their own
-        if probe is None:
-            return None
         columns = [table.autoincrement_column for table in metadata.sorted_tables]
         with self.store.engine.connect() as conn:
             try:
-                return probe(conn, [column for column in columns if column is not None])  # type: ignore[no-any-return]
+                return self.sql.sequence_problem(conn, [column for column in columns if column is not None])
             except sa.exc.DBAPIError as error:
                 if self.sql.unavailable(error):
                     raise DatabaseUnavailable(db.describe(error)) from None
@@ -306,7 +303,7 @@ class OpsStore:
         where: tuple[sa.ColumnElement[bool], ...] = (
             J.c.status.in_(wanted), J.c.finished_at < self.ago(older_than),
             sa.or_(J.c.callback_status.is_(None), J.c.callback_status != CALLBACK_PENDING))
-        if getattr(self.sql, "reuses_ids", False):  # SQLite (sqlite.py)
+        if self.sql.reuses_ids:  # SQLite (sqlite.py)
             # The newest job stays until a newer one exists: deleting it gave its id to the next job (SQLite's
             # max(rowid) + 1), and a push token, a console link or an id the application kept named another job.
             where += (J.c.id < sa.select(sa.func.max(J.c.id)).scalar_subquery(),)

@@ -19,7 +19,7 @@ from ..errors import ConfigError
 from ..schema import callback_attempts, db_now
 from ..schema import pending_jobs as J
 from . import postgres_grants, postgres_probe
-from .dialect import Dialect, explain
+from .dialect import Dialect
 from .hang import Probe
 from .postgres_listen import CHANNEL, Listener
 
@@ -263,7 +263,7 @@ class Postgres(Dialect):
 
     def estimate(self, conn: sa.Connection, stmt: sa.Select[Any], params: dict[str, Any]) -> int | None:
         # From the table's statistics (ANALYZE, autovacuum): as fresh as the last analyze.
-        plan = explain(conn, "EXPLAIN (FORMAT JSON)", stmt, params).scalar_one()
+        plan = self.explain(conn, "EXPLAIN (FORMAT JSON)", stmt, params).scalar_one()
         return int(plan[0]["Plan"]["Plan Rows"])
 
     def read_only(self, conn: sa.Connection) -> str | None:
