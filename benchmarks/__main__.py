@@ -13,7 +13,7 @@ from typing import Any
 
 from . import measures
 from .databases import LABELS, reachable
-from .report import Results, document, notes, table
+from .report import Results, document, kept, notes, table
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
 
@@ -96,10 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = "python -m benchmarks " + shlex.join(a for a in (argv if argv is not None else sys.argv[1:])
                                                       if a != "--write-docs")
         DOCS.parent.mkdir(exist_ok=True)
-        # The sections from "Console" on are measured by other benchmarks (console, cron, push) and kept.
+        # Only the measured head (machine, results, notes) is rewritten: the sections from "What the hot path does"
+        # on hold profiles and other benchmarks' figures written by hand, and are kept as they are.
         previous = DOCS.read_text() if DOCS.exists() else ""
-        console = previous[previous.find("\n## Console"):] if "\n## Console" in previous else ""
-        DOCS.write_text(document(results, sizes.jobs, sizes.rounds, command.strip()) + console)
+        DOCS.write_text(document(results, sizes.jobs, sizes.rounds, command.strip(), kept(previous)))
         print(f"\nwrote {DOCS}")
     return 0
 

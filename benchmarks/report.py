@@ -52,7 +52,7 @@ def rows(results: Sequence[Results]) -> list[tuple[str, list[str], str]]:
         for result in results:
             try:
                 out.append(render(result))  # type: ignore[operator]
-            except (AttributeError, KeyError, TypeError):
+            except (AssertionError, AttributeError, KeyError, TypeError):  # a measure that did not run: n/a
                 out.append(NA)
         return out
 
@@ -158,8 +158,14 @@ def versions(backends: Sequence[str]) -> list[str]:
     return out
 
 
-def document(results: Sequence[Results], jobs: int, rounds: int, command: str) -> str:
-    """docs/performance.md."""
+def kept(previous: str) -> str | None:
+    """The part of an existing docs/performance.md that `document` keeps: from "What the hot path does" on."""
+    start = previous.find(HOT_PATH[0])
+    return previous[start:] if start >= 0 else None
+
+
+def document(results: Sequence[Results], jobs: int, rounds: int, command: str, rest: str | None = None) -> str:
+    """docs/performance.md: the measured head, then `rest` (what `kept` found), or the sections that start it."""
     backends = [r.backend for r in results]
     lines = [
         "# Performance",
@@ -192,10 +198,8 @@ def document(results: Sequence[Results], jobs: int, rounds: int, command: str) -
         "- RSS: ru_maxrss of a `run --max-jobs` subprocess on the large backlog (os.wait4).",
         "- Other work on the same machine makes figures noisy; ratios are taken within one invocation.",
         "",
-        *HOT_PATH,
-        *MISSES,
     ]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n" + (rest if rest is not None else "\n".join([*HOT_PATH, *MISSES]))
 
 
 HOT_PATH = [
