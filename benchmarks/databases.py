@@ -139,16 +139,17 @@ def fill(engine: sa.Engine, count: int, task: str = "bench.noop", run_at: dt.dat
         with engine.begin() as conn:
             conn.execute(sa.text(f"INSERT INTO pending_jobs {columns} {source}"), {"n": count, "run_at": stored})
     if analyze or backend != "postgresql":
-        analyzed(engine)
+        analyzed(engine, vacuum=True)
 
 
-def analyzed(engine: sa.Engine) -> None:
+def analyzed(engine: sa.Engine, vacuum: bool = False) -> None:
     """The job table's statistics brought up to date, as autovacuum (or InnoDB's own) would have in production:
-    the runner's statements planned as they would be there, like the raw floor's (floor.setup)."""
+    the runner's statements planned as they would be there, like the raw floor's (floor.setup, which is not
+    vacuumed either: fresh jobs are claimed before a vacuum comes). `vacuum`: VACUUM too on PostgreSQL."""
     backend = dialect_for(engine).name
     if backend == "postgresql":
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql("VACUUM ANALYZE pending_jobs")
+            conn.exec_driver_sql("VACUUM ANALYZE pending_jobs" if vacuum else "ANALYZE pending_jobs")
     elif backend == "mysql":
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE TABLE pending_jobs")
