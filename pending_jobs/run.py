@@ -82,7 +82,7 @@ def run_once(store: Store, tasks: dict[str, Task], settings: Settings, *, job_id
     try:
         run_id = runs.start_run(socket.gethostname(), os.getpid())
         store.check_writable()
-        rescue(store, report, tasks)
+        rescue(store, report, tasks, tables.queues)
         if recurring:
             enqueue_schedules(ScheduleStore(store), recurring)
             if settings.poll > 0:
@@ -335,7 +335,8 @@ class _Segments:
 
     def _delta(self) -> RunReport:
         """What was done since the last row (the report keeps counting the whole process)."""
-        now = {name: getattr(self.report, name) for name in RunReport.STORED}
-        delta = RunReport(**{name: now[name] - getattr(self._counted, name) for name in RunReport.STORED})
+        counted = (*RunReport.STORED, "held")  # held: no column of the runs table, but its metrics have it
+        now = {name: getattr(self.report, name) for name in counted}
+        delta = RunReport(**{name: now[name] - getattr(self._counted, name) for name in counted})
         self._counted = RunReport(**now)
         return delta

@@ -160,10 +160,13 @@ def _completion(token: str, group: list[Outcome]) -> Completion:
     return Completion(token, succeeded=succeeded, retried=retried, failed=failed, held=held)
 
 
-def rescue(store: JobStore, report: RunReport, tasks: Mapping[str, Task] | None = None) -> None:
+def rescue(store: JobStore, report: RunReport, tasks: Mapping[str, Task] | None = None,
+           held_queues: Iterable[str] = ()) -> None:
     """Rescue expired leases, counted in the report: the jobs it fails or cancels are outcomes of this run.
-    `tasks`: the run's, whose own `max_attempts` the rescue keeps as well as each row's."""
-    rescued = store.rescue_expired(attempt_limits(tasks or {}))
+    `tasks`: the run's, whose own `max_attempts` the rescue keeps as well as each row's; the jobs of its held
+    tasks and of `held_queues` were claimed only to be put back (held.py): their attempt is not counted."""
+    held = ({name for name, task in (tasks or {}).items() if task.held}, set(held_queues))
+    rescued = store.rescue_expired(attempt_limits(tasks or {}), held)
     report.rescued += rescued.total
     report.failed += rescued.failed
     report.cancelled += rescued.cancelled

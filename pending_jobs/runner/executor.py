@@ -140,6 +140,12 @@ class Executor:
             return Outcome(job, "dropped")
         return self.failure(job, f"could not commit the handler's transaction: {error_text}", COMMIT_RETRY_DELAY)
 
+    def hold(self, job: ClaimedJob) -> Outcome | None:
+        """The `held` outcome of a job of a held task or queue, or None for any other job."""
+        task = self.tasks.get(job.task)
+        reason = (task.held if task is not None else "") or self.held_queues.get(job.queue, "")
+        return self._hold(job, reason) if reason else None
+
     def _hold(self, job: ClaimedJob, reason: str) -> Outcome:
         """Put the job back, its attempt uncounted, until its config table is fixed (held.py)."""
         if reason not in self._told:  # once a run: a backlog of held jobs would fill the log

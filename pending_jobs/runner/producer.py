@@ -22,7 +22,7 @@ from .completer import Completer, rescue
 from .executor import Executor
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
-from .waiting import CANCEL_LOOK, behind_long, cancel_waiting, put_back_unstarted, release_unstarted
+from .waiting import CANCEL_LOOK, behind_long, cancel_waiting, hold_at_once, put_back_unstarted, release_unstarted
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ class Producer:
                  hand_off: Callable[[], bool] | None = None, on_callbacks_due: Callable[[], None] | None = None,
                  on_stop_claiming: Callable[[], None] | None = None) -> None:
         self.store, self.executor = store, executor
-        self.settings = settings
-        self.report = report
+        self.settings, self.report = settings, report
         self.owner = owner
         self.hand_off = hand_off  # asked now and then while serving: True when another run is ready to take over
         self.on_stop_claiming = on_stop_claiming  # the host lock: the next run serves while our last jobs end
@@ -192,6 +191,7 @@ class Producer:
 
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
         self.report.claimed += len(jobs)
+        jobs = hold_at_once(jobs, self.executor, self.completer)  # held.py: not behind the jobs ahead of them
         self._held += len(jobs)
         self.pool.submit_all(self.worker.split(jobs, self.settings.concurrency - self.pool.busy))
 
@@ -213,7 +213,7 @@ class Producer:
             self._last_beat = now
         if now >= self._next_rescue:
             self._next_rescue = now + RESCUE_EVERY
-            rescue(self.store, self.report, self.executor.tasks)
+            rescue(self.store, self.report, self.executor.tasks, self.executor.held_queues)
         if (back := behind_long(self.pool, self.store, self.report, self.settings.concurrency, now - LONG_JOB)) >= 0:
             self._held, self._next_claim = self._held - back, float("inf")  # until a job ends (_collect)
         if now >= self._next_cancel_look:  # jobs claimed ahead an operator cancelled end before they start

@@ -3,7 +3,7 @@ store both implement. Nothing here knows SQL; the runner never touches an engine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, Protocol
 
 from ..context import HandlerTransaction
@@ -61,9 +61,11 @@ class JobStore(Protocol):
     def cancels_asked(self, ids: Sequence[int]) -> set[int]:
         """Those of these jobs an operator asked to cancel (`cancel` of a running job)."""
 
-    def rescue_expired(self, task_limits: Mapping[str, int] | None = None) -> Rescued:
+    def rescue_expired(self, task_limits: Mapping[str, int] | None = None,
+                       held: tuple[Collection[str], Collection[str]] = ((), ())) -> Rescued:
         """Running jobs whose lease expired (their runner died): back to pending, failed (attempts spent: the
-        row's, or its task's own limit in `task_limits`) or cancelled."""
+        row's, or its task's own limit in `task_limits`) or cancelled; those of the `held` (tasks, queues)
+        back to pending, their attempt uncounted."""
 
     def get(self, job_id: int) -> Job | None:
         """One whole row (to say why `run --job` found nothing to run)."""

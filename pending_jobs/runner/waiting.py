@@ -11,6 +11,8 @@ import logging
 
 from ..models import ClaimedJob, Outcome, RunReport
 from ..workers import WorkerPool
+from .completer import Completer
+from .executor import Executor
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
 
@@ -99,3 +101,15 @@ def cancel_waiting(pool: Pool, store: JobStore, worker: Worker) -> list[Outcome]
         if job.id in asked:
             log.info("job %d (%s) %s", job.id, job.task, CANCELLED_WAITING)
     return [Outcome(job, "failed", error=CANCELLED_WAITING, cancelling=True) for job in jobs if job.id in asked]
+
+
+def hold_at_once(jobs: list[ClaimedJob], executor: Executor, completer: Completer) -> list[ClaimedJob]:
+    """The jobs but those of held tasks and queues (held.py), whose `held` outcomes go to `completer` now. In the
+    pool they waited for a worker behind the jobs ahead of them, `running`: out of every other runner's reach, a
+    slot of their queue's max_running taken, and left to the rescue by a runner killed meanwhile."""
+    held = [outcome for job in jobs if (outcome := executor.hold(job)) is not None]
+    if not held:
+        return jobs
+    completer.add(held)
+    back = {outcome.job.id for outcome in held}
+    return [job for job in jobs if job.id not in back]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from operator import attrgetter
 from typing import Any, TypeVar
 
@@ -349,11 +349,12 @@ class Store:
         params = {"ids": [job_id for job_id, _ in held], "tokens": sorted({token for _, token in held})}
         return self.transaction(lambda conn: int(conn.execute(stmt, params).rowcount))
 
-    def rescue_expired(self, task_limits: Mapping[str, int] | None = None) -> Rescued:
+    def rescue_expired(self, task_limits: Mapping[str, int] | None = None,
+                       held: tuple[Collection[str], Collection[str]] = ((), ())) -> Rescued:
         """Running jobs whose lease expired (or that have none): back to pending, failed when attempts
         are spent (the row's, or `task_limits[task]` when fewer), or cancelled when an operator asked for
-        that; see rescue.py."""
-        return rescue_expired(self, task_limits)
+        that; those of `held` (tasks, queues) back uncounted; see rescue.py."""
+        return rescue_expired(self, task_limits, held)
 
     def get(self, job_id: int) -> Job | None:
         """One whole row, or None."""

@@ -4,6 +4,7 @@ attempt uncounted, and run once the table is fixed (held.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from typing import Any
 
@@ -79,6 +80,22 @@ def test_a_held_job_an_operator_cancels_ends_cancelled(users: sa.Engine, store: 
     assert job.last_error is not None and "held it back" in job.last_error
 
 
+def test_a_held_job_is_put_back_at_once_not_after_the_jobs_ahead_of_it(users: sa.Engine, store: Store,
+                                                                      run_declared: Any) -> None:
+    # Claimed with a slow job ahead of it and one worker, a held job waited its turn in the pool, `running`:
+    # out of reach of other runners, a slot of its queue's max_running for them, and a runner killed meanwhile
+    # left it to the rescue. Nothing runs it: it goes back as soon as it is claimed.
+    slow = enqueue(users, "sleep", {"seconds": 1.8}, priority=5)
+    held = enqueue(users, "note", {"note": "x"})
+
+    report = run_declared({"note": BROKEN}, concurrency=1, batch_size=10)
+
+    assert (report.succeeded, report.held) == (1, 1), report
+    put_back, finished = outcome(store, held).updated_at, outcome(store, slow).finished_at
+    assert put_back is not None and finished is not None
+    assert (finished - put_back).total_seconds() >= 1.0, (put_back, finished)
+
+
 def test_held_jobs_take_no_limit_from_the_jobs_that_run(users: sa.Engine, store: Store, run_declared: Any) -> None:
     # Held jobs first in claim order: a held task's job in a rate-limited queue, and a job of a rate-limited
     # task in a held queue. Admitted under those limits, they took the only tokens and were put back unrun: the
@@ -93,3 +110,24 @@ def test_held_jobs_take_no_limit_from_the_jobs_that_run(users: sa.Engine, store:
     assert (report.held, report.succeeded) == (2, 1), report
     assert outcome(store, good).status == "succeeded"
     assert outcome(store, held_task).status == outcome(store, held_queue).status == "pending"
+
+
+def test_a_held_job_whose_runner_died_before_putting_it_back_is_not_counted(users: sa.Engine, store: Store,
+                                                                           run_declared: Any) -> None:
+    # A runner claims held jobs to put them back; killed (kill -9) in between, the next run's rescue counted
+    # the attempt they never ran: a `max_attempts = 1` job ended failed, unrun, and each crash cost one more.
+    task_job = enqueue(users, "note", {"note": "x"}, max_attempts=1)
+    queue_job = enqueue(users, "noop", {}, queue="mail", max_attempts=1)
+    for queue in ("default", "mail"):  # the dead runner's claims, then its lease runs out
+        assert len(store.claim(queue, 10, "killed-runner", 60).jobs) == 1
+    with users.begin() as conn:
+        conn.execute(sa.text("UPDATE pending_jobs SET lease_expires_at = :t"), {"t": dt.datetime(2000, 1, 1)})
+
+    report = run_declared({"note": BROKEN}, queue_tables={"mail": {"max_running": "two"}})
+
+    assert (report.rescued, report.failed, report.held) == (2, 0, 2), report  # rescued uncounted, then held
+    for job_id in (task_job, queue_job):
+        job = outcome(store, job_id)
+        assert (job.status, job.attempts, job.started_at) == ("pending", 0, None), job
+        assert job.last_error is not None and "held back, not run" in job.last_error, job
+    assert scalar(users, "SELECT COUNT(*) FROM pending_job_errors") == 0  # no attempt ran: none recorded

@@ -14,7 +14,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Literal
 
 from pending_jobs.models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Together
@@ -225,7 +225,8 @@ class MemoryStore:
                     renewed += 1
             return renewed
 
-    def rescue_expired(self, task_limits: Mapping[str, int] | None = None) -> Rescued:
+    def rescue_expired(self, task_limits: Mapping[str, int] | None = None,
+                       held: tuple[Collection[str], Collection[str]] = ((), ())) -> Rescued:
         with self.lock:
             counts = {"pending": 0, "failed": 0, "cancelled": 0}
             for row in self.rows.values():
