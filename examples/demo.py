@@ -90,7 +90,8 @@ def main() -> None:
     print(f"   jobs {email} (with callback), {resize} (fails once), {report} (due in 1 h), and one unknown task "
           "(one attempt)")
 
-    print("\n== pending-jobs run -v   (what cron starts every minute)")
+    # --drain: cron's plain `run` serves on (up to an hour) until the next tick's run takes over.
+    print("\n== pending-jobs run --drain -v   (cron starts `run`, which serves on; --drain stops when nothing is due)")
     print(pending_jobs("run", "--drain", "-v", env=env), end="")
     print(f"\n== pending-jobs run --job {resize}   (the failed job's retry, run now instead of after its backoff)")
     print(pending_jobs("run", "--job", resize, "-v", env=env), end="")

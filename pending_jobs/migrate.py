@@ -119,6 +119,21 @@ def require_head(engine: sa.Engine) -> None:
     )
 
 
+def require_tables(engine: sa.Engine) -> None:
+    """Raise SchemaNotCurrent naming the tables of head this database lacks, in one query. The version table says
+    which migrations ran, not that their tables are still there (a dump restored without one): a run claimed jobs,
+    then could not record them (a traceback, exit 1, the jobs `running` until their lease expired, every tick).
+    `check` (missing_objects) names columns, indexes and constraints too."""
+    tables = set(sa.inspect(engine).get_table_names())
+    missing = [table.name for table in metadata.sorted_tables if table.name not in tables]
+    if missing:
+        raise SchemaNotCurrent(
+            f"database schema is at {head()}, but this database has no table {', '.join(missing)}: restore them (the "
+            "DDL of `pending-jobs migrate --sql` names each) or migrate a new database; `pending-jobs check` lists "
+            "anything else missing"
+        )
+
+
 def missing_objects(engine: sa.Engine) -> list[str]:
     """What the schema at head should hold and this database lacks (tables, columns, indexes, CHECKs, the view),
     by name: the version table alone says which migrations ran, not that their objects are all still there (DDL
@@ -141,5 +156,5 @@ def missing_objects(engine: sa.Engine) -> list[str]:
     return missing
 
 
-__all__ = ["VERSION_TABLE", "current", "downgrade", "head", "known", "missing_objects", "require_head", "upgrade",
-           "upgrade_sql"]
+__all__ = ["VERSION_TABLE", "current", "downgrade", "head", "known", "missing_objects", "require_head",
+           "require_tables", "upgrade", "upgrade_sql"]

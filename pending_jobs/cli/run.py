@@ -95,6 +95,7 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
     engine, store = common.open_database(settings, pool_size=settings.concurrency + 3)
     store.check_version()
     migrate.require_head(engine)
+    migrate.require_tables(engine)
     if args.verbose:
         for warning in config_warnings(settings):
             common.eprint(f"warning: {warning}")

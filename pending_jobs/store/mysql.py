@@ -100,6 +100,7 @@ class MySQL(Dialect):
         return url.update_query_dict({"charset": "utf8mb4"})
 
     def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
+        mysql_connect.refuse_no_database(url)
         url, hosts = split_hosts(url)
         # Gap locks under REPEATABLE READ make claims block producers' INSERTs: READ COMMITTED avoids them.
         options.setdefault("isolation_level", "READ COMMITTED")

@@ -58,6 +58,14 @@ def _on_this_machine(url: sa.URL) -> bool:
     return local and not any(key.startswith("ssl") for key in url.query)
 
 
+def refuse_no_database(url: sa.URL) -> None:
+    """ConfigError for a URL that names no database (`mysql://root@127.0.0.1`): the server takes the connection,
+    then SQLAlchemy's lookup of the schema failed an assertion, "unexpected error", traceback and exit 1."""
+    if not url.database:
+        raise ConfigError(f"database_url {url.render_as_string(hide_password=True)} names no database: give it "
+                          "after the host (mysql://user:password@host/DATABASE)")
+
+
 def refuse_bad_parameters(engine: sa.Engine) -> None:
     """ConfigError for a URL parameter PyMySQL would refuse at the first connection with a TypeError (`?sslmode=`,
     copied from a PostgreSQL or PHP DSN), an AttributeError (`?ssl=true`) or a FileNotFoundError (an `ssl_ca`

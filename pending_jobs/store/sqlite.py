@@ -63,6 +63,10 @@ class SQLite(Dialect):
     reuses_ids: ClassVar[bool] = True  # no AUTOINCREMENT: a new row gets max(id) + 1, a deleted newest id again
 
     def engine(self, url: sa.URL, pool_size: int, create: bool = True, **options: Any) -> sa.Engine:
+        if url.host:  # sqlite://jobs.sqlite3: the driver ignores a host, so it was a database in memory (or `/x`)
+            raise ConfigError(f"database_url: {url.render_as_string(hide_password=True)} reads {url.host} as a host, "
+                              f"not a file: give the file after three slashes (sqlite:///{url.host}, "
+                              "sqlite:////abs/path/jobs.sqlite3)")
         path = _file_of(url)
         if path is None:  # SQLAlchemy's pool for it took no max_overflow: a TypeError and a traceback
             raise ConfigError("database_url: an in-memory SQLite database lives in one connection, and a run uses "

@@ -114,6 +114,9 @@ def test_an_sqlite_url_no_run_can_use_is_one_line_and_exit_2(tmp_path: Path) -> 
         ("sqlite://", memory),
         ("sqlite:///:memory:", memory),
         ("sqlite:///file:jobs?mode=memory&uri=true", memory),
+        # two slashes: the file name is read as a host and the database was "in memory", which nobody asked for
+        ("sqlite://jobs.sqlite3", "database_url: sqlite://jobs.sqlite3 reads jobs.sqlite3 as a host, not a file: give "
+                                  "the file after three slashes (sqlite:///jobs.sqlite3, sqlite:////abs/path/jobs.sqlite3)"),
         (f"sqlite:///{tmp_path}", f"database_url: {tmp_path} is a folder, not an SQLite file"),
         (f"sqlite:///file:{tmp_path / 'typo.db'}?uri=true", f"database_url: there is no SQLite file "
                                                              f"{tmp_path / 'typo.db'} (a typo? `pending-jobs migrate` "
@@ -130,6 +133,22 @@ def test_an_sqlite_url_no_run_can_use_is_one_line_and_exit_2(tmp_path: Path) -> 
 def test_run_job_that_is_not_pending_exits_1(db_url: str) -> None:
     result = cli("run", "--job", "999", env={"PENDING_JOBS_DATABASE_URL": db_url})
     assert result.returncode == 1 and "job 999 is missing, not pending" in result.stderr
+
+
+def test_a_run_on_a_database_missing_a_table_exits_2_before_it_claims(db_url: str, engine: sa.Engine) -> None:
+    """A table of the schema gone (a dump restored without it) while the version table says head: the run claimed
+    the job, could not record its failure, printed a traceback ("unexpected error", exit 1) and left it `running`
+    until its lease expired; every cron tick did the same."""
+    env = {"PENDING_JOBS_DATABASE_URL": db_url}
+    assert cli("enqueue", "fail_now", env=env).stdout == "1\n"
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE pending_job_errors"))
+    result = cli("run", env=env)
+    assert result.returncode == 2, result.stderr
+    assert "no table pending_job_errors" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert [tuple(row) for row in rows(engine, "SELECT status, attempts FROM pending_jobs WHERE id = 1")] == [
+        ("pending", 0)]
 
 
 def test_unreachable_database_exits_75(tmp_path: Path) -> None:
@@ -183,6 +202,20 @@ def test_a_database_url_option_the_driver_refuses_exits_2_with_one_line() -> Non
         result = cli("run", env={"PENDING_JOBS_DATABASE_URL": url})
         assert result.returncode == 2, (url, result.stderr)
         assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, (url, result.stderr)
+
+
+def test_a_mysql_url_without_a_database_exits_2_with_one_line() -> None:
+    """`mysql://root@127.0.0.1` (the database name left out, or `/` alone): SQLAlchemy's AssertionError when the
+    schema was looked up, "unexpected error", a traceback and exit 1 from every command, `check` included."""
+    for url in ("mysql://root@127.0.0.1", "mysql://root@127.0.0.1/", "mariadb://root@127.0.0.1:3306/?charset=utf8mb4"):
+        for command in (["status"], ["migrate"], ["enqueue", "x"], ["list"]):
+            result = cli(*command, env={"PENDING_JOBS_DATABASE_URL": url})
+            assert result.returncode == 2, (url, command, result.stderr)
+            assert "names no database" in result.stderr, (url, command, result.stderr)
+            assert len(result.stderr.strip().splitlines()) == 1, (url, command, result.stderr)
+        checked = cli("check", env={"PENDING_JOBS_DATABASE_URL": url})
+        assert checked.returncode == 2 and "names no database" in checked.stdout, (url, checked.stdout, checked.stderr)
+        assert "Traceback" not in checked.stderr, checked.stderr
 
 
 def test_a_database_url_that_is_not_utf8_exits_2_with_one_line() -> None:
