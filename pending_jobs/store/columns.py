@@ -66,8 +66,9 @@ heartbeat renews it to now + lease."""
 def one_more(counter: sa.ColumnElement[int]) -> sa.ColumnElement[int]:
     """`counter + 1`, except at the column's largest value: a producer's row may hold any number, and an
     overflowing `+ 1` would fail the whole claim statement (every job of the batch) instead of this one
-    job, which the runner then finds out of attempts and fails with the reason."""
-    return sa.case((counter >= COUNT_MAX, counter), else_=counter + 1)
+    job, which the runner then finds out of attempts and fails with the reason. Below zero (a producer's row too)
+    it counts from zero, as the runner reads it (models.count): -1 + 1 said no attempt was made after one."""
+    return sa.case((counter >= COUNT_MAX, counter), (counter < 0, 1), else_=counter + 1)
 
 
 def due_in(queue: str | sa.BindParameter[str]) -> tuple[sa.ColumnElement[bool], ...]:

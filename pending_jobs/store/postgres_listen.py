@@ -29,6 +29,10 @@ class Listener:
                 fairy.detach()  # never back to the pool with LISTEN state on it
                 self.conn.autocommit = True
                 self.conn.execute(f"LISTEN {CHANNEL}")
+                # A job inserted before this LISTEN notified nobody: after the run's first claim (made beside
+                # this first wait), or while the connection was lost. Say so once: the run claims again now,
+                # instead of at its next poll (a minute where a run relies on the push).
+                return True
             return any(True for _ in self.conn.notifies(timeout=seconds, stop_after=1))
         except Exception as error:  # a restart or a cut: listen again next time; meanwhile the poll serves
             log.debug("LISTEN %s lost its connection: %s", CHANNEL, error)

@@ -102,7 +102,10 @@ def test_callbacks_off_and_only(db_url: str, engine: sa.Engine, tmp_path: Path) 
 def test_postgresql_wakes_a_serving_run_at_once(db_url: str, engine: sa.Engine, tmp_path: Path) -> None:
     run = serving(db_url, tmp_path, PENDING_JOBS_POLL="60")  # without the push, a minute's wait
     try:
-        time.sleep(2.0)  # started and listening
+        # Listening: a fixed 2 s let a loaded machine's INSERT come before the LISTEN, when the run served it
+        # without the push (its first claim) or only at its next poll (the INSERT just after that claim).
+        until(lambda: scalar(engine, "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() "
+                                     "AND query = 'LISTEN pending_jobs'"), seconds=40.0)
         with engine.begin() as conn:  # a producer's plain INSERT (PHP, psql) wakes it through the trigger
             conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('echo', '{}')"))
         until(lambda: scalar(engine, "SELECT status FROM pending_jobs") == "succeeded", seconds=10.0)
@@ -138,16 +141,19 @@ def test_a_cron_run_busy_with_a_long_job_reports_that_it_is_alive(db_url: str, e
     env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT), "PENDING_JOBS_TASKS": "tests.jobs",
            "PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_LOCK_FILE": str(tmp_path / "serve.lock"),
            "PENDING_JOBS_POLL": "0.05", "PENDING_JOBS_MAX_RUNTIME": "1"}
-    long_one = enqueue(engine, "sleep", {"seconds": 6})  # outlasts the two segments with room to spare
+    go = tmp_path / "go"
+    # Runs until the test creates `go`: a 6 s job gave start-up and two 0.5 s segments 5.5 s, and a loaded
+    # machine's start-up took longer (the segments' rows came after the wait had given up).
+    long_one = enqueue(engine, "wait_for_go", {"go": str(go)})
     run = subprocess.Popen([sys.executable, "-c", code], env=env, cwd=ROOT, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True)
     try:
-        # From the start of the process: two 0.5 s segments end at start-up + 1 s (1.5 s here, 2.4 s with
-        # both cores busy), long before the job does.
+        # Two 0.5 s segments end at start-up + 1 s, while the job still runs.
         until(lambda: scalar(engine, "SELECT COUNT(*) FROM pending_job_runs WHERE finished_at IS NOT NULL") >= 2,
-              seconds=5.5)
+              seconds=40.0)
         assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == "running"
     finally:
+        go.touch()
         _, err = run.communicate(timeout=30)
     assert run.returncode == 0, err
     assert scalar(engine, f"SELECT status FROM pending_jobs WHERE id = {long_one}") == "succeeded"
