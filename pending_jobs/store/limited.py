@@ -116,7 +116,8 @@ class LimitedStore(Store):
             room, hint, first = self._queue_room(conn, queue, missing)
             if room is not None and room < 1:
                 self._full[queue] = full
-                wait.extend([hint] if hint is not None else [])
+                # Only while a job is due: a drain stops when none is, not at its runtime's end.
+                wait.extend([hint] if hint is not None and self._any_due(conn, queue) else [])
                 return []
             size = min(limit, room or limit)
             marked: list[ClaimedJob] = []
@@ -161,6 +162,11 @@ class LimitedStore(Store):
         jobs.sort(key=attrgetter("id"))  # higher priority first, then id (as the plain claim's)
         jobs.sort(key=attrgetter("priority"), reverse=True)
         return Claim(token, jobs, retry_in=min(wait) if wait and not jobs else None), set(missing)
+
+    def _any_due(self, conn: sa.Connection, queue: str) -> bool:
+        """Whether a job of `queue` is due (a queue out of tokens reads no candidate to know)."""
+        stmt = self.sql.cached(("limits_any_due",), lambda: sa.select(J.c.id).where(*due_in_queue()).limit(1))
+        return conn.execute(stmt, {"claim_queue": queue}).first() is not None
 
     def _scopes_of(self, queue: str, rows: Sequence[Row[Any]]) -> dict[int, list[Scope]]:
         """Each locked job's scopes by id, worked out once per task and key (the rows of a claim share few)."""

@@ -375,3 +375,20 @@ def test_an_empty_concurrency_key_written_by_sql_is_a_key_and_keeps_its_limit(st
         assert len(claim.jobs) == 1
         assert jobs.claim("default", 10, "r2", 60).jobs == []  # the key's one slot is taken
         assert store.release(claim.token, [claim.jobs[0].id]) == (1, 0)
+
+
+def test_a_queue_out_of_tokens_says_when_to_look_again_only_while_a_job_is_due(store: Store,
+                                                                               engine: sa.Engine) -> None:
+    """A drain (`run --drain`) stops when nothing is due; a queue whose rate bucket was empty said "look again in a
+    minute" for a job scheduled next year, and the drain ran on until its runtime was spent."""
+    enqueue(engine, "noop")
+    enqueue(engine, "noop", run_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=365))
+    jobs = limited(store, queues={"default": {"rate_limit": "1/m"}})
+    assert len(jobs.claim("default", 10, "r", 60).jobs) == 1  # the bucket's one token
+
+    nothing_due = jobs.claim("default", 10, "r", 60)
+
+    assert nothing_due.jobs == [] and nothing_due.retry_in is None, nothing_due
+    enqueue(engine, "noop")
+    due_again = jobs.claim("default", 10, "r", 60)
+    assert due_again.jobs == [] and due_again.retry_in is not None and 0 < due_again.retry_in <= 60, due_again
