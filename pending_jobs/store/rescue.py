@@ -40,12 +40,15 @@ def rescue_expired(store: Store, task_limits: Mapping[str, int] | None = None,
     expired = (J.c.status == JOB_RUNNING, sa.or_(*spent, *([unreadable] if unreadable is not None else [])))
     # A plain (non-locking) read first: an UPDATE that scanned the `running` range would lock
     # the index entries of other runners' in-flight jobs and deadlock with their handlers.
-    find = sa.select(J.c.id, J.c.task, J.c.queue).where(*expired)
+    # Whether a job is held is asked of the database, not read: a producer's task or queue may be text the
+    # driver cannot decode (SQLite), and one such row must not stop the rescue, the run with it.
+    is_held = sa.or_(J.c.task.in_(sorted(held[0])), J.c.queue.in_(sorted(held[1]))) if any(held) else sa.false()
+    find = sa.select(J.c.id, is_held).where(*expired)
     found = store.transaction(lambda conn: conn.execute(find).all())
     if not found:
         return Rescued(callbacks=callbacks)
-    ids = [int(row.id) for row in found]
-    unrun = [int(row.id) for row in found if row.task in held[0] or row.queue in held[1]]
+    ids = [int(row[0]) for row in found]
+    unrun = [int(row[0]) for row in found if row[1]]
     mine = (store.sql.id_in(), *expired)
     cancel_values = store.terminal_values(JobStatus.CANCELLED)
     cancel_values["last_error"] = LEASE_EXPIRED + "; cancelled by an operator"

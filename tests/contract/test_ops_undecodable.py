@@ -49,3 +49,21 @@ def test_purge_and_retry_take_a_row_whose_task_is_not_utf8(db_url: str, engine: 
         conn.execute(sa.text("UPDATE pending_jobs SET finished_at = :t WHERE id = :id"), {"t": OLD, "id": job})
     purged = cli("purge", "--older-than", "1d", "--status", "failed", env=env)
     assert purged.returncode == 0 and "1 job(s) deleted" in purged.stdout, purged.stderr
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_the_rescue_takes_a_running_row_whose_queue_is_not_utf8(db_url: str, engine: sa.Engine, tmp_path: object,
+                                                                held: bool) -> None:
+    """A producer's `running` row with no lease and a queue that is not UTF-8: the rescue read each expired row's
+    task and queue (to know the held ones) and raised, so every run stopped at its start (found by the property
+    test). With and without a held queue in the config."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, queue, payload, status) "
+                             "VALUES ('echo', CAST(x'6d61696cff' AS TEXT), '{}', 'running')"))
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('echo', '{}')"))
+    config = tmp_path / "pending-jobs.toml"  # type: ignore[operator]
+    config.write_text(f'database_url = "{db_url}"\n' + ('[queue.mail]\nmax_running = "two"\n' if held else ""))
+    ran = cli("run", "--config", str(config))
+    assert ran.returncode == (2 if held else 0), ran.stderr
+    assert scalar(engine, "SELECT COUNT(*) FROM pending_jobs WHERE status = 'running'") == 0  # rescued
+    assert scalar(engine, "SELECT status FROM pending_jobs WHERE task = 'echo' AND queue = 'default'") == "succeeded"
