@@ -55,6 +55,22 @@ def db_now() -> sa.ColumnElement[sa.DateTime]:
     return _Now()
 
 
+class _StatementNow(_Now):
+    """`db_now()` as the statement starts: PostgreSQL's now() is its transaction's start."""
+
+    inherit_cache = True
+
+
+@compiles(_StatementNow, "postgresql")
+def _statement_now_pg(element: _StatementNow, compiler: SQLCompiler, **kw: object) -> str:
+    return "statement_timestamp()"
+
+
+def statement_now() -> sa.ColumnElement[sa.DateTime]:
+    """The database clock when the statement starts (a job's end, written by the transaction that began it)."""
+    return _StatementNow()
+
+
 class _NowDefault(FunctionElement[sa.DateTime]):
     """The database clock as a column's server default: every dialect but PostgreSQL needs an
     expression default in parentheses. Compiled by this class alone, so a host application's own

@@ -18,8 +18,10 @@ from ..config import Settings
 from ..errors import CommandFailed
 from ..models import ClaimedJob, Outcome, RunReport
 from ..workers import WorkerPool
+from . import waiting
 from .completer import Completer, rescue
 from .executor import Executor
+from .ordering import Orders
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
 from .waiting import CANCEL_LOOK, behind_long, cancel_waiting, hold_at_once, put_back_unstarted, release_unstarted
@@ -51,6 +53,7 @@ class Producer:
         self.pool: WorkerPool[Work, list[Outcome]] = WorkerPool(
             settings.concurrency, self.worker, self.worker.on_error, "pending-jobs", timed, self.worker.timed_out)
         self.worker.on_group_start = self.pool.wake
+        self.orders = Orders(store, self.worker, settings, owner)  # claims made by the transactions that run them
         self._held = 0  # jobs handed to the pool whose outcome has not come back (a pool item may hold several)
         # Jobs held at most: a batch ahead of the workers, and never fewer than the workers (with --batch-size 1
         # and --concurrency 2, one long job must not leave the second worker idle).
@@ -58,8 +61,7 @@ class Producer:
         self.completer = Completer(store, report, settings.batch_size, on_progress, on_callbacks_due)
         self._signalled = False
         self._queues: list[str] = []
-        self._next_queue = 0
-        self._next_claim = 0.0
+        self._next_queue, self._next_claim = 0, 0.0
         self._last_beat = time.monotonic()
         self._next_rescue = self._last_beat + RESCUE_EVERY
         self._next_cancel_look = self._last_beat + CANCEL_LOOK
@@ -135,11 +137,7 @@ class Producer:
                 return "max-jobs"
         if self.hand_off is not None and now >= self._next_handoff_check:
             self._next_handoff_check = now + HANDOFF_CHECK
-            running = self.pool.running()
-            long_job = any(slot.started is not None and now - slot.started > LONG_JOB for slot in running)
-            # With a worker free a run busy with a long job serves short ones beside it; with none free it
-            # serves nobody, so the next run (all its workers free) takes over while these jobs end.
-            if (not long_job or len(running) >= self.settings.concurrency) and self.hand_off():
+            if waiting.may_hand_over(self.pool, self.settings.concurrency, now - LONG_JOB) and self.hand_off():
                 return "handoff"
         return None
 
@@ -172,12 +170,17 @@ class Producer:
         self._held_back = None
         for offset in range(len(queues)):
             name = queues[(self._next_queue + offset) % len(queues)]
+            if (ordered := self.orders.submit(name, limit, self.pool, self.settings.concurrency)) is not None:
+                if ordered:  # each idle worker claims and runs a group itself (ordering.py); none: wait for one
+                    self._next_queue = (self._next_queue + offset + 1) % len(queues)
+                return ordered
             claim = self.store.claim(name, limit, self.owner, self.settings.lease)
             if claim.retry_in is not None:
                 self._held_back = min(claim.retry_in, self._held_back or claim.retry_in)
             if claim.jobs:
                 self._next_queue = (self._next_queue + offset + 1) % len(queues)
                 self._dispatch(claim.jobs)
+                self.orders.note_claim(name, claim.jobs, limit)
                 return True
         self._queues = []  # look for queues again next time
         return False
@@ -199,7 +202,7 @@ class Producer:
         finished = self.pool.take(timeout)
         if finished:
             outcomes = [outcome for _, item_outcomes in finished for outcome in item_outcomes]
-            self._held -= len(outcomes)
+            self._held -= len(outcomes) - self.orders.collected(finished, self.report)  # orders' were never held
             self.completer.add(put_back_unstarted(outcomes, self.store, self.report))
             self._next_claim = 0.0  # room for more, and a retry among them may be due at once
 
@@ -228,13 +231,13 @@ class Producer:
         """Release what never started (when stopped early), let running jobs end, record everything."""
         grace_end: float | None = None
         if self.report.stopped_by in ("signal", "max-runtime", "handoff"):
-            self._release_unstarted()
+            self._held -= release_unstarted(self.pool, self.store, self.report, self.worker)
         if self.on_stop_claiming is not None:
             self.on_stop_claiming()
         while self.pool.busy:
             now = time.monotonic()
             if self._signalled and grace_end is None:  # a signal now, too, leaves running jobs the grace period
-                self._release_unstarted()
+                self._held -= release_unstarted(self.pool, self.store, self.report, self.worker)
                 grace_end = now + self.settings.grace
             if grace_end is not None and now >= grace_end:
                 log.warning("%d job(s) still running after the grace period; their leases will expire",
@@ -244,6 +247,3 @@ class Producer:
             self.completer.flush_if_due(idle=not self.pool.busy)
             self._maintain(time.monotonic())
         self.completer.drain()
-
-    def _release_unstarted(self) -> None:
-        self._held -= release_unstarted(self.pool, self.store, self.report, self.worker)

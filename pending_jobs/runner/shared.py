@@ -19,6 +19,9 @@ and, for write-only statements sent together (store/direct.py), before each step
 steps of about STEP_SECONDS by the time a job has taken in groups so far (one job a step when jobs are
 slow; a whole group at once when they are fast, so their statements still go together; the first groups,
 before that time is known, in one step).
+
+A backlog of such jobs is claimed by the transactions that run them instead (`Order`, ordering.py): a worker
+locks its group, runs it here (`_ordered`, the same steps) and marks it `succeeded` in one transaction.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 from .. import validation
 from ..models import ClaimedJob, Outcome
 from .executor import Executor
+from .ordering import Order
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,13 @@ class Shared:
     jobs: list[ClaimedJob]
 
 
-Work = ClaimedJob | Shared
+Work = ClaimedJob | Shared | Order
 
 
 def jobs_of(item: Work) -> Sequence[ClaimedJob]:
-    """The jobs a pool item holds."""
+    """The jobs a pool item holds (an order holds none until its transaction locks them)."""
+    if isinstance(item, Order):
+        return ()
     return item.jobs if isinstance(item, Shared) else (item,)
 
 
@@ -119,10 +125,7 @@ class Worker:
         a COMMIT); the next claim feeds the others. Either way no group holds more than `largest` jobs."""
         if not self._sharing:
             return list(jobs)
-        tasks = self.executor.tasks
-        held = self.executor.held_queues  # their jobs go to the executor, which holds them
-        shareable = [job for job in jobs if job.problem is None and job.queue not in held
-                     and (task := tasks.get(job.task)) is not None and task.shared is not None]
+        shareable = [job for job in jobs if self.shareable(job)]
         if len(shareable) < 2:
             return list(jobs)
         workers = self.workers if idle is None or not self._claim_beside_groups else max(1, min(self.workers, idle))
@@ -139,7 +142,15 @@ class Worker:
         items.extend(job for job in jobs if id(job) not in alone)
         return items
 
+    def shareable(self, job: ClaimedJob) -> bool:
+        """Whether `job` may run in a transaction other jobs share (held queues' jobs go to the executor)."""
+        task = self.executor.tasks.get(job.task)
+        return (job.problem is None and task is not None and task.shared is not None
+                and job.queue not in self.executor.held_queues)
+
     def __call__(self, item: Work) -> list[Outcome]:
+        if isinstance(item, Order):
+            return self._ordered(item)
         if not isinstance(item, Shared):
             return [self.executor(item)]
         if not self._claim_beside_groups:
@@ -156,18 +167,54 @@ class Worker:
     def _timed(self, jobs: list[ClaimedJob]) -> list[Outcome]:
         started = time.monotonic()
         outcomes = self._together(jobs)
-        seconds = (time.monotonic() - started) / len(jobs)
-        last = self._job_seconds  # workers update it side by side: a lost update only ages the average less
-        self._job_seconds = seconds if last is None else 0.7 * last + 0.3 * seconds
+        self._took(len(jobs), time.monotonic() - started)
         return outcomes
+
+    def _took(self, jobs: int, seconds: float) -> None:
+        """Note that a group of `jobs` jobs took `seconds` (the moving average `largest` and `_step` read)."""
+        last = self._job_seconds  # workers update it side by side: a lost update only ages the average less
+        self._job_seconds = seconds / jobs if last is None else 0.7 * last + 0.3 * seconds / jobs
+
+    def _ordered(self, order: Order) -> list[Outcome]:
+        """Claim, run and record an order's jobs in one transaction (ordering.py); outcomes of those it ran."""
+        if self._stopping.is_set():
+            return []
+        limit = self.executor.settings.payload_limit
+        payloads: dict[int, Any] = {}
+        # Its rows stay locked, `pending`, until it commits: slow jobs after fast ones (an order sized by their
+        # time) stop at GROUP_SECONDS, the jobs not reached left pending, untouched, for the next order.
+        steps = self._steps(payloads, GROUP_SECONDS)
+
+        def work(conn: Any, jobs: Sequence[ClaimedJob]) -> list[Any]:
+            for job in jobs:
+                payload, problem = validation.parse_payload(job.payload_text, limit)
+                problem = problem or job.problem or validation.row_problem(
+                    job.task, job.max_attempts, job.priority, job.callback_url)
+                if problem is not None:  # rolled back: the plain claim's executor fails it with the reason
+                    raise ValueError(f"job {job.id}: {problem}")
+                payloads[job.id] = payload
+            return steps(conn, jobs)
+
+        started = time.monotonic()
+        jobs, done = self.store.claim_together(order.queue, order.tasks, order.limit, order.owner, work)
+        order.found = len(jobs)
+        if not done.recorded:
+            order.gave_up = done.reason or "nothing was written"
+            return []
+        ran = len(jobs) - done.unstarted
+        if ran:
+            self._took(ran, time.monotonic() - started)
+        return [Outcome(job, "recorded") for job in jobs[:ran]]
 
     def on_error(self, item: Work, error: BaseException) -> list[Outcome]:
         """Every job of an item whose run raised (the pool's last line of defence)."""
+        if isinstance(item, Order):  # its transaction was rolled back: nothing written
+            item.gave_up = validation.describe_exception(error, 300).splitlines()[0]
         return [self.executor.on_error(job, error) for job in jobs_of(item)]
 
     def timeout_of(self, item: Work) -> float | None:
-        """A job's task timeout; a group has none (only tasks without a timeout share)."""
-        return None if isinstance(item, Shared) else self.timeouts.get(item.task)
+        """A job's task timeout; a group or an order has none (only tasks without a timeout share)."""
+        return self.timeouts.get(item.task) if isinstance(item, ClaimedJob) else None
 
     def timed_out(self, item: Work) -> list[Outcome]:
         """The outcomes of an item given up on after its timeout."""
@@ -187,20 +234,7 @@ class Worker:
             else:
                 alone.append(job)  # the executor fails it with its reason
 
-        def work(conn: Any, jobs: Sequence[ClaimedJob]) -> list[Any]:
-            results: list[Any] = []
-            seconds = self._job_seconds  # none yet: a group is a worker's share of a batch at most (`largest`)
-            step = len(jobs) if seconds is None else self._step(1, seconds)
-            while len(results) < len(jobs) and not self._stopping.is_set():
-                started, chunk = time.monotonic(), jobs[len(results):len(results) + step]
-                if not self._run_step(conn, chunk, payloads, results):
-                    break
-                step = self._step(len(chunk), time.monotonic() - started)
-            for result in results:
-                # A result that cannot be stored fails its job: alone, where the executor says so.
-                validation.dump_json(result, "result", limit, self.store.json_accepts_nul)
-            return results
-
+        work = self._steps(payloads)
         outcomes: list[Outcome] = []
         for _ in range(ROUNDS):
             if not ready:
@@ -222,13 +256,41 @@ class Worker:
         outcomes.extend(self.executor(job) for job in [*alone, *ready])
         return outcomes
 
-    def _run_step(self, conn: Any, jobs: Sequence[ClaimedJob], payloads: dict[int, Any], results: list[Any]) -> bool:
-        """Run `jobs`, their results added to `results`; False when a task stopped before one (the run stops)."""
+    def _steps(self, payloads: dict[int, Any], budget: float = float("inf")
+               ) -> Callable[[Any, Sequence[ClaimedJob]], list[Any]]:
+        """`work(conn, jobs) -> results` of jobs whose payloads are in `payloads` (by the time it runs): in steps,
+        stopping between them when the run stops (see the module), or once `budget` seconds have passed."""
+        limit = self.executor.settings.payload_limit
+
+        def work(conn: Any, jobs: Sequence[ClaimedJob]) -> list[Any]:
+            results: list[Any] = []
+            seconds = self._job_seconds  # none yet: a group is a worker's share of a batch at most (`largest`)
+            step = len(jobs) if seconds is None else self._step(1, seconds)
+            end = time.monotonic() + budget
+
+            def stop() -> bool:  # looked at before each job a task runs one by one, and before each step
+                return self._stopping.is_set() or time.monotonic() >= end
+
+            while len(results) < len(jobs) and not stop():
+                started, chunk = time.monotonic(), jobs[len(results):len(results) + step]
+                if not self._run_step(conn, chunk, payloads, results, stop):
+                    break
+                step = self._step(len(chunk), time.monotonic() - started)
+            for result in results:
+                # A result that cannot be stored fails its job: alone, where the executor says so.
+                validation.dump_json(result, "result", limit, self.store.json_accepts_nul)
+            return results
+
+        return work
+
+    def _run_step(self, conn: Any, jobs: Sequence[ClaimedJob], payloads: dict[int, Any], results: list[Any],
+                  stop: Callable[[], bool]) -> bool:
+        """Run `jobs`, their results added to `results`; False when a task stopped before one (`stop()`)."""
         for name, run in itertools.groupby(jobs, key=lambda job: job.task):  # a task's jobs sent together
             shared = self.executor.tasks[name].shared
             assert shared is not None
             given = [payloads[job.id] for job in run]
-            done = shared(given, conn, self._stopping.is_set)  # may stop between jobs it runs one by one
+            done = shared(given, conn, stop)  # may stop between jobs it runs one by one
             if len(done) > len(given):
                 raise RuntimeError(f"task {name} gave {len(done)} results for {len(given)} jobs")
             results.extend(done)

@@ -73,6 +73,15 @@ class JobStore(Protocol):
     def handler_transaction(self, job: ClaimedJob) -> HandlerSession:
         """The handler's own transaction for `job` (opened on first use)."""
 
+    def claims_together(self, queue: str) -> bool:
+        """Whether jobs of `queue` may be claimed by the transaction that runs them (`claim_together`)."""
+
+    def claim_together(self, queue: str, tasks: Sequence[str], limit: int, owner: str,
+                       work: Callable[[Any, Sequence[ClaimedJob]], Sequence[Any]]) -> tuple[list[ClaimedJob], Together]:
+        """Lock up to `limit` due jobs of `queue` whose task is one of `tasks`, leaving them pending, run
+        `work(connection, jobs) -> results` and mark the jobs it ran succeeded, all in one transaction: the jobs
+        locked, and whether that was recorded (else nothing was written, the jobs stay pending, and why)."""
+
     def run_together(self, jobs: Sequence[ClaimedJob], work: Callable[[Any, Sequence[ClaimedJob]], Sequence[Any]]
                      ) -> Together:
         """`work(connection, jobs) -> results` for jobs of one claim in one transaction, then all of them

@@ -75,13 +75,22 @@ def behind_long(pool: Pool, store: JobStore, report: RunReport, concurrency: int
     return release_unstarted(pool, store, report)
 
 
+def may_hand_over(pool: Pool, concurrency: int, long_since: float) -> bool:
+    """Whether a run may hand over to the next one now: unless it runs a job started before `long_since` (a long
+    job) with a worker free. Then it serves short jobs beside it; with none free it serves nobody, so the next
+    run (all its workers free) takes over while these jobs end."""
+    running = pool.running()
+    long_job = any(slot.started is not None and slot.started < long_since for slot in running)
+    return not long_job or len(running) >= concurrency
+
+
 def cancel_waiting(pool: Pool, store: JobStore, worker: Worker) -> list[Outcome]:
     """The outcomes (failures the store ends `cancelled`) of the waiting jobs an operator asked to cancel.
 
     They are taken back from the pool before anything is recorded, so none of them starts meanwhile; a
     job a worker did start runs on, and its handler sees `ctx.cancel_requested()`. The other jobs of a
     shared-transaction group taken back go to the pool again."""
-    waiting = [slot for slot in pool.in_flight() if slot.started is None]
+    waiting = [slot for slot in pool.in_flight() if slot.started is None and jobs_of(slot.item)]  # orders hold none
     if not waiting:
         return []
     asked = store.cancels_asked([job.id for slot in waiting for job in jobs_of(slot.item)])

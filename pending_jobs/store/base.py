@@ -19,7 +19,7 @@ from sqlalchemy import exc
 
 from ..errors import ConfigError, DatabaseUnavailable
 from ..models import Claim, ClaimedJob, Completion, Finished, Job, Rescued, Together
-from ..schema import db_now
+from ..schema import Time, db_now, statement_now
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING, JobStatus
 from . import columns, putback, transactions
@@ -30,7 +30,7 @@ from .handler import HandlerSession
 from .hang import HangWatch
 from .history import record
 from .rescue import rescue_expired
-from .shared import run_together
+from .shared import claim_together, run_together
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -235,34 +235,43 @@ class Store:
 
         return self.transaction(work)
 
-    def _succeed(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, Any]]) -> int:
+    def _succeed(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, Any]],
+                 locked: dict[str, Any] | None = None) -> int:
+        """Mark (job id, result) pairs succeeded: running under `token`, or pending and locked (`locked`'s binds)."""
         if not jobs:
             return 0
-        params: dict[str, Any] = {"ids": [job_id for job_id, _ in jobs], "held_token": token}
+        params: dict[str, Any] = {"ids": [job_id for job_id, _ in jobs], "held_token": token, **(locked or {})}
+        kind = ("succeed",) if locked is None else ("succeed", "locked")
         results = {job_id: result for job_id, result in jobs if result is not None}
         if not results:  # the common case: one cached statement whatever the batch
-            stmt = self.sql.cached(("succeed",), lambda: sa.update(J).where(*self.held(sa.bindparam(
-                "held_token", type_=sa.String))).values(self.terminal_values(JobStatus.SUCCEEDED)))
+            stmt = self.sql.cached(kind, lambda: self._succeed_with_results(None, locked is not None))
             return int(conn.execute(stmt, params).rowcount)
         # One statement per number of results, built and compiled once (a CASE of new bindparams built per call
         # cost ≈ 0.3 ms of CPU per job of a shared transaction); one every job shares (a row count) bound once.
         first = repr(next(iter(results.values())))  # repr: 1, 1.0 and True are equal in Python, not in JSON
         if len(results) == len(jobs) and all(repr(result) == first for result in results.values()):
-            stmt = self.sql.cached(("succeed", "same"), lambda: self._succeed_with_results(0))
+            stmt = self.sql.cached((*kind, "same"), lambda: self._succeed_with_results(0, locked is not None))
             return int(conn.execute(stmt, {**params, "result": jobs[0][1]}).rowcount)
-        stmt = self.sql.cached(("succeed", len(results)), lambda: self._succeed_with_results(len(results)))
+        stmt = self.sql.cached((*kind, size := len(results)), lambda: self._succeed_with_results(size, bool(locked)))
         for number, (job_id, result) in enumerate(results.items()):
             params[f"result_id_{number}"] = job_id
             params[f"result_{number}"] = result
         return int(conn.execute(stmt, params).rowcount)
 
-    def _succeed_with_results(self, size: int) -> sa.Update:
+    def _succeed_with_results(self, size: int | None, locked: bool) -> sa.Update:
+        """The UPDATE to succeeded: no result (None), one all share (0), or `size` of them by id."""
         values = self.terminal_values(JobStatus.SUCCEEDED)
-        by_id = [(sa.bindparam(f"result_id_{n}", type_=J.c.id.type), sa.bindparam(f"result_{n}", type_=J.c.result.type))
-                 for n in range(size)]
-        values["result"] = sa.case(*by_id, value=J.c.id, else_=sa.null()) if size else sa.bindparam(
-            "result", type_=J.c.result.type)
-        return sa.update(J).where(*self.held(sa.bindparam("held_token", type_=sa.String))).values(values)
+        if size is not None:
+            by_id = [(sa.bindparam(f"result_id_{n}", type_=J.c.id.type),
+                      sa.bindparam(f"result_{n}", type_=J.c.result.type)) for n in range(size)]
+            values["result"] = sa.case(*by_id, value=J.c.id, else_=sa.null()) if size else sa.bindparam(
+                "result", type_=J.c.result.type)
+        token = sa.bindparam("held_token", type_=sa.String)
+        if not locked:
+            return sa.update(J).where(*self.held(token)).values(values)
+        values.update(attempts=one_more(J.c.attempts), lease_owner=sa.bindparam("claim_owner", type_=sa.String),
+                      lease_token=token, started_at=sa.bindparam("claimed_at", type_=Time), finished_at=statement_now())
+        return sa.update(J).where(self.sql.id_in(), columns.pending_by_ids()).values(values)
 
     def _cancel_instead(self, conn: sa.Connection, token: str, errors: dict[int, str]) -> int:
         """The handler of a job an operator asked to cancel gave up: it ends cancelled, not retried or failed."""
@@ -297,6 +306,21 @@ class Store:
     def succeed_all(self, conn: sa.Connection, token: str, jobs: Sequence[tuple[int, Any]]) -> int:
         """Mark (job id, result) pairs succeeded in the caller's transaction; how many the lease still held."""
         return self._succeed(conn, token, jobs)
+
+    def succeed_locked(self, conn: sa.Connection, token: str, owner: str, claimed_at: Any,
+                       jobs: Sequence[tuple[int, Any]]) -> int:
+        """Mark pending rows this transaction locked succeeded, claimed at `claimed_at`; how many were still pending."""
+        return self._succeed(conn, token, jobs, {"claim_owner": owner, "claimed_at": claimed_at})
+
+    def claims_together(self, queue: str) -> bool:
+        """Whether jobs of `queue` may be claimed by the transaction that runs them: not on SQLite (one writer)."""
+        return self.concurrent_writers
+
+    def claim_together(self, queue: str, tasks: Sequence[str], limit: int, owner: str,
+                       work: Callable[[sa.Connection, Sequence[ClaimedJob]], Sequence[Any]]
+                       ) -> tuple[list[ClaimedJob], Together]:
+        """Due jobs of `queue` and `tasks` locked, run and marked succeeded in one transaction; see shared.py."""
+        return claim_together(self, queue, tasks, limit, owner, work)
 
     def run_together(self, jobs: Sequence[ClaimedJob],
                      work: Callable[[sa.Connection, Sequence[ClaimedJob]], Sequence[Any]]) -> Together:

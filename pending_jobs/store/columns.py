@@ -119,3 +119,8 @@ def running_by_id() -> sa.ColumnElement[bool]:
     entry a drain leaves behind: a batch's finishing UPDATE took 3.4 ms at the start of a 100,000-job
     drain and 11.5 ms at its end, 1.3-2.3 ms throughout with this (docs/performance.md)."""
     return sa.func.coalesce(J.c.status, "") == JOB_RUNNING
+
+
+def pending_by_ids() -> sa.ColumnElement[bool]:
+    """`status = 'pending'` in a guard that names its rows by id, looked up by id (see `running_by_id`)."""
+    return sa.func.coalesce(J.c.status, "") == JOB_PENDING

@@ -54,6 +54,10 @@ class LimitedStore(Store):
         self._known: set[str] = set()  # scope rows known to exist
         self._full: dict[str, set[Scope]] = {}  # per queue: per-key scopes found full at its last claim
 
+    def claims_together(self, queue: str) -> bool:
+        """Not where a limit applies: its claim counts running rows, and locked pending ones are not."""
+        return super().claims_together(queue) and not self.limits.applies(queue)
+
     def claim(self, queue: str, limit: int, owner: str, lease: float) -> Claim:
         """The plain claim where no limit applies; else the limited claim (see the module)."""
         if not self.limits.applies(queue):

@@ -21,11 +21,23 @@ jobs it ran, the first ones, and stops before the others. Those it ran are commi
 `succeeded`, as ever; the others were never run, nothing of theirs is written (`Together.unstarted`),
 and the caller puts them back. A group therefore never holds a stopping run for longer than its
 current job, however many jobs it has.
+
+Claimed by the transaction that runs them (`claim_together`): where a queue's due jobs all share a
+transaction, the claim need not mark them `running` and commit first. One transaction locks them (SELECT …
+FOR UPDATE SKIP LOCKED, leaving them `pending`), runs them, and changes each row once, from `pending` to
+`succeeded`, counting the attempt: one UPDATE and one COMMIT a batch fewer, and on PostgreSQL one row version
+(an entry in every index) a job fewer. The row locks fence them instead of a lease: no other runner can
+claim, cancel or change a locked row, and a runner that dies takes its transaction, and every write, with it.
+Anything unusual (a row or payload with a problem, a statement that raises, a row count that does not add
+up, a failed COMMIT) rolls it all back: the jobs stay `pending`, their attempt uncounted, for the plain
+claim and `run_together` above, which give each its own verdict.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +47,11 @@ from sqlalchemy import exc
 from .. import db
 from ..errors import ConfigError, DatabaseUnavailable
 from ..models import ClaimedJob, Together
+from ..schema import db_now
+from ..schema import pending_jobs as J
 from ..states import JobStatus
 from ..validation import describe_exception
+from .columns import CLAIM_COLUMNS, claim_order, due_in_queue
 
 if TYPE_CHECKING:
     from .base import Store
@@ -86,6 +101,62 @@ def run_together(store: Store, jobs: Sequence[ClaimedJob], work: Work) -> Togeth
             _rollback(conn)
             return _settle(store, jobs[0], db.describe(error), unstarted)
     return Together(True, unstarted=unstarted)
+
+
+def claim_together(store: Store, queue: str, tasks: Sequence[str], limit: int, owner: str,
+                   work: Work) -> tuple[list[ClaimedJob], Together]:
+    """Lock up to `limit` due jobs of `queue` whose task is one of `tasks`, run `work(conn, jobs)` and mark the
+    jobs it ran `succeeded` (their attempt counted, `owner` and a new token on them) in that one transaction
+    (see the module). Returns the jobs locked, and `Together`: recorded, the first `len(jobs) - unstarted` of
+    them committed succeeded (the rest, never run, stay pending); or not, nothing written, `reason` why.
+    Never raises for a database error or for `work`'s."""
+    token = secrets.token_hex(16)
+    params = {"claim_queue": queue, "claim_tasks": list(tasks)}
+    stmt = store.sql.cached(("together", limit), lambda: sa.select(*CLAIM_COLUMNS, db_now().label("claimed_at")).where(
+        *due_in_queue(), J.c.task.in_(sa.bindparam("claim_tasks", expanding=True))).order_by(*claim_order()).limit(
+        limit).with_for_update(skip_locked=True))
+    try:
+        conn = store.engine.connect()
+    except exc.DBAPIError as error:
+        return [], Together(False, reason=db.describe(error))
+    with conn:
+        conn.begin()
+        try:
+            rows = conn.execute(stmt, params).all()
+        except exc.DBAPIError as error:  # text that is not UTF-8 (MySQL), a deadlock: the plain claim's to settle
+            _rollback(conn)
+            return [], Together(False, reason=db.describe(error))
+        # Read before the UPDATE that counts it: the job's attempt is one more than the row says.
+        jobs = [ClaimedJob.from_row(row[:-1], token, attempted=1) for row in rows]
+        if not jobs:
+            _rollback(conn)
+            return [], Together(True)
+        claimed_at, started = rows[0].claimed_at, time.monotonic()
+        try:
+            results = work(conn, jobs)
+            if len(results) > len(jobs):
+                raise RuntimeError(f"{len(results)} results for {len(jobs)} jobs")
+        except Exception as error:  # the handler's or the database's
+            _rollback(conn)
+            return jobs, Together(False, reason=describe_exception(error, 300).splitlines()[0])
+        done = list(zip((job.id for job in jobs), results, strict=False))
+        unstarted = len(jobs) - len(done)
+        if not done:  # stopped before its first job
+            _rollback(conn)
+            return jobs, Together(True, unstarted=unstarted)
+        try:
+            marked = store.succeed_locked(conn, token, owner[:128], claimed_at, done)
+            if marked != len(done):
+                _rollback(conn)
+                return jobs, Together(False, reason=f"{len(done) - marked} of {len(done)} locked jobs were not pending")
+            conn.commit()
+        except Exception as error:  # the database's, or a result its driver cannot bind
+            _rollback(conn)
+            settled = _settle(store, jobs[0], db.describe(error), unstarted)
+            return jobs, settled
+        log.debug("%d job(s) of queue %s claimed and run in one transaction in %.3fs", len(done), queue,
+                  time.monotonic() - started)
+    return jobs, Together(True, unstarted=unstarted)
 
 
 def _all_at_once(conn: sa.Connection, jobs: Sequence[ClaimedJob], work: Work) -> list[tuple[int, Any]] | None:

@@ -32,6 +32,15 @@ def _running(engine: sa.Engine, count: int) -> Callable[[], bool]:
     return check
 
 
+def _sleeping(engine: sa.Engine) -> Callable[[], bool]:
+    def check() -> bool:  # a job's `SELECT SLEEP(…)` runs in a runner's transaction
+        with engine.connect() as conn:
+            return bool(conn.execute(sa.text("SELECT COUNT(*) FROM information_schema.processlist"
+                                             " WHERE info LIKE 'SELECT SLEEP(%'")).scalar())
+
+    return check
+
+
 @pytest.mark.slow
 def test_kill_9_mid_handler_is_reclaimed_after_lease_expiry(
     fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners
@@ -149,12 +158,7 @@ def test_kill_9_mid_shared_sql_transaction_leaves_nothing_half_written(
                      {"slow": ids[2]})
     runner = runners(fresh, "--config", str(config), "--lease", "10", "--concurrency", "1")
 
-    def sleeping() -> bool:
-        with engine.connect() as conn:
-            return bool(conn.execute(sa.text("SELECT COUNT(*) FROM information_schema.processlist"
-                                             " WHERE info LIKE 'SELECT SLEEP(%'")).scalar())
-
-    wait_for(sleeping, 30, "the third job to sleep in the shared transaction")
+    wait_for(_sleeping(engine), 30, "the third job to sleep in the shared transaction")
     runner.kill()
 
     assert statuses(engine) == {"running": 5}
@@ -167,3 +171,41 @@ def test_kill_9_mid_shared_sql_transaction_leaves_nothing_half_written(
         ledger = dict(conn.execute(sa.text("SELECT job_id, COUNT(*) FROM ledger GROUP BY job_id")).all())
     assert ledger == {job_id: 1 for job_id in ids}
     assert all(job(engine, job_id)["status"] == "succeeded" and job(engine, job_id)["attempts"] == 2 for job_id in ids)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_order_leaves_its_jobs_pending_their_attempt_uncounted(
+    fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners, tmp_path: Path
+) -> None:
+    """A backlog of declared sql jobs is claimed by the transactions that run them (runner/ordering.py): no
+    job of an order is marked `running` before its transaction commits. The runner is killed while a job of
+    an order sleeps in it: that order's jobs were never marked, so they are `pending` at once, their attempt
+    uncounted, no lease to wait out, and their INSERTs were never committed; the next run writes each once."""
+    engine = engine_on(fresh)
+    config = tmp_path / "pending-jobs.toml"
+    config.write_text('[task.sql_ledger]\nsql = ["INSERT INTO ledger (job_id, note) VALUES (:id, \'sql\')",'
+                      ' "SELECT SLEEP(:pause)"]\n')
+    ids = insert_jobs(engine, "sql_ledger", [{} for _ in range(25)])
+    slow = ids[12]  # in the third batch of five: the second order's (the first batch is a plain claim's)
+    with engine.begin() as conn:  # each payload names its own job, so the ledger row is the job's
+        conn.execute(sa.text("UPDATE pending_jobs SET payload = JSON_OBJECT('id', id, 'pause', IF(id = :slow, 60, 0))"),
+                     {"slow": slow})
+    runner = runners(fresh, "--config", str(config), "--lease", "600", "--concurrency", "1", "--batch-size", "5")
+
+    wait_for(_sleeping(engine), 30, "a job of an order to sleep in its transaction")
+    runner.kill()
+
+    wait_for(lambda: statuses(engine) == {"succeeded": 10, "pending": 15}, 30,
+             "the killed order's transaction to be rolled back")  # the server notices the closed connection
+    with engine.connect() as conn:
+        ledger = {row[0] for row in conn.execute(sa.text("SELECT job_id FROM ledger"))}
+        assert ledger == set(ids[:10])  # the order's first two INSERTs went with its transaction
+        left = conn.execute(sa.text("SELECT attempts, lease_token FROM pending_jobs WHERE status = 'pending'")).all()
+        assert left == [(0, None)] * 15
+        conn.execute(sa.text("UPDATE pending_jobs SET payload = JSON_OBJECT('id', id, 'pause', 0)"))
+        conn.commit()
+    drain(fresh, engine, "--config", str(config))  # no lease to wait out: the 600 s one would fail the drain
+    with engine.connect() as conn:
+        ledger_counts = dict(conn.execute(sa.text("SELECT job_id, COUNT(*) FROM ledger GROUP BY job_id")).all())
+    assert ledger_counts == {job_id: 1 for job_id in ids}
+    assert all(job(engine, job_id)["status"] == "succeeded" and job(engine, job_id)["attempts"] == 1 for job_id in ids)

@@ -92,6 +92,11 @@ class MemoryStore:
         self.refuse: set[int] = set()
         """Jobs whose success or retry the "database" refuses to store (a value it cannot take)."""
         self.abandoned: list[int] = []
+        self.together = False
+        """Whether queues may be claimed by the transaction that runs their jobs (`claim_together`)."""
+        self.orders = 0
+        self.order_runs: list[tuple[int, int]] = []  # (jobs locked, jobs run) of each order that committed
+        self.locked: set[int] = set()  # rows an order holds (its "transaction" is running)
 
     # -- test helpers ----------------------------------------------------------------------------
 
@@ -130,7 +135,8 @@ class MemoryStore:
             self.claims += 1
             now = self.clock()
             due = sorted((r for r in self.rows.values() if r.status == "pending" and r.queue == queue
-                          and r.run_at <= now), key=lambda r: (-r.priority, r.run_at, r.id))[:limit]
+                          and r.run_at <= now and r.id not in self.locked),  # SKIP LOCKED: orders hold these
+                         key=lambda r: (-r.priority, r.run_at, r.id))[:limit]
             return self._mark(due, lease)
 
     def claim_job(self, job_id: int, owner: str, lease: float) -> Claim:
@@ -252,6 +258,42 @@ class MemoryStore:
                      ) -> Together:
         """No connection to share: every job runs alone."""
         return Together(False, reason="the memory store has no connection")
+
+    def claims_together(self, queue: str) -> bool:
+        return self.together
+
+    def claim_together(self, queue: str, tasks: Sequence[str], limit: int, owner: str,
+                       work: Callable[[Any, Sequence[ClaimedJob]], Sequence[Any]]
+                       ) -> tuple[list[ClaimedJob], Together]:
+        """As the SQL store's: rows locked (left pending), worked, the ones worked marked succeeded at once; on any
+        error nothing changes. `work` gets None for a connection."""
+        token = secrets.token_hex(8)
+        with self.lock:
+            self.orders += 1
+            now = self.clock()
+            due = sorted((r for r in self.rows.values() if r.status == "pending" and r.queue == queue
+                          and r.task in tasks and r.run_at <= now and r.id not in self.locked),
+                         key=lambda r: (-r.priority, r.run_at, r.id))[:limit]
+            self.locked.update(row.id for row in due)
+            jobs = [ClaimedJob(row.id, row.task, row.queue, row.payload_text, row.attempts + 1, row.max_attempts,
+                               row.priority, row.callback_url, token) for row in due]
+        try:
+            try:
+                results = work(None, jobs) if jobs else []
+            except Exception as error:
+                return jobs, Together(False, reason=str(error))
+            with self.lock:
+                for job, result in zip(jobs, results, strict=False):
+                    row = self.rows[job.id]
+                    self._set(row, "succeeded")
+                    row.attempts += 1
+                    row.lease_token = token
+                    row.result = result
+            self.order_runs.append((len(jobs), len(results)))
+            return jobs, Together(True, unstarted=len(jobs) - len(results))
+        finally:
+            with self.lock:
+                self.locked.difference_update(job.id for job in jobs)
 
     def handler_transaction(self, job: ClaimedJob) -> MemorySession:
         return MemorySession(self, job)

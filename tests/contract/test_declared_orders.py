@@ -1,0 +1,98 @@
+"""Declared `sql` jobs claimed by the transaction that runs them (runner/ordering.py, store/shared.py).
+
+On MariaDB and PostgreSQL a backlog of such jobs changes each row's status once, from `pending` to
+`succeeded`, in the transaction that writes the job's rows; SQLite (one writer) keeps the plain claim. A
+trigger on `pending_jobs` records every status change the runs make, so the tests see each row's history.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import sqlalchemy as sa
+
+from pending_jobs import enqueue
+from pending_jobs.store import Store, dialect_for
+from tests.conftest import rows, scalar
+
+from .conftest import SAVE_USER, outcome
+
+CHANGES = "CREATE TABLE status_changes (job_id BIGINT NOT NULL, old_status VARCHAR(16), new_status VARCHAR(16))"
+TRIGGER = {
+    "mysql": ["CREATE TRIGGER pj_status_changes AFTER UPDATE ON pending_jobs FOR EACH ROW"
+              " INSERT INTO status_changes VALUES (OLD.id, OLD.status, NEW.status)"],
+    "postgresql": ["CREATE FUNCTION pj_note_change() RETURNS trigger AS $$ BEGIN"
+                   " INSERT INTO status_changes VALUES (OLD.id, OLD.status, NEW.status); RETURN NEW; END $$"
+                   " LANGUAGE plpgsql",
+                   "CREATE TRIGGER pj_status_changes AFTER UPDATE ON pending_jobs FOR EACH ROW"
+                   " EXECUTE FUNCTION pj_note_change()"],
+    "sqlite": ["CREATE TRIGGER pj_status_changes AFTER UPDATE ON pending_jobs"
+               " BEGIN INSERT INTO status_changes VALUES (OLD.id, OLD.status, NEW.status); END"],
+}
+ONCE = [("pending", "succeeded")]
+TWICE = [("pending", "running"), ("running", "succeeded")]
+
+
+def watch_status_changes(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.exec_driver_sql(CHANGES)
+        for statement in TRIGGER[dialect_for(engine).name]:
+            conn.exec_driver_sql(statement)
+
+
+def changes_by_job(engine: sa.Engine) -> dict[int, list[tuple[str, str]]]:
+    found: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    for job_id, old, new in rows(engine, "SELECT job_id, old_status, new_status FROM status_changes"):
+        if old != new:  # a heartbeat changes no status
+            found[int(job_id)].append((old, new))
+    return found
+
+
+def test_a_backlog_of_sql_jobs_changes_each_row_once_where_writers_run_side_by_side(
+        users: sa.Engine, store: Store, run_declared: Any) -> None:
+    watch_status_changes(users)
+    ids = [enqueue(users, "save_user", {"name": f"u{n}", "email": f"u{n}@example.com"}) for n in range(120)]
+
+    report = run_declared({"save_user": SAVE_USER}, batch_size=20, concurrency=2)
+
+    assert (report.claimed, report.succeeded, report.failed, report.stale) == (120, 120, 0, 0)
+    histories = changes_by_job(users)
+    if dialect_for(users).name == "sqlite":
+        assert all(histories[job_id] == TWICE for job_id in ids)
+    else:
+        assert all(histories[job_id] in (ONCE, TWICE) for job_id in ids)
+        assert sum(histories[job_id] == ONCE for job_id in ids) >= 80, histories
+    user_ids = dict(rows(users, "SELECT email, id FROM users"))
+    assert len(user_ids) == 120
+    leases = rows(users, "SELECT lease_owner, lease_token, lease_expires_at FROM pending_jobs")
+    assert all(owner and token and expires is None for owner, token, expires in leases)  # who ran it, as ever
+    returning = dialect_for(users).name == "postgresql"  # the id only with RETURNING there
+    for number, job_id in enumerate(ids):
+        job = outcome(store, job_id)
+        assert job.status == "succeeded" and job.attempts == 1 and job.last_error is None
+        assert job.started_at is not None and job.finished_at is not None and job.started_at <= job.finished_at
+        inserted = {} if returning else {"inserted_id": user_ids[f"u{number}@example.com"]}  # each its own
+        assert job.result == {"rowcount": 1, **inserted}
+
+
+def test_a_duplicate_in_the_backlog_fails_alone_and_every_other_job_writes_once(
+        users: sa.Engine, store: Store, run_declared: Any) -> None:
+    watch_status_changes(users)
+    ids = [enqueue(users, "save_user", {"name": f"u{n}", "email": f"u{n}@example.com"}) for n in range(45)]
+    duplicate = enqueue(users, "save_user", {"name": "again", "email": "u3@example.com"})
+    ids += [enqueue(users, "save_user", {"name": f"v{n}", "email": f"v{n}@example.com"}) for n in range(45)]
+
+    report = run_declared({"save_user": SAVE_USER}, batch_size=10, concurrency=2)
+
+    assert (report.succeeded, report.failed, report.retried, report.stale) == (90, 1, 0, 0)
+    failed = outcome(store, duplicate)
+    assert failed.status == "failed" and failed.attempts == 1 and "users_email_key" in failed.last_error.replace(
+        "UNIQUE constraint on users.email", "users_email_key")
+    assert all(outcome(store, job_id).status == "succeeded" and outcome(store, job_id).attempts == 1 for job_id in ids)
+    assert scalar(users, "SELECT COUNT(*) FROM users") == 90
+    assert scalar(users, "SELECT COUNT(*) FROM users WHERE name = 'again'") == 0
+    histories = changes_by_job(users)
+    assert all(histories[job_id] in (ONCE, TWICE) for job_id in ids)  # an order that rolled back changed nothing
+    if dialect_for(users).name != "sqlite":
+        assert any(histories[job_id] == ONCE for job_id in ids)
