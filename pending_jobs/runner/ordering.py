@@ -8,19 +8,20 @@ one status change a job. On PostgreSQL each change is a new row version with an 
 `pending_jobs`: a 50,000-job sql drain made 16,163 jobs/s (50 % of the raw floor) with two changes a job and
 26,732/s (82 %) with one, and on MariaDB 72 % and 100 % (docs/performance.md, 2026-12-06).
 
-When. A plain claim of a queue that comes back full (a backlog) with every job such a job, in a queue no limit
-applies to (a limit counts running rows: locked pending rows are not counted) and not held, turns the queue's
-claims into orders for ORDERING seconds: one order per idle worker, each for as many jobs as a group holds.
-An order that finds fewer jobs than it asked for (the backlog is done, or other tasks' jobs are what is left)
-or that wrote nothing (a job with a problem, a statement that raised: everything rolled back, the jobs still
-`pending`, their attempt uncounted) turns them back into plain claims, which give such jobs their own
-verdicts (shared.py, executor.py). A plain claim looks at the queue's head again every ORDERING seconds
-anyway: orders take only these tasks' jobs, and another task's job that came due first must not wait
-behind them for longer than that. Not with `--max-jobs` (orders would count toward it only once done).
+When. A plain claim of a queue that comes back full (a backlog) with every job such a job, whose jobs have been
+fast in groups so far (FAST_JOB), in a queue no limit applies to (a limit counts running rows: locked pending
+rows are not counted) and not held, turns the queue's claims into orders for ORDERING seconds: one order per
+idle worker, each for as many jobs as a group holds. An order that finds fewer jobs than it asked for (the
+backlog is done, or other tasks' jobs are what is left), jobs that turned slow, or an order that wrote nothing
+(a job with a problem, a statement that raised: everything rolled back, the jobs still `pending`, their attempt
+uncounted) turns them back into plain claims, which give such jobs their own verdicts (shared.py, executor.py).
+A plain claim looks at the queue's head again every ORDERING seconds anyway: orders take only these tasks'
+jobs, and another task's job that came due first must not wait behind them for longer than that. Not with
+`--max-jobs` (orders would count toward it only once done).
 
 While an order runs, its jobs read `pending` (locked) to anyone who looks, for as long as one group's
-transaction lasts (it stops between its jobs once GROUP_SECONDS have passed, shared.py); `cancel` waits
-for it, then finds them ended.
+transaction lasts (it stops between its jobs once GROUP_SECONDS have passed, shared.py: longer only while one
+job's own statement is slow); `cancel` waits for its COMMIT, then finds them ended (or pending, not reached).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
-from ..models import ClaimedJob, Outcome, RunReport
+from ..models import ClaimedJob, Job, Outcome, RunReport
+from ..states import JOB_PENDING
 from ..workers import WorkerPool
 from .verbs import JobStore
 
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 
 ORDERING = 1.0
 """Seconds a queue's claims stay orders before a plain claim looks at the queue's head again (see the module)."""
+FAST_JOB = 0.01
+"""Seconds a job may take in groups, on average, for its queue's claims to become orders. Slower jobs gain
+little from one status change less, and their rows would read `pending` (locked) while they run, an operator's
+`cancel` waiting for them: orders are for backlogs of fast jobs, where the status changes are the cost."""
 
 
 @dataclasses.dataclass
@@ -71,7 +77,7 @@ class Orders:
 
     def note_claim(self, queue: str, jobs: Sequence[ClaimedJob], limit: int) -> None:
         """After a plain claim of `queue`: its next claims are orders when it came back full of jobs that can be."""
-        if (self._enabled and len(jobs) >= limit > 1 and queue not in self.worker.executor.held_queues
+        if (self._enabled and len(jobs) >= limit > 1 and self._fast() and queue not in self.worker.executor.held_queues
                 and all(job.task in self.tasks and self.worker.shareable(job) for job in jobs)
                 and self.store.claims_together(queue)):
             self._until[queue] = time.monotonic() + ORDERING
@@ -81,10 +87,18 @@ class Orders:
         idle worker of its `workers`, each for as many jobs as a group holds (at most `limit`)."""
         if self._until.get(queue, 0.0) <= time.monotonic():
             return None
+        if not self._fast():  # slow jobs after fast ones: plain claims again
+            del self._until[queue]
+            return None
         size = max(2, min(limit, self.worker.largest()))
         orders = [Order(queue, self.tasks, size, self.owner) for _ in range(workers - pool.busy)]
         pool.submit_all(orders)
         return bool(orders)
+
+    def _fast(self) -> bool:
+        """Whether jobs have taken under FAST_JOB seconds each in groups so far (none ended yet: not known)."""
+        seconds = self.worker.job_seconds
+        return seconds is not None and seconds < FAST_JOB
 
     def collected(self, finished: Iterable[tuple[Any, list[Outcome]]], report: RunReport) -> int:
         """Count the jobs of finished orders among pool results as claimed; how many outcomes they gave. An
@@ -102,3 +116,11 @@ class Orders:
                     log.info("queue %s: claims are plain again: an order wrote nothing (%s)", order.queue,
                              order.gave_up)
         return given
+
+
+def not_claimed(job_id: int, job: Job | None) -> str:
+    """Why `run --job` claimed nothing. A job still `pending` is locked by another run's transaction: an order's
+    (SKIP LOCKED passes it by), which ends it or leaves it pending for the next claim once it commits."""
+    if job is not None and job.status == JOB_PENDING:
+        return f"job {job_id} is pending but locked by another run's transaction (an order's, most likely): try again"
+    return f"job {job_id} is {job.status if job else 'missing'}, not pending: nothing to run"

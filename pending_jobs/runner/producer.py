@@ -18,7 +18,7 @@ from ..config import Settings
 from ..errors import CommandFailed
 from ..models import ClaimedJob, Outcome, RunReport
 from ..workers import WorkerPool
-from . import waiting
+from . import ordering, waiting
 from .completer import Completer, rescue
 from .executor import Executor
 from .ordering import Orders
@@ -188,8 +188,7 @@ class Producer:
     def _claim_one(self, job_id: int) -> None:
         claim = self.store.claim_job(job_id, self.owner, self.settings.lease)
         if not claim.jobs:
-            job = self.store.get(job_id)
-            raise CommandFailed(f"job {job_id} is {job.status if job else 'missing'}, not pending: nothing to run")
+            raise CommandFailed(ordering.not_claimed(job_id, self.store.get(job_id)))
         self._dispatch(claim.jobs)
 
     def _dispatch(self, jobs: list[ClaimedJob]) -> None:
@@ -240,8 +239,7 @@ class Producer:
                 self._held -= release_unstarted(self.pool, self.store, self.report, self.worker)
                 grace_end = now + self.settings.grace
             if grace_end is not None and now >= grace_end:
-                log.warning("%d job(s) still running after the grace period; their leases will expire",
-                            self._held)
+                log.warning("still running after the grace period: %s", waiting.left_running(self.pool, self._held))
                 break
             self._collect(min(LONGEST_WAIT, grace_end - now if grace_end is not None else LONGEST_WAIT))
             self.completer.flush_if_due(idle=not self.pool.busy)

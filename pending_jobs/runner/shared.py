@@ -102,6 +102,11 @@ class Worker:
         nothing; what they did not run comes back `unstarted`."""
         self._stopping.set()
 
+    @property
+    def job_seconds(self) -> float | None:
+        """A job's time in groups so far (moving average), None before a group has ended."""
+        return self._job_seconds
+
     def ahead(self, held: int) -> int:
         """Of `held` jobs handed to the pool and not yet collected, those no running group holds."""
         return held - self._in_groups

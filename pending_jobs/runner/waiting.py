@@ -13,6 +13,7 @@ from ..models import ClaimedJob, Outcome, RunReport
 from ..workers import WorkerPool
 from .completer import Completer
 from .executor import Executor
+from .ordering import Order
 from .shared import Work, Worker, jobs_of
 from .verbs import JobStore
 
@@ -82,6 +83,15 @@ def may_hand_over(pool: Pool, concurrency: int, long_since: float) -> bool:
     running = pool.running()
     long_job = any(slot.started is not None and slot.started < long_since for slot in running)
     return not long_job or len(running) >= concurrency
+
+
+def left_running(pool: Pool, held: int) -> str:
+    """What a run that stops waiting for its workers leaves running (`held`: its claimed jobs), for its warning.
+    An order's jobs (ordering.py) hold no lease: they are `pending`, and stay so unless it commits first."""
+    orders = sum(isinstance(slot.item, Order) for slot in pool.running())
+    jobs = f"{held} job(s), their leases to expire" if held or not orders else ""
+    ordered = f"{orders} order(s), their jobs pending (no lease) unless they commit first" if orders else ""
+    return "; ".join(part for part in (jobs, ordered) if part)
 
 
 def cancel_waiting(pool: Pool, store: JobStore, worker: Worker) -> list[Outcome]:

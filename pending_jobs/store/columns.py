@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from ..models import COUNT_MAX
-from ..schema import db_now, paused_queues
+from ..schema import Time, db_now, paused_queues, statement_now
 from ..schema import limits as L
 from ..schema import pending_jobs as J
 from ..states import JOB_PENDING, JOB_RUNNING
@@ -124,3 +124,12 @@ def running_by_id() -> sa.ColumnElement[bool]:
 def pending_by_ids() -> sa.ColumnElement[bool]:
     """`status = 'pending'` in a guard that names its rows by id, looked up by id (see `running_by_id`)."""
     return sa.func.coalesce(J.c.status, "") == JOB_PENDING
+
+
+def ordered(token: sa.BindParameter[str]) -> dict[str, Any]:
+    """What an order's UPDATE to succeeded sets besides a success's (store/shared.py): what a claim would have set,
+    and the job's end by the statement's clock, `updated_at` too. PostgreSQL's now() is the transaction's start,
+    before the order's jobs ran: the row read as changed before it finished."""
+    return {"attempts": one_more(J.c.attempts), "lease_owner": sa.bindparam("claim_owner", type_=sa.String),
+            "lease_token": token, "started_at": sa.bindparam("claimed_at", type_=Time),
+            "finished_at": statement_now(), "updated_at": statement_now()}

@@ -177,35 +177,41 @@ def test_kill_9_mid_shared_sql_transaction_leaves_nothing_half_written(
 def test_kill_9_mid_order_leaves_its_jobs_pending_their_attempt_uncounted(
     fresh: str, engine_on: Callable[[str], sa.Engine], runners: Runners, tmp_path: Path
 ) -> None:
-    """A backlog of declared sql jobs is claimed by the transactions that run them (runner/ordering.py): no
-    job of an order is marked `running` before its transaction commits. The runner is killed while a job of
-    an order sleeps in it: that order's jobs were never marked, so they are `pending` at once, their attempt
-    uncounted, no lease to wait out, and their INSERTs were never committed; the next run writes each once."""
+    """A backlog of declared sql jobs is claimed by the transactions that run it (runner/ordering.py): no job of
+    an order is marked `running` before its transaction commits. The runner is killed while a job of an order
+    sleeps in it: that order's jobs were never marked, so they are `pending` at once, their attempt uncounted,
+    no lease to wait out, and their INSERTs were never committed; the next runs write each job once."""
     engine = engine_on(fresh)
     config = tmp_path / "pending-jobs.toml"
     config.write_text('[task.sql_ledger]\nsql = ["INSERT INTO ledger (job_id, note) VALUES (:id, \'sql\')",'
                       ' "SELECT SLEEP(:pause)"]\n')
-    ids = insert_jobs(engine, "sql_ledger", [{} for _ in range(25)])
-    slow = ids[12]  # in the third batch of five: the second order's (the first batch is a plain claim's)
+    ids = insert_jobs(engine, "sql_ledger", [{} for _ in range(40)])
+    order = ids[25:30]  # batches of 5 in claim order; by the sixth the first plain claims have made the rest orders
     with engine.begin() as conn:  # each payload names its own job, so the ledger row is the job's
         conn.execute(sa.text("UPDATE pending_jobs SET payload = JSON_OBJECT('id', id, 'pause', IF(id = :slow, 60, 0))"),
-                     {"slow": slow})
-    runner = runners(fresh, "--config", str(config), "--lease", "600", "--concurrency", "1", "--batch-size", "5")
+                     {"slow": order[2]})
+    runner = runners(fresh, "--config", str(config), "--lease", "5", "--concurrency", "1", "--batch-size", "5")
 
     wait_for(_sleeping(engine), 30, "a job of an order to sleep in its transaction")
     runner.kill()
 
-    wait_for(lambda: statuses(engine) == {"succeeded": 10, "pending": 15}, 30,
-             "the killed order's transaction to be rolled back")  # the server notices the closed connection
+    def rolled_back() -> bool:  # the server notices the closed connection
+        with engine.connect() as conn:
+            return {row[0] for row in conn.execute(sa.text("SELECT id FROM pending_jobs WHERE status = 'pending'"
+                                                           " AND attempts = 0 AND lease_token IS NULL"))} >= set(order)
+
+    wait_for(rolled_back, 30, "the killed order's jobs to be pending, never claimed")
     with engine.connect() as conn:
         ledger = {row[0] for row in conn.execute(sa.text("SELECT job_id FROM ledger"))}
-        assert ledger == set(ids[:10])  # the order's first two INSERTs went with its transaction
-        left = conn.execute(sa.text("SELECT attempts, lease_token FROM pending_jobs WHERE status = 'pending'")).all()
-        assert left == [(0, None)] * 15
+        assert ledger == set(ids[:25])  # the order's first two INSERTs went with its transaction
         conn.execute(sa.text("UPDATE pending_jobs SET payload = JSON_OBJECT('id', id, 'pause', 0)"))
         conn.commit()
-    drain(fresh, engine, "--config", str(config))  # no lease to wait out: the 600 s one would fail the drain
+    assert statuses(engine)["succeeded"] == 25
+    # Jobs a plain claim took ahead meanwhile (a plain claim looks at the queue every second) are `running`
+    # under a lease of 5 s: the drain waits it out, as for any killed run.
+    drain(fresh, engine, "--config", str(config))
     with engine.connect() as conn:
         ledger_counts = dict(conn.execute(sa.text("SELECT job_id, COUNT(*) FROM ledger GROUP BY job_id")).all())
     assert ledger_counts == {job_id: 1 for job_id in ids}
-    assert all(job(engine, job_id)["status"] == "succeeded" and job(engine, job_id)["attempts"] == 1 for job_id in ids)
+    assert all(job(engine, job_id)["status"] == "succeeded" for job_id in ids)
+    assert all(job(engine, job_id)["attempts"] == 1 for job_id in order)
