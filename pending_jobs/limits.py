@@ -107,9 +107,11 @@ class Limits:
 
     def cap_only(self, queue: str) -> Scope | None:
         """The queue's max_running scope when it is the only limit a claim from `queue` keeps (no task limit
-        anywhere, no per-key or rate limit on the queue): such a claim needs only the room the cap leaves."""
+        anywhere, no per-key or rate limit on the queue): such a claim needs only the room the cap leaves. Not while
+        a task is held: its jobs, claimed under no limit, would take that room (the limited claim leaves it them)."""
         q = self.queues.get(queue)
-        if self.tasks or q is None or q.max_running is None or q.concurrency_limit is not None or q.rate is not None:
+        if (self.tasks or self.held_tasks or q is None or q.max_running is None or q.concurrency_limit is not None
+                or q.rate is not None):
             return None
         return self.queue_scopes(queue)[0]
 

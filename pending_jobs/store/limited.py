@@ -123,7 +123,9 @@ class LimitedStore(Store):
                 # Only while a job is due: a drain stops when none is, not at its runtime's end.
                 wait.extend([hint] if hint is not None and self._any_due(conn, queue) else [])
                 return []
-            size = min(limit, room or limit)
+            # Held jobs (held.py) start under no limit, only to be put back: a read sized to the room would let
+            # them fill it, and the jobs that run behind them waited a claim per held job (a run could serve none).
+            size = limit if self.limits.held_tasks else min(limit, room or limit)
             marked: list[ClaimedJob] = []
             rows: Sequence[Row[Any]]
             # Only task limits apply here (the queue has none of its own): jobs of other tasks go at once.
