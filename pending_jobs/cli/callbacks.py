@@ -62,8 +62,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    if not _open(args).retry(args.job_id):
-        common.eprint(f"job {args.job_id}: no finished job with a callback_url has this id")
+    callbacks = _open(args)
+    if not callbacks.retry(args.job_id):
+        # Say which condition failed, as `retry` and `cancel` do: the operator's next step differs.
+        job = callbacks.store.get(args.job_id)
+        state = ("does not exist" if job is None else "has no callback_url" if not job.callback_url
+                 else f"is {job.status}")
+        common.eprint(f"job {args.job_id} {state}: only a finished job with a callback_url has one to send again")
         return EXIT_FAILURE
-    common.log.info("callback of job %d is due now", args.job_id)
+    # On stdout like `retry`'s line: a log line at INFO is not shown without -v, and silence reads as nothing done.
+    common.out(f"callback of job {args.job_id} is due now: the next run sends it")
     return EXIT_OK

@@ -48,12 +48,18 @@ class RunStore:
                       self.sql.clock_value(row["finished_at"]), report)
 
     def start_run(self, host: str, pid: int) -> int:
-        """Insert this run's row (started now) and return its id."""
+        """Insert this run's row (started now) and return its id.
+
+        The row is updated once, to nothing, in the same transaction: finish_run needs UPDATE, and a user
+        granted INSERT but not UPDATE would otherwise leave a row that reads as still running forever. The
+        grant's error rolls the row back, and the run exits 2 naming the table.
+        """
         stmt = sa.insert(R).values(host=host[:255], pid=pid, started_at=db_now())
 
         def work(conn: sa.Connection) -> int:
             key = conn.execute(stmt).inserted_primary_key
             assert key is not None
+            conn.execute(sa.update(R).where(R.c.id == key[0]).values(finished_at=None))
             return int(key[0])
 
         return self.store.transaction(work)

@@ -383,10 +383,14 @@ def test_cli_callbacks_list_and_retry(store: Store, db_url: str) -> None:
         assert "TOPSECRET" not in listed.stdout
         table = cli("callbacks", "list", env=env)
         assert table.returncode == 0 and "410" in table.stdout and "TOPSECRET" not in table.stdout
-        assert cli("callbacks", "retry", str(job_id), env=env).returncode == 0
+        retried = cli("callbacks", "retry", str(job_id), env=env)
+        assert retried.returncode == 0, retried.stderr
+        assert retried.stdout == f"callback of job {job_id} is due now: the next run sends it\n"
         assert job(store, job_id).callback_status == "pending"
-        missing = cli("callbacks", "retry", str(other), env=env)
-        assert missing.returncode == 1 and "no finished job" in missing.stderr
+        for job_id_, state in ((other, "has no callback_url"), (2**40, "does not exist")):
+            refused = cli("callbacks", "retry", str(job_id_), env=env)
+            assert (refused.returncode, refused.stdout) == (1, ""), refused.stderr
+            assert f"job {job_id_} {state}: only a finished job with a callback_url has one to send" in refused.stderr
         deliver(store, db_url)
         assert len(server.received) == 2
     assert job(store, job_id).callback_status == "delivered"

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 import pending_jobs
-from tests.conftest import ROOT, cli, scalar
+from tests.conftest import ROOT, cli, rows, scalar
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -190,6 +190,38 @@ def test_check_fails_its_database_check_for_a_user_who_may_only_read(db_url: str
         assert ran.returncode == 2, ran.stderr
         assert ran.stderr.startswith("pending-jobs: cannot use the database: ") and "pending_job" in ran.stderr
         assert len(ran.stderr.strip().splitlines()) == 1, ran.stderr
+    finally:
+        _drop_user(admin, user, mysql)
+
+
+@pytest.mark.parametrize("backend", ["mysql", "postgresql"], indirect=True)
+def test_run_by_a_user_who_may_not_update_leaves_no_unfinished_runs_row(db_url: str) -> None:
+    """Granted SELECT and INSERT alone, a run exited 2 with a clear line but left its `pending_job_runs` row with
+    no finish (finishing it needs UPDATE): `status` then showed it "still running (or killed)" on every tick."""
+    url = sa.make_url(db_url)
+    user = "pj_noupd_" + str(url.database)[-8:]
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    mysql = url.get_backend_name() == "mysql"
+    with admin.connect() as conn:
+        if mysql:
+            conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw'")
+            conn.exec_driver_sql(f"GRANT SELECT, INSERT ON `{url.database}`.* TO '{user}'@'%%'")
+        else:
+            conn.exec_driver_sql(f"CREATE ROLE {user} LOGIN PASSWORD 'pw'")
+            conn.exec_driver_sql(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {user}")
+            conn.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user}")
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('echo', '{}')"))
+    env = {"PENDING_JOBS_DATABASE_URL": url.set(username=user, password="pw").render_as_string(False)}
+    try:
+        ran = cli("run", env=env)
+        assert ran.returncode == 2, ran.stderr
+        assert scalar(admin, "SELECT COUNT(*) FROM pending_job_runs") == 0
+        assert ran.stderr.startswith("pending-jobs: cannot use the database: ") and "pending_job_runs" in ran.stderr
+        with admin.connect() as conn:  # UPDATE on the runs table alone: the run is recorded, with its exit code
+            conn.exec_driver_sql(f"GRANT UPDATE ON `{url.database}`.pending_job_runs TO '{user}'@'%%'" if mysql else
+                                 f"GRANT UPDATE ON pending_job_runs TO {user}")
+        assert cli("run", env=env).returncode == 2
+        assert rows(admin, "SELECT exit_code FROM pending_job_runs WHERE finished_at IS NOT NULL") == [(2,)]
     finally:
         _drop_user(admin, user, mysql)
 
