@@ -153,6 +153,20 @@ def _failed_database_check(url: sa.URL, user: str) -> tuple[dict[str, str], dict
     return env, database
 
 
+def _user_granted(admin: sa.Engine, url: sa.URL, user: str, verbs: str) -> None:
+    """A database user of the test's own, with password 'pw', granted `verbs` (e.g. "SELECT, INSERT") on every
+    table of the test's database (and the sequences' use on PostgreSQL, where INSERT needs them)."""
+    with admin.connect() as conn:
+        if url.get_backend_name() == "mysql":
+            conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw'")
+            conn.exec_driver_sql(f"GRANT {verbs} ON `{url.database}`.* TO '{user}'@'%%'")
+        else:
+            conn.exec_driver_sql(f"CREATE ROLE {user} LOGIN PASSWORD 'pw'")
+            conn.exec_driver_sql(f"GRANT {verbs} ON ALL TABLES IN SCHEMA public TO {user}")
+            if "INSERT" in verbs:
+                conn.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user}")
+
+
 def _drop_user(admin: sa.Engine, user: str, mysql: bool) -> None:
     """The test's own database user, and what it was granted, gone; then the admin engine."""
     with admin.connect() as conn:
@@ -172,13 +186,7 @@ def test_check_fails_its_database_check_for_a_user_who_may_only_read(db_url: str
     user = "pj_reader_" + str(url.database)[-8:]
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     mysql = url.get_backend_name() == "mysql"
-    with admin.connect() as conn:
-        if mysql:
-            conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw'")
-            conn.exec_driver_sql(f"GRANT SELECT ON `{url.database}`.* TO '{user}'@'%%'")
-        else:
-            conn.exec_driver_sql(f"CREATE ROLE {user} LOGIN PASSWORD 'pw'")
-            conn.exec_driver_sql(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {user}")
+    _user_granted(admin, url, user, "SELECT")
     try:
         env, database = _failed_database_check(url, user)
         assert "the database user may not: INSERT on pending_jobs, UPDATE on pending_jobs, DELETE on pending_jobs" \
@@ -202,14 +210,8 @@ def test_run_by_a_user_who_may_not_update_leaves_no_unfinished_runs_row(db_url: 
     user = "pj_noupd_" + str(url.database)[-8:]
     admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
     mysql = url.get_backend_name() == "mysql"
+    _user_granted(admin, url, user, "SELECT, INSERT")
     with admin.connect() as conn:
-        if mysql:
-            conn.exec_driver_sql(f"CREATE USER '{user}'@'%%' IDENTIFIED BY 'pw'")
-            conn.exec_driver_sql(f"GRANT SELECT, INSERT ON `{url.database}`.* TO '{user}'@'%%'")
-        else:
-            conn.exec_driver_sql(f"CREATE ROLE {user} LOGIN PASSWORD 'pw'")
-            conn.exec_driver_sql(f"GRANT SELECT, INSERT ON ALL TABLES IN SCHEMA public TO {user}")
-            conn.exec_driver_sql(f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {user}")
         conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('echo', '{}')"))
     env = {"PENDING_JOBS_DATABASE_URL": url.set(username=user, password="pw").render_as_string(False)}
     try:
