@@ -20,17 +20,17 @@ from tests.conftest import rows, scalar
 
 from .conftest import SAVE_USER, outcome
 
-CHANGES = "CREATE TABLE status_changes (job_id BIGINT NOT NULL, old_status VARCHAR(16), new_status VARCHAR(16))"
+SEQ = {"mysql": "BIGINT AUTO_INCREMENT PRIMARY KEY", "postgresql": "BIGSERIAL PRIMARY KEY",
+       "sqlite": "INTEGER PRIMARY KEY"}  # the order the changes were made in, for each job's history
+CHANGES = "CREATE TABLE status_changes (seq {}, job_id BIGINT NOT NULL, old_status VARCHAR(16), new_status VARCHAR(16))"
+NOTE = "INSERT INTO status_changes (job_id, old_status, new_status) VALUES (OLD.id, OLD.status, NEW.status)"
 TRIGGER = {
-    "mysql": ["CREATE TRIGGER pj_status_changes AFTER UPDATE ON pending_jobs FOR EACH ROW"
-              " INSERT INTO status_changes VALUES (OLD.id, OLD.status, NEW.status)"],
-    "postgresql": ["CREATE FUNCTION pj_note_change() RETURNS trigger AS $$ BEGIN"
-                   " INSERT INTO status_changes VALUES (OLD.id, OLD.status, NEW.status); RETURN NEW; END $$"
+    "mysql": [f"CREATE TRIGGER pj_status_changes AFTER UPDATE ON pending_jobs FOR EACH ROW {NOTE}"],
+    "postgresql": [f"CREATE FUNCTION pj_note_change() RETURNS trigger AS $$ BEGIN {NOTE}; RETURN NEW; END $$"
                    " LANGUAGE plpgsql",
                    "CREATE TRIGGER pj_status_changes AFTER UPDATE ON pending_jobs FOR EACH ROW"
                    " EXECUTE FUNCTION pj_note_change()"],
-    "sqlite": ["CREATE TRIGGER pj_status_changes AFTER UPDATE ON pending_jobs"
-               " BEGIN INSERT INTO status_changes VALUES (OLD.id, OLD.status, NEW.status); END"],
+    "sqlite": [f"CREATE TRIGGER pj_status_changes AFTER UPDATE ON pending_jobs BEGIN {NOTE}; END"],
 }
 ONCE = [("pending", "succeeded")]
 TWICE = [("pending", "running"), ("running", "succeeded")]
@@ -38,14 +38,14 @@ TWICE = [("pending", "running"), ("running", "succeeded")]
 
 def watch_status_changes(engine: sa.Engine) -> None:
     with engine.begin() as conn:
-        conn.exec_driver_sql(CHANGES)
+        conn.exec_driver_sql(CHANGES.format(SEQ[dialect_for(engine).name]))
         for statement in TRIGGER[dialect_for(engine).name]:
             conn.exec_driver_sql(statement)
 
 
 def changes_by_job(engine: sa.Engine) -> dict[int, list[tuple[str, str]]]:
     found: dict[int, list[tuple[str, str]]] = defaultdict(list)
-    for job_id, old, new in rows(engine, "SELECT job_id, old_status, new_status FROM status_changes"):
+    for job_id, old, new in rows(engine, "SELECT job_id, old_status, new_status FROM status_changes ORDER BY seq"):
         if old != new:  # a heartbeat changes no status
             found[int(job_id)].append((old, new))
     return found
