@@ -184,7 +184,6 @@ class Worker:
         """Claim, run and record an order's jobs in one transaction (ordering.py); outcomes of those it ran."""
         if self._stopping.is_set():
             return []
-        limit = self.executor.settings.payload_limit
         payloads: dict[int, Any] = {}
         # Its rows stay locked, `pending`, until it commits: slow jobs after fast ones (an order sized by their
         # time) stop at GROUP_SECONDS, the jobs not reached left pending, untouched, for the next order.
@@ -192,9 +191,7 @@ class Worker:
 
         def work(conn: Any, jobs: Sequence[ClaimedJob]) -> list[Any]:
             for job in jobs:
-                payload, problem = validation.parse_payload(job.payload_text, limit)
-                problem = problem or job.problem or validation.row_problem(
-                    job.task, job.max_attempts, job.priority, job.callback_url)
+                payload, problem = self._payload(job)
                 if problem is not None:  # rolled back: the plain claim's executor fails it with the reason
                     raise ValueError(f"job {job.id}: {problem}")
                 payloads[job.id] = payload
@@ -225,14 +222,18 @@ class Worker:
         """The outcomes of an item given up on after its timeout."""
         return [self.executor.timed_out(job) for job in jobs_of(item)]
 
+    def _payload(self, job: ClaimedJob) -> tuple[Any, str | None]:
+        """The job's payload, or the problem with it or its row that fails it (alone, through the executor)."""
+        payload, problem = validation.parse_payload(job.payload_text, self.executor.settings.payload_limit)
+        return payload, problem or job.problem or validation.row_problem(job.task, job.max_attempts, job.priority,
+                                                                         job.callback_url)
+
     def _together(self, jobs: list[ClaimedJob]) -> list[Outcome]:
-        limit = self.executor.settings.payload_limit
         payloads: dict[int, Any] = {}
         ready: list[ClaimedJob] = []
         alone: list[ClaimedJob] = []
         for job in jobs:
-            payload, problem = validation.parse_payload(job.payload_text, limit)
-            problem = problem or validation.row_problem(job.task, job.max_attempts, job.priority, job.callback_url)
+            payload, problem = self._payload(job)
             if problem is None:
                 payloads[job.id] = payload
                 ready.append(job)
