@@ -156,3 +156,25 @@ def analyzed(engine: sa.Engine, vacuum: bool = False) -> None:
     else:
         with engine.begin() as conn:
             conn.exec_driver_sql("ANALYZE")
+
+
+SERVER_PROCESSES = {"mysql": ("mariadbd", "mysqld"), "postgresql": ("postgres",)}
+
+
+def server_cpu(backend: str) -> float | None:
+    """CPU seconds the local database server has used so far, or None where it cannot be read (another host,
+    no /proc). PostgreSQL's ended backends count through the postmaster's children's time. A steadier measure
+    than a rate on a machine whose speed moves between rounds: the server's work a job."""
+    names = SERVER_PROCESSES.get(backend, ())
+    ticks, found = 0, False
+    for pid in filter(str.isdigit, os.listdir("/proc") if os.path.isdir("/proc") else ()):
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if comm in names:
+            fields = stat[stat.rindex(")") + 2:].split()  # utime, stime, cutime, cstime are fields 14-17
+            ticks += sum(int(value) for value in fields[11:15])
+            found = True
+    return ticks / os.sysconf("SC_CLK_TCK") if found else None

@@ -7,7 +7,8 @@ the floor's table and has more indexes. This loop takes the runner away: one con
 of a batch, then `Store.finish_many` of the batch as succeeded, until the table is empty, with the time
 spent inside each kind of statement (SQLAlchemy's cursor events; COMMIT not included). Its rate over the
 floor's is what the table and statements allow; the drain's rate over this loop's is the runner's part.
-`--without ix_a,ix_b` drops indexes of pending_jobs first, to tell what each one costs a status change
+Beside each rate, the local server's CPU a job (`databases.server_cpu`): steadier than the rate on a
+machine whose speed moves between rounds. `--without ix_a,ix_b` drops indexes of pending_jobs first, to tell what each one costs a status change
 (on PostgreSQL every UPDATE of `status` writes a new row version and an entry in every index).
 """
 
@@ -25,11 +26,13 @@ from pending_jobs.models import Completion
 from pending_jobs.store import create_engine, open_store
 
 from . import floor
-from .databases import LABELS, drop_indexes, fill, throwaway, usable
+from .databases import LABELS, drop_indexes, fill, server_cpu, throwaway, usable
 
 
-def loop(backend: str, jobs: int, batch: int, without: Sequence[str] = ()) -> tuple[float, dict[str, float]]:
-    """(jobs/s, seconds inside each kind of statement) of claim-then-succeed batches over `jobs` jobs."""
+def loop(backend: str, jobs: int, batch: int, without: Sequence[str] = ()) -> tuple[float, dict[str, float],
+                                                                                   float | None]:
+    """(jobs/s, seconds inside each kind of statement, the server's CPU µs a job or None) of claim-then-succeed
+    batches over `jobs` jobs."""
     spent: dict[str, float] = collections.defaultdict(float)
     with throwaway(backend, "statements") as url:
         engine = create_engine(url)
@@ -47,16 +50,20 @@ def loop(backend: str, jobs: int, batch: int, without: Sequence[str] = ()) -> tu
 
             store = open_store(engine)
             done = 0
+            server = server_cpu(backend)
             began = time.perf_counter()
             while (claim := store.claim("default", batch, "statements", 300)).jobs:
                 store.finish_many([Completion(claim.token, succeeded=[(job.id, None) for job in claim.jobs])])
                 done += len(claim.jobs)
             rate = done / (time.perf_counter() - began)
+            time.sleep(0.2)  # the server's last writes (WAL, the backend's exit) land in its counters
+            after = server_cpu(backend)
+            micros = None if server is None or after is None else (after - server) * 1e6 / max(done, 1)
         finally:
             engine.dispose()
     if done != jobs:
         raise RuntimeError(f"{done} of {jobs} jobs finished")
-    return rate, dict(spent)
+    return rate, dict(spent), micros
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,11 +84,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 _, floor_rate = floor.measure(url, args.jobs, args.batch, 1)
             print(f"{LABELS[backend]} round {number} floor: {floor_rate:,.0f} jobs/s", flush=True)
             for name, dropped in variants:
-                rate, spent = loop(backend, args.jobs, args.batch, dropped)
+                rate, spent, micros = loop(backend, args.jobs, args.batch, dropped)
                 per_batch = {kind: seconds / (args.jobs / args.batch) * 1000 for kind, seconds in spent.items()}
                 print(f"{LABELS[backend]} round {number} {name}: {rate:,.0f} jobs/s = {rate / floor_rate:.2f} x the "
-                      f"floor; ms per batch inside {', '.join(f'{k} {v:.2f}' for k, v in sorted(per_batch.items()))}",
-                      flush=True)
+                      f"floor; ms per batch inside {', '.join(f'{k} {v:.2f}' for k, v in sorted(per_batch.items()))}"
+                      + ("" if micros is None else f"; server CPU {micros:.1f} µs/job"), flush=True)
     return 1 if failed else 0
 
 

@@ -14,6 +14,7 @@ from pending_jobs.store import OpsStore, Store
 from pending_jobs.store.columns import LEASE_EXPIRED
 from pending_jobs.store.console import ConsoleStore
 from pending_jobs.store.history import ERRORS_KEPT
+from pending_jobs.schema import pending_jobs as J
 from pending_jobs.store.ops import JobFilter
 from tests.conftest import finish, scalar
 
@@ -123,6 +124,41 @@ def test_job_list_filters_and_keyset_pages(store: Store, engine: sa.Engine) -> N
     assert ids_of(JobFilter(statuses=("failed",), task="echo")) == [ids[6]]
     assert ids_of(JobFilter(since=3600)) and not ids_of(JobFilter(until=3600))
     assert console.count(JobFilter(queue="b")) == 4
+
+
+def test_a_task_filter_finds_the_tasks_jobs_in_every_status_running_ones_too(store: Store, engine: sa.Engine) -> None:
+    """On PostgreSQL the task index leaves out running jobs (migration 0010): the filter must still find them."""
+    statuses = ("pending", "running", "succeeded", "failed", "cancelled")
+    with engine.begin() as conn:
+        ids = {status: pending_jobs.enqueue(conn, "mail", {"status": status}) for status in statuses}
+        pending_jobs.enqueue(conn, "other", {})
+        for status, job_id in ids.items():
+            conn.execute(sa.text("UPDATE pending_jobs SET status = :s WHERE id = :id"), {"s": status, "id": job_id})
+    console, ops = ConsoleStore(store), OpsStore(store)
+    newest_first = sorted(ids.values(), reverse=True)
+    assert [j.id for j in console.jobs(JobFilter(task="mail")).jobs] == newest_first
+    assert [j.id for j in ops.list_jobs(JobFilter(task="mail"))] == newest_first
+    assert console.count(JobFilter(task="mail")) == 5
+    assert [j.id for j in console.jobs(JobFilter(task="mail", statuses=("running",))).jobs] == [ids["running"]]
+    assert [j.id for j in console.jobs(JobFilter(task="mail", statuses=("failed", "running"))).jobs] == sorted(
+        (ids["failed"], ids["running"]), reverse=True)
+    assert console.count_acted(JobFilter(task="mail"), ("pending", "running")) == (5, 2)
+
+
+def test_postgresql_serves_a_task_filter_from_the_task_index_and_claims_write_no_entry_in_it(
+        backend: str, store: Store, engine: sa.Engine) -> None:
+    """The task index (`task`, `id`) holds no running row version on PostgreSQL, and a filter by task (running
+    jobs included) is still served by indexes, not a scan of the table."""
+    if backend != "postgresql":
+        pytest.skip("MariaDB and SQLite write the task index at INSERT only: it is whole there")
+    with engine.connect() as conn:
+        definition = conn.execute(sa.text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_pending_jobs_task'"))
+        assert "WHERE ((status)::text <> 'running'::text)" in definition.scalar_one()
+        conn.exec_driver_sql("SET enable_seqscan = off")  # a near-empty table: the planner would scan it anyway
+        stmt = sa.select(J.c.id).where(OpsStore(store).where(JobFilter(task="mail"))[0])
+        plan = "\n".join(row[0] for row in conn.execute(sa.text("EXPLAIN " + str(stmt.compile(
+            dialect=conn.dialect, compile_kwargs={"literal_binds": True})))))
+        assert "ix_pending_jobs_task" in plan and "Seq Scan" not in plan, plan
 
 
 def test_bulk_retry_and_cancel_over_a_filter(store: Store, engine: sa.Engine) -> None:
