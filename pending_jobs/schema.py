@@ -156,10 +156,8 @@ pending_jobs = sa.Table(
     sa.Index("ix_pending_jobs_callback", "callback_status", "callback_next_at",
              postgresql_where=sa.text("callback_status IS NOT NULL")),
     # Serves a job list filtered by task, newest first (console, `list --task`). MariaDB and SQLite write it
-    # at INSERT only; PostgreSQL with every status change too (a new row version: see docs/performance.md),
-    # so there it leaves `running` versions out (migration 0010): a claim writes no entry, and a task filter
-    # reads running jobs through the claim index instead (`Dialect.task_is`).
-    sa.Index("ix_pending_jobs_task", "task", "id", postgresql_where=sa.text("status <> 'running'")),
+    # at INSERT only; PostgreSQL with every status change too (a new row version: see docs/performance.md).
+    sa.Index("ix_pending_jobs_task", "task", "id"),
     # Serves the limited claim's per-key reads (running count, first due jobs of a key) in claim order.
     # Partial where the database can: rows without a key (most) cost no index write on PostgreSQL/SQLite.
     sa.Index(

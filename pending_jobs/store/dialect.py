@@ -181,7 +181,8 @@ class Dialect:
     # -- statements, the clock and ids -----------------------------------------------------------
 
     def cached(self, key: tuple[Any, ...], build: Callable[[], S]) -> S:
-        """A hot-path statement built once, every varying value a bindparam: its compiled form comes from the cache."""
+        """A hot-path statement built once, every varying value a named bindparam: SQLAlchemy memoises its
+        cache key on the object, and its compiled form comes straight from the cache."""
         stmt = self._statements.get(key)
         if stmt is None:
             stmt = self._statements[key] = build()
@@ -196,7 +197,8 @@ class Dialect:
         return value if isinstance(value, sa.ColumnElement) else sa.literal(float(value), sa.Float)
 
     def clock_value(self, value: Any) -> dt.datetime | None:
-        """A time read from a clock expression or a LenientTime column, as aware UTC; None if not a time (SQLite)."""
+        """A time read from an SQL expression of the clock (not a typed column) or a LenientTime column, as
+        aware UTC; None for what is not a time (SQLite's text is parsed)."""
         return utc(value)
 
     def id_in(self, column: sa.ColumnElement[Any] = J.c.id) -> sa.ColumnElement[bool]:
@@ -268,10 +270,6 @@ class Dialect:
         unreadable = self.unreadable_time(run_at)
         return None if unreadable is None else sa.and_(unreadable, sa.not_(run_at <= db_now()))
 
-    def task_is(self, task: str) -> sa.ColumnElement[bool]:
-        """A job list's filter by task, in the form the task index serves (see the PostgreSQL override)."""
-        return J.c.task == task
-
     def tolerant_reads(self, conn: sa.Connection) -> contextlib.AbstractContextManager[None]:
         """While open, what a producer wrote that the driver cannot read is read anyway (people's reads): text
         that cannot be decoded with replacement characters, a time the driver cannot hold as its text."""
@@ -300,7 +298,8 @@ class Dialect:
     # -- introspection ---------------------------------------------------------------------------
 
     def estimate(self, conn: sa.Connection, stmt: sa.Select[Any], params: dict[str, Any]) -> int | None:
-        """How many rows the planner expects `stmt` to return (nothing runs); None where not said (SQLite)."""
+        """How many rows the planner expects `stmt` to return (nothing is run), or None where the database
+        does not say (SQLite's EXPLAIN QUERY PLAN has no row counts)."""
         return None
 
 
@@ -310,7 +309,8 @@ class Dialect:
         compiled = stmt.compile(dialect=conn.dialect)
         return conn.exec_driver_sql(f"{how} {compiled}", compiled.construct_params(params))
     def time_limit(self, conn: sa.Connection, seconds: float) -> contextlib.AbstractContextManager[None]:
-        """Within it, a statement running over `seconds` is cancelled (`timed_out` knows the error), where it can be."""
+        """Within it, a statement of this transaction that runs longer than `seconds` is cancelled, raising
+        an error `timed_out` recognises; where the database cannot, statements run to their end."""
         return contextlib.nullcontext()
 
     def listener(self, engine: sa.Engine) -> Callable[[float], bool] | None:

@@ -137,7 +137,7 @@ class OpsStore:
         if f.queue is not None:
             where.append(J.c.queue == f.queue)
         if f.task is not None:
-            where.append(self.sql.task_is(f.task))
+            where.append(J.c.task == f.task)
         if f.since is not None:
             where.append(J.c.created_at >= self.ago(f.since))
         if f.until is not None:

@@ -18,7 +18,6 @@ from .. import db
 from ..errors import ConfigError
 from ..schema import callback_attempts, db_now
 from ..schema import pending_jobs as J
-from ..states import JOB_RUNNING
 from . import postgres_grants, postgres_probe
 from .dialect import Dialect
 from .hang import Probe
@@ -124,13 +123,6 @@ class Postgres(Dialect):
         # LOCAL: until this transaction ends, even when the statement was cancelled.
         conn.exec_driver_sql(f"SET LOCAL statement_timeout = {max(1, round(seconds * 1000))}")
         return contextlib.nullcontext()
-
-    def task_is(self, task: str) -> sa.ColumnElement[bool]:
-        # The task index leaves out running row versions (migration 0010: a claim then writes no entry in it):
-        # the planner serves the first arm from it and the second from the claim index, where running jobs
-        # are few (a BitmapOr; a plain `task = ?` would read the whole table for a rare task).
-        return sa.or_(sa.and_(J.c.task == task, J.c.status != JOB_RUNNING),
-                      sa.and_(J.c.task == task, J.c.status == JOB_RUNNING))
 
     @contextlib.contextmanager
     def tolerant_reads(self, conn: sa.Connection) -> Iterator[None]:

@@ -38,7 +38,6 @@ CONCURRENCY_INDEX = "ix_pending_jobs_concurrency"
 
 def _check_claim_index(engine: sa.Engine) -> None:
     _check_concurrency_index(engine)
-    _check_task_index(engine)
     index = next(i for i in sa.inspect(engine).get_indexes("pending_jobs") if i["name"] == CLAIM_INDEX)
     assert index["column_names"] == ["status", "queue", "priority", "run_at", "id"]
     if engine.dialect.name == "postgresql":
@@ -47,13 +46,6 @@ def _check_claim_index(engine: sa.Engine) -> None:
         with engine.connect() as conn:
             order = conn.execute(sa.text(f"SHOW INDEX FROM pending_jobs WHERE Key_name = '{CLAIM_INDEX}'")).mappings()
             assert [r["Collation"] for r in order] == ["A", "A", "D", "A", "A"]
-
-
-def _check_task_index(engine: sa.Engine) -> None:
-    index = next(i for i in sa.inspect(engine).get_indexes("pending_jobs") if i["name"] == "ix_pending_jobs_task")
-    assert index["column_names"] == ["task", "id"]
-    where = index.get("dialect_options", {}).get("postgresql_where")
-    assert ("status" in str(where) and "running" in str(where)) if engine.dialect.name == "postgresql" else not where
 
 
 def _check_concurrency_index(engine: sa.Engine) -> None:
@@ -93,17 +85,6 @@ def test_upgrade_matches_schema_downgrade_and_upgrade_again(empty_url: str) -> N
     _check_claim_index(engine)
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all() == ["host_app_rev_1"]
-    engine.dispose()
-
-
-def test_0010_makes_the_task_index_partial_on_postgresql_and_its_downgrade_whole_again(empty_url: str) -> None:
-    engine = create_engine(empty_url)
-    migrate.upgrade(engine)
-    migrate.downgrade(engine, "0009")
-    index = next(i for i in sa.inspect(engine).get_indexes("pending_jobs") if i["name"] == "ix_pending_jobs_task")
-    assert index["column_names"] == ["task", "id"] and not index.get("dialect_options", {}).get("postgresql_where")
-    migrate.upgrade(engine)
-    _check_task_index(engine)
     engine.dispose()
 
 
