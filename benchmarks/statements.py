@@ -8,8 +8,9 @@ of a batch, then `Store.finish_many` of the batch as succeeded, until the table 
 spent inside each kind of statement (SQLAlchemy's cursor events; COMMIT not included). Its rate over the
 floor's is what the table and statements allow; the drain's rate over this loop's is the runner's part.
 Beside each rate, the local server's CPU a job (`databases.server_cpu`): steadier than the rate on a
-machine whose speed moves between rounds. `--without ix_a,ix_b` drops indexes of pending_jobs first, to tell what each one costs a status change
-(on PostgreSQL every UPDATE of `status` writes a new row version and an entry in every index).
+machine whose speed moves between rounds. `--without ix_a,ix_b` drops indexes of pending_jobs first, to
+tell what each one costs a status change (on PostgreSQL every UPDATE of `status` writes a new row version
+and an entry in every index).
 """
 
 from __future__ import annotations
