@@ -48,6 +48,7 @@ _SAFE_SET = re.compile(r"\s*set\s+(?:local\b|constraints\b|@(?!@))", re.IGNORECA
 _SET_STATEMENT = re.compile(r"\s*set\s+statement\b.*?\bfor\b(.*)", re.IGNORECASE | re.DOTALL)
 _SET_MORE = re.compile(r",\s*(?:@@|(?:global|session|local|persist)\b|[a-z_]\w*\s*:?=)", re.IGNORECASE)
 _BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # a :name as SQLAlchemy's text() finds it (not \:name or ::cast)
+_CAST_BIND = re.compile(r"(?<![:\w\\]):(\w+)::(\w*)")  # :name::type, where text() sees no :name
 _RUN_COMMENT = re.compile(r"/\*M?!")  # /*! … */ and /*M! … */: MariaDB and MySQL run what they hold
 _PRAGMA_CALL = re.compile(r"\s*pragma\s+(?:\w+\s*\.\s*)?(\w+)\s*\(", re.IGNORECASE)
 READ_PRAGMAS = frozenset({"table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
@@ -129,6 +130,11 @@ def refused(statement: str, dialect: Dialect | None) -> str | None:
     if _SET_CONFIG.search(code):
         return ("set_config() can change the session of a pooled connection that later jobs and the runner share "
                 "(its search_path, say); use SET LOCAL")
+    cast = _CAST_BIND.search(code)
+    if cast is not None:
+        name, kind = cast.groups()
+        return (f":{name}::{kind} is no parameter: SQLAlchemy reads no :name right before '::', so :{name} would "
+                f"reach the database as it is; write :{name} ::{kind} or CAST(:{name} AS {kind or 'type'})")
     for quoted in _QUOTED[dialect is None or dialect.backslash_escapes].finditer(statement):
         if (inside := _BIND.search(quoted.group())) is None:
             continue
