@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -145,7 +146,7 @@ def parse_one(name: str, table: Mapping[str, Any]) -> Spec:
     if kind == "http":
         return HttpSpec(name, reader.url("url"), reader.secrets("secret"),
                         _or(reader.duration("connect_timeout", positive=True), CONNECT_TIMEOUT), policy)
-    return CommandSpec(name, reader.argv("command"), reader.text("cwd"), reader.env("env"),
+    return CommandSpec(name, reader.argv("command"), reader.directory("cwd"), reader.env("env"),
                        _or(reader.duration("kill_after", positive=False), KILL_AFTER), policy)
 
 
@@ -262,6 +263,13 @@ class _Reader:
         if any("\x00" in item for item in value):
             raise self._error(key, "an argument holds a NUL character")
         return tuple(value)
+
+    def directory(self, key: str) -> str | None:
+        path = self.text(key)
+        if path is not None and not os.path.isabs(path):
+            raise self._error(key, f"must be an absolute path, not {path!r} (a run takes a relative one from its own "
+                                   "working directory: under cron the user's home, not where `check` ran)")
+        return path
 
     def env(self, key: str) -> dict[str, str]:
         if key not in self.table:
