@@ -75,7 +75,8 @@ def optional_integer(value: Any) -> int | None:
 def text(value: Any) -> str:
     """A string (a TOML number or table is refused)."""
     if not isinstance(value, str):
-        raise ValueError(f"must be a string, not {value!r}")
+        tables = "; declared tasks are [task.NAME] tables, queue limits [queue.NAME]" if isinstance(value, dict) else ""
+        raise ValueError(f"must be a string, not {value!r}{tables}")
     return value
 
 

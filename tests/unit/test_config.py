@@ -42,6 +42,9 @@ def test_values_at_the_edges_of_their_range_are_taken(name: str, value: str, exp
     ("grace = nan\n", "not a duration: nan"),
     ("database_url = 5\n", "must be a string"),
     ("tasks = [1, 2]\n", "must be a string"),
+    # `tasks` (plural) names handler modules: a [tasks.NAME] table (meant as [task.NAME]) said only "must be a string"
+    ('[tasks.report]\ncommand = ["true"]\n', r"tasks: must be a string, not .*declared tasks are \[task\.NAME\]"),
+    ("[queues.mail]\nmax_running = 1\n", r"queues: must be a string, not .*queue limits \[queue\.NAME\]"),
     ("pending_jobs = 5\n", "must be a table"),
     ('batch_size = 10\n[pending_jobs]\nconcurrency = 2\n', r"batch_size outside the \[pending_jobs\] table"),
     ("no_such_setting = 1\n", "unknown setting"),
