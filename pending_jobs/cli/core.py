@@ -186,7 +186,8 @@ def collect_status(store: Store, stale_after: float = STALE_AFTER, late: list[st
         warnings.append("no run has finished yet: is cron running `pending-jobs run` "
                         "(or systemd `pending-jobs serve`)?")
     elif since > stale_after:
-        warnings.append(f"no run finished in the last {since / 60:.0f} minutes: has cron stopped?")
+        ago = f"{since:.0f} seconds" if since < 120 else f"{since / 60:.0f} minutes"  # not "the last 0 minutes"
+        warnings.append(f"no run finished in the last {ago}: has cron stopped?")
     never, examples = runs.never_due()
     if never:
         shown = ", ".join(f"job {job_id}: {run_at!r}" for job_id, run_at in examples)

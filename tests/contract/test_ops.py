@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from typing import Any
@@ -218,6 +219,15 @@ def test_status_json_counts_match_the_view_and_show_last_run(db_url: str, engine
     text = cli("status", env=env_for(db_url))
     assert text.returncode == 0 and "last run: #" in text.stdout and "callbacks: " in text.stdout
     assert "has cron stopped?" in text.stderr
+
+
+def test_a_stale_warning_under_two_minutes_counts_seconds_not_zero_minutes(db_url: str) -> None:
+    # `status --stale-after 30s` a few seconds after the last run said "in the last 0 minutes".
+    assert cli("run", env=env_for(db_url)).returncode == 0
+    time.sleep(1.5)
+    text = cli("status", "--stale-after", "1s", env=env_for(db_url))
+    assert text.returncode == 0 and re.search(r"no run finished in the last [1-9]\d* seconds: has cron stopped\?",
+                                              text.stderr), text.stderr
 
 
 def test_a_paused_queue_is_not_claimed_until_resumed(db_url: str, engine: sa.Engine, store: Store) -> None:
