@@ -129,6 +129,9 @@ def test_every_option_is_read() -> None:
     ({"command": []}, r"\[task.t\] command: must be a non-empty list of strings"),
     ({"command": ["php", 5]}, r"\[task.t\] command: must be a non-empty list of strings"),
     ({"command": ["true"], "cwd": ""}, r"\[task.t\] cwd: must be a non-empty string"),
+    # A relative cwd was taken from the runner's own directory: `check` run by hand in the app's folder said ok,
+    # and every job of the run cron started (in the user's home) failed for good with "No such file".
+    ({"command": ["true"], "cwd": "app"}, r"\[task.t\] cwd: must be an absolute path, not 'app' \(a run"),
     ({"command": ["true"], "env": ["A=1"]}, r"\[task.t\] env: must be a table"),
     ({"command": ["true"], "env": {"PENDING_JOBS_DATABASE_URL": "x"}}, r"env: PENDING_JOBS_DATABASE_URL is reserved"),
     ({"command": ["true"], "env": {"A": True}}, r"\[task.t\] env: A must be a string or a number"),
@@ -254,6 +257,10 @@ POSTGRESQL = "postgresql+psycopg://app@db/app"
     (MARIADB, 'SELECT ":a" AS label', r"the string '\":a\"' holds :a"),
     # On MariaDB \' is a quote inside the string, so :a is inside it (on PostgreSQL it is not: below).
     (MARIADB, "UPDATE t SET p = replace(p, '\\', :a) || 'x'", r"the string .* holds :a"),
+    # A parameter cast with no space between (:a::int): text() binds no :a there, so the job ran with the
+    # text ':a::int' (a syntax error) or failed as if its payload held a key no statement uses.
+    (POSTGRESQL, "SELECT :a::int AS a", r":a::int is no parameter: .* write :a ::int or CAST\(:a AS int\)"),
+    (POSTGRESQL, "UPDATE t SET n = n + :a::numeric(10, 2)", r":a::numeric is no parameter"),
 ])
 def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_refused(
         tmp_path: Path, url: str, statement: str, message: str) -> None:
@@ -276,7 +283,7 @@ def test_a_statement_that_would_end_the_transaction_or_change_the_session_is_ref
     # A quote inside a comment starts no string: :a here is the statement's parameter.
     (MARIADB, "UPDATE t SET a = 1 -- don't touch b\nWHERE a = :a AND b <> 'x'"),
     (MARIADB, "SELECT 5--:a"),  # on MySQL -- without a space after it is two minus signs
-    (POSTGRESQL, "SELECT :a::int AS a -- \\:a is cast"),
+    (POSTGRESQL, "SELECT :a ::int AS a, CAST(:a AS int) AS b, 'x'::text AS c -- \\:a is cast"),
     (POSTGRESQL, "UPDATE t SET p = replace(p, '\\', :a) || 'x'"),  # '\' is a backslash there
     (POSTGRESQL, "SELECT E'it\\'s' AS s, :a AS a, 'x' AS x"),  # but not in an escape string
     (POSTGRESQL, "SELECT 'a;b' AS s, :a AS a;"),  # a ';' in a string, or at the end
