@@ -11,6 +11,7 @@ from ..callbacks import config_warnings
 from ..config import Settings
 from ..errors import EXIT_OK, ConfigError
 from ..handoff import HostLock, SharedLock, lock_path, served_database
+from ..models import Job
 from ..run import check_settings, run_once
 from ..runner import stop_on_signals
 from . import common
@@ -113,6 +114,8 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
         progress.close()
         if lock is not None:
             lock.release()
+    if args.job is not None:  # a person asked for this one job: a retry or failure is otherwise INFO, unseen
+        _say_how_it_ended(store.get(args.job), args.job)
     # DEBUG: -v prints the summary on stdout, and the crontab's `2>&1` showed it twice at INFO.
     common.log.debug("run finished: %s", report.summary())
     if args.verbose:
@@ -120,6 +123,14 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
     if service:  # its runs rows say 2; the process does not: the unit never restarts an exit 2 (docs/systemd)
         return EXIT_OK
     return report.exit_code or EXIT_OK  # 2: served, but a config table has a mistake (logged; see held.py)
+
+
+def _say_how_it_ended(job: Job | None, job_id: int) -> None:
+    """One line on stderr when `run --job` did not end its job as succeeded (silent on success, as a run is)."""
+    if job is None or job.status == "succeeded":
+        return
+    where = f"attempt {job.attempts} of {job.max_attempts}" + (", to be retried" if job.status == "pending" else "")
+    common.eprint(f"job {job_id} is {job.status} ({where})" + (f": {job.last_error}" if job.last_error else ""))
 
 
 def _lock(settings: Settings, job_id: int | None) -> HostLock | None:

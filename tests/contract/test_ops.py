@@ -191,6 +191,22 @@ def test_run_records_its_row_and_applies_retention(db_url: str, engine: sa.Engin
     assert scalar(engine, "SELECT exit_code FROM pending_job_runs ORDER BY id DESC LIMIT 1") == 1
 
 
+def test_run_job_says_how_its_job_ended_unless_it_succeeded(db_url: str, engine: sa.Engine) -> None:
+    """`run --job ID` of a job whose task is unknown ended silently with exit 0, the job pending again."""
+    with engine.begin() as conn:
+        unknown = pending_jobs.enqueue(conn, "nosuch", {})
+        failing = pending_jobs.enqueue(conn, "fail_now", {}, max_attempts=1)
+        fine = pending_jobs.enqueue(conn, "echo", {})
+    ran = cli("run", "--job", str(unknown), env=env_for(db_url))
+    assert ran.returncode == 0
+    assert re.search(rf"job {unknown} is pending \(attempt 1 of 5, to be retried\): .*unknown task 'nosuch'",
+                     ran.stderr), ran.stderr
+    ran = cli("run", "--job", str(failing), env=env_for(db_url))
+    assert ran.returncode == 0 and f"job {failing} is failed (attempt 1 of 1): " in ran.stderr, ran.stderr
+    ran = cli("run", "--job", str(fine), env=env_for(db_url))
+    assert (ran.returncode, ran.stderr) == (0, ""), ran.stderr  # silent on success, as a run is
+
+
 def test_status_json_counts_match_the_view_and_show_last_run(db_url: str, engine: sa.Engine) -> None:
     never = pj_json(db_url, "status")
     assert never["last_run"] is None and "no run has finished yet" in never["warnings"][0]
