@@ -14,8 +14,9 @@ import pytest
 from pending_jobs import config, isolation, validation
 from pending_jobs.context import Context, JobContext
 from pending_jobs.errors import Fail, Retry
+from pending_jobs.held import HOLD_DELAY
 from pending_jobs.models import ClaimedJob, Outcome
-from pending_jobs.registry import Task
+from pending_jobs.registry import Task, held_task
 from pending_jobs.runner import Executor
 from pending_jobs.runner.executor import COMMIT_RETRY_DELAY, MAX_DELAY, _log_outcome
 
@@ -728,3 +729,34 @@ def test_a_jobs_outcome_line_carries_its_job_id_and_task_as_fields(error: BaseEx
         executor(store, one(handler))(job)
     (record,) = [r for r in caplog.records if r.getMessage().startswith(f"job {job.id} (t) ")]
     assert (getattr(record, "job_id", None), getattr(record, "task", None)) == (job.id, "t")
+
+
+# -- held tasks and queues (a config table with a mistake: held.py) -----------------------------------------
+
+
+def test_jobs_of_a_held_task_or_queue_go_back_with_the_reason_logged_once_each(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Neither run nor counted: the outcome `held` with the config table's mistake, retried after HOLD_DELAY; the
+    log names each reason once a run (a backlog of held jobs would fill it), with the task and queue it met first."""
+    store = RecordingStore()
+    task_reason, queue_reason = "[task.t] timeout: not a duration", "[queue.mail] max_running: must be at least 1"
+    tasks = {"t": held_task("t", task_reason), **one(returns("done"), name="ok")}
+    ex = Executor(store, tasks, config.load({}, environ={}), held_queues={"mail": queue_reason})
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+
+    def held(job: ClaimedJob, reason: str) -> Outcome:
+        return Outcome(job, "held", error=f"held back, not run: {reason} (fix the config table; the next run after "
+                                          "the fix runs it, its attempt uncounted)", delay=HOLD_DELAY)
+
+    first, second = claim(store, task="t"), claim(store, task="t", queue="mail")  # the task's own reason first
+    assert ex(first) == ex.hold(first) == held(first, task_reason)
+    assert ex(second) == ex.hold(second) == held(second, task_reason)
+    in_mail = claim(store, task="ok", queue="mail")
+    assert ex(in_mail) == ex.hold(in_mail) == held(in_mail, queue_reason)
+    unknown_in_mail = claim(store, task="nosuch", queue="mail")
+    assert ex.hold(unknown_in_mail) == held(unknown_in_mail, queue_reason)
+    assert ex.hold(claim(store, task="ok")) is None and ex.hold(claim(store, task="nosuch")) is None
+    assert store.sessions == []  # no handler transaction was opened for a held job
+    told = [r.getMessage() for r in caplog.records if "held back" in r.getMessage()]
+    assert told == [f"jobs of task t (queue default) are held back for {HOLD_DELAY:g}s at a time: {task_reason}",
+                    f"jobs of task ok (queue mail) are held back for {HOLD_DELAY:g}s at a time: {queue_reason}"]
