@@ -328,24 +328,23 @@ def _check_handlers(settings: Settings, ops: OpsStore, engine: sa.Engine,
     except ConfigError as error:
         return "handlers", False, str(error)
     problems += [task.held for _, task in sorted(tasks.items()) if task.held]  # a run would hold their jobs
-    if problems:
-        return "handlers", False, "; ".join(dict.fromkeys(problems))
+    # Every problem of this check at once: one hidden behind another cost a second round of fixes.
     missing = sorted(set(ops.pending_tasks()) - set(tasks))
     if missing:
-        return "handlers", False, f"pending jobs name tasks without a handler: {', '.join(missing)}"
+        problems.append(f"pending jobs name tasks without a handler: {', '.join(missing)}")
     # A misspelt name would otherwise go unnoticed: limits that never apply, jobs that fail at every firing.
     unlimited = sorted(name for name, table in settings.declared_tasks.items()
                        if declared.limits_only(table) and name not in tasks)
     if unlimited:
-        return "handlers", False, (f"[task.NAME] limits name tasks without a handler, so they limit nothing: "
-                                   f"{', '.join(unlimited)}")
+        problems.append(f"[task.NAME] limits name tasks without a handler, so they limit nothing: "
+                        f"{', '.join(unlimited)}")
     unscheduled = sorted(f"[schedules.{name}] task {schedule.task!r}" for name, schedule in plan.items()
                          if schedule.task not in tasks)
     if unscheduled:
-        return "handlers", False, f"schedules name tasks without a handler: {', '.join(unscheduled)}"
-    refused = declared.schedule_problems(settings, plan)
-    if refused:
-        return "handlers", False, "; ".join(refused)
+        problems.append(f"schedules name tasks without a handler: {', '.join(unscheduled)}")
+    problems += declared.schedule_problems(settings, plan)
+    if problems:
+        return "handlers", False, "; ".join(dict.fromkeys(problems))
     sources = [*settings.tasks, *(["the config's [task.NAME] tables"] if settings.declared_tasks else [])]
     where = [f"{name} → {registry.source_of(task)}" for name, task in sorted(tasks.items())]
     unbounded = sorted(name for name, task in tasks.items() if task.timeout is None)

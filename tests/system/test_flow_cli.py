@@ -93,7 +93,8 @@ def test_a_bad_table_fails_alone_the_run_serves_the_rest_and_exits_2(tmp_path: P
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
-def test_check_names_limits_and_schedules_of_tasks_without_a_handler(tmp_path: Path, db_url: str) -> None:
+def test_check_names_limits_and_schedules_of_tasks_without_a_handler(tmp_path: Path, db_url: str,
+                                                                     engine: sa.Engine) -> None:
     # A misspelt task name: limits that never apply, a schedule whose every job would fail at once.
     config = tmp_path / "jobs.toml"
     env = {"PENDING_JOBS_DATABASE_URL": db_url, "PENDING_JOBS_CONFIG": str(config), "PENDING_JOBS_TASKS": "tests.jobs",
@@ -109,6 +110,15 @@ def test_check_names_limits_and_schedules_of_tasks_without_a_handler(tmp_path: P
     config.write_text('[task.noop]\nconcurrency_limit = 1\n[schedules.nightly]\ncron = "0 2 * * *"\ntask = "noop"\n')
     checked = json.loads(cli("check", "--json", env=env).stdout)
     assert {c["name"]: c for c in checked["checks"]}["handlers"]["ok"] is True, checked
+    # Every problem of the handlers check at once (one used to hide the next: a second round of fixes).
+    config.write_text(limits + schedule)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO pending_jobs (task, payload) VALUES ('no_such_task', '{}')"))
+    checked = json.loads(cli("check", "--json", env=env).stdout)
+    assert {c["name"]: c for c in checked["checks"]}["handlers"]["detail"] == (
+        "pending jobs name tasks without a handler: no_such_task; "
+        "[task.NAME] limits name tasks without a handler, so they limit nothing: nopo; "
+        "schedules name tasks without a handler: [schedules.nightly] task 'nightly_report'"), checked
 
 
 @pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
