@@ -3,20 +3,24 @@ run its jobs, when they are plain again, and that every job still ends once with
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import threading
 import time
+import types
 from typing import Any
 
 import pytest
 
 from pending_jobs import config
 from pending_jobs.context import Context
-from pending_jobs.models import RunReport
-from pending_jobs.registry import Task
+from pending_jobs.models import ClaimedJob, Outcome, RunReport
+from pending_jobs.registry import Task, held_task
 from pending_jobs.runner import Executor, Producer, ordering, shared
+from pending_jobs.workers import Slot
 
 from .memory_store import MemoryStore
-from .test_shared import TASKS, noop  # "plain", and "sql", whose jobs share a transaction
+from .test_shared import TASKS, job, noop  # "plain", and "sql", whose jobs share a transaction
 
 ONCE = ["pending", "succeeded"]  # an order's job: one status change
 TWICE = ["pending", "running", "succeeded"]  # a plain claim's
@@ -234,3 +238,215 @@ def test_slow_jobs_are_not_claimed_by_orders_and_a_backlog_turning_slow_ends_the
     assert report.succeeded == 500 and turning.orders > 0
     last = max(job_id for job_id, row in turning.rows.items() if row.history == ONCE)
     assert last < 440, last  # plain claims again once the time a job takes (a moving average) says slow
+
+
+# Orders on their own: the decisions the producer asks for (note_claim, submit, collected), on a clock of the
+# test's own (`time.monotonic`'s reference point is undefined, so any reading must do) and a pool that only
+# records what it is handed.
+
+
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+class FakePool:
+    def __init__(self, busy: int = 0) -> None:
+        self.busy = busy
+        self.orders: list[ordering.Order] = []
+
+    def submit_all(self, items: list[ordering.Order]) -> None:
+        self.orders.extend(items)
+
+
+def pool_of(busy: int = 0) -> Any:  # as Orders.submit's WorkerPool
+    return FakePool(busy)
+
+
+def orders_of(store: MemoryStore | None = None, tasks: dict[str, Task] = TASKS, job_seconds: float | None = 0.001,
+              held_queues: dict[str, str] | None = None, **overrides: Any) -> ordering.Orders:
+    """Orders of a runner whose jobs have taken `job_seconds` each in groups so far."""
+    store = store or store_with()
+    settings = config.load({}, environ={}).replace(**{"batch_size": 20, "concurrency": 2, **overrides})
+    worker = shared.Worker(Executor(store, tasks, settings, held_queues=held_queues), 2)
+    worker._job_seconds = job_seconds  # as the groups that ended so far left it (a moving average)
+    return ordering.Orders(store, worker, settings, "unit-test")
+
+
+def full(count: int = 20, task: str = "sql") -> list[ClaimedJob]:
+    return [job(n, task) for n in range(1, count + 1)]
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(ordering, "time", types.SimpleNamespace(monotonic=clock.monotonic))
+    return clock
+
+
+def test_orders_are_for_the_tasks_that_share_a_transaction_and_are_not_held() -> None:
+    tasks = {**TASKS, "held_sql": held_task("held_sql", "its [task.held_sql] table has an error"),
+             "also_sql": Task("also_sql", noop, shared=TASKS["sql"].shared)}
+    assert orders_of(tasks=tasks).tasks == ("also_sql", "sql")  # sorted; not "plain" (no shared), nor the held
+
+
+def test_a_full_claim_of_fast_shareable_jobs_makes_the_queues_claims_orders(clock: Clock) -> None:
+    orders, pool = orders_of(), pool_of()
+    orders.note_claim("default", full(20), 20)
+
+    assert orders.submit("default", 20, pool, 2) is True
+    assert [(o.queue, o.tasks, o.limit, o.owner, o.found, o.gave_up) for o in pool.orders] == [
+        ("default", ("sql",), 20, "unit-test", 0, None)] * 2  # one per idle worker, a group's worth each
+    assert orders.submit("other", 20, pool_of(), 2) is None  # another queue's claims stay plain
+
+
+@pytest.mark.parametrize("now", [0.0, 0.5, 1e6])
+def test_a_queue_never_noted_makes_no_orders_whatever_the_clock_reads(clock: Clock, now: float) -> None:
+    clock.now = now
+    pool = pool_of()
+    assert orders_of().submit("default", 20, pool, 2) is None and pool.orders == []
+
+
+def test_a_claim_limit_of_one_or_two(clock: Clock) -> None:
+    """An order is for a group: a claim of one job at a time says nothing of a backlog; two full is one."""
+    one = orders_of()
+    one.note_claim("default", full(1), 1)
+    assert one.submit("default", 1, pool_of(), 2) is None
+
+    two, pool = orders_of(), pool_of()
+    two.note_claim("default", full(2), 2)
+    assert two.submit("default", 2, pool, 2) is True
+    assert [order.limit for order in pool.orders] == [2, 2]
+
+
+def test_an_order_asks_for_as_many_jobs_as_a_group_holds_at_most_the_limit(clock: Clock) -> None:
+    orders, pool = orders_of(job_seconds=0.001), pool_of()  # a group holds GROUP_SECONDS / 0.001 = 1000 jobs
+    orders.note_claim("default", full(20), 20)
+    assert orders.submit("default", 50, pool, 3) is True
+    assert [order.limit for order in pool.orders] == [50, 50, 50]
+
+    slowish, pool = orders_of(job_seconds=0.009), pool_of()  # fast still, but a group holds 111
+    slowish.note_claim("default", full(20), 20)
+    assert slowish.submit("default", 500, pool, 1) is True
+    assert [order.limit for order in pool.orders] == [111]
+
+
+def test_no_orders_for_busy_workers(clock: Clock) -> None:
+    orders = orders_of()
+    orders.note_claim("default", full(20), 20)
+
+    one_idle, none_idle = pool_of(busy=2), pool_of(busy=3)
+    assert orders.submit("default", 20, one_idle, 3) is True and len(one_idle.orders) == 1
+    assert orders.submit("default", 20, none_idle, 3) is False and none_idle.orders == []
+
+
+def test_a_claim_with_a_job_that_cannot_share_a_transaction_makes_no_orders(clock: Clock) -> None:
+    """A job of an ordering task whose row has a problem runs alone, to get its own verdict."""
+    orders = orders_of()
+    jobs = full(20)
+    jobs[7] = job(8, problem="attempts is 'x', not a whole number")
+    orders.note_claim("default", jobs, 20)
+    assert orders.submit("default", 20, pool_of(), 2) is None
+
+    orders.note_claim("default", [*full(19), job(20, "plain")], 20)
+    assert orders.submit("default", 20, pool_of(), 2) is None
+
+
+def test_only_a_queue_the_store_may_claim_together_makes_orders(clock: Clock) -> None:
+    store = store_with()
+    asked: list[str] = []
+
+    def claims_together(queue: str) -> bool:
+        asked.append(queue)
+        return queue == "default"
+
+    store.claims_together = claims_together  # type: ignore[method-assign]
+    orders = orders_of(store)
+    orders.note_claim("default", full(20), 20)
+    assert asked == ["default"] and orders.submit("default", 20, pool_of(), 2) is True
+
+
+def test_jobs_that_took_fast_job_seconds_or_none_yet_make_no_orders(clock: Clock) -> None:
+    for seconds in (ordering.FAST_JOB, None):
+        orders = orders_of(job_seconds=seconds)
+        orders.note_claim("default", full(20), 20)
+        assert orders.submit("default", 20, pool_of(), 2) is None, seconds
+
+
+def test_claims_are_orders_for_ordering_seconds_and_then_plain_again(clock: Clock) -> None:
+    orders = orders_of()
+    orders.note_claim("default", full(20), 20)
+
+    clock.now += ordering.ORDERING / 2
+    assert orders.submit("default", 20, pool_of(), 2) is True
+    clock.now += ordering.ORDERING / 2  # ORDERING seconds after the claim: the next claim is a plain one
+    assert orders.submit("default", 20, pool_of(), 2) is None
+
+
+def test_jobs_turning_slow_end_the_orders(clock: Clock) -> None:
+    orders = orders_of()
+    orders.note_claim("default", full(20), 20)
+    orders.worker._job_seconds = ordering.FAST_JOB * 2
+    assert orders.submit("default", 20, pool_of(), 2) is None
+    orders.worker._job_seconds = 0.001  # fast again: plain claims until one comes back full again
+    assert orders.submit("default", 20, pool_of(), 2) is None
+
+
+def finished(order: Any, outcomes: int) -> tuple[Slot[Any], list[Outcome]]:
+    return Slot(order), [Outcome.success(job(n)) for n in range(1, outcomes + 1)]
+
+
+def test_collected_counts_the_jobs_of_finished_orders_only(clock: Clock) -> None:
+    orders = orders_of()
+    report = RunReport()
+    full_order = ordering.Order("default", ("sql",), 3, "unit-test", found=3)
+    results = [finished(job(99), 1), finished(full_order, 3), finished(job(98), 1), finished(full_order, 3)]
+
+    assert orders.collected(results, report) == 6  # a plain job's outcome was counted when it was claimed
+    assert report.claimed == 6
+
+
+def test_an_order_that_finds_fewer_jobs_than_it_asked_for_ends_the_orders_quietly(
+        clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ordering.__name__)
+    orders = orders_of()
+    orders.note_claim("default", full(20), 20)
+    orders.note_claim("other", [dataclasses.replace(j, queue="other") for j in full(20)], 20)
+
+    done = ordering.Order("default", ("sql",), 5, "unit-test", found=5)
+    assert orders.collected([finished(done, 5)], RunReport()) == 5
+    assert orders.submit("default", 20, pool_of(), 2) is True  # a full order: still orders
+
+    short = ordering.Order("default", ("sql",), 5, "unit-test", found=4)
+    assert orders.collected([finished(short, 4), finished(short, 4)], RunReport()) == 8  # the second: no error
+    assert orders.submit("default", 20, pool_of(), 2) is None  # the backlog is done: plain claims again
+    assert orders.submit("other", 20, pool_of(), 2) is True  # another queue's orders go on
+    assert [r for r in caplog.records if r.name == ordering.__name__] == []
+
+
+def test_an_order_that_wrote_nothing_ends_the_orders_and_says_why(
+        clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger=ordering.__name__)
+    orders = orders_of()
+    orders.note_claim("default", full(20), 20)
+
+    gave_up = ordering.Order("default", ("sql",), 5, "unit-test", found=5, gave_up="ValueError: duplicate key")
+    assert orders.collected([finished(gave_up, 0)], RunReport()) == 0
+
+    assert orders.submit("default", 20, pool_of(), 2) is None
+    assert [r.getMessage() for r in caplog.records if r.name == ordering.__name__] == [
+        "queue default: claims are plain again: an order wrote nothing (ValueError: duplicate key)"]
+
+
+def test_not_claimed_says_why_a_job_was_not_claimed() -> None:
+    store = store_with("sql", "sql")
+    pending, done = sorted(store.rows)
+    store.rows[done].status = "succeeded"
+
+    assert ordering.not_claimed(404, store.get(404)) == "job 404 is missing, not pending: nothing to run"
+    assert ordering.not_claimed(done, store.get(done)) == f"job {done} is succeeded, not pending: nothing to run"
+    assert ordering.not_claimed(pending, store.get(pending)) == (
+        f"job {pending} is pending but locked by another run's transaction (an order's, most likely): try again")
