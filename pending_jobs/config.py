@@ -75,8 +75,7 @@ def optional_integer(value: Any) -> int | None:
 def text(value: Any) -> str:
     """A string (a TOML number or table is refused)."""
     if not isinstance(value, str):
-        tables = "; declared tasks are [task.NAME] tables, queue limits [queue.NAME]" if isinstance(value, dict) else ""
-        raise ValueError(f"must be a string, not {value!r}{tables}")
+        raise ValueError(f"must be a string, not {value!r}")
     return value
 
 
@@ -209,8 +208,7 @@ class Settings:
     log_format: str
     log_file: str
     declared_tasks: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
-    """The file's `[task.NAME]` tables as written (file only: no flag or variable); pending_jobs.declared
-    parses them into handlers, so its errors name the task and the key."""
+    """The file's `[task.NAME]` tables as written (file only); pending_jobs.declared parses them into handlers."""
     queue_tables: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     """The file's `[queue.NAME]` tables as written; pending_jobs.limits parses them."""
     schedule_tables: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
@@ -258,7 +256,9 @@ def parse_setting(setting: Setting, raw: Any, source: str) -> Any:
         value = setting.parse(raw)
         setting.check(value)
     except ValueError as error:
-        raise ConfigError(f"{source}: {error}") from None
+        meant = isinstance(raw, dict) and setting.name in ("tasks", "queues")  # a [tasks.x] table meant as [task.x]
+        hint = "; declared tasks are [task.NAME] tables, queue limits [queue.NAME]" if meant else ""
+        raise ConfigError(f"{source}: {error}{hint}") from None
     return value
 
 
