@@ -6,14 +6,17 @@ import argparse
 import logging
 from typing import TypeAlias
 
+import sqlalchemy as sa
+
 from .. import config, declared, migrate, registry
 from ..callbacks import config_warnings
 from ..config import Settings
 from ..errors import EXIT_OK, ConfigError
 from ..handoff import HostLock, SharedLock, lock_path, served_database
-from ..models import Job
 from ..run import check_settings, run_once
 from ..runner import stop_on_signals
+from ..states import JOB_PENDING, JobStatus
+from ..store import Store
 from . import common
 from .progress import Progress
 
@@ -115,7 +118,7 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
         if lock is not None:
             lock.release()
     if args.job is not None:  # a person asked for this one job: a retry or failure is otherwise INFO, unseen
-        _say_how_it_ended(store.get(args.job), args.job)
+        _say_how_it_ended(store, args.job)
     # DEBUG: -v prints the summary on stdout, and the crontab's `2>&1` showed it twice at INFO.
     common.log.debug("run finished: %s", report.summary())
     if args.verbose:
@@ -125,11 +128,17 @@ def _serve(args: argparse.Namespace, service: bool) -> int:
     return report.exit_code or EXIT_OK  # 2: served, but a config table has a mistake (logged; see held.py)
 
 
-def _say_how_it_ended(job: Job | None, job_id: int) -> None:
-    """One line on stderr when `run --job` did not end its job as succeeded (silent on success, as a run is)."""
-    if job is None or job.status == "succeeded":
+def _say_how_it_ended(store: Store, job_id: int) -> None:
+    """One line on stderr when `run --job` did not end its job as succeeded (silent on success, as a run is).
+    A read that fails says nothing: the run itself is over, and its outcome stands."""
+    try:
+        job = store.get(job_id)
+    except sa.exc.DBAPIError as error:
+        log.debug("job %d: its outcome could not be read back: %s", job_id, error)
         return
-    where = f"attempt {job.attempts} of {job.max_attempts}" + (", to be retried" if job.status == "pending" else "")
+    if job is None or job.status == JobStatus.SUCCEEDED:
+        return
+    where = f"attempt {job.attempts} of {job.max_attempts}" + (", to be retried" if job.status == JOB_PENDING else "")
     common.eprint(f"job {job_id} is {job.status} ({where})" + (f": {job.last_error}" if job.last_error else ""))
 
 
