@@ -15,7 +15,7 @@ import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 DAY = 86400.0
@@ -298,8 +298,7 @@ def read_file(path: str) -> dict[str, Any]:
                                       f"[pending_jobs.{table}.{both[0]}]")
                 outer = {**inner, **outer}
             data[table] = outer
-    unknown = sorted(key for key in data if key not in BY_NAME and key not in TABLES)
-    if unknown:
+    if unknown := [key + did_you_mean(key, [*BY_NAME, *TABLES]) for key in sorted(set(data) - {*BY_NAME, *TABLES})]:
         raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
     return data
 
@@ -379,8 +378,8 @@ def load_web(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] 
     table = read_file(path).get("web", {}) if path else {}
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: web must be a table ([web]), not {table!r}")
-    unknown = sorted(set(table) - {s.name[4:] for s in WEB_SETTINGS})
-    if unknown:
+    names = [s.name[4:] for s in WEB_SETTINGS]
+    if unknown := [key + did_you_mean(key, names) for key in sorted(set(table) - set(names))]:
         raise ConfigError(f"{path}: unknown setting(s) in [web]: {', '.join(unknown)}")
     values: dict[str, Any] = {}
     for setting in WEB_SETTINGS:

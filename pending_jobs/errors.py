@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and something it was asked for did not happen, or a bug
 EXIT_CONFIG = 2  # bad flags, settings, task modules or schema version
@@ -55,3 +58,9 @@ def exit_code_of(error: BaseException) -> int:
     if isinstance(error, BrokenPipeError):
         return EXIT_PIPE
     return EXIT_FAILURE
+
+
+def did_you_mean(word: str, known: Iterable[str]) -> str:
+    """` (did you mean 'x'?)` when `word` is close to one of `known` (a typo, a plural for a singular), else ''."""
+    close = difflib.get_close_matches(word, list(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -48,6 +48,10 @@ def test_values_at_the_edges_of_their_range_are_taken(name: str, value: str, exp
     ("pending_jobs = 5\n", "must be a table"),
     ('batch_size = 10\n[pending_jobs]\nconcurrency = 2\n', r"batch_size outside the \[pending_jobs\] table"),
     ("no_such_setting = 1\n", "unknown setting"),
+    # a typo, or a plural for a singular, is named with the setting meant (the message alone sent users to the docs)
+    ("concurency = 2\n", r"unknown setting\(s\): concurency \(did you mean 'concurrency'\?\)$"),
+    ('[schedule.nightly]\ncron = "0 2 * * *"\n', r"unknown setting\(s\): schedule \(did you mean 'schedules'\?\)$"),
+    ("zzz = 1\n", r"unknown setting\(s\): zzz$"),
 ])
 def test_toml_values_are_not_coerced_or_ignored(tmp_path: Path, body: str, message: str) -> None:
     path = tmp_path / "pending-jobs.toml"

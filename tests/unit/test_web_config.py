@@ -33,6 +33,7 @@ def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
     ("port = 0", "port: 0 is outside 1 to 65535"),
     ("read_only = 2", "read_only: must be true or false"),
     ("colour = 'red'", "unknown setting(s) in [web]: colour"),
+    ("readonly = true", "unknown setting(s) in [web]: readonly (did you mean 'read_only'?)"),
     ("basic_user = 'alice'", "needs both basic_user and basic_password"),
 ])
 def test_bad_values_name_the_setting(tmp_path: Path, table: str, message: str) -> None:
