@@ -320,9 +320,41 @@ def test_enqueue_works_whatever_the_callers_pdo_attributes(backend: str, db_url:
     first = result["ids"][0]
     assert result["ids"] == [first, first]
     assert result["missing table"].startswith("PDOException: pending_jobs: SQLSTATE[42")  # 42S02 / 42P01
+    assert "pending_jobs_elsewhere" not in result["missing table"]
+    assert result["missing table"].endswith("(run `pending-jobs migrate` against this database first: it creates "
+                                            "the pending_jobs table)")
     with engine.connect() as conn:
         row = conn.execute(sa.text("SELECT priority, run_at, created_at FROM pending_jobs_elsewhere")).one()
     assert row.priority == -3 and utc(row.run_at) - utc(row.created_at) == dt.timedelta(seconds=1.5)
+
+
+def test_before_migrate_the_error_says_which_command_creates_the_table(backend: str, db_url: str,
+                                                                       engine: sa.Engine, tmp_path: Path) -> None:
+    # A new application's first enqueue often runs before `pending-jobs migrate`: PDO's own "Table
+    # 'test.pending_jobs' doesn't exist" named no command. Other errors, and the caller's other tables, unchanged.
+    result = run_php(tmp_path, """
+        $pdo = connect();
+        $jobs = new Client($pdo);
+        $pdo->exec('ALTER TABLE pending_jobs RENAME TO pending_jobs_elsewhere');
+        $error = null;
+        try {
+            $jobs->enqueue('echo');
+        } catch (PDOException $caught) {
+            $error = $caught;
+        }
+        $other = outcome(fn () => $pdo->query('SELECT * FROM no_such_table_of_the_app'));
+        out(['message' => $error?->getMessage(), 'state' => $error?->errorInfo[0], 'previous' => $error?->getPrevious()
+             !== null, 'status' => outcome(fn () => $jobs->status(1)), 'other' => $other]);
+    """, db_url, backend=backend)
+
+    hint = "(run `pending-jobs migrate` against this database first: it creates the pending_jobs table)"
+    assert result["message"].endswith(hint) and "pending_jobs" in result["message"]
+    assert result["state"] == {"sqlite": "HY000", "mysql": "42S02", "postgresql": "42P01"}[backend]
+    assert result["previous"] is True  # PDO's own exception, for code that inspects it
+    assert result["status"].endswith(hint)
+    assert "migrate" not in result["other"]
+    with engine.begin() as conn:
+        conn.execute(sa.text("ALTER TABLE pending_jobs_elsewhere RENAME TO pending_jobs"))
 
 
 # -- status ------------------------------------------------------------------------------------------

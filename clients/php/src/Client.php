@@ -219,22 +219,47 @@ final class Client
         if (!$this->charsetChecked && $this->driver === 'mysql' && self::anyNonAscii($params)) {
             $this->checkCharset();
         }
-        $statement = $this->pdo->prepare($sql);
-        if ($statement === false) {
-            throw $this->failure($this->pdo->errorInfo());
-        }
-        foreach ($params as $index => $value) {
-            $type = match (true) {
-                is_int($value) => \PDO::PARAM_INT,
-                $value === null => \PDO::PARAM_NULL,
-                default => \PDO::PARAM_STR,
-            };
-            $statement->bindValue($index + 1, $value, $type);
-        }
-        if (!$statement->execute()) {
-            throw $this->failure($statement->errorInfo());
+        try {
+            $statement = $this->pdo->prepare($sql);
+            if ($statement === false) {
+                throw $this->failure($this->pdo->errorInfo());
+            }
+            foreach ($params as $index => $value) {
+                $type = match (true) {
+                    is_int($value) => \PDO::PARAM_INT,
+                    $value === null => \PDO::PARAM_NULL,
+                    default => \PDO::PARAM_STR,
+                };
+                $statement->bindValue($index + 1, $value, $type);
+            }
+            if (!$statement->execute()) {
+                throw $this->failure($statement->errorInfo());
+            }
+        } catch (\PDOException $error) {
+            throw self::hinted($error);
         }
         return $statement;
+    }
+
+    /**
+     * The error with what to do added when the pending_jobs table is missing: the first enqueue of a new
+     * application usually runs before `pending-jobs migrate`, and "Table 'app.pending_jobs' doesn't exist"
+     * alone did not say which command makes it. Any other error comes back as it was.
+     */
+    private static function hinted(\PDOException $error): \PDOException
+    {
+        $info = $error->errorInfo ?? [];
+        // 42S02 on MariaDB/MySQL, 42P01 on PostgreSQL, HY000 "no such table" on SQLite
+        $missing = in_array($info[0] ?? '', ['42S02', '42P01', 'HY000'], true)
+            && preg_match('/\bpending_jobs\b/', (string) ($info[2] ?? '')) === 1
+            && preg_match("/doesn't exist|does not exist|no such table/", (string) ($info[2] ?? '')) === 1;
+        if (!$missing) {
+            return $error;
+        }
+        $hinted = new \PDOException($error->getMessage() . ' (run `pending-jobs migrate` against this database '
+            . 'first: it creates the pending_jobs table)', 0, $error);
+        $hinted->errorInfo = $info;
+        return $hinted;
     }
 
     /** @param array<int, mixed> $params */
