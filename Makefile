@@ -31,7 +31,7 @@ typecheck: install
 
 # The whole suite on SQLite, MariaDB and PostgreSQL (set PENDING_JOBS_TEST_BACKENDS to narrow it).
 test: lint typecheck
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=15
 
 # The runner's logic alone: no database, no network (seconds).
 unit: install

@@ -372,5 +372,10 @@ def _duration(table: Mapping[str, Any], key: str, error: Any, low: float, high: 
     except ValueError as problem:
         raise error(key, str(problem)) from None
     if not low <= seconds <= high:
-        raise error(key, f"must be from {low:g} s to {high:g} s, not {value!r}")
+        raise error(key, f"must be from {_seconds(low)} to {_seconds(high)}, not {value!r}")
     return seconds
+
+
+def _seconds(value: float) -> str:
+    """A bound as the config writes durations: 366 d, not 3.16224e+07 s."""
+    return f"{value / 86400:g} d" if value >= 86400 and value % 86400 == 0 else f"{value:g} s"
